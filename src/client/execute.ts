@@ -1,0 +1,79 @@
+/** `executeMars`: run a MARS request and get its result, locally (this module) or through the fleet. */
+import { randomUUID } from "node:crypto";
+import { mkdir } from "node:fs/promises";
+import { join, resolve } from "node:path";
+import { errorForOutcome } from "../runner/outcome.js";
+import { startMars } from "../runner/runner.js";
+import { checkFileName } from "../runner/target.js";
+import { LogPresenter, type LogHandler } from "./log-filter.js";
+import { toRequests, type MarsRequestInput } from "./request-input.js";
+
+export interface ExecuteOptions {
+  /** Directory of the result; created if missing. Default: the current directory. */
+  targetDir?: string;
+  /** File name of the result inside targetDir. Default `data.grib`. */
+  targetFname?: string;
+  /** The client's environ: request_id, user_id, namespace, host, username... */
+  environ?: Record<string, string>;
+  /** Custom handling of each MARS line (replaces the standard filter). */
+  logHandler?: LogHandler;
+  /** Standard filter on (default) or off; ignored when a logHandler is given. */
+  filterLogs?: boolean;
+  /** Receives each line to show. */
+  onLog?: (line: string) => void;
+  /** Receives progress: bytes written of the announced total. */
+  onProgress?: (progress: { bytes: number; total: number }) => void;
+  signal?: AbortSignal;
+  /** Wall-clock limit of the job in milliseconds; 0 or absent: none. */
+  timeoutMs?: number;
+  /** MARS command (default: the bundled simulator) and extra environment for it. */
+  command?: readonly string[];
+  env?: Record<string, string>;
+  killGraceMs?: number;
+}
+
+export interface ExecuteResult {
+  target: string;
+  bytes: number;
+  elapsedMs: number;
+  /** Every line MARS printed, unfiltered. */
+  log: string[];
+}
+
+/** Run MARS on this machine through the runner; throws the typed errors of a failed run. */
+export async function executeMarsLocally(
+  request: MarsRequestInput,
+  opts: ExecuteOptions = {},
+): Promise<ExecuteResult> {
+  const requests = toRequests(request);
+  const targetDir = resolve(opts.targetDir ?? ".");
+  const targetPath = join(targetDir, checkFileName(opts.targetFname ?? "data.grib"));
+  await mkdir(targetDir, { recursive: true });
+  const runId = randomUUID();
+  const run = startMars({
+    requests,
+    targetPath,
+    runId,
+    ...(opts.command && { command: opts.command }),
+    ...(opts.environ && { environ: opts.environ }),
+    ...(opts.env && { env: opts.env }),
+    ...(opts.signal && { signal: opts.signal }),
+    ...(opts.timeoutMs !== undefined && { timeoutMs: opts.timeoutMs }),
+    ...(opts.killGraceMs !== undefined && { killGraceMs: opts.killGraceMs }),
+  });
+  const presenter = new LogPresenter(opts, { id: runId, cancel: () => run.cancel() });
+  const log: string[] = [];
+  for await (const event of run.events()) {
+    if (event.type === "log") {
+      log.push(event.line);
+      presenter.line(event.line);
+    } else if (event.type === "progress") {
+      opts.onProgress?.({ bytes: event.bytes, total: event.total });
+    }
+  }
+  presenter.end();
+  const outcome = await run.outcome;
+  const error = errorForOutcome(outcome, opts.timeoutMs);
+  if (error) throw error;
+  return { target: targetPath, bytes: outcome.bytes, elapsedMs: outcome.elapsedMs, log };
+}

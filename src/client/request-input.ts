@@ -1,0 +1,15 @@
+import { MarsRequestError } from "../core/errors.js";
+import { normaliseRequests, type MarsRequest, type MarsRequestObject } from "../mars/request.js";
+import { parseRequests } from "../mars/text.js";
+
+/** A request as users give it: MARS request text, one object, or a list of objects (keys inherited). */
+export type MarsRequestInput = string | MarsRequestObject | MarsRequestObject[];
+
+/** Validate and normalise any request input; throws MarsRequestError. */
+export function toRequests(input: MarsRequestInput): MarsRequest[] {
+  if (typeof input === "string") return parseRequests(input);
+  if (input === null || typeof input !== "object") {
+    throw new MarsRequestError("a request must be MARS request text, an object or a list of objects");
+  }
+  return normaliseRequests(input);
+}

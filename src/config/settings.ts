@@ -1,0 +1,174 @@
+/**
+ * Every setting in one table: its name in code, in the environment, in the YAML file, its default
+ * and what it means. Loading, validation and the README's table all follow this list.
+ */
+import { HOUR, MINUTE, SECOND } from "../core/time.js";
+
+export type SettingKind = "string" | "int" | "bool" | "duration" | "list";
+
+export interface Setting {
+  /** Name in code and the CLI flag (kebab-cased). */
+  key: string;
+  env: string;
+  /** Other environment names accepted for the same setting (lower precedence). */
+  envAliases?: string[];
+  kind: SettingKind;
+  /** Default, in the compiled unit (milliseconds for durations). */
+  default: string | number | boolean | string[];
+  help: string;
+}
+
+export const SETTINGS = [
+  {
+    key: "servers",
+    env: "MARS_NATS_SERVERS",
+    envAliases: ["NATS_URL"],
+    kind: "list",
+    default: [],
+    help: "NATS server URLs (comma separated). Set, the client runs jobs through the fleet.",
+  },
+  {
+    key: "useShares",
+    env: "MARS_USE_SHARES",
+    kind: "bool",
+    default: false,
+    help: "Run executeMars through the fleet (shared filesystem) even without servers set; servers default to nats://127.0.0.1:4222.",
+  },
+  {
+    key: "filterLogs",
+    env: "MARS_CLIENT_FILTER_LOGS",
+    kind: "bool",
+    default: true,
+    help: "Show only important MARS log lines and collapse repeats.",
+  },
+  {
+    key: "maxConcurrentConnections",
+    env: "MARS_MAX_CONCURRENT_CONNECTIONS",
+    kind: "int",
+    default: 0,
+    help: "Fleet-wide cap on running jobs per queue (consumer max_ack_pending); gateway connection limit. 0 = no cap.",
+  },
+  {
+    key: "requestTimeout",
+    env: "MARS_REQUEST_TIMEOUT",
+    kind: "duration",
+    default: 30 * SECOND,
+    help: "Timeout of one request to the broker (connect, publish, lookup). Not a job limit.",
+  },
+  {
+    key: "jobTimeout",
+    env: "MARS_JOB_TIMEOUT",
+    kind: "duration",
+    default: 0,
+    help: "Wall-clock limit of one MARS job. 0 = none. Final, not retried.",
+  },
+  {
+    key: "heartbeatInterval",
+    env: "MARS_HEARTBEAT_INTERVAL",
+    kind: "duration",
+    default: 20 * SECOND,
+    help: "Worker heartbeat period; the consumer's ack wait is 3x this.",
+  },
+  {
+    key: "sharedRoot",
+    env: "MARS_SHARED_ROOT",
+    kind: "string",
+    default: "/cache",
+    help: "Root of the filesystem shared by workers and clients; every target lies under it.",
+  },
+  {
+    key: "pipePort",
+    env: "MARS_PIPE_PORT",
+    kind: "int",
+    default: 9000,
+    help: "Gateway: cads-mars-server pipe (HTTP) port.",
+  },
+  {
+    key: "sharesPort",
+    env: "MARS_SHARES_PORT",
+    kind: "int",
+    default: 9001,
+    help: "Gateway: cads-mars-server shares (WebSocket) port.",
+  },
+  {
+    key: "maxRetries",
+    env: "MARS_MAX_RETRIES",
+    kind: "int",
+    default: 5,
+    help: "Attempts per job before it is failed (consumer max_deliver).",
+  },
+  {
+    key: "retryDelay",
+    env: "MARS_RETRY_DELAY",
+    kind: "duration",
+    default: 5 * SECOND,
+    help: "Delay before a retried job is offered again (grows per attempt).",
+  },
+  {
+    key: "marsCommand",
+    env: "MARS_COMMAND",
+    kind: "string",
+    default: "",
+    help: "The MARS executable and leading arguments (space separated). Empty = the bundled simulator.",
+  },
+  {
+    key: "queue",
+    env: "MARS_QUEUE",
+    kind: "string",
+    default: "default",
+    help: "Work queue name (subject mars.jobs.<queue>).",
+  },
+  {
+    key: "concurrency",
+    env: "MARS_WORKER_CONCURRENCY",
+    kind: "int",
+    default: 2,
+    help: "Worker: job slots (MARS processes at once).",
+  },
+  {
+    key: "drainGrace",
+    env: "MARS_DRAIN_GRACE",
+    kind: "duration",
+    default: 5 * MINUTE,
+    help: "Worker: on SIGTERM, how long running jobs may finish before they are killed and handed back.",
+  },
+  {
+    key: "killGrace",
+    env: "MARS_KILL_GRACE",
+    kind: "duration",
+    default: 5 * SECOND,
+    help: "Time between SIGTERM and SIGKILL when stopping a MARS process group.",
+  },
+  {
+    key: "streamReplicas",
+    env: "MARS_STREAM_REPLICAS",
+    kind: "int",
+    default: 1,
+    help: "Replicas of the JetStream streams and buckets (1 or 3).",
+  },
+  {
+    key: "eventsMaxAge",
+    env: "MARS_EVENTS_MAX_AGE",
+    kind: "duration",
+    default: 24 * HOUR,
+    help: "How long job logs and events are kept for replay.",
+  },
+  {
+    key: "logLevel",
+    env: "MARS_LOG_LEVEL",
+    kind: "string",
+    default: "info",
+    help: "pino log level (trace, debug, info, warn, error, silent).",
+  },
+] as const satisfies readonly Setting[];
+
+export type SettingKey = (typeof SETTINGS)[number]["key"];
+
+/** `sharedRoot` → `shared_root` in YAML, `shared-root` on the command line. */
+export function yamlName(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+}
+
+export function flagName(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}

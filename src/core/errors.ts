@@ -1,0 +1,199 @@
+import { z } from "zod";
+
+/** Stable error codes: check errors by `code`, never by message text. */
+export const ERROR_CODES = [
+  "MARS_REQUEST_INVALID",
+  "MARS_RUNTIME_ERROR",
+  "MARS_NO_DATA",
+  "MARS_KILLED",
+  "MARS_SPAWN_FAILED",
+  "JOB_CANCELLED",
+  "JOB_TIMEOUT",
+  "JOB_NOT_FOUND",
+  "JOB_FAILED",
+  "CONFIG_INVALID",
+  "TARGET_INVALID",
+  "MESSAGE_INVALID",
+  "BROKER_ERROR",
+  "WRONG_STATE",
+  "INTERNAL",
+] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export interface ErrorDetails {
+  [key: string]: unknown;
+}
+
+/** Base of every error mars-fleet throws on purpose. */
+export class MarsFleetError extends Error {
+  readonly code: ErrorCode;
+  /** Whether another attempt (on another worker) may succeed. */
+  readonly retryable: boolean;
+  readonly details: ErrorDetails;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    opts: { retryable?: boolean; details?: ErrorDetails; cause?: unknown } = {},
+  ) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.retryable = opts.retryable ?? false;
+    this.details = opts.details ?? {};
+  }
+
+  toRecord(): ErrorRecord {
+    return { code: this.code, message: this.message, retryable: this.retryable, details: this.details };
+  }
+}
+
+/** The request is malformed or unsafe (injection, unknown verb...). Never retried. */
+export class MarsRequestError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
+    super("MARS_REQUEST_INVALID", message, { details, cause });
+  }
+}
+
+/** MARS ran and reported an error (exit code 1..127). The message carries its ERROR lines. */
+export class MarsRuntimeError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("MARS_RUNTIME_ERROR", message, { details });
+  }
+  get errorLines(): string[] {
+    const lines = this.details["errorLines"];
+    return Array.isArray(lines) ? lines.map(String) : [];
+  }
+}
+
+/** MARS exited 0 but wrote nothing: the request matches no data. */
+export class MarsNoDataError extends MarsFleetError {
+  constructor(message = "MARS returned no data for this request", details: ErrorDetails = {}) {
+    super("MARS_NO_DATA", message, { details });
+  }
+}
+
+/** MARS was killed by a signal (infrastructure trouble): another attempt may succeed. */
+export class MarsKilledError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("MARS_KILLED", message, { retryable: true, details });
+  }
+}
+
+/** The MARS command could not be started (missing binary, permissions). */
+export class MarsSpawnError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
+    super("MARS_SPAWN_FAILED", message, { retryable: true, details, cause });
+  }
+}
+
+export class JobCancelledError extends MarsFleetError {
+  constructor(message = "the job was cancelled", details: ErrorDetails = {}) {
+    super("JOB_CANCELLED", message, { details });
+  }
+}
+
+export class JobTimeoutError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("JOB_TIMEOUT", message, { details });
+  }
+}
+
+export class JobNotFoundError extends MarsFleetError {
+  constructor(jobId: string) {
+    super("JOB_NOT_FOUND", `no job with id ${jobId}`, { details: { jobId } });
+  }
+}
+
+/** A job ended in failure for a reason that has no more specific class (e.g. too many attempts). */
+export class JobFailedError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("JOB_FAILED", message, { details });
+  }
+}
+
+export class ConfigError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
+    super("CONFIG_INVALID", message, { details, cause });
+  }
+}
+
+/** The target path is invalid or escapes the shared root. */
+export class TargetError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("TARGET_INVALID", message, { details });
+  }
+}
+
+/** A message on the wire did not match its schema. */
+export class MessageInvalidError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
+    super("MESSAGE_INVALID", message, { details, cause });
+  }
+}
+
+export class BrokerError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
+    super("BROKER_ERROR", message, { retryable: true, details, cause });
+  }
+}
+
+/** A call was made while the object was in a state that does not allow it. */
+export class WrongStateError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("WRONG_STATE", message, { details });
+  }
+}
+
+/** How an error travels on the wire. */
+export const errorRecordSchema = z.object({
+  code: z.enum(ERROR_CODES),
+  message: z.string(),
+  retryable: z.boolean(),
+  details: z.record(z.string(), z.unknown()).default({}),
+});
+export type ErrorRecord = z.infer<typeof errorRecordSchema>;
+
+const classByCode: { [C in ErrorCode]?: (msg: string, details: ErrorDetails) => MarsFleetError } = {
+  MARS_REQUEST_INVALID: (m, d) => new MarsRequestError(m, d),
+  MARS_RUNTIME_ERROR: (m, d) => new MarsRuntimeError(m, d),
+  MARS_NO_DATA: (m, d) => new MarsNoDataError(m, d),
+  MARS_KILLED: (m, d) => new MarsKilledError(m, d),
+  MARS_SPAWN_FAILED: (m, d) => new MarsSpawnError(m, d),
+  JOB_CANCELLED: (m, d) => new JobCancelledError(m, d),
+  JOB_TIMEOUT: (m, d) => new JobTimeoutError(m, d),
+  JOB_FAILED: (m, d) => new JobFailedError(m, d),
+  CONFIG_INVALID: (m, d) => new ConfigError(m, d),
+  TARGET_INVALID: (m, d) => new TargetError(m, d),
+  MESSAGE_INVALID: (m, d) => new MessageInvalidError(m, d),
+  BROKER_ERROR: (m, d) => new BrokerError(m, d),
+  WRONG_STATE: (m, d) => new WrongStateError(m, d),
+};
+
+/** Rebuild a typed error from its wire record. */
+export function errorFromRecord(record: ErrorRecord): MarsFleetError {
+  const make = classByCode[record.code];
+  if (make) return make(record.message, record.details);
+  return new MarsFleetError(record.code, record.message, {
+    retryable: record.retryable,
+    details: record.details,
+  });
+}
+
+/** Coerce anything thrown into a MarsFleetError (unknown throwables become INTERNAL). */
+export function asFleetError(err: unknown): MarsFleetError {
+  if (err instanceof MarsFleetError) return err;
+  if (err instanceof Error)
+    return new MarsFleetError("INTERNAL", err.message, { cause: err, retryable: true });
+  return new MarsFleetError("INTERNAL", String(err), { retryable: true });
+}
+
+/** Turn a zod error into one readable line naming the offending paths. */
+export function describeZodError(err: z.ZodError): string {
+  return err.issues
+    .map((issue) => {
+      const where = issue.path.length > 0 ? issue.path.join(".") : "(root)";
+      return `${where}: ${issue.message}`;
+    })
+    .join("; ");
+}

@@ -1,0 +1,267 @@
+/**
+ * The runner: runs one MARS invocation in its own process group, streams its output lines and
+ * progress, enforces cancellation and a wall-clock timeout, and commits the target atomically.
+ * Workers and local mode share it unchanged.
+ */
+import { randomUUID } from "node:crypto";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { constants as osConstants, tmpdir } from "node:os";
+import { dirname, isAbsolute, join } from "node:path";
+import { Channel } from "../core/channel.js";
+import { MarsRequestError } from "../core/errors.js";
+import { SECOND } from "../core/time.js";
+import { isErrorLine, transferBytes } from "../mars/log.js";
+import { withParam, type MarsRequest } from "../mars/request.js";
+import { formatRequests } from "../mars/text.js";
+import { simulatorCommand } from "../sim/command.js";
+import { LineSplitter } from "./lines.js";
+import { signalGroup, spawnInGroup } from "./process-group.js";
+import { commitPart, discardPart, partPathFor, sizeOf } from "./target.js";
+
+export const DEFAULT_KILL_GRACE = 5 * SECOND;
+export const DEFAULT_PROGRESS_INTERVAL = 250;
+const TAIL_LINES = 50;
+/** The shell's codes for a command it could not execute or find. */
+const EXIT_NOT_EXECUTABLE = 126;
+const EXIT_NOT_FOUND = 127;
+
+export interface RunOptions {
+  /** Normalised requests; their `target` is replaced by the runner. */
+  requests: MarsRequest[];
+  /** Absolute path of the final target file; its directory must exist. */
+  targetPath: string;
+  /** The MARS command and its leading arguments (the request file is appended). Default: the simulator. */
+  command?: readonly string[];
+  /** The client's environ (`request_id`, `user_id`...), passed as `MARS_ENVIRON_<KEY>`. */
+  environ?: Record<string, string>;
+  /** Extra environment variables for MARS (e.g. `MARS_SIM_*` knobs). */
+  env?: Record<string, string>;
+  signal?: AbortSignal;
+  /** Wall-clock limit for the whole run; 0 or absent means none. */
+  timeoutMs?: number;
+  /** Time between SIGTERM and SIGKILL when stopping the group. */
+  killGraceMs?: number;
+  progressIntervalMs?: number;
+  /** Names the temporary file; default a random UUID. */
+  runId?: string;
+}
+
+export type RunEvent =
+  | { type: "spawned"; pid: number; at: number }
+  | { type: "log"; seq: number; line: string; stream: "stdout" | "stderr"; at: number }
+  | { type: "progress"; bytes: number; total: number; at: number };
+
+export type RunStatus =
+  "succeeded" | "no_data" | "mars_error" | "killed" | "timeout" | "cancelled" | "spawn_failed";
+
+export interface RunOutcome {
+  status: RunStatus;
+  /** Final target path (set when succeeded). */
+  target?: string;
+  bytes: number;
+  elapsedMs: number;
+  exitCode: number | null;
+  /** The signal that ended MARS, directly or as 128+N through its shell. */
+  signal: string | null;
+  /** MARS's ERROR lines, kept for error messages. */
+  errorLines: string[];
+  /** The last lines of output, for diagnostics. */
+  tail: string[];
+  lines: number;
+  /** Set for spawn_failed: what went wrong. */
+  message?: string;
+}
+
+const SIGNAL_NAMES = new Map<number, string>(
+  Object.entries(osConstants.signals).map(([name, num]) => [num, name] as [number, string]),
+);
+
+/** Map an exit to a signal name: a real signal, or 128+N from the shell wrapper. */
+export function exitSignal(code: number | null, signal: string | null): string | null {
+  if (signal) return signal;
+  if (code !== null && code > 128) return SIGNAL_NAMES.get(code - 128) ?? `SIG${code - 128}`;
+  return null;
+}
+
+/** Build the environment for MARS: ours, the extras, and `MARS_ENVIRON_<KEY>` from the environ. */
+export function marsEnvironment(
+  environ: Record<string, string> = {},
+  extra: Record<string, string> = {},
+): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  for (const [key, value] of Object.entries(environ)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key))
+      throw new MarsRequestError(`invalid environ key "${key}"`, { key });
+    if (/[\u0000\n\r]/.test(value))
+      throw new MarsRequestError(`environ "${key}" contains a newline or NUL`, { key });
+    env[`MARS_ENVIRON_${key.toUpperCase()}`] = value;
+  }
+  return env;
+}
+
+/** One running MARS invocation. Start it with {@link startMars}. */
+export class MarsRun {
+  readonly runId: string;
+  readonly partPath: string;
+  readonly outcome: Promise<RunOutcome>;
+  private readonly channel = new Channel<RunEvent>();
+  private pgid = -1;
+  private stopReason: "cancelled" | "timeout" | undefined;
+  private killTimer: NodeJS.Timeout | undefined;
+  private readonly killGraceMs: number;
+
+  constructor(private readonly opts: RunOptions) {
+    if (!isAbsolute(opts.targetPath))
+      throw new MarsRequestError(`target must be an absolute path: ${opts.targetPath}`);
+    this.runId = opts.runId ?? randomUUID();
+    this.partPath = partPathFor(opts.targetPath, this.runId);
+    this.killGraceMs = opts.killGraceMs ?? DEFAULT_KILL_GRACE;
+    this.outcome = this.run();
+    // The outcome is also delivered through events(); never leave it unhandled.
+    this.outcome.catch(() => undefined);
+  }
+
+  /** Process group id of the running MARS, -1 before spawn. */
+  get processGroup(): number {
+    return this.pgid;
+  }
+
+  /** Output lines and progress as they happen; ends when the run is over. Iterate once. */
+  events(): AsyncIterable<RunEvent> {
+    return this.channel;
+  }
+
+  /** Stop the run: SIGTERM to the group now, SIGKILL after the grace period. */
+  cancel(): void {
+    this.stop("cancelled");
+  }
+
+  private stop(reason: "cancelled" | "timeout"): void {
+    if (this.stopReason) return;
+    this.stopReason = reason;
+    if (this.pgid > 0) {
+      signalGroup(this.pgid, "SIGTERM");
+      this.killTimer = setTimeout(() => signalGroup(this.pgid, "SIGKILL"), this.killGraceMs);
+      this.killTimer.unref();
+    }
+  }
+
+  private async run(): Promise<RunOutcome> {
+    const started = Date.now();
+    const workDir = await mkdtemp(join(tmpdir(), "mars-run-"));
+    try {
+      return await this.runIn(workDir, started);
+    } finally {
+      this.channel.close();
+      if (this.killTimer) clearTimeout(this.killTimer);
+      await rm(workDir, { recursive: true, force: true });
+    }
+  }
+
+  private async runIn(workDir: string, started: number): Promise<RunOutcome> {
+    const { opts } = this;
+    const requests = opts.requests.map((r) => withParam(r, "target", this.partPath));
+    const requestFile = join(workDir, "request.mars");
+    await writeFile(requestFile, formatRequests(requests));
+    const base = { bytes: 0, exitCode: null, signal: null, errorLines: [], tail: [], lines: 0 };
+    if (opts.signal?.aborted) return { ...base, status: "cancelled", elapsedMs: Date.now() - started };
+
+    const env = marsEnvironment(opts.environ, opts.env);
+    const command = [...(opts.command ?? simulatorCommand()), requestFile];
+    const { child, pgid } = spawnInGroup(command, env, dirname(opts.targetPath));
+    this.pgid = pgid;
+    const onAbort = (): void => this.cancel();
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const timeout =
+      opts.timeoutMs && opts.timeoutMs > 0
+        ? setTimeout(() => this.stop("timeout"), opts.timeoutMs)
+        : undefined;
+
+    let seq = 0;
+    let total = 0;
+    let lastBytes = -1;
+    const errorLines: string[] = [];
+    const tail: string[] = [];
+    const emitLine = (line: string, stream: "stdout" | "stderr"): void => {
+      seq++;
+      if (isErrorLine(line)) errorLines.push(line);
+      tail.push(line);
+      if (tail.length > TAIL_LINES) tail.shift();
+      const announced = transferBytes(line);
+      if (announced !== undefined) total += announced;
+      this.channel.push({ type: "log", seq, line, stream, at: Date.now() });
+    };
+    const emitProgress = async (): Promise<void> => {
+      const bytes = await sizeOf(this.partPath);
+      if (bytes !== lastBytes) {
+        lastBytes = bytes;
+        this.channel.push({ type: "progress", bytes, total: Math.max(total, bytes), at: Date.now() });
+      }
+    };
+    const progressTimer = setInterval(
+      () => void emitProgress(),
+      opts.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL,
+    );
+
+    const streamDone = (stream: "stdout" | "stderr"): Promise<void> =>
+      new Promise((resolve) => {
+        const source = child[stream];
+        if (!source) return resolve();
+        const splitter = new LineSplitter();
+        source.on("data", (chunk: Buffer) => {
+          for (const line of splitter.push(chunk)) emitLine(line, stream);
+        });
+        source.on("close", () => {
+          for (const line of splitter.end()) emitLine(line, stream);
+          resolve();
+        });
+      });
+    const outputs = Promise.all([streamDone("stdout"), streamDone("stderr")]);
+
+    const exit = await new Promise<{ code: number | null; signal: string | null; error?: Error }>(
+      (resolve) => {
+        child.once("error", (error) => resolve({ code: null, signal: null, error }));
+        child.once("spawn", () =>
+          this.channel.push({ type: "spawned", pid: child.pid ?? -1, at: Date.now() }),
+        );
+        child.once("exit", (code, signal) => resolve({ code, signal }));
+      },
+    );
+    // Whatever MARS left behind in its group (helpers, a wrapper's children) goes with it.
+    signalGroup(pgid, "SIGKILL");
+    child.stdin?.destroy();
+    await outputs;
+    clearInterval(progressTimer);
+    if (timeout) clearTimeout(timeout);
+    opts.signal?.removeEventListener("abort", onAbort);
+
+    const bytes = await sizeOf(this.partPath);
+    const signal = exitSignal(exit.code, exit.signal);
+    const common = { bytes, exitCode: exit.code, signal, errorLines, tail, lines: seq };
+    const elapsedMs = (): number => Date.now() - started;
+    const cannotRun = exit.code === EXIT_NOT_EXECUTABLE || exit.code === EXIT_NOT_FOUND;
+    if (exit.error || (cannotRun && !this.stopReason)) {
+      await discardPart(this.partPath);
+      const message =
+        exit.error?.message ?? `cannot run MARS command ${JSON.stringify(command[0])}: ${tail.join(" ")}`;
+      return { ...common, status: "spawn_failed", message, elapsedMs: elapsedMs() };
+    }
+    if (this.stopReason || exit.code !== 0) {
+      await discardPart(this.partPath);
+      const status: RunStatus = this.stopReason ?? (signal ? "killed" : "mars_error");
+      return { ...common, status, elapsedMs: elapsedMs() };
+    }
+    if (bytes === 0) {
+      await discardPart(this.partPath);
+      return { ...common, status: "no_data", elapsedMs: elapsedMs() };
+    }
+    this.channel.push({ type: "progress", bytes, total: Math.max(total, bytes), at: Date.now() });
+    await commitPart(this.partPath, opts.targetPath);
+    return { ...common, status: "succeeded", target: opts.targetPath, elapsedMs: elapsedMs() };
+  }
+}
+
+/** Start MARS for these requests; follow `run.events()` and await `run.outcome`. */
+export function startMars(opts: RunOptions): MarsRun {
+  return new MarsRun(opts);
+}

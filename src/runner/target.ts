@@ -1,0 +1,97 @@
+/** Atomic targets: MARS writes to a temporary name beside the target, renamed only on success. */
+import { open, readdir, rename, rm, stat } from "node:fs/promises";
+import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
+import { TargetError } from "../core/errors.js";
+
+const PART_SUFFIX = ".mars-part";
+
+/** `/dir/.data.grib.<runId>.mars-part` beside `/dir/data.grib`. */
+export function partPathFor(target: string, runId: string): string {
+  return join(dirname(target), `.${basename(target)}.${runId}${PART_SUFFIX}`);
+}
+
+export function isPartFile(name: string): boolean {
+  return name.startsWith(".") && name.endsWith(PART_SUFFIX);
+}
+
+/** Size of a file, or 0 if it does not exist. */
+export async function sizeOf(path: string): Promise<number> {
+  try {
+    return (await stat(path)).size;
+  } catch {
+    return 0;
+  }
+}
+
+async function fsyncPath(path: string, flags: string): Promise<void> {
+  const handle = await open(path, flags);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Make the data durable, then move it into place and make the rename durable too. */
+export async function commitPart(part: string, target: string): Promise<void> {
+  await fsyncPath(part, "r+");
+  await rename(part, target);
+  await fsyncPath(dirname(target), "r");
+}
+
+export async function discardPart(part: string): Promise<void> {
+  await rm(part, { force: true });
+}
+
+/** Remove temporary files left in `dir` by an earlier crash; returns their names. */
+export async function removeStaleParts(dir: string, olderThanMs = 0): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  const cutoff = Date.now() - olderThanMs;
+  for (const name of names.filter(isPartFile)) {
+    const path = join(dir, name);
+    try {
+      if ((await stat(path)).mtimeMs <= cutoff) {
+        await rm(path, { force: true });
+        removed.push(name);
+      }
+    } catch {
+      // Gone already: another cleaner got there first.
+    }
+  }
+  return removed;
+}
+
+/** A plain file name: no directory part, not `.`/`..`, no control characters. */
+export function checkFileName(name: string): string {
+  if (name === "" || name === "." || name === ".." || /[/\\\u0000-\u001f]/.test(name)) {
+    throw new TargetError(`invalid target file name ${JSON.stringify(name)}: give a plain file name`, {
+      targetFname: name,
+    });
+  }
+  return name;
+}
+
+/**
+ * Resolve `path` (absolute, or relative to `root`) and require it to lie inside `root`.
+ * Anything escaping the root (`..`, another absolute path) is rejected.
+ */
+export function resolveInside(root: string, path: string): string {
+  if (/[\u0000-\u001f]/.test(path))
+    throw new TargetError(`target path contains control characters`, { path });
+  const rootAbs = resolve(root);
+  const full = resolve(rootAbs, path);
+  const rel = relative(rootAbs, full);
+  if (rel === "" || rel.startsWith("..") || isAbsolute(rel)) {
+    throw new TargetError(`target ${JSON.stringify(path)} is outside the shared root ${rootAbs}`, {
+      path,
+      root: rootAbs,
+    });
+  }
+  return full;
+}
