@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what `npm run demo`, `npm test` and `npm run bench` need and the machine lacks:
+# nats-server and ecCodes' tools from Debian, and the npm dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v grib_ls >/dev/null 2>&1 || missing+=(libeccodes-tools)
+if ((${#missing[@]} > 0)); then
+  echo "setup: installing ${missing[*]} with apt-get" >&2
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -d node_modules/@nats-io/jetstream ] || [ ! -d node_modules/typescript ]; then
+  echo "setup: installing npm dependencies" >&2
+  npm ci --no-audit --no-fund
+fi

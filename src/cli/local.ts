@@ -1,0 +1,82 @@
+/** `mars-fleet run` (MARS on this machine) and `mars-fleet sim` (the bundled simulator). */
+import { basename, dirname, resolve } from "node:path";
+import type { Argv } from "yargs";
+import { executeMarsLocally } from "../client/execute.js";
+import { marsCommandArgv, type FleetConfig } from "../config/load.js";
+import { formatDuration } from "../core/time.js";
+import { simulatorMain } from "../sim/main.js";
+import { ProgressDisplay } from "./output.js";
+import { parseEnviron, readRequestFile } from "./request-file.js";
+
+export interface RunArgs {
+  request: string;
+  target: string;
+  environ?: string[];
+  json: boolean;
+}
+
+export function runOptions<T>(y: Argv<T>) {
+  return y
+    .positional("request", {
+      type: "string",
+      demandOption: true,
+      describe: "request file: .json or MARS request text (- for stdin)",
+    })
+    .option("target", { type: "string", demandOption: true, describe: "where to write the GRIB result" })
+    .option("environ", {
+      type: "string",
+      array: true,
+      describe: "client environ as key=value (request_id, user_id...)",
+    })
+    .option("mars-command", { type: "string", describe: "MARS executable (default: the bundled simulator)" })
+    .option("job-timeout", { type: "string", describe: 'wall-clock limit, e.g. "10m" (default: none)' })
+    .option("filter-logs", {
+      type: "boolean",
+      describe: "show only important log lines (--no-filter-logs for all)",
+    });
+}
+
+export async function runLocal(args: RunArgs, config: FleetConfig): Promise<number> {
+  const request = await readRequestFile(args.request);
+  const target = resolve(args.target);
+  const label = basename(target);
+  const display = new ProgressDisplay(!args.json && process.stderr.isTTY === true);
+  const ac = new AbortController();
+  const onSignal = (): void => ac.abort();
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    const command = marsCommandArgv(config);
+    const result = await executeMarsLocally(request, {
+      targetDir: dirname(target),
+      targetFname: basename(target),
+      environ: parseEnviron(args.environ),
+      filterLogs: config.filterLogs,
+      onLog: (line) => display.log(line),
+      onProgress: (p) => display.update(label, p.bytes, p.total),
+      signal: ac.signal,
+      timeoutMs: config.jobTimeout,
+      killGraceMs: config.killGrace,
+      ...(command && { command }),
+    });
+    display.stop();
+    if (args.json) {
+      process.stdout.write(
+        JSON.stringify({ target: result.target, bytes: result.bytes, elapsedMs: result.elapsedMs }) + "\n",
+      );
+    } else {
+      process.stdout.write(
+        `${result.target}: ${result.bytes} bytes in ${formatDuration(result.elapsedMs)}\n`,
+      );
+    }
+    return 0;
+  } finally {
+    display.stop();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
+
+export async function runSim(requestFile: string | undefined): Promise<number> {
+  return simulatorMain(requestFile === undefined ? [] : [requestFile]);
+}

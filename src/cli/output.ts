@@ -1,0 +1,98 @@
+/** CLI output: exit codes scripts can rely on, progress bars, error reports. */
+import cliProgress from "cli-progress";
+import { MarsFleetError, type ErrorCode } from "../core/errors.js";
+
+/** Exit codes of the `mars-fleet` command. */
+export const EXIT = {
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  requestInvalid: 3,
+  marsError: 4,
+  noData: 5,
+  retryable: 6,
+  cancelled: 7,
+  timeout: 8,
+  notFound: 9,
+} as const;
+
+const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
+  MARS_REQUEST_INVALID: EXIT.requestInvalid,
+  TARGET_INVALID: EXIT.requestInvalid,
+  MESSAGE_INVALID: EXIT.requestInvalid,
+  MARS_RUNTIME_ERROR: EXIT.marsError,
+  JOB_FAILED: EXIT.marsError,
+  MARS_NO_DATA: EXIT.noData,
+  MARS_KILLED: EXIT.retryable,
+  MARS_SPAWN_FAILED: EXIT.retryable,
+  BROKER_ERROR: EXIT.retryable,
+  JOB_CANCELLED: EXIT.cancelled,
+  JOB_TIMEOUT: EXIT.timeout,
+  JOB_NOT_FOUND: EXIT.notFound,
+  CONFIG_INVALID: EXIT.usage,
+  WRONG_STATE: EXIT.usage,
+};
+
+export function exitCodeFor(err: unknown): number {
+  return err instanceof MarsFleetError ? (EXIT_BY_CODE[err.code] ?? EXIT.internal) : EXIT.internal;
+}
+
+/** Print an error for people (or as JSON) on stderr and return the exit code. */
+export function reportError(err: unknown, json: boolean): number {
+  const code = exitCodeFor(err);
+  if (json) {
+    const record =
+      err instanceof MarsFleetError ? err.toRecord() : { code: "INTERNAL", message: String(err) };
+    process.stderr.write(JSON.stringify({ error: record }) + "\n");
+  } else if (err instanceof MarsFleetError) {
+    process.stderr.write(`mars-fleet: ${err.code}: ${err.message}\n`);
+  } else {
+    process.stderr.write(`mars-fleet: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  }
+  return code;
+}
+
+function mb(bytes: number): string {
+  return (bytes / 1024 / 1024).toFixed(2);
+}
+
+/** Progress bars on stderr when it is a terminal (one per job); log lines print above them. */
+export class ProgressDisplay {
+  private readonly multi: cliProgress.MultiBar | undefined;
+  private readonly bars = new Map<string, cliProgress.SingleBar>();
+
+  constructor(enabled = process.stderr.isTTY === true) {
+    this.multi = enabled
+      ? new cliProgress.MultiBar(
+          {
+            format: "{label} [{bar}] {percentage}% | {done}/{all} MB | {eta_formatted}",
+            stream: process.stderr,
+            hideCursor: true,
+            clearOnComplete: false,
+          },
+          cliProgress.Presets.shades_classic,
+        )
+      : undefined;
+  }
+
+  update(label: string, bytes: number, total: number): void {
+    if (!this.multi || total <= 0) return;
+    const payload = { label, done: mb(bytes), all: mb(total) };
+    let bar = this.bars.get(label);
+    if (!bar) {
+      bar = this.multi.create(total, bytes, payload);
+      this.bars.set(label, bar);
+    }
+    bar.setTotal(total);
+    bar.update(bytes, payload);
+  }
+
+  log(line: string): void {
+    if (this.multi && this.bars.size > 0) this.multi.log(`${line}\n`);
+    else process.stderr.write(`${line}\n`);
+  }
+
+  stop(): void {
+    this.multi?.stop();
+  }
+}

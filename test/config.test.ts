@@ -1,0 +1,83 @@
+import assert from "node:assert/strict";
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { loadConfig } from "../src/config/load.js";
+import { MarsFleetError } from "../src/core/errors.js";
+
+async function yamlFile(text: string): Promise<string> {
+  const path = join(await mkdtemp(join(tmpdir(), "mars-cfg-")), "config.yaml");
+  await writeFile(path, text);
+  return path;
+}
+
+function configError(fn: () => unknown): MarsFleetError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof MarsFleetError) return err;
+    throw err;
+  }
+  assert.fail("expected a ConfigError");
+}
+
+describe("configuration", () => {
+  it("uses defaults when nothing is set", () => {
+    const cfg = loadConfig({ env: {} });
+    assert.equal(cfg.sharedRoot, "/cache");
+    assert.equal(cfg.heartbeatInterval, 20_000);
+    assert.equal(cfg.filterLogs, true);
+    assert.deepEqual(cfg.servers, []);
+  });
+
+  it("applies defaults < YAML < environment < flags", async () => {
+    const file = await yamlFile(
+      "shared_root: /yaml\nheartbeat_interval: 10s\npipe_port: 9100\nqueue: fromyaml\n",
+    );
+    const env = { MARS_CONFIG_FILE: file, MARS_HEARTBEAT_INTERVAL: "3", MARS_PIPE_PORT: "9200" };
+    const cfg = loadConfig({ env, overrides: { pipePort: 9300 } });
+    assert.equal(cfg.sharedRoot, "/yaml"); // YAML over default
+    assert.equal(cfg.queue, "fromyaml");
+    assert.equal(cfg.heartbeatInterval, 3000); // env over YAML (bare number = seconds)
+    assert.equal(cfg.pipePort, 9300); // flag over env
+  });
+
+  it("fails when an explicitly named file is missing", () => {
+    const err = configError(() => loadConfig({ env: { MARS_CONFIG_FILE: "/nonexistent/mars.yaml" } }));
+    assert.equal(err.code, "CONFIG_INVALID");
+    assert.match(err.message, /does not exist/);
+    const err2 = configError(() => loadConfig({ env: {}, configFile: "/nonexistent/other.yaml" }));
+    assert.equal(err2.code, "CONFIG_INVALID");
+  });
+
+  it("rejects invalid YAML, unknown keys and bad values instead of defaulting", async () => {
+    const bad = await yamlFile("shared_root: [unclosed\n");
+    assert.equal(configError(() => loadConfig({ env: {}, configFile: bad })).code, "CONFIG_INVALID");
+    const unknown = await yamlFile("sharedroot: /x\n");
+    assert.match(
+      configError(() => loadConfig({ env: {}, configFile: unknown })).message,
+      /unknown setting "sharedroot"/,
+    );
+    assert.match(
+      configError(() => loadConfig({ env: { MARS_PIPE_PORT: "ninety" } })).message,
+      /MARS_PIPE_PORT/,
+    );
+    assert.match(
+      configError(() => loadConfig({ env: { MARS_HEARTBEAT_INTERVAL: "soon" } })).message,
+      /duration/,
+    );
+    assert.match(
+      configError(() => loadConfig({ env: { MARS_SHARED_ROOT: "relative/dir" } })).message,
+      /sharedRoot/,
+    );
+  });
+
+  it("reads lists and booleans from the environment", () => {
+    const cfg = loadConfig({
+      env: { MARS_NATS_SERVERS: "nats://a:4222, nats://b:4222", MARS_USE_SHARES: "true" },
+    });
+    assert.deepEqual(cfg.servers, ["nats://a:4222", "nats://b:4222"]);
+    assert.equal(cfg.useShares, true);
+  });
+});
