@@ -3,7 +3,20 @@ import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { loadConfig, type FleetConfig } from "../config/load.js";
 import { SETTINGS } from "../config/settings.js";
+import { JOB_STATES, type JobState } from "../broker/schemas.js";
+import type { Argv } from "yargs";
+import {
+  brokerCommand,
+  cancelCommand,
+  jobsCommand,
+  logsCommand,
+  statusCommand,
+  submitCommand,
+  workersCommand,
+  type SubmitArgs,
+} from "./fleet.js";
 import { runLocal, runOptions, runSim, type RunArgs } from "./local.js";
+import { runWorker } from "./worker.js";
 import { reportError } from "./output.js";
 
 type Args = Record<string, unknown> & { json?: boolean; config?: string };
@@ -33,6 +46,51 @@ function handle<A extends Args>(fn: (argv: A) => Promise<number>): (argv: A) => 
   };
 }
 
+/** Options every fleet command takes. */
+function fleetOptions<T>(y: Argv<T>) {
+  return y
+    .option("servers", { type: "string", describe: "NATS server URLs, comma separated (MARS_NATS_SERVERS)" })
+    .option("queue", { type: "string", describe: "work queue (MARS_QUEUE, default: default)" })
+    .option("shared-root", {
+      type: "string",
+      describe: "shared filesystem root (MARS_SHARED_ROOT, default /cache)",
+    })
+    .option("request-timeout", {
+      type: "string",
+      describe: "timeout of one broker request (MARS_REQUEST_TIMEOUT)",
+    });
+}
+
+function workerOptions<T>(y: Argv<T>) {
+  return fleetOptions(y)
+    .option("concurrency", { type: "number", describe: "job slots (MARS_WORKER_CONCURRENCY, default 2)" })
+    .option("mars-command", {
+      type: "string",
+      describe: "MARS executable (MARS_COMMAND; default: the bundled simulator)",
+    })
+    .option("heartbeat-interval", {
+      alias: "heartbeat",
+      type: "string",
+      describe: "heartbeat period; ack wait is 3x (MARS_HEARTBEAT_INTERVAL)",
+    })
+    .option("drain-grace", {
+      type: "string",
+      describe: "on SIGTERM, time for running jobs to finish (MARS_DRAIN_GRACE)",
+    })
+    .option("kill-grace", { type: "string", describe: "SIGTERM to SIGKILL delay for MARS (MARS_KILL_GRACE)" })
+    .option("max-retries", { type: "number", describe: "attempts per job (MARS_MAX_RETRIES)" })
+    .option("retry-delay", {
+      type: "string",
+      describe: "delay before a retry, grows per attempt (MARS_RETRY_DELAY)",
+    })
+    .option("max-concurrent-connections", {
+      type: "number",
+      describe: "fleet-wide cap on running jobs (MARS_MAX_CONCURRENT_CONNECTIONS)",
+    })
+    .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" })
+    .option("worker-id", { type: "string", describe: "worker id (default host-pid-random)" });
+}
+
 export async function main(argv: string[]): Promise<void> {
   await yargs(hideBin(argv))
     .scriptName("mars-fleet")
@@ -55,6 +113,90 @@ export async function main(argv: string[]): Promise<void> {
       "the bundled MARS simulator, invoked like the real mars client",
       (y) => y.positional("request", { type: "string", describe: "request file (default: stdin)" }),
       handle((a) => runSim(a["request"] as string | undefined)),
+    )
+    .command(
+      "worker",
+      "run a worker daemon: pull jobs, run MARS, stream events (SIGTERM drains, a second one forces)",
+      (y) => workerOptions(y),
+      handle((a) => runWorker(configFrom(a), a["workerId"] as string | undefined)),
+    )
+    .command(
+      "submit <request>",
+      "put a MARS request on the fleet's queue",
+      (y) =>
+        fleetOptions(y)
+          .positional("request", {
+            type: "string",
+            demandOption: true,
+            describe: "request file: .json or MARS text (- for stdin)",
+          })
+          .option("target", {
+            type: "string",
+            demandOption: true,
+            describe: "result path, under the shared root (absolute or relative to it)",
+          })
+          .option("follow", {
+            alias: "f",
+            type: "boolean",
+            default: false,
+            describe: "follow logs and progress; exit code from the outcome",
+          })
+          .option("request-id", {
+            type: "string",
+            describe: "idempotency key: resubmitting returns the same job",
+          })
+          .option("environ", { type: "string", array: true, describe: "client environ as key=value" })
+          .option("job-timeout", { type: "string", describe: 'wall-clock limit of the job, e.g. "2h"' })
+          .option("filter-logs", {
+            type: "boolean",
+            describe: "show only important log lines (--no-filter-logs for all)",
+          }),
+      handle((a) => submitCommand(a as unknown as SubmitArgs, configFrom(a))),
+    )
+    .command(
+      "status <id>",
+      "show a job's record",
+      (y) => fleetOptions(y).positional("id", { type: "string", demandOption: true }),
+      handle((a) => statusCommand(a["id"] as string, a.json === true, configFrom(a))),
+    )
+    .command(
+      "logs <id>",
+      "print a job's log (from the beginning)",
+      (y) =>
+        fleetOptions(y)
+          .positional("id", { type: "string", demandOption: true })
+          .option("follow", {
+            alias: "f",
+            type: "boolean",
+            default: false,
+            describe: "keep following until the job ends",
+          }),
+      handle((a) => logsCommand(a["id"] as string, a["follow"] === true, a.json === true, configFrom(a))),
+    )
+    .command(
+      "cancel <id>",
+      "cancel a job: a queued one never runs, a running one is killed",
+      (y) => fleetOptions(y).positional("id", { type: "string", demandOption: true }),
+      handle((a) => cancelCommand(a["id"] as string, a.json === true, configFrom(a))),
+    )
+    .command(
+      "jobs",
+      "list jobs",
+      (y) => fleetOptions(y).option("state", { choices: JOB_STATES, describe: "only jobs in this state" }),
+      handle((a) => jobsCommand(a["state"] as JobState | undefined, a.json === true, configFrom(a))),
+    )
+    .command(
+      "workers",
+      "list live workers",
+      (y) => fleetOptions(y),
+      handle((a) => workersCommand(a.json === true, configFrom(a))),
+    )
+    .command(
+      "broker <action>",
+      "init: create streams, consumer and buckets (idempotent; reports drift); info: queue state",
+      (y) =>
+        workerOptions(y).positional("action", { choices: ["init", "info"] as const, demandOption: true }),
+      handle((a) => brokerCommand(a["action"] as "init" | "info", a.json === true, configFrom(a))),
     )
     .demandCommand(1, "Name a command; see --help.")
     .strict()

@@ -5,6 +5,8 @@ import { join, resolve } from "node:path";
 import { errorForOutcome } from "../runner/outcome.js";
 import { startMars } from "../runner/runner.js";
 import { checkFileName } from "../runner/target.js";
+import { loadConfig, type FleetConfig } from "../config/load.js";
+import { Fleet } from "./fleet.js";
 import { LogPresenter, type LogHandler } from "./log-filter.js";
 import { toRequests, type MarsRequestInput } from "./request-input.js";
 
@@ -30,6 +32,16 @@ export interface ExecuteOptions {
   command?: readonly string[];
   env?: Record<string, string>;
   killGraceMs?: number;
+}
+
+export interface ExecuteMarsOptions extends ExecuteOptions {
+  /** Configuration; default loadConfig(). A fleet is used when servers are set or useShares is on. */
+  config?: FleetConfig;
+  /** An open fleet connection to use (then the fleet is used whatever the configuration). */
+  fleet?: Fleet;
+  /** Fleet mode: the work queue and an idempotency key. */
+  queue?: string;
+  requestId?: string;
 }
 
 export interface ExecuteResult {
@@ -76,4 +88,61 @@ export async function executeMarsLocally(
   const error = errorForOutcome(outcome, opts.timeoutMs);
   if (error) throw error;
   return { target: targetPath, bytes: outcome.bytes, elapsedMs: outcome.elapsedMs, log };
+}
+
+/**
+ * Run a MARS request: through the fleet when one is configured (`MARS_NATS_SERVERS` or
+ * `MARS_USE_SHARES=true`), on this machine otherwise; same results and errors either way.
+ */
+export async function executeMars(
+  request: MarsRequestInput,
+  opts: ExecuteMarsOptions = {},
+): Promise<ExecuteResult> {
+  const config = opts.config ?? loadConfig();
+  if (!opts.fleet && config.servers.length === 0 && !config.useShares) {
+    return executeMarsLocally(request, { filterLogs: config.filterLogs, ...opts });
+  }
+  const fleet = opts.fleet ?? (await Fleet.connect({ config }));
+  try {
+    return await executeOnFleet(fleet, request, { filterLogs: config.filterLogs, ...opts });
+  } finally {
+    if (!opts.fleet) await fleet.close();
+  }
+}
+
+async function executeOnFleet(
+  fleet: Fleet,
+  request: MarsRequestInput,
+  opts: ExecuteMarsOptions,
+): Promise<ExecuteResult> {
+  opts.signal?.throwIfAborted();
+  const job = await fleet.submit(request, {
+    ...(opts.targetDir !== undefined && { targetDir: opts.targetDir }),
+    ...(opts.targetFname !== undefined && { targetFname: opts.targetFname }),
+    ...(opts.environ && { environ: opts.environ }),
+    ...(opts.timeoutMs !== undefined && { timeoutMs: opts.timeoutMs }),
+    ...(opts.queue !== undefined && { queue: opts.queue }),
+    ...(opts.requestId !== undefined && { requestId: opts.requestId }),
+  });
+  const cancel = (): void => void job.cancel().catch(() => undefined);
+  opts.signal?.addEventListener("abort", cancel, { once: true });
+  const presenter = new LogPresenter(opts, { id: job.id, cancel });
+  const log: string[] = [];
+  try {
+    for await (const event of job.events()) {
+      if (event.type === "log") {
+        log.push(event.line);
+        presenter.line(event.line);
+      } else if (event.type === "progress") {
+        opts.onProgress?.({ bytes: event.bytes, total: event.total });
+      } else if (event.type === "state" && event.state === "retrying") {
+        log.length = 0; // a new attempt starts its log afresh, as a local rerun would
+      }
+    }
+    presenter.end();
+    const result = await job.result();
+    return { target: result.target, bytes: result.bytes, elapsedMs: result.elapsedMs, log };
+  } finally {
+    opts.signal?.removeEventListener("abort", cancel);
+  }
 }

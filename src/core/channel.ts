@@ -34,10 +34,11 @@ export class Channel<T> implements AsyncIterable<T> {
 
   fail(err: unknown): void {
     if (this.closed) return;
-    this.error = err;
+    this.closed = true;
     const reject = this.waiterReject;
-    this.close();
+    this.waiter = this.waiterReject = undefined;
     if (reject) reject(err);
+    else this.error = err;
   }
 
   get isClosed(): boolean {

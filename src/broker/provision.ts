@@ -1,0 +1,230 @@
+/**
+ * Provisioning: create the streams, the per-queue consumer and the buckets if missing. Idempotent
+ * and safe from many processes at once (creation races end in "exists", which is fine). Existing
+ * objects are not changed: differences from the wanted configuration are reported as drift.
+ */
+import {
+  AckPolicy,
+  DeliverPolicy,
+  DiscardPolicy,
+  JetStreamApiError,
+  RetentionPolicy,
+  StorageType,
+  type ConsumerConfig,
+  type JetStreamManager,
+  type StreamConfig,
+} from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { BrokerError } from "../core/errors.js";
+import { MINUTE } from "../core/time.js";
+import {
+  DEAD_STREAM,
+  EVENTS_STREAM,
+  JOBS_BUCKET,
+  JOBS_STREAM,
+  WORKERS_BUCKET,
+  consumerName,
+  subjects,
+} from "./subjects.js";
+
+export const DUPLICATE_WINDOW = 15 * MINUTE;
+export const EVENTS_MAX_BYTES = 1024 * 1024 * 1024;
+export const DEAD_MAX_AGE = 30 * 24 * 60 * MINUTE;
+/** Ack wait = this many heartbeats: a worker that misses them is presumed dead. */
+export const ACK_WAIT_HEARTBEATS = 3;
+
+export interface TopologyOptions {
+  queue: string;
+  replicas: 1 | 3;
+  heartbeatMs: number;
+  maxDeliver: number;
+  /** Fleet-wide cap on running jobs for the queue; 0 = none. */
+  maxAckPending: number;
+  eventsMaxAgeMs: number;
+}
+
+export interface ProvisionReport {
+  created: string[];
+  existing: string[];
+  /** Human-readable differences between what exists and what this configuration wants. */
+  drift: string[];
+}
+
+const ms = (n: number): number => n * 1_000_000; // JetStream durations are nanoseconds
+
+function streamConfigs(
+  t: TopologyOptions,
+): Array<Partial<StreamConfig> & { name: string; subjects: string[] }> {
+  return [
+    {
+      name: JOBS_STREAM,
+      subjects: [subjects.allJobs],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      num_replicas: t.replicas,
+      duplicate_window: ms(DUPLICATE_WINDOW),
+      discard: DiscardPolicy.Old,
+    },
+    {
+      name: EVENTS_STREAM,
+      subjects: [...subjects.storedEvents],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      num_replicas: t.replicas,
+      max_age: ms(t.eventsMaxAgeMs),
+      max_bytes: EVENTS_MAX_BYTES,
+      discard: DiscardPolicy.Old,
+    },
+    {
+      name: DEAD_STREAM,
+      subjects: [subjects.allDead],
+      retention: RetentionPolicy.Limits,
+      storage: StorageType.File,
+      num_replicas: t.replicas,
+      max_age: ms(DEAD_MAX_AGE),
+    },
+  ];
+}
+
+export function ackWaitMs(heartbeatMs: number): number {
+  return heartbeatMs * ACK_WAIT_HEARTBEATS;
+}
+
+export function consumerConfig(t: TopologyOptions): Partial<ConsumerConfig> & { durable_name: string } {
+  return {
+    durable_name: consumerName(t.queue),
+    filter_subject: subjects.jobs(t.queue),
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.All,
+    ack_wait: ms(ackWaitMs(t.heartbeatMs)),
+    max_deliver: t.maxDeliver,
+    max_ack_pending: t.maxAckPending > 0 ? t.maxAckPending : -1,
+    num_replicas: 0,
+  };
+}
+
+function isNotFound(err: unknown): boolean {
+  return err instanceof JetStreamApiError && err.status === 404;
+}
+
+function isAlreadyExists(err: unknown): boolean {
+  return err instanceof JetStreamApiError && /already in use|already exists/i.test(err.message);
+}
+
+/** Keys of `wanted` whose value differs in `actual`. */
+function differences(kind: string, wanted: object, actual: object): string[] {
+  const out: string[] = [];
+  for (const [key, value] of Object.entries(wanted)) {
+    if (key === "num_replicas" && value === 0) continue;
+    const have = (actual as Record<string, unknown>)[key];
+    if (JSON.stringify(have) !== JSON.stringify(value)) {
+      out.push(
+        `${kind}: ${key} is ${JSON.stringify(have)}, this configuration wants ${JSON.stringify(value)}`,
+      );
+    }
+  }
+  return out;
+}
+
+async function ensureStream(
+  jsm: JetStreamManager,
+  cfg: Partial<StreamConfig> & { name: string },
+  report: ProvisionReport,
+): Promise<void> {
+  for (let tries = 0; tries < 3; tries++) {
+    try {
+      const info = await jsm.streams.info(cfg.name);
+      report.existing.push(`stream ${cfg.name}`);
+      report.drift.push(...differences(`stream ${cfg.name}`, cfg, info.config));
+      return;
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    try {
+      await jsm.streams.add(cfg);
+      report.created.push(`stream ${cfg.name}`);
+      return;
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err; // another process created it first: look again
+    }
+  }
+}
+
+async function ensureConsumer(
+  jsm: JetStreamManager,
+  cfg: Partial<ConsumerConfig> & { durable_name: string },
+  report: ProvisionReport,
+): Promise<void> {
+  const name = `consumer ${JOBS_STREAM}/${cfg.durable_name}`;
+  for (let tries = 0; tries < 3; tries++) {
+    try {
+      const info = await jsm.consumers.info(JOBS_STREAM, cfg.durable_name);
+      report.existing.push(name);
+      report.drift.push(...differences(name, cfg, info.config));
+      return;
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    try {
+      await jsm.consumers.add(JOBS_STREAM, cfg);
+      report.created.push(name);
+      return;
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+    }
+  }
+}
+
+async function ensureBucket(
+  nc: NatsConnection,
+  name: string,
+  opts: { replicas: number; history: number; ttl?: number },
+  report: ProvisionReport,
+): Promise<void> {
+  const kvm = new Kvm(nc);
+  for await (const status of kvm.list()) {
+    if (status.bucket === name) {
+      report.existing.push(`bucket ${name}`);
+      if (opts.ttl !== undefined && status.ttl !== opts.ttl) {
+        report.drift.push(`bucket ${name}: ttl is ${status.ttl} ms, this configuration wants ${opts.ttl} ms`);
+      }
+      return;
+    }
+  }
+  // Kvm.create is idempotent for identical settings, so a race with another process is harmless.
+  await kvm.create(name, {
+    replicas: opts.replicas,
+    history: opts.history,
+    ...(opts.ttl !== undefined && { ttl: opts.ttl }),
+  });
+  report.created.push(`bucket ${name}`);
+}
+
+/** Ensure the whole topology for one queue exists; returns what was created and any drift. */
+export async function provision(
+  nc: NatsConnection,
+  jsm: JetStreamManager,
+  t: TopologyOptions,
+): Promise<ProvisionReport> {
+  const report: ProvisionReport = { created: [], existing: [], drift: [] };
+  try {
+    for (const cfg of streamConfigs(t)) await ensureStream(jsm, cfg, report);
+    await ensureConsumer(jsm, consumerConfig(t), report);
+    await ensureBucket(nc, JOBS_BUCKET, { replicas: t.replicas, history: 5 }, report);
+    await ensureBucket(
+      nc,
+      WORKERS_BUCKET,
+      { replicas: t.replicas, history: 1, ttl: workerTtlMs(t.heartbeatMs) },
+      report,
+    );
+  } catch (err) {
+    throw new BrokerError(`provisioning failed: ${(err as Error).message}`, {}, err);
+  }
+  return report;
+}
+
+/** A worker's registry entry expires after this long without a heartbeat. */
+export function workerTtlMs(heartbeatMs: number): number {
+  return Math.max(1000, heartbeatMs * ACK_WAIT_HEARTBEATS);
+}

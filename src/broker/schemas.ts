@@ -1,0 +1,128 @@
+/** Message schemas of the wire contract. Every body is validated with these on receipt. */
+import { z } from "zod";
+import { errorRecordSchema } from "../core/errors.js";
+import { MARS_VERBS } from "../mars/request.js";
+import { isToken } from "./subjects.js";
+
+export const PROTOCOL_VERSION = 1;
+
+const token = z.string().refine(isToken, "must be letters, digits, - or _ (at most 128)");
+const marsRequestSchema = z.object({
+  verb: z.enum(MARS_VERBS),
+  params: z.record(z.string(), z.array(z.string()).min(1)),
+});
+
+/** The work-queue message: everything a worker needs to run the job. */
+export const jobMessageSchema = z.object({
+  v: z.literal(PROTOCOL_VERSION),
+  id: token,
+  queue: token,
+  requests: z.array(marsRequestSchema).min(1),
+  /** Target path relative to the shared root (each host mounts the root where it likes). */
+  target: z.string().min(1),
+  environ: z.record(z.string(), z.string()).default({}),
+  timeoutMs: z.number().int().min(0).default(0),
+  submittedAt: z.number(),
+});
+export type JobMessage = z.infer<typeof jobMessageSchema>;
+
+export const JOB_STATES = ["queued", "running", "retrying", "succeeded", "failed", "cancelled"] as const;
+export type JobState = (typeof JOB_STATES)[number];
+export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(["succeeded", "failed", "cancelled"]);
+
+export const jobResultSchema = z.object({
+  target: z.string(),
+  bytes: z.number().int().min(0),
+  elapsedMs: z.number().min(0),
+});
+export type JobResult = z.infer<typeof jobResultSchema>;
+
+/** The job record in the jobs bucket, changed only by compare-and-set. */
+export const jobRecordSchema = z.object({
+  id: token,
+  queue: token,
+  state: z.enum(JOB_STATES),
+  attempt: z.number().int().min(0),
+  maxAttempts: z.number().int().min(1),
+  /** Stream sequence of the work message that owns this job (set at first claim). */
+  seq: z.number().int().optional(),
+  worker: z.string().optional(),
+  target: z.string(),
+  requests: z.array(marsRequestSchema),
+  environ: z.record(z.string(), z.string()).default({}),
+  timeoutMs: z.number().int().min(0).default(0),
+  cancelRequested: z.boolean().default(false),
+  submittedAt: z.number(),
+  startedAt: z.number().optional(),
+  finishedAt: z.number().optional(),
+  updatedAt: z.number(),
+  result: jobResultSchema.optional(),
+  error: errorRecordSchema.optional(),
+});
+export type JobRecord = z.infer<typeof jobRecordSchema>;
+
+/** A batch of consecutive log lines of one attempt (`first` is the sequence of lines[0]). */
+export const logBatchSchema = z.object({
+  attempt: z.number().int().min(1),
+  first: z.number().int().min(1),
+  lines: z.array(z.string()),
+  /** Time stamp (ms) of each line. */
+  at: z.array(z.number()),
+});
+export type LogBatch = z.infer<typeof logBatchSchema>;
+
+export const progressSchema = z.object({
+  attempt: z.number().int().min(1),
+  bytes: z.number().int().min(0),
+  total: z.number().int().min(0),
+  at: z.number(),
+});
+export type ProgressEvent = z.infer<typeof progressSchema>;
+
+export const stateEventSchema = z.object({
+  state: z.enum(JOB_STATES),
+  attempt: z.number().int().min(0),
+  worker: z.string().optional(),
+  at: z.number(),
+  result: jobResultSchema.optional(),
+  error: errorRecordSchema.optional(),
+});
+export type StateEvent = z.infer<typeof stateEventSchema>;
+
+export const heartbeatSchema = z.object({
+  worker: z.string(),
+  attempt: z.number().int().min(1),
+  pid: z.number().int(),
+  bytes: z.number().int().min(0),
+  at: z.number(),
+});
+export type Heartbeat = z.infer<typeof heartbeatSchema>;
+
+export const WORKER_STATES = ["starting", "running", "draining", "stopped"] as const;
+export type WorkerState = (typeof WORKER_STATES)[number];
+
+export const workerInfoSchema = z.object({
+  id: z.string(),
+  host: z.string(),
+  pid: z.number().int(),
+  queue: z.string(),
+  slots: z.number().int().min(1),
+  running: z.array(z.string()),
+  state: z.enum(WORKER_STATES),
+  version: z.string(),
+  startedAt: z.number(),
+  lastSeen: z.number(),
+});
+export type WorkerInfo = z.infer<typeof workerInfoSchema>;
+
+/** A dead-letter entry: the original message (base64 when it was not valid) and why it died. */
+export const deadLetterSchema = z.object({
+  reason: z.string(),
+  jobId: z.string().optional(),
+  streamSeq: z.number().int().optional(),
+  deliveries: z.number().int().optional(),
+  error: errorRecordSchema.optional(),
+  payloadBase64: z.string(),
+  at: z.number(),
+});
+export type DeadLetter = z.infer<typeof deadLetterSchema>;

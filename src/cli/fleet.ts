@@ -1,0 +1,267 @@
+/** Fleet commands: submit, status, logs, cancel, jobs, workers, broker init|info. Output for people or --json. */
+import { basename, dirname, resolve } from "node:path";
+import type { JobEvent, JobHandle } from "../client/job.js";
+import { Fleet } from "../client/fleet.js";
+import { LogPresenter } from "../client/log-filter.js";
+import type { JobRecord, JobState, WorkerInfo } from "../broker/schemas.js";
+import { connectBroker } from "../broker/connection.js";
+import { provision } from "../broker/provision.js";
+import { DEAD_STREAM, EVENTS_STREAM, JOBS_STREAM, consumerName } from "../broker/subjects.js";
+import type { FleetConfig } from "../config/load.js";
+import { errorFromRecord } from "../core/errors.js";
+import { formatDuration } from "../core/time.js";
+import { EXIT, ProgressDisplay, exitCodeFor } from "./output.js";
+import { parseEnviron, readRequestFile } from "./request-file.js";
+
+function print(json: boolean, value: unknown, human: () => string): void {
+  process.stdout.write(json ? JSON.stringify(value) + "\n" : human() + "\n");
+}
+
+async function withFleet<T>(config: FleetConfig, fn: (fleet: Fleet) => Promise<T>): Promise<T> {
+  const fleet = await Fleet.connect({ config });
+  try {
+    return await fn(fleet);
+  } finally {
+    await fleet.close();
+  }
+}
+
+/** Exit code for a finished job record. */
+function exitFor(record: JobRecord): number {
+  if (record.state === "succeeded") return EXIT.ok;
+  return record.error ? exitCodeFor(errorFromRecord(record.error)) : EXIT.internal;
+}
+
+/** Follow a job: filtered logs (or all), a progress bar, state changes; returns the final record. */
+async function follow(
+  job: JobHandle,
+  opts: { json: boolean; filterLogs: boolean; label: string },
+): Promise<JobRecord> {
+  const display = new ProgressDisplay(!opts.json && process.stderr.isTTY === true);
+  const presenter = new LogPresenter(
+    { filterLogs: opts.filterLogs, onLog: (l) => display.log(l) },
+    { id: job.id, cancel: () => void job.cancel() },
+  );
+  const ac = new AbortController();
+  const onSignal = (): void => {
+    display.log(`cancelling job ${job.id} (Ctrl-C again to leave it running)`);
+    process.off("SIGINT", onSignal);
+    process.once("SIGINT", () => ac.abort());
+    void job.cancel();
+  };
+  process.once("SIGINT", onSignal);
+  try {
+    for await (const ev of job.events({ signal: ac.signal })) {
+      if (opts.json) {
+        process.stdout.write(JSON.stringify({ jobId: job.id, ...ev }) + "\n");
+        continue;
+      }
+      showEvent(ev, presenter, display, opts.label);
+    }
+  } finally {
+    process.off("SIGINT", onSignal);
+    presenter.end();
+    display.stop();
+  }
+  return job.status();
+}
+
+function showEvent(ev: JobEvent, presenter: LogPresenter, display: ProgressDisplay, label: string): void {
+  if (ev.type === "log") presenter.line(ev.line);
+  else if (ev.type === "progress") display.update(label, ev.bytes, ev.total);
+  else if (ev.type === "state") {
+    const who = ev.worker ? ` on ${ev.worker}` : "";
+    display.log(
+      `[${label}] ${ev.state} (attempt ${ev.attempt}${who})${ev.error ? `: ${ev.error.message}` : ""}`,
+    );
+  }
+}
+
+export interface SubmitArgs {
+  request: string;
+  target: string;
+  queue?: string;
+  follow: boolean;
+  requestId?: string;
+  environ?: string[];
+  json: boolean;
+}
+
+export async function submitCommand(args: SubmitArgs, config: FleetConfig): Promise<number> {
+  const request = await readRequestFile(args.request);
+  return withFleet(config, async (fleet) => {
+    const target = resolve(config.sharedRoot, args.target);
+    const job = await fleet.submit(request, {
+      targetDir: dirname(target),
+      targetFname: basename(target),
+      environ: parseEnviron(args.environ),
+      ...(args.queue !== undefined && { queue: args.queue }),
+      ...(args.requestId !== undefined && { requestId: args.requestId }),
+    });
+    if (!args.follow) {
+      print(args.json, { jobId: job.id }, () => job.id);
+      return EXIT.ok;
+    }
+    const record = await follow(job, {
+      json: args.json,
+      filterLogs: config.filterLogs,
+      label: job.id.slice(0, 8),
+    });
+    print(args.json, record, () => describeRecord(record, config));
+    return exitFor(record);
+  });
+}
+
+function describeRecord(r: JobRecord, config: FleetConfig): string {
+  const lines = [
+    `${r.id}: ${r.state} (attempt ${r.attempt}/${r.maxAttempts}${r.worker ? `, worker ${r.worker}` : ""})`,
+  ];
+  lines.push(`  target: ${resolve(config.sharedRoot, r.target)}`);
+  if (r.result) lines.push(`  result: ${r.result.bytes} bytes in ${formatDuration(r.result.elapsedMs)}`);
+  if (r.error) lines.push(`  error: ${r.error.code}: ${r.error.message}`);
+  return lines.join("\n");
+}
+
+export async function statusCommand(id: string, json: boolean, config: FleetConfig): Promise<number> {
+  return withFleet(config, async (fleet) => {
+    const record = await (await fleet.job(id)).status();
+    print(json, record, () => describeRecord(record, config));
+    return EXIT.ok;
+  });
+}
+
+export async function logsCommand(
+  id: string,
+  followLive: boolean,
+  json: boolean,
+  config: FleetConfig,
+): Promise<number> {
+  return withFleet(config, async (fleet) => {
+    const job = await fleet.job(id);
+    const ac = new AbortController();
+    if (!followLive) {
+      // Replay what is stored, then stop: the job may still be running.
+      const status = await job.status();
+      if (status.state === "running" || status.state === "queued" || status.state === "retrying")
+        setTimeout(() => ac.abort(), 1000).unref();
+    }
+    for await (const ev of job.events({ signal: ac.signal })) {
+      if (ev.type !== "log") continue;
+      process.stdout.write(json ? JSON.stringify(ev) + "\n" : ev.line + "\n");
+    }
+    return EXIT.ok;
+  });
+}
+
+export async function cancelCommand(id: string, json: boolean, config: FleetConfig): Promise<number> {
+  return withFleet(config, async (fleet) => {
+    const job = await fleet.job(id);
+    const cancelled = await job.cancel();
+    const record = await job.status();
+    print(json, { jobId: id, cancelled, state: record.state }, () =>
+      cancelled
+        ? `${id}: cancel requested (${record.state})`
+        : `${id}: already ${record.state}, nothing to cancel`,
+    );
+    return EXIT.ok;
+  });
+}
+
+export async function jobsCommand(
+  state: JobState | undefined,
+  json: boolean,
+  config: FleetConfig,
+): Promise<number> {
+  return withFleet(config, async (fleet) => {
+    const jobs = await fleet.jobs(state ? { state } : {});
+    print(json, jobs, () =>
+      jobs.length === 0
+        ? "no jobs"
+        : jobs
+            .map(
+              (j) =>
+                `${j.id}  ${j.state.padEnd(9)}  attempt ${j.attempt}  ${new Date(j.submittedAt).toISOString()}  ${j.target}`,
+            )
+            .join("\n"),
+    );
+    return EXIT.ok;
+  });
+}
+
+export async function workersCommand(json: boolean, config: FleetConfig): Promise<number> {
+  return withFleet(config, async (fleet) => {
+    const workers = await fleet.workers();
+    print(json, workers, () =>
+      workers.length === 0
+        ? "no live workers"
+        : workers
+            .map(
+              (w: WorkerInfo) =>
+                `${w.id}  ${w.state.padEnd(8)}  queue ${w.queue}  ${w.running.length}/${w.slots} slots busy  seen ${formatDuration(Date.now() - w.lastSeen)} ago`,
+            )
+            .join("\n"),
+    );
+    return EXIT.ok;
+  });
+}
+
+export async function brokerCommand(
+  action: "init" | "info",
+  json: boolean,
+  config: FleetConfig,
+): Promise<number> {
+  const conn = await connectBroker({
+    servers: config.servers,
+    name: "mars-fleet-admin",
+    timeoutMs: config.requestTimeout,
+  });
+  try {
+    if (action === "init") {
+      const report = await provision(conn.nc, conn.jsm, {
+        queue: config.queue,
+        replicas: config.streamReplicas,
+        heartbeatMs: config.heartbeatInterval,
+        maxDeliver: config.maxRetries,
+        maxAckPending: config.maxConcurrentConnections,
+        eventsMaxAgeMs: config.eventsMaxAge,
+      });
+      print(json, report, () =>
+        [
+          ...report.created.map((c) => `created  ${c}`),
+          ...report.existing.map((c) => `exists   ${c}`),
+          ...report.drift.map((d) => `DRIFT    ${d}`),
+        ].join("\n"),
+      );
+      return EXIT.ok;
+    }
+    const streams = await Promise.all(
+      [JOBS_STREAM, EVENTS_STREAM, DEAD_STREAM].map((s) => conn.jsm.streams.info(s).catch(() => undefined)),
+    );
+    const consumer = await conn.jsm.consumers
+      .info(JOBS_STREAM, consumerName(config.queue))
+      .catch(() => undefined);
+    const info = {
+      streams: streams
+        .filter(Boolean)
+        .map((s) => ({ name: s!.config.name, messages: s!.state.messages, bytes: s!.state.bytes })),
+      consumer: consumer && {
+        name: consumer.name,
+        pending: consumer.num_pending,
+        running: consumer.num_ack_pending,
+        redelivered: consumer.num_redelivered,
+        maxAckPending: consumer.config.max_ack_pending,
+      },
+    };
+    print(json, info, () =>
+      [
+        ...info.streams.map((s) => `stream ${s.name}: ${s.messages} messages, ${s.bytes} bytes`),
+        info.consumer
+          ? `consumer ${info.consumer.name}: ${info.consumer.pending} queued, ${info.consumer.running} running, ${info.consumer.redelivered} redelivered, cap ${info.consumer.maxAckPending}`
+          : `consumer ${consumerName(config.queue)}: missing (run: mars-fleet broker init)`,
+      ].join("\n"),
+    );
+    return EXIT.ok;
+  } finally {
+    await conn.nc.close();
+  }
+}

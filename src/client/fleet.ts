@@ -1,0 +1,184 @@
+/** The fleet client: submit MARS jobs to the work queue, reattach to jobs, list jobs and workers. */
+import { createHash, randomUUID } from "node:crypto";
+import { isAbsolute, join, relative, resolve } from "node:path";
+import type { Logger } from "pino";
+import { decode, encode } from "../broker/codec.js";
+import { connectBroker, type BrokerConnection } from "../broker/connection.js";
+import { provision, type ProvisionReport } from "../broker/provision.js";
+import { JobStore } from "../broker/records.js";
+import { withRetry } from "../broker/retry.js";
+import {
+  PROTOCOL_VERSION,
+  workerInfoSchema,
+  type JobMessage,
+  type JobRecord,
+  type JobState,
+  type WorkerInfo,
+} from "../broker/schemas.js";
+import { isToken, subjects } from "../broker/subjects.js";
+import { loadConfig, type FleetConfig } from "../config/load.js";
+import { silentLogger } from "../core/logging.js";
+import { checkFileName, resolveInside } from "../runner/target.js";
+import { JobHandle } from "./job.js";
+import { toRequests, type MarsRequestInput } from "./request-input.js";
+import { marsEnvironment } from "../runner/runner.js";
+
+export interface FleetConnectOptions {
+  /** A loaded configuration; default: loadConfig() with `overrides`. */
+  config?: FleetConfig;
+  overrides?: Partial<FleetConfig>;
+  logger?: Logger;
+}
+
+export interface SubmitOptions {
+  /** Directory of the result: absolute inside the shared root, or relative to it. Default: the root. */
+  targetDir?: string;
+  targetFname?: string;
+  environ?: Record<string, string>;
+  queue?: string;
+  /** Wall-clock limit of the MARS run in milliseconds (final, not retried). Default: config jobTimeout. */
+  timeoutMs?: number;
+  /** Idempotency key: the same id within the jobs bucket returns the existing job, never a second run. */
+  requestId?: string;
+}
+
+/** A job id from a request id: kept when it is a safe token, else a stable hash of it. */
+export function jobIdFor(requestId: string | undefined): string {
+  if (requestId === undefined) return randomUUID();
+  if (isToken(requestId)) return requestId;
+  return `r-${createHash("sha256").update(requestId).digest("hex").slice(0, 40)}`;
+}
+
+export class Fleet {
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly conn: BrokerConnection,
+    readonly config: FleetConfig,
+    private readonly store: JobStore,
+    readonly provisionReport: ProvisionReport,
+  ) {}
+
+  /** Connect and make sure the topology for the configured queue exists. */
+  static async connect(opts: FleetConnectOptions = {}): Promise<Fleet> {
+    const config = opts.config ?? loadConfig({ overrides: opts.overrides ?? {} });
+    const conn = await connectBroker({
+      servers: config.servers,
+      name: "mars-fleet-client",
+      timeoutMs: config.requestTimeout,
+    });
+    try {
+      const report = await provision(conn.nc, conn.jsm, {
+        queue: config.queue,
+        replicas: config.streamReplicas,
+        heartbeatMs: config.heartbeatInterval,
+        maxDeliver: config.maxRetries,
+        maxAckPending: config.maxConcurrentConnections,
+        eventsMaxAgeMs: config.eventsMaxAge,
+      });
+      for (const line of report.drift)
+        (opts.logger ?? silentLogger()).debug({ drift: line }, "broker configuration drift");
+      return new Fleet(conn, config, new JobStore(await conn.jobsKv()), report);
+    } catch (err) {
+      await conn.nc.close();
+      throw err;
+    }
+  }
+
+  /** Path of a target relative to the shared root, rejecting anything outside it. */
+  targetFor(targetDir: string | undefined, targetFname: string | undefined): string {
+    const root = resolve(this.config.sharedRoot);
+    const dir = targetDir === undefined ? root : isAbsolute(targetDir) ? targetDir : join(root, targetDir);
+    const full = resolveInside(root, join(dir, checkFileName(targetFname ?? "data.grib")));
+    return relative(root, full);
+  }
+
+  /** Put a job on the queue. Validates everything first; returns the existing job for a known requestId. */
+  async submit(request: MarsRequestInput, opts: SubmitOptions = {}): Promise<JobHandle> {
+    const requests = toRequests(request);
+    const target = this.targetFor(opts.targetDir, opts.targetFname);
+    const environ = opts.environ ?? {};
+    marsEnvironment(environ); // validates the environ keys and values
+    const queue = opts.queue ?? this.config.queue;
+    const id = jobIdFor(opts.requestId);
+    const now = Date.now();
+    const message: JobMessage = {
+      v: PROTOCOL_VERSION,
+      id,
+      queue,
+      requests,
+      target,
+      environ,
+      timeoutMs: opts.timeoutMs ?? this.config.jobTimeout,
+      submittedAt: now,
+    };
+    const record: JobRecord = {
+      id,
+      queue,
+      state: "queued",
+      attempt: 0,
+      maxAttempts: this.config.maxRetries,
+      target,
+      requests,
+      environ,
+      timeoutMs: message.timeoutMs,
+      cancelRequested: false,
+      submittedAt: now,
+      updatedAt: now,
+    };
+    const created = await this.store.create(record);
+    if (!created) {
+      const existing = await this.store.require(id);
+      // Queued but maybe never published (a crash between the two): publish again; the
+      // Nats-Msg-Id dedupe window drops it if it was, and the worker drops duplicates by sequence.
+      if (existing.record.state !== "queued") return this.handle(id);
+    }
+    await withRetry(() => this.conn.js.publish(subjects.jobs(queue), encode(message), { msgID: id }), {
+      deadlineMs: this.config.requestTimeout,
+    });
+    return this.handle(id);
+  }
+
+  /** Reattach to a job by id (from any process). */
+  async job(id: string): Promise<JobHandle> {
+    await this.store.require(id);
+    return this.handle(id);
+  }
+
+  private handle(id: string): JobHandle {
+    return new JobHandle(id, this.conn.nc, this.conn.js, this.store, resolve(this.config.sharedRoot));
+  }
+
+  /** Job records, newest first, optionally only those in one state. */
+  async jobs(filter: { state?: JobState } = {}): Promise<JobRecord[]> {
+    const all = await this.store.list();
+    return all
+      .filter((r) => filter.state === undefined || r.state === filter.state)
+      .sort((a, b) => b.submittedAt - a.submittedAt);
+  }
+
+  /** Live workers (entries expire when a worker stops heart-beating). */
+  async workers(): Promise<WorkerInfo[]> {
+    const kv = await this.conn.workersKv();
+    const out: WorkerInfo[] = [];
+    for await (const key of await kv.keys()) {
+      const entry = await kv.get(key);
+      if (!entry || entry.operation !== "PUT") continue;
+      try {
+        out.push(decode(workerInfoSchema, entry.value, "worker entry"));
+      } catch {
+        // An entry from an incompatible version: not listed.
+      }
+    }
+    return out.sort((a, b) => a.id.localeCompare(b.id));
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.conn.nc.drain().catch(() => this.conn.nc.close());
+    return this.closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

@@ -1,0 +1,206 @@
+/** A handle on one fleet job: its story as events, its result, cancel. Works from any process. */
+import { join } from "node:path";
+import { DeliverPolicy, type JetStreamClient } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { decode, encode } from "../broker/codec.js";
+import type { JobStore } from "../broker/records.js";
+import {
+  heartbeatSchema,
+  logBatchSchema,
+  progressSchema,
+  stateEventSchema,
+  TERMINAL_STATES,
+  type JobRecord,
+  type JobState,
+  type StateEvent,
+} from "../broker/schemas.js";
+import { EVENTS_STREAM, eventKind, subjects } from "../broker/subjects.js";
+import { Channel } from "../core/channel.js";
+import { errorFromRecord, JobCancelledError, JobFailedError } from "../core/errors.js";
+
+export type JobEvent =
+  | { type: "log"; line: string; seq: number; attempt: number; at: number }
+  | { type: "progress"; bytes: number; total: number; attempt: number; at: number }
+  | {
+      type: "state";
+      state: JobState;
+      attempt: number;
+      worker?: string;
+      at: number;
+      error?: StateEvent["error"];
+      result?: StateEvent["result"];
+    }
+  | { type: "heartbeat"; worker: string; attempt: number; pid: number; bytes: number; at: number };
+
+export interface FleetJobResult {
+  /** Absolute path of the result under this client's shared root. */
+  target: string;
+  bytes: number;
+  elapsedMs: number;
+}
+
+/** How long to wait for a finished job's terminal event before reporting it from its record. */
+const LATE_REPLAY_MS = 1500;
+
+export class JobHandle {
+  constructor(
+    readonly id: string,
+    private readonly nc: NatsConnection,
+    private readonly js: JetStreamClient,
+    private readonly store: JobStore,
+    private readonly sharedRoot: string,
+  ) {}
+
+  /** The job record as it is now. */
+  async status(): Promise<JobRecord> {
+    return (await this.store.require(this.id)).record;
+  }
+
+  /**
+   * Everything the job did, from the beginning and then live: log lines, progress, state changes
+   * and heartbeats. Ends after the terminal state. Events that do not validate are skipped.
+   */
+  events(opts: { signal?: AbortSignal } = {}): AsyncIterable<JobEvent> {
+    const out = new Channel<JobEvent>();
+    void this.pumpEvents(out, opts.signal).catch((err: unknown) => out.fail(err));
+    return out;
+  }
+
+  private async pumpEvents(out: Channel<JobEvent>, signal?: AbortSignal): Promise<void> {
+    const consumer = await this.js.consumers.get(EVENTS_STREAM, {
+      filter_subjects: subjects.jobEvents(this.id),
+      deliver_policy: DeliverPolicy.All,
+    });
+    const messages = await consumer.consume();
+    const hbSub = this.nc.subscribe(subjects.heartbeat(this.id), {
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          out.push({ type: "heartbeat", ...decode(heartbeatSchema, msg.data, "heartbeat") });
+        } catch {
+          // A malformed heartbeat is not worth failing the stream for.
+        }
+      },
+    });
+    const finish = (): void => {
+      messages.stop();
+      hbSub.unsubscribe();
+      out.close();
+    };
+    signal?.addEventListener("abort", finish, { once: true });
+    // A job that finished long ago may have no events left (max age): fall back on its record.
+    let sawTerminal = false;
+    const record = await this.store.get(this.id);
+    const fallback =
+      record && TERMINAL_STATES.has(record.record.state)
+        ? setTimeout(() => {
+            if (sawTerminal) return;
+            out.push(stateFromRecord(record.record));
+            finish();
+          }, LATE_REPLAY_MS)
+        : undefined;
+    try {
+      for await (const m of messages) {
+        const event = toEvent(m.subject, m.data);
+        if (!event) continue;
+        for (const e of event) out.push(e);
+        const last = event.at(-1);
+        if (last?.type === "state" && TERMINAL_STATES.has(last.state)) {
+          sawTerminal = true;
+          break;
+        }
+      }
+    } finally {
+      if (fallback) clearTimeout(fallback);
+      finish();
+    }
+  }
+
+  /** Wait for the end; the result, or the typed error the job failed with. */
+  async result(opts: { signal?: AbortSignal } = {}): Promise<FleetJobResult> {
+    for await (const record of this.store.watch(this.id)) {
+      opts.signal?.throwIfAborted();
+      if (!TERMINAL_STATES.has(record.state)) continue;
+      if (record.state === "succeeded" && record.result) {
+        return {
+          target: join(this.sharedRoot, record.result.target),
+          bytes: record.result.bytes,
+          elapsedMs: record.result.elapsedMs,
+        };
+      }
+      throw record.error
+        ? errorFromRecord(record.error)
+        : new JobFailedError(`job ended ${record.state}`, { jobId: this.id });
+    }
+    throw new JobFailedError("the job record watch ended", { jobId: this.id });
+  }
+
+  /**
+   * Cancel: a queued job never runs; a running one is stopped (its process group killed) and
+   * recorded cancelled. Returns false when the job had already finished.
+   */
+  async cancel(): Promise<boolean> {
+    let wasQueued = false;
+    const { record } = await this.store.mutate(this.id, (rec) => {
+      if (TERMINAL_STATES.has(rec.state) || rec.cancelRequested) return undefined;
+      if (rec.state === "running") return { ...rec, cancelRequested: true };
+      wasQueued = true;
+      const error = new JobCancelledError("the job was cancelled before it started", {
+        jobId: rec.id,
+      }).toRecord();
+      return { ...rec, cancelRequested: true, state: "cancelled", error, finishedAt: Date.now() };
+    });
+    if (wasQueued) {
+      const event: StateEvent = {
+        state: "cancelled",
+        attempt: record.attempt,
+        at: Date.now(),
+        ...(record.error && { error: record.error }),
+      };
+      await this.js.publish(subjects.state(this.id), encode(event));
+      return true;
+    }
+    if (record.cancelRequested && record.state === "running") {
+      this.nc.publish(subjects.cancel(this.id));
+      return true;
+    }
+    return false;
+  }
+}
+
+function stateFromRecord(rec: JobRecord): JobEvent {
+  return {
+    type: "state",
+    state: rec.state,
+    attempt: rec.attempt,
+    at: rec.finishedAt ?? rec.updatedAt,
+    ...(rec.worker !== undefined && { worker: rec.worker }),
+    ...(rec.error && { error: rec.error }),
+    ...(rec.result && { result: rec.result }),
+  };
+}
+
+function toEvent(subject: string, data: Uint8Array): JobEvent[] | undefined {
+  try {
+    switch (eventKind(subject)) {
+      case "log": {
+        const b = decode(logBatchSchema, data, "log batch");
+        return b.lines.map((line, i) => ({
+          type: "log",
+          line,
+          seq: b.first + i,
+          attempt: b.attempt,
+          at: b.at[i] ?? 0,
+        }));
+      }
+      case "progress":
+        return [{ type: "progress", ...decode(progressSchema, data, "progress") }];
+      case "state":
+        return [{ type: "state", ...decode(stateEventSchema, data, "state") }];
+      default:
+        return undefined;
+    }
+  } catch {
+    return undefined;
+  }
+}

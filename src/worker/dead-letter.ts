@@ -1,0 +1,94 @@
+/**
+ * The dead-letter path: garbage on the queue, jobs failed after their last attempt, and jobs whose
+ * every delivery died with its worker (found through the MAX_DELIVERIES advisory) are recorded in
+ * the MARS_DEAD stream, and their job records are marked failed so no client waits forever.
+ */
+import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { Logger } from "pino";
+import { z } from "zod";
+import { decode, encode } from "../broker/codec.js";
+import type { JobStore } from "../broker/records.js";
+import { withRetry } from "../broker/retry.js";
+import { jobMessageSchema, TERMINAL_STATES, type DeadLetter } from "../broker/schemas.js";
+import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
+import { JobFailedError } from "../core/errors.js";
+import type { JobEventPublisher } from "./events.js";
+
+export async function publishDeadLetter(
+  js: JetStreamClient,
+  queue: string,
+  entry: DeadLetter,
+): Promise<void> {
+  await withRetry(() => js.publish(subjects.dead(queue), encode(entry)));
+}
+
+const advisorySchema = z.object({ stream_seq: z.number().int(), deliveries: z.number().int() });
+
+export interface DeadLetterDeps {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  store: JobStore;
+  queue: string;
+  log: Logger;
+  events: (jobId: string) => JobEventPublisher;
+}
+
+/** Listen for MAX_DELIVERIES advisories; one worker of the queue handles each (queue group). */
+export function watchMaxDeliveries(deps: DeadLetterDeps): Subscription {
+  const subject = subjects.maxDeliveries(consumerName(deps.queue));
+  return deps.nc.subscribe(subject, {
+    queue: `dead-letter-${deps.queue}`,
+    callback: (err, msg) => {
+      if (err) return;
+      void handleAdvisory(deps, msg.data).catch((e: unknown) =>
+        deps.log.error({ err: String(e) }, "dead-letter handling failed"),
+      );
+    },
+  });
+}
+
+async function handleAdvisory(deps: DeadLetterDeps, data: Uint8Array): Promise<void> {
+  const advisory = advisorySchema.parse(JSON.parse(new TextDecoder().decode(data)));
+  const stored = await deps.jsm.streams
+    .getMessage(JOBS_STREAM, { seq: advisory.stream_seq })
+    .catch(() => null);
+  if (!stored) return; // already handled by someone else
+  const payloadBase64 = Buffer.from(stored.data).toString("base64");
+  let jobId: string | undefined;
+  try {
+    jobId = decode(jobMessageSchema, stored.data, "job message").id;
+  } catch {
+    // Garbage that was never terminated: it still goes to the dead-letter stream.
+  }
+  const error = new JobFailedError(
+    `gave up after ${advisory.deliveries} deliveries: the worker running it stopped responding each time`,
+    { deliveries: advisory.deliveries },
+  ).toRecord();
+  if (jobId) {
+    const id = jobId;
+    const { record } = await deps.store.mutate(id, (rec) =>
+      TERMINAL_STATES.has(rec.state) ? undefined : { ...rec, state: "failed", error, finishedAt: Date.now() },
+    );
+    if (record.state === "failed" && record.error?.code === error.code) {
+      const events = deps.events(id);
+      events.state({ state: "failed", attempt: record.attempt, at: Date.now(), error });
+      await events.flush();
+    }
+  }
+  await publishDeadLetter(deps.js, deps.queue, {
+    reason: "max deliveries reached",
+    ...(jobId !== undefined && { jobId }),
+    streamSeq: advisory.stream_seq,
+    deliveries: advisory.deliveries,
+    error,
+    payloadBase64,
+    at: Date.now(),
+  });
+  await deps.jsm.streams.deleteMessage(JOBS_STREAM, advisory.stream_seq).catch(() => false);
+  deps.log.warn(
+    { jobId, streamSeq: advisory.stream_seq, deliveries: advisory.deliveries },
+    "job dead-lettered",
+  );
+}

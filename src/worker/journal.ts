@@ -1,0 +1,81 @@
+/**
+ * A local journal of the MARS runs a worker has in flight (part file, process group), so that a
+ * worker starting after a crash on this host can remove what the crashed one left behind.
+ */
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { z } from "zod";
+import { signalGroup } from "../runner/process-group.js";
+import { discardPart } from "../runner/target.js";
+
+const entrySchema = z.object({
+  workerPid: z.number().int(),
+  pgid: z.number().int(),
+  partPath: z.string(),
+  jobId: z.string(),
+});
+export type JournalEntry = z.infer<typeof entrySchema>;
+
+export const DEFAULT_JOURNAL_DIR = join(tmpdir(), "mars-fleet-journal");
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether a process group is led by our MARS guard shell (so a reused id is never killed). */
+function isGuardGroup(pgid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pgid}/cmdline`, "utf8").includes("mars-guard");
+  } catch {
+    return false;
+  }
+}
+
+export class Journal {
+  constructor(readonly dir: string = DEFAULT_JOURNAL_DIR) {}
+
+  private path(runId: string): string {
+    return join(this.dir, `${runId}.json`);
+  }
+
+  async add(runId: string, entry: JournalEntry): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    await writeFile(this.path(runId), JSON.stringify(entry));
+  }
+
+  async remove(runId: string): Promise<void> {
+    await rm(this.path(runId), { force: true });
+  }
+
+  /** Clean up entries of workers that are gone: kill stray groups, delete part files. */
+  async recover(): Promise<JournalEntry[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch {
+      return [];
+    }
+    const recovered: JournalEntry[] = [];
+    for (const name of names.filter((n) => n.endsWith(".json"))) {
+      const file = join(this.dir, name);
+      try {
+        const entry = entrySchema.parse(JSON.parse(await readFile(file, "utf8")));
+        if (processAlive(entry.workerPid)) continue;
+        if (entry.pgid > 0 && isGuardGroup(entry.pgid)) signalGroup(entry.pgid, "SIGKILL");
+        await discardPart(entry.partPath);
+        recovered.push(entry);
+      } catch {
+        // Unreadable entry: nothing we can act on.
+      }
+      await rm(file, { force: true });
+    }
+    return recovered;
+  }
+}
