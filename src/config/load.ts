@@ -130,7 +130,7 @@ export interface LoadOptions {
 /** Load and validate the configuration from all sources. Never mutates its inputs. */
 export function loadConfig(opts: LoadOptions = {}): FleetConfig {
   const env = opts.env ?? process.env;
-  const explicitFile = opts.configFile ?? env["MARS_CONFIG_FILE"];
+  const explicitFile = opts.configFile ?? (env["MARS_CONFIG_FILE"] || undefined);
   const merged: Record<string, unknown> = {};
   for (const s of SETTINGS) merged[s.key] = s.default;
   Object.assign(merged, readConfigFile(explicitFile ?? DEFAULT_CONFIG_FILE, explicitFile !== undefined));
