@@ -41,7 +41,9 @@ async function rejection(p: Promise<unknown>): Promise<MarsFleetError> {
 
 /** Largest number of [start, end) intervals open at once. */
 function maxOverlap(intervals: Array<[number, number]>): number {
-  const points = intervals.flatMap(([s, e]) => [[s, 1] as const, [e, -1] as const]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const points = intervals
+    .flatMap(([s, e]) => [[s, 1] as const, [e, -1] as const])
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   let open = 0;
   let max = 0;
   for (const [, d] of points) max = Math.max(max, (open += d));
@@ -69,13 +71,18 @@ describe("fleet: jobs", () => {
       assert.equal(rows.length, 6);
     }
     const invocations = await tf.invocations();
-    for (let i = 0; i < 20; i++) assert.equal(invocations.get(`many-${i}`), 1, `job ${i} ran ${invocations.get(`many-${i}`)} times`);
+    for (let i = 0; i < 20; i++)
+      assert.equal(invocations.get(`many-${i}`), 1, `job ${i} ran ${invocations.get(`many-${i}`)} times`);
     const records = await Promise.all(jobs.map((j) => j.status()));
     assert.ok(records.every((r) => r.state === "succeeded" && r.attempt === 1));
     const span = (r: JobRecord): [number, number] => [r.startedAt!, r.finishedAt!];
     const workers = new Set(records.map((r) => r.worker));
     assert.equal(workers.size, 2, "both workers took jobs");
-    for (const w of workers) assert.ok(maxOverlap(records.filter((r) => r.worker === w).map(span)) <= 2, `worker ${w} exceeded its slots`);
+    for (const w of workers)
+      assert.ok(
+        maxOverlap(records.filter((r) => r.worker === w).map(span)) <= 2,
+        `worker ${w} exceeded its slots`,
+      );
     const overall = maxOverlap(records.map(span));
     assert.ok(overall <= 3, `fleet cap exceeded: ${overall} at once`);
     assert.ok(overall >= 2, "jobs ran in parallel");
@@ -87,7 +94,11 @@ describe("fleet: jobs", () => {
     await tf.worker(settings);
     const fleet = await tf.client(settings);
     const request = { param: "2t", date: "20240101", grid: "10/10" };
-    const opts = { targetDir: "dedupe", requestId: "Same Request/Id 42", environ: { request_id: "dedupe-1" } };
+    const opts = {
+      targetDir: "dedupe",
+      requestId: "Same Request/Id 42",
+      environ: { request_id: "dedupe-1" },
+    };
     const [a, b] = await Promise.all([fleet.submit(request, opts), fleet.submit(request, opts)]);
     assert.equal(a.id, b.id);
     await a.result();
@@ -115,7 +126,10 @@ describe("fleet: jobs", () => {
     const none = await fleet.submit({ param: "2t", date: "20990101" }, { targetDir: "errors" });
     assert.equal((await rejection(none.result())).code, "MARS_NO_DATA");
 
-    const slow = await fleet.submit({ param: "2t", date: "20240101/to/20240110", grid: "10/10" }, { targetDir: "errors", timeoutMs: 700 });
+    const slow = await fleet.submit(
+      { param: "2t", date: "20240101/to/20240110", grid: "10/10" },
+      { targetDir: "errors", timeoutMs: 700 },
+    );
     const events = await collect(slow.events());
     assert.equal((await rejection(slow.result())).code, "JOB_TIMEOUT");
     const [helper] = helperPids(events.flatMap((e) => (e.type === "log" ? [e.line] : [])));
@@ -129,12 +143,18 @@ describe("fleet: jobs", () => {
     const settings = { queue, marsCommand: tf.countingMars };
     const fleet = await tf.client(settings);
     // Queued: no worker yet.
-    const queued = await fleet.submit({ param: "2t", date: "20240101" }, { targetDir: "cancel", environ: { request_id: "cancel-queued" } });
+    const queued = await fleet.submit(
+      { param: "2t", date: "20240101" },
+      { targetDir: "cancel", environ: { request_id: "cancel-queued" } },
+    );
     assert.equal(await queued.cancel(), true);
     assert.equal((await rejection(queued.result())).code, "JOB_CANCELLED");
 
     await tf.worker(settings, { MARS_SIM_FIELD_DELAY_MS: "500", MARS_SIM_SPAWN_CHILD: "1" });
-    const running = await fleet.submit({ param: "2t", date: "20240101/to/20240120" }, { targetDir: "cancel", environ: { request_id: "cancel-running" } });
+    const running = await fleet.submit(
+      { param: "2t", date: "20240101/to/20240120" },
+      { targetDir: "cancel", environ: { request_id: "cancel-running" } },
+    );
     const lines: string[] = [];
     let pgid = 0;
     for await (const ev of running.events()) {
@@ -147,7 +167,10 @@ describe("fleet: jobs", () => {
     }
     assert.equal((await rejection(running.result())).code, "JOB_CANCELLED");
     const [helper] = helperPids(lines);
-    assert.ok(await eventually(() => !processAlive(helper!) && groupMembers(pgid).length === 0, 3000), "MARS group survived cancel");
+    assert.ok(
+      await eventually(() => !processAlive(helper!) && groupMembers(pgid).length === 0, 3000),
+      "MARS group survived cancel",
+    );
     await sleep(1500); // several ack waits: a redelivery would show now
     const rec = await running.status();
     assert.equal(rec.state, "cancelled");
@@ -177,7 +200,10 @@ describe("fleet: jobs", () => {
        console.log(job.id);
        await fleet.close();`,
     );
-    const child = spawn(process.execPath, [script], { env: { ...process.env, ...tf.env(settings) }, stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(process.execPath, [script], {
+      env: { ...process.env, ...tf.env(settings) },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     let out = "";
     child.stdout.on("data", (d: Buffer) => (out += d.toString()));
     assert.equal(await new Promise((r) => child.on("exit", r)), 0);
@@ -187,7 +213,10 @@ describe("fleet: jobs", () => {
     const events = await collect(job.events());
     const logs = events.filter((e) => e.type === "log");
     assert.match(logs[0]!.type === "log" ? logs[0]!.line : "", /mars-fleet MARS simulator/);
-    assert.deepEqual(logs.map((e) => (e.type === "log" ? e.seq : 0)), logs.map((_, i) => i + 1));
+    assert.deepEqual(
+      logs.map((e) => (e.type === "log" ? e.seq : 0)),
+      logs.map((_, i) => i + 1),
+    );
     assert.ok(logs.some((e) => e.type === "log" && e.line.endsWith("No errors reported")));
     const result = await job.result();
     assert.equal((await gribLs(result.target, ["shortName"])).length, 8);
@@ -203,19 +232,42 @@ describe("fleet: jobs", () => {
     const config = tf.config(settings);
     const request = { param: "2t/10u", date: "20240101", grid: "10/10" };
     const shown: string[] = [];
-    const viaFleet = await executeMars(request, { config, targetDir: join(tf.sharedRoot, "exec"), targetFname: "a.grib", onLog: (l) => shown.push(l) });
-    const local = await executeMars(request, { config: { ...config, servers: [] }, targetDir: join(tf.sharedRoot, "exec"), targetFname: "b.grib" });
+    const viaFleet = await executeMars(request, {
+      config,
+      targetDir: join(tf.sharedRoot, "exec"),
+      targetFname: "a.grib",
+      onLog: (l) => shown.push(l),
+    });
+    const local = await executeMars(request, {
+      config: { ...config, servers: [] },
+      targetDir: join(tf.sharedRoot, "exec"),
+      targetFname: "b.grib",
+    });
     assert.equal(viaFleet.bytes, local.bytes);
     assert.equal(viaFleet.log.length, local.log.length);
-    assert.deepEqual(shown, viaFleet.log.filter((l) => /error/i.test(l)));
-    const errFleet = await rejection(executeMars({ param: "bogus" }, { config, targetDir: join(tf.sharedRoot, "exec") }));
-    const errLocal = await rejection(executeMars({ param: "bogus" }, { config: { ...config, servers: [] }, targetDir: join(tf.sharedRoot, "exec") }));
+    assert.deepEqual(
+      shown,
+      viaFleet.log.filter((l) => /error/i.test(l)),
+    );
+    const errFleet = await rejection(
+      executeMars({ param: "bogus" }, { config, targetDir: join(tf.sharedRoot, "exec") }),
+    );
+    const errLocal = await rejection(
+      executeMars(
+        { param: "bogus" },
+        { config: { ...config, servers: [] }, targetDir: join(tf.sharedRoot, "exec") },
+      ),
+    );
     assert.equal(errFleet.code, errLocal.code);
     // A custom handler can cancel the job through the fleet.
     const cancelled = await rejection(
       executeMars(
         { param: "2t", date: "20240101/to/20240131" },
-        { config, targetDir: join(tf.sharedRoot, "exec"), logHandler: (line, job) => (line.includes("Welcome") ? job.cancel() : undefined) },
+        {
+          config,
+          targetDir: join(tf.sharedRoot, "exec"),
+          logHandler: (line, job) => (line.includes("Welcome") ? job.cancel() : undefined),
+        },
       ),
     );
     assert.equal(cancelled.code, "JOB_CANCELLED");
@@ -226,14 +278,33 @@ describe("fleet: jobs", () => {
     const settings = { queue };
     const worker = await tf.worker(settings);
     const fleet = await tf.client(settings);
-    assert.equal((await rejection(fleet.submit({ param: "2t\ntarget=/etc/passwd" }))).code, "MARS_REQUEST_INVALID");
-    assert.equal((await rejection(fleet.submit({ param: "2t" }, { targetDir: "/etc" }))).code, "TARGET_INVALID");
-    assert.equal((await rejection(fleet.submit({ param: "2t" }, { targetDir: "../../outside" }))).code, "TARGET_INVALID");
+    assert.equal(
+      (await rejection(fleet.submit({ param: "2t\ntarget=/etc/passwd" }))).code,
+      "MARS_REQUEST_INVALID",
+    );
+    assert.equal(
+      (await rejection(fleet.submit({ param: "2t" }, { targetDir: "/etc" }))).code,
+      "TARGET_INVALID",
+    );
+    assert.equal(
+      (await rejection(fleet.submit({ param: "2t" }, { targetDir: "../../outside" }))).code,
+      "TARGET_INVALID",
+    );
 
     const nc = await connect({ servers: tf.server.url });
     const js = jetstream(nc);
     await js.publish(subjects.jobs(queue), new Uint8Array([0xff, 0x00, 0x13, 0x37]));
-    await js.publish(subjects.jobs(queue), JSON.stringify({ v: 1, id: "escape-1", queue, requests: [{ verb: "retrieve", params: { param: ["2t"] } }], target: "../../../etc/evil.grib", submittedAt: Date.now() }));
+    await js.publish(
+      subjects.jobs(queue),
+      JSON.stringify({
+        v: 1,
+        id: "escape-1",
+        queue,
+        requests: [{ verb: "retrieve", params: { param: ["2t"] } }],
+        target: "../../../etc/evil.grib",
+        submittedAt: Date.now(),
+      }),
+    );
     const escaped = await fleet.job("escape-1").catch(() => undefined);
     const escapedErr = await rejection((escaped ?? (await eventuallyJob(fleet, "escape-1"))).result());
     assert.equal(escapedErr.code, "TARGET_INVALID");
@@ -248,7 +319,10 @@ describe("fleet: jobs", () => {
     assert.ok((await ok.result()).bytes > 0);
     assert.equal(worker.proc.exitCode, null, "the worker is still running");
     const names = await readdir(join(tf.sharedRoot, "bad"));
-    assert.deepEqual(names.filter((n) => n.endsWith(".mars-part")), []);
+    assert.deepEqual(
+      names.filter((n) => n.endsWith(".mars-part")),
+      [],
+    );
   });
 });
 

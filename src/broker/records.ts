@@ -72,16 +72,23 @@ export class JobStore {
     return records.flatMap((r) => (r ? [r.record] : []));
   }
 
-  /** The record now and at every change, until the caller stops iterating. */
+  /**
+   * The record now and at every change, until the caller stops iterating. Survives reconnects and
+   * server restarts: a broken watch is opened again, and it starts with the current value.
+   */
   async *watch(id: string): AsyncGenerator<JobRecord> {
-    const watcher = await this.kv.watch({ key: id });
-    try {
-      for await (const entry of watcher) {
-        if (entry.operation !== "PUT") continue;
-        yield decode(jobRecordSchema, entry.value, `job record ${id}`);
+    for (;;) {
+      const watcher = await withRetry(() => this.kv.watch({ key: id }));
+      try {
+        for await (const entry of watcher) {
+          if (entry.operation !== "PUT") continue;
+          yield decode(jobRecordSchema, entry.value, `job record ${id}`);
+        }
+      } catch {
+        // The watch broke (connection trouble): open it again.
+      } finally {
+        watcher.stop();
       }
-    } finally {
-      watcher.stop();
     }
   }
 }

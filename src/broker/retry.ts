@@ -18,9 +18,17 @@ export async function withRetry<T>(
     try {
       return await op();
     } catch (err) {
-      if (err instanceof MarsFleetError || opts.final?.(err) || Date.now() > deadline) throw err;
+      if (err instanceof MarsFleetError || isClosed(err) || opts.final?.(err) || Date.now() > deadline)
+        throw err;
       opts.onRetry?.(err, attempt);
       await sleep(Math.min(2000, 50 * 2 ** Math.min(attempt, 6)));
     }
   }
+}
+
+/** The connection was closed on purpose: retrying cannot help. */
+function isClosed(err: unknown): boolean {
+  return (
+    err instanceof Error && (err.name === "ClosedConnectionError" || err.name === "DrainingConnectionError")
+  );
 }

@@ -163,14 +163,12 @@ export async function main(argv: string[]): Promise<void> {
       "logs <id>",
       "print a job's log (from the beginning)",
       (y) =>
-        fleetOptions(y)
-          .positional("id", { type: "string", demandOption: true })
-          .option("follow", {
-            alias: "f",
-            type: "boolean",
-            default: false,
-            describe: "keep following until the job ends",
-          }),
+        fleetOptions(y).positional("id", { type: "string", demandOption: true }).option("follow", {
+          alias: "f",
+          type: "boolean",
+          default: false,
+          describe: "keep following until the job ends",
+        }),
       handle((a) => logsCommand(a["id"] as string, a["follow"] === true, a.json === true, configFrom(a))),
     )
     .command(

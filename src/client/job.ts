@@ -4,6 +4,7 @@ import { DeliverPolicy, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { decode, encode } from "../broker/codec.js";
 import type { JobStore } from "../broker/records.js";
+import { withRetry } from "../broker/retry.js";
 import {
   heartbeatSchema,
   logBatchSchema,
@@ -67,11 +68,13 @@ export class JobHandle {
   }
 
   private async pumpEvents(out: Channel<JobEvent>, signal?: AbortSignal): Promise<void> {
-    const consumer = await this.js.consumers.get(EVENTS_STREAM, {
-      filter_subjects: subjects.jobEvents(this.id),
-      deliver_policy: DeliverPolicy.All,
+    const messages = await withRetry(async () => {
+      const consumer = await this.js.consumers.get(EVENTS_STREAM, {
+        filter_subjects: subjects.jobEvents(this.id),
+        deliver_policy: DeliverPolicy.All,
+      });
+      return consumer.consume();
     });
-    const messages = await consumer.consume();
     const hbSub = this.nc.subscribe(subjects.heartbeat(this.id), {
       callback: (err, msg) => {
         if (err) return;

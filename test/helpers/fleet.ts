@@ -87,7 +87,10 @@ export class TestFleet {
   }
 
   /** Start a worker process and wait until it pulls. `extraEnv` reaches MARS (e.g. MARS_SIM_* knobs). */
-  async worker(settings: Record<string, string | number>, extraEnv: Record<string, string> = {}): Promise<WorkerProcess> {
+  async worker(
+    settings: Record<string, string | number>,
+    extraEnv: Record<string, string> = {},
+  ): Promise<WorkerProcess> {
     const id = `w-${randomBytes(3).toString("hex")}`;
     const proc = spawn(process.execPath, [CLI, "worker", "--worker-id", id], {
       env: { ...process.env, ...this.env(settings), MARS_LOG_LEVEL: "debug", ...extraEnv },
@@ -109,8 +112,12 @@ export class TestFleet {
     const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));
     const worker: WorkerProcess = { id, proc, logs, exited, kill: (signal = "SIGTERM") => proc.kill(signal) };
     this.workers.push(worker);
-    const started = await eventually(() => logs.some((l) => l["msg"] === "worker started") || proc.exitCode !== null, 15_000);
-    if (!started || proc.exitCode !== null) throw new Error(`worker did not start: ${JSON.stringify(logs.slice(-5))}`);
+    const started = await eventually(
+      () => logs.some((l) => l["msg"] === "worker started") || proc.exitCode !== null,
+      15_000,
+    );
+    if (!started || proc.exitCode !== null)
+      throw new Error(`worker did not start: ${JSON.stringify(logs.slice(-5))}`);
     return worker;
   }
 
@@ -123,7 +130,8 @@ export class TestFleet {
   }
 
   async dispose(): Promise<void> {
-    for (const w of this.workers) if (w.proc.exitCode === null && w.proc.signalCode === null) w.proc.kill("SIGKILL");
+    for (const w of this.workers)
+      if (w.proc.exitCode === null && w.proc.signalCode === null) w.proc.kill("SIGKILL");
     await Promise.all(this.workers.map((w) => w.exited));
     await Promise.all(this.fleets.map((f) => f.close().catch(() => undefined)));
     await this.server.dispose();
