@@ -1,53 +1,146 @@
 /**
- * `npm run demo`: a sample ERA5-like retrieval on the bundled simulator, with live filtered logs,
- * a progress bar and a summary; the GRIB lands in ./out/.
+ * `npm run demo`: the fleet on one machine. Starts a local nats-server, provisions, starts two
+ * workers on the MARS simulator, submits three ERA5-like requests at once, shows their live
+ * (filtered) logs and progress, prints the results, and shuts everything down.
  */
-import { execFile } from "node:child_process";
+import { spawn, execFile, type ChildProcess } from "node:child_process";
+import { mkdir } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
 import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { executeMarsLocally } from "../src/client/execute.js";
+import { LocalNatsServer } from "../src/broker/local-server.js";
+import { Fleet } from "../src/client/fleet.js";
+import type { JobHandle } from "../src/client/job.js";
+import { LogPresenter } from "../src/client/log-filter.js";
 import { ProgressDisplay } from "../src/cli/output.js";
+import { loadConfig } from "../src/config/load.js";
 import { formatDuration } from "../src/core/time.js";
 
-const REQUEST = {
-  class: "ea",
-  type: "an",
-  stream: "oper",
-  expver: "1",
-  levtype: "sfc",
-  param: "2t/msl/10u/10v",
-  date: "20240101/to/20240103",
-  time: "00:00/12:00",
-  step: "0",
-  grid: "0.5/0.5",
-  area: "72/-25/30/45",
-};
+const CLI = fileURLToPath(new URL("../../bin/mars-fleet.js", import.meta.url));
+const ERA5 = { class: "ea", type: "an", stream: "oper", expver: "1", grid: "0.5/0.5", area: "72/-25/30/45" };
+const REQUESTS = [
+  {
+    name: "surface.grib",
+    request: {
+      ...ERA5,
+      levtype: "sfc",
+      param: "2t/msl/10u/10v",
+      date: "20240101/to/20240103",
+      time: "00:00/12:00",
+    },
+  },
+  {
+    name: "precip.grib",
+    request: {
+      ...ERA5,
+      levtype: "sfc",
+      param: "tp",
+      date: "20240101/to/20240102",
+      time: "06:00",
+      step: "0/to/12/by/6",
+    },
+  },
+  {
+    name: "upper-air.grib",
+    request: { ...ERA5, levtype: "pl", levelist: "850/500/250", param: "t/z", date: "20240101/to/20240102" },
+  },
+];
+
+function startWorker(n: number, env: NodeJS.ProcessEnv, logDir: string): ChildProcess {
+  const log = createWriteStream(resolve(logDir, `worker-${n}.log`));
+  const proc = spawn(process.execPath, [CLI, "worker", "--worker-id", `demo-worker-${n}`], {
+    env,
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  proc.stderr?.pipe(log);
+  return proc;
+}
+
+async function follow(job: JobHandle, label: string, display: ProgressDisplay): Promise<void> {
+  const presenter = new LogPresenter(
+    { onLog: (l) => display.log(`[${label}] ${l}`) },
+    { id: job.id, cancel: () => void job.cancel() },
+  );
+  for await (const ev of job.events()) {
+    if (ev.type === "log") presenter.line(ev.line);
+    else if (ev.type === "progress") display.update(label, ev.bytes, ev.total);
+    else if (ev.type === "state")
+      display.log(`[${label}] ${ev.state}${ev.worker ? ` on ${ev.worker}` : ""} (attempt ${ev.attempt})`);
+  }
+  presenter.end();
+}
+
+async function fieldCount(path: string): Promise<string> {
+  try {
+    const { stdout } = await promisify(execFile)("grib_count", [path]);
+    return stdout.trim();
+  } catch {
+    return "?";
+  }
+}
 
 async function main(): Promise<void> {
   const outDir = resolve("out");
+  const sharedRoot = resolve(outDir, "share");
+  await mkdir(sharedRoot, { recursive: true });
   process.stdout.write(
-    `mars-fleet demo: ERA5-like retrieval on the MARS simulator -> ${outDir}/era5-demo.grib\n`,
+    `mars-fleet demo: nats-server + 2 workers on the MARS simulator; results in ${sharedRoot}\n`,
   );
-  const display = new ProgressDisplay();
-  const result = await executeMarsLocally(REQUEST, {
-    targetDir: outDir,
-    targetFname: "era5-demo.grib",
-    environ: { request_id: "demo-1", user_id: "demo" },
-    env: { MARS_SIM_BYTES_PER_SEC: String(160 * 1024) },
-    onLog: (line) => display.log(line),
-    onProgress: (p) => display.update("era5-demo.grib", p.bytes, p.total),
-  });
-  display.stop();
-  const { stdout } = await promisify(execFile)("grib_ls", [
-    "-p",
-    "shortName,dataDate,dataTime,step,Ni,Nj",
-    result.target,
-  ]).catch(() => ({ stdout: "(grib_ls not installed: apt-get install libeccodes-tools)\n" }));
-  const fields = stdout.split("\n").filter((l) => /^\S+\s+\d{8}/.test(l.trim())).length;
-  process.stdout.write(stdout);
-  process.stdout.write(
-    `\nsummary: ${fields} fields, ${result.bytes} bytes, ${formatDuration(result.elapsedMs)}, ${result.log.length} log lines -> ${result.target}\n`,
-  );
+  const server = await LocalNatsServer.start();
+  const workers: ChildProcess[] = [];
+  try {
+    const env = {
+      ...process.env,
+      MARS_NATS_SERVERS: server.url,
+      MARS_SHARED_ROOT: sharedRoot,
+      MARS_HEARTBEAT_INTERVAL: "2s",
+      MARS_WORKER_CONCURRENCY: "2",
+      // Slow the simulator down so there is something to watch.
+      MARS_SIM_BYTES_PER_SEC: String(150 * 1024),
+    };
+    const config = loadConfig({ env });
+    const fleet = await Fleet.connect({ config });
+    process.stdout.write(`nats-server ${server.url}: created ${fleet.provisionReport.created.join(", ")}\n`);
+    workers.push(startWorker(1, env, outDir), startWorker(2, env, outDir));
+    const display = new ProgressDisplay();
+    const started = Date.now();
+    const jobs = await Promise.all(
+      REQUESTS.map((r, i) =>
+        fleet.submit(r.request, {
+          targetDir: "era5",
+          targetFname: r.name,
+          environ: { request_id: `demo-${i + 1}`, user_id: "demo" },
+        }),
+      ),
+    );
+    await Promise.all(jobs.map((job, i) => follow(job, REQUESTS[i]!.name, display)));
+    display.stop();
+    process.stdout.write(`\nresults (${formatDuration(Date.now() - started)} in all):\n`);
+    let failed = 0;
+    for (const job of jobs) {
+      const record = await job.status();
+      if (record.state !== "succeeded" || !record.result) {
+        failed++;
+        process.stdout.write(`  ${job.id}: ${record.state} ${record.error?.message ?? ""}\n`);
+        continue;
+      }
+      const target = resolve(sharedRoot, record.result.target);
+      process.stdout.write(
+        `  ${target}: ${await fieldCount(target)} fields, ${record.result.bytes} bytes, ${formatDuration(record.result.elapsedMs)} on ${record.worker}\n`,
+      );
+    }
+    process.stdout.write(`\ninspect: grib_ls ${resolve(sharedRoot, "era5", "surface.grib")}\n`);
+    await fleet.close();
+    if (failed > 0) process.exitCode = 1;
+  } finally {
+    for (const w of workers) w.kill("SIGTERM");
+    await Promise.all(
+      workers.map((w) => new Promise((r) => (w.exitCode !== null ? r(null) : w.once("exit", r)))),
+    );
+    await server.dispose();
+    process.stdout.write("workers drained, nats-server stopped.\n");
+  }
 }
 
 main().catch((err: unknown) => {

@@ -55,8 +55,11 @@ describe("fleet: jobs", () => {
     const queue = TestFleet.queue("many");
     const settings = { queue, concurrency: 2, maxConcurrentConnections: 3, marsCommand: tf.countingMars };
     const knobs = { MARS_SIM_FIELD_DELAY_MS: "60" };
-    await Promise.all([tf.worker(settings, knobs), tf.worker(settings, knobs)]);
+    const started = await Promise.all([tf.worker(settings, knobs), tf.worker(settings, knobs)]);
     const fleet = await tf.client(settings);
+    const registered = (await fleet.workers()).filter((w) => w.queue === queue);
+    assert.deepEqual(registered.map((w) => w.id).sort(), started.map((w) => w.id).sort());
+    assert.ok(registered.every((w) => w.slots === 2 && w.state === "running"));
     const jobs = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
         fleet.submit(

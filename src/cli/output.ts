@@ -88,7 +88,7 @@ export class ProgressDisplay {
   }
 
   log(line: string): void {
-    if (this.multi && this.bars.size > 0) this.multi.log(`${line}\n`);
+    if (this.multi && this.bars.size > 0) this.multi.log(`${line}\x1b[K\n`);
     else process.stderr.write(`${line}\n`);
   }
 

@@ -165,6 +165,7 @@ export class Worker {
         await handleJob(this.ctx, msg, active);
       } finally {
         this.active.delete(active);
+        void this.publishRegistry();
       }
     }
   }
