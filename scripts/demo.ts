@@ -3,11 +3,10 @@
  * workers on the MARS simulator, submits three ERA5-like requests at once, shows their live
  * (filtered) logs and progress, prints the results, and shuts everything down.
  */
-import { spawn, execFile, type ChildProcess } from "node:child_process";
+import { execFile } from "node:child_process";
 import { mkdir } from "node:fs/promises";
 import { createWriteStream } from "node:fs";
 import { resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { LocalNatsServer } from "../src/broker/local-server.js";
 import { Fleet } from "../src/client/fleet.js";
@@ -16,8 +15,8 @@ import { LogPresenter } from "../src/client/log-filter.js";
 import { ProgressDisplay } from "../src/cli/output.js";
 import { loadConfig } from "../src/config/load.js";
 import { formatDuration } from "../src/core/time.js";
+import { startWorkerProcess, type WorkerProcess } from "../src/worker/process.js";
 
-const CLI = fileURLToPath(new URL("../../bin/mars-fleet.js", import.meta.url));
 const ERA5 = { class: "ea", type: "an", stream: "oper", expver: "1", grid: "0.5/0.5", area: "72/-25/30/45" };
 const REQUESTS = [
   {
@@ -47,14 +46,9 @@ const REQUESTS = [
   },
 ];
 
-function startWorker(n: number, env: NodeJS.ProcessEnv, logDir: string): ChildProcess {
+async function startWorker(n: number, env: NodeJS.ProcessEnv, logDir: string): Promise<WorkerProcess> {
   const log = createWriteStream(resolve(logDir, `worker-${n}.log`));
-  const proc = spawn(process.execPath, [CLI, "worker", "--worker-id", `demo-worker-${n}`], {
-    env,
-    stdio: ["ignore", "ignore", "pipe"],
-  });
-  proc.stderr?.pipe(log);
-  return proc;
+  return startWorkerProcess(`demo-worker-${n}`, env, (line) => log.write(line + "\n"));
 }
 
 async function follow(job: JobHandle, label: string, display: ProgressDisplay): Promise<void> {
@@ -88,7 +82,7 @@ async function main(): Promise<void> {
     `mars-fleet demo: nats-server + 2 workers on the MARS simulator; results in ${sharedRoot}\n`,
   );
   const server = await LocalNatsServer.start();
-  const workers: ChildProcess[] = [];
+  const workers: WorkerProcess[] = [];
   try {
     const env = {
       ...process.env,
@@ -102,7 +96,7 @@ async function main(): Promise<void> {
     const config = loadConfig({ env });
     const fleet = await Fleet.connect({ config });
     process.stdout.write(`nats-server ${server.url}: created ${fleet.provisionReport.created.join(", ")}\n`);
-    workers.push(startWorker(1, env, outDir), startWorker(2, env, outDir));
+    workers.push(...(await Promise.all([startWorker(1, env, outDir), startWorker(2, env, outDir)])));
     const display = new ProgressDisplay();
     const started = Date.now();
     const jobs = await Promise.all(
@@ -135,9 +129,7 @@ async function main(): Promise<void> {
     if (failed > 0) process.exitCode = 1;
   } finally {
     for (const w of workers) w.kill("SIGTERM");
-    await Promise.all(
-      workers.map((w) => new Promise((r) => (w.exitCode !== null ? r(null) : w.once("exit", r)))),
-    );
+    await Promise.all(workers.map((w) => w.exited));
     await server.dispose();
     process.stdout.write("workers drained, nats-server stopped.\n");
   }

@@ -36,7 +36,10 @@ after(async () => {
 
 describe("mars-fleet CLI", () => {
   it("runs locally with exit codes scripts can use", async () => {
-    await writeFile(join(dir, "ok.mars"), 'retrieve, param=2t, date=20240101, grid=10/10, target="ignored.grib"');
+    await writeFile(
+      join(dir, "ok.mars"),
+      'retrieve, param=2t, date=20240101, grid=10/10, target="ignored.grib"',
+    );
     await writeFile(join(dir, "bad.json"), JSON.stringify({ param: "nosuch", date: "20240101" }));
     await writeFile(join(dir, "inject.json"), JSON.stringify({ param: "2t,target=x" }));
     const ok = await cli(["run", join(dir, "ok.mars"), "--target", join(dir, "out", "a.grib"), "--json"]);
@@ -46,7 +49,9 @@ describe("mars-fleet CLI", () => {
     assert.equal(bad.code, 4);
     assert.match(bad.stderr, /MARS_RUNTIME_ERROR/);
     assert.equal((await cli(["run", join(dir, "inject.json"), "--target", join(dir, "c.grib")])).code, 3);
-    const cfg = await cli(["run", join(dir, "ok.mars"), "--target", join(dir, "d.grib")], { MARS_CONFIG_FILE: "/nonexistent.yaml" });
+    const cfg = await cli(["run", join(dir, "ok.mars"), "--target", join(dir, "d.grib")], {
+      MARS_CONFIG_FILE: "/nonexistent.yaml",
+    });
     assert.equal(cfg.code, 2);
     assert.match(cfg.stderr, /CONFIG_INVALID.*does not exist/);
   });
@@ -56,9 +61,15 @@ describe("mars-fleet CLI", () => {
     const env = tf.env({ queue });
     await tf.worker({ queue });
     await writeFile(join(dir, "fleet.mars"), "retrieve, param=2t/msl, date=20240101, grid=10/10");
-    const followed = await cli(["submit", join(dir, "fleet.mars"), "--target", "cli/a.grib", "--follow", "--json"], env);
+    const followed = await cli(
+      ["submit", join(dir, "fleet.mars"), "--target", "cli/a.grib", "--follow", "--json"],
+      env,
+    );
     assert.equal(followed.code, 0, followed.stderr);
-    const lines = followed.stdout.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = followed.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const record = lines.at(-1)!;
     assert.equal(record["state"], "succeeded");
     assert.ok(lines.some((l) => l["type"] === "log"));
@@ -89,9 +100,17 @@ describe("mars-fleet CLI", () => {
     const journal = new Journal(journalDir);
     // pid 2^22+1 is above Linux's pid_max: certainly not alive.
     await journal.add("job-a1", { workerPid: 4194305, pgid: -1, partPath: part, jobId: "job" });
-    await journal.add("mine", { workerPid: process.pid, pgid: -1, partPath: join(dir, "keep"), jobId: "mine" });
+    await journal.add("mine", {
+      workerPid: process.pid,
+      pgid: -1,
+      partPath: join(dir, "keep"),
+      jobId: "mine",
+    });
     const recovered = await journal.recover();
-    assert.deepEqual(recovered.map((r) => r.jobId), ["job"]);
+    assert.deepEqual(
+      recovered.map((r) => r.jobId),
+      ["job"],
+    );
     assert.deepEqual(await readdir(join(dir, "share")), []);
     assert.deepEqual(await readdir(journalDir), ["mine.json"]);
   });

@@ -46,9 +46,14 @@ export class JobStore {
    * Change a record by compare-and-set: `change` gets the current record and returns the new one,
    * or undefined to leave it as it is. Re-reads and retries when another writer got there first.
    */
-  async mutate(id: string, change: (current: JobRecord) => JobRecord | undefined): Promise<VersionedRecord> {
+  async mutate(
+    id: string,
+    change: (current: JobRecord) => JobRecord | undefined,
+    /** The record as last seen: tried first, saving a read when nobody changed it since. */
+    known?: VersionedRecord,
+  ): Promise<VersionedRecord> {
     for (let tries = 0; tries < MAX_CAS_TRIES; tries++) {
-      const current = await this.require(id);
+      const current = tries === 0 && known ? known : await this.require(id);
       const next = change(current.record);
       if (!next) return current;
       const updated = { ...next, updatedAt: Date.now() };

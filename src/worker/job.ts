@@ -8,7 +8,7 @@ import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { decode, encode } from "../broker/codec.js";
-import type { JobStore } from "../broker/records.js";
+import type { JobStore, VersionedRecord } from "../broker/records.js";
 import {
   jobMessageSchema,
   TERMINAL_STATES,
@@ -17,7 +17,7 @@ import {
   type JobState,
 } from "../broker/schemas.js";
 import { subjects } from "../broker/subjects.js";
-import { asFleetError, JobFailedError, type ErrorRecord } from "../core/errors.js";
+import { asFleetError, JobFailedError, JobNotFoundError, type ErrorRecord } from "../core/errors.js";
 import { errorForOutcome } from "../runner/outcome.js";
 import { startMars, type MarsRun, type RunOutcome } from "../runner/runner.js";
 import { discardPart, isPartFile, resolveInside } from "../runner/target.js";
@@ -48,33 +48,15 @@ export interface ActiveJob {
   handBack: boolean;
 }
 
-type Claim =
+type ClaimDecision =
   | { kind: "run"; record: JobRecord }
   | { kind: "skip"; why: "terminal" | "duplicate" | "cancelled"; record: JobRecord };
+type Claim = ClaimDecision & { version: VersionedRecord };
 
 /** Claim the job for this attempt; skip it when it is finished, cancelled or a duplicate message. */
 async function claim(ctx: WorkerContext, job: JobMessage, seq: number, attempt: number): Promise<Claim> {
-  let outcome: Claim | undefined;
-  const existing = await ctx.store.get(job.id);
-  if (!existing) {
-    // The record is gone (expired or never written): rebuild it from the message.
-    const now = Date.now();
-    await ctx.store.create({
-      id: job.id,
-      queue: job.queue,
-      state: "queued",
-      attempt: 0,
-      maxAttempts: ctx.maxAttempts,
-      target: job.target,
-      requests: job.requests,
-      environ: job.environ,
-      timeoutMs: job.timeoutMs,
-      cancelRequested: false,
-      submittedAt: job.submittedAt,
-      updatedAt: now,
-    });
-  }
-  const { record } = await ctx.store.mutate(job.id, (rec) => {
+  let outcome: ClaimDecision | undefined;
+  const change = (rec: JobRecord): JobRecord | undefined => {
     if (TERMINAL_STATES.has(rec.state)) {
       outcome = { kind: "skip", why: "terminal", record: rec };
       return undefined;
@@ -98,8 +80,32 @@ async function claim(ctx: WorkerContext, job: JobMessage, seq: number, attempt: 
     };
     outcome = { kind: "run", record: running };
     return running;
-  });
-  return outcome ?? { kind: "skip", why: "terminal", record };
+  };
+  let claimed: VersionedRecord;
+  try {
+    claimed = await ctx.store.mutate(job.id, change);
+  } catch (err) {
+    if (!(err instanceof JobNotFoundError)) throw err;
+    // The record is gone (expired, or the message was published by hand): rebuild it from the message.
+    const now = Date.now();
+    await ctx.store.create({
+      id: job.id,
+      queue: job.queue,
+      state: "queued",
+      attempt: 0,
+      maxAttempts: ctx.maxAttempts,
+      target: job.target,
+      requests: job.requests,
+      environ: job.environ,
+      timeoutMs: job.timeoutMs,
+      cancelRequested: false,
+      submittedAt: job.submittedAt,
+      updatedAt: now,
+    });
+    claimed = await ctx.store.mutate(job.id, change);
+  }
+  const result: ClaimDecision = outcome ?? { kind: "skip", why: "terminal", record: claimed.record };
+  return { ...result, version: claimed };
 }
 
 /** Remove part files of earlier attempts of this job (a dead worker's leftovers) beside the target. */
@@ -111,6 +117,18 @@ async function removeEarlierParts(targetPath: string, jobId: string): Promise<vo
       .filter((n) => n.startsWith(prefix) && isPartFile(n))
       .map((n) => discardPart(join(dirname(targetPath), n))),
   );
+}
+
+/** One delivery of one job on this worker. */
+interface Attempt {
+  ctx: WorkerContext;
+  msg: JsMsg;
+  job: JobMessage;
+  attempt: number;
+  events: JobEventPublisher;
+  log: Logger;
+  /** The record as this attempt's claim left it. */
+  claimed: VersionedRecord;
 }
 
 interface Settlement {
@@ -211,6 +229,7 @@ async function runClaimed(
     msg.term();
     return;
   }
+  const current: Attempt = { ctx, msg, job, attempt, events, log, claimed: claimed.version };
   if (attempt > 1) events.state({ state: "retrying", attempt, worker: ctx.workerId, at: Date.now() });
   events.state({ state: "running", attempt, worker: ctx.workerId, at: Date.now() });
   log.info("job started");
@@ -221,7 +240,7 @@ async function runClaimed(
     await mkdir(dirname(targetPath), { recursive: true });
   } catch (err) {
     const error = asFleetError(err);
-    await finish(ctx, msg, job, attempt, events, log, {
+    await finish(current, {
       state: "failed",
       settle: "term",
       error: { ...error.toRecord(), retryable: false },
@@ -293,39 +312,30 @@ async function runClaimed(
     },
     "MARS finished",
   );
-  await finish(
-    ctx,
-    msg,
-    job,
-    attempt,
-    events,
-    log,
-    settlementFor(ctx, outcome, job, attempt, active.handBack),
-  );
+  await finish(current, settlementFor(ctx, outcome, job, attempt, active.handBack));
 }
 
 async function finish(
-  ctx: WorkerContext,
-  msg: JsMsg,
-  job: JobMessage,
-  attempt: number,
-  events: JobEventPublisher,
-  log: Logger,
+  { ctx, msg, job, attempt, events, log, claimed }: Attempt,
   s: Settlement,
 ): Promise<void> {
   const terminal = TERMINAL_STATES.has(s.state);
   let lostLease = false;
-  await ctx.store.mutate(job.id, (rec) => {
-    if (rec.attempt !== attempt || rec.worker !== ctx.workerId) {
-      lostLease = true; // a newer attempt owns the job: do not overwrite its record
-      return undefined;
-    }
-    const next: JobRecord = { ...rec, state: s.state };
-    if (s.error) next.error = s.error;
-    if (s.result) next.result = s.result;
-    if (terminal) next.finishedAt = Date.now();
-    return next;
-  });
+  await ctx.store.mutate(
+    job.id,
+    (rec) => {
+      if (rec.attempt !== attempt || rec.worker !== ctx.workerId) {
+        lostLease = true; // a newer attempt owns the job: do not overwrite its record
+        return undefined;
+      }
+      const next: JobRecord = { ...rec, state: s.state };
+      if (s.error) next.error = s.error;
+      if (s.result) next.result = s.result;
+      if (terminal) next.finishedAt = Date.now();
+      return next;
+    },
+    claimed,
+  );
   if (lostLease) {
     log.warn("lost the lease on this job to a newer attempt; its result is not recorded");
     await events.flush();

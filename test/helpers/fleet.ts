@@ -1,18 +1,14 @@
 /** A fleet for integration tests: a real nats-server, real worker processes, a shared root. */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { LocalNatsServer } from "../../src/broker/local-server.js";
 import { Fleet } from "../../src/client/fleet.js";
 import { loadConfig, type FleetConfig } from "../../src/config/load.js";
 import { SETTINGS } from "../../src/config/settings.js";
 import { SIMULATOR_SCRIPT } from "../../src/sim/command.js";
-import { eventually } from "./proc.js";
-
-const CLI = fileURLToPath(new URL("../../../bin/mars-fleet.js", import.meta.url));
+import { startWorkerProcess, type WorkerProcess } from "../../src/worker/process.js";
 
 /** Short intervals so heartbeats and redelivery take hundreds of milliseconds. */
 export const FAST: Partial<Record<keyof FleetConfig, string | number>> = {
@@ -22,14 +18,6 @@ export const FAST: Partial<Record<keyof FleetConfig, string | number>> = {
   requestTimeout: "5s",
   drainGrace: "10s",
 };
-
-export interface WorkerProcess {
-  id: string;
-  proc: ChildProcess;
-  logs: Array<Record<string, unknown>>;
-  exited: Promise<number | null>;
-  kill(signal?: NodeJS.Signals): void;
-}
 
 export class TestFleet {
   readonly workers: WorkerProcess[] = [];
@@ -92,32 +80,9 @@ export class TestFleet {
     extraEnv: Record<string, string> = {},
   ): Promise<WorkerProcess> {
     const id = `w-${randomBytes(3).toString("hex")}`;
-    const proc = spawn(process.execPath, [CLI, "worker", "--worker-id", id], {
-      env: { ...process.env, ...this.env(settings), MARS_LOG_LEVEL: "debug", ...extraEnv },
-      stdio: ["ignore", "ignore", "pipe"],
-    });
-    const logs: Array<Record<string, unknown>> = [];
-    let partial = "";
-    proc.stderr!.on("data", (d: Buffer) => {
-      const parts = (partial + d.toString()).split("\n");
-      partial = parts.pop() ?? "";
-      for (const line of parts) {
-        try {
-          logs.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          logs.push({ msg: line });
-        }
-      }
-    });
-    const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));
-    const worker: WorkerProcess = { id, proc, logs, exited, kill: (signal = "SIGTERM") => proc.kill(signal) };
+    const env = { ...process.env, ...this.env(settings), MARS_LOG_LEVEL: "debug", ...extraEnv };
+    const worker = await startWorkerProcess(id, env);
     this.workers.push(worker);
-    const started = await eventually(
-      () => logs.some((l) => l["msg"] === "worker started") || proc.exitCode !== null,
-      15_000,
-    );
-    if (!started || proc.exitCode !== null)
-      throw new Error(`worker did not start: ${JSON.stringify(logs.slice(-5))}`);
     return worker;
   }
 
