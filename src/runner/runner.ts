@@ -4,7 +4,7 @@
  * Workers and local mode share it unchanged.
  */
 import { randomUUID } from "node:crypto";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
 import { constants as osConstants, tmpdir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { Channel } from "../core/channel.js";
@@ -99,6 +99,13 @@ export function marsEnvironment(
   return env;
 }
 
+async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
+}
+
 /** One running MARS invocation. Start it with {@link startMars}. */
 export class MarsRun {
   readonly runId: string;
@@ -166,9 +173,18 @@ export class MarsRun {
     const base = { bytes: 0, exitCode: null, signal: null, errorLines: [], tail: [], lines: 0 };
     if (opts.signal?.aborted) return { ...base, status: "cancelled", elapsedMs: Date.now() - started };
 
+    const targetDir = dirname(opts.targetPath);
+    if (!(await isDirectory(targetDir))) {
+      return {
+        ...base,
+        status: "spawn_failed",
+        message: `target directory ${targetDir} does not exist`,
+        elapsedMs: 0,
+      };
+    }
     const env = marsEnvironment(opts.environ, opts.env);
     const command = [...(opts.command ?? simulatorCommand()), requestFile];
-    const { child, pgid } = spawnInGroup(command, env, dirname(opts.targetPath));
+    const { child, pgid } = spawnInGroup(command, env, targetDir);
     this.pgid = pgid;
     const onAbort = (): void => this.cancel();
     opts.signal?.addEventListener("abort", onAbort, { once: true });

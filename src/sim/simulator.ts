@@ -187,7 +187,7 @@ async function retrieve(
 
 async function extraLines(out: Output, knobs: SimKnobs): Promise<void> {
   for (let i = 1; i <= knobs.LOG_LINES; i++) {
-    out.log("INFO", `Simulated progress message ${i} of ${knobs.LOG_LINES}`);
+    out.log("INFO", `Simulated progress message ${i} of ${knobs.LOG_LINES} (t=${Date.now()})`);
     if (knobs.LOG_INTERVAL_MS > 0) {
       out.flush();
       await sleep(knobs.LOG_INTERVAL_MS);

@@ -1,0 +1,226 @@
+/** The benchmark's world: a nats-server, worker processes, a near-zero MARS command, measurements. */
+import { execFile } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { cpus, totalmem, tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { LocalNatsServer } from "../src/broker/local-server.js";
+import { TERMINAL_STATES, type JobState } from "../src/broker/schemas.js";
+import { eventKind } from "../src/broker/subjects.js";
+import { Fleet } from "../src/client/fleet.js";
+import { loadConfig, type FleetConfig } from "../src/config/load.js";
+import { SETTINGS } from "../src/config/settings.js";
+import { lookupParam } from "../src/mars/params.js";
+import { encodeGrib2 } from "../src/sim/grib.js";
+import { fieldValues } from "../src/sim/fields.js";
+import { startWorkerProcess, type WorkerProcess } from "../src/worker/process.js";
+
+export class BenchEnv {
+  readonly workers: WorkerProcess[] = [];
+  private readonly fleets: Fleet[] = [];
+  private core: NatsConnection | undefined;
+
+  private constructor(
+    readonly server: LocalNatsServer,
+    readonly sharedRoot: string,
+    /** A MARS stand-in that costs next to nothing: prints when it started, copies one small GRIB message. */
+    readonly tinyMars: string,
+  ) {}
+
+  static async start(): Promise<BenchEnv> {
+    const server = await LocalNatsServer.start();
+    const sharedRoot = await mkdtemp(join(tmpdir(), "mars-bench-"));
+    const grib = join(sharedRoot, ".tiny.grib");
+    const grid = { ni: 4, nj: 3, north: 10, west: 0, south: 0, east: 15, dx: 5, dy: 5 };
+    const param = lookupParam("2t")!;
+    const field = { param, date: 20240101, time: 0, step: 0 };
+    await writeFile(grib, encodeGrib2({ ...field, typeOfData: 0, grid, values: fieldValues(field, grid) }));
+    const tinyMars = join(sharedRoot, ".tiny-mars.sh");
+    await writeFile(
+      tinyMars,
+      [
+        "#!/bin/sh",
+        'echo "mars - INFO   - 00000000.000000 - started $(date +%s%N)"',
+        `target=$(sed -n 's/^ *target="\\(.*\\)".*$/\\1/p' "$1")`,
+        `cat "${grib}" > "$target"`,
+        'echo "mars - INFO   - 00000000.000000 - Transfering 0 bytes"',
+        'echo "mars - INFO   - 00000000.000000 - No errors reported"',
+        "",
+      ].join("\n"),
+      { mode: 0o755 },
+    );
+    return new BenchEnv(server, sharedRoot, tinyMars);
+  }
+
+  static queue(prefix: string): string {
+    return `${prefix}-${randomBytes(3).toString("hex")}`;
+  }
+
+  env(settings: Record<string, string | number>): Record<string, string> {
+    const out: Record<string, string> = {
+      MARS_NATS_SERVERS: this.server.url,
+      MARS_SHARED_ROOT: this.sharedRoot,
+      MARS_CONFIG_FILE: "",
+    };
+    for (const [key, value] of Object.entries(settings)) {
+      const setting = SETTINGS.find((s) => s.key === key);
+      if (!setting) throw new Error(`unknown setting ${key}`);
+      out[setting.env] = String(value);
+    }
+    return out;
+  }
+
+  config(settings: Record<string, string | number>): FleetConfig {
+    return loadConfig({ env: this.env(settings) });
+  }
+
+  async client(settings: Record<string, string | number>): Promise<Fleet> {
+    const fleet = await Fleet.connect({ config: this.config(settings) });
+    this.fleets.push(fleet);
+    return fleet;
+  }
+
+  async worker(
+    settings: Record<string, string | number>,
+    extraEnv: Record<string, string> = {},
+  ): Promise<WorkerProcess> {
+    const env = { ...process.env, ...this.env(settings), MARS_LOG_LEVEL: "info", ...extraEnv };
+    const w = await startWorkerProcess(`bench-${randomBytes(3).toString("hex")}`, env);
+    this.workers.push(w);
+    return w;
+  }
+
+  async stopWorkers(list: WorkerProcess[] = this.workers): Promise<void> {
+    for (const w of list) if (w.proc.exitCode === null && w.proc.signalCode === null) w.kill("SIGKILL");
+    await Promise.all(list.map((w) => w.exited));
+  }
+
+  /** A plain connection for wildcard subscriptions (the way an observer sees the fleet). */
+  async nc(): Promise<NatsConnection> {
+    this.core ??= await connect({ servers: this.server.url });
+    return this.core;
+  }
+
+  async dispose(): Promise<void> {
+    await this.stopWorkers();
+    await Promise.all(this.fleets.map((f) => f.close().catch(() => undefined)));
+    await this.core?.close();
+    await this.server.dispose();
+    await rm(this.sharedRoot, { recursive: true, force: true });
+  }
+}
+
+/** Watches `mars.job.*.state` and `mars.job.*.log` (core) and resolves per-job milestones. */
+export class FleetObserver {
+  readonly firstLineAt = new Map<string, number>();
+  readonly firstLine = new Map<string, string>();
+  private readonly done = new Map<string, { resolve: (s: JobState) => void; promise: Promise<JobState> }>();
+  private readonly stateAt = new Map<string, Map<string, number>>();
+  private readonly subs: Subscription[] = [];
+
+  static async start(nc: NatsConnection): Promise<FleetObserver> {
+    const o = new FleetObserver();
+    const decoder = new TextDecoder();
+    o.subs.push(
+      nc.subscribe("mars.job.*.*", {
+        callback: (_err, msg) => {
+          const at = Date.now();
+          const id = msg.subject.split(".")[2]!;
+          const kind = eventKind(msg.subject);
+          if (kind === "log" && !o.firstLineAt.has(id)) {
+            o.firstLineAt.set(id, at);
+            o.firstLine.set(id, (JSON.parse(decoder.decode(msg.data)) as { lines: string[] }).lines[0] ?? "");
+          } else if (kind === "state") {
+            const { state } = JSON.parse(decoder.decode(msg.data)) as { state: JobState };
+            const times = o.stateAt.get(id) ?? new Map<string, number>();
+            if (!times.has(state)) times.set(state, at);
+            o.stateAt.set(id, times);
+            if (TERMINAL_STATES.has(state)) o.entry(id).resolve(state);
+          }
+        },
+      }),
+    );
+    await nc.flush();
+    return o;
+  }
+
+  private entry(id: string): { resolve: (s: JobState) => void; promise: Promise<JobState> } {
+    let e = this.done.get(id);
+    if (!e) {
+      let resolve!: (s: JobState) => void;
+      const promise = new Promise<JobState>((r) => (resolve = r));
+      e = { resolve, promise };
+      this.done.set(id, e);
+    }
+    return e;
+  }
+
+  finished(id: string): Promise<JobState> {
+    return this.entry(id).promise;
+  }
+
+  stateTime(id: string, state: string): number | undefined {
+    return this.stateAt.get(id)?.get(state);
+  }
+
+  stop(): void {
+    for (const s of this.subs) s.unsubscribe();
+  }
+}
+
+/** Resident set size of a process in MB, from /proc. */
+export async function rssMb(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  return kb / 1024;
+}
+
+/** CPU time (user + system) of a process in milliseconds, from /proc. */
+export async function cpuMs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+}
+
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
+}
+
+/** Run `fn` over `items` with at most `limit` at once. */
+export async function pool<T, R>(
+  items: T[],
+  limit: number,
+  fn: (item: T, index: number) => Promise<R>,
+): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        results[i] = await fn(items[i]!, i);
+      }
+    }),
+  );
+  return results;
+}
+
+export async function machine(): Promise<Record<string, unknown>> {
+  const natsVersion = await promisify(execFile)("nats-server", ["--version"]).then(
+    (r) => r.stdout.trim(),
+    () => "unknown",
+  );
+  return {
+    cores: cpus().length,
+    cpuModel: cpus()[0]?.model,
+    memoryGb: Math.round(totalmem() / 1024 ** 3),
+    node: process.version,
+    natsServer: natsVersion,
+    date: new Date().toISOString(),
+  };
+}

@@ -1,0 +1,51 @@
+/**
+ * `npm run bench [-- --quick] [-- --json FILE] [-- --only 1,3]`: what the fleet costs over running
+ * MARS directly, each scenario against a baseline measured in the same run.
+ */
+import { writeFile } from "node:fs/promises";
+import yargs from "yargs";
+import { hideBin } from "yargs/helpers";
+import { BenchEnv, machine } from "./env.js";
+import { formatTable, type ScenarioResult } from "./report.js";
+import { backlog, failover, footprint, logStreaming } from "./resilience.js";
+import { brokerCapacity, dispatchLatency, perJobOverhead } from "./throughput.js";
+
+async function main(): Promise<void> {
+  const args = await yargs(hideBin(process.argv))
+    .option("quick", { type: "boolean", default: false, describe: "smaller counts, under a minute" })
+    .option("json", { type: "string", describe: "write every figure to this JSON file" })
+    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-7)" })
+    .strict()
+    .parseAsync();
+  const q = args.quick;
+  const only = args.only ? new Set(args.only.split(",").map(Number)) : undefined;
+  const scenarios: Array<[number, string, (env: BenchEnv) => Promise<ScenarioResult>]> = [
+    [1, "dispatch latency", (env) => dispatchLatency(env, q ? 60 : 300)],
+    [2, "per-job overhead", (env) => perJobOverhead(env, q ? 60 : 500)],
+    [3, "broker capacity", (env) => brokerCapacity(env, q ? 400 : 2000)],
+    [4, "log streaming", (env) => logStreaming(env, q ? 50_000 : 200_000)],
+    [5, "failover", (env) => failover(env, !q)],
+    [6, "backlog", (env) => backlog(env, q ? 2000 : 10_000)],
+    [7, "footprint", (env) => footprint(env, 32)],
+  ];
+  const results: ScenarioResult[] = [];
+  const started = Date.now();
+  for (const [n, name, run] of scenarios) {
+    if (only && !only.has(n)) continue;
+    process.stderr.write(`bench: ${n} ${name}...\n`);
+    const env = await BenchEnv.start();
+    try {
+      results.push(await run(env));
+    } finally {
+      await env.dispose();
+    }
+  }
+  const report = { machine: await machine(), quick: q, seconds: (Date.now() - started) / 1000, results };
+  process.stdout.write(formatTable(results) + `\n\n${report.seconds.toFixed(0)} s in all\n`);
+  if (args.json) await writeFile(args.json, JSON.stringify(report, null, 2) + "\n");
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,149 @@
+/** Scenarios 1-3: dispatch latency, per-job overhead, broker capacity. */
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { normaliseRequests } from "../src/mars/request.js";
+import { startMars } from "../src/runner/runner.js";
+import { BenchEnv, FleetObserver, percentile, pool } from "./env.js";
+import { round, target, type ScenarioResult } from "./report.js";
+
+const SHORT_REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
+
+/** Run one request directly through the runner; returns ms from start to the first line and to the end. */
+async function direct(
+  env: BenchEnv,
+  command: string[] | undefined,
+  name: string,
+): Promise<{ firstLineMs: number; totalMs: number }> {
+  await mkdir(join(env.sharedRoot, "direct"), { recursive: true });
+  const started = Date.now();
+  const run = startMars({
+    requests: normaliseRequests(SHORT_REQUEST),
+    targetPath: join(env.sharedRoot, "direct", name),
+    ...(command && { command }),
+  });
+  let firstLineMs = NaN;
+  for await (const ev of run.events())
+    if (ev.type === "log" && Number.isNaN(firstLineMs)) firstLineMs = Date.now() - started;
+  const outcome = await run.outcome;
+  if (outcome.status !== "succeeded") throw new Error(`direct run ${outcome.status}`);
+  return { firstLineMs, totalMs: Date.now() - started };
+}
+
+/** Started-at (ms) that the tiny MARS command printed as its first line. */
+function spawnedAt(line: string | undefined): number {
+  const m = /started (\d+)/.exec(line ?? "");
+  return m ? Number(BigInt(m[1]!) / 1000n) / 1000 : NaN;
+}
+
+export async function dispatchLatency(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+  const queue = BenchEnv.queue("dispatch");
+  const settings = { queue, concurrency: 2, marsCommand: env.tinyMars };
+  await Promise.all([env.worker(settings), env.worker(settings)]);
+  const fleet = await env.client(settings);
+  const observer = await FleetObserver.start(await env.nc());
+  const toSpawn: number[] = [];
+  const toFirstLine: number[] = [];
+  for (let i = 0; i < jobs + 10; i++) {
+    const t0 = Date.now();
+    const job = await fleet.submit(SHORT_REQUEST, { targetDir: "dispatch", targetFname: `${i}.grib` });
+    await observer.finished(job.id);
+    if (i < 10) continue; // warm-up
+    toSpawn.push(spawnedAt(observer.firstLine.get(job.id)) - t0);
+    toFirstLine.push(observer.firstLineAt.get(job.id)! - t0);
+  }
+  observer.stop();
+  await env.stopWorkers();
+  const baseline: number[] = [];
+  for (let i = 0; i < Math.min(jobs, 100); i++)
+    baseline.push((await direct(env, [env.tinyMars], `d${i}.grib`)).firstLineMs);
+  const figures = {
+    "submit->spawn p50 ms": percentile(toSpawn, 50),
+    "submit->spawn p95 ms": percentile(toSpawn, 95),
+    "submit->spawn p99 ms": percentile(toSpawn, 99),
+    "submit->first line p50 ms": percentile(toFirstLine, 50),
+    "submit->first line p95 ms": percentile(toFirstLine, 95),
+    "submit->first line p99 ms": percentile(toFirstLine, 99),
+  };
+  const base = {
+    "submit->first line p50 ms": percentile(baseline, 50),
+    "submit->first line p99 ms": percentile(baseline, 99),
+  };
+  return {
+    scenario: "1 dispatch",
+    figures,
+    baseline: base,
+    ratios: {
+      "submit->first line p50 ms": figures["submit->first line p50 ms"] / base["submit->first line p50 ms"],
+      "submit->first line p99 ms": figures["submit->first line p99 ms"] / base["submit->first line p99 ms"],
+    },
+    targets: [
+      target("dispatch p50 (submit to MARS start)", figures["submit->spawn p50 ms"], "ms", "<=", 5),
+      target("dispatch p99 (submit to MARS start)", figures["submit->spawn p99 ms"], "ms", "<=", 20),
+    ],
+    notes: [
+      `${jobs} sequential jobs on an idle fleet of 2 workers; baseline: the runner spawning the same command directly`,
+    ],
+  };
+}
+
+/** N jobs through the fleet (all submitted at once) vs the same N through a local pool of the same width. */
+async function fleetVsPool(
+  env: BenchEnv,
+  name: string,
+  jobs: number,
+  workers: number,
+  slots: number,
+  command: string | undefined,
+): Promise<{ fleetMs: number; directMs: number }> {
+  const queue = BenchEnv.queue(name);
+  const settings = { queue, concurrency: slots, ...(command && { marsCommand: command }) };
+  const started = await Promise.all(Array.from({ length: workers }, () => env.worker(settings)));
+  const fleet = await env.client(settings);
+  const observer = await FleetObserver.start(await env.nc());
+  const t0 = Date.now();
+  const handles = await pool(
+    Array.from({ length: jobs }, (_, i) => i),
+    64,
+    (i) => fleet.submit(SHORT_REQUEST, { targetDir: name, targetFname: `${i}.grib` }),
+  );
+  const states = await Promise.all(handles.map((h) => observer.finished(h.id)));
+  const fleetMs = Date.now() - t0;
+  observer.stop();
+  const failed = states.filter((s) => s !== "succeeded").length;
+  if (failed > 0) throw new Error(`${failed} of ${jobs} fleet jobs did not succeed`);
+  await env.stopWorkers(started);
+  const t1 = Date.now();
+  await pool(
+    Array.from({ length: jobs }, (_, i) => i),
+    workers * slots,
+    (i) => direct(env, command ? [command] : undefined, `${name}-${i}.grib`),
+  );
+  return { fleetMs, directMs: Date.now() - t1 };
+}
+
+export async function perJobOverhead(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+  const { fleetMs, directMs } = await fleetVsPool(env, "overhead", jobs, 2, 2, undefined);
+  const ratio = fleetMs / directMs;
+  return {
+    scenario: "2 overhead",
+    figures: { "total s": fleetMs / 1000, "per job ms": fleetMs / jobs },
+    baseline: { "total s": directMs / 1000, "per job ms": directMs / jobs },
+    ratios: { "total s": ratio, "per job ms": ratio },
+    targets: [target("fleet time / direct time", round(ratio, 3), "x", "<=", 1.1)],
+    notes: [`${jobs} simulator jobs, 2 workers x 2 slots vs a local pool of 4 runners`],
+  };
+}
+
+export async function brokerCapacity(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+  const { fleetMs, directMs } = await fleetVsPool(env, "capacity", jobs, 2, 8, env.tinyMars);
+  const fleetRate = jobs / (fleetMs / 1000);
+  const directRate = jobs / (directMs / 1000);
+  return {
+    scenario: "3 capacity",
+    figures: { "jobs/s": fleetRate },
+    baseline: { "jobs/s": directRate },
+    ratios: { "jobs/s": fleetRate / directRate },
+    targets: [target("end-to-end throughput", round(fleetRate, 0), "jobs/s", ">=", 500)],
+    notes: [`${jobs} near-zero jobs, 2 workers x 8 slots vs a local pool of 16 runners`],
+  };
+}
