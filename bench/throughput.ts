@@ -55,7 +55,7 @@ export async function dispatchLatency(env: BenchEnv, jobs: number): Promise<Scen
   await env.stopWorkers();
   const baseline: number[] = [];
   for (let i = 0; i < Math.min(jobs, 100); i++)
-    baseline.push((await direct(env, [env.tinyMars], `d${i}.grib`)).firstLineMs);
+    baseline.push((await direct(env, env.tinyMars.split(" "), `d${i}.grib`)).firstLineMs);
   const figures = {
     "submit->spawn p50 ms": percentile(toSpawn, 50),
     "submit->spawn p95 ms": percentile(toSpawn, 95),
@@ -116,7 +116,7 @@ async function fleetVsPool(
   await pool(
     Array.from({ length: jobs }, (_, i) => i),
     workers * slots,
-    (i) => direct(env, command ? [command] : undefined, `${name}-${i}.grib`),
+    (i) => direct(env, command?.split(" "), `${name}-${i}.grib`),
   );
   return { fleetMs, directMs: Date.now() - t1 };
 }

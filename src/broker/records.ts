@@ -19,13 +19,12 @@ function isCasConflict(err: unknown): boolean {
 export class JobStore {
   constructor(private readonly kv: KV) {}
 
-  /** Create the record; false when a job with this id already exists. */
-  async create(record: JobRecord): Promise<boolean> {
+  /** Create the record; its revision, or undefined when a job with this id already exists. */
+  async create(record: JobRecord): Promise<number | undefined> {
     try {
-      await withRetry(() => this.kv.create(record.id, encode(record)), { final: isCasConflict });
-      return true;
+      return await withRetry(() => this.kv.create(record.id, encode(record)), { final: isCasConflict });
     } catch (err) {
-      if (isCasConflict(err)) return false;
+      if (isCasConflict(err)) return undefined;
       throw err;
     }
   }

@@ -22,7 +22,10 @@ export const jobMessageSchema = z.object({
   target: z.string().min(1),
   environ: z.record(z.string(), z.string()).default({}),
   timeoutMs: z.number().int().min(0).default(0),
+  maxAttempts: z.number().int().min(1).optional(),
   submittedAt: z.number(),
+  /** Revision of the job record as the client created it: lets the first claim skip a read. */
+  revision: z.number().int().optional(),
 });
 export type JobMessage = z.infer<typeof jobMessageSchema>;
 
@@ -126,3 +129,21 @@ export const deadLetterSchema = z.object({
   at: z.number(),
 });
 export type DeadLetter = z.infer<typeof deadLetterSchema>;
+
+/** The record a job starts with, a function of its message: client and worker build the same one. */
+export function initialRecord(message: JobMessage, maxAttempts: number): JobRecord {
+  return {
+    id: message.id,
+    queue: message.queue,
+    state: "queued",
+    attempt: 0,
+    maxAttempts: message.maxAttempts ?? maxAttempts,
+    target: message.target,
+    requests: message.requests,
+    environ: message.environ,
+    timeoutMs: message.timeoutMs,
+    cancelRequested: false,
+    submittedAt: message.submittedAt,
+    updatedAt: message.submittedAt,
+  };
+}

@@ -39,6 +39,7 @@ export const subjects = {
   allHeartbeats: "mars.hb.*",
   /** Core NATS: ask the worker running this job to stop it. */
   cancel: (id: string): string => `mars.cancel.${id}`,
+  allCancels: "mars.cancel.*",
   dead: (queue: string): string => `mars.dead.${queue}`,
   allDead: "mars.dead.>",
   /** Server advisory when a job message ran out of deliveries. */

@@ -10,6 +10,7 @@ import { withRetry } from "../broker/retry.js";
 import {
   PROTOCOL_VERSION,
   workerInfoSchema,
+  initialRecord,
   type JobMessage,
   type JobRecord,
   type JobState,
@@ -110,28 +111,17 @@ export class Fleet {
       target,
       environ,
       timeoutMs: opts.timeoutMs ?? this.config.jobTimeout,
-      submittedAt: now,
-    };
-    const record: JobRecord = {
-      id,
-      queue,
-      state: "queued",
-      attempt: 0,
       maxAttempts: this.config.maxRetries,
-      target,
-      requests,
-      environ,
-      timeoutMs: message.timeoutMs,
-      cancelRequested: false,
       submittedAt: now,
-      updatedAt: now,
     };
-    const created = await this.store.create(record);
-    if (!created) {
+    const revision = await this.store.create(initialRecord(message, this.config.maxRetries));
+    if (revision === undefined) {
       const existing = await this.store.require(id);
       // Queued but maybe never published (a crash between the two): publish again; the
       // Nats-Msg-Id dedupe window drops it if it was, and the worker drops duplicates by sequence.
       if (existing.record.state !== "queued") return this.handle(id);
+    } else {
+      message.revision = revision;
     }
     await withRetry(() => this.conn.js.publish(subjects.jobs(queue), encode(message), { msgID: id }), {
       deadlineMs: this.config.requestTimeout,

@@ -17,6 +17,8 @@ const GUARD_SCRIPT = [
   "wait $!",
   "rc=$?",
   "kill $watchdog 2>/dev/null",
+  // Reap it: an orphan would wait for init, and not every init reaps.
+  "wait $watchdog 2>/dev/null",
   "exit $rc",
 ].join("\n");
 

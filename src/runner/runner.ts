@@ -4,7 +4,7 @@
  * Workers and local mode share it unchanged.
  */
 import { randomUUID } from "node:crypto";
-import { mkdtemp, rm, stat, writeFile } from "node:fs/promises";
+import { rm, stat, writeFile } from "node:fs/promises";
 import { constants as osConstants, tmpdir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { Channel } from "../core/channel.js";
@@ -83,12 +83,16 @@ export function exitSignal(code: number | null, signal: string | null): string |
   return null;
 }
 
+let baseEnvironment: NodeJS.ProcessEnv | undefined;
+
 /** Build the environment for MARS: ours, the extras, and `MARS_ENVIRON_<KEY>` from the environ. */
 export function marsEnvironment(
   environ: Record<string, string> = {},
   extra: Record<string, string> = {},
 ): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  // Copying process.env is slow (it is not a plain object): copy it once per process.
+  baseEnvironment ??= { ...process.env };
+  const env: NodeJS.ProcessEnv = { ...baseEnvironment, ...extra };
   for (const [key, value] of Object.entries(environ)) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key))
       throw new MarsRequestError(`invalid environ key "${key}"`, { key });
@@ -155,20 +159,19 @@ export class MarsRun {
 
   private async run(): Promise<RunOutcome> {
     const started = Date.now();
-    const workDir = await mkdtemp(join(tmpdir(), "mars-run-"));
+    const requestFile = join(tmpdir(), `mars-request-${this.runId}.mars`);
     try {
-      return await this.runIn(workDir, started);
+      return await this.runIn(requestFile, started);
     } finally {
       this.channel.close();
       if (this.killTimer) clearTimeout(this.killTimer);
-      await rm(workDir, { recursive: true, force: true });
+      await rm(requestFile, { force: true });
     }
   }
 
-  private async runIn(workDir: string, started: number): Promise<RunOutcome> {
+  private async runIn(requestFile: string, started: number): Promise<RunOutcome> {
     const { opts } = this;
     const requests = opts.requests.map((r) => withParam(r, "target", this.partPath));
-    const requestFile = join(workDir, "request.mars");
     await writeFile(requestFile, formatRequests(requests));
     const base = { bytes: 0, exitCode: null, signal: null, errorLines: [], tail: [], lines: 0 };
     if (opts.signal?.aborted) return { ...base, status: "cancelled", elapsedMs: Date.now() - started };

@@ -10,6 +10,7 @@ import type { Logger } from "pino";
 import { decode, encode } from "../broker/codec.js";
 import type { JobStore, VersionedRecord } from "../broker/records.js";
 import {
+  initialRecord,
   jobMessageSchema,
   TERMINAL_STATES,
   type JobMessage,
@@ -46,6 +47,8 @@ export interface ActiveJob {
   jobId: string;
   run?: MarsRun;
   handBack: boolean;
+  /** A client asked to cancel (on `mars.cancel.<id>`). */
+  cancelRequested?: boolean;
 }
 
 type ClaimDecision =
@@ -81,27 +84,18 @@ async function claim(ctx: WorkerContext, job: JobMessage, seq: number, attempt: 
     outcome = { kind: "run", record: running };
     return running;
   };
+  // First delivery of a message the client published: the record is as the client created it.
+  const known =
+    attempt === 1 && job.revision !== undefined
+      ? { record: initialRecord(job, ctx.maxAttempts), revision: job.revision }
+      : undefined;
   let claimed: VersionedRecord;
   try {
-    claimed = await ctx.store.mutate(job.id, change);
+    claimed = await ctx.store.mutate(job.id, change, known);
   } catch (err) {
     if (!(err instanceof JobNotFoundError)) throw err;
     // The record is gone (expired, or the message was published by hand): rebuild it from the message.
-    const now = Date.now();
-    await ctx.store.create({
-      id: job.id,
-      queue: job.queue,
-      state: "queued",
-      attempt: 0,
-      maxAttempts: ctx.maxAttempts,
-      target: job.target,
-      requests: job.requests,
-      environ: job.environ,
-      timeoutMs: job.timeoutMs,
-      cancelRequested: false,
-      submittedAt: job.submittedAt,
-      updatedAt: now,
-    });
+    await ctx.store.create(initialRecord(job, ctx.maxAttempts));
     claimed = await ctx.store.mutate(job.id, change);
   }
   const result: ClaimDecision = outcome ?? { kind: "skip", why: "terminal", record: claimed.record };
@@ -247,7 +241,7 @@ async function runClaimed(
     });
     return;
   }
-  await removeEarlierParts(targetPath, job.id);
+  if (attempt > 1) await removeEarlierParts(targetPath, job.id);
   const runId = `${job.id}-a${attempt}`;
   const run = startMars({
     requests: job.requests,
@@ -259,11 +253,7 @@ async function runClaimed(
     ...(ctx.command && { command: ctx.command }),
   });
   active.run = run;
-  if (active.handBack) run.cancel(); // shutdown began while we were claiming
-  await ctx.journal
-    .add(runId, { workerPid: process.pid, pgid: run.processGroup, partPath: run.partPath, jobId: job.id })
-    .catch(() => undefined);
-  const cancelSub = ctx.nc.subscribe(subjects.cancel(job.id), { callback: () => run.cancel() });
+  if (active.handBack || active.cancelRequested) run.cancel(); // arrived while we were claiming
   let bytes = 0;
   let pid = -1;
   const beat = setInterval(() => {
@@ -298,7 +288,6 @@ async function runClaimed(
     }
   } finally {
     clearInterval(beat);
-    cancelSub.unsubscribe();
   }
   const outcome = await run.outcome;
   await ctx.journal.remove(runId);

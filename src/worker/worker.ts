@@ -13,7 +13,7 @@ import { connectBroker, type BrokerConnection } from "../broker/connection.js";
 import { provision, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
 import type { WorkerInfo, WorkerState } from "../broker/schemas.js";
-import { JOBS_STREAM, consumerName } from "../broker/subjects.js";
+import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
 import { marsCommandArgv, type FleetConfig } from "../config/load.js";
 import { WrongStateError } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
@@ -25,6 +25,7 @@ import { Journal } from "./journal.js";
 export const WORKER_VERSION = "0.1.0";
 /** How long one pull request waits on the server before it is renewed. */
 const PULL_EXPIRES_MS = 5000;
+const REGISTRY_MIN_INTERVAL_MS = 1000;
 
 export interface WorkerOptions {
   config: FleetConfig;
@@ -44,6 +45,8 @@ export class Worker {
   private slotLoops: Promise<void>[] = [];
   private registryTimer: NodeJS.Timeout | undefined;
   private advisorySub: Subscription | undefined;
+  private cancelSub: Subscription | undefined;
+  private lastRegistryAt = 0;
   private stopping: Promise<StopKind> | undefined;
   private forceRequested = false;
   private readonly startedAt = Date.now();
@@ -133,6 +136,17 @@ export class Worker {
       log: this.log,
       events: (jobId) => new JobEventPublisher(this.conn.js, jobId, this.log.child({ jobId })),
     });
+    // One subscription for all cancels: find the job among ours.
+    this.cancelSub = this.conn.nc.subscribe(subjects.allCancels, {
+      callback: (_err, msg) => {
+        const jobId = msg.subject.slice(subjects.allCancels.length - 1);
+        for (const a of this.active) {
+          if (a.jobId !== jobId) continue;
+          a.cancelRequested = true;
+          a.run?.cancel();
+        }
+      },
+    });
     this.stateValue = "running";
     await this.publishRegistry();
     this.registryTimer = setInterval(() => void this.publishRegistry(), config.heartbeatInterval);
@@ -165,7 +179,8 @@ export class Worker {
         await handleJob(this.ctx, msg, active);
       } finally {
         this.active.delete(active);
-        void this.publishRegistry();
+        // Keep `mars-fleet workers` current without a registry write per job under load.
+        if (Date.now() - this.lastRegistryAt > REGISTRY_MIN_INTERVAL_MS) void this.publishRegistry();
       }
     }
   }
@@ -183,6 +198,7 @@ export class Worker {
   }
 
   private async publishRegistry(): Promise<void> {
+    this.lastRegistryAt = Date.now();
     const info: WorkerInfo = {
       id: this.id,
       host: hostname(),
@@ -245,6 +261,7 @@ export class Worker {
     await loops;
     clearInterval(this.registryTimer);
     this.advisorySub?.unsubscribe();
+    this.cancelSub?.unsubscribe();
     this.stateValue = "stopped";
     await this.publishRegistry();
     await this.conn.nc.drain().catch(() => this.conn.nc.close());
