@@ -26,6 +26,8 @@ export const jobMessageSchema = z.object({
   submittedAt: z.number(),
   /** Revision of the job record as the client created it: lets the first claim skip a read. */
   revision: z.number().int().optional(),
+  /** Where the result goes: the shared root (default), or the results object store. */
+  deliver: z.enum(["share", "objectstore"]).default("share"),
 });
 export type JobMessage = z.infer<typeof jobMessageSchema>;
 
@@ -35,6 +37,8 @@ export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(["succeeded", "fai
 
 export const jobResultSchema = z.object({
   target: z.string(),
+  /** Name in the results object store, when the job delivered there. */
+  object: z.string().optional(),
   bytes: z.number().int().min(0),
   elapsedMs: z.number().min(0),
 });

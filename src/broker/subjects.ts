@@ -13,6 +13,8 @@ export const DEAD_STREAM = "MARS_DEAD";
 export const JOBS_BUCKET = "mars-jobs";
 /** Worker registry (KV): key = worker id; entries expire when a worker stops heart-beating. */
 export const WORKERS_BUCKET = "mars-workers";
+/** Results delivered through the broker (object store), for clients without the shared filesystem. */
+export const RESULTS_BUCKET = "mars-results";
 
 const TOKEN = /^[A-Za-z0-9_-]+$/;
 

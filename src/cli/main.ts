@@ -17,6 +17,7 @@ import {
 } from "./fleet.js";
 import { runLocal, runOptions, runSim, type RunArgs } from "./local.js";
 import { runWorker } from "./worker.js";
+import { runGateway } from "./gateway.js";
 import { reportError } from "./output.js";
 
 type Args = Record<string, unknown> & { json?: boolean; config?: string };
@@ -119,6 +120,39 @@ export async function main(argv: string[]): Promise<void> {
       "run a worker daemon: pull jobs, run MARS, stream events (SIGTERM drains, a second one forces)",
       (y) => workerOptions(y),
       handle((a) => runWorker(configFrom(a), a["workerId"] as string | undefined)),
+    )
+    .command(
+      "gateway",
+      "serve cads-mars-server's pipe (HTTP) and shares (WebSocket) protocols in front of the fleet",
+      (y) =>
+        fleetOptions(y)
+          .option("pipe-port", {
+            type: "number",
+            describe: "pipe mode HTTP port (MARS_PIPE_PORT, default 9000)",
+          })
+          .option("shares-port", {
+            type: "number",
+            describe: "shares mode WebSocket port (MARS_SHARES_PORT, default 9001)",
+          })
+          .option("gateway-host", {
+            type: "string",
+            describe: "listen address (MARS_GATEWAY_HOST, default 0.0.0.0)",
+          })
+          .option("gateway-data", {
+            choices: ["share", "objectstore"],
+            describe: "pipe mode data path (MARS_GATEWAY_DATA)",
+          })
+          .option("heartbeat-interval", {
+            alias: "heartbeat",
+            type: "string",
+            describe: "shares mode heartbeat period (MARS_HEARTBEAT_INTERVAL)",
+          })
+          .option("max-concurrent-connections", {
+            type: "number",
+            describe: "shares mode connection limit (MARS_MAX_CONCURRENT_CONNECTIONS)",
+          })
+          .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
+      handle((a) => runGateway(configFrom(a))),
     )
     .command(
       "submit <request>",

@@ -41,6 +41,11 @@ export interface SubmitOptions {
   timeoutMs?: number;
   /** Idempotency key: the same id within the jobs bucket returns the existing job, never a second run. */
   requestId?: string;
+  /**
+   * Where the worker puts the result: the shared root (default), or the results object store for a
+   * client without the shared filesystem (then targetDir/targetFname are ignored).
+   */
+  deliver?: "share" | "objectstore";
 }
 
 /** A job id from a request id: kept when it is a safe token, else a stable hash of it. */
@@ -86,6 +91,11 @@ export class Fleet {
     }
   }
 
+  /** The broker connection (for components built on the fleet, such as the gateway). */
+  get connection(): BrokerConnection {
+    return this.conn;
+  }
+
   /** Path of a target relative to the shared root, rejecting anything outside it. */
   targetFor(targetDir: string | undefined, targetFname: string | undefined): string {
     const root = resolve(this.config.sharedRoot);
@@ -97,11 +107,14 @@ export class Fleet {
   /** Put a job on the queue. Validates everything first; returns the existing job for a known requestId. */
   async submit(request: MarsRequestInput, opts: SubmitOptions = {}): Promise<JobHandle> {
     const requests = toRequests(request);
-    const target = this.targetFor(opts.targetDir, opts.targetFname);
+    const deliver = opts.deliver ?? "share";
+    const id = jobIdFor(opts.requestId);
+    // Object-store results are written on the worker's own disk first, under its root.
+    const target =
+      deliver === "objectstore" ? `.objects/${id}.grib` : this.targetFor(opts.targetDir, opts.targetFname);
     const environ = opts.environ ?? {};
     marsEnvironment(environ); // validates the environ keys and values
     const queue = opts.queue ?? this.config.queue;
-    const id = jobIdFor(opts.requestId);
     const now = Date.now();
     const message: JobMessage = {
       v: PROTOCOL_VERSION,
@@ -113,6 +126,7 @@ export class Fleet {
       timeoutMs: opts.timeoutMs ?? this.config.jobTimeout,
       maxAttempts: this.config.maxRetries,
       submittedAt: now,
+      deliver,
     };
     const revision = await this.store.create(initialRecord(message, this.config.maxRetries));
     if (revision === undefined) {
@@ -136,7 +150,7 @@ export class Fleet {
   }
 
   private handle(id: string): JobHandle {
-    return new JobHandle(id, this.conn.nc, this.conn.js, this.store, resolve(this.config.sharedRoot));
+    return new JobHandle(id, this.conn, this.store, resolve(this.config.sharedRoot));
   }
 
   /** Job records, newest first, optionally only those in one state. */

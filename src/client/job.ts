@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { DeliverPolicy, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { decode, encode } from "../broker/codec.js";
+import type { BrokerConnection } from "../broker/connection.js";
 import type { JobStore } from "../broker/records.js";
 import { withRetry } from "../broker/retry.js";
 import {
@@ -38,19 +39,53 @@ export interface FleetJobResult {
   target: string;
   bytes: number;
   elapsedMs: number;
+  /** Set when the result went to the results object store instead of the shared root. */
+  object?: string;
 }
 
 /** How long to wait for a finished job's terminal event before reporting it from its record. */
 const LATE_REPLAY_MS = 1500;
 
 export class JobHandle {
+  private readonly nc: NatsConnection;
+  private readonly js: JetStreamClient;
+
   constructor(
     readonly id: string,
-    private readonly nc: NatsConnection,
-    private readonly js: JetStreamClient,
+    private readonly conn: BrokerConnection,
     private readonly store: JobStore,
     private readonly sharedRoot: string,
-  ) {}
+  ) {
+    this.nc = conn.nc;
+    this.js = conn.js;
+  }
+
+  /** The log lines stored so far (all attempts), without waiting for more. */
+  async storedLog(): Promise<string[]> {
+    const consumer = await withRetry(() =>
+      this.js.consumers.get(EVENTS_STREAM, {
+        filter_subjects: subjects.jobEvents(this.id),
+        deliver_policy: DeliverPolicy.All,
+      }),
+    );
+    const lines: string[] = [];
+    for (;;) {
+      let got = 0;
+      let pending = 0;
+      for await (const m of await consumer.fetch({ max_messages: 1000, expires: 1000 })) {
+        got++;
+        pending = m.info.pending;
+        for (const e of toEvent(m.subject, m.data) ?? []) if (e.type === "log") lines.push(e.line);
+        if (pending === 0) break;
+      }
+      if (got === 0 || pending === 0) return lines;
+    }
+  }
+
+  /** Delete the job's stored events (its log). */
+  async dropLog(): Promise<void> {
+    await this.conn.jsm.streams.purge(EVENTS_STREAM, { filter: subjects.jobEvents(this.id) });
+  }
 
   /** The job record as it is now. */
   async status(): Promise<JobRecord> {
@@ -125,10 +160,12 @@ export class JobHandle {
       opts.signal?.throwIfAborted();
       if (!TERMINAL_STATES.has(record.state)) continue;
       if (record.state === "succeeded" && record.result) {
+        const { target, bytes, elapsedMs, object } = record.result;
         return {
-          target: join(this.sharedRoot, record.result.target),
-          bytes: record.result.bytes,
-          elapsedMs: record.result.elapsedMs,
+          target: join(this.sharedRoot, target),
+          bytes,
+          elapsedMs,
+          ...(object !== undefined && { object }),
         };
       }
       throw record.error

@@ -27,6 +27,8 @@ export const configSchema = z
     sharedRoot: z.string().min(1).startsWith("/", "must be an absolute path"),
     pipePort: port,
     sharesPort: port,
+    gatewayHost: z.string().min(1),
+    gatewayData: z.enum(["share", "objectstore"]),
     maxRetries: z.number().int().min(1).max(100),
     retryDelay: durationMs,
     marsCommand: z.string(),

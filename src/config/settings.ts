@@ -91,6 +91,20 @@ export const SETTINGS = [
     help: "Gateway: cads-mars-server shares (WebSocket) port.",
   },
   {
+    key: "gatewayHost",
+    env: "MARS_GATEWAY_HOST",
+    kind: "string",
+    default: "0.0.0.0",
+    help: "Gateway: address the pipe and shares ports listen on.",
+  },
+  {
+    key: "gatewayData",
+    env: "MARS_GATEWAY_DATA",
+    kind: "string",
+    default: "share",
+    help: "Gateway pipe mode: how results reach the gateway: share (shared root, streamed while MARS writes) or objectstore (through the broker, after the job).",
+  },
+  {
     key: "maxRetries",
     env: "MARS_MAX_RETRIES",
     kind: "int",

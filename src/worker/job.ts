@@ -2,7 +2,7 @@
  * One job on one worker: claim the record by compare-and-set, run MARS through the runner, stream
  * events and heartbeats, then record the outcome and settle the message (ack, term or nak).
  */
-import { mkdir, readdir } from "node:fs/promises";
+import { mkdir, readdir, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -18,7 +18,15 @@ import {
   type JobState,
 } from "../broker/schemas.js";
 import { subjects } from "../broker/subjects.js";
-import { asFleetError, JobFailedError, JobNotFoundError, type ErrorRecord } from "../core/errors.js";
+import {
+  asFleetError,
+  BrokerError,
+  JobFailedError,
+  JobNotFoundError,
+  type ErrorRecord,
+} from "../core/errors.js";
+import { uploadResult } from "../broker/results.js";
+import type { ObjectStore } from "@nats-io/obj";
 import { errorForOutcome } from "../runner/outcome.js";
 import { startMars, type MarsRun, type RunOutcome } from "../runner/runner.js";
 import { discardPart, isPartFile, resolveInside } from "../runner/target.js";
@@ -39,6 +47,8 @@ export interface WorkerContext {
   maxAttempts: number;
   retryDelayMs: number;
   command?: readonly string[];
+  /** The results object store (opened on first use). */
+  results: () => Promise<ObjectStore>;
   log: Logger;
 }
 
@@ -301,7 +311,31 @@ async function runClaimed(
     },
     "MARS finished",
   );
-  await finish(current, settlementFor(ctx, outcome, job, attempt, active.handBack));
+  let settlement = settlementFor(ctx, outcome, job, attempt, active.handBack);
+  if (settlement.state === "succeeded" && job.deliver === "objectstore") {
+    settlement = await deliverToObjectStore(ctx, job, targetPath, settlement, log);
+  }
+  await finish(current, settlement);
+}
+
+/** Put the result into the results object store and drop the local file; a failure is retried elsewhere. */
+async function deliverToObjectStore(
+  ctx: WorkerContext,
+  job: JobMessage,
+  targetPath: string,
+  settlement: Settlement,
+  log: Logger,
+): Promise<Settlement> {
+  try {
+    await uploadResult(await ctx.results(), job.id, targetPath);
+    return { ...settlement, result: { ...settlement.result!, object: job.id } };
+  } catch (err) {
+    log.warn({ err: String(err) }, "could not put the result into the object store");
+    const error = new BrokerError(`could not store the result: ${String(err)}`).toRecord();
+    return { state: "retrying", settle: "nak", nakDelayMs: ctx.retryDelayMs, error };
+  } finally {
+    await rm(targetPath, { force: true });
+  }
 }
 
 async function finish(

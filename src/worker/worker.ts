@@ -12,6 +12,8 @@ import { encode } from "../broker/codec.js";
 import { connectBroker, type BrokerConnection } from "../broker/connection.js";
 import { provision, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
+import { resultsStore } from "../broker/results.js";
+import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerInfo, WorkerState } from "../broker/schemas.js";
 import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
 import { marsCommandArgv, type FleetConfig } from "../config/load.js";
@@ -47,6 +49,7 @@ export class Worker {
   private advisorySub: Subscription | undefined;
   private cancelSub: Subscription | undefined;
   private lastRegistryAt = 0;
+  private results: Promise<ObjectStore> | undefined;
   private stopping: Promise<StopKind> | undefined;
   private forceRequested = false;
   private readonly startedAt = Date.now();
@@ -124,6 +127,7 @@ export class Worker {
       maxAttempts: config.maxRetries,
       retryDelayMs: config.retryDelay,
       ...(command && { command }),
+      results: () => (this.results ??= resultsStore(this.conn.nc, config.streamReplicas)),
       log: this.log,
     };
     this.consumer = await this.conn.js.consumers.get(JOBS_STREAM, consumerName(config.queue));

@@ -1,0 +1,78 @@
+/** The gateway daemon: cads-mars-server's pipe and shares protocols in front of the fleet. Stateless. */
+import type { AddressInfo } from "node:net";
+import type { FastifyInstance } from "fastify";
+import type { Logger } from "pino";
+import type { WebSocketServer } from "ws";
+import { Fleet } from "../client/fleet.js";
+import type { FleetConfig } from "../config/load.js";
+import { silentLogger } from "../core/logging.js";
+import { pipeServer } from "./pipe.js";
+import { sharesServer } from "./shares.js";
+
+export interface GatewayOptions {
+  config: FleetConfig;
+  logger?: Logger;
+}
+
+export class Gateway {
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly fleet: Fleet,
+    private readonly http: FastifyInstance,
+    private readonly wss: WebSocketServer,
+  ) {}
+
+  /** Connect to the fleet and listen on the pipe (HTTP) and shares (WebSocket) ports. */
+  static async start(opts: GatewayOptions): Promise<Gateway> {
+    const { config } = opts;
+    const log = (opts.logger ?? silentLogger()).child({ component: "gateway" });
+    const fleet = await Fleet.connect({ config });
+    try {
+      const http = pipeServer({ fleet, sharedRoot: config.sharedRoot, dataPath: config.gatewayData, log });
+      await http.listen({ port: config.pipePort, host: config.gatewayHost });
+      const wss = await sharesServer(
+        {
+          fleet,
+          sharedRoot: config.sharedRoot,
+          heartbeatMs: config.heartbeatInterval,
+          maxConnections: config.maxConcurrentConnections,
+          log,
+        },
+        config.sharesPort,
+        config.gatewayHost,
+      );
+      const gateway = new Gateway(fleet, http, wss);
+      log.info(
+        { pipePort: gateway.pipePort, sharesPort: gateway.sharesPort, dataPath: config.gatewayData },
+        "gateway listening",
+      );
+      return gateway;
+    } catch (err) {
+      await fleet.close();
+      throw err;
+    }
+  }
+
+  get pipePort(): number {
+    return (this.http.server.address() as AddressInfo).port;
+  }
+
+  get sharesPort(): number {
+    return (this.wss.address() as AddressInfo).port;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      for (const ws of this.wss.clients) ws.terminate();
+      await new Promise<void>((r) => this.wss.close(() => r()));
+      await this.http.close();
+      await this.fleet.close();
+    })();
+    return this.closing;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}

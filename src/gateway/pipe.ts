@@ -1,0 +1,252 @@
+/**
+ * cads-mars-server pipe mode (HTTP) in front of the fleet: `POST /` submits a job and streams the
+ * GRIB back as a chunked `application/binary` body while it is produced, with the `RWND`, `ENDR`
+ * and `EROR` control chunks; `GET|DELETE /<uid>` serve and drop the MARS log.
+ */
+import { randomUUID } from "node:crypto";
+import { rm } from "node:fs/promises";
+import type { ServerResponse } from "node:http";
+import { join } from "node:path";
+import Fastify, { type FastifyInstance } from "fastify";
+import type { Logger } from "pino";
+import { downloadResult, resultsStore } from "../broker/results.js";
+import type { Fleet } from "../client/fleet.js";
+import type { JobHandle } from "../client/job.js";
+import { MarsFleetError, asFleetError, describeZodError, type ErrorRecord } from "../core/errors.js";
+import { partPathFor } from "../runner/target.js";
+import { FileTail } from "./tail.js";
+import { CONTROL, UID_PATTERN, environStrings, failureBody, failureShape, pipeBodySchema } from "./wire.js";
+
+export type DataPath = "share" | "objectstore";
+
+/** Directory under the shared root where pipe-mode results are written before they are streamed. */
+export const PIPE_DIR = ".gateway";
+
+/** The response side of one pipe-mode request: headers are decided when the first byte or the outcome is known. */
+class PipeReply {
+  private started = false;
+  private sentThisAttempt = 0;
+  ended = false;
+
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly uid: string,
+  ) {}
+
+  private async write(buf: Buffer): Promise<void> {
+    if (this.ended || this.res.destroyed) return;
+    if (!this.res.write(buf)) await new Promise<void>((r) => this.res.once("drain", r).once("close", r));
+  }
+
+  private begin(): void {
+    if (this.started) return;
+    this.started = true;
+    this.res.writeHead(200, { "Content-Type": "application/binary", "X-MARS-UID": this.uid });
+  }
+
+  /** A data chunk. Never exactly 4 bytes long, so it cannot be taken for a control chunk. */
+  async data(chunk: Buffer): Promise<void> {
+    this.begin();
+    this.sentThisAttempt += chunk.length;
+    if (chunk.length === CONTROL.end.length) {
+      await this.write(chunk.subarray(0, 2));
+      await this.write(chunk.subarray(2));
+    } else {
+      await this.write(chunk);
+    }
+  }
+
+  /** The job restarts on another worker: the client goes back to its start position. */
+  async rewind(): Promise<void> {
+    if (this.sentThisAttempt === 0) return;
+    this.sentThisAttempt = 0;
+    await this.write(CONTROL.rewind);
+  }
+
+  async finish(): Promise<void> {
+    this.begin();
+    await this.write(CONTROL.end);
+    this.end();
+  }
+
+  async fail(error: ErrorRecord | undefined): Promise<void> {
+    const shape = failureShape(error);
+    if (shape.kind === "nodata") return this.finish();
+    const body = JSON.stringify(failureBody(shape));
+    if (this.started) {
+      await this.write(CONTROL.error);
+      await this.write(Buffer.from(body));
+      this.end();
+      return;
+    }
+    const headers: Record<string, string> = { "Content-Type": "application/json", "X-MARS-UID": this.uid };
+    if (shape.kind === "exited") headers["X-MARS-EXIT-CODE"] = String(shape.exitCode);
+    else {
+      headers["X-MARS-SIGNAL"] = String(shape.signal);
+      headers["X-MARS-RETRY-NEXT-HOST"] = shape.retryNextHost ? "1" : "0";
+      headers["X-MARS-RETRY-SAME-HOST"] = "0";
+    }
+    this.started = true;
+    this.res.writeHead(shape.kind === "exited" ? 400 : 500, headers);
+    this.res.end(body);
+    this.ended = true;
+  }
+
+  private end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.res.end();
+  }
+}
+
+export interface PipeOptions {
+  fleet: Fleet;
+  sharedRoot: string;
+  dataPath: DataPath;
+  log: Logger;
+}
+
+/** Stream a job's result from the shared root, following each attempt's part file. */
+async function streamFromShare(
+  job: JobHandle,
+  reply: PipeReply,
+  opts: PipeOptions,
+  signal: AbortSignal,
+): Promise<void> {
+  const target = join(opts.sharedRoot, PIPE_DIR, `${job.id}.grib`);
+  let tail: FileTail | undefined;
+  let following: Promise<void> = Promise.resolve();
+  const stopTail = async (): Promise<void> => {
+    tail?.stop();
+    await following;
+    await tail?.close();
+    tail = undefined;
+  };
+  try {
+    for await (const ev of job.events({ signal })) {
+      if (ev.type !== "state") continue;
+      if (ev.state === "running") {
+        await stopTail();
+        await reply.rewind();
+        const part = partPathFor(target, `${job.id}-a${ev.attempt}`);
+        const t = new FileTail(() => [part, target]);
+        tail = t;
+        following = t.follow((chunk) => reply.data(chunk));
+      } else if (ev.state === "retrying") {
+        await stopTail();
+        await reply.rewind();
+      }
+    }
+    if (signal.aborted) return;
+    const record = await job.status();
+    if (record.state === "succeeded") {
+      // The part file was renamed into place: an open descriptor reads on; else open the target.
+      const t = tail ?? new FileTail(() => [target]);
+      tail?.stop();
+      await following;
+      await t.drain((chunk) => reply.data(chunk));
+      await t.close();
+      tail = undefined;
+      await reply.finish();
+    } else {
+      await stopTail();
+      await reply.fail(record.error);
+    }
+  } finally {
+    await stopTail();
+    await rm(target, { force: true });
+  }
+}
+
+/** Wait for the job, then stream its result out of the results object store. */
+async function streamFromObjectStore(
+  job: JobHandle,
+  reply: PipeReply,
+  opts: PipeOptions,
+  signal: AbortSignal,
+): Promise<void> {
+  for await (const ev of job.events({ signal })) void ev; // the story ends with the terminal state
+  if (signal.aborted) return;
+  const record = await job.status();
+  const name = record.result?.object;
+  if (record.state !== "succeeded" || !name) return reply.fail(record.error);
+  const store = await resultsStore(opts.fleet.connection.nc, opts.fleet.config.streamReplicas);
+  const data = await downloadResult(store, name);
+  if (!data)
+    return reply.fail({
+      code: "JOB_FAILED",
+      message: "the result object is gone",
+      retryable: true,
+      details: {},
+    });
+  for await (const chunk of data) await reply.data(Buffer.from(chunk));
+  await reply.finish();
+  await store.delete(name).catch(() => undefined);
+}
+
+/** The pipe-mode HTTP server (not yet listening). */
+export function pipeServer(opts: PipeOptions): FastifyInstance {
+  const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
+
+  app.head("/", async (_req, reply) => reply.code(204).send());
+
+  app.post("/", async (req, reply) => {
+    const uid = randomUUID();
+    const body = pipeBodySchema.safeParse(req.body);
+    if (!body.success) {
+      return reply
+        .code(400)
+        .header("X-MARS-UID", uid)
+        .send({ error: `invalid request body: ${describeZodError(body.error)}` });
+    }
+    let job: JobHandle;
+    try {
+      job = await opts.fleet.submit(body.data.request, {
+        requestId: uid,
+        environ: environStrings(body.data.environ),
+        ...(opts.dataPath === "objectstore"
+          ? { deliver: "objectstore" as const }
+          : { targetDir: PIPE_DIR, targetFname: `${uid}.grib` }),
+      });
+    } catch (err) {
+      const error = asFleetError(err);
+      const status = error instanceof MarsFleetError && !error.retryable ? 400 : 503;
+      return reply.code(status).header("X-MARS-UID", uid).send({ error: error.message, code: error.code });
+    }
+    reply.hijack();
+    const log = opts.log.child({ jobId: job.id });
+    const out = new PipeReply(reply.raw, uid);
+    const ac = new AbortController();
+    reply.raw.on("close", () => {
+      if (out.ended) return;
+      ac.abort();
+      log.info("client went away: cancelling its job");
+      void job.cancel().catch(() => undefined);
+    });
+    try {
+      const stream = opts.dataPath === "objectstore" ? streamFromObjectStore : streamFromShare;
+      await stream(job, out, opts, ac.signal);
+    } catch (err) {
+      log.error({ err: String(err) }, "pipe request failed");
+      await out.fail(asFleetError(err).toRecord()).catch(() => reply.raw.destroy());
+    }
+  });
+
+  app.get<{ Params: { uid: string } }>("/:uid", async (req, reply) => {
+    if (!UID_PATTERN.test(req.params.uid)) return reply.code(404).send();
+    const job = await opts.fleet.job(req.params.uid).catch(() => undefined);
+    if (!job) return reply.code(404).send();
+    const lines = await job.storedLog();
+    if (lines.length === 0) return reply.code(404).send(); // never logged, or dropped by DELETE
+    return reply.type("text/plain; charset=utf-8").send(lines.join("\n") + (lines.length > 0 ? "\n" : ""));
+  });
+
+  app.delete<{ Params: { uid: string } }>("/:uid", async (req, reply) => {
+    if (!UID_PATTERN.test(req.params.uid)) return reply.code(404).send();
+    const job = await opts.fleet.job(req.params.uid).catch(() => undefined);
+    await job?.dropLog();
+    return reply.code(204).send();
+  });
+
+  return app;
+}

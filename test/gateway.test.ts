@@ -1,0 +1,226 @@
+import assert from "node:assert/strict";
+import { mkdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { freePort } from "../src/broker/local-server.js";
+import { executeMarsLocally } from "../src/client/execute.js";
+import { Gateway } from "../src/gateway/gateway.js";
+import { gribLs } from "./helpers/grib.js";
+import { TestFleet } from "./helpers/fleet.js";
+import { assemble, rawHttp } from "./helpers/http-chunked.js";
+import { eventually, helperPids, processAlive } from "./helpers/proc.js";
+import { RawWebSocket } from "./helpers/ws-client.js";
+
+let tf: TestFleet;
+const gateways: Gateway[] = [];
+before(async () => {
+  tf = await TestFleet.start();
+});
+after(async () => {
+  await Promise.all(gateways.map((g) => g.close()));
+  await tf.dispose();
+});
+
+async function gateway(settings: Record<string, string | number>): Promise<Gateway> {
+  const [pipePort, sharesPort] = [await freePort(), await freePort()];
+  const g = await Gateway.start({
+    config: tf.config({ ...settings, pipePort, sharesPort, gatewayHost: "127.0.0.1" }),
+  });
+  gateways.push(g);
+  return g;
+}
+
+async function expected(request: object | object[], name: string): Promise<Buffer> {
+  const r = await executeMarsLocally(request as never, {
+    targetDir: join(tf.sharedRoot, "expected"),
+    targetFname: name,
+  });
+  return readFile(r.target);
+}
+
+const post = (port: number, body: unknown, onChunk?: Parameters<typeof rawHttp>[1]["onChunk"]) =>
+  rawHttp(port, { method: "POST", path: "/", body: JSON.stringify(body), ...(onChunk && { onChunk }) });
+
+describe("gateway: pipe mode (HTTP)", () => {
+  it("answers the ping and streams a byte-exact result ending with ENDR", async () => {
+    const queue = TestFleet.queue("pipe");
+    await tf.worker({ queue });
+    const g = await gateway({ queue });
+    assert.equal((await rawHttp(g.pipePort, { method: "HEAD", path: "/" })).status, 204);
+    const request = { param: "2t/msl", date: "20240101/to/20240102", grid: "5/5" };
+    const res = await post(g.pipePort, { request, environ: { request_id: "r-1", user_id: "u" } });
+    assert.equal(res.status, 200);
+    assert.equal(res.headers["content-type"], "application/binary");
+    assert.match(res.headers["x-mars-uid"] ?? "", /^[a-f0-9-]{36}$/);
+    const body = assemble(res.chunks);
+    assert.ok(body.ended, "no ENDR");
+    assert.equal(res.chunks.at(-1)!.toString(), "ENDR");
+    assert.deepEqual(body.data, await expected(request, "pipe.grib"));
+
+    const uid = res.headers["x-mars-uid"]!;
+    const log = await rawHttp(g.pipePort, { method: "GET", path: `/${uid}` });
+    assert.equal(log.status, 200);
+    assert.match(Buffer.concat(log.chunks).toString(), /No errors reported/);
+    assert.equal((await rawHttp(g.pipePort, { method: "DELETE", path: `/${uid}` })).status, 204);
+    assert.equal((await rawHttp(g.pipePort, { method: "GET", path: `/${uid}` })).status, 404);
+    assert.equal((await rawHttp(g.pipePort, { method: "GET", path: "/not-a-uid" })).status, 404);
+  });
+
+  it("appends a list of requests into one result", async () => {
+    const queue = TestFleet.queue("pipelist");
+    await tf.worker({ queue });
+    const g = await gateway({ queue });
+    const request = [{ param: "2t", date: "20240101", grid: "5/5" }, { param: "msl" }];
+    const res = await post(g.pipePort, { request, environ: {} });
+    const body = assemble(res.chunks);
+    assert.ok(body.ended);
+    assert.deepEqual(body.data, await expected(request, "list.grib"));
+  });
+
+  it("answers a MARS user error with 400, X-MARS-EXIT-CODE and {exited}", async () => {
+    const queue = TestFleet.queue("pipeerr");
+    await tf.worker({ queue });
+    const g = await gateway({ queue });
+    const res = await post(g.pipePort, { request: { param: "nosuch" }, environ: {} });
+    assert.equal(res.status, 400);
+    assert.equal(res.headers["x-mars-exit-code"], "1");
+    assert.equal(res.headers["content-type"], "application/json");
+    assert.deepEqual(JSON.parse(Buffer.concat(res.chunks).toString()), { exited: 1 });
+    const bad = await post(g.pipePort, { request: { param: "2t\ntarget=x" }, environ: {} });
+    assert.equal(bad.status, 400);
+  });
+
+  it("sends RWND and then the complete result when the worker dies mid-transfer", async () => {
+    const queue = TestFleet.queue("rwnd");
+    const settings = { queue, concurrency: 1 };
+    const slow = { MARS_SIM_BYTES_PER_SEC: String(40 * 1024) };
+    const first = await tf.worker(settings, slow);
+    const g = await gateway(settings);
+    const request = { param: "2t/msl", date: "20240101/to/20240104", grid: "5/5" };
+    let second: Promise<unknown> | undefined;
+    const res = await post(g.pipePort, { request, environ: {} }, (_chunk, i) => {
+      if (i === 0) {
+        second = tf.worker(settings, slow).then(() => first.kill("SIGKILL"));
+      }
+    });
+    await second;
+    const body = assemble(res.chunks);
+    assert.ok(body.rewinds >= 1, "no RWND chunk");
+    assert.ok(body.ended);
+    assert.deepEqual(body.data, await expected(request, "rwnd.grib"));
+  });
+
+  it("cancels the job and kills MARS when the client disconnects", async () => {
+    const queue = TestFleet.queue("disconnect");
+    await tf.worker({ queue }, { MARS_SIM_BYTES_PER_SEC: String(20 * 1024), MARS_SIM_SPAWN_CHILD: "1" });
+    const g = await gateway({ queue });
+    const res = await post(
+      g.pipePort,
+      { request: { param: "2t", date: "20240101/to/20240110", grid: "2/2" }, environ: {} },
+      () => "abort",
+    );
+    assert.ok(res.aborted);
+    const uid = res.headers["x-mars-uid"]!;
+    const fleet = await tf.client({ queue });
+    const job = await fleet.job(uid);
+    assert.ok(
+      await eventually(async () => (await job.status()).state === "cancelled", 5000),
+      "job not cancelled",
+    );
+    const [helper] = helperPids(await job.storedLog());
+    assert.ok(helper);
+    assert.ok(await eventually(() => !processAlive(helper), 3000), "MARS survived the disconnect");
+  });
+
+  it("streams through the object store when gateway and workers share no filesystem", async () => {
+    const queue = TestFleet.queue("objstore");
+    await tf.worker({ queue });
+    const g = await gateway({ queue, gatewayData: "objectstore" });
+    const request = { param: "10u/10v", date: "20240101", grid: "5/5" };
+    const res = await post(g.pipePort, { request, environ: {} });
+    const body = assemble(res.chunks);
+    assert.equal(res.status, 200);
+    assert.ok(body.ended);
+    assert.deepEqual(body.data, await expected(request, "obj.grib"));
+  });
+});
+
+describe("gateway: shares mode (WebSocket)", () => {
+  it("runs a job: started, live logs, heartbeats, finished, result under the shared root", async () => {
+    const queue = TestFleet.queue("ws");
+    await tf.worker({ queue }, { MARS_SIM_FIELD_DELAY_MS: "200" });
+    const g = await gateway({ queue });
+    await mkdir(join(tf.sharedRoot, "ws"), { recursive: true });
+    const ws = await RawWebSocket.open(g.sharesPort);
+    ws.send(
+      JSON.stringify({
+        cmd: "start",
+        requests: [{ param: "2t", date: "20240101/to/20240105", grid: "5/5" }],
+        environ: { request_id: "ws-1" },
+        target: join(tf.sharedRoot, "ws", "data.grib"),
+      }),
+    );
+    const finished = await ws.waitFor((f) => f["status"] === "finished");
+    assert.equal(finished?.["returncode"], 0);
+    assert.equal(await ws.closed, 1000);
+    const types = ws.frames.map((f) =>
+      f["type"] === "state" ? `state:${String(f["status"])}` : String(f["type"]),
+    );
+    assert.equal(types[0], "state:started");
+    assert.ok(types.includes("log"));
+    assert.ok(types.includes("heartbeat"));
+    assert.ok(ws.frames.some((f) => f["type"] === "log" && String(f["line"]).includes("No errors reported")));
+    assert.equal((await gribLs(join(tf.sharedRoot, "ws", "data.grib"), ["shortName"])).length, 5);
+  });
+
+  it("kills a running job on {cmd: kill}", async () => {
+    const queue = TestFleet.queue("wskill");
+    await tf.worker({ queue }, { MARS_SIM_FIELD_DELAY_MS: "500", MARS_SIM_SPAWN_CHILD: "1" });
+    const g = await gateway({ queue });
+    const ws = await RawWebSocket.open(g.sharesPort);
+    ws.send(
+      JSON.stringify({
+        cmd: "start",
+        requests: [{ param: "2t", date: "20240101/to/20240120" }],
+        environ: {},
+        target: "kill.grib",
+      }),
+    );
+    const helperLine = await ws.waitFor(
+      (f) => f["type"] === "log" && /Started helper process/.test(String(f["line"])),
+    );
+    const [helper] = helperPids([String(helperLine?.["line"])]);
+    ws.send(JSON.stringify({ cmd: "kill" }));
+    assert.ok(await ws.waitFor((f) => f["status"] === "killed"));
+    assert.ok(await eventually(() => !processAlive(helper!), 3000));
+  });
+
+  it("rejects bad input with error frames: invalid JSON, bad fields, target outside the root, missing directory", async () => {
+    const queue = TestFleet.queue("wsbad");
+    const g = await gateway({ queue });
+    const cases = [
+      "{not json",
+      JSON.stringify({ cmd: "start", requests: "nope", target: "x.grib" }),
+      JSON.stringify({ cmd: "start", requests: [{ param: "2t" }], target: "/etc/passwd" }),
+      JSON.stringify({ cmd: "start", requests: [{ param: "2t" }], target: "../../escape.grib" }),
+      JSON.stringify({ cmd: "start", requests: [{ param: "2t" }], target: "no/such/dir/data.grib" }),
+    ];
+    for (const text of cases) {
+      const ws = await RawWebSocket.open(g.sharesPort);
+      ws.send(text);
+      const err = await ws.waitFor((f) => f["status"] === "error");
+      assert.ok(err, `no error frame for ${text}`);
+      assert.equal(typeof err["error"], "string");
+      await ws.closed;
+    }
+  });
+
+  it("closes with 1008 over the connection limit", async () => {
+    const queue = TestFleet.queue("wscap");
+    const g = await gateway({ queue, maxConcurrentConnections: 1 });
+    const first = await RawWebSocket.open(g.sharesPort);
+    const second = await RawWebSocket.open(g.sharesPort);
+    assert.equal(await second.closed, 1008);
+    first.destroy();
+  });
+});
