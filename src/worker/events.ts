@@ -11,8 +11,11 @@ import { withRetry } from "../broker/retry.js";
 import type { LogBatch, ProgressEvent, StateEvent } from "../broker/schemas.js";
 import { subjects } from "../broker/subjects.js";
 
-const MAX_BATCH_LINES = 4000;
-const MAX_BATCH_CHARS = 256 * 1024;
+const MAX_BATCH_LINES = 16_000;
+/** Batch size budget in encoded bytes: 3/4 of the server's max_payload (default 1 MiB), at most 768 KiB. */
+const MAX_BATCH_BYTES = 768 * 1024;
+/** JSON quotes, comma and the 13-digit time stamp that go with each line. */
+const PER_LINE_OVERHEAD = 20;
 const PUBLISH_DEADLINE_MS = 10 * 60_000;
 
 type Item =
@@ -25,13 +28,22 @@ export class JobEventPublisher {
   private pumping: Promise<void> | undefined;
   private inFlight: Item | undefined;
 
+  private readonly maxBatchBytes: number;
+
   constructor(
     private readonly js: JetStreamClient,
     private readonly jobId: string,
     private readonly log: Logger,
-  ) {}
+    /** The server's max_payload, when known. */
+    maxPayload?: number,
+  ) {
+    this.maxBatchBytes = Math.min(MAX_BATCH_BYTES, Math.floor((maxPayload ?? 1024 * 1024) * 0.75));
+  }
 
-  line(attempt: number, seq: number, line: string, at: number): void {
+  line(attempt: number, seq: number, text: string, at: number): void {
+    // One line must fit in one message, whatever MARS prints.
+    const limit = Math.floor(this.maxBatchBytes / 4); // characters: up to 3 bytes each in UTF-8
+    const line = text.length > limit ? `${text.slice(0, limit)} ... (line truncated, ${text.length} characters)` : text;
     const last = this.queue.at(-1);
     if (
       last?.kind === "log" &&
@@ -39,16 +51,16 @@ export class JobEventPublisher {
       last.batch.attempt === attempt &&
       last.batch.first + last.batch.lines.length === seq &&
       last.batch.lines.length < MAX_BATCH_LINES &&
-      last.chars < MAX_BATCH_CHARS
+      last.chars < this.maxBatchBytes
     ) {
       last.batch.lines.push(line);
       last.batch.at.push(at);
-      last.chars += line.length;
+      last.chars += line.length + PER_LINE_OVERHEAD;
     } else {
       this.queue.push({
         kind: "log",
         batch: { attempt, first: seq, lines: [line], at: [at] },
-        chars: line.length,
+        chars: line.length + PER_LINE_OVERHEAD,
       });
     }
     this.pump();

@@ -205,7 +205,7 @@ export async function handleJob(ctx: WorkerContext, msg: JsMsg, active: ActiveJo
   }
   active.jobId = job.id;
   log = log.child({ jobId: job.id });
-  const events = new JobEventPublisher(ctx.js, job.id, log);
+  const events = new JobEventPublisher(ctx.js, job.id, log, ctx.nc.info?.max_payload);
   try {
     await runClaimed(ctx, msg, job, attempt, active, events, log);
   } catch (err) {
