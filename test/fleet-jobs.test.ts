@@ -334,16 +334,26 @@ describe("fleet: odd MARS output", () => {
     const queue = TestFleet.queue("longline");
     const script = join(tf.sharedRoot, "long-line-mars.sh");
     const simulator = new URL("../../bin/mars-sim.js", import.meta.url).pathname;
-    await writeFile(script, `#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\nexec "${process.execPath}" "${simulator}" "$@"\n`, { mode: 0o755 });
+    await writeFile(
+      script,
+      `#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' x\necho\nexec "${process.execPath}" "${simulator}" "$@"\n`,
+      { mode: 0o755 },
+    );
     await tf.worker({ queue, marsCommand: script });
     const fleet = await tf.client({ queue });
-    const job = await fleet.submit({ param: "2t", date: "20240101", grid: "10/10" }, { targetDir: "longline" });
+    const job = await fleet.submit(
+      { param: "2t", date: "20240101", grid: "10/10" },
+      { targetDir: "longline" },
+    );
     const events = await collect(job.events());
     await job.result();
     const logs = events.flatMap((e) => (e.type === "log" ? [e] : []));
     assert.match(logs[0]!.line, /^x+ \.\.\. \(line truncated, 3000000 characters\)$/);
     assert.ok(logs[0]!.line.length < 1_000_000);
-    assert.deepEqual(logs.map((e) => e.seq), logs.map((_, i) => i + 1));
+    assert.deepEqual(
+      logs.map((e) => e.seq),
+      logs.map((_, i) => i + 1),
+    );
     assert.ok(logs.at(-1)!.line.endsWith("No errors reported"));
   });
 });

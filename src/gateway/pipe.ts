@@ -35,7 +35,17 @@ class PipeReply {
 
   private async write(buf: Buffer): Promise<void> {
     if (this.ended || this.res.destroyed) return;
-    if (!this.res.write(buf)) await new Promise<void>((r) => this.res.once("drain", r).once("close", r));
+    if (this.res.write(buf)) return;
+    // Back-pressure: wait for the client (or for it to go away), leaving no listener behind.
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.res.off("drain", done);
+        this.res.off("close", done);
+        resolve();
+      };
+      this.res.on("drain", done);
+      this.res.on("close", done);
+    });
   }
 
   private begin(): void {

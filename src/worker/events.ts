@@ -43,7 +43,8 @@ export class JobEventPublisher {
   line(attempt: number, seq: number, text: string, at: number): void {
     // One line must fit in one message, whatever MARS prints.
     const limit = Math.floor(this.maxBatchBytes / 4); // characters: up to 3 bytes each in UTF-8
-    const line = text.length > limit ? `${text.slice(0, limit)} ... (line truncated, ${text.length} characters)` : text;
+    const line =
+      text.length > limit ? `${text.slice(0, limit)} ... (line truncated, ${text.length} characters)` : text;
     const last = this.queue.at(-1);
     if (
       last?.kind === "log" &&

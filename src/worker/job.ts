@@ -301,7 +301,7 @@ async function runClaimed(
   }
   const outcome = await run.outcome;
   await ctx.journal.remove(runId);
-  log.info(
+  log.debug(
     {
       status: outcome.status,
       exitCode: outcome.exitCode,

@@ -138,7 +138,8 @@ export class Worker {
       store: this.ctx.store,
       queue: config.queue,
       log: this.log,
-      events: (jobId) => new JobEventPublisher(this.conn.js, jobId, this.log.child({ jobId }), this.conn.nc.info?.max_payload),
+      events: (jobId) =>
+        new JobEventPublisher(this.conn.js, jobId, this.log.child({ jobId }), this.conn.nc.info?.max_payload),
     });
     // One subscription for all cancels: find the job among ours.
     this.cancelSub = this.conn.nc.subscribe(subjects.allCancels, {

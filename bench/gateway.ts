@@ -1,0 +1,132 @@
+/** Scenario 8: the cads-mars-server gateway. Pipe-mode streaming rate, shares-mode job overhead. */
+import { createReadStream } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { request as httpRequest } from "node:http";
+import { join } from "node:path";
+import WebSocket from "ws";
+import { freePort } from "../src/broker/local-server.js";
+import { executeMarsLocally } from "../src/client/execute.js";
+import { Gateway } from "../src/gateway/gateway.js";
+import { BenchEnv } from "./env.js";
+import { type ScenarioResult } from "./report.js";
+
+const LARGE = { param: "2t/msl", date: "20240101/to/20240105", grid: "0.25/0.25" };
+const SMALL = { param: "2t", date: "20240101", grid: "10/10" };
+
+/** POST a pipe-mode request; bytes of data received and the time from the first byte to the end. */
+function pipeDownload(port: number, body: unknown): Promise<{ bytes: number; firstToEndMs: number }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      { port, host: "127.0.0.1", method: "POST", path: "/", headers: { "Content-Type": "application/json" } },
+      (res) => {
+        let bytes = 0;
+        let first = 0;
+        res.on("data", (d: Buffer) => {
+          first ||= Date.now();
+          bytes += d.length;
+        });
+        res.on("end", () => resolve({ bytes: bytes - 4, firstToEndMs: Date.now() - first })); // minus ENDR
+        res.on("error", reject);
+      },
+    );
+    req.on("error", reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
+async function diskRate(path: string): Promise<number> {
+  const t0 = Date.now();
+  let bytes = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 256 * 1024 }))
+    bytes += (chunk as Buffer).length;
+  return bytes / Math.max(1, Date.now() - t0) / 1000; // MB/s
+}
+
+function sharesJob(port: number, target: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const ws = new WebSocket(`ws://127.0.0.1:${port}`);
+    ws.on("open", () => ws.send(JSON.stringify({ cmd: "start", requests: [SMALL], environ: {}, target })));
+    ws.on("message", (data) => {
+      const frame = JSON.parse(data.toString()) as { status?: string; returncode?: number };
+      if (frame.status === "finished") resolve(Date.now() - t0);
+      if (frame.status === "error") reject(new Error(JSON.stringify(frame)));
+    });
+    ws.on("error", reject);
+  });
+}
+
+export async function gatewayScenario(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+  const queue = BenchEnv.queue("gateway");
+  const settings = { queue, concurrency: 2 };
+  await env.worker(settings);
+  const [pipePort, sharesPort, objPipePort, objSharesPort] = await Promise.all([
+    freePort(),
+    freePort(),
+    freePort(),
+    freePort(),
+  ]);
+  const shared = await Gateway.start({
+    config: env.config({ ...settings, pipePort, sharesPort, gatewayHost: "127.0.0.1" }),
+  });
+  const viaObjects = await Gateway.start({
+    config: env.config({
+      ...settings,
+      pipePort: objPipePort,
+      sharesPort: objSharesPort,
+      gatewayHost: "127.0.0.1",
+      gatewayData: "objectstore",
+    }),
+  });
+  try {
+    const reference = await executeMarsLocally(LARGE, {
+      targetDir: join(env.sharedRoot, "reference"),
+      targetFname: "large.grib",
+    });
+    const disk = await diskRate(reference.target);
+    const share = await pipeDownload(shared.pipePort, { request: LARGE, environ: {} });
+    const objects = await pipeDownload(viaObjects.pipePort, { request: LARGE, environ: {} });
+    if (share.bytes !== reference.bytes || objects.bytes !== reference.bytes) {
+      throw new Error(`pipe mode sent ${share.bytes}/${objects.bytes} bytes, expected ${reference.bytes}`);
+    }
+    const mbps = (r: { bytes: number; firstToEndMs: number }): number =>
+      r.bytes / Math.max(1, r.firstToEndMs) / 1000;
+
+    await mkdir(join(env.sharedRoot, "ws"), { recursive: true });
+    const fleet = await env.client(settings);
+    let wsMs = 0;
+    let fleetMs = 0;
+    for (let i = 0; i < jobs; i++) {
+      wsMs += await sharesJob(shared.sharesPort, `ws/${i}.grib`);
+      const t0 = Date.now();
+      await (await fleet.submit(SMALL, { targetDir: "ws", targetFname: `f${i}.grib` })).result();
+      fleetMs += Date.now() - t0;
+    }
+    return {
+      scenario: "8 gateway",
+      figures: {
+        "pipe (shared root) MB/s": mbps(share),
+        "pipe (object store) MB/s": mbps(objects),
+        "shares job ms": wsMs / jobs,
+      },
+      baseline: {
+        "pipe (shared root) MB/s": disk,
+        "pipe (object store) MB/s": disk,
+        "shares job ms": fleetMs / jobs,
+      },
+      ratios: {
+        "pipe (shared root) MB/s": mbps(share) / disk,
+        "pipe (object store) MB/s": mbps(objects) / disk,
+        "shares job ms": wsMs / fleetMs,
+      },
+      targets: [],
+      notes: [
+        `pipe: a ${(reference.bytes / 1e6).toFixed(1)} MB result, first byte to ENDR, vs reading the same file from disk; with the shared root the rate is MARS's (streamed while written)`,
+        `shares: ${jobs} sequential small jobs over WebSocket vs the fleet client (submit + result)`,
+      ],
+    };
+  } finally {
+    await shared.close();
+    await viaObjects.close();
+  }
+}
