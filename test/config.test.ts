@@ -81,3 +81,17 @@ describe("configuration", () => {
     assert.equal(cfg.useShares, true);
   });
 });
+
+describe("documentation", () => {
+  it("the README's configuration table lists every setting with its environment name and default", async () => {
+    const { readFile } = await import("node:fs/promises");
+    const { SETTINGS, flagName, yamlName } = await import("../src/config/settings.js");
+    const readme = await readFile(new URL("../../README.md", import.meta.url), "utf8");
+    for (const s of SETTINGS) {
+      const row = readme.split("\n").find((l) => l.startsWith(`| \`--${flagName(s.key)}\` |`));
+      assert.ok(row, `README has no row for --${flagName(s.key)}`);
+      assert.ok(row.includes(`\`${s.env}\``), `README row for ${s.key} lacks ${s.env}`);
+      assert.ok(row.includes(`\`${yamlName(s.key)}\``), `README row for ${s.key} lacks its YAML key`);
+    }
+  });
+});

@@ -15,27 +15,6 @@ export interface RunArgs {
   json: boolean;
 }
 
-export function runOptions<T>(y: Argv<T>) {
-  return y
-    .positional("request", {
-      type: "string",
-      demandOption: true,
-      describe: "request file: .json or MARS request text (- for stdin)",
-    })
-    .option("target", { type: "string", demandOption: true, describe: "where to write the GRIB result" })
-    .option("environ", {
-      type: "string",
-      array: true,
-      describe: "client environ as key=value (request_id, user_id...)",
-    })
-    .option("mars-command", { type: "string", describe: "MARS executable (default: the bundled simulator)" })
-    .option("job-timeout", { type: "string", describe: 'wall-clock limit, e.g. "10m" (default: none)' })
-    .option("filter-logs", {
-      type: "boolean",
-      describe: "show only important log lines (--no-filter-logs for all)",
-    });
-}
-
 export async function runLocal(args: RunArgs, config: FleetConfig): Promise<number> {
   const request = await readRequestFile(args.request);
   const target = resolve(args.target);

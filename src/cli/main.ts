@@ -5,19 +5,8 @@ import { loadConfig, type FleetConfig } from "../config/load.js";
 import { SETTINGS } from "../config/settings.js";
 import { JOB_STATES, type JobState } from "../broker/schemas.js";
 import type { Argv } from "yargs";
-import {
-  brokerCommand,
-  cancelCommand,
-  jobsCommand,
-  logsCommand,
-  statusCommand,
-  submitCommand,
-  workersCommand,
-  type SubmitArgs,
-} from "./fleet.js";
-import { runLocal, runOptions, runSim, type RunArgs } from "./local.js";
-import { runWorker } from "./worker.js";
-import { runGateway } from "./gateway.js";
+import type { SubmitArgs } from "./fleet.js";
+import type { RunArgs } from "./local.js";
 import { reportError } from "./output.js";
 
 type Args = Record<string, unknown> & { json?: boolean; config?: string };
@@ -36,6 +25,9 @@ function configFrom(argv: Args): FleetConfig {
   });
 }
 
+// Each command loads its modules when it runs: a worker does not carry the gateway's HTTP stack.
+const fleetCli = (): Promise<typeof import("./fleet.js")> => import("./fleet.js");
+
 /** Run a handler, turning errors into messages and exit codes. */
 function handle<A extends Args>(fn: (argv: A) => Promise<number>): (argv: A) => Promise<void> {
   return async (argv) => {
@@ -45,6 +37,28 @@ function handle<A extends Args>(fn: (argv: A) => Promise<number>): (argv: A) => 
       process.exitCode = reportError(err, argv.json === true);
     }
   };
+}
+
+/** Options of `run`. */
+export function runOptions<T>(y: Argv<T>) {
+  return y
+    .positional("request", {
+      type: "string",
+      demandOption: true,
+      describe: "request file: .json or MARS request text (- for stdin)",
+    })
+    .option("target", { type: "string", demandOption: true, describe: "where to write the GRIB result" })
+    .option("environ", {
+      type: "string",
+      array: true,
+      describe: "client environ as key=value (request_id, user_id...)",
+    })
+    .option("mars-command", { type: "string", describe: "MARS executable (default: the bundled simulator)" })
+    .option("job-timeout", { type: "string", describe: 'wall-clock limit, e.g. "10m" (default: none)' })
+    .option("filter-logs", {
+      type: "boolean",
+      describe: "show only important log lines (--no-filter-logs for all)",
+    });
 }
 
 /** Options every fleet command takes. */
@@ -107,19 +121,21 @@ export async function main(argv: string[]): Promise<void> {
       "run <request>",
       "run a MARS request on this machine, with a progress bar and filtered logs",
       (y) => runOptions(y),
-      handle((a) => runLocal(a as unknown as RunArgs, configFrom(a))),
+      handle(async (a) => (await import("./local.js")).runLocal(a as unknown as RunArgs, configFrom(a))),
     )
     .command(
       "sim [request]",
       "the bundled MARS simulator, invoked like the real mars client",
       (y) => y.positional("request", { type: "string", describe: "request file (default: stdin)" }),
-      handle((a) => runSim(a["request"] as string | undefined)),
+      handle(async (a) => (await import("./local.js")).runSim(a["request"] as string | undefined)),
     )
     .command(
       "worker",
       "run a worker daemon: pull jobs, run MARS, stream events (SIGTERM drains, a second one forces)",
       (y) => workerOptions(y),
-      handle((a) => runWorker(configFrom(a), a["workerId"] as string | undefined)),
+      handle(async (a) =>
+        (await import("./worker.js")).runWorker(configFrom(a), a["workerId"] as string | undefined),
+      ),
     )
     .command(
       "gateway",
@@ -152,7 +168,7 @@ export async function main(argv: string[]): Promise<void> {
             describe: "shares mode connection limit (MARS_MAX_CONCURRENT_CONNECTIONS)",
           })
           .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
-      handle((a) => runGateway(configFrom(a))),
+      handle(async (a) => (await import("./gateway.js")).runGateway(configFrom(a))),
     )
     .command(
       "submit <request>",
@@ -185,13 +201,15 @@ export async function main(argv: string[]): Promise<void> {
             type: "boolean",
             describe: "show only important log lines (--no-filter-logs for all)",
           }),
-      handle((a) => submitCommand(a as unknown as SubmitArgs, configFrom(a))),
+      handle(async (a) => (await fleetCli()).submitCommand(a as unknown as SubmitArgs, configFrom(a))),
     )
     .command(
       "status <id>",
       "show a job's record",
       (y) => fleetOptions(y).positional("id", { type: "string", demandOption: true }),
-      handle((a) => statusCommand(a["id"] as string, a.json === true, configFrom(a))),
+      handle(async (a) =>
+        (await fleetCli()).statusCommand(a["id"] as string, a.json === true, configFrom(a)),
+      ),
     )
     .command(
       "logs <id>",
@@ -203,32 +221,45 @@ export async function main(argv: string[]): Promise<void> {
           default: false,
           describe: "keep following until the job ends",
         }),
-      handle((a) => logsCommand(a["id"] as string, a["follow"] === true, a.json === true, configFrom(a))),
+      handle(async (a) =>
+        (await fleetCli()).logsCommand(
+          a["id"] as string,
+          a["follow"] === true,
+          a.json === true,
+          configFrom(a),
+        ),
+      ),
     )
     .command(
       "cancel <id>",
       "cancel a job: a queued one never runs, a running one is killed",
       (y) => fleetOptions(y).positional("id", { type: "string", demandOption: true }),
-      handle((a) => cancelCommand(a["id"] as string, a.json === true, configFrom(a))),
+      handle(async (a) =>
+        (await fleetCli()).cancelCommand(a["id"] as string, a.json === true, configFrom(a)),
+      ),
     )
     .command(
       "jobs",
       "list jobs",
       (y) => fleetOptions(y).option("state", { choices: JOB_STATES, describe: "only jobs in this state" }),
-      handle((a) => jobsCommand(a["state"] as JobState | undefined, a.json === true, configFrom(a))),
+      handle(async (a) =>
+        (await fleetCli()).jobsCommand(a["state"] as JobState | undefined, a.json === true, configFrom(a)),
+      ),
     )
     .command(
       "workers",
       "list live workers",
       (y) => fleetOptions(y),
-      handle((a) => workersCommand(a.json === true, configFrom(a))),
+      handle(async (a) => (await fleetCli()).workersCommand(a.json === true, configFrom(a))),
     )
     .command(
       "broker <action>",
       "init: create streams, consumer and buckets (idempotent; reports drift); info: queue state",
       (y) =>
         workerOptions(y).positional("action", { choices: ["init", "info"] as const, demandOption: true }),
-      handle((a) => brokerCommand(a["action"] as "init" | "info", a.json === true, configFrom(a))),
+      handle(async (a) =>
+        (await fleetCli()).brokerCommand(a["action"] as "init" | "info", a.json === true, configFrom(a)),
+      ),
     )
     .demandCommand(1, "Name a command; see --help.")
     .strict()

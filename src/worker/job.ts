@@ -25,7 +25,6 @@ import {
   JobNotFoundError,
   type ErrorRecord,
 } from "../core/errors.js";
-import { uploadResult } from "../broker/results.js";
 import type { ObjectStore } from "@nats-io/obj";
 import { errorForOutcome } from "../runner/outcome.js";
 import { startMars, type MarsRun, type RunOutcome } from "../runner/runner.js";
@@ -327,6 +326,7 @@ async function deliverToObjectStore(
   log: Logger,
 ): Promise<Settlement> {
   try {
+    const { uploadResult } = await import("../broker/results.js");
     await uploadResult(await ctx.results(), job.id, targetPath);
     return { ...settlement, result: { ...settlement.result!, object: job.id } };
   } catch (err) {

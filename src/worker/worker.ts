@@ -12,7 +12,6 @@ import { encode } from "../broker/codec.js";
 import { connectBroker, type BrokerConnection } from "../broker/connection.js";
 import { provision, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
-import { resultsStore } from "../broker/results.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerInfo, WorkerState } from "../broker/schemas.js";
 import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
@@ -127,7 +126,11 @@ export class Worker {
       maxAttempts: config.maxRetries,
       retryDelayMs: config.retryDelay,
       ...(command && { command }),
-      results: () => (this.results ??= resultsStore(this.conn.nc, config.streamReplicas)),
+      // Loaded on first use: most workers never deliver to the object store.
+      results: () =>
+        (this.results ??= import("../broker/results.js").then((m) =>
+          m.resultsStore(this.conn.nc, config.streamReplicas),
+        )),
       log: this.log,
     };
     this.consumer = await this.conn.js.consumers.get(JOBS_STREAM, consumerName(config.queue));
