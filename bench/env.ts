@@ -1,41 +1,36 @@
 /** The benchmark's world: a nats-server, worker processes, a near-zero MARS command, measurements. */
 import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { cpus, totalmem, tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
+import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
-import { LocalNatsServer } from "../src/broker/local-server.js";
+import type { LocalNatsServer } from "../src/broker/local-server.js";
 import { TERMINAL_STATES, type JobState } from "../src/broker/schemas.js";
 import { eventKind } from "../src/broker/subjects.js";
-import { Fleet } from "../src/client/fleet.js";
-import { loadConfig, type FleetConfig } from "../src/config/load.js";
-import { SETTINGS } from "../src/config/settings.js";
 import { lookupParam } from "../src/mars/params.js";
 import { encodeGrib2 } from "../src/sim/grib.js";
 import { fieldValues } from "../src/sim/fields.js";
-import { startWorkerProcess, type WorkerProcess } from "../src/worker/process.js";
+import { LocalFleet } from "../src/worker/local-fleet.js";
 
-export class BenchEnv {
-  readonly workers: WorkerProcess[] = [];
-  private readonly fleets: Fleet[] = [];
+export class BenchEnv extends LocalFleet {
   private core: NatsConnection | undefined;
 
   private constructor(
-    readonly server: LocalNatsServer,
-    readonly sharedRoot: string,
+    server: LocalNatsServer,
+    sharedRoot: string,
     /**
      * A MARS command that costs next to nothing: prints when it started, copies one small GRIB
      * message to the target. A compiled C program when `cc` exists, else a shell script.
      */
     readonly tinyMars: string,
-  ) {}
+  ) {
+    super(server, sharedRoot, {}, "info");
+  }
 
   static async start(): Promise<BenchEnv> {
-    const server = await LocalNatsServer.start();
-    const sharedRoot = await mkdtemp(join(tmpdir(), "mars-bench-"));
+    const [server, sharedRoot] = await LocalFleet.resources();
     const grib = join(sharedRoot, ".tiny.grib");
     const grid = { ni: 4, nj: 3, north: 10, west: 0, south: 0, east: 15, dx: 5, dy: 5 };
     const param = lookupParam("2t")!;
@@ -60,61 +55,15 @@ export class BenchEnv {
     return new BenchEnv(server, sharedRoot, tinyMars);
   }
 
-  static queue(prefix: string): string {
-    return `${prefix}-${randomBytes(3).toString("hex")}`;
-  }
-
-  env(settings: Record<string, string | number>): Record<string, string> {
-    const out: Record<string, string> = {
-      MARS_NATS_SERVERS: this.server.url,
-      MARS_SHARED_ROOT: this.sharedRoot,
-      MARS_CONFIG_FILE: "",
-    };
-    for (const [key, value] of Object.entries(settings)) {
-      const setting = SETTINGS.find((s) => s.key === key);
-      if (!setting) throw new Error(`unknown setting ${key}`);
-      out[setting.env] = String(value);
-    }
-    return out;
-  }
-
-  config(settings: Record<string, string | number>): FleetConfig {
-    return loadConfig({ env: this.env(settings) });
-  }
-
-  async client(settings: Record<string, string | number>): Promise<Fleet> {
-    const fleet = await Fleet.connect({ config: this.config(settings) });
-    this.fleets.push(fleet);
-    return fleet;
-  }
-
-  async worker(
-    settings: Record<string, string | number>,
-    extraEnv: Record<string, string> = {},
-  ): Promise<WorkerProcess> {
-    const env = { ...process.env, ...this.env(settings), MARS_LOG_LEVEL: "info", ...extraEnv };
-    const w = await startWorkerProcess(`bench-${randomBytes(3).toString("hex")}`, env);
-    this.workers.push(w);
-    return w;
-  }
-
-  async stopWorkers(list: WorkerProcess[] = this.workers): Promise<void> {
-    for (const w of list) if (w.proc.exitCode === null && w.proc.signalCode === null) w.kill("SIGKILL");
-    await Promise.all(list.map((w) => w.exited));
-  }
-
   /** A plain connection for wildcard subscriptions (the way an observer sees the fleet). */
   async nc(): Promise<NatsConnection> {
     this.core ??= await connect({ servers: this.server.url });
     return this.core;
   }
 
-  async dispose(): Promise<void> {
-    await this.stopWorkers();
-    await Promise.all(this.fleets.map((f) => f.close().catch(() => undefined)));
+  override async dispose(): Promise<void> {
     await this.core?.close();
-    await this.server.dispose();
-    await rm(this.sharedRoot, { recursive: true, force: true });
+    await super.dispose();
   }
 }
 

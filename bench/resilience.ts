@@ -46,7 +46,7 @@ export async function logStreaming(env: BenchEnv, lines: number): Promise<Scenar
     if (received++ === 0) first = Date.now();
   }
   const fleetRate = received / ((Date.now() - first) / 1000);
-  await env.stopWorkers([w]);
+  await env.killWorkers([w]);
 
   // Sparse lines: latency from the simulator's write (time stamp in the line) to the client.
   const sparse = { MARS_SIM_LOG_LINES: "200", MARS_SIM_LOG_INTERVAL_MS: "10" };
@@ -59,7 +59,7 @@ export async function logStreaming(env: BenchEnv, lines: number): Promise<Scenar
     const m = ev.type === "log" ? /\(t=(\d+)\)/.exec(ev.line) : null;
     if (m) latencies.push(Date.now() - Number(m[1]));
   }
-  await env.stopWorkers([w2]);
+  await env.killWorkers([w2]);
   const figures = {
     "lines/s": fleetRate,
     "lines received": received,
@@ -106,7 +106,7 @@ async function failoverOnce(
   const rerunAt = observer.stateTime(job.id, "retrying") ?? NaN;
   const doneAt = observer.stateTime(job.id, "succeeded") ?? NaN;
   observer.stop();
-  await env.stopWorkers();
+  await env.killWorkers();
   return {
     rerunMs: rerunAt - killedAt,
     doneMs: doneAt - killedAt,
@@ -191,7 +191,7 @@ export async function backlog(env: BenchEnv, jobs: number): Promise<ScenarioResu
   await Promise.all(handles.map((h) => observer.finished(h.id)));
   const drainS = (Date.now() - d0) / 1000;
   observer.stop();
-  await env.stopWorkers(workers);
+  await env.killWorkers(workers);
   return {
     scenario: "6 backlog",
     figures: {
@@ -232,7 +232,7 @@ export async function footprint(env: BenchEnv, running: number): Promise<Scenari
   const busy = await rssMb(w.proc.pid!);
   for (const j of jobs) await j.cancel();
   await Promise.all(jobs.map((j) => observer.finished(j.id)));
-  await env.stopWorkers([w]);
+  await env.killWorkers([w]);
 
   // CPU per running job while logs stream: 8 jobs printing 100 lines/s each.
   const streaming = 8;
@@ -255,7 +255,7 @@ export async function footprint(env: BenchEnv, running: number): Promise<Scenari
   const cpuPerJob = ((await cpuMs(w2.proc.pid!)) - c0) / (Date.now() - s0) / streaming;
   observer.stop();
   await Promise.all(jobs2.map((j) => j.result().catch(() => undefined)));
-  await env.stopWorkers([w2]);
+  await env.killWorkers([w2]);
   const perJob = (busy - idle) / running;
   return {
     scenario: "7 footprint",

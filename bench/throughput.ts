@@ -52,7 +52,7 @@ export async function dispatchLatency(env: BenchEnv, jobs: number): Promise<Scen
     toFirstLine.push(observer.firstLineAt.get(job.id)! - t0);
   }
   observer.stop();
-  await env.stopWorkers();
+  await env.killWorkers();
   const baseline: number[] = [];
   for (let i = 0; i < Math.min(jobs, 100); i++)
     baseline.push((await direct(env, env.tinyMars.split(" "), `d${i}.grib`)).firstLineMs);
@@ -111,7 +111,7 @@ async function fleetVsPool(
   observer.stop();
   const failed = states.filter((s) => s !== "succeeded").length;
   if (failed > 0) throw new Error(`${failed} of ${jobs} fleet jobs did not succeed`);
-  await env.stopWorkers(started);
+  await env.killWorkers(started);
   const t1 = Date.now();
   await pool(
     Array.from({ length: jobs }, (_, i) => i),

@@ -16,6 +16,7 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
+import type { FleetConfig } from "../config/load.js";
 import { BrokerError } from "../core/errors.js";
 import { MINUTE } from "../core/time.js";
 import {
@@ -42,6 +43,18 @@ export interface TopologyOptions {
   /** Fleet-wide cap on running jobs for the queue; 0 = none. */
   maxAckPending: number;
   eventsMaxAgeMs: number;
+}
+
+/** The topology a configuration asks for. */
+export function topologyOf(config: FleetConfig): TopologyOptions {
+  return {
+    queue: config.queue,
+    replicas: config.streamReplicas,
+    heartbeatMs: config.heartbeatInterval,
+    maxDeliver: config.maxRetries,
+    maxAckPending: config.maxConcurrentConnections,
+    eventsMaxAgeMs: config.eventsMaxAge,
+  };
 }
 
 export interface ProvisionReport {

@@ -5,7 +5,7 @@ import { Fleet } from "../client/fleet.js";
 import { LogPresenter } from "../client/log-filter.js";
 import type { JobRecord, JobState, WorkerInfo } from "../broker/schemas.js";
 import { connectBroker } from "../broker/connection.js";
-import { provision } from "../broker/provision.js";
+import { provision, topologyOf } from "../broker/provision.js";
 import { DEAD_STREAM, EVENTS_STREAM, JOBS_STREAM, consumerName } from "../broker/subjects.js";
 import type { FleetConfig } from "../config/load.js";
 import { errorFromRecord } from "../core/errors.js";
@@ -217,14 +217,7 @@ export async function brokerCommand(
   });
   try {
     if (action === "init") {
-      const report = await provision(conn.nc, conn.jsm, {
-        queue: config.queue,
-        replicas: config.streamReplicas,
-        heartbeatMs: config.heartbeatInterval,
-        maxDeliver: config.maxRetries,
-        maxAckPending: config.maxConcurrentConnections,
-        eventsMaxAgeMs: config.eventsMaxAge,
-      });
+      const report = await provision(conn.nc, conn.jsm, topologyOf(config));
       print(json, report, () =>
         [
           ...report.created.map((c) => `created  ${c}`),

@@ -4,7 +4,7 @@ import { isAbsolute, join, relative, resolve } from "node:path";
 import type { Logger } from "pino";
 import { decode, encode } from "../broker/codec.js";
 import { connectBroker, type BrokerConnection } from "../broker/connection.js";
-import { provision, type ProvisionReport } from "../broker/provision.js";
+import { provision, topologyOf, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
 import { withRetry } from "../broker/retry.js";
 import {
@@ -74,14 +74,7 @@ export class Fleet {
       timeoutMs: config.requestTimeout,
     });
     try {
-      const report = await provision(conn.nc, conn.jsm, {
-        queue: config.queue,
-        replicas: config.streamReplicas,
-        heartbeatMs: config.heartbeatInterval,
-        maxDeliver: config.maxRetries,
-        maxAckPending: config.maxConcurrentConnections,
-        eventsMaxAgeMs: config.eventsMaxAge,
-      });
+      const report = await provision(conn.nc, conn.jsm, topologyOf(config));
       for (const line of report.drift)
         (opts.logger ?? silentLogger()).debug({ drift: line }, "broker configuration drift");
       return new Fleet(conn, config, new JobStore(await conn.jobsKv()), report);

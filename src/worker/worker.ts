@@ -10,7 +10,7 @@ import type { Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { encode } from "../broker/codec.js";
 import { connectBroker, type BrokerConnection } from "../broker/connection.js";
-import { provision, type ProvisionReport } from "../broker/provision.js";
+import { provision, topologyOf, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerInfo, WorkerState } from "../broker/schemas.js";
@@ -78,14 +78,7 @@ export class Worker {
       timeoutMs: config.requestTimeout,
     });
     try {
-      const report = await provision(conn.nc, conn.jsm, {
-        queue: config.queue,
-        replicas: config.streamReplicas,
-        heartbeatMs: config.heartbeatInterval,
-        maxDeliver: config.maxRetries,
-        maxAckPending: config.maxConcurrentConnections,
-        eventsMaxAgeMs: config.eventsMaxAge,
-      });
+      const report = await provision(conn.nc, conn.jsm, topologyOf(config));
       const worker = new Worker(conn, opts, report);
       await worker.begin();
       return worker;

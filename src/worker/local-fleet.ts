@@ -1,0 +1,92 @@
+/**
+ * A whole fleet on this machine: a nats-server, a shared root and worker processes, configured the
+ * way an operator would (environment variables). For tests, the benchmark and demonstrations.
+ */
+import { randomBytes } from "node:crypto";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { LocalNatsServer } from "../broker/local-server.js";
+import { Fleet } from "../client/fleet.js";
+import { loadConfig, type FleetConfig } from "../config/load.js";
+import { SETTINGS } from "../config/settings.js";
+import { startWorkerProcess, type WorkerProcess } from "./process.js";
+
+/** Settings by key (`heartbeatInterval: "250ms"`), as they would be given in the environment. */
+export type Settings = Record<string, string | number>;
+
+export class LocalFleet {
+  readonly workers: WorkerProcess[] = [];
+  private readonly clients: Fleet[] = [];
+
+  protected constructor(
+    readonly server: LocalNatsServer,
+    readonly sharedRoot: string,
+    /** Settings every worker and client gets unless overridden. */
+    private readonly defaults: Settings,
+    /** pino level of worker processes. */
+    private readonly workerLogLevel: string,
+  ) {}
+
+  /** Start a nats-server and make a shared root. */
+  static async create(opts: { defaults?: Settings; workerLogLevel?: string } = {}): Promise<LocalFleet> {
+    const [server, root] = await LocalFleet.resources();
+    return new LocalFleet(server, root, opts.defaults ?? {}, opts.workerLogLevel ?? "info");
+  }
+
+  protected static async resources(): Promise<[LocalNatsServer, string]> {
+    return [await LocalNatsServer.start(), await mkdtemp(join(tmpdir(), "mars-share-"))];
+  }
+
+  /** A fresh queue name, so users of one server cannot see each other's jobs. */
+  static queue(prefix = "q"): string {
+    return `${prefix}-${randomBytes(3).toString("hex")}`;
+  }
+
+  /** Environment variables for these settings. */
+  env(settings: Settings): Record<string, string> {
+    const out: Record<string, string> = {
+      MARS_NATS_SERVERS: this.server.url,
+      MARS_SHARED_ROOT: this.sharedRoot,
+      MARS_CONFIG_FILE: "",
+    };
+    for (const [key, value] of Object.entries({ ...this.defaults, ...settings })) {
+      const setting = SETTINGS.find((s) => s.key === key);
+      if (!setting) throw new Error(`unknown setting ${key}`);
+      out[setting.env] = String(value);
+    }
+    return out;
+  }
+
+  config(settings: Settings): FleetConfig {
+    return loadConfig({ env: this.env(settings) });
+  }
+
+  /** A connected client, closed by dispose(). */
+  async client(settings: Settings): Promise<Fleet> {
+    const fleet = await Fleet.connect({ config: this.config(settings) });
+    this.clients.push(fleet);
+    return fleet;
+  }
+
+  /** Start a worker process and wait until it pulls. `extraEnv` reaches MARS (e.g. MARS_SIM_* knobs). */
+  async worker(settings: Settings, extraEnv: Record<string, string> = {}): Promise<WorkerProcess> {
+    const env = { ...process.env, ...this.env(settings), MARS_LOG_LEVEL: this.workerLogLevel, ...extraEnv };
+    const worker = await startWorkerProcess(`w-${randomBytes(3).toString("hex")}`, env);
+    this.workers.push(worker);
+    return worker;
+  }
+
+  /** Kill (SIGKILL) these workers, or all, and wait for them. */
+  async killWorkers(list: WorkerProcess[] = this.workers): Promise<void> {
+    for (const w of list) if (w.proc.exitCode === null && w.proc.signalCode === null) w.kill("SIGKILL");
+    await Promise.all(list.map((w) => w.exited));
+  }
+
+  async dispose(): Promise<void> {
+    await this.killWorkers();
+    await Promise.all(this.clients.map((f) => f.close().catch(() => undefined)));
+    await this.server.dispose();
+    await rm(this.sharedRoot, { recursive: true, force: true });
+  }
+}
