@@ -156,6 +156,49 @@ describe("fleet: failures", () => {
     await noParts(join(tf.sharedRoot, "drain"));
   });
 
+  it("a second signal stops at once and hands the job back", async () => {
+    const queue = TestFleet.queue("drain-twice");
+    const settings = { queue, drainGrace: "60s" };
+    const slow = { MARS_SIM_FIELD_DELAY_MS: "300" };
+    const first = await tf.worker(settings, slow);
+    const fleet = await tf.client(settings);
+    const job = await fleet.submit(REQUEST, { targetDir: "drain", targetFname: "twice.grib" });
+    const f = follow(job);
+    await f.until((ev) => states(ev).includes("running"));
+    const second = await tf.worker(settings, slow);
+    first.kill("SIGTERM");
+    await new Promise((r) => setTimeout(r, 200));
+    first.kill("SIGTERM");
+    assert.equal(await first.exited, 3);
+    await job.result();
+    assert.equal((await job.status()).worker, second.id);
+  });
+
+  it("a worker that lost its lease does not overwrite the newer attempt's record", async () => {
+    const queue = TestFleet.queue("lease");
+    const settings = { queue, concurrency: 1 };
+    const slow = { MARS_SIM_FIELD_DELAY_MS: "250" };
+    const stale = await tf.worker(settings, slow);
+    const fleet = await tf.client(settings);
+    const job = await fleet.submit(REQUEST, { targetDir: "lease", targetFname: "data.grib" });
+    const f = follow(job);
+    await f.until((ev) => states(ev).includes("running"));
+    stale.kill("SIGSTOP"); // alive but silent: no heartbeats, its MARS runs on
+    const fresh = await tf.worker(settings, slow);
+    const result = await job.result();
+    stale.kill("SIGCONT");
+    assert.ok(
+      await eventually(() => stale.logs.some((l) => String(l["msg"]).startsWith("lost the lease")), 10_000),
+      "the stale worker did not notice it lost the job",
+    );
+    const rec = await job.status();
+    assert.equal(rec.state, "succeeded");
+    assert.equal(rec.worker, fresh.id);
+    assert.equal(rec.attempt, 2);
+    assert.deepEqual(await readFile(result.target), await expectedBytes("lease.grib"));
+    await noParts(join(tf.sharedRoot, "lease"));
+  });
+
   it("fails a poison job after max deliveries, dead-letters it, and tells the waiting client", async () => {
     const queue = TestFleet.queue("poison");
     const settings = { queue, maxRetries: 3 };

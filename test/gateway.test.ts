@@ -44,7 +44,7 @@ const post = (port: number, body: unknown, onChunk?: Parameters<typeof rawHttp>[
 describe("gateway: pipe mode (HTTP)", () => {
   it("answers the ping and streams a byte-exact result ending with ENDR", async () => {
     const queue = TestFleet.queue("pipe");
-    await tf.worker({ queue });
+    await tf.worker({ queue, marsCommand: tf.countingMars });
     const g = await gateway({ queue });
     assert.equal((await rawHttp(g.pipePort, { method: "HEAD", path: "/" })).status, 204);
     const request = { param: "2t/msl", date: "20240101/to/20240102", grid: "5/5" };
@@ -56,6 +56,7 @@ describe("gateway: pipe mode (HTTP)", () => {
     assert.ok(body.ended, "no ENDR");
     assert.equal(res.chunks.at(-1)!.toString(), "ENDR");
     assert.deepEqual(body.data, await expected(request, "pipe.grib"));
+    assert.equal((await tf.invocations()).get("r-1"), 1, "the environ's request_id did not reach MARS");
 
     const uid = res.headers["x-mars-uid"]!;
     const log = await rawHttp(g.pipePort, { method: "GET", path: `/${uid}` });
