@@ -17,6 +17,7 @@ import {
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FleetConfig } from "../config/load.js";
+import { connectBroker, type BrokerConnection } from "./connection.js";
 import { BrokerError } from "../core/errors.js";
 import { MINUTE } from "../core/time.js";
 import {
@@ -240,4 +241,22 @@ export async function provision(
 /** A worker's registry entry expires after this long without a heartbeat. */
 export function workerTtlMs(heartbeatMs: number): number {
   return Math.max(1000, heartbeatMs * ACK_WAIT_HEARTBEATS);
+}
+
+/**
+ * Connect with the configuration's servers, ensure its topology, and hand the connection to `use`;
+ * the connection is closed again if anything fails before `use` returns.
+ */
+export async function connectProvisioned<T>(
+  config: FleetConfig,
+  name: string,
+  use: (conn: BrokerConnection, report: ProvisionReport) => Promise<T>,
+): Promise<T> {
+  const conn = await connectBroker({ servers: config.servers, name, timeoutMs: config.requestTimeout });
+  try {
+    return await use(conn, await provision(conn.nc, conn.jsm, topologyOf(config)));
+  } catch (err) {
+    await conn.nc.close();
+    throw err;
+  }
 }

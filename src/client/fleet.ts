@@ -3,8 +3,8 @@ import { createHash, randomUUID } from "node:crypto";
 import { isAbsolute, join, relative, resolve } from "node:path";
 import type { Logger } from "pino";
 import { decode, encode } from "../broker/codec.js";
-import { connectBroker, type BrokerConnection } from "../broker/connection.js";
-import { provision, topologyOf, type ProvisionReport } from "../broker/provision.js";
+import type { BrokerConnection } from "../broker/connection.js";
+import { connectProvisioned, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
 import { withRetry } from "../broker/retry.js";
 import {
@@ -68,20 +68,11 @@ export class Fleet {
   /** Connect and make sure the topology for the configured queue exists. */
   static async connect(opts: FleetConnectOptions = {}): Promise<Fleet> {
     const config = opts.config ?? loadConfig({ overrides: opts.overrides ?? {} });
-    const conn = await connectBroker({
-      servers: config.servers,
-      name: "mars-fleet-client",
-      timeoutMs: config.requestTimeout,
-    });
-    try {
-      const report = await provision(conn.nc, conn.jsm, topologyOf(config));
-      for (const line of report.drift)
-        (opts.logger ?? silentLogger()).debug({ drift: line }, "broker configuration drift");
+    const log = opts.logger ?? silentLogger();
+    return connectProvisioned(config, "mars-fleet-client", async (conn, report) => {
+      for (const line of report.drift) log.debug({ drift: line }, "broker configuration drift");
       return new Fleet(conn, config, new JobStore(await conn.jobsKv()), report);
-    } catch (err) {
-      await conn.nc.close();
-      throw err;
-    }
+    });
   }
 
   /** The broker connection (for components built on the fleet, such as the gateway). */

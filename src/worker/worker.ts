@@ -9,8 +9,8 @@ import type { Consumer, ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import type { Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { encode } from "../broker/codec.js";
-import { connectBroker, type BrokerConnection } from "../broker/connection.js";
-import { provision, topologyOf, type ProvisionReport } from "../broker/provision.js";
+import type { BrokerConnection } from "../broker/connection.js";
+import { connectProvisioned, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerInfo, WorkerState } from "../broker/schemas.js";
@@ -71,21 +71,11 @@ export class Worker {
 
   /** Connect, provision (idempotent), clean up after a previous crash, and start pulling. */
   static async start(opts: WorkerOptions): Promise<Worker> {
-    const { config } = opts;
-    const conn = await connectBroker({
-      servers: config.servers,
-      name: "mars-fleet-worker",
-      timeoutMs: config.requestTimeout,
-    });
-    try {
-      const report = await provision(conn.nc, conn.jsm, topologyOf(config));
+    return connectProvisioned(opts.config, "mars-fleet-worker", async (conn, report) => {
       const worker = new Worker(conn, opts, report);
       await worker.begin();
       return worker;
-    } catch (err) {
-      await conn.nc.close();
-      throw err;
-    }
+    });
   }
 
   get state(): WorkerState {
