@@ -1,0 +1,64 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { connect } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { LocalNatsCluster } from "../src/broker/local-server.js";
+import { EVENTS_STREAM, JOBS_STREAM } from "../src/broker/subjects.js";
+import { Fleet } from "../src/client/fleet.js";
+import { loadConfig } from "../src/config/load.js";
+import { startWorkerProcess, type WorkerProcess } from "../src/worker/process.js";
+import { gribLs } from "./helpers/grib.js";
+
+let cluster: LocalNatsCluster;
+let sharedRoot: string;
+let worker: WorkerProcess | undefined;
+before(async () => {
+  cluster = await LocalNatsCluster.start(3);
+  sharedRoot = await mkdtemp(join(tmpdir(), "mars-cluster-"));
+});
+after(async () => {
+  worker?.kill("SIGKILL");
+  await worker?.exited;
+  await cluster.dispose();
+  await rm(sharedRoot, { recursive: true, force: true });
+});
+
+describe("fleet on a 3-node JetStream cluster", () => {
+  it("replicates the topology three times and finishes a job while one node is down", async () => {
+    const env = {
+      MARS_NATS_SERVERS: cluster.servers.join(","),
+      MARS_SHARED_ROOT: sharedRoot,
+      MARS_STREAM_REPLICAS: "3",
+      MARS_HEARTBEAT_INTERVAL: "500ms",
+      MARS_REQUEST_TIMEOUT: "10s",
+      MARS_CONFIG_FILE: "",
+    };
+    worker = await startWorkerProcess("cluster-worker", {
+      ...process.env,
+      ...env,
+      MARS_SIM_FIELD_DELAY_MS: "300",
+    });
+    const fleet = await Fleet.connect({ config: loadConfig({ env }) });
+    try {
+      const nc = await connect({ servers: cluster.servers });
+      const jsm = await jetstreamManager(nc);
+      for (const stream of [JOBS_STREAM, EVENTS_STREAM])
+        assert.equal((await jsm.streams.info(stream)).config.num_replicas, 3);
+      await nc.close();
+
+      const job = await fleet.submit(
+        { param: "2t", date: "20240101/to/20240110", grid: "10/10" },
+        { targetDir: "cluster" },
+      );
+      for await (const ev of job.events()) if (ev.type === "state" && ev.state === "running") break;
+      await cluster.nodes[2]!.stop();
+      const result = await job.result();
+      assert.equal((await gribLs(result.target, ["shortName"])).length, 10);
+    } finally {
+      await fleet.close();
+    }
+  });
+});
