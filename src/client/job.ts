@@ -98,8 +98,17 @@ export class JobHandle {
    */
   events(opts: { signal?: AbortSignal } = {}): AsyncIterable<JobEvent> {
     const out = new Channel<JobEvent>();
-    void this.pumpEvents(out, opts.signal).catch((err: unknown) => out.fail(err));
-    return out;
+    // Stop reading the stream as soon as the reader stops iterating, not at the next event.
+    const readerGone = new AbortController();
+    const signal = opts.signal ? AbortSignal.any([opts.signal, readerGone.signal]) : readerGone.signal;
+    void this.pumpEvents(out, signal).catch((err: unknown) => out.fail(err));
+    return (async function* () {
+      try {
+        yield* out;
+      } finally {
+        readerGone.abort();
+      }
+    })();
   }
 
   private async pumpEvents(out: Channel<JobEvent>, signal?: AbortSignal): Promise<void> {
@@ -126,6 +135,7 @@ export class JobHandle {
       out.close();
     };
     signal?.addEventListener("abort", finish, { once: true });
+    if (signal?.aborted) finish();
     // A job that finished long ago may have no events left (max age): fall back on its record.
     let sawTerminal = false;
     const record = await this.store.get(this.id);
