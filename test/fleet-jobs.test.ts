@@ -91,6 +91,23 @@ describe("fleet: jobs", () => {
     assert.ok(overall >= 2, "jobs ran in parallel");
   });
 
+  it("a worker configured with a slower heartbeat than the consumer allows still runs a job once", async () => {
+    const queue = TestFleet.queue("slowhb");
+    const fleet = await tf.client({ queue }); // provisions ack wait = 3 x 250 ms
+    const worker = await tf.worker(
+      { queue, heartbeatInterval: "20s", marsCommand: tf.countingMars },
+      { MARS_SIM_FIELD_DELAY_MS: "300" },
+    );
+    assert.ok(worker.logs.some((l) => l["msg"] === "heartbeat shortened to fit the consumer's ack wait"));
+    const job = await fleet.submit(
+      { param: "2t", date: "20240101/to/20240106", grid: "10/10" },
+      { targetDir: "slowhb", environ: { request_id: "slowhb-1" } },
+    );
+    await job.result();
+    assert.equal((await job.status()).attempt, 1);
+    assert.equal((await tf.invocations()).get("slowhb-1"), 1);
+  });
+
   it("dedupes by requestId: one job, one execution", async () => {
     const queue = TestFleet.queue("dedupe");
     const settings = { queue, marsCommand: tf.countingMars };

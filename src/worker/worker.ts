@@ -10,7 +10,7 @@ import type { Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { encode } from "../broker/codec.js";
 import type { BrokerConnection } from "../broker/connection.js";
-import { connectProvisioned, type ProvisionReport } from "../broker/provision.js";
+import { ACK_WAIT_HEARTBEATS, connectProvisioned, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerInfo, WorkerState } from "../broker/schemas.js";
@@ -27,6 +27,7 @@ export const WORKER_VERSION = "0.1.0";
 /** How long one pull request waits on the server before it is renewed. */
 const PULL_EXPIRES_MS = 5000;
 const REGISTRY_MIN_INTERVAL_MS = 1000;
+const SERVER_DEFAULT_ACK_WAIT_NS = 30_000_000_000;
 
 export interface WorkerOptions {
   config: FleetConfig;
@@ -96,6 +97,8 @@ export class Worker {
     if (recovered.length > 0)
       this.log.warn({ recovered: recovered.map((r) => r.jobId) }, "cleaned up after a previous crash");
     const command = marsCommandArgv(config);
+    this.consumer = await this.conn.js.consumers.get(JOBS_STREAM, consumerName(config.queue));
+    const { heartbeatMs, registryMs } = await this.effectiveIntervals();
     this.ctx = {
       nc: this.conn.nc,
       js: this.conn.js,
@@ -104,7 +107,7 @@ export class Worker {
       workerId: this.id,
       queue: config.queue,
       sharedRoot: config.sharedRoot,
-      heartbeatMs: config.heartbeatInterval,
+      heartbeatMs,
       killGraceMs: config.killGrace,
       maxAttempts: config.maxRetries,
       retryDelayMs: config.retryDelay,
@@ -116,7 +119,6 @@ export class Worker {
         )),
       log: this.log,
     };
-    this.consumer = await this.conn.js.consumers.get(JOBS_STREAM, consumerName(config.queue));
     this.advisorySub = watchMaxDeliveries({
       nc: this.conn.nc,
       js: this.conn.js,
@@ -140,10 +142,33 @@ export class Worker {
     });
     this.stateValue = "running";
     await this.publishRegistry();
-    this.registryTimer = setInterval(() => void this.publishRegistry(), config.heartbeatInterval);
+    this.registryTimer = setInterval(() => void this.publishRegistry(), registryMs);
     this.registryTimer.unref();
     this.slotLoops = Array.from({ length: config.concurrency }, (_, slot) => this.slotLoop(slot));
     this.log.info({ slots: config.concurrency, sharedRoot: config.sharedRoot }, "worker started");
+  }
+
+  /**
+   * Heartbeat and registry periods that fit what exists on the server, which whoever provisioned
+   * first configured: a heartbeat slower than a third of the consumer's ack wait would let the
+   * server redeliver a job that is still running, and a registry entry must be renewed well
+   * within the bucket's TTL.
+   */
+  private async effectiveIntervals(): Promise<{ heartbeatMs: number; registryMs: number }> {
+    const wanted = this.opts.config.heartbeatInterval;
+    const ackWaitMs =
+      ((await this.consumer.info()).config.ack_wait ?? SERVER_DEFAULT_ACK_WAIT_NS) / 1_000_000;
+    const ttlMs = (await (await this.conn.workersKv()).status()).ttl;
+    const heartbeatMs = Math.min(wanted, Math.floor(ackWaitMs / ACK_WAIT_HEARTBEATS));
+    const registryMs =
+      ttlMs > 0 ? Math.min(heartbeatMs, Math.floor(ttlMs / ACK_WAIT_HEARTBEATS)) : heartbeatMs;
+    if (heartbeatMs < wanted) {
+      this.log.warn(
+        { wantedMs: wanted, heartbeatMs, ackWaitMs },
+        "heartbeat shortened to fit the consumer's ack wait",
+      );
+    }
+    return { heartbeatMs, registryMs };
   }
 
   private async slotLoop(slot: number): Promise<void> {
