@@ -7,6 +7,13 @@ import { isToken } from "./subjects.js";
 export const PROTOCOL_VERSION = 1;
 
 const token = z.string().refine(isToken, "must be letters, digits, - or _ (at most 128)");
+/** The client's environ: names that make `MARS_ENVIRON_<KEY>` variables, one-line values. */
+const environ = z
+  .record(
+    z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "environ keys are letters, digits and _"),
+    z.string().regex(/^[^\u0000\n\r]*$/, "no newline or NUL"),
+  )
+  .default({});
 const marsRequestSchema = z.object({
   verb: z.enum(MARS_VERBS),
   params: z.record(z.string(), z.array(z.string()).min(1)),
@@ -20,7 +27,7 @@ export const jobMessageSchema = z.object({
   requests: z.array(marsRequestSchema).min(1),
   /** Target path relative to the shared root (each host mounts the root where it likes). */
   target: z.string().min(1),
-  environ: z.record(z.string(), z.string()).default({}),
+  environ,
   timeoutMs: z.number().int().min(0).default(0),
   maxAttempts: z.number().int().min(1).optional(),
   submittedAt: z.number(),
@@ -56,7 +63,7 @@ export const jobRecordSchema = z.object({
   worker: z.string().optional(),
   target: z.string(),
   requests: z.array(marsRequestSchema),
-  environ: z.record(z.string(), z.string()).default({}),
+  environ,
   timeoutMs: z.number().int().min(0).default(0),
   cancelRequested: z.boolean().default(false),
   submittedAt: z.number(),

@@ -22,7 +22,7 @@ import { silentLogger } from "../core/logging.js";
 import { checkFileName, resolveInside } from "../runner/target.js";
 import { JobHandle } from "./job.js";
 import { toRequests, type MarsRequestInput } from "./request-input.js";
-import { marsEnvironment } from "../runner/runner.js";
+import { checkEnviron } from "../runner/runner.js";
 
 export interface FleetConnectOptions {
   /** A loaded configuration; default: loadConfig() with `overrides`. */
@@ -97,7 +97,7 @@ export class Fleet {
     const target =
       deliver === "objectstore" ? `.objects/${id}.grib` : this.targetFor(opts.targetDir, opts.targetFname);
     const environ = opts.environ ?? {};
-    marsEnvironment(environ); // validates the environ keys and values
+    checkEnviron(environ);
     const queue = opts.queue ?? this.config.queue;
     const now = Date.now();
     const message: JobMessage = {

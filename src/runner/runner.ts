@@ -93,14 +93,21 @@ export function marsEnvironment(
   // Copying process.env is slow (it is not a plain object): copy it once per process.
   baseEnvironment ??= { ...process.env };
   const env: NodeJS.ProcessEnv = { ...baseEnvironment, ...extra };
+  for (const [key, value] of Object.entries(checkEnviron(environ)))
+    env[`MARS_ENVIRON_${key.toUpperCase()}`] = value;
+  return env;
+}
+
+/** The client's environ must make valid variable names and one-line values; returns it unchanged. */
+export function checkEnviron(environ: Record<string, string>): Record<string, string> {
   for (const [key, value] of Object.entries(environ)) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key))
       throw new MarsRequestError(`invalid environ key "${key}"`, { key });
-    if (/[\u0000\n\r]/.test(value))
+    if (/[\u0000\n\r]/.test(value)) {
       throw new MarsRequestError(`environ "${key}" contains a newline or NUL`, { key });
-    env[`MARS_ENVIRON_${key.toUpperCase()}`] = value;
+    }
   }
-  return env;
+  return environ;
 }
 
 async function isDirectory(path: string): Promise<boolean> {
