@@ -1,0 +1,11 @@
+/** The client side: submit jobs to the fleet, follow them, or run MARS locally. */
+export { executeMars, executeMarsLocally } from "./execute.js";
+export type { ExecuteMarsOptions, ExecuteOptions, ExecuteResult } from "./execute.js";
+export { Fleet, jobIdFor } from "./fleet.js";
+export type { FleetConnectOptions, SubmitOptions } from "./fleet.js";
+export { JobHandle } from "./job.js";
+export type { FleetJobResult, JobEvent } from "./job.js";
+export { IMPORTANT_LINE, LogFilter, LogPresenter } from "./log-filter.js";
+export type { JobControl, LogHandler, PresenterOptions } from "./log-filter.js";
+export { toRequests } from "./request-input.js";
+export type { MarsRequestInput } from "./request-input.js";
