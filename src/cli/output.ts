@@ -88,7 +88,7 @@ export class ProgressDisplay {
   }
 
   log(line: string): void {
-    if (this.multi && this.bars.size > 0) this.multi.log(`${line}\x1b[K\n`);
+    if (this.multi && this.bars.size > 0) this.multi.log(`${line.padEnd(process.stderr.columns ?? 80)}\n`);
     else process.stderr.write(`${line}\n`);
   }
 
