@@ -3,10 +3,11 @@ import { randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { errorForOutcome } from "../runner/outcome.js";
-import { startMars } from "../runner/runner.js";
+import { startMars, type RunEvent } from "../runner/runner.js";
 import { checkFileName } from "../runner/target.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
 import { Fleet } from "./fleet.js";
+import type { JobEvent } from "./job.js";
 import { LogPresenter, type LogHandler } from "./log-filter.js";
 import { toRequests, type MarsRequestInput } from "./request-input.js";
 
@@ -52,6 +53,27 @@ export interface ExecuteResult {
   log: string[];
 }
 
+/** Feed log lines to the presenter and progress to `onProgress`; returns the lines of the last attempt. */
+async function followOutput(
+  events: AsyncIterable<RunEvent | JobEvent>,
+  presenter: LogPresenter,
+  opts: Pick<ExecuteOptions, "onProgress">,
+): Promise<string[]> {
+  const log: string[] = [];
+  for await (const event of events) {
+    if (event.type === "log") {
+      log.push(event.line);
+      presenter.line(event.line);
+    } else if (event.type === "progress") {
+      opts.onProgress?.({ bytes: event.bytes, total: event.total });
+    } else if (event.type === "state" && event.state === "retrying") {
+      log.length = 0; // a new attempt starts its log afresh, as a local rerun would
+    }
+  }
+  presenter.end();
+  return log;
+}
+
 /** Run MARS on this machine through the runner; throws the typed errors of a failed run. */
 export async function executeMarsLocally(
   request: MarsRequestInput,
@@ -73,17 +95,11 @@ export async function executeMarsLocally(
     ...(opts.timeoutMs !== undefined && { timeoutMs: opts.timeoutMs }),
     ...(opts.killGraceMs !== undefined && { killGraceMs: opts.killGraceMs }),
   });
-  const presenter = new LogPresenter(opts, { id: runId, cancel: () => run.cancel() });
-  const log: string[] = [];
-  for await (const event of run.events()) {
-    if (event.type === "log") {
-      log.push(event.line);
-      presenter.line(event.line);
-    } else if (event.type === "progress") {
-      opts.onProgress?.({ bytes: event.bytes, total: event.total });
-    }
-  }
-  presenter.end();
+  const log = await followOutput(
+    run.events(),
+    new LogPresenter(opts, { id: runId, cancel: () => run.cancel() }),
+    opts,
+  );
   const outcome = await run.outcome;
   const error = errorForOutcome(outcome, opts.timeoutMs);
   if (error) throw error;
@@ -126,20 +142,8 @@ async function executeOnFleet(
   });
   const cancel = (): void => void job.cancel().catch(() => undefined);
   opts.signal?.addEventListener("abort", cancel, { once: true });
-  const presenter = new LogPresenter(opts, { id: job.id, cancel });
-  const log: string[] = [];
   try {
-    for await (const event of job.events()) {
-      if (event.type === "log") {
-        log.push(event.line);
-        presenter.line(event.line);
-      } else if (event.type === "progress") {
-        opts.onProgress?.({ bytes: event.bytes, total: event.total });
-      } else if (event.type === "state" && event.state === "retrying") {
-        log.length = 0; // a new attempt starts its log afresh, as a local rerun would
-      }
-    }
-    presenter.end();
+    const log = await followOutput(job.events(), new LogPresenter(opts, { id: job.id, cancel }), opts);
     const result = await job.result();
     return { target: result.target, bytes: result.bytes, elapsedMs: result.elapsedMs, log };
   } finally {
