@@ -12,6 +12,7 @@ import type { JobEvent } from "../src/client/job.js";
 import { MarsFleetError } from "../src/core/errors.js";
 import type { JobRecord } from "../src/broker/schemas.js";
 import { gribLs } from "./helpers/grib.js";
+import { freePort } from "../src/broker/local-server.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually, groupMembers, helperPids, processAlive } from "./helpers/proc.js";
 
@@ -106,6 +107,29 @@ describe("fleet: jobs", () => {
     await job.result();
     assert.equal((await job.status()).attempt, 1);
     assert.equal((await tf.invocations()).get("slowhb-1"), 1);
+  });
+
+  it("serves Prometheus metrics: jobs by outcome, slots, running", async () => {
+    const queue = TestFleet.queue("metrics");
+    const metricsPort = await freePort();
+    await tf.worker({ queue, concurrency: 3, metricsPort });
+    const fleet = await tf.client({ queue });
+    await (
+      await fleet.submit({ param: "2t", date: "20240101", grid: "10/10" }, { targetDir: "metrics" })
+    ).result();
+    await rejection((await fleet.submit({ param: "nosuch" }, { targetDir: "metrics" })).result());
+    const text = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+    const value = (name: string, labels: string): number => {
+      const line = text
+        .split("\n")
+        .find((l) => l.startsWith(name) && labels.split(",").every((x) => l.includes(x)));
+      return line ? Number(line.split(" ").at(-1)) : NaN;
+    };
+    assert.equal(value("mars_fleet_jobs_total", `queue="${queue}",state="succeeded"`), 1);
+    assert.equal(value("mars_fleet_jobs_total", `queue="${queue}",state="failed"`), 1);
+    assert.equal(value("mars_fleet_slots", `queue="${queue}"`), 3);
+    assert.equal(value("mars_fleet_running_jobs", `queue="${queue}"`), 0);
+    assert.equal(value("mars_fleet_job_duration_seconds_count", `queue="${queue}",state="succeeded"`), 1);
   });
 
   it("dedupes by requestId: one job, one execution", async () => {

@@ -103,6 +103,10 @@ function workerOptions<T>(y: Argv<T>) {
       describe: "fleet-wide cap on running jobs (MARS_MAX_CONCURRENT_CONNECTIONS)",
     })
     .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" })
+    .option("metrics-port", {
+      type: "number",
+      describe: "serve Prometheus metrics at /metrics (MARS_METRICS_PORT; 0 = off)",
+    })
     .option("worker-id", { type: "string", describe: "worker id (default host-pid-random)" });
 }
 

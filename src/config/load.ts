@@ -27,6 +27,7 @@ export const configSchema = z
     sharedRoot: z.string().min(1).startsWith("/", "must be an absolute path"),
     pipePort: port,
     sharesPort: port,
+    metricsPort: z.number().int().min(0).max(65535),
     gatewayHost: z.string().min(1),
     gatewayData: z.enum(["share", "objectstore"]),
     maxRetries: z.number().int().min(1).max(100),

@@ -91,6 +91,13 @@ export const SETTINGS = [
     help: "Gateway: cads-mars-server shares (WebSocket) port.",
   },
   {
+    key: "metricsPort",
+    env: "MARS_METRICS_PORT",
+    kind: "int",
+    default: 0,
+    help: "Worker: serve Prometheus metrics on this port at /metrics. 0 = off.",
+  },
+  {
     key: "gatewayHost",
     env: "MARS_GATEWAY_HOST",
     kind: "string",

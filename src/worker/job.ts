@@ -46,6 +46,8 @@ export interface WorkerContext {
   maxAttempts: number;
   retryDelayMs: number;
   command?: readonly string[];
+  /** Told of every settled attempt (for metrics). */
+  onSettled?: (state: JobState, elapsedMs: number | undefined) => void;
   /** The results object store (opened on first use). */
   results: () => Promise<ObjectStore>;
   log: Logger;
@@ -136,6 +138,8 @@ interface Attempt {
 
 interface Settlement {
   state: JobState;
+  /** How long MARS ran, when it did. */
+  elapsedMs?: number;
   error?: ErrorRecord;
   result?: JobRecord["result"];
   /** What to do with the message. */
@@ -310,7 +314,10 @@ async function runClaimed(
     },
     "MARS finished",
   );
-  let settlement = settlementFor(ctx, outcome, job, attempt, active.handBack);
+  let settlement: Settlement = {
+    ...settlementFor(ctx, outcome, job, attempt, active.handBack),
+    elapsedMs: outcome.elapsedMs,
+  };
   if (settlement.state === "succeeded" && job.deliver === "objectstore") {
     settlement = await deliverToObjectStore(ctx, job, targetPath, settlement, log);
   }
@@ -387,5 +394,6 @@ async function finish(
   if (s.settle === "ack") msg.ack();
   else if (s.settle === "term") msg.term();
   else msg.nak(s.nakDelayMs);
-  log.info({ state: s.state, settle: s.settle, code: s.error?.code }, "job settled");
+  ctx.onSettled?.(s.state, s.elapsedMs);
+  log.info({ state: s.state, settle: s.settle, code: s.error?.code, elapsedMs: s.elapsedMs }, "job settled");
 }

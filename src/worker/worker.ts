@@ -13,6 +13,7 @@ import type { BrokerConnection } from "../broker/connection.js";
 import { ACK_WAIT_HEARTBEATS, connectProvisioned, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
 import type { ObjectStore } from "@nats-io/obj";
+import type { WorkerMetrics } from "./metrics.js";
 import type { WorkerInfo, WorkerState } from "../broker/schemas.js";
 import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
 import { marsCommandArgv, type FleetConfig } from "../config/load.js";
@@ -50,6 +51,8 @@ export class Worker {
   private cancelSub: Subscription | undefined;
   private lastRegistryAt = 0;
   private results: Promise<ObjectStore> | undefined;
+  private metrics: WorkerMetrics | undefined;
+  private metricsPortValue: number | undefined;
   private stopping: Promise<StopKind> | undefined;
   private forceRequested = false;
   private readonly startedAt = Date.now();
@@ -118,7 +121,9 @@ export class Worker {
           m.resultsStore(this.conn.nc, config.streamReplicas),
         )),
       log: this.log,
+      onSettled: (state, elapsedMs) => this.metrics?.settled(state, elapsedMs),
     };
+    if (config.metricsPort > 0) await this.startMetrics(config.metricsPort);
     this.advisorySub = watchMaxDeliveries({
       nc: this.conn.nc,
       js: this.conn.js,
@@ -145,7 +150,24 @@ export class Worker {
     this.registryTimer = setInterval(() => void this.publishRegistry(), registryMs);
     this.registryTimer.unref();
     this.slotLoops = Array.from({ length: config.concurrency }, (_, slot) => this.slotLoop(slot));
-    this.log.info({ slots: config.concurrency, sharedRoot: config.sharedRoot }, "worker started");
+    this.log.info(
+      { slots: config.concurrency, sharedRoot: config.sharedRoot, metricsPort: this.metricsPortValue },
+      "worker started",
+    );
+  }
+
+  /** Port of the Prometheus endpoint, when metrics are on. */
+  get metricsPort(): number | undefined {
+    return this.metricsPortValue;
+  }
+
+  private async startMetrics(port: number): Promise<void> {
+    // Loaded only when asked for: a worker without metrics does not carry prom-client.
+    const { WorkerMetrics } = await import("./metrics.js");
+    this.metrics = new WorkerMetrics(this.opts.config.queue, this.id);
+    this.metrics.setSlots(this.opts.config.concurrency);
+    this.metrics.setRunning(0);
+    this.metricsPortValue = await this.metrics.serve(port, "0.0.0.0");
   }
 
   /**
@@ -191,10 +213,12 @@ export class Worker {
       }
       const active: ActiveJob = { jobId: "", handBack: false };
       this.active.add(active);
+      this.metrics?.setRunning(this.active.size);
       try {
         await handleJob(this.ctx, msg, active);
       } finally {
         this.active.delete(active);
+        this.metrics?.setRunning(this.active.size);
         // Keep `mars-fleet workers` current without a registry write per job under load.
         if (Date.now() - this.lastRegistryAt > REGISTRY_MIN_INTERVAL_MS) void this.publishRegistry();
       }
@@ -278,6 +302,7 @@ export class Worker {
     clearInterval(this.registryTimer);
     this.advisorySub?.unsubscribe();
     this.cancelSub?.unsubscribe();
+    await this.metrics?.close();
     this.stateValue = "stopped";
     await this.publishRegistry();
     await this.conn.nc.drain().catch(() => this.conn.nc.close());
