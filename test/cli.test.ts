@@ -92,6 +92,18 @@ describe("mars-fleet CLI", () => {
     assert.match(info.stdout, new RegExp(`consumer workers-${queue}: 0 queued, 0 running`));
   });
 
+  it("a worker refuses to start without its shared root or with a MARS command that cannot run", async () => {
+    const noRoot = await cli(
+      ["worker"],
+      tf.env({ queue: "preflight", sharedRoot: join(dir, "not-mounted") }),
+    );
+    assert.equal(noRoot.code, 2);
+    assert.match(noRoot.stderr, /CONFIG_INVALID: shared root .*not-mounted does not exist/);
+    const noMars = await cli(["worker"], tf.env({ queue: "preflight", marsCommand: "/opt/no/such/mars" }));
+    assert.equal(noMars.code, 2);
+    assert.match(noMars.stderr, /MARS command "\/opt\/no\/such\/mars" is not found/);
+  });
+
   it("a starting worker removes what a crashed one left behind", async () => {
     const journalDir = join(dir, "journal");
     const part = join(dir, "share", ".x.grib.job-a1.mars-part");

@@ -23,6 +23,7 @@ import { watchMaxDeliveries } from "./dead-letter.js";
 import { JobEventPublisher } from "./events.js";
 import { handleJob, type ActiveJob, type WorkerContext } from "./job.js";
 import { Journal } from "./journal.js";
+import { preflight } from "./preflight.js";
 
 export const WORKER_VERSION = "0.1.0";
 /** How long one pull request waits on the server before it is renewed. */
@@ -75,6 +76,7 @@ export class Worker {
 
   /** Connect, provision (idempotent), clean up after a previous crash, and start pulling. */
   static async start(opts: WorkerOptions): Promise<Worker> {
+    await preflight(opts.config);
     return connectProvisioned(opts.config, "mars-fleet-worker", async (conn, report) => {
       const worker = new Worker(conn, opts, report);
       await worker.begin();
