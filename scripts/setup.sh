@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v grib_ls >/dev/null 2>&1 || missing+=(libeccodes-tools)
 if ((${#missing[@]} > 0)); then
   echo "setup: installing ${missing[*]} with apt-get" >&2

@@ -4,6 +4,7 @@
  * JetStream cluster on loopback.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
@@ -13,7 +14,10 @@ import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { BrokerError } from "../core/errors.js";
 
-export const NATS_SERVER_BIN = process.env["NATS_SERVER_BIN"] ?? "nats-server";
+/** Debian installs nats-server in /usr/sbin, which is not on every user's PATH. */
+export const NATS_SERVER_BIN =
+  process.env["NATS_SERVER_BIN"] ??
+  (existsSync("/usr/sbin/nats-server") ? "/usr/sbin/nats-server" : "nats-server");
 const READY_TIMEOUT_MS = 20_000;
 
 /** A free TCP port on loopback (closed again before it is returned). */
