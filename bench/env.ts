@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
-import type { LocalNatsServer } from "../src/broker/local-server.js";
+import { NATS_SERVER_BIN, type LocalNatsServer } from "../src/broker/local-server.js";
 import { TERMINAL_STATES, type JobState } from "../src/broker/schemas.js";
 import { eventKind } from "../src/broker/subjects.js";
 import { lookupParam } from "../src/mars/params.js";
@@ -178,7 +178,7 @@ export async function pool<T, R>(
 }
 
 export async function machine(): Promise<Record<string, unknown>> {
-  const natsVersion = await promisify(execFile)("nats-server", ["--version"]).then(
+  const natsVersion = await promisify(execFile)(NATS_SERVER_BIN, ["--version"]).then(
     (r) => r.stdout.trim(),
     () => "unknown",
   );
