@@ -67,3 +67,31 @@ describe("provisioning", () => {
     await nc.close();
   });
 });
+
+describe("submission", () => {
+  it("marks the record failed when the job cannot reach the queue", async () => {
+    const { Fleet } = await import("../src/client/fleet.js");
+    const { loadConfig } = await import("../src/config/load.js");
+    const { mkdtemp } = await import("node:fs/promises");
+    const { tmpdir } = await import("node:os");
+    const root = await mkdtemp(`${tmpdir()}/mars-submit-`);
+    const env = {
+      MARS_NATS_SERVERS: server.url,
+      MARS_SHARED_ROOT: root,
+      MARS_REQUEST_TIMEOUT: "1s",
+      MARS_QUEUE: "lost",
+    };
+    const fleet = await Fleet.connect({ config: loadConfig({ env }) });
+    const nc = await connect({ servers: server.url });
+    await (await jetstreamManager(nc)).streams.delete(JOBS_STREAM); // the queue is gone
+    await nc.close();
+    await assert.rejects(
+      fleet.submit({ param: "2t" }, { requestId: "lost-1" }),
+      (e: { code?: string }) => e.code === "BROKER_ERROR",
+    );
+    const record = await (await fleet.job("lost-1")).status();
+    assert.equal(record.state, "failed");
+    assert.equal(record.error?.code, "BROKER_ERROR");
+    await fleet.close();
+  });
+});

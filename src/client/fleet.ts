@@ -18,6 +18,7 @@ import {
 } from "../broker/schemas.js";
 import { isToken, subjects } from "../broker/subjects.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
+import { BrokerError } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
 import { checkFileName, resolveInside } from "../runner/target.js";
 import { JobHandle } from "./job.js";
@@ -121,9 +122,26 @@ export class Fleet {
     } else {
       message.revision = revision;
     }
-    await withRetry(() => this.conn.js.publish(subjects.jobs(queue), encode(message), { msgID: id }), {
-      deadlineMs: this.config.requestTimeout,
-    });
+    try {
+      await withRetry(() => this.conn.js.publish(subjects.jobs(queue), encode(message), { msgID: id }), {
+        deadlineMs: this.config.requestTimeout,
+      });
+    } catch (err) {
+      // Leave no record that claims a job is queued when it never reached the queue.
+      const error = new BrokerError(
+        `the job could not be queued: ${(err as Error).message}`,
+        { jobId: id },
+        err,
+      );
+      await this.store
+        .mutate(id, (rec) =>
+          rec.state === "queued"
+            ? { ...rec, state: "failed", error: error.toRecord(), finishedAt: Date.now() }
+            : undefined,
+        )
+        .catch(() => undefined);
+      throw error;
+    }
     return this.handle(id);
   }
 
