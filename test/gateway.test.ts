@@ -91,6 +91,41 @@ describe("gateway: pipe mode (HTTP)", () => {
     assert.equal(bad.status, 400);
   });
 
+  it("reports a failure after data with EROR and a JSON chunk", async () => {
+    const queue = TestFleet.queue("eror");
+    await tf.worker(
+      { queue },
+      { MARS_SIM_BYTES_PER_SEC: String(100 * 1024), MARS_SIM_FAIL_AFTER_BYTES: "150000" },
+    );
+    const g = await gateway({ queue });
+    const res = await post(g.pipePort, {
+      request: { param: "2t", date: "20240101/to/20240105", grid: "2/2" },
+      environ: {},
+    });
+    assert.equal(res.status, 200);
+    const body = assemble(res.chunks);
+    assert.ok(body.data.length > 0, "no data before the failure");
+    assert.equal(body.ended, false);
+    assert.deepEqual(body.error, { exited: 4 });
+  });
+
+  it("answers a job killed before any data with 500, X-MARS-SIGNAL and no retry for SIGKILL", async () => {
+    const queue = TestFleet.queue("killed");
+    const settings = { queue, maxRetries: 1 };
+    await tf.worker(settings, { MARS_SIM_KILL_AFTER_BYTES: "1" });
+    const g = await gateway(settings);
+    const res = await post(g.pipePort, { request: { param: "2t", date: "20240101" }, environ: {} });
+    assert.equal(res.status, 500);
+    assert.equal(res.headers["x-mars-signal"], "9");
+    assert.equal(res.headers["x-mars-retry-next-host"], "0");
+    assert.equal(res.headers["x-mars-retry-same-host"], "0");
+    assert.deepEqual(JSON.parse(Buffer.concat(res.chunks).toString()), {
+      killed: 9,
+      retry_next_host: false,
+      retry_same_host: false,
+    });
+  });
+
   it("sends RWND and then the complete result when the worker dies mid-transfer", async () => {
     const queue = TestFleet.queue("rwnd");
     const settings = { queue, concurrency: 1 };
