@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtemp, readdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,7 +9,7 @@ import { MarsFleetError } from "../src/core/errors.js";
 import { normaliseRequests } from "../src/mars/request.js";
 import { startMars, type RunEvent } from "../src/runner/runner.js";
 import { gribLs } from "./helpers/grib.js";
-import { eventually, groupMembers, helperPids, processAlive } from "./helpers/proc.js";
+import { childrenMatching, eventually, groupMembers, helperPids, processAlive } from "./helpers/proc.js";
 
 let dir: string;
 before(async () => {
@@ -31,6 +31,38 @@ async function noPartFiles(): Promise<void> {
     names.filter((n) => n.endsWith(".mars-part")),
     [],
   );
+}
+
+/**
+ * A separate process runs a slow MARS job; `meanwhile` acts on it, then the process is killed with
+ * SIGKILL and MARS (its helper child) must die with it.
+ */
+async function runVictim(meanwhile: (victim: ChildProcess) => Promise<void>): Promise<void> {
+  const script = join(dir, "victim.mjs");
+  const runnerUrl = new URL("../src/runner/runner.js", import.meta.url).href;
+  const requestUrl = new URL("../src/mars/request.js", import.meta.url).href;
+  await writeFile(
+    script,
+    `import { startMars } from ${JSON.stringify(runnerUrl)};
+     import { normaliseRequests } from ${JSON.stringify(requestUrl)};
+     const run = startMars({ requests: normaliseRequests(${JSON.stringify(small)}), targetPath: ${JSON.stringify(join(dir, "victim.grib"))},
+       env: ${JSON.stringify({ ...slow, MARS_SIM_FIELD_DELAY_MS: "1000" })} });
+     for await (const e of run.events()) if (e.type === "log") console.log(e.line);`,
+  );
+  const victim = spawn(process.execPath, [script], { stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  const helper = await new Promise<number>((resolve) =>
+    victim.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+      const [pid] = helperPids(out.split("\n"));
+      if (pid) resolve(pid);
+    }),
+  );
+  assert.ok(processAlive(helper));
+  await meanwhile(victim);
+  assert.ok(processAlive(helper), "MARS ended before its runner was killed");
+  victim.kill("SIGKILL");
+  assert.ok(await eventually(() => !processAlive(helper), 5000), "MARS survived its runner");
 }
 
 describe("runner", () => {
@@ -146,29 +178,20 @@ describe("runner", () => {
     });
   }
 
+  it("replaces a killed watchdog, so MARS still dies with its runner", async () => {
+    await runVictim(async (victim) => {
+      const watchdogs = childrenMatching(victim.pid!, "mars-watchdog");
+      assert.equal(watchdogs.length, 1, "one watchdog per runner process");
+      process.kill(watchdogs[0]!, "SIGKILL");
+      const replaced = await eventually(
+        () => childrenMatching(victim.pid!, "mars-watchdog").some((pid) => pid !== watchdogs[0]),
+        3000,
+      );
+      assert.ok(replaced, "no new watchdog");
+    });
+  });
+
   it("kills the MARS group when the runner's own process is killed with SIGKILL", async () => {
-    const script = join(dir, "victim.mjs");
-    const runnerUrl = new URL("../src/runner/runner.js", import.meta.url).href;
-    const requestUrl = new URL("../src/mars/request.js", import.meta.url).href;
-    await writeFile(
-      script,
-      `import { startMars } from ${JSON.stringify(runnerUrl)};
-       import { normaliseRequests } from ${JSON.stringify(requestUrl)};
-       const run = startMars({ requests: normaliseRequests(${JSON.stringify(small)}), targetPath: ${JSON.stringify(join(dir, "victim.grib"))},
-         env: ${JSON.stringify(slow)} });
-       for await (const e of run.events()) if (e.type === "log") console.log(e.line);`,
-    );
-    const victim = spawn(process.execPath, [script], { stdio: ["ignore", "pipe", "inherit"] });
-    let out = "";
-    const helper = await new Promise<number>((resolve) =>
-      victim.stdout.on("data", (d: Buffer) => {
-        out += d.toString();
-        const [pid] = helperPids(out.split("\n"));
-        if (pid) resolve(pid);
-      }),
-    );
-    assert.ok(processAlive(helper));
-    victim.kill("SIGKILL");
-    assert.ok(await eventually(() => !processAlive(helper), 5000), "helper survived its runner");
+    await runVictim(async () => undefined);
   });
 });

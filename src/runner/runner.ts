@@ -15,7 +15,7 @@ import { withParam, type MarsRequest } from "../mars/request.js";
 import { formatRequests } from "../mars/text.js";
 import { simulatorCommand } from "../sim/command.js";
 import { LineSplitter } from "./lines.js";
-import { signalGroup, spawnInGroup } from "./process-group.js";
+import { RUN_MARKER, signalGroup, spawnInGroup } from "./process-group.js";
 import { commitPart, discardPart, partPathFor, sizeOf } from "./target.js";
 
 export const DEFAULT_KILL_GRACE = 5 * SECOND;
@@ -192,9 +192,9 @@ export class MarsRun {
         elapsedMs: 0,
       };
     }
-    const env = marsEnvironment(opts.environ, opts.env);
+    const env = { ...marsEnvironment(opts.environ, opts.env), [RUN_MARKER]: this.runId };
     const command = [...(opts.command ?? simulatorCommand()), requestFile];
-    const { child, pgid } = spawnInGroup(command, env, targetDir);
+    const { child, pgid, release } = spawnInGroup(command, env, targetDir);
     this.pgid = pgid;
     const onAbort = (): void => this.cancel();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
@@ -255,6 +255,7 @@ export class MarsRun {
     );
     // Whatever MARS left behind in its group (helpers, a wrapper's children) goes with it.
     signalGroup(pgid, "SIGKILL");
+    release();
     child.stdin?.destroy();
     await outputs;
     clearInterval(progressTimer);

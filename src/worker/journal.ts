@@ -3,11 +3,10 @@
  * worker starting after a crash on this host can remove what the crashed one left behind.
  */
 import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
-import { signalGroup } from "../runner/process-group.js";
+import { signalGroup, startedForRun } from "../runner/process-group.js";
 import { discardPart } from "../runner/target.js";
 
 const entrySchema = z.object({
@@ -24,15 +23,6 @@ function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Whether a process group is led by our MARS guard shell (so a reused id is never killed). */
-function isGuardGroup(pgid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pgid}/cmdline`, "utf8").includes("mars-guard");
   } catch {
     return false;
   }
@@ -68,7 +58,8 @@ export class Journal {
       try {
         const entry = entrySchema.parse(JSON.parse(await readFile(file, "utf8")));
         if (processAlive(entry.workerPid)) continue;
-        if (entry.pgid > 0 && isGuardGroup(entry.pgid)) signalGroup(entry.pgid, "SIGKILL");
+        const runId = name.slice(0, -".json".length);
+        if (entry.pgid > 0 && startedForRun(entry.pgid, runId)) signalGroup(entry.pgid, "SIGKILL");
         await discardPart(entry.partPath);
         recovered.push(entry);
       } catch {

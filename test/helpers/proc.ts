@@ -53,3 +53,20 @@ export function helperPids(lines: string[]): number[] {
     return m ? [Number(m[1])] : [];
   });
 }
+
+/** Live children of `ppid` whose command line contains `text` (read from /proc, no pgrep needed). */
+export function childrenMatching(ppid: number, text: string): number[] {
+  const out: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(fields[1]) !== ppid || fields[0] === "Z") continue;
+      if (readFileSync(`/proc/${entry}/cmdline`, "utf8").includes(text)) out.push(Number(entry));
+    } catch {
+      // Exited while we looked.
+    }
+  }
+  return out;
+}
