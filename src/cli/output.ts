@@ -68,6 +68,7 @@ export class ProgressDisplay {
             format: "{label} [{bar}] {percentage}% | {done}/{all} MB | {eta_formatted}",
             stream: process.stderr,
             hideCursor: true,
+            forceRedraw: true,
             clearOnComplete: false,
           },
           cliProgress.Presets.shades_classic,
