@@ -52,6 +52,8 @@ export function reportError(err: unknown, json: boolean): number {
   return code;
 }
 
+const LABEL_WIDTH = 16;
+
 function mb(bytes: number): string {
   return (bytes / 1024 / 1024).toFixed(2);
 }
@@ -78,7 +80,7 @@ export class ProgressDisplay {
 
   update(label: string, bytes: number, total: number): void {
     if (!this.multi || total <= 0) return;
-    const payload = { label, done: mb(bytes), all: mb(total) };
+    const payload = { label: label.padEnd(LABEL_WIDTH), done: mb(bytes), all: mb(total) };
     let bar = this.bars.get(label);
     if (!bar) {
       bar = this.multi.create(total, bytes, payload);
