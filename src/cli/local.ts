@@ -1,6 +1,5 @@
 /** `mars-fleet run` (MARS on this machine) and `mars-fleet sim` (the bundled simulator). */
 import { basename, dirname, resolve } from "node:path";
-import type { Argv } from "yargs";
 import { executeMarsLocally } from "../client/execute.js";
 import { marsCommandArgv, type FleetConfig } from "../config/load.js";
 import { formatDuration } from "../core/time.js";

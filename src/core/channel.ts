@@ -41,15 +41,6 @@ export class Channel<T> implements AsyncIterable<T> {
     else this.error = err;
   }
 
-  get isClosed(): boolean {
-    return this.closed;
-  }
-
-  /** Items pushed but not yet taken. */
-  get size(): number {
-    return this.buffer.length - this.head;
-  }
-
   private next(): Promise<IteratorResult<T>> {
     if (this.head < this.buffer.length) {
       const value = this.buffer[this.head++] as T;

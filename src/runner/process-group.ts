@@ -107,11 +107,6 @@ export function signalGroup(pgid: number, signal: NodeJS.Signals | 0): boolean {
   }
 }
 
-/** Whether any process of the group is still alive. */
-export function groupAlive(pgid: number): boolean {
-  return signalGroup(pgid, 0);
-}
-
 /** Whether process `pid` was started by us for run `runId` (so a reused pid is never killed). */
 export function startedForRun(pid: number, runId: string): boolean {
   try {
