@@ -5,31 +5,53 @@ import { promisify } from "node:util";
 
 export const execFileP = promisify(execFile);
 
-/** Alive and not a zombie (a zombie has exited; only its parent has not reaped it yet). */
-export function processAlive(pid: number): boolean {
+interface ProcEntry {
+  pid: number;
+  state: string;
+  ppid: number;
+  pgid: number;
+}
+
+/** Fields of /proc/<pid>/stat after the command name, or undefined when the process is gone. */
+function procEntry(pid: number): ProcEntry | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
-    return state !== "Z" && state !== "X";
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return { pid, state: fields[0]!, ppid: Number(fields[1]), pgid: Number(fields[2]) };
   } catch {
-    return false;
+    return undefined;
   }
+}
+
+function cmdline(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8");
+  } catch {
+    return ""; // exited while we looked
+  }
+}
+
+/** Every process that is alive and not a zombie. */
+function liveProcesses(): ProcEntry[] {
+  return readdirSync("/proc")
+    .filter((e) => /^\d+$/.test(e))
+    .flatMap((e) => {
+      const entry = procEntry(Number(e));
+      return entry && entry.state !== "Z" && entry.state !== "X" ? [entry] : [];
+    });
+}
+
+/** Alive and not a zombie (a zombie has exited; only its parent has not reaped it yet). */
+export function processAlive(pid: number): boolean {
+  const entry = procEntry(pid);
+  return entry !== undefined && entry.state !== "Z" && entry.state !== "X";
 }
 
 /** Live (non-zombie) members of a process group. */
 export function groupMembers(pgid: number): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[2]) === pgid && fields[0] !== "Z") out.push(Number(entry));
-    } catch {
-      // Exited while we looked.
-    }
-  }
-  return out;
+  return liveProcesses()
+    .filter((p) => p.pgid === pgid)
+    .map((p) => p.pid);
 }
 
 /** Poll until `check` is true or the time is up; returns the last result. */
@@ -56,17 +78,7 @@ export function helperPids(lines: string[]): number[] {
 
 /** Live children of `ppid` whose command line contains `text` (read from /proc, no pgrep needed). */
 export function childrenMatching(ppid: number, text: string): number[] {
-  const out: number[] = [];
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      if (Number(fields[1]) !== ppid || fields[0] === "Z") continue;
-      if (readFileSync(`/proc/${entry}/cmdline`, "utf8").includes(text)) out.push(Number(entry));
-    } catch {
-      // Exited while we looked.
-    }
-  }
-  return out;
+  return liveProcesses()
+    .filter((p) => p.ppid === ppid && cmdline(p.pid).includes(text))
+    .map((p) => p.pid);
 }
