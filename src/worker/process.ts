@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
+import { LineSplitter } from "../runner/lines.js";
 
 export const CLI_SCRIPT = fileURLToPath(new URL("../../../bin/mars-fleet.js", import.meta.url));
 const START_TIMEOUT_MS = 15_000;
@@ -26,11 +27,9 @@ export async function startWorkerProcess(
     stdio: ["ignore", "ignore", "pipe"],
   });
   const logs: Array<Record<string, unknown>> = [];
-  let partial = "";
+  const splitter = new LineSplitter();
   proc.stderr!.on("data", (d: Buffer) => {
-    const parts = (partial + d.toString()).split("\n");
-    partial = parts.pop() ?? "";
-    for (const line of parts) {
+    for (const line of splitter.push(d)) {
       onLog?.(line);
       try {
         logs.push(JSON.parse(line) as Record<string, unknown>);
