@@ -3,14 +3,13 @@
  * whose result lands at the requested path under the shared root; log lines, heartbeats and the
  * final state come back as JSON frames; `{"cmd":"kill"}` cancels.
  */
-import { stat } from "node:fs/promises";
 import { basename, dirname, isAbsolute, relative, resolve } from "node:path";
 import type { Logger } from "pino";
 import { WebSocketServer, type WebSocket } from "ws";
 import type { Fleet } from "../client/fleet.js";
 import type { JobHandle } from "../client/job.js";
 import { asFleetError, describeZodError } from "../core/errors.js";
-import { resolveInside } from "../runner/target.js";
+import { isDirectory, resolveInside } from "../runner/target.js";
 import { environStrings, returnCode, sharesCommandSchema, type SharesCommand } from "./wire.js";
 
 /** WebSocket close code for "policy violation": cads-mars-server's answer when over capacity. */
@@ -83,11 +82,7 @@ class SharesSession {
     const root = resolve(this.opts.sharedRoot);
     const full = resolveInside(root, isAbsolute(target) ? target : resolve(root, target));
     const dir = dirname(full);
-    const ok = await stat(dir).then(
-      (s) => s.isDirectory(),
-      () => false,
-    );
-    if (!ok) throw new Error(`target directory ${dir} does not exist`);
+    if (!(await isDirectory(dir))) throw new Error(`target directory ${dir} does not exist`);
     return relative(root, full);
   }
 

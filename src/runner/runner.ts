@@ -4,7 +4,7 @@
  * Workers and local mode share it unchanged.
  */
 import { randomUUID } from "node:crypto";
-import { rm, stat, writeFile } from "node:fs/promises";
+import { rm, writeFile } from "node:fs/promises";
 import { constants as osConstants, tmpdir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { Channel } from "../core/channel.js";
@@ -16,7 +16,7 @@ import { formatRequests } from "../mars/text.js";
 import { simulatorCommand } from "../sim/command.js";
 import { LineSplitter } from "./lines.js";
 import { RUN_MARKER, signalGroup, spawnInGroup } from "./process-group.js";
-import { commitPart, discardPart, partPathFor, sizeOf } from "./target.js";
+import { commitPart, discardPart, isDirectory, partPathFor, sizeOf } from "./target.js";
 
 export const DEFAULT_KILL_GRACE = 5 * SECOND;
 export const DEFAULT_PROGRESS_INTERVAL = 250;
@@ -108,13 +108,6 @@ export function checkEnviron(environ: Record<string, string>): Record<string, st
     }
   }
   return environ;
-}
-
-async function isDirectory(path: string): Promise<boolean> {
-  return stat(path).then(
-    (s) => s.isDirectory(),
-    () => false,
-  );
 }
 
 /** One running MARS invocation. Start it with {@link startMars}. */

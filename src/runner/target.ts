@@ -14,6 +14,14 @@ export function isPartFile(name: string): boolean {
   return name.startsWith(".") && name.endsWith(PART_SUFFIX);
 }
 
+/** Whether `path` exists and is a directory. */
+export async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
+}
+
 /** Size of a file, or 0 if it does not exist. */
 export async function sizeOf(path: string): Promise<number> {
   try {

@@ -3,10 +3,11 @@
  * or a MARS command that cannot run would otherwise fail, or worse misplace, every job it pulls.
  */
 import { constants as fs } from "node:fs";
-import { access, stat } from "node:fs/promises";
+import { access } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { marsCommandArgv, type FleetConfig } from "../config/load.js";
 import { ConfigError } from "../core/errors.js";
+import { isDirectory } from "../runner/target.js";
 
 async function executable(path: string): Promise<boolean> {
   return access(path, fs.X_OK).then(
@@ -27,8 +28,7 @@ export async function resolveCommand(name: string): Promise<string | undefined> 
 
 export async function preflight(config: FleetConfig): Promise<void> {
   const root = config.sharedRoot;
-  const info = await stat(root).catch(() => undefined);
-  if (!info?.isDirectory()) {
+  if (!(await isDirectory(root))) {
     throw new ConfigError(
       `shared root ${root} does not exist or is not a directory: is the shared filesystem mounted? (MARS_SHARED_ROOT)`,
       { sharedRoot: root },
