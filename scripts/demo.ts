@@ -12,7 +12,7 @@ import { LocalNatsServer } from "../src/broker/local-server.js";
 import { Fleet } from "../src/client/fleet.js";
 import type { JobHandle } from "../src/client/job.js";
 import { LogPresenter } from "../src/client/log-filter.js";
-import { ProgressDisplay } from "../src/cli/output.js";
+import { ProgressDisplay, showJobEvent } from "../src/cli/output.js";
 import { loadConfig } from "../src/config/load.js";
 import { formatDuration } from "../src/core/time.js";
 import { startWorkerProcess, type WorkerProcess } from "../src/worker/process.js";
@@ -56,12 +56,7 @@ async function follow(job: JobHandle, label: string, display: ProgressDisplay): 
     { onLog: (l) => display.log(`[${label}] ${l}`) },
     { id: job.id, cancel: () => void job.cancel() },
   );
-  for await (const ev of job.events()) {
-    if (ev.type === "log") presenter.line(ev.line);
-    else if (ev.type === "progress") display.update(label, ev.bytes, ev.total);
-    else if (ev.type === "state")
-      display.log(`[${label}] ${ev.state}${ev.worker ? ` on ${ev.worker}` : ""} (attempt ${ev.attempt})`);
-  }
+  for await (const ev of job.events()) showJobEvent(ev, presenter, display, label);
   presenter.end();
 }
 

@@ -1,6 +1,6 @@
 /** Fleet commands: submit, status, logs, cancel, jobs, workers, broker init|info. Output for people or --json. */
 import { basename, dirname, resolve } from "node:path";
-import type { JobEvent, JobHandle } from "../client/job.js";
+import type { JobHandle } from "../client/job.js";
 import { Fleet } from "../client/fleet.js";
 import { LogPresenter } from "../client/log-filter.js";
 import type { JobRecord, JobState, WorkerInfo } from "../broker/schemas.js";
@@ -10,7 +10,7 @@ import { DEAD_STREAM, EVENTS_STREAM, JOBS_STREAM, consumerName } from "../broker
 import type { FleetConfig } from "../config/load.js";
 import { errorFromRecord } from "../core/errors.js";
 import { formatDuration } from "../core/time.js";
-import { EXIT, ProgressDisplay, exitCodeFor } from "./output.js";
+import { EXIT, ProgressDisplay, exitCodeFor, showJobEvent } from "./output.js";
 import { parseEnviron, readRequestFile } from "./request-file.js";
 
 function print(json: boolean, value: unknown, human: () => string): void {
@@ -56,7 +56,7 @@ async function follow(
         process.stdout.write(JSON.stringify({ jobId: job.id, ...ev }) + "\n");
         continue;
       }
-      showEvent(ev, presenter, display, opts.label);
+      showJobEvent(ev, presenter, display, opts.label);
     }
   } finally {
     process.off("SIGINT", onSignal);
@@ -64,17 +64,6 @@ async function follow(
     display.stop();
   }
   return job.status();
-}
-
-function showEvent(ev: JobEvent, presenter: LogPresenter, display: ProgressDisplay, label: string): void {
-  if (ev.type === "log") presenter.line(ev.line);
-  else if (ev.type === "progress") display.update(label, ev.bytes, ev.total);
-  else if (ev.type === "state") {
-    const who = ev.worker ? ` on ${ev.worker}` : "";
-    display.log(
-      `[${label}] ${ev.state} (attempt ${ev.attempt}${who})${ev.error ? `: ${ev.error.message}` : ""}`,
-    );
-  }
 }
 
 export interface SubmitArgs {

@@ -1,5 +1,7 @@
 /** CLI output: exit codes scripts can rely on, progress bars, error reports. */
 import cliProgress from "cli-progress";
+import type { JobEvent } from "../client/job.js";
+import type { LogPresenter } from "../client/log-filter.js";
 import { MarsFleetError, type ErrorCode } from "../core/errors.js";
 
 /** Exit codes of the `mars-fleet` command. */
@@ -97,5 +99,22 @@ export class ProgressDisplay {
 
   stop(): void {
     this.multi?.stop();
+  }
+}
+
+/** Show one job event: its log line through the presenter, progress as a bar, state changes as a line. */
+export function showJobEvent(
+  ev: JobEvent,
+  presenter: LogPresenter,
+  display: ProgressDisplay,
+  label: string,
+): void {
+  if (ev.type === "log") presenter.line(ev.line);
+  else if (ev.type === "progress") display.update(label, ev.bytes, ev.total);
+  else if (ev.type === "state") {
+    const who = ev.worker ? ` on ${ev.worker}` : "";
+    display.log(
+      `[${label}] ${ev.state} (attempt ${ev.attempt}${who})${ev.error ? `: ${ev.error.message}` : ""}`,
+    );
   }
 }
