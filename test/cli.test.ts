@@ -41,7 +41,7 @@ describe("mars-fleet CLI", () => {
       'retrieve, param=2t, date=20240101, grid=10/10, target="ignored.grib"',
     );
     await writeFile(join(dir, "bad.json"), JSON.stringify({ param: "nosuch", date: "20240101" }));
-    await writeFile(join(dir, "inject.json"), JSON.stringify({ param: "2t,target=x" }));
+    await writeFile(join(dir, "inject.json"), JSON.stringify({ param: "2t\ntarget=x" }));
     const ok = await cli(["run", join(dir, "ok.mars"), "--target", join(dir, "out", "a.grib"), "--json"]);
     assert.equal(ok.code, 0, ok.stderr);
     assert.ok(JSON.parse(ok.stdout).bytes > 0);

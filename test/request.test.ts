@@ -37,10 +37,9 @@ describe("request language", () => {
 
   for (const [what, value] of [
     ["newline", "2t\ntarget=/etc/passwd"],
-    ["comma", "2t, target=x"],
-    ["equals", "a=b"],
-    ["quote", '2t"'],
+    ["carriage return", "2t\rtarget=x"],
     ["control character", "2t\u0007"],
+    ["both kinds of quote", `it's "x"`],
   ] as const) {
     it(`rejects a value with a ${what}, naming the key`, () => {
       try {
@@ -55,13 +54,40 @@ describe("request language", () => {
     });
   }
 
+  it("quotes values with , = ' \" and \\ so they stay one value and inject nothing", () => {
+    for (const value of ["2t, target=/etc/passwd", "a=b", "it's", 'say "x"', "back\\slash", "x\\"]) {
+      const req = normaliseRequest({ param: "2t", note: value });
+      const text = formatRequests([req]);
+      const back = parseRequests(text);
+      assert.deepEqual(back, [req], text);
+      assert.deepEqual(Object.keys(back[0]!.params), ["param", "note"], text);
+      assert.equal(back.length, 1);
+    }
+    assert.match(formatRequests([normaliseRequest({ note: "it's" })]), /note="it's"/);
+    assert.match(formatRequests([normaliseRequest({ note: 'say "x"' })]), /note='say "x"'/);
+  });
+
+  it("checks every key and value again when writing, whatever built the request", () => {
+    const forged = (params: Record<string, string[]>): string | undefined =>
+      codeOf(() => formatRequests([{ verb: "retrieve", params }]));
+    assert.equal(forged({ "param=2t,\ntarget": ["x"] }), "MARS_REQUEST_INVALID");
+    assert.equal(forged({ param: ["2t\nretrieve,target=/x"] }), "MARS_REQUEST_INVALID");
+    assert.equal(forged({ target: [`a'b"c`] }), "MARS_REQUEST_INVALID");
+    assert.equal(forged({ param: [] }), "MARS_REQUEST_INVALID");
+    assert.equal(
+      codeOf(() => formatRequests([{ verb: "delete" as never, params: {} }])),
+      "MARS_REQUEST_INVALID",
+    );
+  });
+
   it("quotes targets and keeps slashes in them", () => {
     const req = normaliseRequest({ param: "2t", target: "/data/out dir/x,y=1.grib" });
     const text = formatRequests([req]);
     assert.match(text, /target="\/data\/out dir\/x,y=1.grib"/);
     assert.deepEqual(parseRequests(text), [req]);
+    assert.match(formatRequests([normaliseRequest({ target: 'a"b' })]), /target='a"b'/);
     assert.equal(
-      codeOf(() => normaliseRequest({ target: 'a"b' })),
+      codeOf(() => normaliseRequest({ target: `a"b'c` })),
       "MARS_REQUEST_INVALID",
     );
   });
@@ -90,7 +116,10 @@ describe("request language", () => {
 
   it("round-trips any valid request through text (property)", () => {
     const token = fc.stringMatching(/^[A-Za-z0-9_.:+-]{1,8}$/);
-    const spaced = fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9 ]{0,6}[A-Za-z0-9]$/);
+    // Values that need quoting: blanks, commas, `=`, one kind of quote, backslashes.
+    const spaced = fc
+      .stringMatching(/^[A-Za-z0-9,='"\\][A-Za-z0-9 ,='"\\]{0,6}[A-Za-z0-9,='"\\]$/)
+      .filter((s) => !(s.includes('"') && s.includes("'")));
     const keys = ["class", "date", "param", "step", "grid", "area", "expver", "levelist", "time"];
     const request = fc.record({
       verb: fc.constantFrom("retrieve", "list"),

@@ -73,11 +73,9 @@ const scalar = z.union([z.string(), z.number().finite()]);
 export const requestObjectSchema = z.record(z.string(), z.union([scalar, z.array(scalar).min(1)]));
 export type MarsRequestObject = z.infer<typeof requestObjectSchema>;
 
-const KEY_PATTERN = /^[a-z][a-z0-9_]*$/;
+export const KEY_PATTERN = /^[a-z][a-z0-9_]*$/;
 // eslint-disable-next-line no-control-regex
 const CONTROL_CHARS = /[\u0000-\u001f\u007f]/;
-/** Characters that would let a bare value smuggle another key or request. */
-const BARE_FORBIDDEN = /[,="'\\]/;
 
 /** Resolve a keyword, expanding unambiguous abbreviations (`levt` → `levtype`). */
 export function canonicalKey(raw: string): string {
@@ -107,18 +105,18 @@ export function canonicalVerb(raw: string): MarsVerb {
   return match;
 }
 
-/** Check one value token; throws a MarsRequestError naming the key when it could inject. */
+/**
+ * Check one value token; throws a MarsRequestError naming the key when it cannot be written safely.
+ * Commas, `=`, backslashes and one kind of quote are fine: the value is quoted when written (see
+ * text.ts). What no quoting can hold is refused: a newline or control character, or both quote kinds.
+ */
 export function checkToken(key: string, token: string): string {
   if (CONTROL_CHARS.test(token)) {
     throw new MarsRequestError(`value of "${key}" contains a newline or control character`, { key });
   }
-  if (SINGLE_VALUE_KEYS.has(key)) {
-    if (token.includes('"')) {
-      throw new MarsRequestError(`value of "${key}" must not contain a double quote`, { key });
-    }
-  } else if (BARE_FORBIDDEN.test(token)) {
+  if (token.includes('"') && token.includes("'")) {
     throw new MarsRequestError(
-      `value of "${key}" contains one of , = " ' \\ which could inject keys or requests: ${JSON.stringify(token)}`,
+      `value of "${key}" contains both ' and ", which MARS cannot quote: ${JSON.stringify(token)}`,
       { key },
     );
   }

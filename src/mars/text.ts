@@ -1,5 +1,6 @@
 import { MarsRequestError } from "../core/errors.js";
 import {
+  KEY_PATTERN,
   SINGLE_VALUE_KEYS,
   canonicalKey,
   canonicalVerb,
@@ -11,22 +12,38 @@ import {
 /** A bare token needs no quotes: identifiers, numbers, dates, times, `167.128`, `-1`. */
 const BARE_TOKEN = /^[A-Za-z0-9_.:+-]+$/;
 
-function quoteToken(token: string): string {
-  if (BARE_TOKEN.test(token)) return token;
+/** `"…"`, or `'…'` when the value holds a double quote (checkToken refuses values holding both). */
+function quoted(token: string): string {
   return token.includes('"') ? `'${token}'` : `"${token}"`;
 }
 
-/** Serialise requests to MARS request text, one `key=value` per line, values quoted where needed. */
+/**
+ * Serialise requests to MARS request text, one `key=value` per line, values quoted where needed.
+ * Every key and value is checked again here, whatever built the request (a client, or a message
+ * off the wire): nothing reaches MARS that could smuggle in another key or request.
+ */
 export function formatRequests(requests: MarsRequest[]): string {
   return requests.map(formatRequest).join("\n");
 }
 
 export function formatRequest(req: MarsRequest): string {
-  const lines: string[] = [req.verb];
+  const lines: string[] = [canonicalVerb(req.verb)];
   for (const [key, tokens] of Object.entries(req.params)) {
+    if (!KEY_PATTERN.test(key)) {
+      throw new MarsRequestError(
+        `invalid keyword ${JSON.stringify(key)}: keywords are letters, digits and _`,
+        {
+          key,
+        },
+      );
+    }
+    if (tokens.length === 0) throw new MarsRequestError(`empty value for "${key}"`, { key });
     const value = SINGLE_VALUE_KEYS.has(key)
-      ? `"${tokens.join("/")}"`
-      : tokens.map((t) => quoteToken(t)).join("/");
+      ? quoted(checkToken(key, tokens.join("/")))
+      : tokens
+          .map((t) => checkToken(key, t))
+          .map((t) => (BARE_TOKEN.test(t) ? t : quoted(t)))
+          .join("/");
     lines.push(`    ${key}=${value}`);
   }
   return lines.join(",\n") + "\n";
