@@ -21,6 +21,11 @@ import { commitPart, discardPart, isDirectory, partPathFor, sizeOf } from "./tar
 export const DEFAULT_KILL_GRACE = 5 * SECOND;
 export const DEFAULT_PROGRESS_INTERVAL = 250;
 const TAIL_LINES = 50;
+/**
+ * MARS runs with stderr on its stdout pipe, so lines reach us in the order it wrote them, as on the
+ * pty cads-mars-server used. `exec` replaces the shell: MARS keeps the pid and leads the group.
+ */
+const MERGED_OUTPUT = ["/bin/sh", "-c", 'exec "$@" 2>&1', "mars"] as const;
 /** The shell's codes for a command it could not execute or find. */
 const EXIT_NOT_EXECUTABLE = 126;
 const EXIT_NOT_FOUND = 127;
@@ -187,7 +192,7 @@ export class MarsRun {
     }
     const env = { ...marsEnvironment(opts.environ, opts.env), [RUN_MARKER]: this.runId };
     const command = [...(opts.command ?? simulatorCommand()), requestFile];
-    const { child, pgid, release } = spawnInGroup(command, env, targetDir);
+    const { child, pgid, release } = spawnInGroup([...MERGED_OUTPUT, ...command], env, targetDir);
     this.pgid = pgid;
     const onAbort = (): void => this.cancel();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
