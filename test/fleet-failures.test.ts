@@ -202,7 +202,7 @@ describe("fleet: failures", () => {
   it("fails a poison job after max deliveries, dead-letters it, and tells the waiting client", async () => {
     const queue = TestFleet.queue("poison");
     const settings = { queue, maxRetries: 3 };
-    await tf.worker(settings, { MARS_SIM_KILL_AFTER_BYTES: "500" });
+    await tf.worker(settings, { MARS_SIM_KILL_AFTER_BYTES: "500", MARS_SIM_KILL_SIGNAL: "SIGTERM" });
     const fleet = await tf.client(settings);
     const job = await fleet.submit(REQUEST, { targetDir: "poison" });
     let error: MarsFleetError | undefined;

@@ -15,6 +15,7 @@ export const ERROR_CODES = [
   "TARGET_INVALID",
   "MESSAGE_INVALID",
   "BROKER_ERROR",
+  "NO_WORKER",
   "WRONG_STATE",
   "INTERNAL",
 ] as const;
@@ -73,10 +74,14 @@ export class MarsNoDataError extends MarsFleetError {
   }
 }
 
-/** MARS was killed by a signal (infrastructure trouble): another attempt may succeed. */
+/**
+ * MARS was killed by a signal. HUP, TERM, QUIT... are infrastructure trouble: another attempt may
+ * succeed. SIGKILL is final, as with cads-mars-server: it is how operators (and the OOM killer) stop
+ * a job for good. A worker that dies is another matter: its job is redelivered.
+ */
 export class MarsKilledError extends MarsFleetError {
   constructor(message: string, details: ErrorDetails = {}) {
-    super("MARS_KILLED", message, { retryable: true, details });
+    super("MARS_KILLED", message, { retryable: details["signal"] !== "SIGKILL", details });
   }
 }
 
@@ -138,6 +143,13 @@ export class BrokerError extends MarsFleetError {
   }
 }
 
+/** No worker serves the queue now: a job put on it would only wait. Try another fleet, or later. */
+export class NoWorkerError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("NO_WORKER", message, { retryable: true, details });
+  }
+}
+
 /** A call was made while the object was in a state that does not allow it. */
 export class WrongStateError extends MarsFleetError {
   constructor(message: string, details: ErrorDetails = {}) {
@@ -167,6 +179,7 @@ const classByCode: { [C in ErrorCode]?: (msg: string, details: ErrorDetails) => 
   TARGET_INVALID: (m, d) => new TargetError(m, d),
   MESSAGE_INVALID: (m, d) => new MessageInvalidError(m, d),
   BROKER_ERROR: (m, d) => new BrokerError(m, d),
+  NO_WORKER: (m, d) => new NoWorkerError(m, d),
   WRONG_STATE: (m, d) => new WrongStateError(m, d),
 };
 

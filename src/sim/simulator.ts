@@ -22,6 +22,8 @@ export const simKnobsSchema = z.object({
   LOG_INTERVAL_MS: count.default(0),
   FAIL_AFTER_BYTES: count.optional(),
   KILL_AFTER_BYTES: count.optional(),
+  /** The signal KILL_AFTER_BYTES kills with: SIGKILL (an operator's kill) by default. */
+  KILL_SIGNAL: z.enum(["SIGKILL", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGSEGV"]).default("SIGKILL"),
   HANG: z.enum(["0", "1", "true", "false"]).default("0"),
   SPAWN_CHILD: z.enum(["0", "1", "true", "false"]).default("0"),
 });
@@ -120,18 +122,19 @@ class TargetWriter {
 
   private async beforeWrite(size: number): Promise<void> {
     const { FAIL_AFTER_BYTES: failAt, KILL_AFTER_BYTES: killAt, BYTES_PER_SEC: bps } = this.knobs;
-    if (killAt !== undefined && this.written + size > killAt) {
-      this.closeAll();
-      process.kill(process.pid, "SIGKILL");
-      await sleep(60_000);
-    }
-    if (failAt !== undefined && this.written + size > failAt) {
-      throw new SimFailure(`Exception: Write error on target after ${this.written} bytes (simulated)`, 4);
-    }
+    // Throttle first: a failure strikes when the next chunk is due, so what was written stays readable meanwhile.
     if (bps > 0) {
       const due = this.startedAt + ((this.written + size) / bps) * 1000;
       const wait = due - Date.now();
       if (wait > 0) await sleep(wait);
+    }
+    if (killAt !== undefined && this.written + size > killAt) {
+      this.closeAll();
+      process.kill(process.pid, this.knobs.KILL_SIGNAL);
+      await sleep(60_000);
+    }
+    if (failAt !== undefined && this.written + size > failAt) {
+      throw new SimFailure(`Exception: Write error on target after ${this.written} bytes (simulated)`, 4);
     }
   }
 
