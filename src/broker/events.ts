@@ -6,10 +6,10 @@
  */
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Logger } from "pino";
-import { encode } from "../broker/codec.js";
-import { withRetry } from "../broker/retry.js";
-import type { LogBatch, ProgressEvent, StateEvent } from "../broker/schemas.js";
-import { subjects } from "../broker/subjects.js";
+import { encode } from "./codec.js";
+import { withRetry } from "./retry.js";
+import type { LogBatch, ProgressEvent, StateEvent } from "./schemas.js";
+import { subjects } from "./subjects.js";
 
 const MAX_BATCH_LINES = 16_000;
 /** Batch size budget in encoded bytes: 3/4 of the server's max_payload (default 1 MiB), at most 768 KiB. */

@@ -1,6 +1,7 @@
 /** Message schemas of the wire contract. Every body is validated with these on receipt. */
 import { z } from "zod";
 import { errorRecordSchema } from "../core/errors.js";
+import { jobMarsEnvSchema } from "../mars/environment.js";
 import { MARS_VERBS } from "../mars/request.js";
 import { isToken } from "./subjects.js";
 
@@ -35,6 +36,8 @@ export const jobMessageSchema = z.object({
   revision: z.number().int().optional(),
   /** Where the result goes: the shared root (default), or the results object store. */
   deliver: z.enum(["share", "objectstore"]).default("share"),
+  /** MARS settings for this job, from a short allow-list (e.g. `MARS_AUTO_SPLIT_BY_DATES`). */
+  marsEnv: jobMarsEnvSchema.optional(),
 });
 export type JobMessage = z.infer<typeof jobMessageSchema>;
 
@@ -97,6 +100,8 @@ export const stateEventSchema = z.object({
   state: z.enum(JOB_STATES),
   attempt: z.number().int().min(0),
   worker: z.string().optional(),
+  /** With `running`: the MARS process (group leader) that started. */
+  pid: z.number().int().optional(),
   at: z.number(),
   result: jobResultSchema.optional(),
   error: errorRecordSchema.optional(),

@@ -28,6 +28,8 @@ export type JobEvent =
       state: JobState;
       attempt: number;
       worker?: string;
+      /** With `running`: the pid of MARS (its process group). */
+      pid?: number;
       at: number;
       error?: StateEvent["error"];
       result?: StateEvent["result"];

@@ -13,7 +13,7 @@ import { withRetry } from "../broker/retry.js";
 import { jobMessageSchema, TERMINAL_STATES, type DeadLetter } from "../broker/schemas.js";
 import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
 import { JobFailedError } from "../core/errors.js";
-import type { JobEventPublisher } from "./events.js";
+import type { JobEventPublisher } from "../broker/events.js";
 
 export async function publishDeadLetter(
   js: JetStreamClient,

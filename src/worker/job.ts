@@ -30,7 +30,7 @@ import { errorForOutcome } from "../runner/outcome.js";
 import { startMars, type MarsRun, type RunOutcome } from "../runner/runner.js";
 import { discardPart, isPartFile, resolveInside } from "../runner/target.js";
 import { publishDeadLetter } from "./dead-letter.js";
-import { JobEventPublisher } from "./events.js";
+import { JobEventPublisher } from "../broker/events.js";
 import type { Journal } from "./journal.js";
 
 export interface WorkerContext {
@@ -238,8 +238,6 @@ async function runClaimed(
   }
   const current: Attempt = { ctx, msg, job, attempt, events, log, claimed: claimed.version };
   if (attempt > 1) events.state({ state: "retrying", attempt, worker: ctx.workerId, at: Date.now() });
-  events.state({ state: "running", attempt, worker: ctx.workerId, at: Date.now() });
-  log.info("job started");
 
   let targetPath: string;
   try {
@@ -261,6 +259,7 @@ async function runClaimed(
     targetPath,
     runId,
     environ: job.environ,
+    ...(job.marsEnv && { env: job.marsEnv as Record<string, string> }),
     timeoutMs: job.timeoutMs,
     killGraceMs: ctx.killGraceMs,
     ...(ctx.command && { command: ctx.command }),
@@ -289,6 +288,9 @@ async function runClaimed(
         events.progress({ attempt, bytes: ev.bytes, total: ev.total, at: ev.at });
       } else if (ev.type === "spawned") {
         pid = ev.pid;
+        // "running" means MARS runs: followers (the shares gateway's `started`) learn it and its pid.
+        events.state({ state: "running", attempt, worker: ctx.workerId, pid, at: ev.at });
+        log.info({ pid }, "job started");
         await ctx.journal
           .add(runId, {
             workerPid: process.pid,

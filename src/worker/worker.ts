@@ -20,7 +20,7 @@ import { marsCommandArgv, type FleetConfig } from "../config/load.js";
 import { WrongStateError } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
 import { watchMaxDeliveries } from "./dead-letter.js";
-import { JobEventPublisher } from "./events.js";
+import { JobEventPublisher } from "../broker/events.js";
 import { handleJob, type ActiveJob, type WorkerContext } from "./job.js";
 import { Journal } from "./journal.js";
 import { preflight } from "./preflight.js";
