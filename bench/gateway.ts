@@ -4,7 +4,6 @@ import { mkdir } from "node:fs/promises";
 import { request as httpRequest } from "node:http";
 import { join } from "node:path";
 import WebSocket from "ws";
-import { freePort } from "../src/broker/local-server.js";
 import { executeMarsLocally } from "../src/client/execute.js";
 import { Gateway } from "../src/gateway/gateway.js";
 import { BenchEnv } from "./env.js";
@@ -46,7 +45,15 @@ function sharesJob(port: number, target: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const ws = new WebSocket(`ws://127.0.0.1:${port}`);
-    ws.on("open", () => ws.send(JSON.stringify({ cmd: "start", requests: [SMALL], environ: {}, target })));
+    // As cads-mars-server's client: an absolute target (joined onto the root) and the five environ fields.
+    const environ = {
+      request_id: target,
+      user_id: "bench",
+      namespace: "bench",
+      host: null,
+      username: "bench",
+    };
+    ws.on("open", () => ws.send(JSON.stringify({ cmd: "start", requests: [SMALL], environ, target })));
     ws.on("message", (data) => {
       const frame = JSON.parse(data.toString()) as { status?: string; returncode?: number };
       if (frame.status === "finished") resolve(Date.now() - t0);
@@ -60,12 +67,8 @@ export async function gatewayScenario(env: BenchEnv, jobs: number): Promise<Scen
   const queue = BenchEnv.queue("gateway");
   const settings = { queue, concurrency: 2 };
   await env.worker(settings);
-  const [pipePort, sharesPort, objPipePort, objSharesPort] = await Promise.all([
-    freePort(),
-    freePort(),
-    freePort(),
-    freePort(),
-  ]);
+  // Port 0: the system picks free ports, read back from the gateways.
+  const [pipePort, sharesPort, objPipePort, objSharesPort] = [0, 0, 0, 0];
   const shared = await Gateway.start({
     config: env.config({ ...settings, pipePort, sharesPort, gatewayHost: "127.0.0.1" }),
   });
@@ -97,7 +100,7 @@ export async function gatewayScenario(env: BenchEnv, jobs: number): Promise<Scen
     let wsMs = 0;
     let fleetMs = 0;
     for (let i = 0; i < jobs; i++) {
-      wsMs += await sharesJob(shared.sharesPort, `ws/${i}.grib`);
+      wsMs += await sharesJob(shared.sharesPort, `/ws/${i}.grib`);
       const t0 = Date.now();
       await (await fleet.submit(SMALL, { targetDir: "ws", targetFname: `f${i}.grib` })).result();
       fleetMs += Date.now() - t0;

@@ -18,12 +18,16 @@ import {
 } from "../broker/schemas.js";
 import { isToken, subjects } from "../broker/subjects.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
-import { BrokerError } from "../core/errors.js";
+import { BrokerError, type MarsFleetError } from "../core/errors.js";
+import { JobEventPublisher } from "../broker/events.js";
+import { formatLogLine } from "../mars/log.js";
+import { LiveWorkers } from "./live-workers.js";
 import { silentLogger } from "../core/logging.js";
 import { checkFileName, resolveInside } from "../runner/target.js";
 import { JobHandle } from "./job.js";
 import { toRequests, type MarsRequestInput } from "./request-input.js";
 import { checkEnviron } from "../runner/runner.js";
+import { checkJobMarsEnv, type JobMarsEnv } from "../mars/environment.js";
 
 export interface FleetConnectOptions {
   /** A loaded configuration; default: loadConfig() with `overrides`. */
@@ -47,6 +51,8 @@ export interface SubmitOptions {
    * client without the shared filesystem (then targetDir/targetFname are ignored).
    */
   deliver?: "share" | "objectstore";
+  /** MARS settings for this job only (allowed: MARS_AUTO_SPLIT_BY_DATES, MARS_MAX_RETRIEVE_SIZE, MARS_DEBUG). */
+  marsEnv?: JobMarsEnv;
 }
 
 /** A job id from a request id: kept when it is a safe token, else a stable hash of it. */
@@ -58,12 +64,14 @@ export function jobIdFor(requestId: string | undefined): string {
 
 export class Fleet {
   private closing: Promise<void> | undefined;
+  private liveWorkers: Promise<LiveWorkers> | undefined;
 
   private constructor(
     private readonly conn: BrokerConnection,
     readonly config: FleetConfig,
     private readonly store: JobStore,
     readonly provisionReport: ProvisionReport,
+    private readonly log: Logger,
   ) {}
 
   /** Connect and make sure the topology for the configured queue exists. */
@@ -72,7 +80,7 @@ export class Fleet {
     const log = opts.logger ?? silentLogger();
     return connectProvisioned(config, "mars-fleet-client", async (conn, report) => {
       for (const line of report.drift) log.debug({ drift: line }, "broker configuration drift");
-      return new Fleet(conn, config, new JobStore(await conn.jobsKv()), report);
+      return new Fleet(conn, config, new JobStore(await conn.jobsKv()), report, log);
     });
   }
 
@@ -112,6 +120,7 @@ export class Fleet {
       maxAttempts: this.config.maxRetries,
       submittedAt: now,
       deliver,
+      ...(opts.marsEnv && { marsEnv: checkJobMarsEnv(opts.marsEnv) }),
     };
     const revision = await this.store.create(initialRecord(message, this.config.maxRetries));
     if (revision === undefined) {
@@ -179,8 +188,53 @@ export class Fleet {
     return out.sort((a, b) => a.id.localeCompare(b.id));
   }
 
+  /**
+   * Workers that take jobs from `queue` now (running, registry entry fresh). Kept current by one
+   * watch of the registry opened on first use, so asking again costs nothing.
+   */
+  async servingWorkers(queue = this.config.queue): Promise<WorkerInfo[]> {
+    this.liveWorkers ??= this.conn.workersKv().then((kv) => LiveWorkers.open(kv, this.log));
+    return (await this.liveWorkers).serving(queue);
+  }
+
+  /**
+   * Record a request refused before it reached the queue (a gateway's 400): a failed job record
+   * under `requestId` whose log is the reason, so that whoever looks the id up learns why.
+   */
+  async recordRefusal(
+    error: MarsFleetError,
+    opts: { requestId: string; environ?: Record<string, string>; queue?: string },
+  ): Promise<void> {
+    const id = jobIdFor(opts.requestId);
+    const now = Date.now();
+    const record: JobRecord = {
+      id,
+      queue: opts.queue ?? this.config.queue,
+      state: "failed",
+      attempt: 0,
+      maxAttempts: this.config.maxRetries,
+      target: "",
+      requests: [],
+      environ: opts.environ ?? {},
+      timeoutMs: 0,
+      cancelRequested: false,
+      submittedAt: now,
+      finishedAt: now,
+      updatedAt: now,
+      error: error.toRecord(),
+    };
+    if ((await this.store.create(record)) === undefined) return; // that id is taken: say nothing over it
+    const events = new JobEventPublisher(this.conn.js, id, this.log.child({ jobId: id }));
+    error.message.split("\n").forEach((line, i) => events.line(1, i + 1, formatLogLine("ERROR", line), now));
+    events.state({ state: "failed", attempt: 0, at: now, error: error.toRecord() });
+    await events.flush();
+  }
+
   close(): Promise<void> {
-    this.closing ??= this.conn.nc.drain().catch(() => this.conn.nc.close());
+    this.closing ??= (async () => {
+      if (this.liveWorkers) (await this.liveWorkers.catch(() => undefined))?.stop();
+      await this.conn.nc.drain().catch(() => this.conn.nc.close());
+    })();
     return this.closing;
   }
 

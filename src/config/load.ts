@@ -7,11 +7,13 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { ConfigError, describeZodError } from "../core/errors.js";
 import { parseDuration } from "../core/time.js";
+import { parseJobMarsEnv } from "../mars/environment.js";
 import { SETTINGS, flagName, yamlName, type Setting, type SettingKind } from "./settings.js";
 
 export const DEFAULT_CONFIG_FILE = "/etc/mars-fleet.yaml";
 
-const port = z.number().int().min(1).max(65535);
+/** A port to listen on: 0 takes any free one (tests, several gateways on one host). */
+const listenPort = z.number().int().min(0).max(65535);
 const durationMs = z.number().int().min(0);
 
 /** The compiled configuration (durations in milliseconds). */
@@ -25,11 +27,19 @@ export const configSchema = z
     jobTimeout: durationMs,
     heartbeatInterval: durationMs.min(50),
     sharedRoot: z.string().min(1).startsWith("/", "must be an absolute path"),
-    pipePort: port,
-    sharesPort: port,
+    pipePort: listenPort,
+    sharesPort: listenPort,
     metricsPort: z.number().int().min(0).max(65535),
     gatewayHost: z.string().min(1),
     gatewayData: z.enum(["share", "objectstore"]),
+    gatewaySharesEnv: z.array(z.string()).superRefine((list, ctx) => {
+      try {
+        parseJobMarsEnv(list);
+      } catch (err) {
+        ctx.addIssue({ code: "custom", message: (err as Error).message });
+      }
+    }),
+    gatewayPipeRequestId: z.boolean(),
     maxRetries: z.number().int().min(1).max(100),
     retryDelay: durationMs,
     marsCommand: z.string(),
@@ -140,7 +150,9 @@ export function loadConfig(opts: LoadOptions = {}): FleetConfig {
   for (const s of SETTINGS as readonly Setting[]) {
     for (const name of [...(s.envAliases ?? []), s.env]) {
       const value = env[name];
-      if (value !== undefined && value !== "") merged[s.key] = coerce(s, value, `environment ${name}`);
+      // An empty variable counts as unset, but for a list, where it says "none" (MARS_GATEWAY_SHARES_ENV=).
+      if (value !== undefined && (value !== "" || s.kind === "list"))
+        merged[s.key] = coerce(s, value, `environment ${name}`);
     }
   }
   for (const s of SETTINGS as readonly Setting[]) {

@@ -81,14 +81,14 @@ export const SETTINGS = [
     env: "MARS_PIPE_PORT",
     kind: "int",
     default: 9000,
-    help: "Gateway: cads-mars-server pipe (HTTP) port.",
+    help: "Gateway: cads-mars-server pipe (HTTP) port (0 = any free port).",
   },
   {
     key: "sharesPort",
     env: "MARS_SHARES_PORT",
     kind: "int",
     default: 9001,
-    help: "Gateway: cads-mars-server shares (WebSocket) port.",
+    help: "Gateway: cads-mars-server shares (WebSocket) port (0 = any free port).",
   },
   {
     key: "metricsPort",
@@ -110,6 +110,20 @@ export const SETTINGS = [
     kind: "string",
     default: "share",
     help: "Gateway pipe mode: how results reach the gateway: share (shared root, streamed while MARS writes) or objectstore (through the broker, after the job).",
+  },
+  {
+    key: "gatewaySharesEnv",
+    env: "MARS_GATEWAY_SHARES_ENV",
+    kind: "list",
+    default: ["MARS_AUTO_SPLIT_BY_DATES=1"],
+    help: "Gateway shares mode: MARS settings for its jobs (NAME=VALUE, comma separated), as cads-mars-server's WebSocket server set them.",
+  },
+  {
+    key: "gatewayPipeRequestId",
+    env: "MARS_GATEWAY_PIPE_REQUEST_ID",
+    kind: "bool",
+    default: true,
+    help: "Gateway pipe mode: an environ without request_id gets the X-MARS-UID (MARS_ENVIRON_REQUEST_ID), as cads-mars-server's pipe server did.",
   },
   {
     key: "maxRetries",

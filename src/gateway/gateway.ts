@@ -2,12 +2,12 @@
 import type { AddressInfo } from "node:net";
 import type { FastifyInstance } from "fastify";
 import type { Logger } from "pino";
-import type { WebSocketServer } from "ws";
 import { Fleet } from "../client/fleet.js";
 import type { FleetConfig } from "../config/load.js";
 import { silentLogger } from "../core/logging.js";
 import { pipeServer } from "./pipe.js";
-import { sharesServer } from "./shares.js";
+import { parseJobMarsEnv } from "../mars/environment.js";
+import { SharesServer } from "./shares.js";
 
 export interface GatewayOptions {
   config: FleetConfig;
@@ -20,7 +20,7 @@ export class Gateway {
   private constructor(
     private readonly fleet: Fleet,
     private readonly http: FastifyInstance,
-    private readonly wss: WebSocketServer,
+    private readonly shares: SharesServer,
   ) {}
 
   /** Connect to the fleet and listen on the pipe (HTTP) and shares (WebSocket) ports. */
@@ -28,27 +28,30 @@ export class Gateway {
     const { config } = opts;
     const log = (opts.logger ?? silentLogger()).child({ component: "gateway" });
     const fleet = await Fleet.connect({ config });
+    const http = pipeServer({ fleet, sharedRoot: config.sharedRoot, dataPath: config.gatewayData, log });
     try {
-      const http = pipeServer({ fleet, sharedRoot: config.sharedRoot, dataPath: config.gatewayData, log });
       await http.listen({ port: config.pipePort, host: config.gatewayHost });
-      const wss = await sharesServer(
+      const shares = await SharesServer.listen(
         {
           fleet,
           sharedRoot: config.sharedRoot,
           heartbeatMs: config.heartbeatInterval,
           maxConnections: config.maxConcurrentConnections,
+          marsEnv: parseJobMarsEnv(config.gatewaySharesEnv),
           log,
         },
         config.sharesPort,
         config.gatewayHost,
       );
-      const gateway = new Gateway(fleet, http, wss);
+      const gateway = new Gateway(fleet, http, shares);
       log.info(
         { pipePort: gateway.pipePort, sharesPort: gateway.sharesPort, dataPath: config.gatewayData },
         "gateway listening",
       );
       return gateway;
     } catch (err) {
+      // Nothing may stay open (a listening port keeps the process alive).
+      await http.close();
       await fleet.close();
       throw err;
     }
@@ -59,13 +62,12 @@ export class Gateway {
   }
 
   get sharesPort(): number {
-    return (this.wss.address() as AddressInfo).port;
+    return this.shares.port;
   }
 
   close(): Promise<void> {
     this.closing ??= (async () => {
-      for (const ws of this.wss.clients) ws.terminate();
-      await new Promise<void>((r) => this.wss.close(() => r()));
+      await this.shares.close();
       await this.http.close();
       await this.fleet.close();
     })();

@@ -7,12 +7,18 @@ import { randomUUID } from "node:crypto";
 import { rm } from "node:fs/promises";
 import type { ServerResponse } from "node:http";
 import { join } from "node:path";
-import Fastify, { type FastifyInstance } from "fastify";
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
 import type { Logger } from "pino";
 import { downloadResult, resultsStore } from "../broker/results.js";
 import type { Fleet } from "../client/fleet.js";
 import type { JobHandle } from "../client/job.js";
-import { MarsFleetError, asFleetError, describeZodError, type ErrorRecord } from "../core/errors.js";
+import {
+  MarsRequestError,
+  asFleetError,
+  describeZodError,
+  type ErrorRecord,
+  type MarsFleetError,
+} from "../core/errors.js";
 import { partPathFor } from "../runner/target.js";
 import { FileTail } from "./tail.js";
 import { CONTROL, UID_PATTERN, environStrings, failureBody, failureShape, pipeBodySchema } from "./wire.js";
@@ -194,34 +200,85 @@ async function streamFromObjectStore(
   await store.delete(name).catch(() => undefined);
 }
 
-/** The pipe-mode HTTP server (not yet listening). */
+/** The uid a log request names: the last segment of any path (`/<uid>`, `//<uid>`, `/mars/<uid>`). */
+function uidOf(url: string): string | undefined {
+  const uid = url.split("?")[0]!.split("/").filter(Boolean).at(-1);
+  return uid !== undefined && UID_PATTERN.test(uid) ? uid : undefined;
+}
+
+/**
+ * Refuse a request with 400. The pipe client never reads the body of a 400: it fetches the log of
+ * `X-MARS-UID`, so the reason is recorded there too (any gateway of the fleet can serve it).
+ */
+async function refuse(
+  reply: FastifyReply,
+  uid: string,
+  error: MarsFleetError,
+  environ: Record<string, string>,
+  opts: PipeOptions,
+): Promise<FastifyReply> {
+  await opts.fleet.recordRefusal(error, { requestId: uid, environ }).catch((err: unknown) => {
+    // The client still gets the 400 and its body; only the log lookup will come back empty.
+    opts.log.warn({ err, uid }, "could not record the refusal");
+  });
+  return reply.code(400).header("X-MARS-UID", uid).send({ error: error.message, code: error.code });
+}
+
+/** The pipe-mode HTTP server (not yet listening). Any path works, as with the original server. */
 export function pipeServer(opts: PipeOptions): FastifyInstance {
-  const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
+  const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024, exposeHeadRoutes: false });
+  const { config } = opts.fleet;
 
-  app.head("/", async (_req, reply) => reply.code(204).send());
+  // A body that is not JSON (or too big) is refused like any other bad request.
+  app.setErrorHandler(async (err: FastifyError, _req, reply) => {
+    const status = err.statusCode ?? 500;
+    if (status >= 500) {
+      opts.log.error({ err }, "pipe request failed");
+      return reply.code(500).send({ error: err.message });
+    }
+    return refuse(
+      reply,
+      randomUUID(),
+      new MarsRequestError(`invalid request body: ${err.message}`),
+      {},
+      opts,
+    );
+  });
 
-  app.post("/", async (req, reply) => {
+  app.head("/*", async (_req, reply) => reply.code(204).send());
+
+  app.post("/*", async (req, reply) => {
     const uid = randomUUID();
     const body = pipeBodySchema.safeParse(req.body);
     if (!body.success) {
+      const error = new MarsRequestError(`invalid request body: ${describeZodError(body.error)}`);
+      return refuse(reply, uid, error, {}, opts);
+    }
+    const environ = environStrings(body.data.environ);
+    // The original server gave MARS the uid as request id when the client sent none.
+    if (config.gatewayPipeRequestId && environ["request_id"] === undefined) environ["request_id"] = uid;
+    if ((await opts.fleet.servingWorkers()).length === 0) {
+      // No worker: the job would only wait. These headers send the client to its next server at once.
       return reply
-        .code(400)
+        .code(503)
         .header("X-MARS-UID", uid)
-        .send({ error: `invalid request body: ${describeZodError(body.error)}` });
+        .header("X-MARS-RETRY-SAME-HOST", "0")
+        .header("X-MARS-RETRY-NEXT-HOST", "1")
+        .send({ error: `no MARS worker serves queue ${config.queue}`, code: "NO_WORKER" });
     }
     let job: JobHandle;
     try {
       job = await opts.fleet.submit(body.data.request, {
         requestId: uid,
-        environ: environStrings(body.data.environ),
+        environ,
         ...(opts.dataPath === "objectstore"
           ? { deliver: "objectstore" as const }
           : { targetDir: PIPE_DIR, targetFname: `${uid}.grib` }),
       });
     } catch (err) {
       const error = asFleetError(err);
-      const status = error instanceof MarsFleetError && !error.retryable ? 400 : 503;
-      return reply.code(status).header("X-MARS-UID", uid).send({ error: error.message, code: error.code });
+      if (!error.retryable) return refuse(reply, uid, error, environ, opts);
+      return reply.code(503).header("X-MARS-UID", uid).send({ error: error.message, code: error.code });
     }
     reply.hijack();
     const log = opts.log.child({ jobId: job.id });
@@ -231,29 +288,31 @@ export function pipeServer(opts: PipeOptions): FastifyInstance {
       if (out.ended) return;
       ac.abort();
       log.info("client went away: cancelling its job");
-      void job.cancel().catch(() => undefined);
+      void job.cancel().catch((err: unknown) => log.warn({ err }, "could not cancel the job"));
     });
     try {
       const stream = opts.dataPath === "objectstore" ? streamFromObjectStore : streamFromShare;
       await stream(job, out, opts, ac.signal);
     } catch (err) {
-      log.error({ err: String(err) }, "pipe request failed");
+      log.error({ err }, "pipe request failed");
       await out.fail(asFleetError(err).toRecord()).catch(() => reply.raw.destroy());
     }
   });
 
-  app.get<{ Params: { uid: string } }>("/:uid", async (req, reply) => {
-    if (!UID_PATTERN.test(req.params.uid)) return reply.code(404).send();
-    const job = await opts.fleet.job(req.params.uid).catch(() => undefined);
+  app.get("/*", async (req, reply) => {
+    const uid = uidOf(req.url);
+    if (!uid) return reply.code(404).send();
+    const job = await opts.fleet.job(uid).catch(() => undefined);
     if (!job) return reply.code(404).send();
     const lines = await job.storedLog();
     if (lines.length === 0) return reply.code(404).send(); // never logged, or dropped by DELETE
-    return reply.type("text/plain; charset=utf-8").send(lines.join("\n") + (lines.length > 0 ? "\n" : ""));
+    return reply.type("text/plain; charset=utf-8").send(lines.join("\n") + "\n");
   });
 
-  app.delete<{ Params: { uid: string } }>("/:uid", async (req, reply) => {
-    if (!UID_PATTERN.test(req.params.uid)) return reply.code(404).send();
-    const job = await opts.fleet.job(req.params.uid).catch(() => undefined);
+  app.delete("/*", async (req, reply) => {
+    const uid = uidOf(req.url);
+    if (!uid) return reply.code(404).send();
+    const job = await opts.fleet.job(uid).catch(() => undefined);
     await job?.dropLog();
     return reply.code(204).send();
   });

@@ -4,7 +4,7 @@
  */
 import { constants as osConstants } from "node:os";
 import { z } from "zod";
-import type { ErrorRecord } from "../core/errors.js";
+import { describeZodError, type ErrorRecord } from "../core/errors.js";
 import { requestObjectSchema } from "../mars/request.js";
 
 /** Control chunks inside the chunked pipe-mode body: exactly 4 bytes each. */
@@ -16,25 +16,61 @@ export const CONTROL = {
 
 export const UID_PATTERN = /^[a-f0-9-]{36}$/;
 
+const environValue = z.union([z.string(), z.number(), z.boolean(), z.null()]);
+
 export const pipeBodySchema = z.object({
   request: z.union([requestObjectSchema, z.array(requestObjectSchema).min(1)]),
-  environ: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).default({}),
+  environ: z.record(z.string(), environValue).default({}),
 });
 export type PipeBody = z.infer<typeof pipeBodySchema>;
 
-export const sharesCommandSchema = z.discriminatedUnion("cmd", [
-  z.object({
-    cmd: z.literal("start"),
-    requests: z.array(requestObjectSchema).min(1),
-    environ: z.record(z.string(), z.union([z.string(), z.number(), z.null()])).default({}),
-    target: z.string().min(1),
-  }),
-  z.object({ cmd: z.literal("kill") }),
-]);
-export type SharesCommand = z.infer<typeof sharesCommandSchema>;
+/** The environ fields a shares-mode `start` must hold, as cads-mars-server requires them. */
+export const SHARES_ENVIRON_FIELDS = ["request_id", "user_id", "namespace", "host", "username"] as const;
+
+const sharesStartSchema = z.object({
+  cmd: z.literal("start"),
+  /** One request or a list (the original accepts both). */
+  requests: z.union([requestObjectSchema, z.array(requestObjectSchema).min(1)]),
+  environ: z.record(z.string(), environValue),
+  target: z.string().min(1),
+});
+export type SharesStart = z.infer<typeof sharesStartSchema>;
+export type SharesCommand = SharesStart | { cmd: "kill" };
+
+/**
+ * Read one shares-mode command. Refusals carry cads-mars-server's own texts ("Invalid JSON",
+ * "Missing 'target' field in message", "Missing 'request_id' in environ"), which clients may match.
+ */
+export function parseSharesCommand(text: string): SharesCommand | { error: string } {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return { error: "Invalid JSON" };
+  }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return { error: "Invalid message" };
+  const message = raw as Record<string, unknown>;
+  if (message["cmd"] === "kill") return { cmd: "kill" };
+  if (message["cmd"] !== "start")
+    return { error: `Unknown command ${JSON.stringify(message["cmd"] ?? null)}` };
+  for (const field of ["requests", "environ", "target"]) {
+    if (message[field] === undefined) return { error: `Missing '${field}' field in message` };
+  }
+  const environ = message["environ"];
+  if (typeof environ === "object" && environ !== null && !Array.isArray(environ)) {
+    for (const field of SHARES_ENVIRON_FIELDS) {
+      if (!(field in environ)) return { error: `Missing '${field}' in environ` };
+    }
+  }
+  const parsed = sharesStartSchema.safeParse(message);
+  if (!parsed.success) return { error: `Invalid message: ${describeZodError(parsed.error)}` };
+  return parsed.data;
+}
 
 /** The environ as strings, nulls dropped (clients send `"host": null`). */
-export function environStrings(environ: Record<string, string | number | null>): Record<string, string> {
+export function environStrings(
+  environ: Record<string, string | number | boolean | null>,
+): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(environ)) if (v !== null) out[k] = String(v);
   return out;

@@ -2,6 +2,7 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { LocalNatsServer } from "../../src/broker/local-server.js";
+import { Gateway } from "../../src/gateway/gateway.js";
 import { SIMULATOR_SCRIPT } from "../../src/sim/command.js";
 import { LocalFleet, type Settings } from "../../src/worker/local-fleet.js";
 
@@ -15,6 +16,8 @@ export const FAST: Settings = {
 };
 
 export class TestFleet extends LocalFleet {
+  private readonly gateways: Gateway[] = [];
+
   private constructor(
     server: LocalNatsServer,
     sharedRoot: string,
@@ -35,6 +38,20 @@ export class TestFleet extends LocalFleet {
       { mode: 0o755 },
     );
     return new TestFleet(server, sharedRoot, countFile, countingMars);
+  }
+
+  /** A gateway on free loopback ports (the system picks them), closed by dispose(). */
+  async gateway(settings: Settings): Promise<Gateway> {
+    const g = await Gateway.start({
+      config: this.config({ ...settings, pipePort: 0, sharesPort: 0, gatewayHost: "127.0.0.1" }),
+    });
+    this.gateways.push(g);
+    return g;
+  }
+
+  override async dispose(): Promise<void> {
+    await Promise.all(this.gateways.map((g) => g.close()));
+    await super.dispose();
   }
 
   /** How many times MARS ran for each request id (through the counting command). */

@@ -17,6 +17,10 @@ export interface RawRequest {
   body?: string;
   /** Called for each chunk as it arrives; return "abort" to drop the connection. */
   onChunk?: (chunk: Buffer, index: number) => "abort" | void;
+  /** Content-Type of the body (default application/json). */
+  contentType?: string;
+  /** The whole exchange must end by then, or the request fails saying so. Default 60 s. */
+  timeoutMs?: number;
 }
 
 export function rawHttp(port: number, req: RawRequest): Promise<ChunkedResponse & { aborted: boolean }> {
@@ -26,14 +30,27 @@ export function rawHttp(port: number, req: RawRequest): Promise<ChunkedResponse 
     let head: { status: number; headers: Record<string, string> } | undefined;
     const chunks: Buffer[] = [];
     let done = false;
+    const timeoutMs = req.timeoutMs ?? 60_000;
+    const timer = setTimeout(() => {
+      if (done) return;
+      done = true;
+      sock.destroy();
+      reject(new Error(`${req.method} ${req.path}: no complete response within ${timeoutMs} ms`));
+    }, timeoutMs);
     const finish = (aborted: boolean): void => {
       if (done) return;
       done = true;
+      clearTimeout(timer);
       sock.destroy();
       if (!head) return reject(new Error("connection closed before a response"));
       resolve({ ...head, chunks, aborted });
     };
-    sock.on("error", (err) => (done ? undefined : reject(err)));
+    sock.on("error", (err) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      reject(err);
+    });
     sock.on("close", () => finish(false));
     sock.on("data", (data: Buffer) => {
       buf = Buffer.concat([buf, data]);
@@ -75,7 +92,7 @@ export function rawHttp(port: number, req: RawRequest): Promise<ChunkedResponse 
       `${req.method} ${req.path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n` +
         (req.body === undefined
           ? ""
-          : `Content-Type: application/json\r\nContent-Length: ${body.length}\r\n`) +
+          : `Content-Type: ${req.contentType ?? "application/json"}\r\nContent-Length: ${body.length}\r\n`) +
         "\r\n",
     );
     sock.write(body);

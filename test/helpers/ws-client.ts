@@ -95,15 +95,20 @@ export class RawWebSocket {
     for (const w of waiters) w();
   }
 
-  /** Wait until a frame matches (or the connection closes). */
+  /** The first frame that matches; fails saying what it waited for if none comes in time or the connection closes. */
   async waitFor(
     pred: (f: Record<string, unknown>) => boolean,
+    what = "a matching frame",
     timeoutMs = 20_000,
-  ): Promise<Record<string, unknown> | undefined> {
+  ): Promise<Record<string, unknown>> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const hit = this.frames.find(pred);
-      if (hit || this.sock.destroyed || Date.now() > deadline) return hit;
+      if (hit) return hit;
+      if (this.sock.destroyed || Date.now() > deadline) {
+        const why = this.sock.destroyed ? "the connection closed" : `${timeoutMs} ms passed`;
+        throw new Error(`${why} before ${what}; frames: ${JSON.stringify(this.frames).slice(0, 2000)}`);
+      }
       await new Promise<void>((resolve) => {
         this.waiters.push(resolve);
         setTimeout(resolve, 100);
