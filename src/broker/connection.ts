@@ -6,6 +6,12 @@ import { JOBS_BUCKET, WORKERS_BUCKET } from "./subjects.js";
 
 export const DEFAULT_SERVER = "nats://127.0.0.1:4222";
 const RECONNECT_WAIT_MS = 250;
+/**
+ * Longest wait for the answer to one JetStream request (publish ack, KV read or update). A request
+ * lost in a server restart is sent again after this, through withRetry, instead of waiting out the
+ * whole request timeout.
+ */
+const JS_OPERATION_TIMEOUT_MS = 3000;
 
 /** A connection with its JetStream handles and the two buckets. */
 export interface BrokerConnection {
@@ -45,7 +51,7 @@ export async function connectBroker(opts: ConnectOptions): Promise<BrokerConnect
       err,
     );
   }
-  const js = jetstream(nc, { timeout: opts.timeoutMs });
+  const js = jetstream(nc, { timeout: Math.min(opts.timeoutMs, JS_OPERATION_TIMEOUT_MS) });
   const jsm = await jetstreamManager(nc, { timeout: opts.timeoutMs, checkAPI: false });
   const kvm = new Kvm(js);
   let jobs: Promise<KV> | undefined;

@@ -1,9 +1,12 @@
 /**
  * Publishing one job's events in order: log lines are batched (a batch grows while the previous
  * publish is in flight, so sparse lines go out at once and floods go out in few messages),
- * progress is coalesced, states are never dropped. A failed publish is retried, so a server
- * restart delays events but loses none.
+ * progress is coalesced, states are never dropped. Each publish waits at most a few seconds for
+ * its ack and is then sent again (in order, the same message id: the stream's duplicate window
+ * drops a copy whose first send was stored after all), so a server restart delays events by about
+ * its own length and loses none.
  */
+import { randomBytes } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import { encode } from "./codec.js";
@@ -17,16 +20,22 @@ const MAX_BATCH_BYTES = 768 * 1024;
 /** JSON quotes, comma and the 13-digit time stamp that go with each line. */
 const PER_LINE_OVERHEAD = 20;
 const PUBLISH_DEADLINE_MS = 10 * 60_000;
+/** How long one publish waits for the server's ack before it is sent again. */
+const PUBLISH_TIMEOUT_MS = 2000;
 
-type Item =
+type Item = (
   | { kind: "log"; batch: LogBatch; chars: number }
   | { kind: "progress"; event: ProgressEvent }
-  | { kind: "state"; event: StateEvent };
+  | { kind: "state"; event: StateEvent }
+) & { msgID?: string };
 
 export class JobEventPublisher {
   private readonly queue: Item[] = [];
   private pumping: Promise<void> | undefined;
   private inFlight: Item | undefined;
+  /** Message ids are `<job>.<this publisher>.<n>`: unique, and the same for every re-send of one item. */
+  private readonly publisherId = randomBytes(4).toString("hex");
+  private published = 0;
 
   private readonly maxBatchBytes: number;
 
@@ -100,14 +109,20 @@ export class JobEventPublisher {
           : item.kind === "progress"
             ? [subjects.progress(this.jobId), item.event]
             : [subjects.state(this.jobId), item.event];
+      // Fixed when the item is first sent; a batch or progress item stops changing once in flight.
+      item.msgID ??= `${this.jobId}.${this.publisherId}.${++this.published}`;
+      const msgID = item.msgID;
       try {
-        await withRetry(() => this.js.publish(subject, encode(body)), {
-          deadlineMs: PUBLISH_DEADLINE_MS,
-          onRetry: (err, n) =>
-            n === 1 && this.log.warn({ err: String(err), subject }, "event publish failed; retrying"),
-        });
+        await withRetry(
+          () => this.js.publish(subject, encode(body), { msgID, timeout: PUBLISH_TIMEOUT_MS }),
+          {
+            deadlineMs: PUBLISH_DEADLINE_MS,
+            what: `publish ${subject}`,
+            onRetry: (err, n) => n === 1 && this.log.warn({ err, subject }, "event publish failed; retrying"),
+          },
+        );
       } catch (err) {
-        this.log.error({ err: String(err), subject }, "event dropped after retries");
+        this.log.error({ err, subject }, "event dropped after retries");
       }
       this.inFlight = undefined;
       this.queue.shift();

@@ -7,7 +7,6 @@ import {
   AckPolicy,
   DeliverPolicy,
   DiscardPolicy,
-  JetStreamApiError,
   RetentionPolicy,
   StorageType,
   type ConsumerConfig,
@@ -18,6 +17,7 @@ import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FleetConfig } from "../config/load.js";
 import { connectBroker, type BrokerConnection } from "./connection.js";
+import { isAlreadyExists, isNotFound } from "./nats-errors.js";
 import { BrokerError } from "../core/errors.js";
 import { MINUTE } from "../core/time.js";
 import {
@@ -32,6 +32,7 @@ import {
 
 export const DUPLICATE_WINDOW = 15 * MINUTE;
 export const EVENTS_MAX_BYTES = 1024 * 1024 * 1024;
+export const EVENTS_DUPLICATE_WINDOW = 2 * MINUTE;
 export const DEAD_MAX_AGE = 30 * 24 * 60 * MINUTE;
 /** Ack wait = this many heartbeats: a worker that misses them is presumed dead. */
 export const ACK_WAIT_HEARTBEATS = 3;
@@ -88,6 +89,8 @@ function streamConfigs(
       num_replicas: t.replicas,
       max_age: ms(t.eventsMaxAgeMs),
       max_bytes: EVENTS_MAX_BYTES,
+      // Event publishers re-send after a lost ack with the same message id: the copy is dropped.
+      duplicate_window: ms(Math.min(EVENTS_DUPLICATE_WINDOW, t.eventsMaxAgeMs)),
       discard: DiscardPolicy.Old,
     },
     {
@@ -116,14 +119,6 @@ export function consumerConfig(t: TopologyOptions): Partial<ConsumerConfig> & { 
     max_ack_pending: t.maxAckPending > 0 ? t.maxAckPending : -1,
     num_replicas: 0,
   };
-}
-
-function isNotFound(err: unknown): boolean {
-  return err instanceof JetStreamApiError && err.status === 404;
-}
-
-function isAlreadyExists(err: unknown): boolean {
-  return err instanceof JetStreamApiError && /already in use|already exists/i.test(err.message);
 }
 
 /** Keys of `wanted` whose value differs in `actual`. */

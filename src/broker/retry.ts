@@ -1,34 +1,55 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { MarsFleetError } from "../core/errors.js";
+import { BrokerError, MarsFleetError } from "../core/errors.js";
+import { errorKind } from "./nats-errors.js";
+
+/** How long a publish that no stream takes is retried (JetStream may be starting) before it is final. */
+const NO_STREAM_GRACE_MS = 3000;
+
+export interface RetryOptions {
+  /** Give up on transient trouble after this long (default 60 s). */
+  deadlineMs?: number;
+  /** Errors the caller handles itself (a CAS conflict): thrown as they are, at once. */
+  passThrough?: (err: unknown) => boolean;
+  onRetry?: (err: unknown, attempt: number) => void;
+  /** What the operation does, for the error message ("publish the job"). */
+  what?: string;
+  /** Abandon the retries when this aborts (the error is the abort reason). */
+  signal?: AbortSignal;
+}
 
 /**
- * Retry a broker operation through transient trouble (server restart, leader election, timeouts)
- * until `deadlineMs` has passed. Typed mars-fleet errors (invalid message, not found...) are final.
+ * Run a broker operation, retrying only transient trouble (timeouts, a server restarting, no
+ * leader) until the deadline. A final error (missing stream, payload too large, closed connection,
+ * permission) ends it at once. What it throws is typed: the caller's pass-through errors and
+ * mars-fleet errors as they are, everything else a BrokerError (`BROKER_ERROR`) with the NATS error
+ * as its cause, retryable only when the trouble was transient.
  */
-export async function withRetry<T>(
-  op: () => Promise<T>,
-  opts: {
-    deadlineMs?: number;
-    final?: (err: unknown) => boolean;
-    onRetry?: (err: unknown, attempt: number) => void;
-  } = {},
-): Promise<T> {
-  const deadline = Date.now() + (opts.deadlineMs ?? 60_000);
+export async function withRetry<T>(op: () => Promise<T>, opts: RetryOptions = {}): Promise<T> {
+  const started = Date.now();
+  const deadline = started + (opts.deadlineMs ?? 60_000);
   for (let attempt = 1; ; attempt++) {
+    opts.signal?.throwIfAborted();
     try {
       return await op();
     } catch (err) {
-      if (err instanceof MarsFleetError || isClosed(err) || opts.final?.(err) || Date.now() > deadline)
-        throw err;
+      if (err instanceof MarsFleetError || opts.passThrough?.(err)) throw err;
+      const kind = errorKind(err);
+      const final = kind === "final" || (kind === "no-stream" && Date.now() - started > NO_STREAM_GRACE_MS);
+      if (final || Date.now() > deadline) throw brokerError(err, kind, final, opts.what);
       opts.onRetry?.(err, attempt);
-      await sleep(Math.min(2000, 50 * 2 ** Math.min(attempt, 6)));
+      await sleep(Math.min(2000, 50 * 2 ** Math.min(attempt, 6)), undefined, {
+        ...(opts.signal && { signal: opts.signal }),
+      });
     }
   }
 }
 
-/** The connection was closed on purpose: retrying cannot help. */
-function isClosed(err: unknown): boolean {
-  return (
-    err instanceof Error && (err.name === "ClosedConnectionError" || err.name === "DrainingConnectionError")
-  );
+function brokerError(err: unknown, kind: string, final: boolean, what: string | undefined): BrokerError {
+  const cause = err instanceof Error ? err : new Error(String(err));
+  const doing = what ? `could not ${what}: ` : "";
+  const reason =
+    kind === "no-stream"
+      ? "no stream takes this subject: the topology is missing (run `mars-fleet broker init`)"
+      : cause.message;
+  return new BrokerError(`${doing}${reason}`, { nats: cause.name }, cause, { retryable: !final });
 }

@@ -98,6 +98,8 @@ export type ProgressEvent = z.infer<typeof progressSchema>;
 
 export const stateEventSchema = z.object({
   state: z.enum(JOB_STATES),
+  /** Why, where the state alone does not say it (`handed back` by a worker shutting down). */
+  reason: z.string().optional(),
   attempt: z.number().int().min(0),
   worker: z.string().optional(),
   /** With `running`: the MARS process (group leader) that started. */
@@ -117,7 +119,8 @@ export const heartbeatSchema = z.object({
 });
 export type Heartbeat = z.infer<typeof heartbeatSchema>;
 
-export const WORKER_STATES = ["starting", "running", "draining", "stopped"] as const;
+/** `failed`: the broker connection ended for good; the worker stopped its jobs and must be restarted. */
+export const WORKER_STATES = ["starting", "running", "draining", "stopped", "failed"] as const;
 export type WorkerState = (typeof WORKER_STATES)[number];
 
 export const workerInfoSchema = z.object({
@@ -141,7 +144,12 @@ export const deadLetterSchema = z.object({
   streamSeq: z.number().int().optional(),
   deliveries: z.number().int().optional(),
   error: errorRecordSchema.optional(),
+  /** The message, or its first bytes when the whole would not fit in a dead letter (`truncated`). */
   payloadBase64: z.string(),
+  /** Size of the whole message in bytes. */
+  size: z.number().int().min(0).optional(),
+  truncated: z.boolean().optional(),
+  headers: z.record(z.string(), z.array(z.string())).optional(),
   at: z.number(),
 });
 export type DeadLetter = z.infer<typeof deadLetterSchema>;

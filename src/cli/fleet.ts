@@ -217,6 +217,7 @@ export async function brokerCommand(
       return EXIT.ok;
     }
     const streams = await Promise.all(
+      // A stream that cannot be read is shown as missing: this is a report, not a check.
       [JOBS_STREAM, EVENTS_STREAM, DEAD_STREAM].map((s) => conn.jsm.streams.info(s).catch(() => undefined)),
     );
     const consumer = await conn.jsm.consumers

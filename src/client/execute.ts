@@ -140,6 +140,7 @@ async function executeOnFleet(
     ...(opts.queue !== undefined && { queue: opts.queue }),
     ...(opts.requestId !== undefined && { requestId: opts.requestId }),
   });
+  // The caller stops waiting either way; a cancel that cannot reach the broker leaves the job to run.
   const cancel = (): void => void job.cancel().catch(() => undefined);
   opts.signal?.addEventListener("abort", cancel, { once: true });
   try {

@@ -148,7 +148,9 @@ export class Fleet {
             ? { ...rec, state: "failed", error: error.toRecord(), finishedAt: Date.now() }
             : undefined,
         )
-        .catch(() => undefined);
+        .catch((recordErr: unknown) =>
+          this.log.warn({ err: recordErr, jobId: id }, "could not mark the job failed"),
+        );
       throw error;
     }
     return this.handle(id);
@@ -232,6 +234,7 @@ export class Fleet {
 
   close(): Promise<void> {
     this.closing ??= (async () => {
+      // A registry view that never opened has no watch to stop.
       if (this.liveWorkers) (await this.liveWorkers.catch(() => undefined))?.stop();
       await this.conn.nc.drain().catch(() => this.conn.nc.close());
     })();

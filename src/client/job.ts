@@ -149,11 +149,19 @@ export class JobHandle {
             finish();
           }, LATE_REPLAY_MS)
         : undefined;
+    // A batch re-sent after a lost ack may be stored twice: each line is shown once, by its sequence.
+    const lastLine = new Map<number, number>();
     try {
       for await (const m of messages) {
         const event = toEvent(m.subject, m.data);
         if (!event) continue;
-        for (const e of event) out.push(e);
+        for (const e of event) {
+          if (e.type === "log") {
+            if (e.seq <= (lastLine.get(e.attempt) ?? 0)) continue;
+            lastLine.set(e.attempt, e.seq);
+          }
+          out.push(e);
+        }
         const last = event.at(-1);
         if (last?.type === "state" && TERMINAL_STATES.has(last.state)) {
           sawTerminal = true;
@@ -168,8 +176,7 @@ export class JobHandle {
 
   /** Wait for the end; the result, or the typed error the job failed with. */
   async result(opts: { signal?: AbortSignal } = {}): Promise<FleetJobResult> {
-    for await (const record of this.store.watch(this.id)) {
-      opts.signal?.throwIfAborted();
+    for await (const record of this.store.watch(this.id, opts.signal)) {
       if (!TERMINAL_STATES.has(record.state)) continue;
       if (record.state === "succeeded" && record.result) {
         const { target, bytes, elapsedMs, object } = record.result;

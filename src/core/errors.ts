@@ -13,6 +13,7 @@ export const ERROR_CODES = [
   "JOB_FAILED",
   "CONFIG_INVALID",
   "TARGET_INVALID",
+  "ENVIRON_INVALID",
   "MESSAGE_INVALID",
   "BROKER_ERROR",
   "NO_WORKER",
@@ -130,6 +131,13 @@ export class TargetError extends MarsFleetError {
   }
 }
 
+/** The environ cannot be given to MARS (a bad variable name, a newline, too large for the system). */
+export class EnvironError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
+    super("ENVIRON_INVALID", message, { details, cause });
+  }
+}
+
 /** A message on the wire did not match its schema. */
 export class MessageInvalidError extends MarsFleetError {
   constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
@@ -137,9 +145,15 @@ export class MessageInvalidError extends MarsFleetError {
   }
 }
 
+/** Trouble with the broker. Retryable (the default) when it was transient and may pass. */
 export class BrokerError extends MarsFleetError {
-  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
-    super("BROKER_ERROR", message, { retryable: true, details, cause });
+  constructor(
+    message: string,
+    details: ErrorDetails = {},
+    cause?: unknown,
+    opts: { retryable?: boolean } = {},
+  ) {
+    super("BROKER_ERROR", message, { retryable: opts.retryable ?? true, details, cause });
   }
 }
 
@@ -177,6 +191,7 @@ const classByCode: { [C in ErrorCode]?: (msg: string, details: ErrorDetails) => 
   JOB_FAILED: (m, d) => new JobFailedError(m, d),
   CONFIG_INVALID: (m, d) => new ConfigError(m, d),
   TARGET_INVALID: (m, d) => new TargetError(m, d),
+  ENVIRON_INVALID: (m, d) => new EnvironError(m, d),
   MESSAGE_INVALID: (m, d) => new MessageInvalidError(m, d),
   BROKER_ERROR: (m, d) => new BrokerError(m, d),
   NO_WORKER: (m, d) => new NoWorkerError(m, d),

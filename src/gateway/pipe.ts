@@ -13,6 +13,7 @@ import { downloadResult, resultsStore } from "../broker/results.js";
 import type { Fleet } from "../client/fleet.js";
 import type { JobHandle } from "../client/job.js";
 import {
+  JobNotFoundError,
   MarsRequestError,
   asFleetError,
   describeZodError,
@@ -197,7 +198,10 @@ async function streamFromObjectStore(
     });
   for await (const chunk of data) await reply.data(Buffer.from(chunk));
   await reply.finish();
-  await store.delete(name).catch(() => undefined);
+  // A result left behind expires with the bucket's max age (an hour): not worth failing a delivered job for.
+  await store
+    .delete(name)
+    .catch((err: unknown) => opts.log.warn({ err, jobId: job.id }, "result object not deleted"));
 }
 
 /** The uid a log request names: the last segment of any path (`/<uid>`, `//<uid>`, `/mars/<uid>`). */
@@ -222,6 +226,16 @@ async function refuse(
     opts.log.warn({ err, uid }, "could not record the refusal");
   });
   return reply.code(400).header("X-MARS-UID", uid).send({ error: error.message, code: error.code });
+}
+
+/** The job of a uid, or undefined when there is none (any other trouble is thrown). */
+async function findJob(fleet: Fleet, uid: string): Promise<JobHandle | undefined> {
+  try {
+    return await fleet.job(uid);
+  } catch (err) {
+    if (err instanceof JobNotFoundError) return undefined;
+    throw err;
+  }
 }
 
 /** The pipe-mode HTTP server (not yet listening). Any path works, as with the original server. */
@@ -302,7 +316,7 @@ export function pipeServer(opts: PipeOptions): FastifyInstance {
   app.get("/*", async (req, reply) => {
     const uid = uidOf(req.url);
     if (!uid) return reply.code(404).send();
-    const job = await opts.fleet.job(uid).catch(() => undefined);
+    const job = await findJob(opts.fleet, uid);
     if (!job) return reply.code(404).send();
     const lines = await job.storedLog();
     if (lines.length === 0) return reply.code(404).send(); // never logged, or dropped by DELETE
@@ -312,7 +326,7 @@ export function pipeServer(opts: PipeOptions): FastifyInstance {
   app.delete("/*", async (req, reply) => {
     const uid = uidOf(req.url);
     if (!uid) return reply.code(404).send();
-    const job = await opts.fleet.job(uid).catch(() => undefined);
+    const job = await findJob(opts.fleet, uid);
     await job?.dropLog();
     return reply.code(204).send();
   });

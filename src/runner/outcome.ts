@@ -32,6 +32,8 @@ export function errorForOutcome(outcome: RunOutcome, timeoutMs?: number): MarsFl
       );
     case "cancelled":
       return new JobCancelledError("the MARS run was cancelled", details);
+    case "rejected":
+      return outcome.error ?? new MarsSpawnError("the MARS run could not be set up", details);
     case "spawn_failed":
       return new MarsSpawnError(outcome.message ?? "the MARS command could not be started", details);
   }

@@ -8,7 +8,14 @@ import { rm, writeFile } from "node:fs/promises";
 import { constants as osConstants, tmpdir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { Channel } from "../core/channel.js";
-import { MarsRequestError } from "../core/errors.js";
+import {
+  EnvironError,
+  MarsRequestError,
+  MarsSpawnError,
+  TargetError,
+  asFleetError,
+  type MarsFleetError,
+} from "../core/errors.js";
 import { SECOND } from "../core/time.js";
 import { isErrorLine, transferBytes } from "../mars/log.js";
 import { withParam, type MarsRequest } from "../mars/request.js";
@@ -49,6 +56,11 @@ export interface RunOptions {
   progressIntervalMs?: number;
   /** Names the temporary file; default a random UUID. */
   runId?: string;
+  /**
+   * Leave a successful run's output in its part file until commit() or discard(): a worker first
+   * makes sure it still owns the job (see worker/attempt.ts).
+   */
+  deferCommit?: boolean;
 }
 
 export type RunEvent =
@@ -57,7 +69,15 @@ export type RunEvent =
   | { type: "progress"; bytes: number; total: number; at: number };
 
 export type RunStatus =
-  "succeeded" | "no_data" | "mars_error" | "killed" | "timeout" | "cancelled" | "spawn_failed";
+  | "succeeded"
+  | "no_data"
+  | "mars_error"
+  | "killed"
+  | "timeout"
+  | "cancelled"
+  | "spawn_failed"
+  /** The run could not be set up (target, environ, request): `error` says why; MARS did not run. */
+  | "rejected";
 
 export interface RunOutcome {
   status: RunStatus;
@@ -75,6 +95,8 @@ export interface RunOutcome {
   lines: number;
   /** Set for spawn_failed: what went wrong. */
   message?: string;
+  /** Set for rejected. */
+  error?: MarsFleetError;
 }
 
 const SIGNAL_NAMES = new Map<number, string>(
@@ -103,14 +125,27 @@ export function marsEnvironment(
   return env;
 }
 
+/**
+ * Total size of the environ: the kernel refuses a single environment string over 128 KiB (E2BIG),
+ * and MARS never needs more than a few ids.
+ */
+export const MAX_ENVIRON_BYTES = 32 * 1024;
+
 /** The client's environ must make valid variable names and one-line values; returns it unchanged. */
 export function checkEnviron(environ: Record<string, string>): Record<string, string> {
+  let bytes = 0;
   for (const [key, value] of Object.entries(environ)) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key))
-      throw new MarsRequestError(`invalid environ key "${key}"`, { key });
+      throw new EnvironError(`invalid environ key "${key}"`, { key });
     if (/[\u0000\n\r]/.test(value)) {
-      throw new MarsRequestError(`environ "${key}" contains a newline or NUL`, { key });
+      throw new EnvironError(`environ "${key}" contains a newline or NUL`, { key });
     }
+    bytes += Buffer.byteLength(key) + Buffer.byteLength(value) + 16;
+  }
+  if (bytes > MAX_ENVIRON_BYTES) {
+    throw new EnvironError(`the environ is ${bytes} bytes; at most ${MAX_ENVIRON_BYTES} are passed to MARS`, {
+      bytes,
+    });
   }
   return environ;
 }
@@ -132,9 +167,7 @@ export class MarsRun {
     this.runId = opts.runId ?? randomUUID();
     this.partPath = partPathFor(opts.targetPath, this.runId);
     this.killGraceMs = opts.killGraceMs ?? DEFAULT_KILL_GRACE;
-    this.outcome = this.run();
-    // The outcome is also delivered through events(); never leave it unhandled.
-    this.outcome.catch(() => undefined);
+    this.outcome = this.run(); // never rejects: every failure is an outcome
   }
 
   /** Process group id of the running MARS, -1 before spawn. */
@@ -162,11 +195,35 @@ export class MarsRun {
     }
   }
 
+  /** Move a deferred successful output into place (fsync, rename, fsync of the directory). */
+  async commit(): Promise<void> {
+    await commitPart(this.partPath, this.opts.targetPath);
+  }
+
+  /** Drop a deferred output. */
+  async discard(): Promise<void> {
+    await discardPart(this.partPath);
+  }
+
   private async run(): Promise<RunOutcome> {
     const started = Date.now();
-    const requestFile = join(tmpdir(), `mars-request-${this.runId}.mars`);
+    const requestFile = requestFileFor(this.runId);
     try {
       return await this.runIn(requestFile, started);
+    } catch (err) {
+      // Anything that kept MARS from starting is an outcome like the others, never a throw.
+      await discardPart(this.partPath);
+      return {
+        status: "rejected",
+        error: asFleetError(err),
+        bytes: 0,
+        exitCode: null,
+        signal: null,
+        errorLines: [],
+        tail: [],
+        lines: 0,
+        elapsedMs: Date.now() - started,
+      };
     } finally {
       this.channel.close();
       if (this.killTimer) clearTimeout(this.killTimer);
@@ -190,9 +247,12 @@ export class MarsRun {
         elapsedMs: 0,
       };
     }
+    if (await isDirectory(opts.targetPath)) {
+      throw new TargetError(`target ${opts.targetPath} is a directory`, { target: opts.targetPath });
+    }
     const env = { ...marsEnvironment(opts.environ, opts.env), [RUN_MARKER]: this.runId };
     const command = [...(opts.command ?? simulatorCommand()), requestFile];
-    const { child, pgid, release } = spawnInGroup([...MERGED_OUTPUT, ...command], env, targetDir);
+    const { child, pgid, release } = spawnOrExplain([...MERGED_OUTPUT, ...command], env, targetDir);
     this.pgid = pgid;
     const onAbort = (): void => this.cancel();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
@@ -281,8 +341,29 @@ export class MarsRun {
       return { ...common, status: "no_data", elapsedMs: elapsedMs() };
     }
     this.channel.push({ type: "progress", bytes, total: Math.max(total, bytes), at: Date.now() });
-    await commitPart(this.partPath, opts.targetPath);
+    if (!opts.deferCommit) await this.commit();
     return { ...common, status: "succeeded", target: opts.targetPath, elapsedMs: elapsedMs() };
+  }
+}
+
+/** The temporary request file of a run (removed when the run ends, or by journal recovery after a crash). */
+export function requestFileFor(runId: string): string {
+  return join(tmpdir(), `mars-request-${runId}.mars`);
+}
+
+/** Spawn, turning the errors the system raises at once into typed ones. */
+function spawnOrExplain(
+  command: readonly string[],
+  env: NodeJS.ProcessEnv,
+  cwd: string,
+): ReturnType<typeof spawnInGroup> {
+  try {
+    return spawnInGroup(command, env, cwd);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "E2BIG") {
+      throw new EnvironError("the environment or request is too large to start MARS (E2BIG)", {}, err);
+    }
+    throw new MarsSpawnError(`cannot start MARS: ${(err as Error).message}`, {}, err);
   }
 }
 

@@ -4,7 +4,7 @@
  * the MARS_DEAD stream, and their job records are marked failed so no client waits forever.
  */
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
@@ -15,12 +15,46 @@ import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
 import { JobFailedError } from "../core/errors.js";
 import type { JobEventPublisher } from "../broker/events.js";
 
+/** nats-server's default, when the connection has not said. */
+export const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
+/** Room left in a dead letter for everything but the payload (JSON fields, error, headers). */
+const ENVELOPE_BYTES = 16 * 1024;
+/** What is kept of a message too large to keep whole. */
+const PREFIX_BYTES = 4 * 1024;
+/** A dead letter is worth a few seconds of a slot, not more: the message is already settled. */
+const DEAD_LETTER_DEADLINE_MS = 5000;
+
+/** The message as a dead letter holds it: whole when it fits in `maxPayload`, else its headers, size and first bytes. */
+export function deadLetterPayload(
+  data: Uint8Array,
+  headers: MsgHdrs | undefined,
+  maxPayload: number,
+): Pick<DeadLetter, "payloadBase64" | "size" | "truncated" | "headers"> {
+  const room = Math.floor(((maxPayload - ENVELOPE_BYTES) * 3) / 4); // base64 takes 4 bytes for 3
+  const truncated = data.length > room;
+  const kept = truncated ? data.subarray(0, PREFIX_BYTES) : data;
+  const out: ReturnType<typeof deadLetterPayload> = {
+    payloadBase64: Buffer.from(kept).toString("base64"),
+    size: data.length,
+    ...(truncated && { truncated }),
+  };
+  if (headers) {
+    const record: Record<string, string[]> = {};
+    for (const key of headers.keys()) record[key] = headers.values(key);
+    out.headers = record;
+  }
+  return out;
+}
+
 export async function publishDeadLetter(
   js: JetStreamClient,
   queue: string,
   entry: DeadLetter,
 ): Promise<void> {
-  await withRetry(() => js.publish(subjects.dead(queue), encode(entry)));
+  await withRetry(() => js.publish(subjects.dead(queue), encode(entry)), {
+    deadlineMs: DEAD_LETTER_DEADLINE_MS,
+    what: "publish a dead letter",
+  });
 }
 
 const advisorySchema = z.object({ stream_seq: z.number().int(), deliveries: z.number().int() });
@@ -43,7 +77,7 @@ export function watchMaxDeliveries(deps: DeadLetterDeps): Subscription {
     callback: (err, msg) => {
       if (err) return;
       void handleAdvisory(deps, msg.data).catch((e: unknown) =>
-        deps.log.error({ err: String(e) }, "dead-letter handling failed"),
+        deps.log.error({ err: e }, "dead-letter handling failed"),
       );
     },
   });
@@ -51,11 +85,8 @@ export function watchMaxDeliveries(deps: DeadLetterDeps): Subscription {
 
 async function handleAdvisory(deps: DeadLetterDeps, data: Uint8Array): Promise<void> {
   const advisory = advisorySchema.parse(JSON.parse(new TextDecoder().decode(data)));
-  const stored = await deps.jsm.streams
-    .getMessage(JOBS_STREAM, { seq: advisory.stream_seq })
-    .catch(() => null);
-  if (!stored) return; // already handled by someone else
-  const payloadBase64 = Buffer.from(stored.data).toString("base64");
+  const stored = await deps.jsm.streams.getMessage(JOBS_STREAM, { seq: advisory.stream_seq });
+  if (!stored) return; // already handled by another worker of the queue
   let jobId: string | undefined;
   try {
     jobId = decode(jobMessageSchema, stored.data, "job message").id;
@@ -83,9 +114,10 @@ async function handleAdvisory(deps: DeadLetterDeps, data: Uint8Array): Promise<v
     streamSeq: advisory.stream_seq,
     deliveries: advisory.deliveries,
     error,
-    payloadBase64,
+    ...deadLetterPayload(stored.data, stored.header, deps.nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD),
     at: Date.now(),
   });
+  // False or not found: another worker of the queue deleted it first, which is just as good.
   await deps.jsm.streams.deleteMessage(JOBS_STREAM, advisory.stream_seq).catch(() => false);
   deps.log.warn(
     { jobId, streamSeq: advisory.stream_seq, deliveries: advisory.deliveries },

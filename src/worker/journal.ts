@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
 import { signalGroup, startedForRun } from "../runner/process-group.js";
+import { requestFileFor } from "../runner/runner.js";
 import { discardPart } from "../runner/target.js";
 
 const entrySchema = z.object({
@@ -61,9 +62,10 @@ export class Journal {
         const runId = name.slice(0, -".json".length);
         if (entry.pgid > 0 && startedForRun(entry.pgid, runId)) signalGroup(entry.pgid, "SIGKILL");
         await discardPart(entry.partPath);
+        await rm(requestFileFor(runId), { force: true });
         recovered.push(entry);
       } catch {
-        // Unreadable entry: nothing we can act on.
+        // An unreadable entry (a crash while it was written) names nothing to clean: it is removed below.
       }
       await rm(file, { force: true });
     }

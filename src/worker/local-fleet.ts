@@ -85,6 +85,7 @@ export class LocalFleet {
 
   async dispose(): Promise<void> {
     await this.killWorkers();
+    // Disposal goes on: a client whose connection already ended has nothing left to close.
     await Promise.all(this.clients.map((f) => f.close().catch(() => undefined)));
     await this.server.dispose();
     await rm(this.sharedRoot, { recursive: true, force: true });

@@ -17,11 +17,12 @@ import type { WorkerMetrics } from "./metrics.js";
 import type { WorkerInfo, WorkerState } from "../broker/schemas.js";
 import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
 import { marsCommandArgv, type FleetConfig } from "../config/load.js";
-import { WrongStateError } from "../core/errors.js";
+import { BrokerError, WrongStateError } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
 import { watchMaxDeliveries } from "./dead-letter.js";
 import { JobEventPublisher } from "../broker/events.js";
-import { handleJob, type ActiveJob, type WorkerContext } from "./job.js";
+import type { JobAttempt, WorkerContext } from "./attempt.js";
+import { handleDelivery } from "./delivery.js";
 import { Journal } from "./journal.js";
 import { preflight } from "./preflight.js";
 
@@ -44,7 +45,10 @@ export type StopKind = "drained" | "forced";
 export class Worker {
   readonly id: string;
   private stateValue: WorkerState = "starting";
-  private readonly active = new Set<ActiveJob>();
+  /** The attempts running now: the one route by which cancels and hand-backs reach them. */
+  private readonly attempts = new Set<JobAttempt>();
+  private readonly ended: Promise<StopKind>;
+  private settleEnded!: { resolve: (kind: StopKind) => void; reject: (err: unknown) => void };
   private readonly fetches = new Set<ConsumerMessages>();
   private slotLoops: Promise<void>[] = [];
   private registryTimer: NodeJS.Timeout | undefined;
@@ -67,6 +71,8 @@ export class Worker {
     readonly provisionReport: ProvisionReport,
   ) {
     this.id = opts.workerId ?? `${hostname()}-${process.pid}-${randomBytes(2).toString("hex")}`;
+    this.ended = new Promise<StopKind>((resolve, reject) => (this.settleEnded = { resolve, reject }));
+    this.ended.catch(() => undefined); // observed through run(); an unobserved failure must not crash the process
     this.log = (opts.logger ?? silentLogger()).child({
       component: "worker",
       workerId: this.id,
@@ -90,7 +96,38 @@ export class Worker {
 
   /** Jobs running now. */
   get runningJobs(): string[] {
-    return [...this.active].map((a) => a.jobId).filter(Boolean);
+    return [...this.attempts].map((a) => a.job.id);
+  }
+
+  /**
+   * Resolves with how the worker stopped (drain or stop); rejects with a BrokerError when the
+   * broker connection ended for good, after the worker stopped its jobs (state `failed`): a
+   * supervisor should restart it.
+   */
+  run(): Promise<StopKind> {
+    return this.ended;
+  }
+
+  /**
+   * Two-stage signal handling, as the CLI does it: the first signal drains, the second stops at
+   * once (running jobs handed back). Returns a function that removes the handlers.
+   */
+  handleSignals(signals: NodeJS.Signals[] = ["SIGTERM", "SIGINT"]): () => void {
+    let received = 0;
+    const onSignal = (signal: NodeJS.Signals): void => {
+      received++;
+      if (received === 1) {
+        this.log.info({ signal }, "draining; send the signal again to stop at once");
+        void this.drain();
+      } else {
+        this.log.warn({ signal }, "stopping now: running jobs are handed back to the queue");
+        void this.stop();
+      }
+    };
+    for (const s of signals) process.on(s, onSignal);
+    return () => {
+      for (const s of signals) process.off(s, onSignal);
+    };
   }
 
   private async begin(): Promise<void> {
@@ -140,13 +177,10 @@ export class Worker {
     this.cancelSub = this.conn.nc.subscribe(subjects.allCancels, {
       callback: (_err, msg) => {
         const jobId = msg.subject.slice(subjects.allCancels.length - 1);
-        for (const a of this.active) {
-          if (a.jobId !== jobId) continue;
-          a.cancelRequested = true;
-          a.run?.cancel();
-        }
+        for (const a of this.attempts) if (a.job.id === jobId) a.stop("cancelled");
       },
     });
+    void this.watchConnection();
     this.stateValue = "running";
     await this.publishRegistry();
     this.registryTimer = setInterval(() => void this.publishRegistry(), registryMs);
@@ -204,7 +238,7 @@ export class Worker {
         failures = 0;
       } catch (err) {
         failures++;
-        if (failures === 1) this.log.warn({ slot, err: String(err) }, "pull failed; retrying");
+        if (failures === 1) this.log.warn({ slot, err }, "pull failed; retrying");
         await sleep(Math.min(2000, 100 * failures));
         continue;
       }
@@ -213,14 +247,11 @@ export class Worker {
         msg.nak(); // arrived as we began to drain: let another worker have it
         break;
       }
-      const active: ActiveJob = { jobId: "", handBack: false };
-      this.active.add(active);
-      this.metrics?.setRunning(this.active.size);
+      this.metrics?.setRunning(this.attempts.size + 1);
       try {
-        await handleJob(this.ctx, msg, active);
+        await handleDelivery(this.ctx, msg, this.attempts);
       } finally {
-        this.active.delete(active);
-        this.metrics?.setRunning(this.active.size);
+        this.metrics?.setRunning(this.attempts.size);
         // Keep `mars-fleet workers` current without a registry write per job under load.
         if (Date.now() - this.lastRegistryAt > REGISTRY_MIN_INTERVAL_MS) void this.publishRegistry();
       }
@@ -258,7 +289,8 @@ export class Worker {
       if (this.stateValue === "stopped") await kv.delete(this.id);
       else await kv.put(this.id, encode(info));
     } catch (err) {
-      this.log.debug({ err: String(err) }, "registry update failed");
+      // The next renewal tries again; an entry that lapses meanwhile only hides the worker from listings.
+      this.log.debug({ err }, "registry update failed");
     }
   }
 
@@ -268,20 +300,49 @@ export class Worker {
    */
   drain(graceMs = this.opts.config.drainGrace): Promise<StopKind> {
     if (this.stateValue === "starting") throw new WrongStateError("the worker has not started yet");
+    if (this.stateValue === "failed") return this.ended;
     this.stopping ??= this.shutdown(graceMs);
     return this.stopping;
   }
 
   /** Stop now: running jobs are killed and handed back to the queue. */
   stop(): Promise<StopKind> {
+    if (this.stateValue === "failed") return this.ended;
     this.forceRequested = true;
-    for (const a of this.active) this.handBack(a);
+    for (const a of this.attempts) a.stop("handed back");
     return this.drain(0);
   }
 
-  private handBack(a: ActiveJob): void {
-    a.handBack = true;
-    a.run?.cancel();
+  /**
+   * Follow the connection: after a reconnect, each attempt checks its record for a cancel or a
+   * takeover it may have missed; when the connection ends for good, the worker fails.
+   */
+  private async watchConnection(): Promise<void> {
+    const { nc } = this.conn;
+    void (async () => {
+      for await (const status of nc.status()) {
+        if (status.type !== "reconnect") continue;
+        this.log.info({ running: this.runningJobs }, "reconnected: checking running jobs");
+        for (const a of this.attempts) {
+          void a.recheck().catch((err: unknown) => this.log.warn({ err, jobId: a.job.id }, "recheck failed"));
+        }
+      }
+    })();
+    const err = await nc.closed();
+    if (this.stateValue === "stopped" || this.stopping) return; // our own close at the end of a shutdown
+    this.stateValue = "failed";
+    this.log.error({ err }, "the broker connection ended for good: stopping every job");
+    for (const a of this.attempts) a.stop("connection lost");
+    for (const f of this.fetches) f.stop();
+    await Promise.all(this.slotLoops);
+    this.releaseResources();
+    this.settleEnded.reject(new BrokerError("the broker connection ended for good", {}, err ?? undefined));
+  }
+
+  private releaseResources(): void {
+    clearInterval(this.registryTimer);
+    this.advisorySub?.unsubscribe();
+    this.cancelSub?.unsubscribe();
   }
 
   private async shutdown(graceMs: number): Promise<StopKind> {
@@ -297,19 +358,20 @@ export class Worker {
         (await Promise.race([loops.then(() => "done" as const), timer])) === "timeout" || this.forceRequested;
     }
     if (forced) {
-      for (const a of this.active) this.handBack(a);
+      for (const a of this.attempts) a.stop("handed back");
       this.log.warn({ handedBack: this.runningJobs }, "grace period over: handing running jobs back");
     }
     await loops;
-    clearInterval(this.registryTimer);
-    this.advisorySub?.unsubscribe();
-    this.cancelSub?.unsubscribe();
+    this.releaseResources();
     await this.metrics?.close();
     this.stateValue = "stopped";
     await this.publishRegistry();
+    // A drain that fails (the connection already closed) leaves nothing to flush: close is enough.
     await this.conn.nc.drain().catch(() => this.conn.nc.close());
-    this.log.info({ kind: forced ? "forced" : "drained" }, "worker stopped");
-    return forced ? "forced" : "drained";
+    const kind: StopKind = forced ? "forced" : "drained";
+    this.log.info({ kind }, "worker stopped");
+    this.settleEnded.resolve(kind);
+    return kind;
   }
 
   async [Symbol.asyncDispose](): Promise<void> {

@@ -1,0 +1,69 @@
+/**
+ * Recognising NATS errors by their type and API code, never by message text: which are worth a
+ * retry (the server restarts, a leader is elected) and which are final (a CAS conflict, a missing
+ * stream, a payload over max_payload, a closed connection, a permission).
+ */
+import { JetStreamApiError } from "@nats-io/jetstream";
+// The public entry does not export JetStreamNotEnabled, which a publish no stream takes throws.
+import { jserrors } from "@nats-io/jetstream/internal";
+import { errors } from "@nats-io/transport-node";
+
+/** JetStream API error codes used here (nats-server's `JS*Err` codes). */
+export const JS_CODES = {
+  streamNotFound: 10059,
+  consumerNotFound: 10014,
+  streamNameInUse: 10058,
+  consumerNameInUse: 10013,
+  consumerAlreadyExists: 10148,
+  wrongLastSequence: 10071,
+  wrongLastSequenceUnknown: 10164,
+} as const;
+
+function apiCode(err: unknown): number | undefined {
+  return err instanceof JetStreamApiError ? err.code : undefined;
+}
+
+/** A compare-and-set lost: the key changed (or exists) since the revision given. */
+export function isCasConflict(err: unknown): boolean {
+  const code = apiCode(err);
+  return code === JS_CODES.wrongLastSequence || code === JS_CODES.wrongLastSequenceUnknown;
+}
+
+export function isNotFound(err: unknown): boolean {
+  return err instanceof JetStreamApiError && err.status === 404;
+}
+
+export function isAlreadyExists(err: unknown): boolean {
+  const code = apiCode(err);
+  return (
+    code === JS_CODES.streamNameInUse ||
+    code === JS_CODES.consumerNameInUse ||
+    code === JS_CODES.consumerAlreadyExists
+  );
+}
+
+/** The connection was closed (on purpose, or for good): nothing on it can succeed any more. */
+export function isClosed(err: unknown): boolean {
+  return err instanceof errors.ClosedConnectionError || err instanceof errors.DrainingConnectionError;
+}
+
+/** A JetStream publish that no stream took (`no responders`): the topology is missing, or JetStream is starting. */
+export function isNoStream(err: unknown): boolean {
+  return (
+    err instanceof errors.NoRespondersError ||
+    (err instanceof errors.RequestError && err.isNoResponders()) ||
+    err instanceof jserrors.JetStreamNotEnabled
+  );
+}
+
+export type ErrorKind = "transient" | "no-stream" | "final";
+
+/** How an operation that threw `err` should be treated. */
+export function errorKind(err: unknown): ErrorKind {
+  if (isNoStream(err)) return "no-stream";
+  if (err instanceof errors.TimeoutError || err instanceof errors.ConnectionError) return "transient";
+  if (err instanceof errors.RequestError) return "transient";
+  // 503 (no leader, JetStream temporarily unavailable) and other server-side trouble pass.
+  if (err instanceof JetStreamApiError) return err.status >= 500 ? "transient" : "final";
+  return "final";
+}

@@ -1,0 +1,427 @@
+/**
+ * One delivery of one job on this worker, from claim to settle. A JobAttempt owns everything the
+ * attempt does: its claim on the record, one heartbeat that runs until the message is settled, its
+ * MARS run, one way to be stopped (`stop(reason)`), and every effect on the target, which happens
+ * only after a fenced check that the attempt still owns the job.
+ */
+import { mkdir, readdir } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
+import type { ObjectStore } from "@nats-io/obj";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { Logger } from "pino";
+import { encode } from "../broker/codec.js";
+import type { JobEventPublisher } from "../broker/events.js";
+import type { JobStore, VersionedRecord } from "../broker/records.js";
+import {
+  TERMINAL_STATES,
+  initialRecord,
+  type JobMessage,
+  type JobRecord,
+  type JobState,
+} from "../broker/schemas.js";
+import { subjects } from "../broker/subjects.js";
+import {
+  JobCancelledError,
+  JobFailedError,
+  JobNotFoundError,
+  asFleetError,
+  type ErrorRecord,
+  type MarsFleetError,
+} from "../core/errors.js";
+import { errorForOutcome } from "../runner/outcome.js";
+import { startMars, type MarsRun, type RunOutcome } from "../runner/runner.js";
+import { discardPart, isPartFile, resolveInside } from "../runner/target.js";
+import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
+import type { Journal } from "./journal.js";
+
+export interface WorkerContext {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  store: JobStore;
+  journal: Journal;
+  workerId: string;
+  queue: string;
+  sharedRoot: string;
+  heartbeatMs: number;
+  killGraceMs: number;
+  maxAttempts: number;
+  retryDelayMs: number;
+  command?: readonly string[];
+  /** Told of every settled attempt (for metrics). */
+  onSettled?: (state: JobState, elapsedMs: number | undefined) => void;
+  /** The results object store (opened on first use). */
+  results: () => Promise<ObjectStore>;
+  log: Logger;
+}
+
+/**
+ * Why an attempt is told to stop: a client cancelled the job; the worker shuts down and hands it
+ * back; another attempt owns the job now; the broker connection is gone for good.
+ */
+export type StopReason = "cancelled" | "handed back" | "lease lost" | "connection lost";
+
+/** What an attempt ends with: a state for the record, and what to do with the message. */
+interface Settlement {
+  state: JobState;
+  settle: "ack" | "term" | "nak";
+  /** How long MARS ran, when it did. */
+  elapsedMs?: number;
+  error?: ErrorRecord;
+  result?: JobRecord["result"];
+  nakDelayMs?: number;
+  deadLetter?: boolean;
+  reason?: string;
+}
+
+type ClaimOutcome =
+  | { kind: "run"; version: VersionedRecord }
+  | { kind: "skip"; why: "terminal" | "duplicate" | "cancelled"; record: JobRecord };
+
+export class JobAttempt {
+  private readonly stopper = new AbortController();
+  /** The record as this attempt last wrote it: the revision every later change is checked against. */
+  private version: VersionedRecord | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private pid = -1;
+  private bytes = 0;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly ctx: WorkerContext,
+    private readonly msg: JsMsg,
+    readonly job: JobMessage,
+    private readonly events: JobEventPublisher,
+  ) {
+    this.log = ctx.log.child({ jobId: job.id, attempt: this.attempt, streamSeq: msg.info.streamSequence });
+  }
+
+  get attempt(): number {
+    return this.msg.info.deliveryCount;
+  }
+
+  get stopReason(): StopReason | undefined {
+    return this.stopper.signal.aborted ? (this.stopper.signal.reason as StopReason) : undefined;
+  }
+
+  /** Stop the attempt: MARS is stopped (SIGTERM, then SIGKILL), and `reason` decides what follows. */
+  stop(reason: StopReason): void {
+    if (this.stopper.signal.aborted) return;
+    this.log.info({ reason }, "attempt stopping");
+    this.stopper.abort(reason);
+  }
+
+  /**
+   * After a reconnect: a cancel published meanwhile was lost (core NATS), and the job may have been
+   * redelivered to another worker. The record says both.
+   */
+  async recheck(): Promise<void> {
+    const current = await this.ctx.store.get(this.job.id);
+    if (!current || !this.owns(current.record)) this.stop("lease lost");
+    else if (current.record.cancelRequested) this.stop("cancelled");
+  }
+
+  /** Claim, run, settle. Never throws: a problem the attempt cannot record leaves the message to be redelivered. */
+  async execute(): Promise<void> {
+    try {
+      const claim = await this.claim();
+      if (claim.kind === "skip") return await this.skip(claim);
+      this.version = claim.version;
+      this.startHeartbeat();
+      try {
+        await this.settle(await this.run());
+      } finally {
+        clearInterval(this.heartbeat);
+      }
+    } catch (err) {
+      // The broker could not be reached within the retries: the message stays unacked, and another
+      // delivery (after the ack wait) takes the job up again. Nothing was committed.
+      this.log.error({ err }, "attempt could not be recorded; the job will be redelivered");
+    }
+  }
+
+  private owns(record: JobRecord): boolean {
+    return (
+      record.attempt === this.attempt &&
+      record.worker === this.ctx.workerId &&
+      record.seq === this.msg.info.streamSequence &&
+      !TERMINAL_STATES.has(record.state)
+    );
+  }
+
+  /** Claim the record by compare-and-set; skip a job that is finished, cancelled or a duplicate message. */
+  private async claim(): Promise<ClaimOutcome> {
+    const { ctx, job } = this;
+    const seq = this.msg.info.streamSequence;
+    let skip: Extract<ClaimOutcome, { kind: "skip" }> | undefined;
+    const change = (rec: JobRecord): JobRecord | undefined => {
+      skip = undefined;
+      if (TERMINAL_STATES.has(rec.state)) skip = { kind: "skip", why: "terminal", record: rec };
+      else if (rec.seq !== undefined && rec.seq !== seq)
+        skip = { kind: "skip", why: "duplicate", record: rec };
+      if (skip) return undefined;
+      if (rec.cancelRequested) {
+        const cancelled = { ...rec, state: "cancelled" as const, seq, finishedAt: Date.now() };
+        skip = { kind: "skip", why: "cancelled", record: cancelled };
+        return cancelled;
+      }
+      const startedAt = Date.now();
+      return { ...rec, state: "running", attempt: this.attempt, seq, worker: ctx.workerId, startedAt };
+    };
+    // First delivery of a message the client published: the record is as the client created it.
+    const known =
+      this.attempt === 1 && job.revision !== undefined
+        ? { record: initialRecord(job, ctx.maxAttempts), revision: job.revision }
+        : undefined;
+    let claimed: VersionedRecord;
+    try {
+      claimed = await ctx.store.mutate(job.id, change, known);
+    } catch (err) {
+      if (!(err instanceof JobNotFoundError)) throw err;
+      // The record is gone (expired, or the message was published by hand): rebuild it from the message.
+      await ctx.store.create(initialRecord(job, ctx.maxAttempts));
+      claimed = await ctx.store.mutate(job.id, change);
+    }
+    return skip ?? { kind: "run", version: claimed };
+  }
+
+  private async skip(claim: Extract<ClaimOutcome, { kind: "skip" }>): Promise<void> {
+    this.log.info({ why: claim.why, state: claim.record.state }, "job skipped");
+    if (claim.why === "cancelled") {
+      this.events.state({ state: "cancelled", attempt: claim.record.attempt, at: Date.now() });
+      await this.events.flush();
+    }
+    this.msg.term();
+  }
+
+  /** `working()` and a heartbeat every interval, from the claim until the message is settled. */
+  private startHeartbeat(): void {
+    this.heartbeat = setInterval(() => {
+      this.msg.working();
+      const beat = { worker: this.ctx.workerId, attempt: this.attempt, pid: this.pid, bytes: this.bytes };
+      this.ctx.nc.publish(subjects.heartbeat(this.job.id), encode({ ...beat, at: Date.now() }));
+    }, this.ctx.heartbeatMs);
+  }
+
+  /** Run MARS and decide how the attempt ends. Never throws: every failure becomes a settlement. */
+  private async run(): Promise<Settlement> {
+    const { ctx, job, attempt } = this;
+    if (attempt > 1) this.events.state({ state: "retrying", attempt, worker: ctx.workerId, at: Date.now() });
+    let targetPath: string;
+    try {
+      targetPath = resolveInside(ctx.sharedRoot, job.target);
+      await mkdir(dirname(targetPath), { recursive: true });
+      if (attempt > 1) await removeEarlierParts(targetPath, job.id);
+    } catch (err) {
+      return this.failure(asFleetError(err), true);
+    }
+    const runId = `${job.id}-a${attempt}`;
+    const run = startMars({
+      requests: job.requests,
+      targetPath,
+      runId,
+      environ: job.environ,
+      ...(job.marsEnv && { env: job.marsEnv as Record<string, string> }),
+      timeoutMs: job.timeoutMs,
+      killGraceMs: ctx.killGraceMs,
+      signal: this.stopper.signal,
+      deferCommit: true,
+      ...(ctx.command && { command: ctx.command }),
+    });
+    await this.follow(run, runId);
+    const outcome = await run.outcome;
+    await ctx.journal.remove(runId);
+    this.log.debug(
+      { status: outcome.status, exitCode: outcome.exitCode, signal: outcome.signal, bytes: outcome.bytes },
+      "MARS finished",
+    );
+    if (outcome.status === "succeeded") return this.commit(run, outcome);
+    return this.settlementFor(outcome);
+  }
+
+  /** Publish what MARS prints and writes while it runs. */
+  private async follow(run: MarsRun, runId: string): Promise<void> {
+    const { ctx, job, attempt } = this;
+    for await (const ev of run.events()) {
+      if (ev.type === "log") this.events.line(attempt, ev.seq, ev.line, ev.at);
+      else if (ev.type === "progress") {
+        this.bytes = ev.bytes;
+        this.events.progress({ attempt, bytes: ev.bytes, total: ev.total, at: ev.at });
+      } else if (ev.type === "spawned") {
+        this.pid = ev.pid;
+        // "running" means MARS runs: followers (the shares gateway's `started`) learn it and its pid.
+        this.events.state({ state: "running", attempt, worker: ctx.workerId, pid: ev.pid, at: ev.at });
+        this.log.info({ pid: ev.pid }, "job started");
+        const entry = {
+          workerPid: process.pid,
+          pgid: run.processGroup,
+          partPath: run.partPath,
+          jobId: job.id,
+        };
+        await ctx.journal.add(runId, entry).catch((err: unknown) => {
+          // The run goes on; only a crash of this worker would leave its part file to a later sweep.
+          this.log.warn({ err }, "could not write the journal entry");
+        });
+      }
+    }
+  }
+
+  /**
+   * The fence: before anything reaches the target, a compare-and-set on the record proves that this
+   * attempt still owns the job. A stale attempt (frozen past its lease, another attempt took over)
+   * discards its output instead.
+   */
+  private async commit(run: MarsRun, outcome: RunOutcome): Promise<Settlement> {
+    const { ctx, job } = this;
+    const fence = await this.fence();
+    if (fence !== "owned") {
+      await run.discard();
+      if (fence === "cancelled") return this.failure(new JobCancelledError("the job was cancelled"), true);
+      return { state: "running", settle: "nak", reason: "lease lost" };
+    }
+    const result = { target: job.target, bytes: outcome.bytes, elapsedMs: outcome.elapsedMs };
+    const elapsedMs = outcome.elapsedMs;
+    try {
+      if (job.deliver === "objectstore") {
+        const { uploadResult } = await import("../broker/results.js");
+        await uploadResult(await ctx.results(), job.id, run.partPath);
+        await run.discard();
+        return { state: "succeeded", settle: "ack", elapsedMs, result: { ...result, object: job.id } };
+      }
+      await run.commit();
+      return { state: "succeeded", settle: "ack", elapsedMs, result };
+    } catch (err) {
+      await run.discard();
+      const error = asFleetError(err);
+      this.log.warn({ err }, "could not deliver the result");
+      // A broker that would not take the object may take it on another attempt; a filesystem error
+      // on the target (e.g. it turned into a directory) will not go away.
+      return this.failure(error, error.code !== "BROKER_ERROR" && error.code !== "INTERNAL");
+    }
+  }
+
+  /** Compare-and-set on the record: `owned` while it still names this attempt and nobody cancelled the job. */
+  private async fence(): Promise<"owned" | "cancelled" | "lost"> {
+    let verdict: "owned" | "cancelled" | "lost" = "lost";
+    this.version = await this.ctx.store.mutate(
+      this.job.id,
+      (rec) => {
+        verdict = !this.owns(rec) ? "lost" : rec.cancelRequested ? "cancelled" : "owned";
+        return verdict === "owned" ? rec : undefined;
+      },
+      this.version,
+    );
+    return verdict;
+  }
+
+  private settlementFor(outcome: RunOutcome): Settlement {
+    const elapsedMs = outcome.elapsedMs;
+    const reason = this.stopReason;
+    if (reason === "handed back" && outcome.status === "cancelled") {
+      // The worker is shutting down: another worker takes the job; this attempt did not fail.
+      return { state: "retrying", settle: "nak", nakDelayMs: 0, elapsedMs, reason };
+    }
+    if (reason === "lease lost" || reason === "connection lost") {
+      return { state: "running", settle: "nak", elapsedMs, reason };
+    }
+    const error = errorForOutcome(outcome, this.job.timeoutMs)!;
+    return { ...this.failure(error, !error.retryable), elapsedMs };
+  }
+
+  /**
+   * A failed attempt: final errors end the job; retryable ones are offered again after a delay
+   * growing with the attempt, until the last attempt, which fails the job and dead-letters it.
+   */
+  private failure(error: MarsFleetError, final: boolean): Settlement {
+    const { attempt } = this;
+    const { maxAttempts, retryDelayMs } = this.ctx;
+    if (error.code === "JOB_CANCELLED")
+      return { state: "cancelled", settle: "term", error: error.toRecord() };
+    if (final) return { state: "failed", settle: "term", error: { ...error.toRecord(), retryable: false } };
+    if (attempt < maxAttempts) {
+      return {
+        state: "retrying",
+        settle: "nak",
+        nakDelayMs: retryDelayMs * attempt,
+        error: error.toRecord(),
+      };
+    }
+    const last = new JobFailedError(`failed after ${attempt} attempts; last: ${error.message}`, {
+      ...error.details,
+      lastCode: error.code,
+    });
+    return { state: "failed", settle: "term", error: last.toRecord(), deadLetter: true };
+  }
+
+  /** Record the end, publish it, settle the message; a stale attempt writes nothing. */
+  private async settle(s: Settlement): Promise<void> {
+    const { ctx, job, msg, attempt, events } = this;
+    if (s.reason === "lease lost" || s.reason === "connection lost") {
+      this.log.warn({ reason: s.reason }, "attempt abandoned: nothing recorded, nothing committed");
+      await events.flush();
+      return;
+    }
+    const terminal = TERMINAL_STATES.has(s.state);
+    let stale = false;
+    await ctx.store.mutate(
+      job.id,
+      (rec) => {
+        stale = !this.owns(rec);
+        if (stale) return undefined;
+        const next: JobRecord = { ...rec, state: s.state };
+        if (s.error) next.error = s.error;
+        if (s.result) next.result = s.result;
+        if (terminal) next.finishedAt = Date.now();
+        return next;
+      },
+      this.version,
+    );
+    if (stale) {
+      this.log.warn("lost the lease on this job to a newer attempt; its result is not recorded");
+      await events.flush();
+      return;
+    }
+    events.state({
+      state: s.state,
+      attempt,
+      worker: ctx.workerId,
+      at: Date.now(),
+      ...(s.reason && { reason: s.reason }),
+      ...(s.result && { result: s.result }),
+      ...(s.error && { error: s.error }),
+    });
+    await events.flush();
+    if (s.deadLetter) {
+      await publishDeadLetter(ctx.js, ctx.queue, {
+        reason: "failed on its last attempt",
+        jobId: job.id,
+        streamSeq: msg.info.streamSequence,
+        deliveries: attempt,
+        ...(s.error && { error: s.error }),
+        ...deadLetterPayload(msg.data, msg.headers, ctx.nc.info?.max_payload ?? DEFAULT_MAX_PAYLOAD),
+        at: Date.now(),
+      }).catch((err: unknown) =>
+        this.log.error({ err }, "could not dead-letter the job; it is recorded failed"),
+      );
+    }
+    if (s.settle === "ack") msg.ack();
+    else if (s.settle === "term") msg.term();
+    else msg.nak(s.nakDelayMs);
+    ctx.onSettled?.(s.state, s.elapsedMs);
+    this.log.info(
+      { state: s.state, settle: s.settle, code: s.error?.code, elapsedMs: s.elapsedMs },
+      "job settled",
+    );
+  }
+}
+
+/** Remove part files of earlier attempts of this job (a dead worker's leftovers) beside the target. */
+async function removeEarlierParts(targetPath: string, jobId: string): Promise<void> {
+  const prefix = `.${basename(targetPath)}.${jobId}-a`;
+  const names = await readdir(dirname(targetPath)).catch(() => [] as string[]); // no directory, no parts
+  await Promise.all(
+    names
+      .filter((n) => n.startsWith(prefix) && isPartFile(n))
+      .map((n) => discardPart(join(dirname(targetPath), n))),
+  );
+}
