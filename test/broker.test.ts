@@ -21,6 +21,7 @@ const topology: TopologyOptions = {
   maxDeliver: 4,
   maxAckPending: 7,
   eventsMaxAgeMs: 60_000,
+  retentionMs: 3_600_000,
 };
 
 describe("provisioning", () => {

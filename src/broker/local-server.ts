@@ -155,8 +155,10 @@ export class LocalNatsServer {
   }
 
   /** Stop and start again on the same port with the same store. */
-  async restart(): Promise<void> {
+  /** Stop, stay down `downMs` (clients see a real outage), start again with the data kept. */
+  async restart(opts: { downMs?: number } = {}): Promise<void> {
     await this.stop();
+    if (opts.downMs) await new Promise((r) => setTimeout(r, opts.downMs));
     await this.launch(true);
   }
 

@@ -29,6 +29,12 @@ export function isCasConflict(err: unknown): boolean {
   return code === JS_CODES.wrongLastSequence || code === JS_CODES.wrongLastSequenceUnknown;
 }
 
+/** A stream or consumer of the fleet's topology does not exist (deleted, or never provisioned). */
+export function isTopologyMissing(err: unknown): boolean {
+  const code = apiCode(err);
+  return code === JS_CODES.streamNotFound || code === JS_CODES.consumerNotFound;
+}
+
 export function isNotFound(err: unknown): boolean {
   return err instanceof JetStreamApiError && err.status === 404;
 }

@@ -45,6 +45,8 @@ export interface TopologyOptions {
   /** Fleet-wide cap on running jobs for the queue; 0 = none. */
   maxAckPending: number;
   eventsMaxAgeMs: number;
+  /** How long a job record is kept after its last change (the jobs bucket's TTL). */
+  retentionMs: number;
 }
 
 /** The topology a configuration asks for. */
@@ -56,6 +58,7 @@ export function topologyOf(config: FleetConfig): TopologyOptions {
     maxDeliver: config.maxRetries,
     maxAckPending: config.maxConcurrentConnections,
     eventsMaxAgeMs: config.eventsMaxAge,
+    retentionMs: config.retention,
   };
 }
 
@@ -220,7 +223,7 @@ export async function provision(
   try {
     for (const cfg of streamConfigs(t)) await ensureStream(jsm, cfg, report);
     await ensureConsumer(jsm, consumerConfig(t), report);
-    await ensureBucket(nc, JOBS_BUCKET, { replicas: t.replicas, history: 5 }, report);
+    await ensureBucket(nc, JOBS_BUCKET, { replicas: t.replicas, history: 5, ttl: t.retentionMs }, report);
     await ensureBucket(
       nc,
       WORKERS_BUCKET,

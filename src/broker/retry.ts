@@ -1,9 +1,10 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { BrokerError, MarsFleetError } from "../core/errors.js";
-import { errorKind } from "./nats-errors.js";
+import { errorKind, isTopologyMissing } from "./nats-errors.js";
 
 /** How long a publish that no stream takes is retried (JetStream may be starting) before it is final. */
 const NO_STREAM_GRACE_MS = 3000;
+const TOPOLOGY_MISSING = "the topology is missing (run `mars-fleet broker init`)";
 
 export interface RetryOptions {
   /** Give up on transient trouble after this long (default 60 s). */
@@ -49,7 +50,9 @@ function brokerError(err: unknown, kind: string, final: boolean, what: string | 
   const doing = what ? `could not ${what}: ` : "";
   const reason =
     kind === "no-stream"
-      ? "no stream takes this subject: the topology is missing (run `mars-fleet broker init`)"
-      : cause.message;
+      ? `no stream takes this subject: ${TOPOLOGY_MISSING}`
+      : isTopologyMissing(err)
+        ? `${cause.message}: ${TOPOLOGY_MISSING}`
+        : cause.message;
   return new BrokerError(`${doing}${reason}`, { nats: cause.name }, cause, { retryable: !final });
 }

@@ -49,6 +49,7 @@ export const configSchema = z
     killGrace: durationMs,
     streamReplicas: z.union([z.literal(1), z.literal(3)]),
     eventsMaxAge: durationMs.min(1000),
+    retention: durationMs.min(1000),
     logLevel: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
   })
   .strict();

@@ -189,6 +189,13 @@ export const SETTINGS = [
     help: "How long job logs and events are kept for replay.",
   },
   {
+    key: "retention",
+    env: "MARS_RETENTION",
+    kind: "duration",
+    default: 30 * 24 * HOUR,
+    help: "How long a job record is kept after its last change (the jobs bucket's TTL); then it expires.",
+  },
+  {
     key: "logLevel",
     env: "MARS_LOG_LEVEL",
     kind: "string",

@@ -346,10 +346,18 @@ export class MarsRun {
   }
 }
 
-/** The temporary request file of a run (removed when the run ends, or by journal recovery after a crash). */
+/**
+ * The temporary request file of a run, removed when the run ends. Its name carries the pid of the
+ * process that wrote it, so that after a crash the next worker on the host finds and removes it
+ * (worker/journal.ts) even when the crash came before anything else was recorded.
+ */
 export function requestFileFor(runId: string): string {
-  return join(tmpdir(), `mars-request-${runId}.mars`);
+  return join(tmpdir(), `${REQUEST_FILE_PREFIX}${runId}.${process.pid}.mars`);
 }
+
+export const REQUEST_FILE_PREFIX = "mars-request-";
+/** `mars-request-<runId>.<pid>.mars` → pid. */
+export const REQUEST_FILE_PATTERN = /^mars-request-.+\.(\d+)\.mars$/;
 
 /** Spawn, turning the errors the system raises at once into typed ones. */
 function spawnOrExplain(

@@ -77,7 +77,8 @@ export async function removeStaleParts(dir: string, olderThanMs = 0): Promise<st
 
 /** A plain file name: no directory part, not `.`/`..`, no control characters. */
 export function checkFileName(name: string): string {
-  if (name === "" || name === "." || name === ".." || /[/\\\u0000-\u001f]/.test(name)) {
+  const bothQuotes = name.includes('"') && name.includes("'"); // no MARS quoting can hold it
+  if (name === "" || name === "." || name === ".." || bothQuotes || /[/\\\u0000-\u001f]/.test(name)) {
     throw new TargetError(`invalid target file name ${JSON.stringify(name)}: give a plain file name`, {
       targetFname: name,
     });

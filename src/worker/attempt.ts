@@ -277,6 +277,7 @@ export class JobAttempt {
     if (fence !== "owned") {
       await run.discard();
       if (fence === "cancelled") return this.failure(new JobCancelledError("the job was cancelled"), true);
+      this.log.warn("lost the lease on this job to a newer attempt; its output is discarded");
       return { state: "running", settle: "nak", reason: "lease lost" };
     }
     const result = { target: job.target, bytes: outcome.bytes, elapsedMs: outcome.elapsedMs };
@@ -289,6 +290,7 @@ export class JobAttempt {
         return { state: "succeeded", settle: "ack", elapsedMs, result: { ...result, object: job.id } };
       }
       await run.commit();
+      this.log.info({ target: job.target, bytes: outcome.bytes }, "result committed");
       return { state: "succeeded", settle: "ack", elapsedMs, result };
     } catch (err) {
       await run.discard();

@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
 import { signalGroup, startedForRun } from "../runner/process-group.js";
-import { requestFileFor } from "../runner/runner.js";
+import { REQUEST_FILE_PATTERN } from "../runner/runner.js";
 import { discardPart } from "../runner/target.js";
 
 const entrySchema = z.object({
@@ -45,8 +45,18 @@ export class Journal {
     await rm(this.path(runId), { force: true });
   }
 
-  /** Clean up entries of workers that are gone: kill stray groups, delete part files. */
+  /** Request files written by processes that are gone (they crashed before removing them). */
+  private async removeOrphanRequestFiles(): Promise<void> {
+    const names = await readdir(tmpdir()).catch(() => [] as string[]); // no temp dir, nothing to sweep
+    for (const name of names) {
+      const pid = REQUEST_FILE_PATTERN.exec(name)?.[1];
+      if (pid !== undefined && !processAlive(Number(pid))) await rm(join(tmpdir(), name), { force: true });
+    }
+  }
+
+  /** Clean up after workers that are gone: kill stray groups, delete part files and request files. */
   async recover(): Promise<JournalEntry[]> {
+    await this.removeOrphanRequestFiles();
     let names: string[];
     try {
       names = await readdir(this.dir);
@@ -62,7 +72,6 @@ export class Journal {
         const runId = name.slice(0, -".json".length);
         if (entry.pgid > 0 && startedForRun(entry.pgid, runId)) signalGroup(entry.pgid, "SIGKILL");
         await discardPart(entry.partPath);
-        await rm(requestFileFor(runId), { force: true });
         recovered.push(entry);
       } catch {
         // An unreadable entry (a crash while it was written) names nothing to clean: it is removed below.

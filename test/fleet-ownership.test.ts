@@ -1,0 +1,328 @@
+/**
+ * One attempt, one owner: each defect found under chaos, reproduced against a real nats-server and
+ * real worker processes, plus the library's waits that must honour an abort at once.
+ */
+import assert from "node:assert/strict";
+import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { deadLetterSchema } from "../src/broker/schemas.js";
+import { DEAD_STREAM, EVENTS_STREAM, subjects } from "../src/broker/subjects.js";
+import { MarsFleetError } from "../src/core/errors.js";
+import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
+import { Worker } from "../src/worker/worker.js";
+import { TestFleet } from "./helpers/fleet.js";
+import { eventually } from "./helpers/proc.js";
+
+const TIMEOUT = 90_000;
+const SMALL = { param: "2t", date: "20240101", grid: "10/10" };
+let tf: TestFleet;
+before(async () => {
+  tf = await TestFleet.start();
+});
+after(async () => {
+  await tf.dispose();
+});
+
+async function rejection(p: Promise<unknown>): Promise<MarsFleetError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof MarsFleetError, `not a typed error: ${String(err)}`);
+    return err;
+  }
+  assert.fail("expected a rejection");
+}
+
+/** Publish a raw job message as an attacker or a broken client would (no record, no checks). */
+async function publishRaw(queue: string, body: Uint8Array | object): Promise<void> {
+  const nc = await connect({ servers: tf.server.url });
+  try {
+    const data = body instanceof Uint8Array ? body : new TextEncoder().encode(JSON.stringify(body));
+    await jetstream(nc).publish(subjects.jobs(queue), data);
+  } finally {
+    await nc.close();
+  }
+}
+
+const rawJob = (id: string, queue: string, extra: object = {}) => ({
+  v: 1,
+  id,
+  queue,
+  requests: [{ verb: "retrieve", params: { param: ["2t"], date: ["20240101"], grid: ["10/10"] } }],
+  target: `own/${id}.grib`,
+  environ: { request_id: id },
+  timeoutMs: 0,
+  submittedAt: Date.now(),
+  ...extra,
+});
+
+describe("ownership: runner errors are job errors, final when final", { timeout: TIMEOUT }, () => {
+  it("a target that is a directory fails at once with TARGET_INVALID; MARS never runs, nothing is left", async () => {
+    const queue = TestFleet.queue("dirtarget");
+    await tf.worker({ queue, marsCommand: tf.countingMars });
+    const fleet = await tf.client({ queue });
+    await mkdir(join(tf.sharedRoot, "own", "isdir.grib"), { recursive: true });
+    const job = await fleet.submit(SMALL, {
+      targetDir: "own",
+      targetFname: "isdir.grib",
+      environ: { request_id: "isdir" },
+    });
+    assert.equal((await rejection(job.result())).code, "TARGET_INVALID");
+    const rec = await job.status();
+    assert.equal(rec.attempt, 1);
+    assert.equal((await tf.invocations()).get("isdir"), undefined, "MARS ran for a directory target");
+    assert.deepEqual(
+      (await readdir(join(tf.sharedRoot, "own"))).filter((n) => n.endsWith(".mars-part")),
+      [],
+    );
+  });
+
+  it("a target name with a quote works; with both kinds it is refused at submit", async () => {
+    const queue = TestFleet.queue("quotename");
+    await tf.worker({ queue });
+    const fleet = await tf.client({ queue });
+    const job = await fleet.submit(SMALL, { targetDir: "own", targetFname: 'say "hi".grib' });
+    const result = await job.result();
+    assert.ok((await stat(result.target)).size > 0);
+    assert.equal(
+      (await rejection(fleet.submit(SMALL, { targetDir: "own", targetFname: `it's "x".grib` }))).code,
+      "TARGET_INVALID",
+    );
+  });
+
+  it("a huge environ is refused at submit; off the wire it fails once with ENVIRON_INVALID", async () => {
+    const queue = TestFleet.queue("bigenv");
+    await tf.worker({ queue, marsCommand: tf.countingMars });
+    const fleet = await tf.client({ queue });
+    const huge = { request_id: "bigenv", note: "x".repeat(200 * 1024) };
+    assert.equal((await rejection(fleet.submit(SMALL, { environ: huge }))).code, "ENVIRON_INVALID");
+    await publishRaw(
+      queue,
+      rawJob("bigenv-raw", queue, { environ: { request_id: "bigenv-raw", note: huge.note } }),
+    );
+    // The worker builds the record from the message when it claims it.
+    await eventually(
+      async () =>
+        fleet.job("bigenv-raw").then(
+          () => true,
+          () => false,
+        ),
+      10_000,
+    );
+    const job = await fleet.job("bigenv-raw");
+    assert.equal((await rejection(job.result())).code, "ENVIRON_INVALID");
+    assert.equal((await job.status()).attempt, 1);
+    assert.equal((await tf.invocations()).get("bigenv-raw"), undefined);
+  });
+});
+
+describe("ownership: one bad message does not stall the fleet", { timeout: TIMEOUT }, () => {
+  it("an oversized garbage message is terminated at once and dead-lettered with what fits", async () => {
+    const queue = TestFleet.queue("garbage");
+    await tf.worker({ queue, concurrency: 1 });
+    const fleet = await tf.client({ queue });
+    const garbage = new Uint8Array(900 * 1024).fill(0x7b);
+    await publishRaw(queue, garbage);
+    const job = await fleet.submit(SMALL, { targetDir: "own", targetFname: "after-garbage.grib" });
+    await job.result({ signal: AbortSignal.timeout(15_000) });
+    const nc = await connect({ servers: tf.server.url });
+    try {
+      const jsm = await jetstreamManager(nc);
+      const stored = await jsm.streams.getMessage(DEAD_STREAM, { last_by_subj: subjects.dead(queue) });
+      assert.ok(stored, "no dead letter");
+      const letter = deadLetterSchema.parse(stored.json());
+      assert.equal(letter.size, garbage.length);
+      assert.equal(letter.truncated, true);
+      assert.equal(letter.error?.code, "MESSAGE_INVALID");
+      assert.ok(Buffer.from(letter.payloadBase64, "base64").length < garbage.length);
+    } finally {
+      await nc.close();
+    }
+  });
+});
+
+describe("ownership: permanent broker errors fail at once, with a code", { timeout: TIMEOUT }, () => {
+  it("a request over max_payload, and a submit after the streams were deleted", async () => {
+    const queue = TestFleet.queue("permanent");
+    const fleet = await tf.client({ queue });
+    const big = { ...SMALL, note: Array.from({ length: 150_000 }, (_, i) => `v${i}`).join("/") };
+    const tooBig = await rejection(fleet.submit(big));
+    assert.equal(tooBig.code, "BROKER_ERROR");
+    assert.equal(tooBig.retryable, false);
+
+    // A separate server: deleting the streams must not disturb the other tests.
+    const { LocalNatsServer } = await import("../src/broker/local-server.js");
+    const server = await LocalNatsServer.start();
+    try {
+      const own = await (
+        await import("../src/client/fleet.js")
+      ).Fleet.connect({ config: { ...tf.config({ queue }), servers: [server.url] } });
+      const nc = await connect({ servers: server.url });
+      const jsm = await jetstreamManager(nc);
+      for await (const s of jsm.streams.names()) await jsm.streams.delete(s);
+      const started = Date.now();
+      const gone = await rejection(own.submit(SMALL));
+      assert.equal(gone.code, "BROKER_ERROR");
+      assert.match(gone.message, /topology is missing/);
+      assert.ok(Date.now() - started < 20_000, "a permanent error was retried for the whole deadline");
+      await nc.close();
+      await own.close();
+    } finally {
+      await server.dispose();
+    }
+  });
+});
+
+describe("ownership: waits honour an abort at once", { timeout: TIMEOUT }, () => {
+  it("result() and events() of a queued job return when their signal aborts", async () => {
+    const queue = TestFleet.queue("abort"); // no worker: the job stays queued
+    const fleet = await tf.client({ queue });
+    const job = await fleet.submit(SMALL);
+    const started = Date.now();
+    await assert.rejects(job.result({ signal: AbortSignal.timeout(300) }), { name: "TimeoutError" });
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 300);
+    for await (const ev of job.events({ signal: ac.signal })) void ev;
+    assert.ok(Date.now() - started < 10_000, "an aborted wait did not return");
+  });
+});
+
+describe("ownership: the stale attempt never touches the target", { timeout: TIMEOUT }, () => {
+  it("a worker frozen between MARS's exit and its commit discards its output after SIGCONT", async () => {
+    const queue = TestFleet.queue("stale");
+    const settings = { queue, concurrency: 1 };
+    const marker = join(tf.sharedRoot, `.froze-${queue}`);
+    // MARS that, the first time only, freezes its worker (its parent) as it exits: the worker wakes
+    // up with finished output long after its lease ran out.
+    const freezing = join(tf.sharedRoot, `.freezing-mars-${queue}.sh`);
+    await writeFile(
+      freezing,
+      `#!/bin/sh\n"${process.execPath}" "${SIMULATOR_SCRIPT}" "$@" || exit $?\n` +
+        `if [ ! -e "${marker}" ]; then touch "${marker}"; kill -STOP $PPID; fi\n`,
+      { mode: 0o755 },
+    );
+    const stale = await tf.worker({ ...settings, marsCommand: freezing });
+    const fleet = await tf.client(settings);
+    const job = await fleet.submit(SMALL, { targetDir: "own", targetFname: "stale.grib" });
+    await eventually(
+      async () =>
+        await stat(marker).then(
+          () => true,
+          () => false,
+        ),
+      20_000,
+    );
+    await tf.worker({ ...settings, marsCommand: freezing }); // takes the job after the ack wait
+    const result = await job.result({ signal: AbortSignal.timeout(30_000) });
+    assert.equal((await job.status()).attempt, 2);
+    await rm(result.target); // the client has its data and cleans up
+    stale.kill("SIGCONT");
+    assert.ok(
+      await eventually(() => stale.logs.some((l) => String(l["msg"]).startsWith("lost the lease")), 15_000),
+      "the stale worker did not notice it lost the job",
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(
+      await stat(result.target).then(
+        () => "there",
+        () => "gone",
+      ),
+      "gone",
+      "the stale output reappeared",
+    );
+    assert.equal(
+      stale.logs.filter((l) => l["msg"] === "result committed").length,
+      0,
+      "the stale attempt committed",
+    );
+    assert.deepEqual(
+      (await readdir(join(tf.sharedRoot, "own"))).filter((n) => n.startsWith(".stale.grib")),
+      [],
+    );
+  });
+});
+
+describe("ownership: a server restart does not stall or duplicate a job", { timeout: TIMEOUT }, () => {
+  it("jobs running across a ~2 s restart finish once each, with every log line once", async () => {
+    const queue = TestFleet.queue("restart");
+    await tf.worker({ queue, marsCommand: tf.countingMars }, { MARS_SIM_FIELD_DELAY_MS: "200" });
+    const fleet = await tf.client({ queue });
+    const jobs = await Promise.all(
+      ["rs-1", "rs-2"].map((id) =>
+        fleet.submit(
+          { ...SMALL, date: "20240101/to/20240110" },
+          { targetDir: "own", targetFname: `${id}.grib`, environ: { request_id: id } },
+        ),
+      ),
+    );
+    await eventually(async () => (await jobs[0]!.status()).state === "running", 10_000);
+    await tf.server.restart({ downMs: 2000 });
+    for (const job of jobs) await job.result({ signal: AbortSignal.timeout(60_000) });
+    const counts = await tf.invocations();
+    assert.equal(counts.get("rs-1"), 1, "MARS ran twice");
+    assert.equal(counts.get("rs-2"), 1, "MARS ran twice");
+    for (const job of jobs) {
+      const seqs = (await job.storedLog()).length;
+      const events: number[] = [];
+      for await (const ev of job.events()) if (ev.type === "log") events.push(ev.seq);
+      assert.deepEqual(
+        events,
+        Array.from({ length: events.length }, (_, i) => i + 1),
+        "gaps or repeats",
+      );
+      assert.ok(seqs >= events.length);
+    }
+  });
+});
+
+describe("ownership: the worker fails loudly when its connection ends for good", { timeout: TIMEOUT }, () => {
+  it("run() rejects with BROKER_ERROR and the state is failed", async () => {
+    const queue = TestFleet.queue("closed");
+    const worker = await Worker.start({
+      config: tf.config({ queue }),
+      journalDir: join(tmpdir(), `journal-${queue}`),
+    });
+    assert.equal(worker.state, "running");
+    // What an ended connection looks like from inside (credentials revoked, server gone for good).
+    await (worker as unknown as { conn: { nc: { close(): Promise<void> } } }).conn.nc.close();
+    const err = await rejection(worker.run());
+    assert.equal(err.code, "BROKER_ERROR");
+    assert.equal(worker.state, "failed");
+  });
+});
+
+describe("ownership: records expire", { timeout: TIMEOUT }, () => {
+  it("the jobs bucket keeps records for MARS_RETENTION", async () => {
+    const { LocalNatsServer } = await import("../src/broker/local-server.js");
+    const server = await LocalNatsServer.start();
+    try {
+      const { Fleet } = await import("../src/client/fleet.js");
+      const fleet = await Fleet.connect({
+        config: { ...tf.config({ queue: "retention", retention: "2s" }), servers: [server.url] },
+      });
+      const job = await fleet.submit(SMALL);
+      assert.equal((await job.status()).state, "queued");
+      assert.ok(
+        await eventually(
+          async () =>
+            !(await fleet.job(job.id).then(
+              () => true,
+              () => false,
+            )),
+          10_000,
+        ),
+        "the record did not expire",
+      );
+      const nc = await connect({ servers: server.url });
+      assert.ok((await (await jetstreamManager(nc)).streams.info(EVENTS_STREAM)).config);
+      await nc.close();
+      await fleet.close();
+    } finally {
+      await server.dispose();
+    }
+  });
+});
