@@ -292,6 +292,7 @@ describe("ownership: the worker fails loudly when its connection ends for good",
     const err = await rejection(worker.run());
     assert.equal(err.code, "BROKER_ERROR");
     assert.equal(worker.state, "failed");
+    await worker.closed(); // follows the connection: resolved, never rejected
   });
 });
 

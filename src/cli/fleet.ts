@@ -222,7 +222,7 @@ export async function brokerCommand(
     );
     const consumer = await conn.jsm.consumers
       .info(JOBS_STREAM, consumerName(config.queue))
-      .catch(() => undefined);
+      .catch(() => undefined); // a missing consumer is shown as missing
     const info = {
       streams: streams
         .filter(Boolean)

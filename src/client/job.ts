@@ -260,6 +260,7 @@ function toEvent(subject: string, data: Uint8Array): JobEvent[] | undefined {
         return undefined;
     }
   } catch {
+    // An event that does not validate is skipped, as documented for events().
     return undefined;
   }
 }

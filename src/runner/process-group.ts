@@ -103,6 +103,7 @@ export function signalGroup(pgid: number, signal: NodeJS.Signals | 0): boolean {
     process.kill(-pgid, signal);
     return true;
   } catch {
+    // ESRCH: the group is gone, which is what the caller wanted to know.
     return false;
   }
 }
@@ -112,6 +113,7 @@ export function startedForRun(pid: number, runId: string): boolean {
   try {
     return readFileSync(`/proc/${pid}/environ`, "latin1").split("\0").includes(`${RUN_MARKER}=${runId}`);
   } catch {
+    // No such process (or not ours to read): not a run of ours.
     return false;
   }
 }

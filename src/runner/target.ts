@@ -27,6 +27,7 @@ export async function sizeOf(path: string): Promise<number> {
   try {
     return (await stat(path)).size;
   } catch {
+    // Not written yet, or removed: nothing written.
     return 0;
   }
 }
@@ -57,6 +58,7 @@ export async function removeStaleParts(dir: string, olderThanMs = 0): Promise<st
   try {
     names = await readdir(dir);
   } catch {
+    // No directory: no part files in it.
     return [];
   }
   const removed: string[] = [];

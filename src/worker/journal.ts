@@ -25,6 +25,7 @@ function processAlive(pid: number): boolean {
     process.kill(pid, 0);
     return true;
   } catch {
+    // ESRCH: gone. (EPERM would mean alive but not ours: a reused pid, not our worker either.)
     return false;
   }
 }
@@ -61,6 +62,7 @@ export class Journal {
     try {
       names = await readdir(this.dir);
     } catch {
+      // No journal yet: nothing crashed here before.
       return [];
     }
     const recovered: JournalEntry[] = [];

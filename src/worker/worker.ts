@@ -108,6 +108,14 @@ export class Worker {
     return this.ended;
   }
 
+  /** Resolves when the worker has stopped, however it stopped (never rejects): see `state` for how. */
+  closed(): Promise<void> {
+    return this.ended.then(
+      () => undefined,
+      () => undefined,
+    );
+  }
+
   /**
    * Two-stage signal handling, as the CLI does it: the first signal drains, the second stops at
    * once (running jobs handed back). Returns a function that removes the handlers.
