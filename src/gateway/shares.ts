@@ -12,7 +12,7 @@ import type { Fleet } from "../client/fleet.js";
 import type { JobHandle } from "../client/job.js";
 import { TargetError, asFleetError } from "../core/errors.js";
 import type { JobMarsEnv } from "../mars/environment.js";
-import { isDirectory, resolveInside } from "../runner/target.js";
+import { isDirectory, prepareTargetDir, resolveInside } from "../runner/target.js";
 import { environStrings, parseSharesCommand, returnCode, type SharesStart } from "./wire.js";
 
 /** WebSocket close code for "policy violation": cads-mars-server's answer when over capacity. */
@@ -44,6 +44,7 @@ export async function sharesTarget(sharedRoot: string, target: string): Promise<
   const full = resolveInside(root, target.replace(/^\/+/, ""));
   const dir = dirname(full);
   if (!(await isDirectory(dir))) throw new TargetError(`Workdir ${dir} does not exist`, { target });
+  await prepareTargetDir(root, full); // no symbolic link may lead out of the root
   return relative(root, full);
 }
 

@@ -1,5 +1,5 @@
 /** Atomic targets: MARS writes to a temporary name beside the target, renamed only on success. */
-import { open, readdir, rename, rm, stat } from "node:fs/promises";
+import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { TargetError } from "../core/errors.js";
 
@@ -105,4 +105,38 @@ export function resolveInside(root: string, path: string): string {
     });
   }
   return full;
+}
+
+function within(root: string, path: string): boolean {
+  const rel = relative(root, path);
+  return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
+}
+
+/**
+ * Make the directory of `targetPath` (already checked to lie inside `root` as text) and prove it is
+ * inside the root on disk too: no component may be a symbolic link that leads out of the root, and
+ * the target itself may not be a symbolic link. Refuses with TARGET_INVALID.
+ */
+export async function prepareTargetDir(root: string, targetPath: string): Promise<void> {
+  const rootReal = await realpath(root);
+  const escape = (how: string): TargetError =>
+    new TargetError(`target ${JSON.stringify(targetPath)} ${how}`, { path: targetPath, root: rootReal });
+  const outside = "leads out of the shared root through a symbolic link";
+  const resolved = (path: string): Promise<string> =>
+    realpath(path).catch(() => {
+      throw escape("passes through a broken symbolic link");
+    });
+  const exists = (path: string): Promise<boolean> =>
+    lstat(path).then(
+      () => true,
+      () => false,
+    );
+  // The deepest part of the path that exists must resolve inside the root, links followed.
+  let existing = dirname(targetPath);
+  while (!(await exists(existing))) existing = dirname(existing);
+  if (!within(rootReal, await resolved(existing))) throw escape(outside);
+  await mkdir(dirname(targetPath), { recursive: true });
+  if (!within(rootReal, await resolved(dirname(targetPath)))) throw escape(outside);
+  const target = await lstat(targetPath).catch(() => undefined); // absent: MARS creates it
+  if (target?.isSymbolicLink()) throw escape("is a symbolic link");
 }

@@ -4,7 +4,7 @@
  * MARS run, one way to be stopped (`stop(reason)`), and every effect on the target, which happens
  * only after a fenced check that the attempt still owns the job.
  */
-import { mkdir, readdir } from "node:fs/promises";
+import { readdir } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import type { ObjectStore } from "@nats-io/obj";
@@ -31,7 +31,7 @@ import {
 } from "../core/errors.js";
 import { errorForOutcome } from "../runner/outcome.js";
 import { startMars, type MarsRun, type RunOutcome } from "../runner/runner.js";
-import { discardPart, isPartFile, resolveInside } from "../runner/target.js";
+import { discardPart, isPartFile, prepareTargetDir, resolveInside } from "../runner/target.js";
 import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
 import type { Journal } from "./journal.js";
 
@@ -210,7 +210,7 @@ export class JobAttempt {
     let targetPath: string;
     try {
       targetPath = resolveInside(ctx.sharedRoot, job.target);
-      await mkdir(dirname(targetPath), { recursive: true });
+      await prepareTargetDir(ctx.sharedRoot, targetPath);
       if (attempt > 1) await removeEarlierParts(targetPath, job.id);
     } catch (err) {
       return this.failure(asFleetError(err), true);
