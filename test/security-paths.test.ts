@@ -97,4 +97,23 @@ describe("security: symbolic links do not lead out of the root", { timeout: 60_0
     assert.match(String(frame["error"]), /symbolic link/);
     assert.deepEqual((await readdir(outside)).sort(), ["victim.grib"]);
   });
+
+  it("result() refuses a record whose result lies outside the root (a forged record)", async () => {
+    const queue = TestFleet.queue("forged");
+    const fleet = await tf.client({ queue });
+    const job = await fleet.submit(SMALL); // no worker: it stays queued
+    const nc = await connect({ servers: tf.server.url });
+    const { Kvm } = await import("@nats-io/kv");
+    const kv = await new Kvm(jetstream(nc)).open("mars-jobs");
+    const entry = await kv.get(job.id);
+    const record = entry!.json<Record<string, unknown>>();
+    const forged = {
+      ...record,
+      state: "succeeded",
+      result: { target: "../../../etc/passwd", bytes: 1, elapsedMs: 1 },
+    };
+    await kv.put(job.id, JSON.stringify(forged));
+    await nc.close();
+    assert.equal(await code(job.result()), "TARGET_INVALID");
+  });
 });

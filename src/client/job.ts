@@ -1,5 +1,4 @@
 /** A handle on one fleet job: its story as events, its result, cancel. Works from any process. */
-import { join } from "node:path";
 import { DeliverPolicy, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { decode, encode } from "../broker/codec.js";
@@ -18,6 +17,7 @@ import {
 } from "../broker/schemas.js";
 import { EVENTS_STREAM, eventKind, subjects } from "../broker/subjects.js";
 import { Channel } from "../core/channel.js";
+import { resolveInside } from "../runner/target.js";
 import { errorFromRecord, JobCancelledError, JobFailedError } from "../core/errors.js";
 
 export type JobEvent =
@@ -181,7 +181,8 @@ export class JobHandle {
       if (record.state === "succeeded" && record.result) {
         const { target, bytes, elapsedMs, object } = record.result;
         return {
-          target: join(this.sharedRoot, target),
+          // Whoever wrote the record, the path handed back stays inside the shared root.
+          target: resolveInside(this.sharedRoot, target),
           bytes,
           elapsedMs,
           ...(object !== undefined && { object }),
