@@ -7,7 +7,7 @@ import { mkdir, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { deadLetterSchema } from "../src/broker/schemas.js";
 import { DEAD_STREAM, EVENTS_STREAM, subjects } from "../src/broker/subjects.js";
@@ -35,17 +35,6 @@ async function rejection(p: Promise<unknown>): Promise<MarsFleetError> {
     return err;
   }
   assert.fail("expected a rejection");
-}
-
-/** Publish a raw job message as an attacker or a broken client would (no record, no checks). */
-async function publishRaw(queue: string, body: Uint8Array | object): Promise<void> {
-  const nc = await connect({ servers: tf.server.url });
-  try {
-    const data = body instanceof Uint8Array ? body : new TextEncoder().encode(JSON.stringify(body));
-    await jetstream(nc).publish(subjects.jobs(queue), data);
-  } finally {
-    await nc.close();
-  }
 }
 
 const rawJob = (id: string, queue: string, extra: object = {}) => ({
@@ -100,20 +89,8 @@ describe("ownership: runner errors are job errors, final when final", { timeout:
     const fleet = await tf.client({ queue });
     const huge = { request_id: "bigenv", note: "x".repeat(200 * 1024) };
     assert.equal((await rejection(fleet.submit(SMALL, { environ: huge }))).code, "ENVIRON_INVALID");
-    await publishRaw(
-      queue,
-      rawJob("bigenv-raw", queue, { environ: { request_id: "bigenv-raw", note: huge.note } }),
-    );
-    // The worker builds the record from the message when it claims it.
-    await eventually(
-      async () =>
-        fleet.job("bigenv-raw").then(
-          () => true,
-          () => false,
-        ),
-      10_000,
-    );
-    const job = await fleet.job("bigenv-raw");
+    const raw = rawJob("bigenv-raw", queue, { environ: { request_id: "bigenv-raw", note: huge.note } });
+    const job = (await tf.publishRaw(queue, raw, fleet))!;
     assert.equal((await rejection(job.result())).code, "ENVIRON_INVALID");
     assert.equal((await job.status()).attempt, 1);
     assert.equal((await tf.invocations()).get("bigenv-raw"), undefined);
@@ -126,7 +103,7 @@ describe("ownership: one bad message does not stall the fleet", { timeout: TIMEO
     await tf.worker({ queue, concurrency: 1 });
     const fleet = await tf.client({ queue });
     const garbage = new Uint8Array(900 * 1024).fill(0x7b);
-    await publishRaw(queue, garbage);
+    await tf.publishRaw(queue, garbage);
     const job = await fleet.submit(SMALL, { targetDir: "own", targetFname: "after-garbage.grib" });
     await job.result({ signal: AbortSignal.timeout(15_000) });
     const nc = await connect({ servers: tf.server.url });

@@ -2,7 +2,14 @@
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { LocalNatsServer } from "../../src/broker/local-server.js";
+import assert from "node:assert/strict";
+import { jetstream } from "@nats-io/jetstream";
+import { connect } from "@nats-io/transport-node";
+import { subjects } from "../../src/broker/subjects.js";
+import type { Fleet } from "../../src/client/fleet.js";
+import type { JobHandle } from "../../src/client/job.js";
 import { Gateway } from "../../src/gateway/gateway.js";
+import { eventually } from "./proc.js";
 import { SIMULATOR_SCRIPT } from "../../src/sim/command.js";
 import { LocalFleet, type Settings } from "../../src/worker/local-fleet.js";
 
@@ -52,6 +59,35 @@ export class TestFleet extends LocalFleet {
   override async dispose(): Promise<void> {
     await Promise.all(this.gateways.map((g) => g.close()));
     await super.dispose();
+  }
+
+  /**
+   * Publish a message on a queue as an attacker or a broken client would (no record, no checks),
+   * and, when it is a job, wait until the worker that claims it has built its record.
+   */
+  async publishRaw(
+    queue: string,
+    body: Uint8Array | ({ id: string } & Record<string, unknown>),
+    fleet?: Fleet,
+  ): Promise<JobHandle | undefined> {
+    const nc = await connect({ servers: this.server.url });
+    try {
+      const data = body instanceof Uint8Array ? body : new TextEncoder().encode(JSON.stringify(body));
+      await jetstream(nc).publish(subjects.jobs(queue), data);
+    } finally {
+      await nc.close();
+    }
+    if (body instanceof Uint8Array || !fleet) return undefined;
+    const found = await eventually(
+      async () =>
+        fleet.job(body.id).then(
+          () => true,
+          () => false,
+        ),
+      10_000,
+    );
+    assert.ok(found, `no record for the raw job ${body.id} after 10 s: no worker claimed it`);
+    return fleet.job(body.id);
   }
 
   /** How many times MARS ran for each request id (through the counting command). */
