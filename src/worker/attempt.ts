@@ -71,7 +71,13 @@ interface Settlement {
   result?: JobRecord["result"];
   nakDelayMs?: number;
   deadLetter?: boolean;
+  /** Said with the state event (`handed back`). */
   reason?: string;
+}
+
+/** The attempt no longer owns the job, or cannot reach the broker: it records and settles nothing. */
+interface Abandoned {
+  abandoned: "lease lost" | "connection lost";
 }
 
 type ClaimOutcome =
@@ -129,7 +135,13 @@ export class JobAttempt {
       this.version = claim.version;
       this.startHeartbeat();
       try {
-        await this.settle(await this.run());
+        const end = await this.run();
+        if ("abandoned" in end) {
+          this.log.warn({ reason: end.abandoned }, "attempt abandoned: nothing recorded, nothing committed");
+          await this.events.flush();
+        } else {
+          await this.settle(end);
+        }
       } finally {
         clearInterval(this.heartbeat);
       }
@@ -204,7 +216,7 @@ export class JobAttempt {
   }
 
   /** Run MARS and decide how the attempt ends. Never throws: every failure becomes a settlement. */
-  private async run(): Promise<Settlement> {
+  private async run(): Promise<Settlement | Abandoned> {
     const { ctx, job, attempt } = this;
     if (attempt > 1) this.events.state({ state: "retrying", attempt, worker: ctx.workerId, at: Date.now() });
     let targetPath: string;
@@ -271,14 +283,14 @@ export class JobAttempt {
    * attempt still owns the job. A stale attempt (frozen past its lease, another attempt took over)
    * discards its output instead.
    */
-  private async commit(run: MarsRun, outcome: RunOutcome): Promise<Settlement> {
+  private async commit(run: MarsRun, outcome: RunOutcome): Promise<Settlement | Abandoned> {
     const { ctx, job } = this;
     const fence = await this.fence();
     if (fence !== "owned") {
       await run.discard();
       if (fence === "cancelled") return this.failure(new JobCancelledError("the job was cancelled"), true);
       this.log.warn("lost the lease on this job to a newer attempt; its output is discarded");
-      return { state: "running", settle: "nak", reason: "lease lost" };
+      return { abandoned: "lease lost" };
     }
     const result = { target: job.target, bytes: outcome.bytes, elapsedMs: outcome.elapsedMs };
     const elapsedMs = outcome.elapsedMs;
@@ -316,16 +328,14 @@ export class JobAttempt {
     return verdict;
   }
 
-  private settlementFor(outcome: RunOutcome): Settlement {
+  private settlementFor(outcome: RunOutcome): Settlement | Abandoned {
     const elapsedMs = outcome.elapsedMs;
     const reason = this.stopReason;
     if (reason === "handed back" && outcome.status === "cancelled") {
       // The worker is shutting down: another worker takes the job; this attempt did not fail.
       return { state: "retrying", settle: "nak", nakDelayMs: 0, elapsedMs, reason };
     }
-    if (reason === "lease lost" || reason === "connection lost") {
-      return { state: "running", settle: "nak", elapsedMs, reason };
-    }
+    if (reason === "lease lost" || reason === "connection lost") return { abandoned: reason };
     const error = errorForOutcome(outcome, this.job.timeoutMs)!;
     return { ...this.failure(error, !error.retryable), elapsedMs };
   }
@@ -358,11 +368,6 @@ export class JobAttempt {
   /** Record the end, publish it, settle the message; a stale attempt writes nothing. */
   private async settle(s: Settlement): Promise<void> {
     const { ctx, job, msg, attempt, events } = this;
-    if (s.reason === "lease lost" || s.reason === "connection lost") {
-      this.log.warn({ reason: s.reason }, "attempt abandoned: nothing recorded, nothing committed");
-      await events.flush();
-      return;
-    }
     const terminal = TERMINAL_STATES.has(s.state);
     let stale = false;
     await ctx.store.mutate(
