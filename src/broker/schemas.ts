@@ -75,6 +75,13 @@ export const jobRecordSchema = z.object({
   updatedAt: z.number(),
   result: jobResultSchema.optional(),
   error: errorRecordSchema.optional(),
+  /**
+   * Set by the fence of an attempt about to move its output into place: the part file's inode and
+   * size. A later attempt that finds this inode at the target adopts it instead of running again.
+   */
+  committing: z
+    .object({ attempt: z.number().int(), ino: z.number(), bytes: z.number().int(), elapsedMs: z.number() })
+    .optional(),
 });
 export type JobRecord = z.infer<typeof jobRecordSchema>;
 

@@ -4,7 +4,7 @@
  * MARS run, one way to be stopped (`stop(reason)`), and every effect on the target, which happens
  * only after a fenced check that the attempt still owns the job.
  */
-import { readdir } from "node:fs/promises";
+import { readdir, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
 import type { ObjectStore } from "@nats-io/obj";
@@ -135,7 +135,7 @@ export class JobAttempt {
       this.version = claim.version;
       this.startHeartbeat();
       try {
-        const end = await this.run();
+        const end = (await this.adoptCommitted()) ?? (await this.run());
         if ("abandoned" in end) {
           this.log.warn({ reason: end.abandoned }, "attempt abandoned: nothing recorded, nothing committed");
           await this.events.flush();
@@ -251,6 +251,22 @@ export class JobAttempt {
     return this.settlementFor(outcome);
   }
 
+  /**
+   * An earlier attempt passed the fence and moved its output into place, but its success never
+   * reached the record (it lost the broker, or was frozen, past its lease). That output is the
+   * result: moving a second copy into place would complete the job twice.
+   */
+  private async adoptCommitted(): Promise<Settlement | undefined> {
+    const committing = this.version?.record.committing;
+    if (!committing || this.job.deliver !== "share") return undefined;
+    const targetPath = resolveInside(this.ctx.sharedRoot, this.job.target);
+    const found = await stat(targetPath).catch(() => undefined); // not there: the rename never happened
+    if (found?.ino !== committing.ino || found.size !== committing.bytes) return undefined;
+    this.log.info({ committedBy: committing.attempt }, "an earlier attempt's result is in place: adopted");
+    const result = { target: this.job.target, bytes: committing.bytes, elapsedMs: committing.elapsedMs };
+    return { state: "succeeded", settle: "ack", elapsedMs: committing.elapsedMs, result };
+  }
+
   /** Publish what MARS prints and writes while it runs. */
   private async follow(run: MarsRun, runId: string): Promise<void> {
     const { ctx, job, attempt } = this;
@@ -285,7 +301,13 @@ export class JobAttempt {
    */
   private async commit(run: MarsRun, outcome: RunOutcome): Promise<Settlement | Abandoned> {
     const { ctx, job } = this;
-    const fence = await this.fence();
+    const { ino } = await stat(run.partPath);
+    const fence = await this.fence({
+      attempt: this.attempt,
+      ino,
+      bytes: outcome.bytes,
+      elapsedMs: outcome.elapsedMs,
+    });
     if (fence !== "owned") {
       await run.discard();
       if (fence === "cancelled") return this.failure(new JobCancelledError("the job was cancelled"), true);
@@ -315,13 +337,15 @@ export class JobAttempt {
   }
 
   /** Compare-and-set on the record: `owned` while it still names this attempt and nobody cancelled the job. */
-  private async fence(): Promise<"owned" | "cancelled" | "lost"> {
+  private async fence(
+    committing: NonNullable<JobRecord["committing"]>,
+  ): Promise<"owned" | "cancelled" | "lost"> {
     let verdict: "owned" | "cancelled" | "lost" = "lost";
     this.version = await this.ctx.store.mutate(
       this.job.id,
       (rec) => {
         verdict = !this.owns(rec) ? "lost" : rec.cancelRequested ? "cancelled" : "owned";
-        return verdict === "owned" ? rec : undefined;
+        return verdict === "owned" ? { ...rec, committing } : undefined;
       },
       this.version,
     );
