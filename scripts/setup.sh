@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs what `npm run demo`, `npm test` and `npm run bench` need and the machine lacks:
-# nats-server and ecCodes' tools from Debian, and the npm dependencies.
+# nats-server, ecCodes' tools and openssl from Debian, and the npm dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 command -v grib_ls >/dev/null 2>&1 || missing+=(libeccodes-tools)
+# The TLS tests make a throwaway CA with openssl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]} > 0)); then
   echo "setup: installing ${missing[*]} with apt-get" >&2
   sudo=""
@@ -15,7 +17,7 @@ if ((${#missing[@]} > 0)); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ ! -d node_modules/@nats-io/jetstream ] || [ ! -d node_modules/typescript ]; then
+if [ ! -d node_modules/@nats-io/jetstream ] || [ ! -d node_modules/typescript ] || [ ! -d node_modules/bcryptjs ]; then
   echo "setup: installing npm dependencies" >&2
   npm ci --no-audit --no-fund
 fi

@@ -1,7 +1,8 @@
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { BrokerError } from "../core/errors.js";
+import { connect, errors, type NatsConnection } from "@nats-io/transport-node";
+import { BrokerAuthError, BrokerError } from "../core/errors.js";
+import { NO_SECURITY, connectionSecurity, type SecuritySettings } from "./auth.js";
 import { JOBS_BUCKET, WORKERS_BUCKET } from "./subjects.js";
 
 export const DEFAULT_SERVER = "nats://127.0.0.1:4222";
@@ -20,6 +21,8 @@ export interface BrokerConnection {
   jsm: JetStreamManager;
   jobsKv(): Promise<KV>;
   workersKv(): Promise<KV>;
+  /** Who the broker authenticated: a user name or an nkey public key; undefined on an open server. */
+  identity: string | undefined;
 }
 
 export interface ConnectOptions {
@@ -28,14 +31,58 @@ export interface ConnectOptions {
   name: string;
   /** Timeout of connect and of each JetStream API request. */
   timeoutMs: number;
+  /** Credentials and TLS; none by default (an open local server). */
+  security?: SecuritySettings;
+}
+
+/** TLS failures Node reports by code: the server's certificate is not one this CA vouches for. */
+const TLS_VERIFY_CODES = new Set([
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_HAS_EXPIRED",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+]);
+
+function tlsCode(err: unknown): string | undefined {
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code && TLS_VERIFY_CODES.has(code)) return code;
+  }
+  return undefined;
+}
+
+/** A refused connect as an error that says what to fix. */
+function connectError(err: unknown, servers: string[]): Error {
+  const where = servers.join(", ");
+  if (err instanceof errors.AuthorizationError || err instanceof errors.UserAuthenticationExpiredError)
+    return new BrokerAuthError(
+      `NATS at ${where} refused these credentials (check MARS_NATS_CREDS, or MARS_NATS_USER and MARS_NATS_PASSWORD)`,
+      { servers },
+      err,
+    );
+  const tls = tlsCode(err);
+  if (tls)
+    return new BrokerAuthError(
+      `NATS at ${where}: the server's TLS certificate is not trusted (${tls}); check MARS_NATS_TLS_CA`,
+      { servers, tls },
+      err,
+    );
+  return new BrokerError(`cannot connect to NATS at ${where}: ${(err as Error).message}`, { servers }, err);
 }
 
 /** Connect, reconnecting forever (a worker must outlive a server restart). */
 export async function connectBroker(opts: ConnectOptions): Promise<BrokerConnection> {
-  const servers = opts.servers.length > 0 ? opts.servers : [DEFAULT_SERVER];
+  const security = connectionSecurity(
+    opts.servers.length > 0 ? opts.servers : [DEFAULT_SERVER],
+    opts.security ?? NO_SECURITY,
+  );
+  const servers = security.servers;
   let nc: NatsConnection;
   try {
     nc = await connect({
+      ...security.options,
       servers,
       name: opts.name,
       timeout: opts.timeoutMs,
@@ -45,11 +92,7 @@ export async function connectBroker(opts: ConnectOptions): Promise<BrokerConnect
       waitOnFirstConnect: false,
     });
   } catch (err) {
-    throw new BrokerError(
-      `cannot connect to NATS at ${servers.join(", ")}: ${(err as Error).message}`,
-      { servers },
-      err,
-    );
+    throw connectError(err, servers);
   }
   const js = jetstream(nc, { timeout: Math.min(opts.timeoutMs, JS_OPERATION_TIMEOUT_MS) });
   const jsm = await jetstreamManager(nc, { timeout: opts.timeoutMs, checkAPI: false });
@@ -62,5 +105,6 @@ export async function connectBroker(opts: ConnectOptions): Promise<BrokerConnect
     jsm,
     jobsKv: () => (jobs ??= kvm.open(JOBS_BUCKET)),
     workersKv: () => (workers ??= kvm.open(WORKERS_BUCKET)),
+    identity: security.identity,
   };
 }

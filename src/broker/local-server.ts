@@ -58,6 +58,8 @@ interface NodeSpec {
   port: number;
   clusterPort?: number;
   routes?: number[];
+  /** More configuration lines (an authorization block, `tls {}`). */
+  extraConfig?: string[];
 }
 
 /** One nats-server process with JetStream, its own store dir, on a fixed port (kept over restarts). */
@@ -65,6 +67,8 @@ export class LocalNatsServer {
   private proc: ChildProcess | undefined;
   private exited: Promise<void> = Promise.resolve();
   private stderrTail = "";
+  /** Permissions and authorization violations the server logged, since it started. */
+  readonly violations: string[] = [];
 
   private constructor(
     readonly spec: NodeSpec,
@@ -106,6 +110,7 @@ export class LocalNatsServer {
       const routes = (spec.routes ?? []).map((p) => `"nats-route://127.0.0.1:${p}"`).join(", ");
       lines.push(`cluster { name: mars-test, listen: 127.0.0.1:${spec.clusterPort}, routes: [${routes}] }`);
     }
+    lines.push(...(spec.extraConfig ?? []));
     await writeFile(configPath, lines.join("\n") + "\n");
     const server = new LocalNatsServer(spec, storeDir, configPath, ownedDir);
     await server.launch(opts.wait ?? true);
@@ -118,6 +123,8 @@ export class LocalNatsServer {
     this.stderrTail = "";
     proc.stderr?.on("data", (d: Buffer) => {
       this.stderrTail = (this.stderrTail + d.toString()).slice(-4000);
+      for (const line of d.toString().split("\n"))
+        if (/Violation/.test(line)) this.violations.push(line.trim());
     });
     let exitedEarly: Error | undefined;
     this.exited = new Promise((resolve) => {

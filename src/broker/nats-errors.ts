@@ -62,10 +62,26 @@ export function isNoStream(err: unknown): boolean {
   );
 }
 
-export type ErrorKind = "transient" | "no-stream" | "final";
+/** The connection's permissions do not allow the subject (its role may not do this). */
+export function isPermissionDenied(err: unknown): boolean {
+  return permissionViolation(err) !== undefined;
+}
+
+/** The permissions violation behind `err` (a request fails with it as its cause). */
+export function permissionViolation(
+  err: unknown,
+): InstanceType<typeof errors.PermissionViolationError> | undefined {
+  if (err instanceof errors.PermissionViolationError) return err;
+  if (err instanceof errors.RequestError && err.cause instanceof errors.PermissionViolationError)
+    return err.cause;
+  return undefined;
+}
+
+export type ErrorKind = "transient" | "no-stream" | "denied" | "final";
 
 /** How an operation that threw `err` should be treated. */
 export function errorKind(err: unknown): ErrorKind {
+  if (isPermissionDenied(err)) return "denied";
   if (isNoStream(err)) return "no-stream";
   if (err instanceof errors.TimeoutError || err instanceof errors.ConnectionError) return "transient";
   if (err instanceof errors.RequestError) return "transient";

@@ -1,7 +1,8 @@
 /**
  * Provisioning: create the streams, the per-queue consumer and the buckets if missing. Idempotent
  * and safe from many processes at once (creation races end in "exists", which is fine). Existing
- * objects are not changed: differences from the wanted configuration are reported as drift.
+ * objects are not changed: differences from the wanted configuration are reported as drift. A
+ * connection whose role may not create (a worker, a submitter) only checks, and says what is missing.
  */
 import {
   AckPolicy,
@@ -14,17 +15,20 @@ import {
   type StreamConfig,
 } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
+import { Objm } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FleetConfig } from "../config/load.js";
 import { connectBroker, type BrokerConnection } from "./connection.js";
-import { isAlreadyExists, isNotFound } from "./nats-errors.js";
-import { BrokerError } from "../core/errors.js";
+import { isAlreadyExists, isNotFound, isPermissionDenied } from "./nats-errors.js";
+import { BrokerError, TopologyMissingError } from "../core/errors.js";
+import { RESULTS_MAX_AGE_MS } from "./results.js";
 import { MINUTE } from "../core/time.js";
 import {
   DEAD_STREAM,
   EVENTS_STREAM,
   JOBS_BUCKET,
   JOBS_STREAM,
+  RESULTS_BUCKET,
   WORKERS_BUCKET,
   consumerName,
   subjects,
@@ -67,6 +71,23 @@ export interface ProvisionReport {
   existing: string[];
   /** Human-readable differences between what exists and what this configuration wants. */
   drift: string[];
+  /** Missing, and this connection may not create them. */
+  missing: string[];
+}
+
+/** Create `what` with `create`; a permissions denial puts it on the missing list instead. */
+async function createOrNote(
+  what: string,
+  report: ProvisionReport,
+  create: () => Promise<unknown>,
+): Promise<void> {
+  try {
+    await create();
+    report.created.push(what);
+  } catch (err) {
+    if (!isPermissionDenied(err)) throw err;
+    report.missing.push(what);
+  }
 }
 
 const ms = (n: number): number => n * 1_000_000; // JetStream durations are nanoseconds
@@ -154,8 +175,7 @@ async function ensureStream(
       if (!isNotFound(err)) throw err;
     }
     try {
-      await jsm.streams.add(cfg);
-      report.created.push(`stream ${cfg.name}`);
+      await createOrNote(`stream ${cfg.name}`, report, () => jsm.streams.add(cfg));
       return;
     } catch (err) {
       if (!isAlreadyExists(err)) throw err; // another process created it first: look again
@@ -179,8 +199,7 @@ async function ensureConsumer(
       if (!isNotFound(err)) throw err;
     }
     try {
-      await jsm.consumers.add(JOBS_STREAM, cfg);
-      report.created.push(name);
+      await createOrNote(name, report, () => jsm.consumers.add(JOBS_STREAM, cfg));
       return;
     } catch (err) {
       if (!isAlreadyExists(err)) throw err;
@@ -190,27 +209,49 @@ async function ensureConsumer(
 
 async function ensureBucket(
   nc: NatsConnection,
+  jsm: JetStreamManager,
   name: string,
   opts: { replicas: number; history: number; ttl?: number },
   report: ProvisionReport,
 ): Promise<void> {
-  const kvm = new Kvm(nc);
-  for await (const status of kvm.list()) {
-    if (status.bucket === name) {
-      report.existing.push(`bucket ${name}`);
-      if (opts.ttl !== undefined && status.ttl !== opts.ttl) {
-        report.drift.push(`bucket ${name}: ttl is ${status.ttl} ms, this configuration wants ${opts.ttl} ms`);
-      }
-      return;
+  try {
+    const info = await jsm.streams.info(`KV_${name}`);
+    report.existing.push(`bucket ${name}`);
+    const ttl = info.config.max_age / 1_000_000;
+    if (opts.ttl !== undefined && ttl !== opts.ttl) {
+      report.drift.push(`bucket ${name}: ttl is ${ttl} ms, this configuration wants ${opts.ttl} ms`);
     }
+    return;
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
   }
   // Kvm.create is idempotent for identical settings, so a race with another process is harmless.
-  await kvm.create(name, {
-    replicas: opts.replicas,
-    history: opts.history,
-    ...(opts.ttl !== undefined && { ttl: opts.ttl }),
-  });
-  report.created.push(`bucket ${name}`);
+  await createOrNote(`bucket ${name}`, report, () =>
+    new Kvm(nc).create(name, {
+      replicas: opts.replicas,
+      history: opts.history,
+      ...(opts.ttl !== undefined && { ttl: opts.ttl }),
+    }),
+  );
+}
+
+async function ensureObjectStore(
+  nc: NatsConnection,
+  jsm: JetStreamManager,
+  name: string,
+  replicas: number,
+  report: ProvisionReport,
+): Promise<void> {
+  try {
+    await jsm.streams.info(`OBJ_${name}`);
+    report.existing.push(`object store ${name}`);
+    return;
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+  await createOrNote(`object store ${name}`, report, () =>
+    new Objm(nc).create(name, { replicas, ttl: RESULTS_MAX_AGE_MS * 1_000_000 }),
+  );
 }
 
 /** Ensure the whole topology for one queue exists; returns what was created and any drift. */
@@ -219,20 +260,37 @@ export async function provision(
   jsm: JetStreamManager,
   t: TopologyOptions,
 ): Promise<ProvisionReport> {
-  const report: ProvisionReport = { created: [], existing: [], drift: [] };
+  const report: ProvisionReport = { created: [], existing: [], drift: [], missing: [] };
   try {
     for (const cfg of streamConfigs(t)) await ensureStream(jsm, cfg, report);
     await ensureConsumer(jsm, consumerConfig(t), report);
-    await ensureBucket(nc, JOBS_BUCKET, { replicas: t.replicas, history: 5, ttl: t.retentionMs }, report);
     await ensureBucket(
       nc,
+      jsm,
+      JOBS_BUCKET,
+      { replicas: t.replicas, history: 5, ttl: t.retentionMs },
+      report,
+    );
+    await ensureBucket(
+      nc,
+      jsm,
       WORKERS_BUCKET,
       { replicas: t.replicas, history: 1, ttl: workerTtlMs(t.heartbeatMs) },
       report,
     );
+    await ensureObjectStore(nc, jsm, RESULTS_BUCKET, t.replicas, report);
   } catch (err) {
+    if (isPermissionDenied(err)) {
+      throw new BrokerError(
+        `provisioning failed: this connection may not even look the topology up (${(err as Error).message})`,
+        {},
+        err,
+        { retryable: false },
+      );
+    }
     throw new BrokerError(`provisioning failed: ${(err as Error).message}`, {}, err);
   }
+  if (report.missing.length > 0) throw new TopologyMissingError(report.missing);
   return report;
 }
 
@@ -250,7 +308,12 @@ export async function connectProvisioned<T>(
   name: string,
   use: (conn: BrokerConnection, report: ProvisionReport) => Promise<T>,
 ): Promise<T> {
-  const conn = await connectBroker({ servers: config.servers, name, timeoutMs: config.requestTimeout });
+  const conn = await connectBroker({
+    servers: config.servers,
+    name,
+    timeoutMs: config.requestTimeout,
+    security: config,
+  });
   try {
     return await use(conn, await provision(conn.nc, conn.jsm, topologyOf(config)));
   } catch (err) {

@@ -1,25 +1,78 @@
-/** Job records in the jobs bucket, read and changed only by compare-and-set. */
-import type { KV } from "@nats-io/kv";
-import { BrokerError, JobNotFoundError, MessageInvalidError } from "../core/errors.js";
+/**
+ * Job records in the jobs bucket, read and changed only by compare-and-set. A job has two keys (see
+ * RECORD_KEYS): the submission, written by the submitter, and the status, written by workers. The
+ * record is the status when there is one, else the submission; a cancel request in the submission
+ * counts either way.
+ */
+import type { KV, KvEntry } from "@nats-io/kv";
+import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError } from "../core/errors.js";
 import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
 import { withRetry } from "./retry.js";
-import { jobRecordSchema, type JobRecord } from "./schemas.js";
+import { jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
+import { RECORD_KEYS } from "./subjects.js";
 
 export interface VersionedRecord {
+  record: JobRecord;
+  /** Revision of the status key; 0 while no worker has written one. */
+  revision: number;
+}
+
+interface Versioned {
   record: JobRecord;
   revision: number;
 }
 
 const MAX_CAS_TRIES = 50;
+/** What a submission may say: a submitter cannot claim that a job ran. */
+const SUBMISSION_STATES: ReadonlySet<JobState> = new Set(["queued", "failed"]);
+
+const submissionKey = (id: string): string => `${id}.${RECORD_KEYS.submitted}`;
+const statusKey = (id: string): string => `${id}.${RECORD_KEYS.status}`;
+
+function parseEntry(entry: KvEntry | null, key: string): Versioned | undefined {
+  if (!entry || entry.operation !== "PUT" || entry.length === 0) return undefined;
+  return { record: decode(jobRecordSchema, entry.value, `job record ${key}`), revision: entry.revision };
+}
+
+function checkSubmission(sub: Versioned, id: string): Versioned {
+  if (sub.record.id !== id || !SUBMISSION_STATES.has(sub.record.state) || sub.record.result) {
+    throw new MessageInvalidError(
+      `job ${id}: its submission says ${sub.record.state}, which only a worker may`,
+      {
+        jobId: id,
+      },
+    );
+  }
+  return sub;
+}
+
+/** The record as readers see it, from the two keys. */
+export function mergeRecord(
+  submission: JobRecord | undefined,
+  status: JobRecord | undefined,
+): JobRecord | undefined {
+  const cancelRequested = (submission?.cancelRequested ?? false) || (status?.cancelRequested ?? false);
+  const base = status ?? submission;
+  if (!base) return undefined;
+  // A queued job whose cancel was requested never runs: it is cancelled now, whoever looks.
+  if (base.state === "queued" && cancelRequested) {
+    const at = submission?.updatedAt ?? base.updatedAt;
+    const error = new JobCancelledError("the job was cancelled before it started", {
+      jobId: base.id,
+    }).toRecord();
+    return { ...base, state: "cancelled", cancelRequested, error, finishedAt: at, updatedAt: at };
+  }
+  return { ...base, cancelRequested };
+}
 
 export class JobStore {
   constructor(private readonly kv: KV) {}
 
-  /** Create the record; its revision, or undefined when a job with this id already exists. */
+  /** Create the submission; its revision, or undefined when a job with this id already exists. */
   async create(record: JobRecord): Promise<number | undefined> {
     try {
-      return await withRetry(() => this.kv.create(record.id, encode(record)), {
+      return await withRetry(() => this.kv.create(submissionKey(record.id), encode(record)), {
         passThrough: isCasConflict,
         what: `create job record ${record.id}`,
       });
@@ -29,10 +82,19 @@ export class JobStore {
     }
   }
 
+  private async read(key: string): Promise<Versioned | undefined> {
+    return parseEntry(await withRetry(() => this.kv.get(key), { what: `read job record ${key}` }), key);
+  }
+
+  private async readSubmission(id: string): Promise<Versioned | undefined> {
+    const sub = await this.read(submissionKey(id));
+    return sub && checkSubmission(sub, id);
+  }
+
   async get(id: string): Promise<VersionedRecord | undefined> {
-    const entry = await withRetry(() => this.kv.get(id), { what: `read job record ${id}` });
-    if (!entry || entry.operation !== "PUT" || entry.length === 0) return undefined;
-    return { record: decode(jobRecordSchema, entry.value, `job record ${id}`), revision: entry.revision };
+    const [submission, status] = await Promise.all([this.readSubmission(id), this.read(statusKey(id))]);
+    const record = mergeRecord(submission?.record, status?.record);
+    return record && { record, revision: status?.revision ?? 0 };
   }
 
   async require(id: string): Promise<VersionedRecord> {
@@ -42,8 +104,9 @@ export class JobStore {
   }
 
   /**
-   * Change a record by compare-and-set: `change` gets the current record and returns the new one,
-   * or undefined to leave it as it is. Re-reads and retries when another writer got there first.
+   * A worker's change to a record, by compare-and-set on the status key: `change` gets the current
+   * record and returns the new one, or undefined to leave it as it is. Re-reads and retries when
+   * another writer got there first.
    */
   async mutate(
     id: string,
@@ -56,11 +119,15 @@ export class JobStore {
       const next = change(current.record);
       if (!next) return current;
       const updated = { ...next, updatedAt: Date.now() };
+      const key = statusKey(id);
       try {
-        const revision = await withRetry(() => this.kv.update(id, encode(updated), current.revision), {
-          passThrough: isCasConflict,
-          what: `update job record ${id}`,
-        });
+        const revision = await withRetry(
+          () =>
+            current.revision === 0
+              ? this.kv.create(key, encode(updated))
+              : this.kv.update(key, encode(updated), current.revision),
+          { passThrough: isCasConflict, what: `update job record ${id}` },
+        );
         return { record: updated, revision };
       } catch (err) {
         if (!isCasConflict(err)) throw err;
@@ -69,13 +136,45 @@ export class JobStore {
     throw new BrokerError(`job ${id}: too many concurrent changes to its record`, { jobId: id });
   }
 
+  /**
+   * A submitter's change to its submission (a cancel request, or the failure of a job that never
+   * reached the queue), by compare-and-set on the submission key. Returns the record as readers see
+   * it afterwards.
+   */
+  async mutateSubmission(
+    id: string,
+    change: (submission: JobRecord, current: JobRecord) => JobRecord | undefined,
+  ): Promise<JobRecord> {
+    for (let tries = 0; tries < MAX_CAS_TRIES; tries++) {
+      const [submission, status] = await Promise.all([this.readSubmission(id), this.read(statusKey(id))]);
+      if (!submission) throw new JobNotFoundError(id);
+      const current = mergeRecord(submission.record, status?.record)!;
+      const next = change(submission.record, current);
+      if (!next) return current;
+      const updated = { ...next, updatedAt: Date.now() };
+      try {
+        await withRetry(() => this.kv.update(submissionKey(id), encode(updated), submission.revision), {
+          passThrough: isCasConflict,
+          what: `update job submission ${id}`,
+        });
+        return mergeRecord(updated, status?.record)!;
+      } catch (err) {
+        if (!isCasConflict(err)) throw err;
+      }
+    }
+    throw new BrokerError(`job ${id}: too many concurrent changes to its submission`, { jobId: id });
+  }
+
   /** Every job record (skips entries that do not parse). */
   async list(): Promise<JobRecord[]> {
-    const keys: string[] = [];
-    for await (const key of await this.kv.keys()) keys.push(key);
+    const ids = new Set<string>();
+    for await (const key of await this.kv.keys()) {
+      const dot = key.lastIndexOf(".");
+      if (dot > 0) ids.add(key.slice(0, dot));
+    }
     const records = await Promise.all(
-      keys.map((k) =>
-        this.get(k).catch((err: unknown) => {
+      [...ids].map((id) =>
+        this.get(id).catch((err: unknown) => {
           if (err instanceof MessageInvalidError) return undefined; // from an incompatible version: not listed
           throw err;
         }),
@@ -92,16 +191,26 @@ export class JobStore {
   async *watch(id: string, signal?: AbortSignal): AsyncGenerator<JobRecord> {
     for (;;) {
       signal?.throwIfAborted();
-      const watcher = await withRetry(() => this.kv.watch({ key: id }), {
+      const watcher = await withRetry(() => this.kv.watch({ key: `${id}.*` }), {
         what: `watch job record ${id}`,
         ...(signal && { signal }),
       });
       const stop = (): void => watcher.stop();
       signal?.addEventListener("abort", stop, { once: true });
+      let submission: JobRecord | undefined;
+      let status: JobRecord | undefined;
       try {
         for await (const entry of watcher) {
-          if (entry.operation !== "PUT") continue;
-          yield decode(jobRecordSchema, entry.value, `job record ${id}`);
+          const parsed = parseEntry(entry, entry.key);
+          if (!parsed) continue;
+          if (entry.key === submissionKey(id)) submission = checkSubmission(parsed, id).record;
+          else if (entry.key === statusKey(id)) status = parsed.record;
+          else continue;
+          // While the first values are replayed (delta > 0: more are pending), the other key may still
+          // come and change the picture: yield only once both are in.
+          if ((entry.delta ?? 0) > 0) continue;
+          const merged = mergeRecord(submission, status);
+          if (merged) yield merged;
         }
       } catch (err) {
         if (err instanceof MessageInvalidError) throw err;

@@ -11,8 +11,9 @@ import { RESULTS_BUCKET } from "./subjects.js";
 /** Objects not picked up within this time are dropped by the server. */
 export const RESULTS_MAX_AGE_MS = 60 * 60 * 1000;
 
-export async function resultsStore(nc: NatsConnection, replicas = 1): Promise<ObjectStore> {
-  return new Objm(nc).create(RESULTS_BUCKET, { replicas, ttl: RESULTS_MAX_AGE_MS * 1_000_000 });
+/** The results store, provisioned by `broker init` (a worker or gateway may not create it). */
+export async function resultsStore(nc: NatsConnection): Promise<ObjectStore> {
+  return new Objm(nc).open(RESULTS_BUCKET);
 }
 
 export async function uploadResult(store: ObjectStore, name: string, path: string): Promise<void> {

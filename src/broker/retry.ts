@@ -1,6 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { BrokerError, MarsFleetError } from "../core/errors.js";
-import { errorKind, isTopologyMissing } from "./nats-errors.js";
+import { BrokerError, MarsFleetError, PermissionDeniedError } from "../core/errors.js";
+import { errorKind, isTopologyMissing, permissionViolation } from "./nats-errors.js";
 
 /** How long a publish that no stream takes is retried (JetStream may be starting) before it is final. */
 const NO_STREAM_GRACE_MS = 3000;
@@ -35,6 +35,7 @@ export async function withRetry<T>(op: () => Promise<T>, opts: RetryOptions = {}
     } catch (err) {
       if (err instanceof MarsFleetError || opts.passThrough?.(err)) throw err;
       const kind = errorKind(err);
+      if (kind === "denied") throw deniedError(err, opts.what);
       const final = kind === "final" || (kind === "no-stream" && Date.now() - started > NO_STREAM_GRACE_MS);
       if (final || Date.now() > deadline) throw brokerError(err, kind, final, opts.what);
       opts.onRetry?.(err, attempt);
@@ -43,6 +44,16 @@ export async function withRetry<T>(op: () => Promise<T>, opts: RetryOptions = {}
       });
     }
   }
+}
+
+function deniedError(err: unknown, what: string | undefined): PermissionDeniedError {
+  const violation = permissionViolation(err)!;
+  const doing = what ? `could not ${what}: ` : "";
+  return new PermissionDeniedError(
+    `${doing}this connection's NATS user may not ${violation.operation} to ${violation.subject} (see docs/SECURITY.md for what each role may do)`,
+    { operation: violation.operation, subject: violation.subject },
+    err,
+  );
 }
 
 function brokerError(err: unknown, kind: string, final: boolean, what: string | undefined): BrokerError {

@@ -20,6 +20,16 @@ const marsRequestSchema = z.object({
   params: z.record(z.string(), z.array(z.string()).min(1)),
 });
 
+/**
+ * Who submitted a job: the environ's `user_id` (the end user, as the data store names them) and the
+ * NATS identity the submitting service authenticated as (user name or nkey public key).
+ */
+export const submitterSchema = z.object({
+  user: z.string().max(256).optional(),
+  nats: z.string().max(256).optional(),
+});
+export type Submitter = z.infer<typeof submitterSchema>;
+
 /** The work-queue message: everything a worker needs to run the job. */
 export const jobMessageSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
@@ -32,12 +42,11 @@ export const jobMessageSchema = z.object({
   timeoutMs: z.number().int().min(0).default(0),
   maxAttempts: z.number().int().min(1).optional(),
   submittedAt: z.number(),
-  /** Revision of the job record as the client created it: lets the first claim skip a read. */
-  revision: z.number().int().optional(),
   /** Where the result goes: the shared root (default), or the results object store. */
   deliver: z.enum(["share", "objectstore"]).default("share"),
   /** MARS settings for this job, from a short allow-list (e.g. `MARS_AUTO_SPLIT_BY_DATES`). */
   marsEnv: jobMarsEnvSchema.optional(),
+  submittedBy: submitterSchema.optional(),
 });
 export type JobMessage = z.infer<typeof jobMessageSchema>;
 
@@ -55,6 +64,7 @@ export const jobResultSchema = z.object({
 export type JobResult = z.infer<typeof jobResultSchema>;
 
 /** The job record in the jobs bucket, changed only by compare-and-set. */
+
 export const jobRecordSchema = z.object({
   id: token,
   queue: token,
@@ -75,6 +85,7 @@ export const jobRecordSchema = z.object({
   updatedAt: z.number(),
   result: jobResultSchema.optional(),
   error: errorRecordSchema.optional(),
+  submittedBy: submitterSchema.optional(),
   /**
    * Set by the fence of an attempt about to move its output into place: the part file's inode and
    * size. A later attempt that finds this inode at the target adopts it instead of running again.
@@ -176,5 +187,6 @@ export function initialRecord(message: JobMessage, maxAttempts: number): JobReco
     cancelRequested: false,
     submittedAt: message.submittedAt,
     updatedAt: message.submittedAt,
+    ...(message.submittedBy && { submittedBy: message.submittedBy }),
   };
 }

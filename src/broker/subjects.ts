@@ -9,8 +9,13 @@ export const JOBS_STREAM = "MARS_JOBS";
 export const EVENTS_STREAM = "MARS_EVENTS";
 /** Jobs that could not be run: garbage, or given up after too many attempts. */
 export const DEAD_STREAM = "MARS_DEAD";
-/** Job records (KV): key = job id. */
+/**
+ * Job records (KV). Each job has two keys, so that permissions can tell their writers apart:
+ * `<id>.submitted`, written once by the submitter, and `<id>.status`, every later change, written
+ * by workers only. The record is the status when there is one, else the submission.
+ */
 export const JOBS_BUCKET = "mars-jobs";
+export const RECORD_KEYS = { submitted: "submitted", status: "status" } as const;
 /** Worker registry (KV): key = worker id; entries expire when a worker stops heart-beating. */
 export const WORKERS_BUCKET = "mars-workers";
 /** Results delivered through the broker (object store), for clients without the shared filesystem. */
@@ -39,7 +44,10 @@ export const subjects = {
   /** Core NATS, not stored (outside the events stream): liveness of a running job. */
   heartbeat: (id: string): string => `mars.hb.${id}`,
   allHeartbeats: "mars.hb.*",
-  /** Core NATS: ask the worker running this job to stop it. */
+  /**
+   * Core NATS: ask the worker running this job to stop it. The request itself is in the job's
+   * submission (cancelRequested), where a worker that missed this message finds it.
+   */
   cancel: (id: string): string => `mars.cancel.${id}`,
   allCancels: "mars.cancel.*",
   dead: (queue: string): string => `mars.dead.${queue}`,

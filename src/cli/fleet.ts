@@ -1,4 +1,4 @@
-/** Fleet commands: submit, status, logs, cancel, jobs, workers, broker init|info. Output for people or --json. */
+/** Fleet commands: submit, status, logs, cancel, jobs, workers, broker init|info|auth. Output for people or --json. */
 import { basename, dirname, resolve } from "node:path";
 import type { JobHandle } from "../client/job.js";
 import { Fleet } from "../client/fleet.js";
@@ -8,7 +8,8 @@ import { connectBroker } from "../broker/connection.js";
 import { provision, topologyOf } from "../broker/provision.js";
 import { DEAD_STREAM, EVENTS_STREAM, JOBS_STREAM, consumerName } from "../broker/subjects.js";
 import type { FleetConfig } from "../config/load.js";
-import { errorFromRecord } from "../core/errors.js";
+import { ConfigError, errorFromRecord } from "../core/errors.js";
+import { AUTH_CONF, generateAuth } from "../broker/credentials.js";
 import { formatDuration } from "../core/time.js";
 import { EXIT, ProgressDisplay, exitCodeFor, showJobEvent } from "./output.js";
 import { parseEnviron, readRequestFile } from "./request-file.js";
@@ -194,6 +195,26 @@ export async function workersCommand(json: boolean, config: FleetConfig): Promis
   });
 }
 
+export async function authCommand(
+  opts: { dir: string; passwords: boolean; force: boolean },
+  json: boolean,
+): Promise<number> {
+  if (opts.dir === "")
+    throw new ConfigError("broker auth needs --out DIR: where to write auth.conf and the credentials");
+  const generated = await generateAuth(opts);
+  print(json, generated, () =>
+    [
+      `wrote ${generated.authConf}: include it in nats-server.conf (include "${AUTH_CONF}"), then reload the server`,
+      ...generated.roles.map(
+        (r) =>
+          `${r.role.padEnd(9)} ${r.file}  (${opts.passwords ? "an env file: MARS_NATS_USER, MARS_NATS_PASSWORD" : "MARS_NATS_CREDS"})`,
+      ),
+      "Give each process its role's file only; the files are readable by their owner alone.",
+    ].join("\n"),
+  );
+  return EXIT.ok;
+}
+
 export async function brokerCommand(
   action: "init" | "info",
   json: boolean,
@@ -203,6 +224,7 @@ export async function brokerCommand(
     servers: config.servers,
     name: "mars-fleet-admin",
     timeoutMs: config.requestTimeout,
+    security: config,
   });
   try {
     if (action === "init") {

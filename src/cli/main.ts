@@ -73,7 +73,20 @@ function fleetOptions<T>(y: Argv<T>) {
     .option("request-timeout", {
       type: "string",
       describe: "timeout of one broker request (MARS_REQUEST_TIMEOUT)",
-    });
+    })
+    .option("creds", {
+      type: "string",
+      describe:
+        "NATS credentials file: a role's .nk file from `broker auth`, or a .creds file (MARS_NATS_CREDS)",
+    })
+    .option("nats-user", { type: "string", describe: "NATS user, for password logins (MARS_NATS_USER)" })
+    .option("nats-password", {
+      type: "string",
+      describe: "NATS password (MARS_NATS_PASSWORD; the environment is safer: flags show in ps)",
+    })
+    .option("tls-ca", { type: "string", describe: "CA of the NATS server's certificate (MARS_NATS_TLS_CA)" })
+    .option("tls-cert", { type: "string", describe: "TLS client certificate (MARS_NATS_TLS_CERT)" })
+    .option("tls-key", { type: "string", describe: "TLS client key (MARS_NATS_TLS_KEY)" });
 }
 
 function workerOptions<T>(y: Argv<T>) {
@@ -258,11 +271,30 @@ export async function main(argv: string[]): Promise<void> {
     )
     .command(
       "broker <action>",
-      "init: create streams, consumer and buckets (idempotent; reports drift); info: queue state",
+      "init: create streams, consumer and buckets (idempotent; reports drift; admin credentials); info: queue state; auth: generate per-role NATS users, their credentials files and nats-server's authorization block",
       (y) =>
-        workerOptions(y).positional("action", { choices: ["init", "info"] as const, demandOption: true }),
+        workerOptions(y)
+          .positional("action", { choices: ["init", "info", "auth"] as const, demandOption: true })
+          .option("out", {
+            type: "string",
+            describe: "auth: directory for auth.conf and the credentials files",
+          })
+          .option("passwords", {
+            type: "boolean",
+            describe: "auth: users with bcrypt-hashed passwords instead of nkeys",
+          })
+          .option("force", { type: "boolean", describe: "auth: replace the files of an earlier run" }),
       handle(async (a) =>
-        (await fleetCli()).brokerCommand(a["action"] as "init" | "info", a.json === true, configFrom(a)),
+        a["action"] === "auth"
+          ? (await fleetCli()).authCommand(
+              {
+                dir: (a["out"] as string | undefined) ?? "",
+                passwords: a["passwords"] === true,
+                force: a["force"] === true,
+              },
+              a.json === true,
+            )
+          : (await fleetCli()).brokerCommand(a["action"] as "init" | "info", a.json === true, configFrom(a)),
       ),
     )
     .demandCommand(1, "Name a command; see --help.")

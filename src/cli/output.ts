@@ -34,6 +34,9 @@ const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
   JOB_TIMEOUT: EXIT.timeout,
   JOB_NOT_FOUND: EXIT.notFound,
   CONFIG_INVALID: EXIT.usage,
+  BROKER_AUTH: EXIT.usage,
+  PERMISSION_DENIED: EXIT.usage,
+  TOPOLOGY_MISSING: EXIT.usage,
   WRONG_STATE: EXIT.usage,
 };
 

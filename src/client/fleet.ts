@@ -14,6 +14,7 @@ import {
   type JobMessage,
   type JobRecord,
   type JobState,
+  type Submitter,
   type WorkerInfo,
 } from "../broker/schemas.js";
 import { isToken, subjects } from "../broker/subjects.js";
@@ -121,6 +122,7 @@ export class Fleet {
       submittedAt: now,
       deliver,
       ...(opts.marsEnv && { marsEnv: checkJobMarsEnv(opts.marsEnv) }),
+      submittedBy: this.submitter(environ),
     };
     const revision = await this.store.create(initialRecord(message, this.config.maxRetries));
     if (revision === undefined) {
@@ -128,8 +130,6 @@ export class Fleet {
       // Queued but maybe never published (a crash between the two): publish again; the
       // Nats-Msg-Id dedupe window drops it if it was, and the worker drops duplicates by sequence.
       if (existing.record.state !== "queued") return this.handle(id);
-    } else {
-      message.revision = revision;
     }
     try {
       await withRetry(() => this.conn.js.publish(subjects.jobs(queue), encode(message), { msgID: id }), {
@@ -143,9 +143,9 @@ export class Fleet {
         err,
       );
       await this.store
-        .mutate(id, (rec) =>
-          rec.state === "queued"
-            ? { ...rec, state: "failed", error: error.toRecord(), finishedAt: Date.now() }
+        .mutateSubmission(id, (sub, current) =>
+          current.state === "queued" && sub.state === "queued"
+            ? { ...sub, state: "failed", error: error.toRecord(), finishedAt: Date.now() }
             : undefined,
         )
         .catch((recordErr: unknown) =>
@@ -154,6 +154,14 @@ export class Fleet {
       throw error;
     }
     return this.handle(id);
+  }
+
+  /** Who submits: the environ's user and the identity this connection authenticated as. */
+  private submitter(environ: Record<string, string>): Submitter | undefined {
+    const user = environ["user_id"];
+    const nats = this.conn.identity;
+    if (user === undefined && nats === undefined) return undefined;
+    return { ...(user !== undefined && { user }), ...(nats !== undefined && { nats }) };
   }
 
   /** Reattach to a job by id (from any process). */
@@ -225,6 +233,8 @@ export class Fleet {
       updatedAt: now,
       error: error.toRecord(),
     };
+    const submittedBy = this.submitter(opts.environ ?? {});
+    if (submittedBy) record.submittedBy = submittedBy;
     if ((await this.store.create(record)) === undefined) return; // that id is taken: say nothing over it
     const events = new JobEventPublisher(this.conn.js, id, this.log.child({ jobId: id }));
     error.message.split("\n").forEach((line, i) => events.line(1, i + 1, formatLogLine("ERROR", line), now));

@@ -18,7 +18,7 @@ import {
 import { EVENTS_STREAM, eventKind, subjects } from "../broker/subjects.js";
 import { Channel } from "../core/channel.js";
 import { resolveInside } from "../runner/target.js";
-import { errorFromRecord, JobCancelledError, JobFailedError } from "../core/errors.js";
+import { errorFromRecord, JobFailedError } from "../core/errors.js";
 
 export type JobEvent =
   | { type: "log"; line: string; seq: number; attempt: number; at: number }
@@ -200,17 +200,20 @@ export class JobHandle {
    * recorded cancelled. Returns false when the job had already finished.
    */
   async cancel(): Promise<boolean> {
-    let wasQueued = false;
-    const { record } = await this.store.mutate(this.id, (rec) => {
-      if (TERMINAL_STATES.has(rec.state) || rec.cancelRequested) return undefined;
-      if (rec.state === "running") return { ...rec, cancelRequested: true };
-      wasQueued = true;
-      const error = new JobCancelledError("the job was cancelled before it started", {
-        jobId: rec.id,
-      }).toRecord();
-      return { ...rec, cancelRequested: true, state: "cancelled", error, finishedAt: Date.now() };
+    let requested = false;
+    // The request goes into the submission, the one key a submitter writes: a queued job then reads
+    // as cancelled (and is dropped when delivered), and a running one is stopped by its worker.
+    const record = await this.store.mutateSubmission(this.id, (sub, current) => {
+      requested = false;
+      if (TERMINAL_STATES.has(current.state) || current.cancelRequested) return undefined;
+      requested = true;
+      return { ...sub, cancelRequested: true };
     });
-    if (wasQueued) {
+    if (!requested) return false;
+    // Always, even for a queued job: a worker may have claimed it since the record was read. One
+    // that misses this (reconnecting) finds the request in the record when it checks again.
+    this.nc.publish(subjects.cancel(this.id));
+    if (record.state === "cancelled") {
       const event: StateEvent = {
         state: "cancelled",
         attempt: record.attempt,
@@ -218,13 +221,8 @@ export class JobHandle {
         ...(record.error && { error: record.error }),
       };
       await this.js.publish(subjects.state(this.id), encode(event));
-      return true;
     }
-    if (record.cancelRequested && record.state === "running") {
-      this.nc.publish(subjects.cancel(this.id));
-      return true;
-    }
-    return false;
+    return true;
   }
 }
 

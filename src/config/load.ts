@@ -20,6 +20,12 @@ const durationMs = z.number().int().min(0);
 export const configSchema = z
   .object({
     servers: z.array(z.string().min(1)),
+    creds: z.string(),
+    natsUser: z.string(),
+    natsPassword: z.string(),
+    tlsCa: z.string(),
+    tlsCert: z.string(),
+    tlsKey: z.string(),
     useShares: z.boolean(),
     filterLogs: z.boolean(),
     maxConcurrentConnections: z.number().int().min(0),
@@ -52,7 +58,19 @@ export const configSchema = z
     retention: durationMs.min(1000),
     logLevel: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    if ((c.tlsCert === "") !== (c.tlsKey === ""))
+      ctx.addIssue({ code: "custom", path: ["tlsKey"], message: "tls_cert and tls_key go together" });
+    if (c.natsPassword !== "" && c.natsUser === "")
+      ctx.addIssue({ code: "custom", path: ["natsUser"], message: "a NATS password needs a user" });
+    if (c.creds !== "" && c.natsUser !== "")
+      ctx.addIssue({
+        code: "custom",
+        path: ["creds"],
+        message: "give either creds or a NATS user, not both",
+      });
+  });
 export type FleetConfig = z.infer<typeof configSchema>;
 
 function coerce(setting: Setting, value: unknown, source: string): unknown {

@@ -17,6 +17,9 @@ export const ERROR_CODES = [
   "MESSAGE_INVALID",
   "BROKER_ERROR",
   "NO_WORKER",
+  "BROKER_AUTH",
+  "PERMISSION_DENIED",
+  "TOPOLOGY_MISSING",
   "WRONG_STATE",
   "INTERNAL",
 ] as const;
@@ -154,6 +157,31 @@ export class BrokerError extends MarsFleetError {
     opts: { retryable?: boolean } = {},
   ) {
     super("BROKER_ERROR", message, { retryable: opts.retryable ?? true, details, cause });
+  }
+}
+
+/** The broker refused this connection's credentials or its TLS peer. Final: fix the configuration. */
+export class BrokerAuthError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
+    super("BROKER_AUTH", message, { details, cause });
+  }
+}
+
+/** The connection's role may not do this (a NATS permissions violation). Final. */
+export class PermissionDeniedError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
+    super("PERMISSION_DENIED", message, { details, cause });
+  }
+}
+
+/** Streams, consumers or buckets the fleet needs do not exist, and this connection may not create them. */
+export class TopologyMissingError extends MarsFleetError {
+  constructor(missing: string[], cause?: unknown) {
+    super(
+      "TOPOLOGY_MISSING",
+      `the topology is missing (${missing.join(", ")}): run \`mars-fleet broker init\` with admin credentials`,
+      { details: { missing }, cause },
+    );
   }
 }
 

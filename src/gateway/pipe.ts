@@ -187,7 +187,7 @@ async function streamFromObjectStore(
   const record = await job.status();
   const name = record.result?.object;
   if (record.state !== "succeeded" || !name) return reply.fail(record.error);
-  const store = await resultsStore(opts.fleet.connection.nc, opts.fleet.config.streamReplicas);
+  const store = await resultsStore(opts.fleet.connection.nc);
   const data = await downloadResult(store, name);
   if (!data)
     return reply.fail({
@@ -198,10 +198,8 @@ async function streamFromObjectStore(
     });
   for await (const chunk of data) await reply.data(Buffer.from(chunk));
   await reply.finish();
-  // A result left behind expires with the bucket's max age (an hour): not worth failing a delivered job for.
-  await store
-    .delete(name)
-    .catch((err: unknown) => opts.log.warn({ err, jobId: job.id }, "result object not deleted"));
+  // The object is left to expire with the bucket's max age (an hour): a gateway is a submitter, and
+  // submitters delete nothing (docs/SECURITY.md).
 }
 
 /** The uid a log request names: the last segment of any path (`/<uid>`, `//<uid>`, `/mars/<uid>`). */

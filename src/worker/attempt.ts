@@ -180,19 +180,16 @@ export class JobAttempt {
       const startedAt = Date.now();
       return { ...rec, state: "running", attempt: this.attempt, seq, worker: ctx.workerId, startedAt };
     };
-    // First delivery of a message the client published: the record is as the client created it.
-    const known =
-      this.attempt === 1 && job.revision !== undefined
-        ? { record: initialRecord(job, ctx.maxAttempts), revision: job.revision }
-        : undefined;
     let claimed: VersionedRecord;
     try {
-      claimed = await ctx.store.mutate(job.id, change, known);
+      claimed = await ctx.store.mutate(job.id, change);
     } catch (err) {
       if (!(err instanceof JobNotFoundError)) throw err;
       // The record is gone (expired, or the message was published by hand): rebuild it from the message.
-      await ctx.store.create(initialRecord(job, ctx.maxAttempts));
-      claimed = await ctx.store.mutate(job.id, change);
+      claimed = await ctx.store.mutate(job.id, change, {
+        record: initialRecord(job, ctx.maxAttempts),
+        revision: 0,
+      });
     }
     return skip ?? { kind: "run", version: claimed };
   }

@@ -7,6 +7,9 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LocalNatsServer } from "../broker/local-server.js";
+import { provision, topologyOf } from "../broker/provision.js";
+import { connectBroker } from "../broker/connection.js";
+import type { Role } from "../broker/roles.js";
 import { Fleet } from "../client/fleet.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
 import { SETTINGS } from "../config/settings.js";
@@ -15,9 +18,19 @@ import { startWorkerProcess, type WorkerProcess } from "./process.js";
 /** Settings by key (`heartbeatInterval: "250ms"`), as they would be given in the environment. */
 export type Settings = Record<string, string | number>;
 
+/** A server that requires login (and maybe TLS): each process gets its role's credentials. */
+export interface FleetSecurity {
+  creds: Record<Role, string>;
+  /** CA of the server's certificate; set, every connection uses TLS. */
+  tlsCa?: string;
+}
+
 export class LocalFleet {
   readonly workers: WorkerProcess[] = [];
   private readonly clients: Fleet[] = [];
+  /** Queues whose topology an admin has provisioned (secure fleets only: others provision themselves). */
+  private readonly provisioned = new Set<string>();
+  protected security: FleetSecurity | undefined;
 
   protected constructor(
     readonly server: LocalNatsServer,
@@ -43,13 +56,17 @@ export class LocalFleet {
     return `${prefix}-${randomBytes(3).toString("hex")}`;
   }
 
-  /** Environment variables for these settings. */
-  env(settings: Settings): Record<string, string> {
+  /** Environment variables for these settings, for a process of `role`. */
+  env(settings: Settings, role: Role = "submitter"): Record<string, string> {
     const out: Record<string, string> = {
       MARS_NATS_SERVERS: this.server.url,
       MARS_SHARED_ROOT: this.sharedRoot,
       MARS_CONFIG_FILE: "",
     };
+    if (this.security) {
+      out["MARS_NATS_CREDS"] = this.security.creds[role];
+      if (this.security.tlsCa) out["MARS_NATS_TLS_CA"] = this.security.tlsCa;
+    }
     for (const [key, value] of Object.entries({ ...this.defaults, ...settings })) {
       const setting = SETTINGS.find((s) => s.key === key);
       if (!setting) throw new Error(`unknown setting ${key}`);
@@ -58,12 +75,35 @@ export class LocalFleet {
     return out;
   }
 
-  config(settings: Settings): FleetConfig {
-    return loadConfig({ env: this.env(settings) });
+  config(settings: Settings, role: Role = "submitter"): FleetConfig {
+    return loadConfig({ env: this.env(settings, role) });
+  }
+
+  /**
+   * On a secure fleet, provision the settings' queue as an operator would, once, with the admin's
+   * credentials (`mars-fleet broker init`): workers and clients may not create the topology.
+   */
+  async provisionFor(settings: Settings): Promise<void> {
+    if (!this.security) return;
+    const config = this.config(settings, "admin");
+    if (this.provisioned.has(config.queue)) return;
+    const conn = await connectBroker({
+      servers: config.servers,
+      name: "mars-fleet-admin",
+      timeoutMs: config.requestTimeout,
+      security: config,
+    });
+    try {
+      await provision(conn.nc, conn.jsm, topologyOf(config));
+      this.provisioned.add(config.queue);
+    } finally {
+      await conn.nc.close();
+    }
   }
 
   /** A connected client, closed by dispose(). */
   async client(settings: Settings): Promise<Fleet> {
+    await this.provisionFor(settings);
     const fleet = await Fleet.connect({ config: this.config(settings) });
     this.clients.push(fleet);
     return fleet;
@@ -71,7 +111,13 @@ export class LocalFleet {
 
   /** Start a worker process and wait until it pulls. `extraEnv` reaches MARS (e.g. MARS_SIM_* knobs). */
   async worker(settings: Settings, extraEnv: Record<string, string> = {}): Promise<WorkerProcess> {
-    const env = { ...process.env, ...this.env(settings), MARS_LOG_LEVEL: this.workerLogLevel, ...extraEnv };
+    await this.provisionFor(settings);
+    const env = {
+      ...process.env,
+      ...this.env(settings, "worker"),
+      MARS_LOG_LEVEL: this.workerLogLevel,
+      ...extraEnv,
+    };
     const worker = await startWorkerProcess(`w-${randomBytes(3).toString("hex")}`, env);
     this.workers.push(worker);
     return worker;

@@ -164,9 +164,7 @@ export class Worker {
       ...(command && { command }),
       // Loaded on first use: most workers never deliver to the object store.
       results: () =>
-        (this.results ??= import("../broker/results.js").then((m) =>
-          m.resultsStore(this.conn.nc, config.streamReplicas),
-        )),
+        (this.results ??= import("../broker/results.js").then((m) => m.resultsStore(this.conn.nc))),
       log: this.log,
       onSettled: (state, elapsedMs) => this.metrics?.settled(state, elapsedMs),
     };

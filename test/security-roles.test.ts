@@ -1,0 +1,305 @@
+/**
+ * Security against a real nats-server configured by `mars-fleet broker auth` (nkey users per role)
+ * with TLS from a throwaway CA: the fleet's main paths work with nothing but each process's role,
+ * and every forbidden act is refused with a permissions error and changes nothing.
+ */
+import assert from "node:assert/strict";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
+import { Kvm } from "@nats-io/kv";
+import { errors, type NatsConnection } from "@nats-io/transport-node";
+import { connectBroker } from "../src/broker/connection.js";
+import { isPermissionDenied } from "../src/broker/nats-errors.js";
+import {
+  JOBS_STREAM,
+  EVENTS_STREAM,
+  JOBS_BUCKET,
+  WORKERS_BUCKET,
+  consumerName,
+  subjects,
+} from "../src/broker/subjects.js";
+import { Fleet } from "../src/client/fleet.js";
+import { MarsFleetError } from "../src/core/errors.js";
+import { TestFleet } from "./helpers/fleet.js";
+import { rawHttp, assemble } from "./helpers/http-chunked.js";
+import { helperPids } from "./helpers/proc.js";
+import { RawWebSocket } from "./helpers/ws-client.js";
+import { makeTls } from "./helpers/tls.js";
+
+const SMALL = { param: "2t", date: "20240101", grid: "10/10" };
+
+let tf: TestFleet;
+before(async () => {
+  tf = await TestFleet.start({ secure: true });
+});
+after(async () => {
+  await tf.dispose();
+});
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p;
+  } catch (err) {
+    return err instanceof MarsFleetError ? err.code : `not a MarsFleetError: ${String(err)}`;
+  }
+  return "no error";
+}
+
+/** `op` fails with a NATS permissions violation (the error itself, or as a request's cause). */
+async function denied(what: string, op: () => Promise<unknown>): Promise<void> {
+  try {
+    await op();
+  } catch (err) {
+    assert.ok(isPermissionDenied(err), `${what}: expected a permissions violation, got ${String(err)}`);
+    return;
+  }
+  assert.fail(`${what}: was allowed`);
+}
+
+/** A subscription the server refuses: the subscription ends with a permissions violation. */
+async function subscriptionDenied(nc: NatsConnection, subject: string): Promise<void> {
+  const sub = nc.subscribe(subject);
+  const outcome = await Promise.race([
+    (async () => {
+      try {
+        for await (const m of sub) void m;
+        return "ended";
+      } catch (err) {
+        return err instanceof errors.PermissionViolationError ? "denied" : String(err);
+      }
+    })(),
+    new Promise<string>((r) => setTimeout(() => r("no answer within 3 s"), 3000)),
+  ]);
+  assert.equal(outcome, "denied", `subscribing to ${subject}`);
+}
+
+async function counts(jsm: JetStreamManager): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const s of [JOBS_STREAM, EVENTS_STREAM, `KV_${JOBS_BUCKET}`, `KV_${WORKERS_BUCKET}`])
+    out[s] = (await jsm.streams.info(s)).state.messages;
+  return out;
+}
+
+describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => {
+  it("runs, records, cancels and fails over with nothing but each role's rights", async () => {
+    const queue = TestFleet.queue("sec");
+    const settings = { queue, concurrency: 1 };
+    await tf.worker(settings);
+    const fleet = await tf.client(settings);
+    const job = await fleet.submit(SMALL, {
+      targetDir: "sec",
+      environ: { user_id: "alice", request_id: "sec-1" },
+    });
+    const result = await job.result();
+    assert.ok((await readFile(result.target)).length > 0);
+    const rec = await job.status();
+    assert.equal(rec.state, "succeeded");
+    // Who asked: the end user from the environ, and the NATS identity of the submitting service.
+    assert.equal(rec.submittedBy?.user, "alice");
+    assert.match(rec.submittedBy?.nats ?? "", /^U[A-Z2-7]{55}$/);
+
+    // A queued job (no worker on its queue) is cancelled at once; a running one is stopped.
+    const idle = TestFleet.queue("sec-idle");
+    const idleFleet = await tf.client({ queue: idle });
+    const queued = await idleFleet.submit(SMALL, { targetDir: "sec" });
+    assert.equal(await queued.cancel(), true);
+    assert.equal(await code(queued.result()), "JOB_CANCELLED");
+
+    // Failover: the worker running a job is killed with SIGKILL; another takes it over.
+    const slow = { MARS_SIM_FIELD_DELAY_MS: "300", MARS_SIM_SPAWN_CHILD: "1" };
+    const kq = TestFleet.queue("sec-kill");
+    const first = await tf.worker({ queue: kq, concurrency: 1 }, slow);
+    const kfleet = await tf.client({ queue: kq });
+    const long = await kfleet.submit({ param: "2t", date: "20240101/to/20240106" }, { targetDir: "sec" });
+    const lines: string[] = [];
+    for await (const ev of long.events()) {
+      if (ev.type === "log") lines.push(ev.line);
+      if (helperPids(lines).length > 0) break;
+    }
+    await tf.worker({ queue: kq, concurrency: 1 }, slow);
+    first.kill("SIGKILL");
+    await long.result();
+    assert.equal((await long.status()).attempt, 2);
+
+    const running = await kfleet.submit({ param: "2t", date: "20240101/to/20240120" }, { targetDir: "sec" });
+    for await (const ev of running.events()) if (ev.type === "log") break;
+    assert.equal(await running.cancel(), true);
+    assert.equal(await code(running.result()), "JOB_CANCELLED");
+  });
+
+  it("serves the pipe and shares gateways as a submitter", async () => {
+    const queue = TestFleet.queue("sec-gw");
+    await tf.worker({ queue });
+    const g = await tf.gateway({ queue });
+    const res = await rawHttp(g.pipePort, {
+      method: "POST",
+      path: "/",
+      body: JSON.stringify({ request: SMALL, environ: { request_id: "sec-pipe", user_id: "bob" } }),
+    });
+    assert.equal(res.status, 200);
+    assert.ok(assemble(res.chunks).ended, "no ENDR");
+    // Through the results object store: the worker uploads, the gateway downloads.
+    const og = await tf.gateway({ queue, gatewayData: "objectstore" });
+    const viaStore = await rawHttp(og.pipePort, {
+      method: "POST",
+      path: "/",
+      body: JSON.stringify({ request: SMALL, environ: { request_id: "sec-obj", user_id: "bob" } }),
+    });
+    assert.equal(viaStore.status, 200);
+    assert.deepEqual(assemble(viaStore.chunks).data, assemble(res.chunks).data);
+
+    await mkdir(join(tf.sharedRoot, "secws"), { recursive: true });
+    const ws = await RawWebSocket.open(g.sharesPort);
+    ws.send(
+      JSON.stringify({
+        cmd: "start",
+        requests: [SMALL],
+        environ: { request_id: "sec-ws", user_id: "bob", namespace: "ns", host: "h", username: "ns:bob" },
+        target: "/secws/data.grib",
+      }),
+    );
+    const finished = await ws.waitFor((f) => f["status"] === "finished", "the finished frame");
+    assert.equal(finished["returncode"], 0);
+  });
+
+  it("needed no right beyond each role's on those paths (the server logged no violation)", () => {
+    assert.deepEqual(tf.server.violations, []);
+  });
+
+  it("refuses each role what its table forbids, and nothing changes", async () => {
+    const queue = TestFleet.queue("sec-deny");
+    await tf.provisionFor({ queue });
+    const fleet = await tf.client({ queue });
+    const victim = await fleet.submit(SMALL, { targetDir: "sec" }); // no worker: stays queued
+    const admin = await tf.connectAs("admin");
+    const adminJsm = await jetstreamManager(admin);
+    const before = await counts(adminJsm);
+    const consumerBefore = await adminJsm.consumers.info(JOBS_STREAM, consumerName(queue));
+
+    const submitter = await tf.connectAs("submitter");
+    const worker = await tf.connectAs("worker");
+    const observer = await tf.connectAs("observer");
+    try {
+      // Submitter: may not consume the work queue, forge a record's state, touch the registry, delete.
+      const sjs = jetstream(submitter);
+      const sjsm = await jetstreamManager(submitter, { checkAPI: false });
+      await denied("submitter pulls a job", () =>
+        submitter.request(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.${consumerName(queue)}`, "", {
+          timeout: 2000,
+        }),
+      );
+      await denied("submitter acks a job", () =>
+        submitter.request(`$JS.ACK.${JOBS_STREAM}.${consumerName(queue)}.1.1.1.1.0`, "", { timeout: 2000 }),
+      );
+      const skv = await new Kvm(sjs).open(JOBS_BUCKET);
+      const forged = {
+        ...(await victim.status()),
+        state: "succeeded",
+        result: { target: "/etc/passwd", bytes: 1, elapsedMs: 1 },
+      };
+      await denied("submitter forges a record's state", () =>
+        skv.put(`${victim.id}.status`, JSON.stringify(forged)),
+      );
+      const wkv = await new Kvm(sjs).open(WORKERS_BUCKET);
+      await denied("submitter registers a worker", () => wkv.put("fake-worker", "{}"));
+      await denied("submitter deletes the jobs stream", () => sjsm.streams.delete(JOBS_STREAM));
+      await denied("submitter deletes the jobs bucket", () => sjsm.streams.delete(`KV_${JOBS_BUCKET}`));
+      await denied("submitter deletes the queue's consumer", () =>
+        sjsm.consumers.delete(JOBS_STREAM, consumerName(queue)),
+      );
+      await denied("submitter forges a max-deliveries advisory", () =>
+        submitter.request(subjects.maxDeliveries(consumerName(queue)), "{}", { timeout: 2000 }),
+      );
+
+      // Worker: may not publish jobs, create or delete streams, consumers or buckets.
+      const wjs = jetstream(worker);
+      const wjsm = await jetstreamManager(worker, { checkAPI: false });
+      await denied("worker publishes a job", () => wjs.publish(subjects.jobs(queue), "{}"));
+      await denied("worker deletes the events stream", () => wjsm.streams.delete(EVENTS_STREAM));
+      await denied("worker deletes the jobs bucket", () => wjsm.streams.delete(`KV_${JOBS_BUCKET}`));
+      await denied("worker deletes the queue's consumer", () =>
+        wjsm.consumers.delete(JOBS_STREAM, consumerName(queue)),
+      );
+      await denied("worker creates a stream", () =>
+        wjsm.streams.add({ name: "ROGUE", subjects: ["rogue.>"] }),
+      );
+      await denied("worker writes a submission", async () => {
+        const kv = await new Kvm(wjs).open(JOBS_BUCKET);
+        await kv.put(`${victim.id}.submitted`, "{}");
+      });
+
+      // Observer: reads, and nothing else (no cancel, no record write, no job).
+      const ojs = jetstream(observer);
+      const okv = await new Kvm(ojs).open(JOBS_BUCKET);
+      assert.ok(await okv.get(`${victim.id}.submitted`), "the observer cannot read records");
+      await denied("observer publishes a job", () => ojs.publish(subjects.jobs(queue), "{}"));
+      await denied("observer writes a record", () => okv.put(`${victim.id}.status`, "{}"));
+      await denied("observer cancels", () =>
+        observer.request(subjects.cancel(victim.id), "", { timeout: 2000 }),
+      );
+      await subscriptionDenied(observer, "_INBOX.>"); // other users' replies
+      await subscriptionDenied(submitter, subjects.allCancels);
+      await subscriptionDenied(worker, "mars.jobs.>");
+    } finally {
+      await Promise.all([submitter, worker, observer].map((nc) => nc.close()));
+    }
+    assert.ok(tf.server.violations.length > 0, "the server logged none of these violations");
+    // Nothing changed: read back as admin.
+    assert.deepEqual(await counts(adminJsm), before);
+    const consumerAfter = await adminJsm.consumers.info(JOBS_STREAM, consumerName(queue));
+    assert.equal(consumerAfter.num_pending, consumerBefore.num_pending);
+    assert.equal(consumerAfter.delivered.stream_seq, consumerBefore.delivered.stream_seq);
+    const rec = await victim.status();
+    assert.equal(rec.state, "queued");
+    assert.equal(rec.cancelRequested, false);
+    await admin.close();
+  });
+
+  it("refuses a connection without credentials, with wrong credentials, or without the server's CA", async () => {
+    await assert.rejects(
+      tf.connectAs("anonymous"),
+      (err: unknown) => err instanceof errors.AuthorizationError,
+    );
+    const config = tf.config({ queue: "q" });
+    const dir = await mkdtemp(join(tmpdir(), "mars-wrong-"));
+    try {
+      const other = await makeTls(dir, "other");
+      const wrongCa = connectBroker({
+        servers: config.servers,
+        name: "t",
+        timeoutMs: 5000,
+        security: { ...config, tlsCa: other.ca },
+      });
+      assert.equal(await code(wrongCa), "BROKER_AUTH");
+      const noCreds = connectBroker({
+        servers: config.servers,
+        name: "t",
+        timeoutMs: 5000,
+        security: { ...config, creds: "" },
+      });
+      assert.equal(await code(noCreds), "BROKER_AUTH");
+      const userPass = connectBroker({
+        servers: config.servers,
+        name: "t",
+        timeoutMs: 5000,
+        security: { ...config, creds: "", natsUser: "mars-admin", natsPassword: "guess" },
+      });
+      assert.equal(await code(userPass), "BROKER_AUTH");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("says the topology is missing when a worker or client may not create it", async () => {
+    const queue = TestFleet.queue("sec-missing"); // never provisioned by an admin
+    const client = Fleet.connect({ config: tf.config({ queue }) });
+    assert.equal(await code(client), "TOPOLOGY_MISSING");
+    await assert.rejects(client, /run `mars-fleet broker init` with admin credentials/);
+    const w = await import("../src/worker/worker.js");
+    const worker = w.Worker.start({ config: tf.config({ queue }, "worker"), workerId: "w-missing" });
+    assert.equal(await code(worker), "TOPOLOGY_MISSING");
+  });
+});
