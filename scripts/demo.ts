@@ -90,7 +90,10 @@ async function main(): Promise<void> {
     };
     const config = loadConfig({ env });
     const fleet = await Fleet.connect({ config });
-    process.stdout.write(`nats-server ${server.url}: created ${fleet.provisionReport.created.join(", ")}\n`);
+    process.stdout.write(
+      `nats-server ${server.url} (open, on loopback, for this demo only: a shared fleet uses per-role ` +
+        `credentials and TLS, docs/SECURITY.md): created ${fleet.provisionReport.created.join(", ")}\n`,
+    );
     workers.push(...(await Promise.all([startWorker(1, env, outDir), startWorker(2, env, outDir)])));
     const display = new ProgressDisplay();
     const started = Date.now();

@@ -94,4 +94,12 @@ describe("documentation", () => {
       assert.ok(row.includes(`\`${yamlName(s.key)}\``), `README row for ${s.key} lacks its YAML key`);
     }
   });
+
+  it("docs/SECURITY.md's permission tables are the roles in code", async () => {
+    const { readFile } = await import("node:fs/promises");
+    const { permissionsMarkdown } = await import("../src/broker/roles.js");
+    const doc = await readFile(new URL("../../docs/SECURITY.md", import.meta.url), "utf8");
+    const between = doc.split("<!-- roles:begin -->\n")[1]?.split("<!-- roles:end -->")[0];
+    assert.equal(between, permissionsMarkdown(), "regenerate them: node dist/scripts/security-table.js");
+  });
 });

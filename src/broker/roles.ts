@@ -184,3 +184,20 @@ export function authorizationBlock(users: AuthUser[]): string {
   lines.push("  ]", "}");
   return lines.join("\n") + "\n";
 }
+
+/** docs/SECURITY.md's tables of what each role may publish and subscribe to, and why. */
+export function permissionsMarkdown(): string {
+  const out: string[] = [];
+  for (const role of ROLES) {
+    const perms = rolePermissions(role, "_INBOX.<identity>");
+    out.push(`#### ${role}`, "", "| direction | subject | why |", "| --- | --- | --- |");
+    for (const [dir, list] of [
+      ["publish", perms.publish],
+      ["subscribe", perms.subscribe],
+    ] as const) {
+      for (const x of list) out.push(`| ${dir} | \`${x.subject}\` | ${x.why} |`);
+    }
+    out.push("");
+  }
+  return out.join("\n");
+}
