@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { NATS_SERVER_BIN, type LocalNatsServer } from "../src/broker/local-server.js";
 import { TERMINAL_STATES, type JobState } from "../src/broker/schemas.js";
 import { eventKind } from "../src/broker/subjects.js";
@@ -27,6 +28,29 @@ export class BenchEnv extends LocalFleet {
     readonly tinyMars: string,
   ) {
     super(server, sharedRoot, {}, "info");
+  }
+
+  /**
+   * A MARS stand-in that costs about 20 ms of CPU per run the way shell wrappers around the real
+   * client do: by spawning short processes (100 here), then writing one small GRIB message.
+   */
+  async heavyMars(spawns = 100): Promise<string> {
+    const path = join(this.sharedRoot, ".heavy-mars.sh");
+    await writeFile(
+      path,
+      [
+        "#!/bin/sh",
+        'echo "mars - INFO   - 00000000.000000 - Welcome to the heavy stand-in"',
+        `target=$(sed -n 's/^ *target="\\(.*\\)".*$/\\1/p' "$1")`,
+        `i=0; while [ $i -lt ${spawns} ]; do /bin/true; i=$((i+1)); done`,
+        `cat "${join(this.sharedRoot, ".tiny.grib")}" > "$target"`,
+        'echo "mars - INFO   - 00000000.000000 - Transfering 116 bytes"',
+        'echo "mars - INFO   - 00000000.000000 - No errors reported"',
+        "",
+      ].join("\n"),
+      { mode: 0o755 },
+    );
+    return path;
   }
 
   static async start(): Promise<BenchEnv> {
@@ -144,12 +168,24 @@ export async function rssMb(pid: number): Promise<number> {
   return kb / 1024;
 }
 
+/** Fields of /proc/<pid>/stat after the command name (index 11 = utime, 12 = stime, 13/14 = children's). */
+async function statFields(pid: number): Promise<string[]> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  return stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+}
+
+const TICK_MS = 1000 / 100; // USER_HZ is 100 on Linux
+
 /** CPU time (user + system) of a process in milliseconds, from /proc. */
 export async function cpuMs(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  const ticks = Number(fields[11]) + Number(fields[12]);
-  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+  const f = await statFields(pid);
+  return (Number(f[11]) + Number(f[12])) * TICK_MS;
+}
+
+/** CPU time of a process's children that it has reaped (with theirs), in milliseconds. */
+export async function childrenCpuMs(pid: number): Promise<number> {
+  const f = await statFields(pid);
+  return (Number(f[13]) + Number(f[14])) * TICK_MS;
 }
 
 export function percentile(values: number[], p: number): number {
@@ -190,4 +226,43 @@ export async function machine(): Promise<Record<string, unknown>> {
     natsServer: natsVersion,
     date: new Date().toISOString(),
   };
+}
+
+/** CPU time used by the fleet's parts between start() and stop(), per job, from /proc. */
+export class CpuMeter {
+  private constructor(
+    private readonly pids: { workers: number[]; server: number },
+    private readonly before: { workers: number; server: number; client: NodeJS.CpuUsage },
+  ) {}
+
+  static async start(workerPids: number[], serverPid: number): Promise<CpuMeter> {
+    const workers = (await Promise.all(workerPids.map(cpuMs))).reduce((a, b) => a + b, 0);
+    return new CpuMeter(
+      { workers: workerPids, server: serverPid },
+      { workers, server: await cpuMs(serverPid), client: process.cpuUsage() },
+    );
+  }
+
+  /** Milliseconds of CPU per job: workers (their own, not MARS's), the client (this process), nats-server. */
+  async perJob(jobs: number): Promise<{ worker: number; client: number; server: number; total: number }> {
+    const client = process.cpuUsage(this.before.client);
+    const workers = (await Promise.all(this.pids.workers.map(cpuMs))).reduce((a, b) => a + b, 0);
+    const server = await cpuMs(this.pids.server);
+    const out = {
+      worker: (workers - this.before.workers) / jobs,
+      client: (client.user + client.system) / 1000 / jobs,
+      server: (server - this.before.server) / jobs,
+    };
+    return { ...out, total: out.worker + out.client + out.server };
+  }
+}
+
+/** Consumers on the fleet's streams other than the work queues' own (`workers-<queue>`). */
+export async function strayConsumers(nc: NatsConnection): Promise<number> {
+  const jsm = await jetstreamManager(nc);
+  let count = 0;
+  for await (const name of jsm.streams.names()) {
+    for await (const c of jsm.consumers.list(name)) if (!c.name.startsWith("workers-")) count++;
+  }
+  return count;
 }

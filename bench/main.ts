@@ -9,13 +9,14 @@ import { BenchEnv, machine } from "./env.js";
 import { formatTable, type ScenarioResult } from "./report.js";
 import { backlog, failover, footprint, logStreaming } from "./resilience.js";
 import { gatewayScenario } from "./gateway.js";
+import { heavyMars } from "./heavy.js";
 import { brokerCapacity, dispatchLatency, perJobOverhead } from "./throughput.js";
 
 async function main(): Promise<void> {
   const args = await yargs(hideBin(process.argv))
     .option("quick", { type: "boolean", default: false, describe: "smaller counts, under a minute" })
     .option("json", { type: "string", describe: "write every figure to this JSON file" })
-    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-8)" })
+    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-9)" })
     .strict()
     .parseAsync();
   const q = args.quick;
@@ -29,6 +30,7 @@ async function main(): Promise<void> {
     [6, "backlog", (env) => backlog(env, q ? 2000 : 10_000)],
     [7, "footprint", (env) => footprint(env, 32)],
     [8, "gateway", (env) => gatewayScenario(env, q ? 10 : 50)],
+    [9, "heavy MARS", (env) => heavyMars(env, 200)],
   ];
   const results: ScenarioResult[] = [];
   const started = Date.now();
