@@ -90,6 +90,9 @@ export async function connectBroker(opts: ConnectOptions): Promise<BrokerConnect
       reconnectTimeWait: RECONNECT_WAIT_MS,
       reconnectJitter: 100,
       waitOnFirstConnect: false,
+      // A stack captured up front for every request costs ~0.2 ms of CPU each (docs/PERFORMANCE.md);
+      // errors keep their own stacks and, through withRetry, say what was being done.
+      noAsyncTraces: true,
     });
   } catch (err) {
     throw connectError(err, servers);

@@ -5,12 +5,13 @@
  * counts either way.
  */
 import type { KV, KvEntry } from "@nats-io/kv";
+import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError } from "../core/errors.js";
 import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
 import { withRetry } from "./retry.js";
-import { jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
-import { RECORD_KEYS } from "./subjects.js";
+import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
+import { JOBS_BUCKET, RECORD_KEYS } from "./subjects.js";
 
 export interface VersionedRecord {
   record: JobRecord;
@@ -66,8 +67,28 @@ export function mergeRecord(
   return { ...base, cancelRequested };
 }
 
+/** Whether a write seen on a record's subject may have made it final (a cancel request may too). */
+function mayBeFinal(msg: Msg): boolean {
+  if (msg.headers?.get("KV-Operation")) return true; // a delete or purge: look
+  try {
+    const r = JSON.parse(new TextDecoder().decode(msg.data)) as {
+      state?: JobState;
+      cancelRequested?: boolean;
+    };
+    return (r.state !== undefined && TERMINAL_STATES.has(r.state)) || r.cancelRequested === true;
+  } catch {
+    return true; // unreadable here: the bucket will say
+  }
+}
+
 export class JobStore {
-  constructor(private readonly kv: KV) {}
+  private readonly onReconnect = new Set<() => void>();
+  private statusLoop: Promise<void> | undefined;
+
+  constructor(
+    private readonly kv: KV,
+    private readonly nc: NatsConnection,
+  ) {}
 
   /** Create the submission; its revision, or undefined when a job with this id already exists. */
   async create(record: JobRecord): Promise<number | undefined> {
@@ -95,6 +116,15 @@ export class JobStore {
     const [submission, status] = await Promise.all([this.readSubmission(id), this.read(statusKey(id))]);
     const record = mergeRecord(submission?.record, status?.record);
     return record && { record, revision: status?.revision ?? 0 };
+  }
+
+  /**
+   * The record as the submission alone makes it, with status revision 0: what a first claim works
+   * from (if a worker did write a status, the claim's create conflicts and it reads both keys).
+   */
+  async submission(id: string): Promise<VersionedRecord | undefined> {
+    const sub = await this.readSubmission(id);
+    return sub && { record: mergeRecord(sub.record, undefined)!, revision: 0 };
   }
 
   async require(id: string): Promise<VersionedRecord> {
@@ -184,41 +214,62 @@ export class JobStore {
   }
 
   /**
-   * The record now and at every change, until the caller stops iterating or `signal` aborts (then it
-   * throws the abort reason at once). Survives reconnects and server restarts: a broken watch is
-   * opened again, and it starts with the current value.
+   * The record once it is final (succeeded, failed or cancelled), as the bucket holds it. The job's
+   * two keys are followed with a core subscription (`$KV.mars-jobs.<id>.*`), made before the first
+   * read so that no change in between is missed; it creates nothing on the server. What arrives on
+   * it is only a hint (a write the bucket refused by compare-and-set is delivered too): one that
+   * looks final, or that cannot be read, sends us to the bucket again, as does every reconnect
+   * (core messages may have been lost meanwhile). Throws the abort reason when `signal` aborts.
    */
-  async *watch(id: string, signal?: AbortSignal): AsyncGenerator<JobRecord> {
-    for (;;) {
-      signal?.throwIfAborted();
-      const watcher = await withRetry(() => this.kv.watch({ key: `${id}.*` }), {
-        what: `watch job record ${id}`,
-        ...(signal && { signal }),
-      });
-      const stop = (): void => watcher.stop();
-      signal?.addEventListener("abort", stop, { once: true });
-      let submission: JobRecord | undefined;
-      let status: JobRecord | undefined;
-      try {
-        for await (const entry of watcher) {
-          const parsed = parseEntry(entry, entry.key);
-          if (!parsed) continue;
-          if (entry.key === submissionKey(id)) submission = checkSubmission(parsed, id).record;
-          else if (entry.key === statusKey(id)) status = parsed.record;
-          else continue;
-          // While the first values are replayed (delta > 0: more are pending), the other key may still
-          // come and change the picture: yield only once both are in.
-          if ((entry.delta ?? 0) > 0) continue;
-          const merged = mergeRecord(submission, status);
-          if (merged) yield merged;
+  async finalRecord(id: string, signal?: AbortSignal): Promise<JobRecord> {
+    // What to read next: both keys (at first, after a reconnect, when a submission changed), or
+    // only the status, when a worker's write looked final: a final status is the record.
+    let readNext = "both" as "both" | "status" | undefined;
+    let wake: () => void = () => undefined;
+    const nudge = (what: "both" | "status"): void => {
+      readNext = readNext === "both" ? "both" : what;
+      wake();
+    };
+    const all = (): void => nudge("both");
+    const sub = this.nc.subscribe(`$KV.${JOBS_BUCKET}.${id}.*`, {
+      callback: (err, msg) => {
+        if (err) return all();
+        if (mayBeFinal(msg)) nudge(msg.subject.endsWith(`.${RECORD_KEYS.status}`) ? "status" : "both");
+      },
+    });
+    this.watchReconnects();
+    this.onReconnect.add(all);
+    signal?.addEventListener("abort", all, { once: true });
+    try {
+      for (;;) {
+        signal?.throwIfAborted();
+        const what = readNext;
+        readNext = undefined;
+        if (what === "status") {
+          const status = await this.read(statusKey(id));
+          if (status && TERMINAL_STATES.has(status.record.state)) return status.record;
+          readNext ??= "both"; // not final after all (a refused write): look at both again
+        } else if (what === "both") {
+          const current = await this.require(id);
+          if (TERMINAL_STATES.has(current.record.state)) return current.record;
+        } else {
+          await new Promise<void>((resolve) => (wake = resolve));
         }
-      } catch (err) {
-        if (err instanceof MessageInvalidError) throw err;
-        // Otherwise the watch broke (connection trouble): open it again.
-      } finally {
-        signal?.removeEventListener("abort", stop);
-        watcher.stop();
       }
+    } finally {
+      sub.unsubscribe();
+      this.onReconnect.delete(all);
+      signal?.removeEventListener("abort", all);
     }
+  }
+
+  /** One loop over the connection's status for all followers: after a reconnect they read again. */
+  private watchReconnects(): void {
+    if (this.statusLoop) return;
+    this.statusLoop = (async () => {
+      for await (const s of this.nc.status()) {
+        if (s.type === "reconnect") for (const f of this.onReconnect) f();
+      }
+    })();
   }
 }

@@ -124,7 +124,11 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...orderedReads(objStream(RESULTS_BUCKET)),
           flowControl,
         ],
-        subscribe: [replies, p(subjects.allHeartbeats, "heartbeats of its jobs")],
+        subscribe: [
+          replies,
+          p(subjects.allHeartbeats, "heartbeats of its jobs"),
+          p(`$KV.${JOBS_BUCKET}.*.*`, "hear its jobs' records change (then read them)"),
+        ],
       };
     case "observer":
       return {

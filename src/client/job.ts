@@ -176,23 +176,20 @@ export class JobHandle {
 
   /** Wait for the end; the result, or the typed error the job failed with. */
   async result(opts: { signal?: AbortSignal } = {}): Promise<FleetJobResult> {
-    for await (const record of this.store.watch(this.id, opts.signal)) {
-      if (!TERMINAL_STATES.has(record.state)) continue;
-      if (record.state === "succeeded" && record.result) {
-        const { target, bytes, elapsedMs, object } = record.result;
-        return {
-          // Whoever wrote the record, the path handed back stays inside the shared root.
-          target: resolveInside(this.sharedRoot, target),
-          bytes,
-          elapsedMs,
-          ...(object !== undefined && { object }),
-        };
-      }
-      throw record.error
-        ? errorFromRecord(record.error)
-        : new JobFailedError(`job ended ${record.state}`, { jobId: this.id });
+    const record = await this.store.finalRecord(this.id, opts.signal);
+    if (record.state === "succeeded" && record.result) {
+      const { target, bytes, elapsedMs, object } = record.result;
+      return {
+        // Whoever wrote the record, the path handed back stays inside the shared root.
+        target: resolveInside(this.sharedRoot, target),
+        bytes,
+        elapsedMs,
+        ...(object !== undefined && { object }),
+      };
     }
-    throw new JobFailedError("the job record watch ended", { jobId: this.id });
+    throw record.error
+      ? errorFromRecord(record.error)
+      : new JobFailedError(`job ended ${record.state}`, { jobId: this.id });
   }
 
   /**

@@ -180,9 +180,11 @@ export class JobAttempt {
       const startedAt = Date.now();
       return { ...rec, state: "running", attempt: this.attempt, seq, worker: ctx.workerId, startedAt };
     };
+    // A first delivery finds no status yet, so the submission alone is read (one read, not two).
+    const known = this.attempt === 1 ? await ctx.store.submission(job.id) : undefined;
     let claimed: VersionedRecord;
     try {
-      claimed = await ctx.store.mutate(job.id, change);
+      claimed = await ctx.store.mutate(job.id, change, known);
     } catch (err) {
       if (!(err instanceof JobNotFoundError)) throw err;
       // The record is gone (expired, or the message was published by hand): rebuild it from the message.
@@ -321,7 +323,7 @@ export class JobAttempt {
         return { state: "succeeded", settle: "ack", elapsedMs, result: { ...result, object: job.id } };
       }
       await run.commit();
-      this.log.info({ target: job.target, bytes: outcome.bytes }, "result committed");
+      this.log.debug({ target: job.target, bytes: outcome.bytes }, "result committed");
       return { state: "succeeded", settle: "ack", elapsedMs, result };
     } catch (err) {
       await run.discard();
@@ -437,7 +439,13 @@ export class JobAttempt {
     else msg.nak(s.nakDelayMs);
     ctx.onSettled?.(s.state, s.elapsedMs);
     this.log.info(
-      { state: s.state, settle: s.settle, code: s.error?.code, elapsedMs: s.elapsedMs },
+      {
+        state: s.state,
+        settle: s.settle,
+        code: s.error?.code,
+        elapsedMs: s.elapsedMs,
+        ...(s.result && { target: s.result.target, bytes: s.result.bytes }),
+      },
       "job settled",
     );
   }

@@ -1,0 +1,77 @@
+/**
+ * How result() follows a job: a core subscription to the record's keys, creating nothing on the
+ * server, where what arrives is only a hint that is checked against the bucket.
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { jetstream, jetstreamManager } from "@nats-io/jetstream";
+import { headers } from "@nats-io/transport-node";
+import { JOBS_BUCKET } from "../src/broker/subjects.js";
+import { MarsFleetError } from "../src/core/errors.js";
+import { TestFleet } from "./helpers/fleet.js";
+
+const SMALL = { param: "2t", date: "20240101", grid: "10/10" };
+
+let tf: TestFleet;
+before(async () => {
+  tf = await TestFleet.start();
+});
+after(async () => {
+  await tf.dispose();
+});
+
+async function consumerCount(): Promise<number> {
+  const nc = await tf.connectAs("admin");
+  try {
+    const jsm = await jetstreamManager(nc);
+    let n = 0;
+    for await (const name of jsm.streams.names()) for await (const c of jsm.consumers.list(name)) if (c) n++;
+    return n;
+  } finally {
+    await nc.close();
+  }
+}
+
+describe("result()", { timeout: 60_000 }, () => {
+  it("is not fooled by a write the bucket refused, and leaves no consumer behind", async () => {
+    const queue = TestFleet.queue("follow");
+    const fleet = await tf.client({ queue });
+    const job = await fleet.submit(SMALL); // no worker: it stays queued
+    const consumersBefore = await consumerCount();
+    let settled: string | undefined;
+    const result = job.result().then(
+      () => (settled = "succeeded"),
+      (err: unknown) => (settled = err instanceof MarsFleetError ? err.code : String(err)),
+    );
+    await new Promise((r) => setTimeout(r, 200));
+    // A compare-and-set write with a wrong revision: JetStream refuses it, but core subscribers of
+    // the subject still see it go by.
+    const nc = await tf.connectAs("admin");
+    const forged = {
+      ...(await job.status()),
+      state: "succeeded",
+      result: { target: "x.grib", bytes: 1, elapsedMs: 1 },
+    };
+    const h = headers();
+    h.set("Nats-Expected-Last-Subject-Sequence", "999999");
+    await assert.rejects(
+      jetstream(nc).publish(`$KV.${JOBS_BUCKET}.${job.id}.status`, JSON.stringify(forged), { headers: h }),
+    );
+    await nc.close();
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(settled, undefined, "result() settled on a refused write");
+    assert.equal(await consumerCount(), consumersBefore, "result() made a consumer on the server");
+    assert.equal(await job.cancel(), true);
+    await result;
+    assert.equal(settled, "JOB_CANCELLED");
+  });
+
+  it("ends with the abort reason when its signal aborts", async () => {
+    const fleet = await tf.client({ queue: TestFleet.queue("abort") });
+    const job = await fleet.submit(SMALL);
+    const ac = new AbortController();
+    const pending = job.result({ signal: ac.signal });
+    ac.abort(new Error("gave up"));
+    await assert.rejects(pending, /gave up/);
+  });
+});
