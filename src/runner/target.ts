@@ -118,25 +118,44 @@ function within(root: string, path: string): boolean {
  * the target itself may not be a symbolic link. Refuses with TARGET_INVALID.
  */
 export async function prepareTargetDir(root: string, targetPath: string): Promise<void> {
-  const rootReal = await realpath(root);
+  const rootReal = await realRoot(root);
   const escape = (how: string): TargetError =>
     new TargetError(`target ${JSON.stringify(targetPath)} ${how}`, { path: targetPath, root: rootReal });
   const outside = "leads out of the shared root through a symbolic link";
-  const resolved = (path: string): Promise<string> =>
-    realpath(path).catch(() => {
-      throw escape("passes through a broken symbolic link");
-    });
-  const exists = (path: string): Promise<boolean> =>
-    lstat(path).then(
-      () => true,
-      () => false,
-    );
-  // The deepest part of the path that exists must resolve inside the root, links followed.
-  let existing = dirname(targetPath);
-  while (!(await exists(existing))) existing = dirname(existing);
-  if (!within(rootReal, await resolved(existing))) throw escape(outside);
-  await mkdir(dirname(targetPath), { recursive: true });
-  if (!within(rootReal, await resolved(dirname(targetPath)))) throw escape(outside);
+  const dir = dirname(targetPath);
+  // Usually the directory exists: resolving it, links followed, is the whole check.
+  let dirReal = await realpath(dir).catch(() => undefined);
+  if (dirReal === undefined) {
+    const resolved = (path: string): Promise<string> =>
+      realpath(path).catch(() => {
+        throw escape("passes through a broken symbolic link");
+      });
+    const exists = (path: string): Promise<boolean> =>
+      lstat(path).then(
+        () => true,
+        () => false,
+      );
+    // The deepest part of the path that exists must resolve inside the root, links followed.
+    let existing = dir;
+    while (!(await exists(existing))) existing = dirname(existing);
+    if (!within(rootReal, await resolved(existing))) throw escape(outside);
+    await mkdir(dir, { recursive: true });
+    dirReal = await resolved(dir);
+  }
+  if (!within(rootReal, dirReal)) throw escape(outside);
   const target = await lstat(targetPath).catch(() => undefined); // absent: MARS creates it
   if (target?.isSymbolicLink()) throw escape("is a symbolic link");
+}
+
+/** The root's real path, resolved once per process: the configured root does not move under us. */
+const realRoots = new Map<string, Promise<string>>();
+function realRoot(root: string): Promise<string> {
+  let p = realRoots.get(root);
+  if (!p) {
+    p = realpath(root);
+    // A root that could not be resolved (not mounted yet) is tried again next time.
+    p.catch(() => realRoots.delete(root));
+    realRoots.set(root, p);
+  }
+  return p;
 }

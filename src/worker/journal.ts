@@ -2,7 +2,8 @@
  * A local journal of the MARS runs a worker has in flight (part file, process group), so that a
  * worker starting after a crash on this host can remove what the crashed one left behind.
  */
-import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
@@ -37,13 +38,23 @@ export class Journal {
     return join(this.dir, `${runId}.json`);
   }
 
+  private made = false;
+
+  /*
+   * An entry is a few hundred bytes in a local directory: written and removed with synchronous
+   * calls, which cost a fraction of the CPU of a trip through libuv's thread pool (twice per job;
+   * docs/PERFORMANCE.md), and block for microseconds.
+   */
   async add(runId: string, entry: JournalEntry): Promise<void> {
-    await mkdir(this.dir, { recursive: true });
-    await writeFile(this.path(runId), JSON.stringify(entry));
+    if (!this.made) {
+      mkdirSync(this.dir, { recursive: true });
+      this.made = true;
+    }
+    writeFileSync(this.path(runId), JSON.stringify(entry));
   }
 
   async remove(runId: string): Promise<void> {
-    await rm(this.path(runId), { force: true });
+    rmSync(this.path(runId), { force: true });
   }
 
   /** Request files written by processes that are gone (they crashed before removing them). */
