@@ -6,8 +6,8 @@ import { join } from "node:path";
 import WebSocket from "ws";
 import { executeMarsLocally } from "../src/client/execute.js";
 import { Gateway } from "../src/gateway/gateway.js";
-import { BenchEnv } from "./env.js";
-import { type ScenarioResult } from "./report.js";
+import { BenchEnv, pool } from "./env.js";
+import { round, target, type ScenarioResult } from "./report.js";
 
 const LARGE = { param: "2t/msl", date: "20240101/to/20240105", grid: "0.25/0.25" };
 const SMALL = { param: "2t", date: "20240101", grid: "10/10" };
@@ -133,3 +133,60 @@ export async function gatewayScenario(env: BenchEnv, jobs: number): Promise<Scen
     await viaObjects.close();
   }
 }
+
+/**
+ * Scenario 10: throughput through the gateways with the heavy-MARS stand-in, each protocol driven
+ * the way cads-mars-server's Python clients drive it (a closed loop: 4 requests in flight, the next
+ * sent when one finishes), against the library client in the same closed loop, same fleet.
+ */
+export async function gatewayThroughput(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+  const command = await env.heavyMars();
+  const queue = BenchEnv.queue("gwload");
+  const settings = { queue, concurrency: 2, marsCommand: command };
+  await Promise.all([env.worker(settings), env.worker(settings)]);
+  const gateway = await Gateway.start({
+    config: env.config({ ...settings, pipePort: 0, sharesPort: 0, gatewayHost: "127.0.0.1" }),
+  });
+  try {
+    const fleet = await env.client(settings);
+    await mkdir(join(env.sharedRoot, "gwload"), { recursive: true });
+    const rate = async (run: (i: number) => Promise<unknown>): Promise<number> => {
+      const t0 = Date.now();
+      await pool(
+        Array.from({ length: jobs }, (_, i) => i),
+        IN_FLIGHT,
+        run,
+      );
+      return jobs / ((Date.now() - t0) / 1000);
+    };
+    await (await fleet.submit(SMALL, { targetDir: "gwload", targetFname: "warm.grib" })).result();
+    const client = await rate(async (i) =>
+      (await fleet.submit(SMALL, { targetDir: "gwload", targetFname: `c${i}.grib` })).result(),
+    );
+    const shares = await rate((i) => sharesJob(gateway.sharesPort, `/gwload/s${i}.grib`));
+    const pipe = await rate(async (i) => {
+      const r = await pipeDownload(gateway.pipePort, {
+        request: SMALL,
+        environ: { request_id: `p${i}`, user_id: "bench" },
+      });
+      if (r.bytes <= 0) throw new Error("pipe mode sent no data");
+    });
+    return {
+      scenario: "10 gateway load",
+      figures: { "shares jobs/s": shares, "pipe jobs/s": pipe },
+      baseline: { "shares jobs/s": client, "pipe jobs/s": client },
+      ratios: { "shares jobs/s": shares / client, "pipe jobs/s": pipe / client },
+      targets: [
+        target("shares (WebSocket) / library client", round(shares / client, 3), "x", ">=", 0.9),
+        target("pipe (HTTP) / library client", round(pipe / client, 3), "x", ">=", 0.9),
+      ],
+      notes: [
+        `${jobs} heavy-MARS jobs per protocol, ${IN_FLIGHT} in flight (closed loop), 2 workers x 2 slots; baseline: the library client in the same loop (${round(client, 1)} jobs/s)`,
+      ],
+    };
+  } finally {
+    await gateway.close();
+  }
+}
+
+const IN_FLIGHT = 4;

@@ -10,10 +10,21 @@ import { normaliseRequests } from "../src/mars/request.js";
 import { startMars } from "../src/runner/runner.js";
 import { BenchEnv, CpuMeter, childrenCpuMs, pool, strayConsumers } from "./env.js";
 import { round, target, type ScenarioResult } from "./report.js";
+import { peerUnavailable, runBullmq, type PeerResult } from "./peers.js";
+
+async function bullmqPeer(
+  command: string,
+  scratch: string,
+  jobs: number,
+): Promise<{ result?: PeerResult; skipped?: string }> {
+  const why = await peerUnavailable();
+  if (why) return { skipped: why };
+  return { result: await runBullmq(command, scratch, jobs, 2, 2) };
+}
 
 const REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
 
-export async function heavyMars(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Promise<ScenarioResult> {
   const command = await env.heavyMars();
   const queue = BenchEnv.queue("heavy");
   const settings = { queue, concurrency: 2, marsCommand: command };
@@ -57,6 +68,7 @@ export async function heavyMars(env: BenchEnv, jobs: number): Promise<ScenarioRe
   const directRate = jobs / (directMs / 1000);
   const ratio = fleetRate / directRate;
   const marsCpu = ((await childrenCpuMs(process.pid)) - before) / jobs;
+  const peer = peers ? await bullmqPeer(command, env.sharedRoot, jobs) : undefined;
   return {
     scenario: "9 heavy MARS",
     figures: {
@@ -66,15 +78,31 @@ export async function heavyMars(env: BenchEnv, jobs: number): Promise<ScenarioRe
       "nats-server cpu ms/job": cpu.server,
       "fleet cpu ms/job": cpu.total,
       "consumers left": stray,
+      ...(peer?.result && {
+        "BullMQ jobs/s": peer.result.jobsPerSec,
+        "BullMQ / direct": peer.result.jobsPerSec / directRate,
+        "BullMQ cpu ms/job (worker+client+redis)": peer.result.cpu.total,
+        "fleet / BullMQ": fleetRate / peer.result.jobsPerSec,
+      }),
     },
     baseline: { "jobs/s": directRate, "MARS cpu ms/job": marsCpu },
     ratios: { "jobs/s": ratio },
     targets: [
       target("throughput / direct pool", round(ratio, 3), "x", ">=", 0.93),
       target("consumers left after the client closed", stray, "", "<=", 0),
+      ...(peer?.result
+        ? [target("fleet throughput / BullMQ's", round(fleetRate / peer.result.jobsPerSec, 3), "x", ">=", 1)]
+        : []),
     ],
     notes: [
       `${jobs} jobs, 2 workers x 2 slots, library client (submit + result()) vs a local pool of 4 runners; the stand-in costs ${round(marsCpu, 1)} ms of CPU per run`,
+      ...(peer?.result
+        ? [
+            `BullMQ peer: 2 workers x 2 on Redis; CPU per job worker ${round(peer.result.cpu.worker, 2)} ms, client ${round(peer.result.cpu.client, 2)} ms, redis ${round(peer.result.cpu.server, 2)} ms`,
+          ]
+        : []),
+      ...(peer?.skipped ? [peer.skipped] : []),
+      ...(peers ? [] : ["peers not run (npm run bench -- --peers)"]),
     ],
   };
 }

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --json FILE] [-- --only 1,3]`: what the fleet costs over running
+ * `npm run bench [-- --quick] [-- --json FILE] [-- --only 1,3] [-- --peers]`: what the fleet costs over running
  * MARS directly, each scenario against a baseline measured in the same run.
  */
 import { writeFile } from "node:fs/promises";
@@ -8,7 +8,7 @@ import { hideBin } from "yargs/helpers";
 import { BenchEnv, machine } from "./env.js";
 import { formatTable, type ScenarioResult } from "./report.js";
 import { backlog, failover, footprint, logStreaming } from "./resilience.js";
-import { gatewayScenario } from "./gateway.js";
+import { gatewayScenario, gatewayThroughput } from "./gateway.js";
 import { heavyMars } from "./heavy.js";
 import { brokerCapacity, dispatchLatency, perJobOverhead } from "./throughput.js";
 
@@ -16,7 +16,12 @@ async function main(): Promise<void> {
   const args = await yargs(hideBin(process.argv))
     .option("quick", { type: "boolean", default: false, describe: "smaller counts, under a minute" })
     .option("json", { type: "string", describe: "write every figure to this JSON file" })
-    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-9)" })
+    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-10)" })
+    .option("peers", {
+      type: "boolean",
+      default: false,
+      describe: "also run the heavy-MARS workload on BullMQ + Redis (bench/peers; needs redis-server)",
+    })
     .strict()
     .parseAsync();
   const q = args.quick;
@@ -30,7 +35,8 @@ async function main(): Promise<void> {
     [6, "backlog", (env) => backlog(env, q ? 2000 : 10_000)],
     [7, "footprint", (env) => footprint(env, 32)],
     [8, "gateway", (env) => gatewayScenario(env, q ? 10 : 50)],
-    [9, "heavy MARS", (env) => heavyMars(env, 200)],
+    [9, "heavy MARS", (env) => heavyMars(env, 200, args.peers)],
+    [10, "gateway load", (env) => gatewayThroughput(env, q ? 100 : 200)],
   ];
   const results: ScenarioResult[] = [];
   const started = Date.now();
