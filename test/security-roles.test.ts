@@ -169,6 +169,34 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
     assert.deepEqual(tf.server.violations, []);
   });
 
+  it("lets an observer look (status, jobs, logs) and nothing more", async () => {
+    const queue = TestFleet.queue("sec-obs");
+    await tf.worker({ queue });
+    const submitted = await (await tf.client({ queue })).submit(SMALL, { targetDir: "sec" });
+    await submitted.result();
+    const observer = await Fleet.connect({ config: tf.config({ queue }, "observer") });
+    try {
+      const job = await observer.job(submitted.id);
+      assert.equal((await job.status()).state, "succeeded");
+      assert.ok((await observer.jobs()).some((r) => r.id === submitted.id));
+      assert.ok((await job.storedLog()).some((l) => l.includes("No errors reported")));
+      assert.equal(await code(observer.submit(SMALL, { targetDir: "sec" })), "PERMISSION_DENIED");
+    } finally {
+      await observer.close();
+    }
+  });
+
+  it("never writes a credential into a log", async () => {
+    const seeds = await Promise.all(
+      (["worker", "submitter"] as const).map(async (r) =>
+        (await readFile(tf.config({}, r).creds, "utf8")).trim(),
+      ),
+    );
+    const logged = JSON.stringify(tf.workers.map((w) => w.logs));
+    assert.ok(logged.includes("worker started"), "no worker logs to look at");
+    for (const seed of seeds) assert.ok(!logged.includes(seed), "a seed is in a worker's log");
+  });
+
   it("refuses each role what its table forbids, and nothing changes", async () => {
     const queue = TestFleet.queue("sec-deny");
     await tf.provisionFor({ queue });
