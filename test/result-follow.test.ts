@@ -9,6 +9,7 @@ import { headers } from "@nats-io/transport-node";
 import { JOBS_BUCKET } from "../src/broker/subjects.js";
 import { MarsFleetError } from "../src/core/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
+import { eventually } from "./helpers/proc.js";
 
 const SMALL = { param: "2t", date: "20240101", grid: "10/10" };
 
@@ -31,6 +32,25 @@ async function consumerCount(): Promise<number> {
     await nc.close();
   }
 }
+
+describe("reads of a job", { timeout: 60_000 }, () => {
+  it("leave no consumer on the server: events(), the stored log, the job list", async () => {
+    const queue = TestFleet.queue("reads");
+    await tf.worker({ queue });
+    const fleet = await tf.client({ queue });
+    const job = await fleet.submit(SMALL);
+    await job.result();
+    const before = await consumerCount();
+    const states: string[] = [];
+    for await (const ev of job.events()) if (ev.type === "state") states.push(ev.state);
+    assert.equal(states.at(-1), "succeeded");
+    assert.ok((await job.storedLog()).length > 0);
+    assert.ok((await fleet.jobs()).some((r) => r.id === job.id));
+    // Deletion is asynchronous (best effort): give it a moment, but far less than any server timer.
+    const clean = await eventually(async () => (await consumerCount()) === before, 3000);
+    assert.ok(clean, `consumers left: ${(await consumerCount()) - before}`);
+  });
+});
 
 describe("result()", { timeout: 60_000 }, () => {
   it("is not fooled by a write the bucket refused, and leaves no consumer behind", async () => {

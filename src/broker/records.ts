@@ -5,6 +5,7 @@
  * counts either way.
  */
 import type { KV, KvEntry } from "@nats-io/kv";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import type { Msg, NatsConnection } from "@nats-io/transport-node";
 import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError } from "../core/errors.js";
 import { decode, encode } from "./codec.js";
@@ -85,10 +86,16 @@ export class JobStore {
   private readonly onReconnect = new Set<() => void>();
   private statusLoop: Promise<void> | undefined;
 
+  private readonly nc: NatsConnection;
+  private readonly jsm: JetStreamManager;
+
   constructor(
     private readonly kv: KV,
-    private readonly nc: NatsConnection,
-  ) {}
+    conn: { nc: NatsConnection; jsm: JetStreamManager },
+  ) {
+    this.nc = conn.nc;
+    this.jsm = conn.jsm;
+  }
 
   /** Create the submission; its revision, or undefined when a job with this id already exists. */
   async create(record: JobRecord): Promise<number | undefined> {
@@ -195,10 +202,20 @@ export class JobStore {
     throw new BrokerError(`job ${id}: too many concurrent changes to its submission`, { jobId: id });
   }
 
-  /** Every job record (skips entries that do not parse). */
+  /**
+   * Every job record (skips entries that do not parse). The keys come from the bucket's stream
+   * information (its subjects), one request that leaves nothing behind on the server, where
+   * `kv.keys()` would create a consumer that lingers for minutes.
+   */
   async list(): Promise<JobRecord[]> {
+    const prefix = `$KV.${JOBS_BUCKET}.`;
+    const info = await withRetry(
+      () => this.jsm.streams.info(`KV_${JOBS_BUCKET}`, { subjects_filter: `${prefix}>` }),
+      { what: "list job records" },
+    );
     const ids = new Set<string>();
-    for await (const key of await this.kv.keys()) {
+    for (const subject of Object.keys(info.state.subjects ?? {})) {
+      const key = subject.slice(prefix.length);
       const dot = key.lastIndexOf(".");
       if (dot > 0) ids.add(key.slice(0, dot));
     }

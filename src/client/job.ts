@@ -1,5 +1,5 @@
 /** A handle on one fleet job: its story as events, its result, cancel. Works from any process. */
-import { DeliverPolicy, type JetStreamClient } from "@nats-io/jetstream";
+import { DeliverPolicy, type Consumer, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { decode, encode } from "../broker/codec.js";
 import type { BrokerConnection } from "../broker/connection.js";
@@ -64,24 +64,37 @@ export class JobHandle {
 
   /** The log lines stored so far (all attempts), without waiting for more. */
   async storedLog(): Promise<string[]> {
-    const consumer = await withRetry(() =>
+    const consumer = await this.replay();
+    try {
+      const lines: string[] = [];
+      for (;;) {
+        let got = 0;
+        let pending = 0;
+        for await (const m of await consumer.fetch({ max_messages: 1000, expires: 1000 })) {
+          got++;
+          pending = m.info.pending;
+          for (const e of toEvent(m.subject, m.data) ?? []) if (e.type === "log") lines.push(e.line);
+          if (pending === 0) break;
+        }
+        if (got === 0 || pending === 0) return lines;
+      }
+    } finally {
+      dropConsumer(consumer);
+    }
+  }
+
+  /**
+   * An ordered consumer replaying this job's events from the beginning. Its reader deletes it when
+   * done (dropConsumer); should the process die first, the server drops it after REPLAY_INACTIVE_MS.
+   */
+  private replay(): Promise<Consumer> {
+    return withRetry(() =>
       this.js.consumers.get(EVENTS_STREAM, {
         filter_subjects: subjects.jobEvents(this.id),
         deliver_policy: DeliverPolicy.All,
+        inactive_threshold: REPLAY_INACTIVE_MS,
       }),
     );
-    const lines: string[] = [];
-    for (;;) {
-      let got = 0;
-      let pending = 0;
-      for await (const m of await consumer.fetch({ max_messages: 1000, expires: 1000 })) {
-        got++;
-        pending = m.info.pending;
-        for (const e of toEvent(m.subject, m.data) ?? []) if (e.type === "log") lines.push(e.line);
-        if (pending === 0) break;
-      }
-      if (got === 0 || pending === 0) return lines;
-    }
   }
 
   /** Delete the job's stored events (its log). */
@@ -114,13 +127,8 @@ export class JobHandle {
   }
 
   private async pumpEvents(out: Channel<JobEvent>, signal?: AbortSignal): Promise<void> {
-    const messages = await withRetry(async () => {
-      const consumer = await this.js.consumers.get(EVENTS_STREAM, {
-        filter_subjects: subjects.jobEvents(this.id),
-        deliver_policy: DeliverPolicy.All,
-      });
-      return consumer.consume();
-    });
+    const consumer = await this.replay();
+    const messages = await consumer.consume();
     const hbSub = this.nc.subscribe(subjects.heartbeat(this.id), {
       callback: (err, msg) => {
         if (err) return;
@@ -131,8 +139,12 @@ export class JobHandle {
         }
       },
     });
+    let finished = false;
     const finish = (): void => {
+      if (finished) return;
+      finished = true;
       messages.stop();
+      dropConsumer(consumer);
       hbSub.unsubscribe();
       out.close();
     };
@@ -221,6 +233,15 @@ export class JobHandle {
     }
     return true;
   }
+}
+
+/** How long the server keeps a replay consumer nobody pulls from (its reader died without deleting it). */
+const REPLAY_INACTIVE_MS = 30_000;
+
+/** Delete a replay consumer now rather than leave it to the server's inactivity timer. */
+function dropConsumer(consumer: Consumer): void {
+  // Best effort: one that cannot be deleted now (connection closing) goes after REPLAY_INACTIVE_MS.
+  void consumer.delete().catch(() => undefined);
 }
 
 function stateFromRecord(rec: JobRecord): JobEvent {

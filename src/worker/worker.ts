@@ -152,7 +152,7 @@ export class Worker {
     this.ctx = {
       nc: this.conn.nc,
       js: this.conn.js,
-      store: new JobStore(await this.conn.jobsKv(), this.conn.nc),
+      store: new JobStore(await this.conn.jobsKv(), this.conn),
       journal,
       workerId: this.id,
       queue: config.queue,
