@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { headers } from "@nats-io/transport-node";
-import { JOBS_BUCKET } from "../src/broker/subjects.js";
+import { JOBS_BUCKET, JOBS_STREAM, consumerName } from "../src/broker/subjects.js";
 import { MarsFleetError } from "../src/core/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
@@ -93,5 +93,42 @@ describe("result()", { timeout: 60_000 }, () => {
     const pending = job.result({ signal: ac.signal });
     ac.abort(new Error("gave up"));
     await assert.rejects(pending, /gave up/);
+  });
+
+  it("cancels a job handed back between attempts at once, and it never runs again", async () => {
+    const queue = TestFleet.queue("handback");
+    const settings = { queue, drainGrace: "200ms", marsCommand: tf.countingMars };
+    const slow = { MARS_SIM_FIELD_DELAY_MS: "300" };
+    const worker = await tf.worker(settings, slow);
+    const fleet = await tf.client(settings);
+    const job = await fleet.submit(
+      { param: "2t", date: "20240101/to/20240110" },
+      { environ: { request_id: "handback-1" } },
+    );
+    for await (const ev of job.events()) if (ev.type === "log") break; // MARS runs
+    worker.kill("SIGTERM"); // a short drain grace: the job is handed back, no worker is left
+    assert.equal(await worker.exited, 3);
+    assert.ok(
+      await eventually(async () => (await job.status()).state === "retrying", 5000),
+      `not handed back: ${(await job.status()).state}`,
+    );
+    assert.equal(await job.cancel(), true);
+    assert.equal((await job.status()).state, "cancelled");
+    let code = "";
+    await job
+      .result()
+      .catch((err: unknown) => (code = err instanceof MarsFleetError ? err.code : String(err)));
+    assert.equal(code, "JOB_CANCELLED");
+    await tf.worker(settings, slow); // it gets the message again, and drops it
+    const nc = await tf.connectAs("admin");
+    const jsm = await jetstreamManager(nc);
+    const consumed = await eventually(async () => {
+      const info = await jsm.consumers.info(JOBS_STREAM, consumerName(queue));
+      return info.num_pending === 0 && info.num_ack_pending === 0;
+    }, 10_000);
+    await nc.close();
+    assert.ok(consumed, "the new worker never took the job's message");
+    assert.equal((await tf.invocations()).get("handback-1"), 1, "the cancelled job ran again");
+    assert.equal((await job.status()).state, "cancelled");
   });
 });

@@ -16,12 +16,7 @@ import { JOBS_BUCKET, RECORD_KEYS } from "./subjects.js";
 
 export interface VersionedRecord {
   record: JobRecord;
-  /** Revision of the status key; 0 while no worker has written one. */
-  revision: number;
-}
-
-interface Versioned {
-  record: JobRecord;
+  /** Revision of the key it was read from; for a job's record, its status key's (0: none yet). */
   revision: number;
 }
 
@@ -32,19 +27,15 @@ const SUBMISSION_STATES: ReadonlySet<JobState> = new Set(["queued", "failed"]);
 const submissionKey = (id: string): string => `${id}.${RECORD_KEYS.submitted}`;
 const statusKey = (id: string): string => `${id}.${RECORD_KEYS.status}`;
 
-function parseEntry(entry: KvEntry | null, key: string): Versioned | undefined {
+function parseEntry(entry: KvEntry | null, key: string): VersionedRecord | undefined {
   if (!entry || entry.operation !== "PUT" || entry.length === 0) return undefined;
   return { record: decode(jobRecordSchema, entry.value, `job record ${key}`), revision: entry.revision };
 }
 
-function checkSubmission(sub: Versioned, id: string): Versioned {
+function checkSubmission(sub: VersionedRecord, id: string): VersionedRecord {
   if (sub.record.id !== id || !SUBMISSION_STATES.has(sub.record.state) || sub.record.result) {
-    throw new MessageInvalidError(
-      `job ${id}: its submission says ${sub.record.state}, which only a worker may`,
-      {
-        jobId: id,
-      },
-    );
+    const says = `job ${id}: its submission says ${sub.record.state}, which only a worker may`;
+    throw new MessageInvalidError(says, { jobId: id });
   }
   return sub;
 }
@@ -57,10 +48,11 @@ export function mergeRecord(
   const cancelRequested = (submission?.cancelRequested ?? false) || (status?.cancelRequested ?? false);
   const base = status ?? submission;
   if (!base) return undefined;
-  // A queued job whose cancel was requested never runs: it is cancelled now, whoever looks.
-  if (base.state === "queued" && cancelRequested) {
+  // A job waiting for a worker (queued, or between attempts) whose cancel was requested never runs
+  // again: it is cancelled now, whoever looks, and the worker that gets its message drops it.
+  if ((base.state === "queued" || base.state === "retrying") && cancelRequested) {
     const at = submission?.updatedAt ?? base.updatedAt;
-    const error = new JobCancelledError("the job was cancelled before it started", {
+    const error = new JobCancelledError("the job was cancelled while it waited for a worker", {
       jobId: base.id,
     }).toRecord();
     return { ...base, state: "cancelled", cancelRequested, error, finishedAt: at, updatedAt: at };
@@ -110,11 +102,11 @@ export class JobStore {
     }
   }
 
-  private async read(key: string): Promise<Versioned | undefined> {
+  private async read(key: string): Promise<VersionedRecord | undefined> {
     return parseEntry(await withRetry(() => this.kv.get(key), { what: `read job record ${key}` }), key);
   }
 
-  private async readSubmission(id: string): Promise<Versioned | undefined> {
+  private async readSubmission(id: string): Promise<VersionedRecord | undefined> {
     const sub = await this.read(submissionKey(id));
     return sub && checkSubmission(sub, id);
   }
