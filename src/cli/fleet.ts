@@ -10,6 +10,7 @@ import { DEAD_STREAM, EVENTS_STREAM, JOBS_STREAM, consumerName } from "../broker
 import type { FleetConfig } from "../config/load.js";
 import { ConfigError, errorFromRecord } from "../core/errors.js";
 import { AUTH_CONF, generateAuth } from "../broker/credentials.js";
+import { inboxPrefixFor } from "../broker/auth.js";
 import { formatDuration } from "../core/time.js";
 import { EXIT, ProgressDisplay, exitCodeFor, showJobEvent } from "./output.js";
 import { parseEnviron, readRequestFile } from "./request-file.js";
@@ -210,6 +211,13 @@ export async function authCommand(
           `${r.role.padEnd(9)} ${r.file}  (${opts.passwords ? "an env file: MARS_NATS_USER, MARS_NATS_PASSWORD" : "MARS_NATS_CREDS"})`,
       ),
       "Give each process its role's file only; the files are readable by their owner alone.",
+      ...generated.roles
+        .filter((r) => r.role === "observer")
+        .map((r) =>
+          opts.passwords
+            ? `nats CLI as observer: nats --user ${r.identity} --password <from ${r.file}> --inbox-prefix ${inboxPrefixFor(r.identity)} stream ls`
+            : `nats CLI as observer: nats --nkey ${r.file} --inbox-prefix ${inboxPrefixFor(r.identity)} stream ls`,
+        ),
     ].join("\n"),
   );
   return EXIT.ok;
