@@ -61,6 +61,11 @@ describe("fleet: jobs", () => {
     const registered = (await fleet.workers()).filter((w) => w.queue === queue);
     assert.deepEqual(registered.map((w) => w.id).sort(), started.map((w) => w.id).sort());
     assert.ok(registered.every((w) => w.slots === 2 && w.state === "running"));
+    // Each entry says what the worker process itself uses (for dashboards).
+    assert.ok(
+      registered.every((w) => w.usage && w.usage.rssMb > 10 && w.usage.cpuPercent >= 0),
+      JSON.stringify(registered.map((w) => w.usage)),
+    );
     const jobs = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
         fleet.submit(

@@ -152,6 +152,8 @@ export const workerInfoSchema = z.object({
   version: z.string(),
   startedAt: z.number(),
   lastSeen: z.number(),
+  /** The worker process's own use (not its MARS processes'): CPU since its last entry, memory now. */
+  usage: z.object({ cpuPercent: z.number().min(0), rssMb: z.number().min(0) }).optional(),
 });
 export type WorkerInfo = z.infer<typeof workerInfoSchema>;
 

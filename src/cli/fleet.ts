@@ -188,7 +188,9 @@ export async function workersCommand(json: boolean, config: FleetConfig): Promis
         : workers
             .map(
               (w: WorkerInfo) =>
-                `${w.id}  ${w.state.padEnd(8)}  queue ${w.queue}  ${w.running.length}/${w.slots} slots busy  seen ${formatDuration(Date.now() - w.lastSeen)} ago`,
+                `${w.id}  ${w.state.padEnd(8)}  queue ${w.queue}  ${w.running.length}/${w.slots} slots busy` +
+                (w.usage ? `  cpu ${w.usage.cpuPercent}%  rss ${w.usage.rssMb} MB` : "") +
+                `  seen ${formatDuration(Date.now() - w.lastSeen)} ago`,
             )
             .join("\n"),
     );

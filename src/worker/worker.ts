@@ -55,6 +55,8 @@ export class Worker {
   private advisorySub: Subscription | undefined;
   private cancelSub: Subscription | undefined;
   private lastRegistryAt = 0;
+  /** CPU time and wall time of the last registry entry, for the CPU share since then. */
+  private lastUsage = { cpu: process.cpuUsage(), at: Date.now() };
   private results: Promise<ObjectStore> | undefined;
   private metrics: WorkerMetrics | undefined;
   private metricsPortValue: number | undefined;
@@ -276,6 +278,16 @@ export class Worker {
     }
   }
 
+  /** CPU share (percent of one core) since the last call, and resident memory. */
+  private usage(): NonNullable<WorkerInfo["usage"]> {
+    const now = Date.now();
+    const cpu = process.cpuUsage(this.lastUsage.cpu);
+    const wallMs = Math.max(1, now - this.lastUsage.at);
+    this.lastUsage = { cpu: process.cpuUsage(), at: now };
+    const cpuPercent = Math.round(((cpu.user + cpu.system) / 1000 / wallMs) * 1000) / 10;
+    return { cpuPercent, rssMb: Math.round(process.memoryUsage.rss() / 1e5) / 10 };
+  }
+
   private async publishRegistry(): Promise<void> {
     this.lastRegistryAt = Date.now();
     const info: WorkerInfo = {
@@ -289,6 +301,7 @@ export class Worker {
       version: WORKER_VERSION,
       startedAt: this.startedAt,
       lastSeen: Date.now(),
+      usage: this.usage(),
     };
     try {
       const kv = await this.conn.workersKv();
