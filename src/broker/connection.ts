@@ -2,6 +2,7 @@ import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManage
 import { Kvm, type KV } from "@nats-io/kv";
 import { connect, errors, type NatsConnection } from "@nats-io/transport-node";
 import { BrokerAuthError, BrokerError } from "../core/errors.js";
+import type { FleetConfig } from "../config/load.js";
 import { NO_SECURITY, connectionSecurity, type SecuritySettings } from "./auth.js";
 import { JOBS_BUCKET, WORKERS_BUCKET } from "./subjects.js";
 
@@ -70,6 +71,14 @@ function connectError(err: unknown, servers: string[]): Error {
       err,
     );
   return new BrokerError(`cannot connect to NATS at ${where}: ${(err as Error).message}`, { servers }, err);
+}
+
+/** Connect with a configuration's servers, timeout, credentials and TLS. */
+export function connectWithConfig(
+  config: Pick<FleetConfig, "servers" | "requestTimeout"> & SecuritySettings,
+  name: string,
+): Promise<BrokerConnection> {
+  return connectBroker({ servers: config.servers, name, timeoutMs: config.requestTimeout, security: config });
 }
 
 /** Connect, reconnecting forever (a worker must outlive a server restart). */

@@ -18,7 +18,7 @@ import { Kvm } from "@nats-io/kv";
 import { Objm } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FleetConfig } from "../config/load.js";
-import { connectBroker, type BrokerConnection } from "./connection.js";
+import { connectWithConfig, type BrokerConnection } from "./connection.js";
 import { isAlreadyExists, isNotFound, isPermissionDenied } from "./nats-errors.js";
 import { BrokerError, TopologyMissingError } from "../core/errors.js";
 import { RESULTS_MAX_AGE_MS } from "./results.js";
@@ -308,12 +308,7 @@ export async function connectProvisioned<T>(
   name: string,
   use: (conn: BrokerConnection, report: ProvisionReport) => Promise<T>,
 ): Promise<T> {
-  const conn = await connectBroker({
-    servers: config.servers,
-    name,
-    timeoutMs: config.requestTimeout,
-    security: config,
-  });
+  const conn = await connectWithConfig(config, name);
   try {
     return await use(conn, await provision(conn.nc, conn.jsm, topologyOf(config)));
   } catch (err) {

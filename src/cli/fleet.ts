@@ -4,7 +4,7 @@ import type { JobHandle } from "../client/job.js";
 import { Fleet } from "../client/fleet.js";
 import { LogPresenter } from "../client/log-filter.js";
 import type { JobRecord, JobState, WorkerInfo } from "../broker/schemas.js";
-import { connectBroker } from "../broker/connection.js";
+import { connectWithConfig } from "../broker/connection.js";
 import { provision, topologyOf } from "../broker/provision.js";
 import { DEAD_STREAM, EVENTS_STREAM, JOBS_STREAM, consumerName } from "../broker/subjects.js";
 import type { FleetConfig } from "../config/load.js";
@@ -230,12 +230,7 @@ export async function brokerCommand(
   json: boolean,
   config: FleetConfig,
 ): Promise<number> {
-  const conn = await connectBroker({
-    servers: config.servers,
-    name: "mars-fleet-admin",
-    timeoutMs: config.requestTimeout,
-    security: config,
-  });
+  const conn = await connectWithConfig(config, "mars-fleet-admin");
   try {
     if (action === "init") {
       const report = await provision(conn.nc, conn.jsm, topologyOf(config));

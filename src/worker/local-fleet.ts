@@ -7,8 +7,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LocalNatsServer } from "../broker/local-server.js";
-import { provision, topologyOf } from "../broker/provision.js";
-import { connectBroker } from "../broker/connection.js";
+import { connectProvisioned } from "../broker/provision.js";
 import type { Role } from "../broker/roles.js";
 import { Fleet } from "../client/fleet.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
@@ -87,18 +86,9 @@ export class LocalFleet {
     if (!this.security) return;
     const config = this.config(settings, "admin");
     if (this.provisioned.has(config.queue)) return;
-    const conn = await connectBroker({
-      servers: config.servers,
-      name: "mars-fleet-admin",
-      timeoutMs: config.requestTimeout,
-      security: config,
-    });
-    try {
-      await provision(conn.nc, conn.jsm, topologyOf(config));
-      this.provisioned.add(config.queue);
-    } finally {
-      await conn.nc.close();
-    }
+    // As `mars-fleet broker init` does: ensure the topology, then close.
+    await connectProvisioned(config, "mars-fleet-admin", (conn) => conn.nc.close());
+    this.provisioned.add(config.queue);
   }
 
   /** A connected client, closed by dispose(). */
