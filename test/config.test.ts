@@ -4,22 +4,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadConfig } from "../src/config/load.js";
-import { MarsFleetError } from "../src/core/errors.js";
+import { thrown } from "./helpers/errors.js";
 
 async function yamlFile(text: string): Promise<string> {
   const path = join(await mkdtemp(join(tmpdir(), "mars-cfg-")), "config.yaml");
   await writeFile(path, text);
   return path;
-}
-
-function configError(fn: () => unknown): MarsFleetError {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof MarsFleetError) return err;
-    throw err;
-  }
-  assert.fail("expected a ConfigError");
 }
 
 describe("configuration", () => {
@@ -44,31 +34,25 @@ describe("configuration", () => {
   });
 
   it("fails when an explicitly named file is missing", () => {
-    const err = configError(() => loadConfig({ env: { MARS_CONFIG_FILE: "/nonexistent/mars.yaml" } }));
+    const err = thrown(() => loadConfig({ env: { MARS_CONFIG_FILE: "/nonexistent/mars.yaml" } }));
     assert.equal(err.code, "CONFIG_INVALID");
     assert.match(err.message, /does not exist/);
-    const err2 = configError(() => loadConfig({ env: {}, configFile: "/nonexistent/other.yaml" }));
+    const err2 = thrown(() => loadConfig({ env: {}, configFile: "/nonexistent/other.yaml" }));
     assert.equal(err2.code, "CONFIG_INVALID");
   });
 
   it("rejects invalid YAML, unknown keys and bad values instead of defaulting", async () => {
     const bad = await yamlFile("shared_root: [unclosed\n");
-    assert.equal(configError(() => loadConfig({ env: {}, configFile: bad })).code, "CONFIG_INVALID");
+    assert.equal(thrown(() => loadConfig({ env: {}, configFile: bad })).code, "CONFIG_INVALID");
     const unknown = await yamlFile("sharedroot: /x\n");
     assert.match(
-      configError(() => loadConfig({ env: {}, configFile: unknown })).message,
+      thrown(() => loadConfig({ env: {}, configFile: unknown })).message,
       /unknown setting "sharedroot"/,
     );
+    assert.match(thrown(() => loadConfig({ env: { MARS_PIPE_PORT: "ninety" } })).message, /MARS_PIPE_PORT/);
+    assert.match(thrown(() => loadConfig({ env: { MARS_HEARTBEAT_INTERVAL: "soon" } })).message, /duration/);
     assert.match(
-      configError(() => loadConfig({ env: { MARS_PIPE_PORT: "ninety" } })).message,
-      /MARS_PIPE_PORT/,
-    );
-    assert.match(
-      configError(() => loadConfig({ env: { MARS_HEARTBEAT_INTERVAL: "soon" } })).message,
-      /duration/,
-    );
-    assert.match(
-      configError(() => loadConfig({ env: { MARS_SHARED_ROOT: "relative/dir" } })).message,
+      thrown(() => loadConfig({ env: { MARS_SHARED_ROOT: "relative/dir" } })).message,
       /sharedRoot/,
     );
   });

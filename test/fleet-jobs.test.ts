@@ -13,6 +13,7 @@ import { MarsFleetError } from "../src/core/errors.js";
 import type { JobRecord } from "../src/broker/schemas.js";
 import { gribLs } from "./helpers/grib.js";
 import { freePort } from "../src/broker/local-server.js";
+import { rejection } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually, groupMembers, helperPids, processAlive } from "./helpers/proc.js";
 
@@ -28,16 +29,6 @@ async function collect(events: AsyncIterable<JobEvent>): Promise<JobEvent[]> {
   const out: JobEvent[] = [];
   for await (const e of events) out.push(e);
   return out;
-}
-
-async function rejection(p: Promise<unknown>): Promise<MarsFleetError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof MarsFleetError) return err;
-    throw err;
-  }
-  assert.fail("expected a MarsFleetError");
 }
 
 /** Largest number of [start, end) intervals open at once. */

@@ -11,9 +11,9 @@ import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { deadLetterSchema } from "../src/broker/schemas.js";
 import { DEAD_STREAM, EVENTS_STREAM, subjects } from "../src/broker/subjects.js";
-import { MarsFleetError } from "../src/core/errors.js";
 import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
 import { Worker } from "../src/worker/worker.js";
+import { rejection } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
 
@@ -26,16 +26,6 @@ before(async () => {
 after(async () => {
   await tf.dispose();
 });
-
-async function rejection(p: Promise<unknown>): Promise<MarsFleetError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof MarsFleetError, `not a typed error: ${String(err)}`);
-    return err;
-  }
-  assert.fail("expected a rejection");
-}
 
 const rawJob = (id: string, queue: string, extra: object = {}) => ({
   v: 1,

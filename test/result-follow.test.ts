@@ -10,6 +10,7 @@ import { JOBS_BUCKET, JOBS_STREAM, consumerName } from "../src/broker/subjects.j
 import { MarsFleetError } from "../src/core/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
+import { errorCode } from "./helpers/errors.js";
 
 const SMALL = { param: "2t", date: "20240101", grid: "10/10" };
 
@@ -114,11 +115,7 @@ describe("result()", { timeout: 60_000 }, () => {
     );
     assert.equal(await job.cancel(), true);
     assert.equal((await job.status()).state, "cancelled");
-    let code = "";
-    await job
-      .result()
-      .catch((err: unknown) => (code = err instanceof MarsFleetError ? err.code : String(err)));
-    assert.equal(code, "JOB_CANCELLED");
+    assert.equal(await errorCode(job.result()), "JOB_CANCELLED");
     await tf.worker(settings, slow); // it gets the message again, and drops it
     const nc = await tf.connectAs("admin");
     const jsm = await jetstreamManager(nc);

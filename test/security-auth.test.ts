@@ -12,8 +12,8 @@ import { connectionSecurity, NO_SECURITY } from "../src/broker/auth.js";
 import { LocalNatsServer } from "../src/broker/local-server.js";
 import { ROLES } from "../src/broker/roles.js";
 import { loadConfig } from "../src/config/load.js";
-import { MarsFleetError } from "../src/core/errors.js";
 import { cli } from "./helpers/cli.js";
+import { errorCode, thrown } from "./helpers/errors.js";
 
 let dir: string;
 before(async () => {
@@ -22,24 +22,6 @@ before(async () => {
 after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
-
-function codeOf(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (err) {
-    return err instanceof MarsFleetError ? err.code : String(err);
-  }
-  return "no error";
-}
-
-async function codeOfAsync(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    return err instanceof MarsFleetError ? err.code : String(err);
-  }
-  return "no error";
-}
 
 function envFile(text: string): Record<string, string> {
   return Object.fromEntries(
@@ -107,7 +89,7 @@ describe("broker auth", { timeout: 120_000 }, () => {
       await viaUrl.nc.close();
       const wrong = { ...settings, natsPassword: "not-it" };
       const refused = connectBroker({ servers: [server.url], name: "t", timeoutMs: 5000, security: wrong });
-      assert.equal(await codeOfAsync(refused), "BROKER_AUTH");
+      assert.equal(await errorCode(refused), "BROKER_AUTH");
     } finally {
       await server.dispose();
     }
@@ -118,36 +100,29 @@ describe("credentials settings", () => {
   it("refuses bad credentials settings with CONFIG_INVALID, naming the file and never its contents", async () => {
     const junk = join(dir, "junk.creds");
     await writeFile(junk, "not-a-seed-SECRETVALUE\n");
-    const err = (() => {
-      try {
-        connectionSecurity(["nats://127.0.0.1:4222"], { ...NO_SECURITY, creds: junk });
-      } catch (e) {
-        return e as MarsFleetError;
-      }
-      return undefined;
-    })();
-    assert.equal(err?.code, "CONFIG_INVALID");
-    assert.match(err!.message, /junk\.creds/);
-    assert.doesNotMatch(err!.message, /SECRETVALUE/);
+    const err = thrown(() => connectionSecurity(["nats://127.0.0.1:4222"], { ...NO_SECURITY, creds: junk }));
+    assert.equal(err.code, "CONFIG_INVALID");
+    assert.match(err.message, /junk\.creds/);
+    assert.doesNotMatch(err.message, /SECRETVALUE/);
     assert.equal(
-      codeOf(() => connectionSecurity([], { ...NO_SECURITY, creds: join(dir, "absent.nk") })),
+      thrown(() => connectionSecurity([], { ...NO_SECURITY, creds: join(dir, "absent.nk") })).code,
       "CONFIG_INVALID",
     );
     assert.equal(
-      codeOf(() => connectionSecurity([], { ...NO_SECURITY, tlsCa: join(dir, "absent-ca.pem") })),
+      thrown(() => connectionSecurity([], { ...NO_SECURITY, tlsCa: join(dir, "absent-ca.pem") })).code,
       "CONFIG_INVALID",
     );
     const env = { MARS_CONFIG_FILE: "" };
     assert.equal(
-      codeOf(() => loadConfig({ env: { ...env, MARS_NATS_TLS_CERT: "/c.pem" } })),
+      thrown(() => loadConfig({ env: { ...env, MARS_NATS_TLS_CERT: "/c.pem" } })).code,
       "CONFIG_INVALID",
     );
     assert.equal(
-      codeOf(() => loadConfig({ env: { ...env, MARS_NATS_PASSWORD: "x" } })),
+      thrown(() => loadConfig({ env: { ...env, MARS_NATS_PASSWORD: "x" } })).code,
       "CONFIG_INVALID",
     );
     assert.equal(
-      codeOf(() => loadConfig({ env: { ...env, MARS_NATS_CREDS: junk, MARS_NATS_USER: "u" } })),
+      thrown(() => loadConfig({ env: { ...env, MARS_NATS_CREDS: junk, MARS_NATS_USER: "u" } })).code,
       "CONFIG_INVALID",
     );
   });

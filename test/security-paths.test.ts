@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { jetstream } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
-import { MarsFleetError } from "../src/core/errors.js";
+import { errorCode } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { RawWebSocket } from "./helpers/ws-client.js";
 
@@ -26,16 +26,6 @@ after(async () => {
   await rm(outside, { recursive: true, force: true });
 });
 
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof MarsFleetError, String(err));
-    return err.code;
-  }
-  return "no error";
-}
-
 describe("security: symbolic links do not lead out of the root", { timeout: 60_000 }, () => {
   it("refuses targets through a link, directories made through a link, and a target that is a link", async () => {
     const queue = TestFleet.queue("links");
@@ -47,7 +37,7 @@ describe("security: symbolic links do not lead out of the root", { timeout: 60_0
       ["own", "evil.grib"],
     ] as const) {
       const job = await fleet.submit(SMALL, { targetDir, targetFname });
-      assert.equal(await code(job.result()), "TARGET_INVALID", `${targetDir}/${targetFname}`);
+      assert.equal(await errorCode(job.result()), "TARGET_INVALID", `${targetDir}/${targetFname}`);
       assert.equal((await job.status()).attempt, 1);
     }
     // A raw message, as an attacker would send it: the worker checks on disk, not the client.
@@ -64,7 +54,7 @@ describe("security: symbolic links do not lead out of the root", { timeout: 60_0
       },
       fleet,
     );
-    assert.equal(await code(raw!.result()), "TARGET_INVALID");
+    assert.equal(await errorCode(raw!.result()), "TARGET_INVALID");
 
     assert.deepEqual(
       (await readdir(outside)).sort(),
@@ -104,6 +94,6 @@ describe("security: symbolic links do not lead out of the root", { timeout: 60_0
     // Forged as a worker would write it (this connection may write anything: an open server).
     await kv.put(`${job.id}.status`, JSON.stringify(forged));
     await nc.close();
-    assert.equal(await code(job.result()), "TARGET_INVALID");
+    assert.equal(await errorCode(job.result()), "TARGET_INVALID");
   });
 });

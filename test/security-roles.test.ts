@@ -22,7 +22,7 @@ import {
   subjects,
 } from "../src/broker/subjects.js";
 import { Fleet } from "../src/client/fleet.js";
-import { MarsFleetError } from "../src/core/errors.js";
+import { errorCode } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { rawHttp, assemble } from "./helpers/http-chunked.js";
 import { helperPids } from "./helpers/proc.js";
@@ -38,15 +38,6 @@ before(async () => {
 after(async () => {
   await tf.dispose();
 });
-
-async function code(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    return err instanceof MarsFleetError ? err.code : `not a MarsFleetError: ${String(err)}`;
-  }
-  return "no error";
-}
 
 /** `op` fails with a NATS permissions violation (the error itself, or as a request's cause). */
 async function denied(what: string, op: () => Promise<unknown>): Promise<void> {
@@ -106,7 +97,7 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
     const idleFleet = await tf.client({ queue: idle });
     const queued = await idleFleet.submit(SMALL, { targetDir: "sec" });
     assert.equal(await queued.cancel(), true);
-    assert.equal(await code(queued.result()), "JOB_CANCELLED");
+    assert.equal(await errorCode(queued.result()), "JOB_CANCELLED");
 
     // Failover: the worker running a job is killed with SIGKILL; another takes it over.
     const slow = { MARS_SIM_FIELD_DELAY_MS: "300", MARS_SIM_SPAWN_CHILD: "1" };
@@ -127,7 +118,7 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
     const running = await kfleet.submit({ param: "2t", date: "20240101/to/20240120" }, { targetDir: "sec" });
     for await (const ev of running.events()) if (ev.type === "log") break;
     assert.equal(await running.cancel(), true);
-    assert.equal(await code(running.result()), "JOB_CANCELLED");
+    assert.equal(await errorCode(running.result()), "JOB_CANCELLED");
   });
 
   it("serves the pipe and shares gateways as a submitter", async () => {
@@ -180,7 +171,7 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
       assert.equal((await job.status()).state, "succeeded");
       assert.ok((await observer.jobs()).some((r) => r.id === submitted.id));
       assert.ok((await job.storedLog()).some((l) => l.includes("No errors reported")));
-      assert.equal(await code(observer.submit(SMALL, { targetDir: "sec" })), "PERMISSION_DENIED");
+      assert.equal(await errorCode(observer.submit(SMALL, { targetDir: "sec" })), "PERMISSION_DENIED");
     } finally {
       await observer.close();
     }
@@ -301,21 +292,21 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
         timeoutMs: 5000,
         security: { ...config, tlsCa: other.ca },
       });
-      assert.equal(await code(wrongCa), "BROKER_AUTH");
+      assert.equal(await errorCode(wrongCa), "BROKER_AUTH");
       const noCreds = connectBroker({
         servers: config.servers,
         name: "t",
         timeoutMs: 5000,
         security: { ...config, creds: "" },
       });
-      assert.equal(await code(noCreds), "BROKER_AUTH");
+      assert.equal(await errorCode(noCreds), "BROKER_AUTH");
       const userPass = connectBroker({
         servers: config.servers,
         name: "t",
         timeoutMs: 5000,
         security: { ...config, creds: "", natsUser: "mars-admin", natsPassword: "guess" },
       });
-      assert.equal(await code(userPass), "BROKER_AUTH");
+      assert.equal(await errorCode(userPass), "BROKER_AUTH");
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -324,10 +315,10 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
   it("says the topology is missing when a worker or client may not create it", async () => {
     const queue = TestFleet.queue("sec-missing"); // never provisioned by an admin
     const client = Fleet.connect({ config: tf.config({ queue }) });
-    assert.equal(await code(client), "TOPOLOGY_MISSING");
+    assert.equal(await errorCode(client), "TOPOLOGY_MISSING");
     await assert.rejects(client, /run `mars-fleet broker init` with admin credentials/);
     const w = await import("../src/worker/worker.js");
     const worker = w.Worker.start({ config: tf.config({ queue }, "worker"), workerId: "w-missing" });
-    assert.equal(await code(worker), "TOPOLOGY_MISSING");
+    assert.equal(await errorCode(worker), "TOPOLOGY_MISSING");
   });
 });
