@@ -111,8 +111,16 @@ export class JobStore {
     return sub && checkSubmission(sub, id);
   }
 
-  async get(id: string): Promise<VersionedRecord | undefined> {
+  /** Both keys of a job, read at once. */
+  private async readKeys(
+    id: string,
+  ): Promise<{ submission: VersionedRecord | undefined; status: VersionedRecord | undefined }> {
     const [submission, status] = await Promise.all([this.readSubmission(id), this.read(statusKey(id))]);
+    return { submission, status };
+  }
+
+  async get(id: string): Promise<VersionedRecord | undefined> {
+    const { submission, status } = await this.readKeys(id);
     const record = mergeRecord(submission?.record, status?.record);
     return record && { record, revision: status?.revision ?? 0 };
   }
@@ -175,7 +183,7 @@ export class JobStore {
     change: (submission: JobRecord, current: JobRecord) => JobRecord | undefined,
   ): Promise<JobRecord> {
     for (let tries = 0; tries < MAX_CAS_TRIES; tries++) {
-      const [submission, status] = await Promise.all([this.readSubmission(id), this.read(statusKey(id))]);
+      const { submission, status } = await this.readKeys(id);
       if (!submission) throw new JobNotFoundError(id);
       const current = mergeRecord(submission.record, status?.record)!;
       const next = change(submission.record, current);
