@@ -207,49 +207,60 @@ async function ensureConsumer(
   }
 }
 
-async function ensureBucket(
+/**
+ * A bucket or object store: its stream looked up, created when missing (by `create`; the nats.js
+ * create calls are idempotent for identical settings, so a race with another process is harmless).
+ * `drift` reports how an existing one differs from this configuration.
+ */
+async function ensureStore(
+  jsm: JetStreamManager,
+  stream: string,
+  what: string,
+  report: ProvisionReport,
+  create: () => Promise<unknown>,
+  drift?: (config: StreamConfig) => string | undefined,
+): Promise<void> {
+  try {
+    const info = await jsm.streams.info(stream);
+    report.existing.push(what);
+    const differs = drift?.(info.config);
+    if (differs) report.drift.push(`${what}: ${differs}`);
+    return;
+  } catch (err) {
+    if (!isNotFound(err)) throw err;
+  }
+  await createOrNote(what, report, create);
+}
+
+function ensureBucket(
   nc: NatsConnection,
   jsm: JetStreamManager,
   name: string,
   opts: { replicas: number; history: number; ttl?: number },
   report: ProvisionReport,
 ): Promise<void> {
-  try {
-    const info = await jsm.streams.info(`KV_${name}`);
-    report.existing.push(`bucket ${name}`);
-    const ttl = info.config.max_age / 1_000_000;
-    if (opts.ttl !== undefined && ttl !== opts.ttl) {
-      report.drift.push(`bucket ${name}: ttl is ${ttl} ms, this configuration wants ${opts.ttl} ms`);
-    }
-    return;
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-  }
-  // Kvm.create is idempotent for identical settings, so a race with another process is harmless.
-  await createOrNote(`bucket ${name}`, report, () =>
+  const create = (): Promise<unknown> =>
     new Kvm(nc).create(name, {
       replicas: opts.replicas,
       history: opts.history,
       ...(opts.ttl !== undefined && { ttl: opts.ttl }),
-    }),
-  );
+    });
+  return ensureStore(jsm, `KV_${name}`, `bucket ${name}`, report, create, (config) => {
+    const ttl = config.max_age / 1_000_000;
+    return opts.ttl !== undefined && ttl !== opts.ttl
+      ? `ttl is ${ttl} ms, this configuration wants ${opts.ttl} ms`
+      : undefined;
+  });
 }
 
-async function ensureObjectStore(
+function ensureObjectStore(
   nc: NatsConnection,
   jsm: JetStreamManager,
   name: string,
   replicas: number,
   report: ProvisionReport,
 ): Promise<void> {
-  try {
-    await jsm.streams.info(`OBJ_${name}`);
-    report.existing.push(`object store ${name}`);
-    return;
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
-  }
-  await createOrNote(`object store ${name}`, report, () =>
+  return ensureStore(jsm, `OBJ_${name}`, `object store ${name}`, report, () =>
     new Objm(nc).create(name, { replicas, ttl: RESULTS_MAX_AGE_MS * 1_000_000 }),
   );
 }
