@@ -3,7 +3,7 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LocalNatsServer } from "../../src/broker/local-server.js";
-import { connectionSecurity } from "../../src/broker/auth.js";
+import { NO_SECURITY, connectionSecurity } from "../../src/broker/auth.js";
 import { generateAuth } from "../../src/broker/credentials.js";
 import type { Role } from "../../src/broker/roles.js";
 import { makeTls } from "./tls.js";
@@ -83,19 +83,13 @@ export class TestFleet extends LocalFleet {
 
   /** A raw connection with a role's credentials (on an open server, anonymous whatever the role). */
   async connectAs(role: Role | "anonymous"): Promise<NatsConnection> {
-    const sec =
-      this.security && role !== "anonymous"
-        ? connectionSecurity([this.server.url], {
-            creds: this.security.creds[role],
-            natsUser: "",
-            natsPassword: "",
-            tlsCa: this.security.tlsCa ?? "",
-            tlsCert: "",
-            tlsKey: "",
-          }).options
-        : this.security?.tlsCa
-          ? { tls: { caFile: this.security.tlsCa } }
-          : {};
+    const sec = this.security
+      ? connectionSecurity([this.server.url], {
+          ...NO_SECURITY,
+          creds: role === "anonymous" ? "" : this.security.creds[role],
+          tlsCa: this.security.tlsCa ?? "",
+        }).options
+      : {};
     return connect({ servers: this.server.url, ...sec, timeout: 5000 });
   }
 
