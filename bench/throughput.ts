@@ -3,7 +3,7 @@ import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { normaliseRequests } from "../src/mars/request.js";
 import { startMars } from "../src/runner/runner.js";
-import { BenchEnv, CpuMeter, FleetObserver, percentile, pool } from "./env.js";
+import { BenchEnv, CpuMeter, FleetObserver, childrenCpuMs, percentile, pool, strayConsumers } from "./env.js";
 import { round, target, type ScenarioResult } from "./report.js";
 
 const SHORT_REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
@@ -86,15 +86,26 @@ export async function dispatchLatency(env: BenchEnv, jobs: number): Promise<Scen
   };
 }
 
+export interface FleetVsPool {
+  fleetMs: number;
+  directMs: number;
+  /** The fleet's own CPU per job, by part. */
+  cpu: CpuPerJob;
+  /** Consumers left on the server once the client closed, beyond the work queues' own. */
+  consumersLeft: number;
+  /** CPU per job of the MARS command itself, measured on the direct pool. */
+  marsCpuMs: number;
+}
+
 /** N jobs through the fleet (all submitted at once) vs the same N through a local pool of the same width. */
-async function fleetVsPool(
+export async function fleetVsPool(
   env: BenchEnv,
   name: string,
   jobs: number,
   workers: number,
   slots: number,
   command: string | undefined,
-): Promise<{ fleetMs: number; directMs: number; cpu: CpuPerJob }> {
+): Promise<FleetVsPool> {
   const queue = BenchEnv.queue(name);
   const settings = { queue, concurrency: slots, ...(command && { marsCommand: command }) };
   const started = await Promise.all(Array.from({ length: workers }, () => env.worker(settings)));
@@ -113,14 +124,19 @@ async function fleetVsPool(
   );
   const fleetMs = Date.now() - t0;
   const cpu = await meter.perJob(jobs);
+  await fleet.close();
+  const consumersLeft = await strayConsumers(await env.nc());
   await env.killWorkers(started);
+  const marsBefore = await childrenCpuMs(process.pid);
   const t1 = Date.now();
   await pool(
     Array.from({ length: jobs }, (_, i) => i),
     workers * slots,
     (i) => direct(env, command?.split(" "), `${name}-${i}.grib`),
   );
-  return { fleetMs, directMs: Date.now() - t1, cpu };
+  const directMs = Date.now() - t1;
+  const marsCpuMs = ((await childrenCpuMs(process.pid)) - marsBefore) / jobs;
+  return { fleetMs, directMs, cpu, consumersLeft, marsCpuMs };
 }
 
 type CpuPerJob = Awaited<ReturnType<CpuMeter["perJob"]>>;
