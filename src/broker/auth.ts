@@ -3,7 +3,7 @@
  * a user and password) and TLS. Secrets are read here and handed to the NATS client; they never
  * reach a log line or an error message.
  */
-import { readFileSync } from "node:fs";
+import { accessSync, constants, readFileSync } from "node:fs";
 import { fromSeed } from "@nats-io/nkeys";
 import {
   credsAuthenticator,
@@ -55,17 +55,18 @@ export function publicKeyOf(seed: string): string {
   return fromSeed(new TextEncoder().encode(seed)).getPublicKey();
 }
 
-function readSecretFile(path: string, what: string): string {
+/** `op` on a file the configuration names; failing, a ConfigError naming the file (never its contents). */
+function withFile<T>(path: string, what: string, op: () => T): T {
   try {
-    return readFileSync(path, "utf8");
+    return op();
   } catch (err) {
-    throw new ConfigError(
-      `cannot read the ${what} ${path}: ${(err as NodeJS.ErrnoException).code ?? "error"}`,
-      {
-        file: path,
-      },
-    );
+    const code = (err as NodeJS.ErrnoException).code ?? "error";
+    throw new ConfigError(`cannot read the ${what} ${path}: ${code}`, { file: path });
   }
+}
+
+function readSecretFile(path: string, what: string): string {
+  return withFile(path, what, () => readFileSync(path, "utf8"));
 }
 
 /** The authenticator and identity a credentials file gives. */
@@ -133,7 +134,8 @@ export function connectionSecurity(servers: string[], s: SecuritySettings): Conn
     [s.tlsCert, "TLS certificate"],
     [s.tlsKey, "TLS key"],
   ] as const) {
-    if (file !== "") readSecretFile(file, what); // a missing file is named now, not as a TLS failure later
+    // A missing or unreadable file is named now, not as a TLS failure later; the TLS layer reads it.
+    if (file !== "") withFile(file, what, () => accessSync(file, constants.R_OK));
   }
   if (s.tlsCa !== "" || s.tlsCert !== "") {
     options.tls = {
