@@ -4,7 +4,7 @@ import { connect, errors, type NatsConnection } from "@nats-io/transport-node";
 import { BrokerAuthError, BrokerError } from "../core/errors.js";
 import type { FleetConfig } from "../config/load.js";
 import { NO_SECURITY, connectionSecurity, type SecuritySettings } from "./auth.js";
-import { JOBS_BUCKET, WORKERS_BUCKET } from "./subjects.js";
+import { JOBS_BUCKET, QOS_BUCKET, WORKERS_BUCKET } from "./subjects.js";
 
 export const DEFAULT_SERVER = "nats://127.0.0.1:4222";
 const RECONNECT_WAIT_MS = 250;
@@ -22,6 +22,8 @@ export interface BrokerConnection {
   jsm: JetStreamManager;
   jobsKv(): Promise<KV>;
   workersKv(): Promise<KV>;
+  /** The QoS bucket: rules and limit slots. */
+  qosKv(): Promise<KV>;
   /** Who the broker authenticated: a user name or an nkey public key; undefined on an open server. */
   identity: string | undefined;
 }
@@ -111,12 +113,14 @@ export async function connectBroker(opts: ConnectOptions): Promise<BrokerConnect
   const kvm = new Kvm(js);
   let jobs: Promise<KV> | undefined;
   let workers: Promise<KV> | undefined;
+  let qos: Promise<KV> | undefined;
   return {
     nc,
     js,
     jsm,
     jobsKv: () => (jobs ??= kvm.open(JOBS_BUCKET)),
     workersKv: () => (workers ??= kvm.open(WORKERS_BUCKET)),
+    qosKv: () => (qos ??= kvm.open(QOS_BUCKET)),
     identity: security.identity,
   };
 }

@@ -28,6 +28,7 @@ import {
   EVENTS_STREAM,
   JOBS_BUCKET,
   JOBS_STREAM,
+  QOS_BUCKET,
   RESULTS_BUCKET,
   WORKERS_BUCKET,
   consumerName,
@@ -98,7 +99,7 @@ function streamConfigs(
   return [
     {
       name: JOBS_STREAM,
-      subjects: [subjects.allJobs],
+      subjects: [...subjects.allJobs],
       retention: RetentionPolicy.Workqueue,
       storage: StorageType.File,
       num_replicas: t.replicas,
@@ -169,7 +170,17 @@ async function ensureStream(
     try {
       const info = await jsm.streams.info(cfg.name);
       report.existing.push(`stream ${cfg.name}`);
-      report.drift.push(...differences(`stream ${cfg.name}`, cfg, info.config));
+      const lacking = cfg.subjects?.filter((s) => !info.config.subjects.includes(s)) ?? [];
+      if (lacking.length > 0) {
+        // A stream from an earlier version lacks subjects this one publishes on (the queue lanes):
+        // adding subjects changes nothing stored, so it is done, not reported.
+        const subjectsNow = [...info.config.subjects, ...lacking];
+        await createOrNote(`subjects ${lacking.join(", ")} of stream ${cfg.name}`, report, () =>
+          jsm.streams.update(cfg.name, { ...info.config, subjects: subjectsNow }),
+        );
+      }
+      const { subjects: _wanted, ...rest } = cfg;
+      report.drift.push(...differences(`stream ${cfg.name}`, rest, info.config));
       return;
     } catch (err) {
       if (!isNotFound(err)) throw err;
@@ -289,6 +300,7 @@ export async function provision(
       { replicas: t.replicas, history: 1, ttl: workerTtlMs(t.heartbeatMs) },
       report,
     );
+    await ensureBucket(nc, jsm, QOS_BUCKET, { replicas: t.replicas, history: 5 }, report);
     await ensureObjectStore(nc, jsm, RESULTS_BUCKET, t.replicas, report);
   } catch (err) {
     if (isPermissionDenied(err)) {

@@ -7,6 +7,8 @@ import {
   EVENTS_STREAM,
   JOBS_BUCKET,
   JOBS_STREAM,
+  QOS_BUCKET,
+  QOS_RULES_KEY,
   RESULTS_BUCKET,
   WORKERS_BUCKET,
   RECORD_KEYS,
@@ -34,6 +36,7 @@ const FLEET_STREAMS = [
   DEAD_STREAM,
   kvStream(JOBS_BUCKET),
   kvStream(WORKERS_BUCKET),
+  kvStream(QOS_BUCKET),
   objStream(RESULTS_BUCKET),
 ];
 
@@ -83,13 +86,21 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
       return {
         publish: [
           ...topologyInfo(),
-          p(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.*`, "pull jobs from its queue's consumer"),
+          p(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.*`, "pull jobs from its queue's consumers"),
+          p(
+            `$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.>`,
+            "create a lane's consumer when the lane first has jobs (never delete)",
+          ),
+          p(`$JS.API.CONSUMER.DURABLE.CREATE.${JOBS_STREAM}.*`, "same, on servers before 2.9"),
+          p(`$JS.API.CONSUMER.LIST.${JOBS_STREAM}`, "count queued and running jobs per lane"),
           p(`$JS.ACK.${JOBS_STREAM}.>`, "ack, nak, term and in-progress of its jobs"),
           p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "read a job that ran out of deliveries"),
           p(`$JS.API.STREAM.MSG.DELETE.${JOBS_STREAM}`, "remove that job once dead-lettered"),
           ...directReads(kvStream(JOBS_BUCKET)),
           p(`${status(RECORD_KEYS.status)}`, "update job records (compare-and-set)"),
           p(`$KV.${WORKERS_BUCKET}.*`, "register itself in the worker registry"),
+          ...directReads(kvStream(QOS_BUCKET)),
+          p(`$KV.${QOS_BUCKET}.slots.>`, "take and give back QoS limit slots (compare-and-set)"),
           p(subjects.log("*"), "publish job logs"),
           p(subjects.progress("*"), "publish job progress"),
           p(subjects.state("*"), "publish job state changes"),
@@ -103,18 +114,23 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           replies,
           p(subjects.cancel("*"), "stop a running job at once when it is cancelled"),
           p(subjects.maxDeliveries("*"), "fail jobs that ran out of deliveries"),
+          ...subjects.allJobs.map((s) =>
+            p(s, "hear new jobs on its queue's lanes (to choose whom to serve)"),
+          ),
+          p(`$KV.${QOS_BUCKET}.>`, "hear QoS rules and limit slots change"),
         ],
       };
     case "submitter":
       return {
         publish: [
           ...topologyInfo(),
-          p(subjects.allJobs, "publish jobs"),
+          ...subjects.allJobs.map((s) => p(s, "publish jobs (on its queue's lanes, or lane-less)")),
           p(`${status(RECORD_KEYS.submitted)}`, "create job records (the submission)"),
           ...directReads(kvStream(JOBS_BUCKET)),
           ...orderedReads(kvStream(JOBS_BUCKET)),
           ...directReads(kvStream(WORKERS_BUCKET)),
           ...orderedReads(kvStream(WORKERS_BUCKET)),
+          ...directReads(kvStream(QOS_BUCKET)),
           ...orderedReads(EVENTS_STREAM),
           p(subjects.cancel("*"), "request a cancel"),
           p(subjects.log("*"), "the log of a request refused before it was queued"),
@@ -128,6 +144,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           replies,
           p(subjects.allHeartbeats, "heartbeats of its jobs"),
           p(`$KV.${JOBS_BUCKET}.*.*`, "hear its jobs' records change (then read them)"),
+          p(`$KV.${QOS_BUCKET}.${QOS_RULES_KEY}`, "hear the QoS rules change (deny rules apply at submit)"),
         ],
       };
     case "observer":
@@ -140,10 +157,13 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           p("$JS.API.CONSUMER.NAMES.*", "list consumers"),
           p("$JS.API.CONSUMER.LIST.*", "list consumers"),
           p("$JS.API.CONSUMER.INFO.*.*", "consumer information"),
-          ...[EVENTS_STREAM, DEAD_STREAM, kvStream(JOBS_BUCKET), kvStream(WORKERS_BUCKET)].flatMap((s) => [
-            ...directReads(s),
-            ...orderedReads(s),
-          ]),
+          ...[
+            EVENTS_STREAM,
+            DEAD_STREAM,
+            kvStream(JOBS_BUCKET),
+            kvStream(WORKERS_BUCKET),
+            kvStream(QOS_BUCKET),
+          ].flatMap((s) => [...directReads(s), ...orderedReads(s)]),
           flowControl,
         ],
         subscribe: [

@@ -9,13 +9,13 @@ export const PROTOCOL_VERSION = 1;
 
 const token = z.string().refine(isToken, "must be letters, digits, - or _ (at most 128)");
 /** The client's environ: names that make `MARS_ENVIRON_<KEY>` variables, one-line values. */
-const environ = z
+export const environSchema = z
   .record(
     z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, "environ keys are letters, digits and _"),
     z.string().regex(/^[^\u0000\n\r]*$/, "no newline or NUL"),
   )
   .default({});
-const marsRequestSchema = z.object({
+export const marsRequestSchema = z.object({
   verb: z.enum(MARS_VERBS),
   params: z.record(z.string(), z.array(z.string()).min(1)),
 });
@@ -38,7 +38,7 @@ export const jobMessageSchema = z.object({
   requests: z.array(marsRequestSchema).min(1),
   /** Target path relative to the shared root (each host mounts the root where it likes). */
   target: z.string().min(1),
-  environ,
+  environ: environSchema,
   timeoutMs: z.number().int().min(0).default(0),
   maxAttempts: z.number().int().min(1).optional(),
   submittedAt: z.number(),
@@ -76,7 +76,7 @@ export const jobRecordSchema = z.object({
   worker: z.string().optional(),
   target: z.string(),
   requests: z.array(marsRequestSchema),
-  environ,
+  environ: environSchema,
   timeoutMs: z.number().int().min(0).default(0),
   cancelRequested: z.boolean().default(false),
   submittedAt: z.number(),
@@ -154,6 +154,8 @@ export const workerInfoSchema = z.object({
   lastSeen: z.number(),
   /** The worker process's own use (not its MARS processes'): CPU since its last entry, memory now. */
   usage: z.object({ cpuPercent: z.number().min(0), rssMb: z.number().min(0) }).optional(),
+  /** Jobs it pulled that wait for a QoS limit (holding no slot), and why. */
+  waiting: z.array(z.object({ job: z.string(), reason: z.string() })).optional(),
 });
 export type WorkerInfo = z.infer<typeof workerInfoSchema>;
 

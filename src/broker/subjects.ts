@@ -3,7 +3,11 @@
  * these; nobody spells a subject by hand. Names are chosen to read well in the `nats` CLI.
  */
 
-/** Work queue: one message per job, subject `mars.jobs.<queue>`. */
+/**
+ * Work queue: one message per job, subject `mars.jobs.<queue>.<lane>`, the lane being the job's
+ * fairness key (its user, by default). `mars.jobs.<queue>` alone is the lane-less subject of
+ * earlier clients, still served.
+ */
 export const JOBS_STREAM = "MARS_JOBS";
 /** Job logs, progress and state changes, replayable: `mars.job.<id>.log|progress|state`. */
 export const EVENTS_STREAM = "MARS_EVENTS";
@@ -18,6 +22,9 @@ export const JOBS_BUCKET = "mars-jobs";
 export const RECORD_KEYS = { submitted: "submitted", status: "status" } as const;
 /** Worker registry (KV): key = worker id; entries expire when a worker stops heart-beating. */
 export const WORKERS_BUCKET = "mars-workers";
+/** QoS (KV): key `rules` (the applied rules), keys `slots.<rule>.<value>` (who holds a limit's slots). */
+export const QOS_BUCKET = "mars-qos";
+export const QOS_RULES_KEY = "rules";
 /** Results delivered through the broker (object store), for clients without the shared filesystem. */
 export const RESULTS_BUCKET = "mars-results";
 
@@ -29,9 +36,13 @@ export function isToken(s: string): boolean {
 }
 
 export const subjects = {
-  /** All work queues (the stream's subjects). */
-  allJobs: "mars.jobs.*",
+  /** All work queues (the stream's subjects): lane-less (earlier clients) and laned. */
+  allJobs: ["mars.jobs.*", "mars.jobs.*.*"],
   jobs: (queue: string): string => `mars.jobs.${queue}`,
+  /** One fairness lane of a queue. */
+  lane: (queue: string, lane: string): string => `mars.jobs.${queue}.${lane}`,
+  /** Every lane of a queue (what workers listen to for new jobs, and count per lane). */
+  lanes: (queue: string): string => `mars.jobs.${queue}.*`,
   /**
    * The events stream keeps `mars.job.<id>.<kind>`. One wildcard subject, so that a per-job filter
    * (`mars.job.<id>.*`) is a subset of it, which nats-server 2.9 requires of consumer filters.
@@ -57,9 +68,30 @@ export const subjects = {
     `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${JOBS_STREAM}.${consumer}`,
 } as const;
 
-/** The one durable pull consumer all workers of a queue share. */
+/**
+ * The durable pull consumer all workers of a queue share for its lane-less subject; it also holds
+ * the queue's settings (ack wait, deliveries) that lane consumers copy.
+ */
 export function consumerName(queue: string): string {
   return `workers-${queue}`;
+}
+
+/** The durable pull consumer of one lane, shared by the queue's workers (`=` appears in no token). */
+export function laneConsumerName(queue: string, lane: string): string {
+  return `workers-${queue}=${lane}`;
+}
+
+/** The lane of a consumer of `queue`: "" for the lane-less one, undefined for another queue's. */
+export function laneOfConsumer(queue: string, name: string): string | undefined {
+  if (name === consumerName(queue)) return "";
+  const prefix = `${consumerName(queue)}=`;
+  return name.startsWith(prefix) ? name.slice(prefix.length) : undefined;
+}
+
+/** The queue a job message's subject belongs to. */
+export function queueOfSubject(subject: string): string | undefined {
+  const parts = subject.split(".");
+  return parts.length >= 3 && parts[0] === "mars" && parts[1] === "jobs" ? parts[2] : undefined;
 }
 
 /** Which part of `mars.job.<id>.<kind>` a stored event is. */

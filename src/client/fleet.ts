@@ -19,7 +19,9 @@ import {
 } from "../broker/schemas.js";
 import { isToken, subjects } from "../broker/subjects.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
-import { BrokerError, type MarsFleetError } from "../core/errors.js";
+import { BrokerError, QosDeniedError, type MarsFleetError } from "../core/errors.js";
+import { deniedBy, factsOf, laneOf } from "../qos/evaluate.js";
+import { RulesFollower } from "../qos/store.js";
 import { JobEventPublisher } from "../broker/events.js";
 import { formatLogLine } from "../mars/log.js";
 import { LiveWorkers } from "./live-workers.js";
@@ -66,6 +68,7 @@ export function jobIdFor(requestId: string | undefined): string {
 export class Fleet {
   private closing: Promise<void> | undefined;
   private liveWorkers: Promise<LiveWorkers> | undefined;
+  private rulesFollower: Promise<RulesFollower> | undefined;
 
   private constructor(
     private readonly conn: BrokerConnection,
@@ -124,6 +127,11 @@ export class Fleet {
       ...(opts.marsEnv && { marsEnv: checkJobMarsEnv(opts.marsEnv) }),
       submittedBy: this.submitter(environ),
     };
+    const rules = (await this.qosRules()).rules;
+    const facts = factsOf(message);
+    const denied = deniedBy(rules, facts);
+    if (denied) throw new QosDeniedError(denied.deny, { rule: denied.name });
+    const subject = subjects.lane(queue, laneOf(rules, facts));
     const revision = await this.store.create(initialRecord(message, this.config.maxRetries));
     if (revision === undefined) {
       const existing = await this.store.require(id);
@@ -132,7 +140,7 @@ export class Fleet {
       if (existing.record.state !== "queued") return this.handle(id);
     }
     try {
-      await withRetry(() => this.conn.js.publish(subjects.jobs(queue), encode(message), { msgID: id }), {
+      await withRetry(() => this.conn.js.publish(subject, encode(message), { msgID: id }), {
         deadlineMs: this.config.requestTimeout,
       });
     } catch (err) {
@@ -154,6 +162,18 @@ export class Fleet {
       throw error;
     }
     return this.handle(id);
+  }
+
+  /** The QoS rules in force, followed from the first submit on (deny rules refuse here; the lane is the rules' fairness key). */
+  qosRules(): Promise<RulesFollower> {
+    this.rulesFollower ??= this.conn
+      .qosKv()
+      .then((kv) => RulesFollower.start(this.conn.nc, kv, this.log))
+      .catch((err: unknown) => {
+        this.rulesFollower = undefined; // the next submit tries again
+        throw err;
+      });
+    return this.rulesFollower;
   }
 
   /** Who submits: the environ's user and the identity this connection authenticated as. */
@@ -246,6 +266,7 @@ export class Fleet {
     this.closing ??= (async () => {
       // A registry view that never opened has no watch to stop.
       if (this.liveWorkers) (await this.liveWorkers.catch(() => undefined))?.stop();
+      if (this.rulesFollower) (await this.rulesFollower.catch(() => undefined))?.close();
       await this.conn.nc.drain().catch(() => this.conn.nc.close());
     })();
     return this.closing;

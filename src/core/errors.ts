@@ -20,6 +20,8 @@ export const ERROR_CODES = [
   "BROKER_AUTH",
   "PERMISSION_DENIED",
   "TOPOLOGY_MISSING",
+  "QOS_RULES_INVALID",
+  "QOS_DENIED",
   "WRONG_STATE",
   "INTERNAL",
 ] as const;
@@ -185,6 +187,20 @@ export class TopologyMissingError extends MarsFleetError {
   }
 }
 
+/** A QoS rules file that cannot be applied; `details.errors` lists each problem with its line. */
+export class QosRulesError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("QOS_RULES_INVALID", message, { details });
+  }
+}
+
+/** A QoS `deny` rule refuses the job; the message is the rule's, written for the user. */
+export class QosDeniedError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("QOS_DENIED", message, { details });
+  }
+}
+
 /** No worker serves the queue now: a job put on it would only wait. Try another fleet, or later. */
 export class NoWorkerError extends MarsFleetError {
   constructor(message: string, details: ErrorDetails = {}) {
@@ -223,6 +239,7 @@ const classByCode: { [C in ErrorCode]?: (msg: string, details: ErrorDetails) => 
   MESSAGE_INVALID: (m, d) => new MessageInvalidError(m, d),
   BROKER_ERROR: (m, d) => new BrokerError(m, d),
   NO_WORKER: (m, d) => new NoWorkerError(m, d),
+  QOS_DENIED: (m, d) => new QosDeniedError(m, d),
   WRONG_STATE: (m, d) => new WrongStateError(m, d),
 };
 

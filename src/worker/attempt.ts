@@ -6,7 +6,8 @@
  */
 import { readdir, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import type { JetStreamClient, JsMsg } from "@nats-io/jetstream";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import type { JobMsg } from "./pull.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
@@ -52,6 +53,8 @@ export interface WorkerContext {
   onSettled?: (state: JobState, elapsedMs: number | undefined) => void;
   /** The results object store (opened on first use). */
   results: () => Promise<ObjectStore>;
+  /** Refuse a job the QoS rules deny (throws QosDeniedError); the worker checks what the client did. */
+  admit?: (job: JobMessage) => void;
   log: Logger;
 }
 
@@ -95,7 +98,7 @@ export class JobAttempt {
 
   constructor(
     private readonly ctx: WorkerContext,
-    private readonly msg: JsMsg,
+    private readonly msg: JobMsg,
     readonly job: JobMessage,
     private readonly events: JobEventPublisher,
   ) {
@@ -220,6 +223,7 @@ export class JobAttempt {
     if (attempt > 1) this.events.state({ state: "retrying", attempt, worker: ctx.workerId, at: Date.now() });
     let targetPath: string;
     try {
+      ctx.admit?.(job);
       targetPath = resolveInside(ctx.sharedRoot, job.target);
       await prepareTargetDir(ctx.sharedRoot, targetPath);
       if (attempt > 1) await removeEarlierParts(targetPath, job.id);

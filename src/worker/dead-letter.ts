@@ -11,7 +11,7 @@ import { decode, encode } from "../broker/codec.js";
 import type { JobStore } from "../broker/records.js";
 import { withRetry } from "../broker/retry.js";
 import { jobMessageSchema, TERMINAL_STATES, type DeadLetter } from "../broker/schemas.js";
-import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
+import { JOBS_STREAM, queueOfSubject, subjects } from "../broker/subjects.js";
 import { JobFailedError } from "../core/errors.js";
 import type { JobEventPublisher } from "../broker/events.js";
 
@@ -69,11 +69,13 @@ export interface DeadLetterDeps {
   events: (jobId: string) => JobEventPublisher;
 }
 
-/** Listen for MAX_DELIVERIES advisories; one worker of the queue handles each (queue group). */
+/**
+ * Listen for MAX_DELIVERIES advisories of every consumer of the work queue (the queue's and its
+ * lanes'); one worker of the fleet handles each (queue group), whatever queue the job was on.
+ */
 export function watchMaxDeliveries(deps: DeadLetterDeps): Subscription {
-  const subject = subjects.maxDeliveries(consumerName(deps.queue));
-  return deps.nc.subscribe(subject, {
-    queue: `dead-letter-${deps.queue}`,
+  return deps.nc.subscribe(subjects.maxDeliveries("*"), {
+    queue: "dead-letter",
     callback: (err, msg) => {
       if (err) return;
       void handleAdvisory(deps, msg.data).catch((e: unknown) =>
@@ -108,7 +110,7 @@ async function handleAdvisory(deps: DeadLetterDeps, data: Uint8Array): Promise<v
       await events.flush();
     }
   }
-  await publishDeadLetter(deps.js, deps.queue, {
+  await publishDeadLetter(deps.js, queueOfSubject(stored.subject) ?? deps.queue, {
     reason: "max deliveries reached",
     ...(jobId !== undefined && { jobId }),
     streamSeq: advisory.stream_seq,

@@ -1,5 +1,5 @@
 /** One message from the work queue: garbage is terminated and dead-lettered; a job runs as a JobAttempt. */
-import type { JsMsg } from "@nats-io/jetstream";
+import type { JobMsg } from "./pull.js";
 import { decode } from "../broker/codec.js";
 import { JobEventPublisher } from "../broker/events.js";
 import { jobMessageSchema, type JobMessage } from "../broker/schemas.js";
@@ -7,15 +7,16 @@ import { asFleetError } from "../core/errors.js";
 import { JobAttempt, type WorkerContext } from "./attempt.js";
 import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
 
-/** Handle one delivered message. Never throws. `attempts` holds the attempt while it runs. */
+/** Handle one delivered message (`parsed`: its body, when the caller validated it already). Never throws. `attempts` holds the attempt while it runs. */
 export async function handleDelivery(
   ctx: WorkerContext,
-  msg: JsMsg,
+  msg: JobMsg,
   attempts: Set<JobAttempt>,
+  parsed?: JobMessage,
 ): Promise<void> {
   let job: JobMessage;
   try {
-    job = decode(jobMessageSchema, msg.data, "job message");
+    job = parsed ?? decode(jobMessageSchema, msg.data, "job message");
   } catch (err) {
     await deadLetterGarbage(ctx, msg, err);
     return;
@@ -36,7 +37,7 @@ export async function handleDelivery(
 }
 
 /** A message that is no job: terminated at once (never redelivered), then kept in MARS_DEAD as far as it fits. */
-async function deadLetterGarbage(ctx: WorkerContext, msg: JsMsg, err: unknown): Promise<void> {
+async function deadLetterGarbage(ctx: WorkerContext, msg: JobMsg, err: unknown): Promise<void> {
   const seq = msg.info.streamSequence;
   const error = asFleetError(err);
   msg.term();

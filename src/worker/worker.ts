@@ -5,19 +5,24 @@
 import { hostname } from "node:os";
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { Consumer, ConsumerMessages, JsMsg } from "@nats-io/jetstream";
+import type { ConsumerConfig } from "@nats-io/jetstream";
 import type { Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { encode } from "../broker/codec.js";
+import { inboxPrefixFor } from "../broker/auth.js";
 import type { BrokerConnection } from "../broker/connection.js";
 import { ACK_WAIT_HEARTBEATS, connectProvisioned, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerMetrics } from "./metrics.js";
-import type { WorkerInfo, WorkerState } from "../broker/schemas.js";
+import { TERMINAL_STATES, type JobMessage, type WorkerInfo, type WorkerState } from "../broker/schemas.js";
+import type { JobMsg } from "./pull.js";
 import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
+import { deniedBy, factsOf } from "../qos/evaluate.js";
+import { RulesFollower, SlotTable } from "../qos/store.js";
+import { Dispatcher } from "./dispatcher.js";
 import { marsCommandArgv, type FleetConfig } from "../config/load.js";
-import { BrokerError, WrongStateError } from "../core/errors.js";
+import { BrokerError, QosDeniedError, WrongStateError } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
 import { watchMaxDeliveries } from "./dead-letter.js";
 import { JobEventPublisher } from "../broker/events.js";
@@ -27,8 +32,6 @@ import { Journal } from "./journal.js";
 import { preflight } from "./preflight.js";
 
 export const WORKER_VERSION = "0.1.0";
-/** How long one pull request waits on the server before it is renewed. */
-const PULL_EXPIRES_MS = 5000;
 const REGISTRY_MIN_INTERVAL_MS = 1000;
 const SERVER_DEFAULT_ACK_WAIT_NS = 30_000_000_000;
 
@@ -49,8 +52,9 @@ export class Worker {
   private readonly attempts = new Set<JobAttempt>();
   private readonly ended: Promise<StopKind>;
   private settleEnded!: { resolve: (kind: StopKind) => void; reject: (err: unknown) => void };
-  private readonly fetches = new Set<ConsumerMessages>();
-  private slotLoops: Promise<void>[] = [];
+  private dispatcher: Dispatcher | undefined;
+  private rules: RulesFollower | undefined;
+  private slots: SlotTable | undefined;
   private registryTimer: NodeJS.Timeout | undefined;
   private advisorySub: Subscription | undefined;
   private cancelSub: Subscription | undefined;
@@ -65,7 +69,8 @@ export class Worker {
   private readonly startedAt = Date.now();
   private readonly log: Logger;
   private ctx!: WorkerContext;
-  private consumer!: Consumer;
+  /** The queue's own consumer's settings: ack wait and deliveries, copied by every lane consumer. */
+  private template!: ConsumerConfig;
 
   private constructor(
     private readonly conn: BrokerConnection,
@@ -149,12 +154,24 @@ export class Worker {
     if (recovered.length > 0)
       this.log.warn({ recovered: recovered.map((r) => r.jobId) }, "cleaned up after a previous crash");
     const command = marsCommandArgv(config);
-    this.consumer = await this.conn.js.consumers.get(JOBS_STREAM, consumerName(config.queue));
+    this.template = (await this.conn.jsm.consumers.info(JOBS_STREAM, consumerName(config.queue))).config;
     const { heartbeatMs, registryMs } = await this.effectiveIntervals();
+    const store = new JobStore(await this.conn.jobsKv(), this.conn);
+    const qosKv = await this.conn.qosKv();
+    const rules = (this.rules = await RulesFollower.start(this.conn.nc, qosKv, this.log));
+    this.slots = new SlotTable(
+      qosKv,
+      async (jobId) => {
+        const found = await store.get(jobId);
+        return !found || TERMINAL_STATES.has(found.record.state);
+      },
+      this.log,
+    );
+    this.slots.follow(this.conn.nc);
     this.ctx = {
       nc: this.conn.nc,
       js: this.conn.js,
-      store: new JobStore(await this.conn.jobsKv(), this.conn),
+      store,
       journal,
       workerId: this.id,
       queue: config.queue,
@@ -167,6 +184,10 @@ export class Worker {
       // Loaded on first use: most workers never deliver to the object store.
       results: () =>
         (this.results ??= import("../broker/results.js").then((m) => m.resultsStore(this.conn.nc))),
+      admit: (job) => {
+        const denied = deniedBy(rules.rules, factsOf(job));
+        if (denied) throw new QosDeniedError(denied.deny, { rule: denied.name });
+      },
       log: this.log,
       onSettled: (state, elapsedMs) => this.metrics?.settled(state, elapsedMs),
     };
@@ -193,7 +214,21 @@ export class Worker {
     await this.publishRegistry();
     this.registryTimer = setInterval(() => void this.publishRegistry(), registryMs);
     this.registryTimer.unref();
-    this.slotLoops = Array.from({ length: config.concurrency }, (_, slot) => this.slotLoop(slot));
+    this.dispatcher = new Dispatcher({
+      nc: this.conn.nc,
+      inboxPrefix: inboxPrefixFor(this.conn.identity),
+      jsm: this.conn.jsm,
+      queue: config.queue,
+      workerId: this.id,
+      concurrency: config.concurrency,
+      heartbeatMs,
+      template: this.template,
+      rules,
+      slots: this.slots,
+      log: this.log,
+      run: (msg, job) => this.runJob(msg, job),
+    });
+    await this.dispatcher.start();
     this.log.info(
       { slots: config.concurrency, sharedRoot: config.sharedRoot, metricsPort: this.metricsPortValue },
       "worker started",
@@ -222,8 +257,7 @@ export class Worker {
    */
   private async effectiveIntervals(): Promise<{ heartbeatMs: number; registryMs: number }> {
     const wanted = this.opts.config.heartbeatInterval;
-    const ackWaitMs =
-      ((await this.consumer.info()).config.ack_wait ?? SERVER_DEFAULT_ACK_WAIT_NS) / 1_000_000;
+    const ackWaitMs = (this.template.ack_wait ?? SERVER_DEFAULT_ACK_WAIT_NS) / 1_000_000;
     const ttlMs = (await (await this.conn.workersKv()).status()).ttl;
     const heartbeatMs = Math.min(wanted, Math.floor(ackWaitMs / ACK_WAIT_HEARTBEATS));
     const registryMs =
@@ -237,44 +271,14 @@ export class Worker {
     return { heartbeatMs, registryMs };
   }
 
-  private async slotLoop(slot: number): Promise<void> {
-    let failures = 0;
-    while (this.stateValue === "running") {
-      let msg: JsMsg | null;
-      try {
-        msg = await this.pullOne();
-        failures = 0;
-      } catch (err) {
-        failures++;
-        if (failures === 1) this.log.warn({ slot, err }, "pull failed; retrying");
-        await sleep(Math.min(2000, 100 * failures));
-        continue;
-      }
-      if (!msg) continue;
-      if (this.stateValue !== "running") {
-        msg.nak(); // arrived as we began to drain: let another worker have it
-        break;
-      }
-      this.metrics?.setRunning(this.attempts.size + 1);
-      try {
-        await handleDelivery(this.ctx, msg, this.attempts);
-      } finally {
-        this.metrics?.setRunning(this.attempts.size);
-        // Keep `mars-fleet workers` current without a registry write per job under load.
-        if (Date.now() - this.lastRegistryAt > REGISTRY_MIN_INTERVAL_MS) void this.publishRegistry();
-      }
-    }
-  }
-
-  /** One pull request for one message: the worker never holds a job it has no slot for. */
-  private async pullOne(): Promise<JsMsg | null> {
-    const batch = await this.consumer.fetch({ max_messages: 1, expires: PULL_EXPIRES_MS });
-    this.fetches.add(batch);
+  private async runJob(msg: JobMsg, job: JobMessage | undefined): Promise<void> {
+    this.metrics?.setRunning(this.attempts.size + 1);
     try {
-      for await (const msg of batch) return msg;
-      return null;
+      await handleDelivery(this.ctx, msg, this.attempts, job);
     } finally {
-      this.fetches.delete(batch);
+      this.metrics?.setRunning(this.attempts.size);
+      // Keep `mars-fleet workers` current without a registry write per job under load.
+      if (Date.now() - this.lastRegistryAt > REGISTRY_MIN_INTERVAL_MS) void this.publishRegistry();
     }
   }
 
@@ -303,6 +307,8 @@ export class Worker {
       lastSeen: Date.now(),
       usage: this.usage(),
     };
+    const parked = this.dispatcher?.parked ?? [];
+    if (parked.length > 0) info.waiting = parked.map((p) => ({ job: p.job.id, reason: p.reason }));
     try {
       const kv = await this.conn.workersKv();
       if (this.stateValue === "stopped") await kv.delete(this.id);
@@ -342,6 +348,7 @@ export class Worker {
       for await (const status of nc.status()) {
         if (status.type !== "reconnect") continue;
         this.log.info({ running: this.runningJobs }, "reconnected: checking running jobs");
+        this.dispatcher?.recount();
         for (const a of this.attempts) {
           void a.recheck().catch((err: unknown) => this.log.warn({ err, jobId: a.job.id }, "recheck failed"));
         }
@@ -352,14 +359,16 @@ export class Worker {
     this.stateValue = "failed";
     this.log.error({ err }, "the broker connection ended for good: stopping every job");
     for (const a of this.attempts) a.stop("connection lost");
-    for (const f of this.fetches) f.stop();
-    await Promise.all(this.slotLoops);
+    await this.dispatcher?.stopPulling();
+    await this.dispatcher?.settled();
     this.releaseResources();
     this.settleEnded.reject(new BrokerError("the broker connection ended for good", {}, err ?? undefined));
   }
 
   private releaseResources(): void {
     clearInterval(this.registryTimer);
+    this.rules?.close();
+    this.slots?.close();
     this.advisorySub?.unsubscribe();
     this.cancelSub?.unsubscribe();
   }
@@ -368,8 +377,10 @@ export class Worker {
     this.stateValue = "draining";
     this.log.info({ graceMs, running: this.runningJobs }, "draining");
     await this.publishRegistry();
-    for (const f of this.fetches) f.stop();
-    const loops = Promise.all(this.slotLoops);
+    const loops = (async () => {
+      await this.dispatcher?.stopPulling();
+      await this.dispatcher?.settled();
+    })();
     let forced = this.forceRequested;
     if (!forced) {
       const timer = sleep(graceMs, "timeout" as const, { ref: false });

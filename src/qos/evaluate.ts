@@ -1,0 +1,166 @@
+/**
+ * What the rules say about one job: whether it is denied, its priority, which limits it counts
+ * against, and its fairness lane. Pure: the client (at submit), the worker (at dispatch and claim)
+ * and `mars-fleet status` (explaining a wait) all call these on the same facts.
+ */
+import { createHash } from "node:crypto";
+import { expandDates, expandIntegers, expandTimes } from "../mars/expand.js";
+import { isToken } from "../broker/subjects.js";
+import {
+  isDeny,
+  isLimit,
+  isPriority,
+  type Condition,
+  type DenyRule,
+  type LimitRule,
+  type QosRules,
+  type Selector,
+} from "./rules.js";
+
+/** The part of a job the rules look at. */
+export interface JobShape {
+  queue: string;
+  environ: Record<string, string>;
+  requests: Array<{ verb: string; params: Record<string, string[]> }>;
+}
+
+/** A job as the rules see it: values lower-cased, the field count computed once. */
+export interface JobFacts {
+  queue: string;
+  environ: Record<string, string>;
+  /** Request key → every value any of the job's requests gives it (lower case). */
+  params: Map<string, Set<string>>;
+  /** How many fields the job asks for (param × date × time × step × level × member, summed). */
+  fields: number;
+}
+
+export function factsOf(job: JobShape): JobFacts {
+  const params = new Map<string, Set<string>>();
+  let fields = 0;
+  let inherited: Record<string, string[]> = {};
+  for (const req of job.requests) {
+    inherited = { ...inherited, ...req.params };
+    for (const [key, values] of Object.entries(req.params)) {
+      const set = params.get(key) ?? new Set<string>();
+      for (const v of values) set.add(v.toLowerCase());
+      params.set(key, set);
+    }
+    fields += fieldCount(inherited);
+  }
+  return { queue: job.queue, environ: job.environ, params, fields };
+}
+
+/** Fields a request asks for; a value the expansion cannot read counts as one token each. */
+export function fieldCount(params: Record<string, string[]>): number {
+  const count = (key: string, expand: (t: string[]) => unknown[], dflt: string[]): number => {
+    const tokens = params[key] ?? dflt;
+    try {
+      return expand(tokens).length;
+    } catch {
+      // Not ours to reject (MARS does): an unreadable value counts as what it literally lists.
+      return tokens.length;
+    }
+  };
+  return (
+    (params["param"]?.length ?? 1) *
+    count("date", (t) => expandDates(t), ["-1"]) *
+    count("time", expandTimes, ["0"]) *
+    count("step", (t) => expandIntegers("step", t), ["0"]) *
+    count("levelist", (t) => expandIntegers("levelist", t), ["0"]) *
+    count("number", (t) => expandIntegers("number", t), ["0"])
+  );
+}
+
+/** The values a job has for a selector key (empty when it has none). */
+export function valuesOf(facts: JobFacts, key: string): string[] {
+  if (key === "user") {
+    const u = facts.environ["user_id"];
+    return u === undefined ? [] : [u.toLowerCase()];
+  }
+  if (key === "queue") return [facts.queue.toLowerCase()];
+  if (key === "fields") return [String(facts.fields)];
+  if (key.startsWith("environ.")) {
+    const v = facts.environ[key.slice("environ.".length)];
+    return v === undefined ? [] : [v.toLowerCase()];
+  }
+  return [...(facts.params.get(key) ?? [])];
+}
+
+function holds(facts: JobFacts, key: string, cond: Condition): boolean {
+  if (typeof cond === "object" && !Array.isArray(cond)) {
+    const n = key === "fields" ? facts.fields : Number(valuesOf(facts, key)[0]);
+    return (
+      !Number.isNaN(n) &&
+      (cond.min === undefined || n >= cond.min) &&
+      (cond.max === undefined || n <= cond.max)
+    );
+  }
+  const wanted = Array.isArray(cond) ? cond : [cond];
+  return valuesOf(facts, key).some((v) => wanted.includes(v));
+}
+
+/** Whether every key of the selector holds (an absent selector matches every job). */
+export function matches(facts: JobFacts, sel: Selector | undefined): boolean {
+  if (!sel) return true;
+  return Object.entries(sel).every(([key, cond]) => holds(facts, key, cond));
+}
+
+/** The first deny rule that matches, if any. */
+export function deniedBy(rules: QosRules, facts: JobFacts): DenyRule | undefined {
+  return rules.rules.find((r): r is DenyRule => isDeny(r) && matches(facts, r.match));
+}
+
+/** The highest priority any rule gives: aging lifts a waiting job up to it, never past it. */
+export function topPriority(rules: QosRules): number {
+  return rules.rules.reduce((top, r) => (isPriority(r) ? Math.max(top, r.priority) : top), 0);
+}
+
+/** Sum of the matching priority rules (0 when none match). */
+export function basePriority(rules: QosRules, facts: JobFacts): number {
+  return rules.rules.reduce(
+    (sum, r) => (isPriority(r) && matches(facts, r.match) ? sum + r.priority : sum),
+    0,
+  );
+}
+
+/**
+ * Priority after waiting `waitedMs`: the base plus `agingPerMinute` a minute, capped at the top
+ * rule priority. Capped so that aging only rescues low-priority work from starvation: among jobs
+ * that reached the top, free slots go round-robin, and an old backlog never outranks a newcomer.
+ */
+export function effectivePriority(rules: QosRules, base: number, waitedMs: number): number {
+  const top = topPriority(rules);
+  if (base >= top) return base;
+  return Math.min(top, base + Math.floor((rules.agingPerMinute * Math.max(0, waitedMs)) / 60_000));
+}
+
+/** One limit a job counts against, and the counter (KV key part) it shares with other jobs. */
+export interface LimitSlot {
+  rule: LimitRule;
+  /** The value counted by (`per`), or undefined for a limit in total. */
+  value: string | undefined;
+  /** Key part `<rule>.<value token>` naming the counter. */
+  key: string;
+}
+
+export function limitsFor(rules: QosRules, facts: JobFacts): LimitSlot[] {
+  const out: LimitSlot[] = [];
+  for (const r of rules.rules) {
+    if (!isLimit(r) || !matches(facts, r.match)) continue;
+    const value = r.per === undefined ? undefined : valuesOf(facts, r.per).sort().join("/") || "(none)";
+    out.push({ rule: r, value, key: `${r.name}.${value === undefined ? "all" : tokenFor(value)}` });
+  }
+  return out;
+}
+
+/** A value as one subject token / KV key part: itself when it can be, else a stable hash. */
+export function tokenFor(value: string): string {
+  if (isToken(value) && value.length <= 64 && !value.startsWith("h-")) return value;
+  return `h-${createHash("sha256").update(value).digest("hex").slice(0, 24)}`;
+}
+
+/** The job's fairness lane: its value of the fairShare key, as a subject token (`_` for none). */
+export function laneOf(rules: QosRules, facts: JobFacts): string {
+  const value = valuesOf(facts, rules.fairShare).sort().join("/");
+  return value === "" ? "_" : tokenFor(value);
+}

@@ -1,0 +1,153 @@
+/**
+ * The QoS rules language: limits, priorities and denials, written in YAML by an operator, applied
+ * with `mars-fleet qos apply`. A file is validated whole; any problem rejects it, each named with
+ * its line, and nothing changes. docs/QOS.md describes the language with examples.
+ */
+import { z } from "zod";
+import { LineCounter, parseDocument, isNode } from "yaml";
+import { QosRulesError } from "../core/errors.js";
+
+/** Keys a selector may test (besides request keys, which are any lower-case MARS keyword). */
+export const SELECTOR_FACTS = ["user", "queue", "fields"] as const;
+const SELECTOR_KEY = /^(user|queue|fields|environ\.[A-Za-z_][A-Za-z0-9_]*|[a-z][a-z0-9_]*)$/;
+const RULE_NAME = /^[a-z0-9][a-z0-9-]{0,47}$/;
+
+const scalar = z.union([z.string().min(1), z.number()]).transform((v) => String(v).toLowerCase());
+const range = z
+  .object({ min: z.number().int().min(0).optional(), max: z.number().int().min(0).optional() })
+  .strict()
+  .refine((r) => r.min !== undefined || r.max !== undefined, "give min, max or both");
+
+/** What a selector compares one key with: a value, any of several values, or a range (fields). */
+const condition = z.union([scalar, z.array(scalar).min(1), range]);
+export type Condition = z.infer<typeof condition>;
+
+const selector = z
+  .record(
+    z.string().regex(SELECTOR_KEY, "a selector key is user, queue, fields, environ.<name> or a request key"),
+    condition,
+  )
+  .superRefine((sel, ctx) => {
+    for (const [key, cond] of Object.entries(sel)) {
+      const isRange = typeof cond === "object" && !Array.isArray(cond);
+      if ((key === "fields") !== isRange)
+        ctx.addIssue({
+          code: "custom",
+          path: [key],
+          message:
+            key === "fields"
+              ? "fields takes a range: {min: N, max: N}"
+              : "only fields takes a range; give a value or a list",
+        });
+    }
+  });
+export type Selector = z.infer<typeof selector>;
+
+const perKey = z
+  .string()
+  .regex(SELECTOR_KEY, "per is user, queue, environ.<name> or a request key")
+  .refine((k) => k !== "fields", "fields is a number, not something to count by");
+
+const base = {
+  name: z.string().regex(RULE_NAME, "names are lower case letters, digits and -"),
+  match: selector.optional(),
+};
+
+const limitRule = z
+  .object({
+    ...base,
+    limit: z.number().int().min(0),
+    per: perKey.optional(),
+  })
+  .strict();
+const priorityRule = z.object({ ...base, priority: z.number().int().min(-1000).max(1000) }).strict();
+const denyRule = z.object({ ...base, deny: z.string().min(1).max(500) }).strict();
+
+const rule = z.union([limitRule, priorityRule, denyRule], {
+  error: "a rule has a name and exactly one of limit (with optional per), priority or deny",
+});
+
+export type LimitRule = z.infer<typeof limitRule>;
+export type PriorityRule = z.infer<typeof priorityRule>;
+export type DenyRule = z.infer<typeof denyRule>;
+export type Rule = LimitRule | PriorityRule | DenyRule;
+
+export const rulesSchema = z
+  .object({
+    /** Free slots go round-robin across distinct values of this key (among jobs of equal priority). */
+    fairShare: perKey.default("user"),
+    /** Priority points a queued job gains per minute of waiting, up to the highest rule priority. */
+    agingPerMinute: z.number().min(0).max(1000).default(1),
+    rules: z.array(rule).max(200).default([]),
+  })
+  .strict()
+  .superRefine((r, ctx) => {
+    const seen = new Set<string>();
+    r.rules.forEach((x, i) => {
+      if (seen.has(x.name))
+        ctx.addIssue({
+          code: "custom",
+          path: ["rules", i, "name"],
+          message: `duplicate rule name ${x.name}`,
+        });
+      seen.add(x.name);
+    });
+  });
+export type QosRules = z.infer<typeof rulesSchema>;
+
+/** No rules: one lane per user, nothing limited, denied or preferred. */
+export const NO_RULES: QosRules = rulesSchema.parse({});
+
+export function isLimit(r: Rule): r is LimitRule {
+  return "limit" in r;
+}
+export function isPriority(r: Rule): r is PriorityRule {
+  return "priority" in r;
+}
+export function isDeny(r: Rule): r is DenyRule {
+  return "deny" in r;
+}
+
+export interface RuleProblem {
+  line: number;
+  column: number;
+  path: string;
+  message: string;
+}
+
+/** Parse and validate a rules file. Throws QosRulesError listing every problem with its line. */
+export function parseRules(text: string, source = "rules"): QosRules {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const problems: RuleProblem[] = doc.errors.map((e) => ({
+    line: e.linePos?.[0]?.line ?? 1,
+    column: e.linePos?.[0]?.col ?? 1,
+    path: "",
+    message: e.message.split("\n")[0]!,
+  }));
+  if (problems.length === 0) {
+    const parsed = rulesSchema.safeParse(doc.toJS() ?? {});
+    if (parsed.success) return parsed.data;
+    for (const issue of parsed.error.issues) {
+      const path = issue.path.filter((p): p is string | number => typeof p !== "symbol");
+      const at = nodeOffset(doc, path);
+      const pos = lineCounter.linePos(at);
+      problems.push({ line: pos.line, column: pos.col, path: path.join("."), message: issue.message });
+    }
+  }
+  const lines = problems.map(
+    (p) => `${source}:${p.line}:${p.column}: ${p.path ? `${p.path}: ` : ""}${p.message}`,
+  );
+  throw new QosRulesError(`the QoS rules are invalid; nothing was changed\n${lines.join("\n")}`, {
+    errors: problems,
+  });
+}
+
+/** Where in the text the deepest existing node on `path` starts (so a missing key points at its parent). */
+function nodeOffset(doc: ReturnType<typeof parseDocument>, path: Array<string | number>): number {
+  for (let n = path.length; n >= 0; n--) {
+    const node = n === 0 ? doc.contents : doc.getIn(path.slice(0, n), true);
+    if (isNode(node) && node.range) return node.range[0];
+  }
+  return 0;
+}

@@ -1,0 +1,285 @@
+/**
+ * QoS state in the broker (the `mars-qos` bucket): the applied rules, which every process follows
+ * without a server-side consumer, and the limit slots, distributed semaphores held by job id and
+ * changed only by compare-and-set.
+ */
+import type { KV, KvEntry } from "@nats-io/kv";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { Logger } from "pino";
+import { z } from "zod";
+import { decode, encode } from "../broker/codec.js";
+import { isCasConflict } from "../broker/nats-errors.js";
+import { QOS_BUCKET, QOS_RULES_KEY } from "../broker/subjects.js";
+import { BrokerError } from "../core/errors.js";
+import type { LimitSlot } from "./evaluate.js";
+import { NO_RULES, rulesSchema, type QosRules } from "./rules.js";
+
+/** The rules as stored: the text the operator applied (kept for `qos show`), and the parsed form. */
+export const storedRulesSchema = z.object({
+  text: z.string(),
+  rules: rulesSchema,
+  appliedAt: z.number(),
+  appliedBy: z.string().optional(),
+});
+export type StoredRules = z.infer<typeof storedRulesSchema>;
+
+const kvSubject = (key: string): string => `$KV.${QOS_BUCKET}.${key}`;
+const SLOTS_PREFIX = "slots.";
+const MAX_CAS_TRIES = 20;
+
+function isLive(entry: KvEntry | null): entry is KvEntry {
+  return entry !== null && entry.operation === "PUT" && entry.length > 0;
+}
+
+export async function readRules(kv: KV): Promise<StoredRules | undefined> {
+  const entry = await kv.get(QOS_RULES_KEY);
+  return isLive(entry) ? decode(storedRulesSchema, entry.value, "QoS rules") : undefined;
+}
+
+export async function writeRules(kv: KV, stored: StoredRules): Promise<number> {
+  return kv.put(QOS_RULES_KEY, encode(stored));
+}
+
+/**
+ * The rules in force, kept current: read once, then re-read whenever the key's subject carries a
+ * write (a core subscription, so no consumer lives on the server) and after every reconnect. A
+ * change reaches every follower within one round trip of being applied.
+ */
+export class RulesFollower {
+  private currentValue: StoredRules | undefined;
+  private sub: Subscription | undefined;
+  private readonly listeners = new Set<(rules: QosRules) => void>();
+  private reading: Promise<void> | undefined;
+  private again = false;
+
+  private constructor(
+    private readonly kv: KV,
+    private readonly log: Logger,
+  ) {}
+
+  static async start(nc: NatsConnection, kv: KV, log: Logger): Promise<RulesFollower> {
+    const f = new RulesFollower(kv, log);
+    f.sub = nc.subscribe(kvSubject(QOS_RULES_KEY), { callback: () => f.refresh() });
+    void (async () => {
+      for await (const s of nc.status()) if (s.type === "reconnect") f.refresh();
+    })();
+    await f.read();
+    return f;
+  }
+
+  get rules(): QosRules {
+    return this.currentValue?.rules ?? NO_RULES;
+  }
+
+  get stored(): StoredRules | undefined {
+    return this.currentValue;
+  }
+
+  onChange(listener: (rules: QosRules) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** Re-read now (coalescing: a write during a read triggers one more read). */
+  refresh(): void {
+    if (this.reading) {
+      this.again = true;
+      return;
+    }
+    this.reading = this.read()
+      .catch((err: unknown) =>
+        this.log.warn({ err }, "could not read the QoS rules; keeping the previous ones"),
+      )
+      .finally(() => {
+        this.reading = undefined;
+        if (this.again) {
+          this.again = false;
+          this.refresh();
+        }
+      });
+  }
+
+  private async read(): Promise<void> {
+    const next = await readRules(this.kv);
+    if (next?.appliedAt === this.currentValue?.appliedAt && next?.text === this.currentValue?.text) return;
+    this.currentValue = next;
+    this.log.info({ rules: this.rules.rules.length, appliedAt: next?.appliedAt }, "QoS rules in force");
+    for (const l of this.listeners) l(this.rules);
+  }
+
+  close(): void {
+    this.sub?.unsubscribe();
+  }
+}
+
+/** One holder of a limit slot: the job, the attempt that took it, and its worker. */
+export const holderSchema = z.object({ attempt: z.number().int(), worker: z.string(), at: z.number() });
+const holdersSchema = z.object({ holders: z.record(z.string(), holderSchema) });
+type Holders = z.infer<typeof holdersSchema>;
+export type Holder = z.infer<typeof holderSchema> & { job: string };
+
+export type AcquireResult = { ok: true } | { ok: false; slot: LimitSlot; running: number };
+
+/**
+ * Limit slots as holder sets: key `slots.<rule>.<value>` lists the jobs holding one. A slot belongs
+ * to a job, not to a worker: a crashed worker's job keeps its slot until the job is redelivered (its
+ * next attempt takes the same entry over) or settled, and a full set is checked against the jobs'
+ * records, dropping holders whose job is over, so a slot is never leaked.
+ */
+export class SlotTable {
+  /** Last known holder count per slot key, from our own reads and writes and from hints. */
+  private readonly counts = new Map<string, number>();
+  private sub: Subscription | undefined;
+  private readonly listeners = new Set<() => void>();
+
+  constructor(
+    private readonly kv: KV,
+    /** Whether a holder's job is over (its record final or gone): its slot may be taken back. */
+    private readonly isOver: (jobId: string) => Promise<boolean>,
+    private readonly log: Logger,
+  ) {}
+
+  /** Hear every slot change (a hint: the count it carries may be from a refused write). */
+  follow(nc: NatsConnection): void {
+    this.sub = nc.subscribe(kvSubject(`${SLOTS_PREFIX}>`), {
+      callback: (_err, msg) => {
+        const key = msg.subject.slice(kvSubject(SLOTS_PREFIX).length);
+        let n = 0;
+        if (!msg.headers?.get("KV-Operation")) {
+          try {
+            n = Object.keys((JSON.parse(new TextDecoder().decode(msg.data)) as Holders).holders).length;
+          } catch {
+            return; // unreadable: the next read of the key will say
+          }
+        }
+        this.counts.set(key, n);
+        for (const l of this.listeners) l();
+      },
+    });
+  }
+
+  onChange(listener: () => void): void {
+    this.listeners.add(listener);
+  }
+
+  /** Whether the last known count says the slot is full (a hint; `acquire` decides). */
+  seemsFull(slot: LimitSlot): boolean {
+    const n = this.counts.get(slot.key);
+    return n !== undefined && n >= slot.rule.limit;
+  }
+
+  knownCount(key: string): number | undefined {
+    return this.counts.get(key);
+  }
+
+  /** Read a slot's holders (and remember its count). */
+  async holders(key: string): Promise<Holder[]> {
+    const { holders } = await this.read(key);
+    return Object.entries(holders.holders).map(([job, h]) => ({ job, ...h }));
+  }
+
+  private async read(key: string): Promise<{ holders: Holders; revision: number }> {
+    const entry = await this.kv.get(SLOTS_PREFIX + key);
+    const holders = isLive(entry) ? decode(holdersSchema, entry.value, `QoS slot ${key}`) : { holders: {} };
+    this.counts.set(key, Object.keys(holders.holders).length);
+    return { holders, revision: entry?.revision ?? 0 };
+  }
+
+  /** Change one slot key by compare-and-set; `change` returns undefined to leave it as it is. */
+  private async change(
+    key: string,
+    change: (h: Holders) => Promise<Holders | undefined> | Holders | undefined,
+  ): Promise<Holders> {
+    for (let tries = 0; tries < MAX_CAS_TRIES; tries++) {
+      const { holders, revision } = await this.read(key);
+      const next = await change(holders);
+      if (!next) return holders;
+      try {
+        if (revision === 0) await this.kv.create(SLOTS_PREFIX + key, encode(next));
+        else await this.kv.update(SLOTS_PREFIX + key, encode(next), revision);
+        this.counts.set(key, Object.keys(next.holders).length);
+        return next;
+      } catch (err) {
+        if (!isCasConflict(err)) throw err;
+        // Another worker changed the slot between our read and write: read again.
+      }
+    }
+    throw new BrokerError(`QoS slot ${key}: too many concurrent changes`, { key });
+  }
+
+  /**
+   * Take one slot of every limit for `holder`'s job, or none: when one is full (after dropping
+   * holders whose jobs are over), the slots taken are given back and the full one is returned.
+   */
+  async acquire(slots: LimitSlot[], holder: Holder): Promise<AcquireResult> {
+    const ordered = [...slots].sort((a, b) => a.key.localeCompare(b.key));
+    const taken: LimitSlot[] = [];
+    for (const slot of ordered) {
+      let full = -1;
+      await this.change(slot.key, async (h) => {
+        full = -1;
+        const mine = h.holders[holder.job];
+        if (mine && mine.attempt === holder.attempt && mine.worker === holder.worker) return undefined;
+        let others = Object.keys(h.holders).filter((j) => j !== holder.job);
+        let pruned = h;
+        if (others.length >= slot.rule.limit && others.length > 0) {
+          const over = await Promise.all(others.map((j) => this.isOver(j)));
+          const dropped = others.filter((_, i) => over[i]);
+          if (dropped.length > 0) {
+            this.log.info({ slot: slot.key, dropped }, "QoS slot: dropped holders whose jobs are over");
+            pruned = { holders: { ...h.holders } };
+            for (const j of dropped) delete pruned.holders[j];
+            others = others.filter((_, i) => !over[i]);
+          }
+        }
+        if (others.length >= slot.rule.limit) {
+          full = others.length;
+          return pruned === h ? undefined : pruned;
+        }
+        const { job, ...entry } = holder;
+        return { holders: { ...pruned.holders, [job]: entry } };
+      });
+      if (full >= 0) {
+        await this.release(taken, holder);
+        // Our own entry, from an earlier attempt of this job, must not keep a slot while we wait.
+        await this.release([slot], holder, { anyAttempt: true });
+        return { ok: false, slot, running: full };
+      }
+      taken.push(slot);
+    }
+    return { ok: true };
+  }
+
+  /**
+   * Give back `holder`'s slots: only entries that still name its attempt and worker (or any attempt
+   * of the job, with `anyAttempt`), so a later attempt that took the job over keeps its slot.
+   */
+  async release(slots: LimitSlot[], holder: Holder, opts: { anyAttempt?: boolean } = {}): Promise<void> {
+    for (const slot of slots) {
+      await this.change(slot.key, (h) => {
+        const mine = h.holders[holder.job];
+        if (!mine) return undefined;
+        if (!opts.anyAttempt && (mine.attempt !== holder.attempt || mine.worker !== holder.worker))
+          return undefined;
+        const next = { holders: { ...h.holders } };
+        delete next.holders[holder.job];
+        return next;
+      });
+    }
+  }
+
+  /** Every slot key with its holders (for `qos show`). */
+  async all(): Promise<Map<string, Holder[]>> {
+    const out = new Map<string, Holder[]>();
+    const keys = await this.kv.keys(`${SLOTS_PREFIX}>`);
+    for await (const k of keys) {
+      const key = k.slice(SLOTS_PREFIX.length);
+      out.set(key, await this.holders(key));
+    }
+    return out;
+  }
+
+  close(): void {
+    this.sub?.unsubscribe();
+  }
+}

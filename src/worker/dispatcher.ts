@@ -1,0 +1,366 @@
+/**
+ * A worker's dispatch: which job a free slot takes next. Jobs wait in lanes (`mars.jobs.<queue>.
+ * <lane>`, one per fairness key value, each with a durable consumer all workers share). The worker
+ * hears every job published on its queue's lanes (a core subscription: no consumer), counts what
+ * the server holds per lane every second, and pulls one message at a time, `no_wait`, from the lane
+ * the rules put first (LaneBoard). A job whose limits are full after it was pulled is parked: it
+ * takes no slot, its message is kept alive with `working()`, and it starts as soon as a slot of
+ * its limits is given back. Nothing here is central: every worker decides for its own slots, and
+ * the limits are held in the broker by compare-and-set (SlotTable).
+ */
+import { setTimeout as sleep } from "node:timers/promises";
+import type { ConsumerConfig, JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { Logger } from "pino";
+import { z } from "zod";
+import { decode } from "../broker/codec.js";
+import { isAlreadyExists } from "../broker/nats-errors.js";
+import { environSchema, jobMessageSchema, marsRequestSchema, type JobMessage } from "../broker/schemas.js";
+import { JOBS_STREAM, consumerName, laneConsumerName, laneOfConsumer, subjects } from "../broker/subjects.js";
+import { basePriority, effectivePriority, factsOf, limitsFor, type LimitSlot } from "../qos/evaluate.js";
+import { LaneBoard, type Heard } from "../qos/lanes.js";
+import type { LimitRule, QosRules } from "../qos/rules.js";
+import type { Holder, RulesFollower, SlotTable } from "../qos/store.js";
+import { NoConsumerError, pullNoWait, type JobMsg } from "./pull.js";
+
+/** How often the worker counts what the server holds per lane (catches jobs it did not hear of). */
+export const COUNT_EVERY_MS = 1000;
+/** A lane with nothing queued but jobs in flight is pulled from this often: a dead worker's job comes back that way. */
+const PROBE_EVERY_MS = 1000;
+const PULL_TIMEOUT_MS = 5000;
+
+/** What the dispatcher reads of a job published on a lane: enough to place it, nothing trusted. */
+const heardSchema = z.object({
+  id: z.string(),
+  queue: z.string(),
+  submittedAt: z.number(),
+  environ: environSchema,
+  requests: z.array(marsRequestSchema),
+});
+
+export interface Parked {
+  msg: JobMsg;
+  job: JobMessage;
+  lane: string;
+  limits: LimitSlot[];
+  holder: Holder;
+  priority: number;
+  /** Why it waits, as `mars-fleet status` says it. */
+  reason: string;
+}
+
+export interface DispatcherDeps {
+  nc: NatsConnection;
+  /** Where this connection may receive replies (its role's inbox). */
+  inboxPrefix: string;
+  jsm: JetStreamManager;
+  queue: string;
+  workerId: string;
+  concurrency: number;
+  heartbeatMs: number;
+  /** The queue's own consumer's settings, which every lane consumer copies. */
+  template: ConsumerConfig;
+  rules: RulesFollower;
+  slots: SlotTable;
+  log: Logger;
+  /** Run a pulled message (a job, or garbage to dead-letter); resolves when it is settled. */
+  run: (msg: JobMsg, job: JobMessage | undefined) => Promise<void>;
+}
+
+/** The fleet-wide cap of the queue's consumer (`MARS_MAX_CONCURRENT_CONNECTIONS`) as a limit rule. */
+export function withFleetCap(rules: QosRules, cap: number): QosRules {
+  if (cap <= 0) return rules;
+  const fleet: LimitRule = { name: "fleet", limit: cap };
+  return { ...rules, rules: [...rules.rules.filter((r) => r.name !== "fleet"), fleet] };
+}
+
+export class Dispatcher {
+  private readonly board = new LaneBoard();
+  private readonly parkedJobs: Parked[] = [];
+  private readonly running = new Set<Promise<void>>();
+  private readonly consumers = new Set<string>();
+  private free: number;
+  private pulling = true;
+  private wakeUp: (() => void) | undefined;
+  private loopDone: Promise<void> | undefined;
+  private doorbell: Subscription | undefined;
+  private countTimer: NodeJS.Timeout | undefined;
+  private parkTimer: NodeJS.Timeout | undefined;
+  private rulesNow: QosRules;
+  private readonly fleetCap: number;
+
+  constructor(private readonly deps: DispatcherDeps) {
+    this.free = deps.concurrency;
+    this.fleetCap = Math.max(0, deps.template.max_ack_pending ?? 0);
+    this.rulesNow = withFleetCap(deps.rules.rules, this.fleetCap);
+  }
+
+  async start(): Promise<void> {
+    const { deps } = this;
+    deps.rules.onChange((r) => {
+      this.rulesNow = withFleetCap(r, this.fleetCap);
+      this.wake();
+    });
+    deps.slots.onChange(() => {
+      if (this.parkedJobs.length > 0 || this.free > 0) this.wake();
+    });
+    this.doorbell = deps.nc.subscribe(subjects.lanes(deps.queue), {
+      callback: (_err, msg) => this.hear(msg.subject, msg.data),
+    });
+    await this.count();
+    this.countTimer = setInterval(() => {
+      if (this.free > 0 || this.parkedJobs.length > 0)
+        void this.count().catch((err: unknown) => deps.log.debug({ err }, "could not count the lanes"));
+    }, COUNT_EVERY_MS);
+    this.countTimer.unref();
+    this.parkTimer = setInterval(() => {
+      for (const p of this.parkedJobs) p.msg.working();
+    }, deps.heartbeatMs);
+    this.parkTimer.unref();
+    this.loopDone = this.loop();
+  }
+
+  /** Jobs pulled but waiting for a limit, with why (for the registry entry). */
+  get parked(): ReadonlyArray<Parked> {
+    return this.parkedJobs;
+  }
+
+  /** Lanes with queued work as this worker knows them. */
+  queuedByLane(): Map<string, number> {
+    return this.board.queued();
+  }
+
+  /** After a reconnect: count again, the jobs published meanwhile were not heard. */
+  recount(): void {
+    void this.count().catch((err: unknown) => this.deps.log.debug({ err }, "could not count the lanes"));
+  }
+
+  private wake(): void {
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  private sleepUntilWoken(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.wakeUp = undefined;
+        resolve();
+      }, ms);
+      this.wakeUp = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  private hear(subject: string, data: Uint8Array): void {
+    const lane = subject.slice(subjects.lanes(this.deps.queue).length - 1);
+    let job: z.infer<typeof heardSchema>;
+    try {
+      job = heardSchema.parse(JSON.parse(new TextDecoder().decode(data)));
+    } catch {
+      return; // not a job as far as placing it goes; the pull will dead-letter it
+    }
+    this.board.heard(lane, { id: job.id, submittedAt: job.submittedAt, facts: factsOf(job) });
+    if (this.free > 0) this.wake();
+  }
+
+  /** What the server holds per lane: queued in lanes without a consumer yet, pending and in flight in the others. */
+  private async count(): Promise<void> {
+    const { jsm, queue } = this.deps;
+    const now = Date.now();
+    const counts = new Map<string, { pending: number; inFlight: number }>();
+    const info = await jsm.streams.info(JOBS_STREAM, { subjects_filter: subjects.lanes(queue) });
+    const prefix = subjects.lanes(queue).length - 1;
+    for (const [subject, n] of Object.entries(info.state.subjects ?? {}))
+      counts.set(subject.slice(prefix), { pending: n, inFlight: 0 });
+    for await (const c of await jsm.consumers.list(JOBS_STREAM)) {
+      const lane = laneOfConsumer(queue, c.name);
+      if (lane === undefined) continue;
+      this.consumers.add(c.name);
+      counts.set(lane, { pending: c.num_pending, inFlight: c.num_ack_pending });
+    }
+    for (const lane of this.board.queued().keys())
+      if (!counts.has(lane)) counts.set(lane, { pending: 0, inFlight: 0 });
+    for (const [lane, c] of counts) this.board.counted(lane, c.pending, c.inFlight, now);
+    if (this.free > 0) this.wake();
+  }
+
+  private limitsOf(job: Pick<Heard, "facts">): LimitSlot[] {
+    return limitsFor(this.rulesNow, job.facts);
+  }
+
+  private async loop(): Promise<void> {
+    let failures = 0;
+    while (this.pulling) {
+      if (this.free === 0) {
+        await this.sleepUntilWoken(COUNT_EVERY_MS);
+        continue;
+      }
+      try {
+        if (await this.unpark()) continue;
+        const lane = this.board.pick({
+          now: Date.now(),
+          rules: this.rulesNow,
+          blocked: (job) => this.limitsOf(job).some((s) => this.deps.slots.seemsFull(s)),
+          unknownHeads: this.parkedJobs.length < this.deps.concurrency,
+          probeEveryMs: PROBE_EVERY_MS,
+        });
+        if (lane === undefined) {
+          await this.sleepUntilWoken(COUNT_EVERY_MS);
+          continue;
+        }
+        const msg = await this.pull(lane);
+        failures = 0;
+        if (!this.pulling) {
+          msg?.nak(); // arrived as we began to stop: let another worker have it
+          break;
+        }
+        if (!msg) this.board.empty(lane, Date.now());
+        else await this.admit(lane, msg);
+      } catch (err) {
+        failures++;
+        if (failures === 1) this.deps.log.warn({ err }, "pull failed; retrying");
+        await sleep(Math.min(2000, 100 * failures));
+      }
+    }
+  }
+
+  private async pull(lane: string): Promise<JobMsg | undefined> {
+    const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
+    if (!this.consumers.has(name)) {
+      const { template, queue } = this.deps;
+      try {
+        await this.deps.jsm.consumers.add(JOBS_STREAM, {
+          durable_name: name,
+          filter_subject: subjects.lane(queue, lane),
+          ack_policy: template.ack_policy,
+          deliver_policy: template.deliver_policy,
+          ack_wait: template.ack_wait,
+          max_deliver: template.max_deliver,
+          max_ack_pending: -1,
+        });
+      } catch (err) {
+        // Created by another worker with other settings (a different heartbeat): it serves as is.
+        if (!isAlreadyExists(err)) throw err;
+      }
+      this.consumers.add(name);
+    }
+    try {
+      return await pullNoWait(this.deps.nc, this.deps.inboxPrefix, name, PULL_TIMEOUT_MS);
+    } catch (err) {
+      if (err instanceof NoConsumerError) this.consumers.delete(name); // deleted meanwhile: create it again
+      throw err;
+    }
+  }
+
+  /** A message pulled from `lane`: run it now, or park it when one of its limits is full. */
+  private async admit(lane: string, msg: JobMsg): Promise<void> {
+    let job: JobMessage | undefined;
+    try {
+      job = decode(jobMessageSchema, msg.data, "job message");
+    } catch {
+      job = undefined; // garbage: the run dead-letters it
+    }
+    const now = Date.now();
+    this.board.took(lane, job?.id, now);
+    if (!job) return this.launch(msg, undefined, [], undefined);
+    const facts = factsOf(job);
+    const limits = this.limitsOf({ facts });
+    if (limits.length === 0) return this.launch(msg, job, [], undefined);
+    const holder: Holder = {
+      job: job.id,
+      attempt: msg.info.deliveryCount,
+      worker: this.deps.workerId,
+      at: now,
+    };
+    const got = await this.deps.slots.acquire(limits, holder);
+    if (got.ok) return this.launch(msg, job, limits, holder);
+    const priority = effectivePriority(
+      this.rulesNow,
+      basePriority(this.rulesNow, facts),
+      now - job.submittedAt,
+    );
+    const parked: Parked = {
+      msg,
+      job,
+      lane,
+      limits,
+      holder,
+      priority,
+      reason: explainFull(got.slot, got.running),
+    };
+    this.parkedJobs.push(parked);
+    this.deps.log.info({ jobId: job.id, reason: parked.reason }, "job waits for a QoS limit");
+  }
+
+  /** Start the parked job that may run now, best first; true when one started. */
+  private async unpark(): Promise<boolean> {
+    if (this.parkedJobs.length === 0) return false;
+    const order = [...this.parkedJobs].sort(
+      (a, b) => b.priority - a.priority || a.job.submittedAt - b.job.submittedAt,
+    );
+    for (const p of order) {
+      if (p.limits.some((s) => this.deps.slots.seemsFull(s))) continue;
+      // The rules may have changed since it was parked.
+      p.limits = this.limitsOf({ facts: factsOf(p.job) });
+      const holder = { ...p.holder, at: Date.now() };
+      const got =
+        p.limits.length === 0 ? ({ ok: true } as const) : await this.deps.slots.acquire(p.limits, holder);
+      if (!got.ok) {
+        p.reason = explainFull(got.slot, got.running);
+        continue;
+      }
+      this.parkedJobs.splice(this.parkedJobs.indexOf(p), 1);
+      this.launch(p.msg, p.job, p.limits, holder);
+      return true;
+    }
+    return false;
+  }
+
+  private launch(
+    msg: JobMsg,
+    job: JobMessage | undefined,
+    limits: LimitSlot[],
+    holder: Holder | undefined,
+  ): void {
+    this.free--;
+    const done = this.deps
+      .run(msg, job)
+      .then(async () => {
+        if (holder) await this.deps.slots.release(limits, holder);
+      })
+      .catch((err: unknown) =>
+        // A slot not given back here is dropped by the next acquire that finds the job over.
+        this.deps.log.warn({ err, jobId: job?.id }, "could not give the job's QoS slots back"),
+      )
+      .finally(() => {
+        this.running.delete(done);
+        this.free++;
+        this.wake();
+      });
+    this.running.add(done);
+  }
+
+  /** Stop pulling; parked jobs go back to the queue. Resolves when the loop has ended. */
+  async stopPulling(): Promise<void> {
+    this.pulling = false;
+    this.wake();
+    clearInterval(this.countTimer);
+    this.doorbell?.unsubscribe();
+    await this.loopDone;
+    clearInterval(this.parkTimer);
+    for (const p of this.parkedJobs.splice(0)) p.msg.nak();
+  }
+
+  /** Resolves when every job this dispatcher started has been settled. */
+  async settled(): Promise<void> {
+    while (this.running.size > 0) await Promise.all([...this.running]);
+  }
+}
+
+export function explainFull(slot: LimitSlot, running: number): string {
+  const who = slot.value === undefined ? "in total" : `for ${slot.value}`;
+  return `limit ${slot.rule.name} ${who}: ${running}/${slot.rule.limit} running`;
+}
