@@ -133,6 +133,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...directReads(kvStream(QOS_BUCKET)),
           ...orderedReads(EVENTS_STREAM),
           p(subjects.cancel("*"), "request a cancel"),
+          p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "explain a wait: read the next job of each lane"),
           p(subjects.log("*"), "the log of a request refused before it was queued"),
           p(subjects.state("*"), "the state of a request refused before it was queued"),
           p(`$JS.API.STREAM.PURGE.${EVENTS_STREAM}`, "drop a job's log (the pipe protocol's DELETE)"),
@@ -157,6 +158,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           p("$JS.API.CONSUMER.NAMES.*", "list consumers"),
           p("$JS.API.CONSUMER.LIST.*", "list consumers"),
           p("$JS.API.CONSUMER.INFO.*.*", "consumer information"),
+          p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "explain a wait: read the next job of each lane"),
           ...[
             EVENTS_STREAM,
             DEAD_STREAM,

@@ -11,6 +11,7 @@ import type { FleetConfig } from "../config/load.js";
 import { ConfigError, errorFromRecord } from "../core/errors.js";
 import { AUTH_CONF, generateAuth } from "../broker/credentials.js";
 import { inboxPrefixFor } from "../broker/auth.js";
+import { laneCounts } from "../qos/lane-counts.js";
 import { formatDuration } from "../core/time.js";
 import { EXIT, ProgressDisplay, exitCodeFor, showJobEvent } from "./output.js";
 import { parseEnviron, readRequestFile } from "./request-file.js";
@@ -116,7 +117,10 @@ function describeRecord(r: JobRecord, config: FleetConfig): string {
 export async function statusCommand(id: string, json: boolean, config: FleetConfig): Promise<number> {
   return withFleet(config, async (fleet) => {
     const record = await (await fleet.job(id)).status();
-    print(json, record, () => describeRecord(record, config));
+    const waiting = await fleet.explain(id);
+    print(json, waiting.length > 0 ? { ...record, waiting } : record, () =>
+      [describeRecord(record, config), ...waiting.map((w) => `  waits: ${w}`)].join("\n"),
+    );
     return EXIT.ok;
   });
 }
@@ -250,14 +254,17 @@ export async function brokerCommand(
     const consumer = await conn.jsm.consumers
       .info(JOBS_STREAM, consumerName(config.queue))
       .catch(() => undefined); // a missing consumer is shown as missing
+    const lanes = consumer ? [...(await laneCounts(conn.jsm, config.queue)).values()] : [];
     const info = {
       streams: streams
         .filter(Boolean)
         .map((s) => ({ name: s!.config.name, messages: s!.state.messages, bytes: s!.state.bytes })),
       consumer: consumer && {
         name: consumer.name,
-        pending: consumer.num_pending,
-        running: consumer.num_ack_pending,
+        // Summed over the queue's lanes (the lane-less consumer included).
+        pending: lanes.reduce((n, l) => n + l.queued, 0),
+        running: lanes.reduce((n, l) => n + l.inFlight, 0),
+        lanes: lanes.length,
         redelivered: consumer.num_redelivered,
         maxAckPending: consumer.config.max_ack_pending,
       },
@@ -266,7 +273,7 @@ export async function brokerCommand(
       [
         ...info.streams.map((s) => `stream ${s.name}: ${s.messages} messages, ${s.bytes} bytes`),
         info.consumer
-          ? `consumer ${info.consumer.name}: ${info.consumer.pending} queued, ${info.consumer.running} running, ${info.consumer.redelivered} redelivered, cap ${info.consumer.maxAckPending}`
+          ? `consumer ${info.consumer.name}: ${info.consumer.pending} queued, ${info.consumer.running} running in ${info.consumer.lanes} lane(s), ${info.consumer.redelivered} redelivered, cap ${info.consumer.maxAckPending}`
           : `consumer ${consumerName(config.queue)}: missing (run: mars-fleet broker init)`,
       ].join("\n"),
     );

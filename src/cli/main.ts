@@ -297,6 +297,20 @@ export async function main(argv: string[]): Promise<void> {
           : (await fleetCli()).brokerCommand(a["action"] as "init" | "info", a.json === true, configFrom(a)),
       ),
     )
+    .command(
+      "qos <action> [file]",
+      "apply: validate a QoS rules file and put it in force on every worker (admin credentials); show: the rules with running and queued counts",
+      (y) =>
+        fleetOptions(y)
+          .positional("action", { choices: ["apply", "show"] as const, demandOption: true })
+          .positional("file", { type: "string", describe: "apply: the rules (YAML; see docs/QOS.md)" }),
+      handle(async (a) => {
+        const qos = await import("./qos.js");
+        return a["action"] === "apply"
+          ? qos.qosApply(a["file"] as string | undefined, a.json === true, configFrom(a))
+          : qos.qosShow(a.json === true, configFrom(a));
+      }),
+    )
     .demandCommand(1, "Name a command; see --help.")
     .strict()
     .recommendCommands()

@@ -23,6 +23,8 @@ const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
   TARGET_INVALID: EXIT.requestInvalid,
   ENVIRON_INVALID: EXIT.requestInvalid,
   MESSAGE_INVALID: EXIT.requestInvalid,
+  QOS_DENIED: EXIT.requestInvalid,
+  QOS_RULES_INVALID: EXIT.usage,
   MARS_RUNTIME_ERROR: EXIT.marsError,
   JOB_FAILED: EXIT.marsError,
   MARS_NO_DATA: EXIT.noData,

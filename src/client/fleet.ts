@@ -17,11 +17,14 @@ import {
   type Submitter,
   type WorkerInfo,
 } from "../broker/schemas.js";
-import { isToken, subjects } from "../broker/subjects.js";
+import { JOBS_STREAM, consumerName, isToken, subjects } from "../broker/subjects.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
 import { BrokerError, QosDeniedError, type MarsFleetError } from "../core/errors.js";
-import { deniedBy, factsOf, laneOf } from "../qos/evaluate.js";
-import { RulesFollower } from "../qos/store.js";
+import { deniedBy, factsOf, laneOf, queuedJobSchema } from "../qos/evaluate.js";
+import { explainWait } from "../qos/explain.js";
+import { laneCounts, laneHead } from "../qos/lane-counts.js";
+import { withFleetCap } from "../qos/rules.js";
+import { RulesFollower, SlotTable } from "../qos/store.js";
 import { JobEventPublisher } from "../broker/events.js";
 import { formatLogLine } from "../mars/log.js";
 import { LiveWorkers } from "./live-workers.js";
@@ -174,6 +177,39 @@ export class Fleet {
         throw err;
       });
     return this.rulesFollower;
+  }
+
+  /**
+   * Why a queued job waits (empty when it does not wait): full limits, a worker holding it for
+   * one, its lane and the lanes ahead of it. See src/qos/explain.ts.
+   */
+  async explain(id: string): Promise<string[]> {
+    const { record } = await this.store.require(id);
+    if (record.state !== "queued" && record.state !== "retrying") return [];
+    const { jsm } = this.conn;
+    const template = await jsm.consumers.info(JOBS_STREAM, consumerName(record.queue));
+    const rules = withFleetCap(
+      (await this.qosRules()).rules,
+      Math.max(0, template.config.max_ack_pending ?? 0),
+    );
+    const slots = new SlotTable(await this.conn.qosKv(), () => Promise.resolve(false), this.log);
+    return explainWait(record, {
+      rules,
+      holders: async (key) => (await slots.holders(key)).length,
+      workers: await this.workers(),
+      lanes: await laneCounts(jsm, record.queue),
+      head: async (lane) => {
+        try {
+          const body = await laneHead(this.conn.nc, record.queue, lane);
+          if (body === undefined) return undefined;
+          const job = queuedJobSchema.parse(body);
+          return { submittedAt: job.submittedAt, facts: factsOf(job) };
+        } catch {
+          // A server that cannot look a lane's next message up: the explanation leaves that lane out.
+          return undefined;
+        }
+      },
+    });
   }
 
   /** Who submits: the environ's user and the identity this connection authenticated as. */

@@ -4,8 +4,10 @@
  * and `mars-fleet status` (explaining a wait) all call these on the same facts.
  */
 import { createHash } from "node:crypto";
+import { z } from "zod";
 import { expandDates, expandIntegers, expandTimes } from "../mars/expand.js";
 import { isToken } from "../broker/subjects.js";
+import { environSchema, marsRequestSchema } from "../broker/schemas.js";
 import {
   isDeny,
   isLimit,
@@ -16,6 +18,15 @@ import {
   type QosRules,
   type Selector,
 } from "./rules.js";
+
+/** What is read of a queued job message to place it: enough for the rules, nothing trusted. */
+export const queuedJobSchema = z.object({
+  id: z.string(),
+  queue: z.string(),
+  submittedAt: z.number(),
+  environ: environSchema,
+  requests: z.array(marsRequestSchema),
+});
 
 /** The part of a job the rules look at. */
 export interface JobShape {

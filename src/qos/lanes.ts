@@ -78,6 +78,7 @@ export class LaneBoard {
     const i = id === undefined ? -1 : l.heard.findIndex((h) => h.id === id);
     if (i >= 0) l.heard.splice(0, i + 1);
     else if (l.unheard > 0) l.unheard--;
+    else l.heard.shift(); // one we did not hear of after all (or garbage): the head is gone either way
     l.servedAt = ++this.served;
   }
 

@@ -63,8 +63,29 @@ const limitRule = z
 const priorityRule = z.object({ ...base, priority: z.number().int().min(-1000).max(1000) }).strict();
 const denyRule = z.object({ ...base, deny: z.string().min(1).max(500) }).strict();
 
-const rule = z.union([limitRule, priorityRule, denyRule], {
-  error: "a rule has a name and exactly one of limit (with optional per), priority or deny",
+const KINDS = [
+  ["limit", limitRule],
+  ["priority", priorityRule],
+  ["deny", denyRule],
+] as const;
+
+/** A rule is checked against the schema of its kind, so that problems name their own key (and line). */
+const rule = z.unknown().transform((value, ctx): Rule => {
+  const keys = value !== null && typeof value === "object" ? Object.keys(value) : [];
+  const kinds = KINDS.filter(([k]) => keys.includes(k));
+  if (kinds.length !== 1) {
+    ctx.issues.push({
+      code: "custom",
+      input: value,
+      message: "a rule has a name and exactly one of limit (with optional per), priority or deny",
+    });
+    return z.NEVER;
+  }
+  const parsed = kinds[0]![1].safeParse(value);
+  if (parsed.success) return parsed.data;
+  for (const issue of parsed.error.issues)
+    ctx.issues.push({ code: "custom", input: value, path: issue.path, message: issue.message });
+  return z.NEVER;
 });
 
 export type LimitRule = z.infer<typeof limitRule>;
@@ -119,17 +140,17 @@ export interface RuleProblem {
 export function parseRules(text: string, source = "rules"): QosRules {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
-  const problems: RuleProblem[] = doc.errors.map((e) => ({
-    line: e.linePos?.[0]?.line ?? 1,
-    column: e.linePos?.[0]?.col ?? 1,
-    path: "",
-    message: e.message.split("\n")[0]!,
-  }));
+  const problems: RuleProblem[] = doc.errors.map((e) => {
+    const pos = lineCounter.linePos(e.pos[0]);
+    return { line: pos.line, column: pos.col, path: "", message: e.message.split("\n")[0]! };
+  });
   if (problems.length === 0) {
     const parsed = rulesSchema.safeParse(doc.toJS() ?? {});
     if (parsed.success) return parsed.data;
     for (const issue of parsed.error.issues) {
       const path = issue.path.filter((p): p is string | number => typeof p !== "symbol");
+      // An unknown key is found at the key itself, not at the object holding it.
+      if (issue.code === "unrecognized_keys" && issue.keys[0] !== undefined) path.push(issue.keys[0]);
       const at = nodeOffset(doc, path);
       const pos = lineCounter.linePos(at);
       problems.push({ line: pos.line, column: pos.col, path: path.join("."), message: issue.message });
@@ -150,4 +171,11 @@ function nodeOffset(doc: ReturnType<typeof parseDocument>, path: Array<string | 
     if (isNode(node) && node.range) return node.range[0];
   }
   return 0;
+}
+
+/** The fleet-wide cap of a queue's consumer (`MARS_MAX_CONCURRENT_CONNECTIONS`) as a limit rule, `fleet`. */
+export function withFleetCap(rules: QosRules, cap: number): QosRules {
+  if (cap <= 0) return rules;
+  const fleet: LimitRule = { name: "fleet", limit: cap };
+  return { ...rules, rules: [...rules.rules.filter((r) => r.name !== "fleet"), fleet] };
 }

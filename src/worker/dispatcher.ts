@@ -15,11 +15,19 @@ import type { Logger } from "pino";
 import { z } from "zod";
 import { decode } from "../broker/codec.js";
 import { isAlreadyExists } from "../broker/nats-errors.js";
-import { environSchema, jobMessageSchema, marsRequestSchema, type JobMessage } from "../broker/schemas.js";
-import { JOBS_STREAM, consumerName, laneConsumerName, laneOfConsumer, subjects } from "../broker/subjects.js";
-import { basePriority, effectivePriority, factsOf, limitsFor, type LimitSlot } from "../qos/evaluate.js";
+import { jobMessageSchema, type JobMessage } from "../broker/schemas.js";
+import { JOBS_STREAM, consumerName, laneConsumerName, subjects } from "../broker/subjects.js";
+import {
+  basePriority,
+  effectivePriority,
+  factsOf,
+  limitsFor,
+  queuedJobSchema,
+  type LimitSlot,
+} from "../qos/evaluate.js";
 import { LaneBoard, type Heard } from "../qos/lanes.js";
-import type { LimitRule, QosRules } from "../qos/rules.js";
+import { laneCounts } from "../qos/lane-counts.js";
+import { withFleetCap, type QosRules } from "../qos/rules.js";
 import type { Holder, RulesFollower, SlotTable } from "../qos/store.js";
 import { NoConsumerError, pullNoWait, type JobMsg } from "./pull.js";
 
@@ -28,15 +36,6 @@ export const COUNT_EVERY_MS = 1000;
 /** A lane with nothing queued but jobs in flight is pulled from this often: a dead worker's job comes back that way. */
 const PROBE_EVERY_MS = 1000;
 const PULL_TIMEOUT_MS = 5000;
-
-/** What the dispatcher reads of a job published on a lane: enough to place it, nothing trusted. */
-const heardSchema = z.object({
-  id: z.string(),
-  queue: z.string(),
-  submittedAt: z.number(),
-  environ: environSchema,
-  requests: z.array(marsRequestSchema),
-});
 
 export interface Parked {
   msg: JobMsg;
@@ -65,13 +64,6 @@ export interface DispatcherDeps {
   log: Logger;
   /** Run a pulled message (a job, or garbage to dead-letter); resolves when it is settled. */
   run: (msg: JobMsg, job: JobMessage | undefined) => Promise<void>;
-}
-
-/** The fleet-wide cap of the queue's consumer (`MARS_MAX_CONCURRENT_CONNECTIONS`) as a limit rule. */
-export function withFleetCap(rules: QosRules, cap: number): QosRules {
-  if (cap <= 0) return rules;
-  const fleet: LimitRule = { name: "fleet", limit: cap };
-  return { ...rules, rules: [...rules.rules.filter((r) => r.name !== "fleet"), fleet] };
 }
 
 export class Dispatcher {
@@ -156,9 +148,9 @@ export class Dispatcher {
 
   private hear(subject: string, data: Uint8Array): void {
     const lane = subject.slice(subjects.lanes(this.deps.queue).length - 1);
-    let job: z.infer<typeof heardSchema>;
+    let job: z.infer<typeof queuedJobSchema>;
     try {
-      job = heardSchema.parse(JSON.parse(new TextDecoder().decode(data)));
+      job = queuedJobSchema.parse(JSON.parse(new TextDecoder().decode(data)));
     } catch {
       return; // not a job as far as placing it goes; the pull will dead-letter it
     }
@@ -166,24 +158,14 @@ export class Dispatcher {
     if (this.free > 0) this.wake();
   }
 
-  /** What the server holds per lane: queued in lanes without a consumer yet, pending and in flight in the others. */
+  /** Count what the server holds per lane, and correct the board with it. */
   private async count(): Promise<void> {
-    const { jsm, queue } = this.deps;
     const now = Date.now();
-    const counts = new Map<string, { pending: number; inFlight: number }>();
-    const info = await jsm.streams.info(JOBS_STREAM, { subjects_filter: subjects.lanes(queue) });
-    const prefix = subjects.lanes(queue).length - 1;
-    for (const [subject, n] of Object.entries(info.state.subjects ?? {}))
-      counts.set(subject.slice(prefix), { pending: n, inFlight: 0 });
-    for await (const c of await jsm.consumers.list(JOBS_STREAM)) {
-      const lane = laneOfConsumer(queue, c.name);
-      if (lane === undefined) continue;
-      this.consumers.add(c.name);
-      counts.set(lane, { pending: c.num_pending, inFlight: c.num_ack_pending });
-    }
+    const counts = await laneCounts(this.deps.jsm, this.deps.queue);
+    for (const c of counts.values()) if (c.consumer) this.consumers.add(c.consumer);
     for (const lane of this.board.queued().keys())
-      if (!counts.has(lane)) counts.set(lane, { pending: 0, inFlight: 0 });
-    for (const [lane, c] of counts) this.board.counted(lane, c.pending, c.inFlight, now);
+      if (!counts.has(lane)) counts.set(lane, { queued: 0, inFlight: 0 });
+    for (const [lane, c] of counts) this.board.counted(lane, c.queued, c.inFlight, now);
     if (this.free > 0) this.wake();
   }
 

@@ -1,0 +1,66 @@
+/**
+ * Why a queued job waits, in words: the full limits it counts against, a worker holding it for a
+ * limit, its lane and the lanes ahead of it. Computed on request from what the broker holds now
+ * (the rules, the limit slots, the lane counts, the workers' entries), so it is never stale.
+ */
+import type { JobRecord, WorkerInfo } from "../broker/schemas.js";
+import {
+  basePriority,
+  deniedBy,
+  effectivePriority,
+  factsOf,
+  laneOf,
+  limitsFor,
+  type JobFacts,
+} from "./evaluate.js";
+import type { LaneCount } from "./lane-counts.js";
+import type { QosRules } from "./rules.js";
+
+export interface WaitSources {
+  rules: QosRules;
+  /** How many jobs hold a slot of the limit counter `key` now. */
+  holders: (key: string) => Promise<number>;
+  workers: WorkerInfo[];
+  lanes: Map<string, LaneCount>;
+  /** The next queued job of a lane (its submission time and facts), when it can be read. */
+  head: (lane: string) => Promise<{ submittedAt: number; facts: JobFacts } | undefined>;
+}
+
+export async function explainWait(record: JobRecord, src: WaitSources, now = Date.now()): Promise<string[]> {
+  if (record.state !== "queued" && record.state !== "retrying") return [];
+  const reasons: string[] = [];
+  const facts = factsOf(record);
+  const denied = deniedBy(src.rules, facts);
+  if (denied) reasons.push(`denied by rule ${denied.name} (applied after it was queued): ${denied.deny}`);
+  for (const w of src.workers)
+    for (const x of w.waiting ?? [])
+      if (x.job === record.id) reasons.push(`held by worker ${w.id}: ${x.reason}`);
+  for (const slot of limitsFor(src.rules, facts)) {
+    const running = await src.holders(slot.key);
+    if (running >= slot.rule.limit) {
+      const who = slot.value === undefined ? "in total" : `for ${slot.value}`;
+      reasons.push(`limit ${slot.rule.name} ${who}: ${running}/${slot.rule.limit} running`);
+    }
+  }
+  const lane = laneOf(src.rules, facts);
+  const own = src.lanes.get(lane)?.queued ?? 0;
+  const others = [...src.lanes].filter(([name, c]) => name !== lane && c.queued > 0);
+  const base = basePriority(src.rules, facts);
+  const priority = effectivePriority(src.rules, base, now - record.submittedAt);
+  let ahead = 0;
+  for (const [name] of others) {
+    const head = await src.head(name);
+    if (!head) continue;
+    const p = effectivePriority(src.rules, basePriority(src.rules, head.facts), now - head.submittedAt);
+    if (p > priority) ahead++;
+  }
+  reasons.push(
+    `lane ${lane} (${src.rules.fairShare}): ${own} queued there, served in the order submitted; ` +
+      `${others.length} other lane(s) with queued jobs share free slots round-robin`,
+  );
+  if (ahead > 0)
+    reasons.push(`behind ${ahead} lane(s) whose next job has a higher priority than ${priority}`);
+  else if (base !== 0 || priority !== base)
+    reasons.push(`priority ${priority} (rules give ${base}; it grows while it waits)`);
+  return reasons;
+}

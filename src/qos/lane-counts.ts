@@ -1,0 +1,41 @@
+/**
+ * What the server holds per lane of a queue: jobs queued (not yet delivered) and in flight
+ * (delivered, not yet acknowledged). Lanes with a consumer are counted by it; lanes whose consumer
+ * no worker has created yet, by the stream's per-subject message counts. Two requests in all.
+ */
+import type { JetStreamManager } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { z } from "zod";
+import { JOBS_STREAM, laneOfConsumer, subjects } from "../broker/subjects.js";
+
+export interface LaneCount {
+  queued: number;
+  inFlight: number;
+  /** The lane's consumer exists (its name), or not yet. */
+  consumer?: string;
+}
+
+export async function laneCounts(jsm: JetStreamManager, queue: string): Promise<Map<string, LaneCount>> {
+  const counts = new Map<string, LaneCount>();
+  const info = await jsm.streams.info(JOBS_STREAM, { subjects_filter: subjects.lanes(queue) });
+  const prefix = subjects.lanes(queue).length - 1;
+  for (const [subject, n] of Object.entries(info.state.subjects ?? {}))
+    counts.set(subject.slice(prefix), { queued: n, inFlight: 0 });
+  for await (const c of await jsm.consumers.list(JOBS_STREAM)) {
+    const lane = laneOfConsumer(queue, c.name);
+    if (lane === undefined) continue;
+    counts.set(lane, { queued: c.num_pending, inFlight: c.num_ack_pending, consumer: c.name });
+  }
+  return counts;
+}
+
+const msgGetSchema = z.object({ message: z.object({ data: z.string().optional() }) });
+
+/** The next queued job message of a lane (its body), or undefined when there is none. */
+export async function laneHead(nc: NatsConnection, queue: string, lane: string): Promise<unknown> {
+  const body = JSON.stringify({ next_by_subj: subjects.lane(queue, lane), seq: 0 });
+  const reply = await nc.request(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, new TextEncoder().encode(body));
+  const parsed = msgGetSchema.safeParse(JSON.parse(new TextDecoder().decode(reply.data)));
+  if (!parsed.success || parsed.data.message.data === undefined) return undefined; // none (an error reply)
+  return JSON.parse(Buffer.from(parsed.data.message.data, "base64").toString("utf8"));
+}

@@ -1,0 +1,249 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  basePriority,
+  deniedBy,
+  effectivePriority,
+  factsOf,
+  fieldCount,
+  laneOf,
+  limitsFor,
+  tokenFor,
+  type JobShape,
+} from "../src/qos/evaluate.js";
+import { LaneBoard, type Heard } from "../src/qos/lanes.js";
+import { NO_RULES, parseRules, withFleetCap, type QosRules } from "../src/qos/rules.js";
+import { thrown } from "./helpers/errors.js";
+
+const RULES = `# what a data store asks of its MARS fleet
+fairShare: user
+agingPerMinute: 2
+rules:
+  - name: per-user
+    limit: 4
+    per: user
+  - name: era5-complete
+    match: { dataset: reanalysis-era5-complete }
+    limit: 20
+  - name: guest-od
+    match: { user: guest, class: od }
+    limit: 1
+  - name: small-first
+    match: { fields: { max: 12 } }
+    priority: 10
+  - name: cerra-closed
+    match: { environ.namespace: cerra }
+    deny: CERRA is closed for maintenance until Monday
+  - name: too-large
+    match: { fields: { min: 100001 } }
+    deny: a request may ask for at most 100000 fields; split it
+`;
+
+function job(
+  user: string | undefined,
+  params: Record<string, string[]>,
+  environ: Record<string, string> = {},
+): JobShape {
+  return {
+    queue: "default",
+    environ: { ...(user !== undefined && { user_id: user }), ...environ },
+    requests: [{ verb: "retrieve", params }],
+  };
+}
+
+describe("QoS rules: the language", () => {
+  it("parses a data store's rules with their defaults", () => {
+    const rules = parseRules(RULES);
+    assert.equal(rules.fairShare, "user");
+    assert.equal(rules.agingPerMinute, 2);
+    assert.deepEqual(
+      rules.rules.map((r) => r.name),
+      ["per-user", "era5-complete", "guest-od", "small-first", "cerra-closed", "too-large"],
+    );
+    assert.deepEqual(parseRules(""), NO_RULES);
+    assert.equal(NO_RULES.fairShare, "user");
+  });
+
+  it("rejects a file whole, naming the line of every problem", () => {
+    const bad = [
+      "rules:", //                                  1
+      "  - name: per-user", //                      2
+      "    limit: -1", //                           3
+      "  - name: Bad Name", //                      4
+      "    priority: 5", //                         5
+      "  - name: two-kinds", //                     6
+      "    priority: 1", //                         7
+      "    deny: no", //                            8
+      "  - name: fields-value", //                  9
+      "    match: { fields: 10 }", //              10
+      "    limit: 1", //                           11
+    ].join("\n");
+    const err = thrown(() => parseRules(bad, "rules.yaml"));
+    assert.equal(err.code, "QOS_RULES_INVALID");
+    const lines = (err.details["errors"] as Array<{ line: number }>).map((e) => e.line);
+    assert.ok(lines.includes(3), `limit -1 on line 3: ${err.message}`);
+    assert.ok(lines.includes(4), `bad name on line 4: ${err.message}`);
+    assert.ok(
+      lines.some((l) => l >= 6 && l <= 8),
+      `two kinds at lines 6-8: ${err.message}`,
+    );
+    assert.ok(lines.includes(10), `fields takes a range, line 10: ${err.message}`);
+    assert.match(err.message, /rules\.yaml:3:/);
+  });
+
+  it("names the line of a YAML syntax error and of an unknown key", () => {
+    const syntax = thrown(() => parseRules("rules:\n  - name: a\n    limit: [1\n"));
+    assert.equal(syntax.code, "QOS_RULES_INVALID");
+    assert.ok((syntax.details["errors"] as Array<{ line: number }>)[0]!.line >= 3, syntax.message);
+    const unknown = thrown(() => parseRules("fairShare: user\nlimits: 4\n"));
+    assert.equal(unknown.code, "QOS_RULES_INVALID");
+    assert.match(unknown.message, /:1:|:2:/);
+    const dup = thrown(() => parseRules("rules:\n  - {name: a, limit: 1}\n  - {name: a, priority: 1}\n"));
+    assert.match(dup.message, /:3:.*duplicate rule name a/);
+  });
+});
+
+describe("QoS rules: what they say about a job", () => {
+  const rules = parseRules(RULES);
+
+  it("counts fields as MARS expands them", () => {
+    assert.equal(fieldCount({ param: ["2t", "msl"], date: ["20240101", "to", "20240110"] }), 20);
+    assert.equal(
+      fieldCount({ param: ["t"], levelist: ["500", "850"], step: ["0", "to", "12", "by", "6"] }),
+      6,
+    );
+    assert.equal(fieldCount({ param: ["2t"], date: ["garbage"] }), 1);
+  });
+
+  it("denies with the rule's message, by environ or by size", () => {
+    const closed = deniedBy(rules, factsOf(job("alice", { param: ["2t"] }, { namespace: "CERRA" })));
+    assert.equal(closed?.name, "cerra-closed");
+    assert.match(closed!.deny, /CERRA is closed/);
+    const huge = deniedBy(
+      rules,
+      factsOf(
+        job("alice", {
+          param: ["2t"],
+          date: ["19400101", "to", "20240101"],
+          time: ["0", "to", "23", "by", "1"],
+        }),
+      ),
+    );
+    assert.equal(huge?.name, "too-large");
+    assert.equal(deniedBy(rules, factsOf(job("alice", { param: ["2t"] }))), undefined);
+  });
+
+  it("lists the limits a job counts against, per value when asked", () => {
+    const guestOd = limitsFor(
+      rules,
+      factsOf(job("Guest", { class: ["OD"], dataset: ["reanalysis-era5-complete"] })),
+    );
+    assert.deepEqual(
+      guestOd.map((l) => l.key),
+      ["per-user.guest", "era5-complete.all", "guest-od.all"],
+    );
+    const plain = limitsFor(rules, factsOf(job(undefined, { class: ["ea"] })));
+    assert.deepEqual(
+      plain.map((l) => l.key),
+      [`per-user.${tokenFor("(none)")}`],
+    );
+  });
+
+  it("prefers small requests, and ages the rest only up to the top priority", () => {
+    const small = factsOf(job("a", { param: ["2t"], date: ["20240101"] }));
+    const big = factsOf(job("a", { param: ["2t"], date: ["20240101", "to", "20240131"] }));
+    assert.equal(basePriority(rules, small), 10);
+    assert.equal(basePriority(rules, big), 0);
+    assert.equal(effectivePriority(rules, 0, 0), 0);
+    assert.equal(effectivePriority(rules, 0, 2 * 60_000), 4); // 2 a minute
+    assert.equal(effectivePriority(rules, 0, 60 * 60_000), 10); // capped at the top
+    assert.equal(effectivePriority(NO_RULES, 0, 60 * 60_000), 0); // no priorities: nothing to age into
+  });
+
+  it("puts a job in its user's lane, a safe token whatever the user is called", () => {
+    assert.equal(laneOf(rules, factsOf(job("Alice", {}))), "alice");
+    assert.equal(laneOf(rules, factsOf(job(undefined, {}))), "_");
+    const odd = laneOf(rules, factsOf(job("bob@example.org", {})));
+    assert.match(odd, /^h-[0-9a-f]{24}$/);
+    const byClass = { ...rules, fairShare: "class" };
+    assert.equal(laneOf(byClass, factsOf(job("x", { class: ["ea"] }))), "ea");
+  });
+
+  it("turns the fleet-wide cap into a limit rule", () => {
+    const capped = withFleetCap(NO_RULES, 3);
+    assert.deepEqual(
+      limitsFor(capped, factsOf(job("a", {}))).map((l) => [l.key, l.rule.limit]),
+      [["fleet.all", 3]],
+    );
+    assert.equal(withFleetCap(NO_RULES, 0), NO_RULES);
+  });
+});
+
+describe("QoS lanes: which lane a free slot serves", () => {
+  const heard = (
+    id: string,
+    user: string,
+    at: number,
+    params: Record<string, string[]> = { param: ["2t"] },
+  ): Heard => ({
+    id,
+    submittedAt: at,
+    facts: factsOf(job(user, params)),
+  });
+  const pick = (
+    board: LaneBoard,
+    rules: QosRules = NO_RULES,
+    now = 1000,
+    blocked: (h: Heard) => boolean = () => false,
+  ) => board.pick({ now, rules, blocked, unknownHeads: true, probeEveryMs: 1000 });
+
+  it("goes round-robin across users, not in arrival order", () => {
+    const board = new LaneBoard();
+    for (let i = 0; i < 100; i++) board.heard("a", heard(`a${i}`, "a", i));
+    board.heard("b", heard("b0", "b", 500));
+    board.heard("b", heard("b1", "b", 501));
+    const order: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const lane = pick(board)!;
+      order.push(lane);
+      board.took(lane, undefined, 1000);
+    }
+    assert.deepEqual(order, ["a", "b", "a", "b", "a", "a"]);
+  });
+
+  it("serves higher priority first, and skips a lane whose next job is blocked", () => {
+    const rules = parseRules(RULES);
+    const board = new LaneBoard();
+    board.heard("a", heard("big", "a", 0, { param: ["2t"], date: ["20240101", "to", "20240131"] }));
+    board.heard("b", heard("small", "b", 10, { param: ["2t"] }));
+    assert.equal(pick(board, rules, 20), "b");
+    assert.equal(
+      pick(board, rules, 20, (h) => h.id === "small"),
+      "a",
+    );
+    assert.equal(
+      pick(board, rules, 20, () => true),
+      undefined,
+    );
+  });
+
+  it("forgets what other workers took, from the server's counts, and probes lanes with jobs in flight", () => {
+    const board = new LaneBoard();
+    board.heard("a", heard("a1", "a", 0));
+    board.heard("a", heard("a2", "a", 1));
+    board.counted("a", 1, 1, 10); // a1 went to another worker
+    assert.equal(board.queued().get("a"), 1);
+    board.took("a", "a2", 11);
+    assert.equal(board.queued().get("a"), 0);
+    // Nothing queued, one in flight: a probe every second, for a dead worker's job coming back.
+    assert.equal(pick(board, NO_RULES, 2000), "a");
+    assert.equal(pick(board, NO_RULES, 2500), undefined);
+    board.counted("a", 0, 0, 3000);
+    assert.equal(board.size, 0);
+    // Jobs the server holds that this worker never heard of are served first (they are older).
+    board.counted("c", 2, 0, 3000);
+    board.heard("c", heard("c9", "c", 3001));
+    board.took("c", "x", 3002);
+    assert.equal(board.queued().get("c"), 2);
+  });
+});
