@@ -169,13 +169,13 @@ export class Fleet {
 
   /** The QoS rules in force, followed from the first submit on (deny rules refuse here; the lane is the rules' fairness key). */
   qosRules(): Promise<RulesFollower> {
-    this.rulesFollower ??= this.conn
-      .qosKv()
-      .then((kv) => RulesFollower.start(this.conn.nc, kv, this.log))
-      .catch((err: unknown) => {
-        this.rulesFollower = undefined; // the next submit tries again
-        throw err;
-      });
+    this.rulesFollower ??= withRetry(
+      async () => RulesFollower.start(this.conn.nc, await this.conn.qosKv(), this.log),
+      { deadlineMs: this.config.requestTimeout, what: "read the QoS rules" },
+    ).catch((err: unknown) => {
+      this.rulesFollower = undefined; // the next submit tries again
+      throw err;
+    });
     return this.rulesFollower;
   }
 

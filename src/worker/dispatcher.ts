@@ -76,6 +76,8 @@ export class Dispatcher {
   private wakeUp: (() => void) | undefined;
   private loopDone: Promise<void> | undefined;
   private doorbell: Subscription | undefined;
+  private laneless: Subscription | undefined;
+  private unreadable = 0;
   private countTimer: NodeJS.Timeout | undefined;
   private parkTimer: NodeJS.Timeout | undefined;
   private rulesNow: QosRules;
@@ -97,7 +99,11 @@ export class Dispatcher {
       if (this.parkedJobs.length > 0 || this.free > 0) this.wake();
     });
     this.doorbell = deps.nc.subscribe(subjects.lanes(deps.queue), {
-      callback: (_err, msg) => this.hear(msg.subject, msg.data),
+      callback: (_err, msg) => this.hear(msg.subject.slice(subjects.lanes(deps.queue).length - 1), msg.data),
+    });
+    // Jobs of earlier clients, published without a lane.
+    this.laneless = deps.nc.subscribe(subjects.jobs(deps.queue), {
+      callback: (_err, msg) => this.hear("", msg.data),
     });
     await this.count();
     this.countTimer = setInterval(() => {
@@ -146,15 +152,16 @@ export class Dispatcher {
     });
   }
 
-  private hear(subject: string, data: Uint8Array): void {
-    const lane = subject.slice(subjects.lanes(this.deps.queue).length - 1);
-    let job: z.infer<typeof queuedJobSchema>;
+  private hear(lane: string, data: Uint8Array): void {
+    let job: z.infer<typeof queuedJobSchema> | undefined;
     try {
       job = queuedJobSchema.parse(JSON.parse(new TextDecoder().decode(data)));
     } catch {
-      return; // not a job as far as placing it goes; the pull will dead-letter it
+      job = undefined; // not a job: pulled all the same, and dead-lettered by the run
     }
-    this.board.heard(lane, { id: job.id, submittedAt: job.submittedAt, facts: factsOf(job) });
+    const facts = factsOf(job ?? { queue: this.deps.queue, environ: {}, requests: [] });
+    const id = job?.id ?? `unreadable-${++this.unreadable}`;
+    this.board.heard(lane, { id, submittedAt: job?.submittedAt ?? Date.now(), facts });
     if (this.free > 0) this.wake();
   }
 
@@ -331,6 +338,7 @@ export class Dispatcher {
     this.wake();
     clearInterval(this.countTimer);
     this.doorbell?.unsubscribe();
+    this.laneless?.unsubscribe();
     await this.loopDone;
     clearInterval(this.parkTimer);
     for (const p of this.parkedJobs.splice(0)) p.msg.nak();
