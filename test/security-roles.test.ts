@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
+import { AckPolicy, jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { errors, type NatsConnection } from "@nats-io/transport-node";
 import { connectBroker } from "../src/broker/connection.js";
@@ -242,6 +242,13 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
       await denied("worker deletes the queue's consumer", () =>
         wjsm.consumers.delete(JOBS_STREAM, consumerName(queue)),
       );
+      await denied("worker creates a consumer that is not a lane's", () =>
+        wjsm.consumers.add(JOBS_STREAM, {
+          durable_name: "rogue",
+          filter_subject: subjects.jobs(`${queue}-other`),
+          ack_policy: AckPolicy.Explicit,
+        }),
+      );
       await denied("worker creates a stream", () =>
         wjsm.streams.add({ name: "ROGUE", subjects: ["rogue.>"] }),
       );
@@ -261,7 +268,7 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
       );
       await subscriptionDenied(observer, "_INBOX.>"); // other users' replies
       await subscriptionDenied(submitter, subjects.allCancels);
-      await subscriptionDenied(worker, "mars.jobs.>");
+      await subscriptionDenied(worker, "_INBOX.>"); // a worker hears new jobs, but not others' replies
     } finally {
       await Promise.all([submitter, worker, observer].map((nc) => nc.close()));
     }

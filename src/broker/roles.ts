@@ -88,10 +88,9 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...topologyInfo(),
           p(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.*`, "pull jobs from its queue's consumers"),
           p(
-            `$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.>`,
-            "create a lane's consumer when the lane first has jobs (never delete)",
+            `$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.*.${subjects.lane("*", "*")}`,
+            "create a lane's consumer when the lane first has jobs: only consumers filtered on a lane (never the queue's own; no deletion)",
           ),
-          p(`$JS.API.CONSUMER.DURABLE.CREATE.${JOBS_STREAM}.*`, "same, on servers before 2.9"),
           p(`$JS.API.CONSUMER.LIST.${JOBS_STREAM}`, "count queued and running jobs per lane"),
           p(`$JS.ACK.${JOBS_STREAM}.>`, "ack, nak, term and in-progress of its jobs"),
           p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "read a job that ran out of deliveries"),

@@ -1,0 +1,253 @@
+import assert from "node:assert/strict";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Kvm, type KV } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import type { JobRecord } from "../src/broker/schemas.js";
+import { QOS_BUCKET } from "../src/broker/subjects.js";
+import type { JobHandle } from "../src/client/job.js";
+import { parseRules } from "../src/qos/rules.js";
+import { writeRules } from "../src/qos/store.js";
+import { cli } from "./helpers/cli.js";
+import { rejection } from "./helpers/errors.js";
+import { TestFleet } from "./helpers/fleet.js";
+import { eventually } from "./helpers/proc.js";
+
+const TIMEOUT = 120_000;
+let tf: TestFleet;
+let admin: NatsConnection;
+let qos: KV;
+
+before(async () => {
+  tf = await TestFleet.start();
+  // Any client creates the topology on an open server; the rules live in its QoS bucket.
+  await (await tf.client({ queue: TestFleet.queue("qos-setup") })).close();
+  admin = await tf.connectAs("admin");
+  qos = await new Kvm(admin).open(QOS_BUCKET);
+});
+after(async () => {
+  await admin?.close();
+  await tf.dispose();
+});
+
+const REQUEST = { param: "2t/msl", date: "20240101", grid: "10/10" };
+const SLOW = { MARS_SIM_FIELD_DELAY_MS: "150" };
+
+async function apply(text: string): Promise<void> {
+  await writeRules(qos, { text, rules: parseRules(text), appliedAt: Date.now() });
+}
+
+/** How many jobs hold a slot of a limit counter now. */
+async function holding(key: string): Promise<number> {
+  const e = await qos.get(`slots.${key}`);
+  if (!e || e.operation !== "PUT" || e.length === 0) return 0;
+  return Object.keys((e.json() as { holders: object }).holders).length;
+}
+
+/** Most jobs whose [startedAt, finishedAt] overlap at one instant. */
+function maxOverlap(records: JobRecord[]): number {
+  const points = records
+    .flatMap((r) => [[r.startedAt!, 1] as const, [r.finishedAt!, -1] as const])
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let open = 0;
+  let max = 0;
+  for (const [, d] of points) max = Math.max(max, (open += d));
+  return max;
+}
+
+function submitAs(
+  fleet: Awaited<ReturnType<TestFleet["client"]>>,
+  user: string,
+  n: number,
+  tag: string,
+): Promise<JobHandle[]> {
+  return Promise.all(
+    Array.from({ length: n }, (_, i) =>
+      fleet.submit(REQUEST, {
+        targetDir: tag,
+        targetFname: `${user}-${i}.grib`,
+        environ: { user_id: user, request_id: `${tag}-${user}-${i}` },
+      }),
+    ),
+  );
+}
+
+describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () => {
+  it("a per-user limit of 2 over 3 workers x 4 slots holds at every sample while other users fill the slots", async () => {
+    const queue = TestFleet.queue("peruser");
+    await apply(`rules:\n  - name: per-user\n    match: { queue: ${queue} }\n    limit: 2\n    per: user\n`);
+    const settings = { queue, concurrency: 4 };
+    await Promise.all([0, 1, 2].map(() => tf.worker(settings, SLOW)));
+    const fleet = await tf.client(settings);
+    const users = ["alice", "bob", "carol", "dave", "erin"];
+    let samples = 0;
+    let worst = 0;
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        const counts = await Promise.all(users.map((u) => holding(`per-user.${u}`)));
+        worst = Math.max(worst, ...counts);
+        samples++;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const jobs = (
+      await Promise.all([
+        submitAs(fleet, "alice", 10, "peruser"),
+        ...users.slice(1).map((u) => submitAs(fleet, u, 4, "peruser")),
+      ])
+    ).flat();
+    await Promise.all(jobs.map((j) => j.result()));
+    sampling = false;
+    await sampler;
+    assert.ok(samples > 20, `only ${samples} samples`);
+    assert.ok(worst <= 2, `a user held ${worst} slots at once`);
+    assert.ok(worst === 2, "the limit was never reached: the test proves nothing");
+    const records = await Promise.all(jobs.map((j) => j.status()));
+    for (const u of users) {
+      const mine = records.filter((r) => r.environ["user_id"] === u);
+      assert.ok(maxOverlap(mine) <= 2, `${u} ran ${maxOverlap(mine)} at once`);
+    }
+    assert.ok(
+      maxOverlap(records) >= 6,
+      `other users did not fill the free slots: ${maxOverlap(records)} at once`,
+    );
+    assert.ok(records.every((r) => r.state === "succeeded" && r.attempt === 1));
+    // Every slot was given back.
+    assert.deepEqual(await Promise.all(users.map((u) => holding(`per-user.${u}`))), [0, 0, 0, 0, 0]);
+  });
+
+  it("a kill -9 leaks no slot: the user's next job starts after the killed one was redelivered and finished", async () => {
+    const queue = TestFleet.queue("qoskill");
+    await apply(`rules:\n  - name: per-user\n    match: { queue: ${queue} }\n    limit: 1\n    per: user\n`);
+    const settings = { queue, concurrency: 2 };
+    const slow = { MARS_SIM_FIELD_DELAY_MS: "400" };
+    const first = await tf.worker(settings, slow);
+    const fleet = await tf.client(settings);
+    const [one] = await submitAs(fleet, "alice", 1, "qoskill");
+    assert.ok(
+      await eventually(async () => (await one!.status()).state === "running", 10_000),
+      "job 1 never ran",
+    );
+    const second = await tf.worker(settings, slow);
+    const two = await fleet.submit(REQUEST, {
+      targetDir: "qoskill",
+      targetFname: "alice-two.grib",
+      environ: { user_id: "alice", request_id: "qoskill-two" },
+    });
+    // Two free slots on two workers, and still it waits, and says why.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal((await two.status()).state, "queued");
+    const why = await fleet.explain(two.id);
+    assert.ok(
+      why.some((w) => w === "limit per-user for alice: 1/1 running"),
+      `explanation: ${why.join(" | ")}`,
+    );
+    first.kill("SIGKILL");
+    await Promise.all([one!.result(), two.result()]);
+    const [r1, r2] = await Promise.all([one!.status(), two.status()]);
+    assert.equal(r1.attempt, 2, "job 1 was redelivered");
+    assert.equal(r1.worker, second.id);
+    assert.ok(r2.startedAt! >= r1.finishedAt!, "job 2 started while job 1 still held the user's only slot");
+    assert.equal(await holding("per-user.alice"), 0);
+  });
+
+  it("rules applied with the CLI take effect within a second while jobs run; an invalid file changes nothing and names its line", async () => {
+    const queue = TestFleet.queue("reload");
+    const env = tf.env({ queue }, "admin");
+    const good = join(tf.sharedRoot, "rules-good.yaml");
+    const wider = join(tf.sharedRoot, "rules-wider.yaml");
+    const bad = join(tf.sharedRoot, "rules-bad.yaml");
+    const rule = (n: number): string =>
+      `rules:\n  - name: per-user\n    match: { queue: ${queue} }\n    limit: ${n}\n    per: user\n`;
+    await writeFile(good, rule(1));
+    await writeFile(wider, rule(3));
+    await writeFile(bad, `rules:\n  - name: per-user\n    limit: lots\n    per: user\n`);
+    const applied = await cli(["qos", "apply", good], env);
+    assert.equal(applied.code, 0, applied.stderr);
+    await tf.worker({ queue, concurrency: 4 }, { MARS_SIM_FIELD_DELAY_MS: "1500" });
+    const fleet = await tf.client({ queue });
+    const jobs = await submitAs(fleet, "alice", 4, "reload");
+    assert.ok(await eventually(async () => (await holding("per-user.alice")) === 1, 10_000), "nothing ran");
+
+    const refused = await cli(["qos", "apply", bad], env);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /QOS_RULES_INVALID/);
+    assert.match(refused.stderr, /rules-bad\.yaml:3:\d+: rules\.0\.limit/);
+    const shown = await cli(["qos", "show", "--json"], env);
+    assert.equal(shown.code, 0, shown.stderr);
+    const after = JSON.parse(shown.stdout) as {
+      rules: { rules: Array<{ limit: number }> };
+      limits: Array<{ key: string; running: number }>;
+    };
+    assert.equal(after.rules.rules[0]!.limit, 1, "the invalid file changed the rules");
+    assert.deepEqual(
+      after.limits.filter((l) => l.key === "per-user.alice").map((l) => l.running),
+      [1],
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(await holding("per-user.alice"), 1, "the invalid file changed the limit");
+
+    const widened = await cli(["qos", "apply", wider], env);
+    assert.equal(widened.code, 0, widened.stderr);
+    assert.ok(
+      await eventually(async () => (await holding("per-user.alice")) === 3, 1000, 20),
+      "the wider limit did not take effect within a second",
+    );
+    await Promise.all(jobs.map((j) => j.result()));
+  });
+
+  it("deny rules refuse at submit with their message; a job forged past the client is refused by the worker", async () => {
+    const queue = TestFleet.queue("deny");
+    await apply(
+      `rules:\n  - name: closed\n    match: { queue: ${queue}, environ.namespace: cerra }\n    deny: CERRA is closed for maintenance until Monday\n`,
+    );
+    await tf.worker({ queue, marsCommand: tf.countingMars });
+    const fleet = await tf.client({ queue });
+    const err = await rejection(
+      fleet.submit(REQUEST, {
+        environ: { user_id: "alice", namespace: "cerra", request_id: "denied-1" },
+        requestId: "denied-1",
+      }),
+    );
+    assert.equal(err.code, "QOS_DENIED");
+    assert.equal(err.message, "CERRA is closed for maintenance until Monday");
+    assert.equal((await rejection(fleet.job("denied-1"))).code, "JOB_NOT_FOUND");
+    const ok = await fleet.submit(REQUEST, {
+      environ: { user_id: "alice", namespace: "era5", request_id: "allowed-1" },
+    });
+    await ok.result();
+
+    const forged = {
+      v: 1,
+      id: "denied-raw",
+      queue,
+      requests: [{ verb: "retrieve", params: { param: ["2t"], date: ["20240101"] } }],
+      target: "deny/raw.grib",
+      environ: { user_id: "alice", namespace: "cerra", request_id: "denied-raw" },
+      timeoutMs: 0,
+      submittedAt: Date.now(),
+    };
+    const job = (await tf.publishRaw(queue, forged, fleet))!;
+    assert.equal((await rejection(job.result())).code, "QOS_DENIED");
+    assert.equal((await tf.invocations()).get("denied-raw"), undefined, "MARS ran a denied job");
+  });
+
+  it("fair share: a user with two jobs gets slots at once, not after another user's backlog", async () => {
+    const queue = TestFleet.queue("fair");
+    const settings = { queue, concurrency: 2 };
+    await tf.worker(settings, SLOW);
+    const fleet = await tf.client(settings);
+    const backlog = await submitAs(fleet, "alice", 10, "fair");
+    const mine = await submitAs(fleet, "bob", 2, "fair");
+    await Promise.all([...backlog, ...mine].map((j) => j.result()));
+    const aliceStarts = (await Promise.all(backlog.map((j) => j.status())))
+      .map((r) => r.startedAt!)
+      .sort((a, b) => a - b);
+    const bobStarts = (await Promise.all(mine.map((j) => j.status()))).map((r) => r.startedAt!);
+    // Round-robin between the two users: bob's jobs start among alice's first five, not after her ten.
+    for (const s of bobStarts)
+      assert.ok(s < aliceStarts[4]!, `bob started at ${s}, alice's 5th at ${aliceStarts[4]}`);
+  });
+});
