@@ -11,12 +11,13 @@ import { backlog, failover, footprint, logStreaming } from "./resilience.js";
 import { gatewayScenario, gatewayThroughput } from "./gateway.js";
 import { heavyMars } from "./heavy.js";
 import { brokerCapacity, dispatchLatency, perJobOverhead } from "./throughput.js";
+import { fairShare, heavyWithRules, qosDispatch } from "./qos.js";
 
 async function main(): Promise<void> {
   const args = await yargs(hideBin(process.argv))
     .option("quick", { type: "boolean", default: false, describe: "smaller counts, under a minute" })
     .option("json", { type: "string", describe: "write every figure to this JSON file" })
-    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-10)" })
+    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-13)" })
     .option("peers", {
       type: "boolean",
       default: false,
@@ -37,6 +38,9 @@ async function main(): Promise<void> {
     [8, "gateway", (env) => gatewayScenario(env, q ? 10 : 50)],
     [9, "heavy MARS", (env) => heavyMars(env, 200, args.peers)],
     [10, "gateway load", (env) => gatewayThroughput(env, q ? 100 : 200)],
+    [11, "QoS dispatch", (env) => qosDispatch(env, q ? 60 : 200)],
+    [12, "fair share", (env) => fairShare(env, q ? 300 : 1000)],
+    [13, "heavy MARS with rules", (env) => heavyWithRules(env, q ? 100 : 200)],
   ];
   const results: ScenarioResult[] = [];
   const started = Date.now();

@@ -30,7 +30,7 @@ async function direct(
 }
 
 /** Started-at (ms) that the tiny MARS command printed as its first line. */
-function spawnedAt(line: string | undefined): number {
+export function spawnedAt(line: string | undefined): number {
   const m = /started (\d+)/.exec(line ?? "");
   return m ? Number(BigInt(m[1]!) / 1000n) / 1000 : NaN;
 }
@@ -105,11 +105,20 @@ export async function fleetVsPool(
   workers: number,
   slots: number,
   command: string | undefined,
+  opts: {
+    /** The environ of job `i` (its user: a lane each). */
+    environ?: (i: number) => Record<string, string>;
+    /** Called once the workers and client are up, before the timed run (to apply QoS rules). */
+    prepare?: () => Promise<void>;
+    /** Skip the direct pool (a second fleet run against the same baseline). */
+    noDirect?: boolean;
+  } = {},
 ): Promise<FleetVsPool> {
   const queue = BenchEnv.queue(name);
   const settings = { queue, concurrency: slots, ...(command && { marsCommand: command }) };
   const started = await Promise.all(Array.from({ length: workers }, () => env.worker(settings)));
   const fleet = await env.client(settings);
+  await opts.prepare?.();
   await (await fleet.submit(SHORT_REQUEST, { targetDir: name, targetFname: "warm.grib" })).result();
   const meter = await CpuMeter.start(
     started.map((w) => w.proc.pid!),
@@ -120,13 +129,21 @@ export async function fleetVsPool(
   await pool(
     Array.from({ length: jobs }, (_, i) => i),
     64,
-    async (i) => (await fleet.submit(SHORT_REQUEST, { targetDir: name, targetFname: `${i}.grib` })).result(),
+    async (i) =>
+      (
+        await fleet.submit(SHORT_REQUEST, {
+          targetDir: name,
+          targetFname: `${i}.grib`,
+          ...(opts.environ && { environ: opts.environ(i) }),
+        })
+      ).result(),
   );
   const fleetMs = Date.now() - t0;
   const cpu = await meter.perJob(jobs);
   await fleet.close();
   const consumersLeft = await strayConsumers(await env.nc());
   await env.killWorkers(started);
+  if (opts.noDirect) return { fleetMs, directMs: NaN, cpu, consumersLeft, marsCpuMs: NaN };
   const marsBefore = await childrenCpuMs(process.pid);
   const t1 = Date.now();
   await pool(

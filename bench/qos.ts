@@ -1,0 +1,199 @@
+/**
+ * Scenarios 11-13, QoS: dispatch latency with rules in force and many users, fair share (one
+ * user's backlog against a newcomer), and the heavy-MARS throughput with rules against without.
+ */
+import { Kvm } from "@nats-io/kv";
+import { QOS_BUCKET } from "../src/broker/subjects.js";
+import { parseRules } from "../src/qos/rules.js";
+import { writeRules } from "../src/qos/store.js";
+import { BenchEnv, FleetObserver, percentile, pool } from "./env.js";
+import { round, target, type ScenarioResult } from "./report.js";
+import { fleetVsPool, spawnedAt } from "./throughput.js";
+
+const REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
+
+/**
+ * Ten rules of the kinds a data store writes. A typical job matches the per-user limit and a
+ * priority rule; the others (a dataset cap, a paused class, a guest throttle, two denials) test
+ * every job without matching it.
+ */
+export const BENCH_RULES = `fairShare: user
+rules:
+  - name: per-user
+    limit: 8
+    per: user
+  - name: era5-complete
+    match: { dataset: reanalysis-era5-complete }
+    limit: 100
+  - name: guest-od
+    match: { user: guest, class: od }
+    limit: 1
+  - name: paused
+    match: { class: rd }
+    limit: 0
+  - name: per-namespace
+    match: { environ.namespace: [cams, cerra, seasonal] }
+    limit: 50
+    per: environ.namespace
+  - name: small-first
+    match: { fields: { max: 4 } }
+    priority: 10
+  - name: big-last
+    match: { fields: { min: 1000 } }
+    priority: -5
+  - name: vip
+    match: { user: [u0, u1] }
+    priority: 5
+  - name: closed
+    match: { environ.namespace: closed }
+    deny: this dataset is closed
+  - name: too-large
+    match: { fields: { min: 100001 } }
+    deny: at most 100000 fields per request
+`;
+
+async function applyRules(env: BenchEnv, text: string): Promise<void> {
+  const kv = await new Kvm(await env.nc()).open(QOS_BUCKET);
+  await writeRules(kv, { text, rules: parseRules(text), appliedAt: Date.now() });
+}
+
+const user = (i: number, users: number): Record<string, string> => ({ user_id: `u${i % users}` });
+
+/** Sequential submit → MARS start, without rules, then with the ten rules and jobs from 50 users. */
+export async function qosDispatch(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+  const queue = BenchEnv.queue("qosdispatch");
+  const settings = { queue, concurrency: 2, marsCommand: env.tinyMars };
+  await Promise.all([env.worker(settings), env.worker(settings)]);
+  const fleet = await env.client(settings);
+  const observer = await FleetObserver.start(await env.nc());
+  const measure = async (tag: string, users: number): Promise<number[]> => {
+    const out: number[] = [];
+    for (let i = 0; i < jobs + 10; i++) {
+      const t0 = Date.now();
+      const job = await fleet.submit(REQUEST, {
+        targetDir: "qosdispatch",
+        targetFname: `${tag}-${i}.grib`,
+        environ: user(i, users),
+      });
+      await observer.finished(job.id);
+      if (i >= 10) out.push(spawnedAt(observer.firstLine.get(job.id)) - t0);
+    }
+    return out;
+  };
+  const plain = await measure("plain", 1);
+  await applyRules(env, BENCH_RULES);
+  // Rules reach the workers within a round trip; wait out a second anyway.
+  await new Promise((r) => setTimeout(r, 1000));
+  const ruled = await measure("ruled", 50);
+  observer.stop();
+  await applyRules(env, "rules: []\n");
+  const p50 = percentile(ruled, 50);
+  const base = percentile(plain, 50);
+  return {
+    scenario: "11 QoS dispatch",
+    figures: {
+      "submit->spawn p50 ms": p50,
+      "submit->spawn p95 ms": percentile(ruled, 95),
+    },
+    baseline: { "submit->spawn p50 ms": base, "submit->spawn p95 ms": percentile(plain, 95) },
+    ratios: { "submit->spawn p50 ms": p50 / base },
+    targets: [target("dispatch p50 with 10 rules and 50 users", round(p50, 2), "ms", "<=", 5)],
+    notes: [
+      `${jobs} sequential jobs from 50 users under 10 rules (each takes a per-user limit slot) vs the same with no rules, 2 workers x 2 slots, tiny MARS`,
+    ],
+  };
+}
+
+/**
+ * User A queues a backlog, then user B submits 20 at once. B's wait (submitted → started) against
+ * the mean job duration × (slots ÷ active users): B gets its share at once, not after A's backlog.
+ */
+export async function fairShare(env: BenchEnv, backlog: number): Promise<ScenarioResult> {
+  const queue = BenchEnv.queue("fair");
+  const workers = 2;
+  const slots = 4;
+  const settings = { queue, concurrency: slots };
+  const knobs = { MARS_SIM_FIELD_DELAY_MS: "40" };
+  await Promise.all(Array.from({ length: workers }, () => env.worker(settings, knobs)));
+  const fleet = await env.client(settings);
+  const a = await pool(
+    Array.from({ length: backlog }, (_, i) => i),
+    64,
+    (i) =>
+      fleet.submit(REQUEST, { targetDir: "fair", targetFname: `a-${i}.grib`, environ: { user_id: "a" } }),
+  );
+  const bStart = Date.now();
+  const b = await Promise.all(
+    Array.from({ length: 20 }, (_, i) =>
+      fleet.submit(REQUEST, { targetDir: "fair", targetFname: `b-${i}.grib`, environ: { user_id: "b" } }),
+    ),
+  );
+  await Promise.all(b.map((j) => j.result()));
+  const bEnd = Date.now();
+  await Promise.all(a.map((j) => j.result()));
+  const [aRecs, bRecs] = await Promise.all([
+    Promise.all(a.map((j) => j.status())),
+    Promise.all(b.map((j) => j.status())),
+  ]);
+  const waits = bRecs.map((r) => r.startedAt! - r.submittedAt);
+  const durations = [...aRecs, ...bRecs].map((r) => r.finishedAt! - r.startedAt!);
+  const meanMs = durations.reduce((x, y) => x + y, 0) / durations.length;
+  const bound = meanMs * ((workers * slots) / 2);
+  const inWindow = (r: { finishedAt?: number }): boolean => r.finishedAt! >= bStart && r.finishedAt! <= bEnd;
+  const aDone = aRecs.filter(inWindow).length;
+  const bDone = bRecs.filter(inWindow).length;
+  const p50 = percentile(waits, 50);
+  const aStarts = aRecs.map((r) => r.startedAt!).sort((x, y) => x - y);
+  const lastA = aStarts[aStarts.length - 1]!;
+  return {
+    scenario: "12 fair share",
+    figures: {
+      "B wait p50 ms": p50,
+      "B wait max ms": Math.max(...waits),
+      "B share while active": bDone / Math.max(1, aDone + bDone),
+      "A share while B active": aDone / Math.max(1, aDone + bDone),
+    },
+    baseline: {
+      "B wait p50 ms": bound,
+      "mean job ms": meanMs,
+      "A backlog drained ms after B's submit": lastA - bStart,
+    },
+    ratios: { "B wait p50 ms": p50 / bound },
+    targets: [target("B's p50 wait / (mean job × slots ÷ users)", round(p50 / bound, 3), "x", "<=", 1)],
+    notes: [
+      `A queued ${backlog} jobs, then B 20; ${workers} workers x ${slots} slots, jobs of ~${round(meanMs, 0)} ms; in arrival order B would wait for A's whole backlog (${round(lastA - bStart, 0)} ms here)`,
+    ],
+  };
+}
+
+/** The heavy-MARS run (scenario 9's workload) with the ten rules and 50 users, against the same without rules. */
+export async function heavyWithRules(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+  const command = await env.heavyMars();
+  // Alternate, to spread drift over both: plain, ruled, plain, ruled.
+  const plainMs: number[] = [];
+  const ruledMs: number[] = [];
+  for (let round_ = 0; round_ < 2; round_++) {
+    const plain = await fleetVsPool(env, `heavyplain${round_}`, jobs, 2, 2, command, {
+      environ: (i) => user(i, 50),
+      prepare: () => applyRules(env, "rules: []\n"),
+      noDirect: true,
+    });
+    plainMs.push(plain.fleetMs);
+    const ruled = await fleetVsPool(env, `heavyruled${round_}`, jobs, 2, 2, command, {
+      environ: (i) => user(i, 50),
+      prepare: () => applyRules(env, BENCH_RULES),
+      noDirect: true,
+    });
+    ruledMs.push(ruled.fleetMs);
+  }
+  const rate = (ms: number[]): number => (jobs * ms.length) / (ms.reduce((x, y) => x + y, 0) / 1000);
+  const ratio = rate(ruledMs) / rate(plainMs);
+  return {
+    scenario: "13 heavy MARS with rules",
+    figures: { "jobs/s": rate(ruledMs) },
+    baseline: { "jobs/s": rate(plainMs) },
+    ratios: { "jobs/s": ratio },
+    targets: [target("throughput with rules / without", round(ratio, 3), "x", ">=", 0.97)],
+    notes: [`${jobs} heavy jobs from 50 users, 2 workers x 2 slots, twice each way, alternating`],
+  };
+}
