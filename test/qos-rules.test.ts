@@ -195,7 +195,7 @@ describe("QoS lanes: which lane a free slot serves", () => {
     rules: QosRules = NO_RULES,
     now = 1000,
     blocked: (h: Heard) => boolean = () => false,
-  ) => board.pick({ now, rules, blocked, unknownHeads: true, probeEveryMs: 1000 });
+  ) => board.pick({ now, rules, blocked, unknownHeads: true });
 
   it("goes round-robin across users, not in arrival order", () => {
     const board = new LaneBoard();
@@ -227,23 +227,35 @@ describe("QoS lanes: which lane a free slot serves", () => {
     );
   });
 
-  it("forgets what other workers took, from the server's counts, and probes lanes with jobs in flight", () => {
+  it("forgets what other workers took from the server's counts, and pulls where messages are unaccounted for", () => {
     const board = new LaneBoard();
     board.heard("a", heard("a1", "a", 0));
     board.heard("a", heard("a2", "a", 1));
-    board.counted("a", 1, 1, 10); // a1 went to another worker
+    board.counted("a", 1, 10); // one message left: a1 went to another worker
     assert.equal(board.queued().get("a"), 1);
     board.took("a", "a2", 11);
     assert.equal(board.queued().get("a"), 0);
-    // Nothing queued, one in flight: a probe every second, for a dead worker's job coming back.
-    assert.equal(pick(board, NO_RULES, 2000), "a");
-    assert.equal(pick(board, NO_RULES, 2500), undefined);
-    board.counted("a", 0, 0, 3000);
+    assert.equal(pick(board, NO_RULES, 20), undefined);
+    // The message of the job this worker runs is accounted for.
+    board.counted("a", 1, 500);
+    assert.equal(pick(board, NO_RULES, 500), undefined);
+    board.settled("a");
+    // The server still holds a message (a job running elsewhere, or one to redeliver): worth a pull.
+    board.counted("a", 1, 1000);
+    assert.equal(pick(board, NO_RULES, 1000), "a");
+    board.empty("a", 1001); // it was in flight: nothing until the next count
+    assert.equal(pick(board, NO_RULES, 1002), undefined);
+    board.counted("a", 0, 2000);
     assert.equal(board.size, 0);
     // Jobs the server holds that this worker never heard of are served first (they are older).
-    board.counted("c", 2, 0, 3000);
+    board.counted("c", 2, 3000);
     board.heard("c", heard("c9", "c", 3001));
     board.took("c", "x", 3002);
     assert.equal(board.queued().get("c"), 2);
+    // Unknown heads are left alone when the worker holds as many parked jobs as it may.
+    assert.equal(
+      board.pick({ now: 3003, rules: NO_RULES, blocked: () => false, unknownHeads: false }),
+      undefined,
+    );
   });
 });

@@ -15,6 +15,22 @@ export interface LaneCount {
   consumer?: string;
 }
 
+/**
+ * Messages held per lane (queued, or delivered and not yet acknowledged): one request, whatever the
+ * number of lanes and consumers. What a worker counts every second.
+ */
+export async function laneMessages(jsm: JetStreamManager, queue: string): Promise<Map<string, number>> {
+  const info = await jsm.streams.info(JOBS_STREAM, { subjects_filter: `${subjects.jobs(queue)}.>` });
+  const out = new Map<string, number>();
+  const prefix = subjects.lanes(queue).length - 1;
+  for (const [subject, n] of Object.entries(info.state.subjects ?? {})) out.set(subject.slice(prefix), n);
+  const laneless = await jsm.streams.info(JOBS_STREAM, { subjects_filter: subjects.jobs(queue) });
+  const bare = laneless.state.subjects?.[subjects.jobs(queue)] ?? 0;
+  if (bare > 0) out.set("", bare);
+  return out;
+}
+
+/** Queued and in-flight jobs per lane, from the lanes' consumers (for people: `qos show`, explanations). */
 export async function laneCounts(jsm: JetStreamManager, queue: string): Promise<Map<string, LaneCount>> {
   const counts = new Map<string, LaneCount>();
   const info = await jsm.streams.info(JOBS_STREAM, { subjects_filter: subjects.lanes(queue) });

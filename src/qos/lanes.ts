@@ -7,7 +7,7 @@
  * The choice: among lanes whose next job is not held back by a full limit, the one whose next job
  * has the highest priority (with aging); among equals, the one served longest ago (round-robin).
  */
-import { basePriority, effectivePriority, type JobFacts } from "./evaluate.js";
+import { basePriority, effectivePriority, limitsFor, type JobFacts, type LimitSlot } from "./evaluate.js";
 import type { QosRules } from "./rules.js";
 
 /** A queued job the worker heard about: its id, when it was submitted, and what the rules look at. */
@@ -15,20 +15,32 @@ export interface Heard {
   id: string;
   submittedAt: number;
   facts: JobFacts;
+  /** What the rules in force say of it, worked out once per rules version (see `judged`). */
+  judged?: { rules: QosRules; limits: LimitSlot[]; base: number };
+}
+
+/** The limits and base priority the rules give a heard job, computed once for each rules version. */
+export function judged(job: Heard, rules: QosRules): { limits: LimitSlot[]; base: number } {
+  if (job.judged?.rules !== rules)
+    job.judged = { rules, limits: limitsFor(rules, job.facts), base: basePriority(rules, job.facts) };
+  return job.judged;
 }
 
 interface Lane {
   /** Jobs heard of, oldest first; the lane's queue is FIFO. */
   heard: Heard[];
-  /** Jobs the server counts ahead of those heard of (queued before this worker listened). */
+  /**
+   * Messages the server holds beyond those heard of: jobs queued before this worker listened, or
+   * jobs running elsewhere (a work queue keeps a message until it is acknowledged). A pull tells
+   * which; one that finds nothing clears them until the next count. That pull is also how a dead
+   * worker's job comes back: the server redelivers on a pull.
+   */
   unheard: number;
   unheardSince: number;
-  /** Messages delivered and not yet acknowledged: a crashed worker's job comes back by a pull. */
-  inFlight: number;
+  /** Messages of this lane this worker holds (running or parked): in flight, and accounted for. */
+  mine: number;
   /** Order of the last pull that returned a job from this lane (round-robin). */
   servedAt: number;
-  /** When a pull last came back empty while jobs were in flight (a probe for redeliveries). */
-  probedAt: number;
 }
 
 /** The next job of a lane, as far as this worker knows it. */
@@ -46,8 +58,6 @@ export interface PickOptions {
   blocked: (job: Heard) => boolean;
   /** Whether to pull from lanes whose next job is unknown (false when enough are parked). */
   unknownHeads: boolean;
-  /** Minimum time between probes of a lane with nothing queued but jobs in flight. */
-  probeEveryMs: number;
 }
 
 export class LaneBoard {
@@ -57,7 +67,7 @@ export class LaneBoard {
   private lane(name: string, now: number): Lane {
     let l = this.lanes.get(name);
     if (!l) {
-      l = { heard: [], unheard: 0, unheardSince: now, inFlight: 0, servedAt: 0, probedAt: 0 };
+      l = { heard: [], unheard: 0, unheardSince: now, mine: 0, servedAt: 0 };
       this.lanes.set(name, l);
     }
     return l;
@@ -76,10 +86,19 @@ export class LaneBoard {
   took(name: string, id: string | undefined, now: number): void {
     const l = this.lane(name, now);
     const i = id === undefined ? -1 : l.heard.findIndex((h) => h.id === id);
-    if (i >= 0) l.heard.splice(0, i + 1);
-    else if (l.unheard > 0) l.unheard--;
+    l.mine++;
+    if (i >= 0) {
+      l.heard.splice(0, i + 1);
+      l.unheard = 0; // the server gave a job we heard of: none older is waiting (FIFO); they run elsewhere
+    } else if (l.unheard > 0) l.unheard--;
     else l.heard.shift(); // one we did not hear of after all (or garbage): the head is gone either way
     l.servedAt = ++this.served;
+  }
+
+  /** A job this worker took from the lane was settled (acknowledged, terminated or handed back). */
+  settled(name: string): void {
+    const l = this.lanes.get(name);
+    if (l && l.mine > 0) l.mine--;
   }
 
   /** A pull from the lane came back empty: nothing is queued there now. */
@@ -87,21 +106,21 @@ export class LaneBoard {
     const l = this.lane(name, now);
     l.heard = [];
     l.unheard = 0;
-    l.probedAt = now;
   }
 
   /**
-   * What the server counts for the lane: `pending` queued (not yet delivered), `inFlight`
-   * delivered and unacknowledged. The newest `pending` jobs heard of are the queued ones.
+   * How many messages the server holds in the lane (queued, or delivered and not yet
+   * acknowledged). Jobs heard of beyond that number were taken by other workers; messages beyond
+   * those heard of are worth a pull.
    */
-  counted(name: string, pending: number, inFlight: number, now: number): void {
+  counted(name: string, messages: number, now: number): void {
     const l = this.lane(name, now);
-    if (l.heard.length > pending) l.heard.splice(0, l.heard.length - pending);
-    const unheard = pending - l.heard.length;
+    const waiting = Math.max(0, messages - l.mine);
+    if (l.heard.length > waiting) l.heard.splice(0, l.heard.length - waiting);
+    const unheard = waiting - l.heard.length;
     if (unheard > 0 && l.unheard === 0) l.unheardSince = now;
     l.unheard = unheard;
-    l.inFlight = inFlight;
-    if (pending === 0 && inFlight === 0 && l.heard.length === 0) this.lanes.delete(name);
+    if (messages === 0 && l.mine === 0) this.lanes.delete(name);
   }
 
   /** Lanes the board knows of, with their queued counts (for the registry and explanations). */
@@ -122,15 +141,11 @@ export class LaneBoard {
   /** The lane to pull from next, or undefined when none has a job this worker may take. */
   pick(opts: PickOptions): string | undefined {
     let best: { lane: string; priority: number; servedAt: number } | undefined;
-    let probe: string | undefined;
     for (const [name, l] of this.lanes) {
       const head = this.head(name, l);
-      if (!head) {
-        if (l.inFlight > 0 && opts.now - l.probedAt >= opts.probeEveryMs) probe ??= name;
-        continue;
-      }
+      if (!head) continue;
       if (head.job ? opts.blocked(head.job) : !opts.unknownHeads) continue;
-      const base = head.job ? basePriority(opts.rules, head.job.facts) : 0;
+      const base = head.job ? judged(head.job, opts.rules).base : 0;
       const priority = effectivePriority(opts.rules, base, opts.now - head.since);
       if (
         !best ||
@@ -140,8 +155,6 @@ export class LaneBoard {
       )
         best = { lane: name, priority, servedAt: l.servedAt };
     }
-    if (best) return best.lane;
-    if (probe !== undefined) this.lane(probe, opts.now).probedAt = opts.now;
-    return probe;
+    return best?.lane;
   }
 }

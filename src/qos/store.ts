@@ -127,6 +127,12 @@ export type AcquireResult = { ok: true } | { ok: false; slot: LimitSlot; running
  * records, dropping holders whose job is over, so a slot is never leaked.
  */
 export class SlotTable {
+  /**
+   * Each slot key as this table last read or wrote it, dropped when another write is heard: a write
+   * tries it first (compare-and-set proves it current), saving the read. A decision not to write
+   * (a full slot) is never taken on it alone.
+   */
+  private readonly cache = new Map<string, { holders: Holders; revision: number; raw: string }>();
   /** Last known holder count per slot key, from our own reads and writes and from hints. */
   private readonly counts = new Map<string, number>();
   private sub: Subscription | undefined;
@@ -145,9 +151,12 @@ export class SlotTable {
       callback: (_err, msg) => {
         const key = msg.subject.slice(kvSubject(SLOTS_PREFIX).length);
         let n = 0;
+        const raw = new TextDecoder().decode(msg.data);
+        // Someone else's write (ours carries exactly what we cached): our copy is stale.
+        if (this.cache.get(key)?.raw !== raw) this.cache.delete(key);
         if (!msg.headers?.get("KV-Operation")) {
           try {
-            n = Object.keys((JSON.parse(new TextDecoder().decode(msg.data)) as Holders).holders).length;
+            n = Object.keys((JSON.parse(raw) as Holders).holders).length;
           } catch {
             return; // unreadable: the next read of the key will say
           }
@@ -182,7 +191,9 @@ export class SlotTable {
     const entry = await this.kv.get(SLOTS_PREFIX + key);
     const holders = isLive(entry) ? decode(holdersSchema, entry.value, `QoS slot ${key}`) : { holders: {} };
     this.counts.set(key, Object.keys(holders.holders).length);
-    return { holders, revision: entry?.revision ?? 0 };
+    const revision = entry?.revision ?? 0;
+    if (isLive(entry)) this.cache.set(key, { holders, revision, raw: new TextDecoder().decode(entry.value) });
+    return { holders, revision };
   }
 
   /** Change one slot key by compare-and-set; `change` returns undefined to leave it as it is. */
@@ -191,17 +202,26 @@ export class SlotTable {
     change: (h: Holders) => Promise<Holders | undefined> | Holders | undefined,
   ): Promise<Holders> {
     for (let tries = 0; tries < MAX_CAS_TRIES; tries++) {
-      const { holders, revision } = await this.read(key);
+      const cached = tries === 0 ? this.cache.get(key) : undefined;
+      const { holders, revision } = cached ?? (await this.read(key));
       const next = await change(holders);
-      if (!next) return holders;
+      if (!next) {
+        if (cached) continue; // decided on the cached copy: confirm with a read
+        return holders;
+      }
       try {
-        if (revision === 0) await this.kv.create(SLOTS_PREFIX + key, encode(next));
-        else await this.kv.update(SLOTS_PREFIX + key, encode(next), revision);
+        const raw = JSON.stringify(next);
+        const written =
+          revision === 0
+            ? await this.kv.create(SLOTS_PREFIX + key, raw)
+            : await this.kv.update(SLOTS_PREFIX + key, raw, revision);
+        this.cache.set(key, { holders: next, revision: written, raw });
         this.counts.set(key, Object.keys(next.holders).length);
         return next;
       } catch (err) {
         if (!isCasConflict(err)) throw err;
-        // Another worker changed the slot between our read and write: read again.
+        // Another worker changed the slot since we read it: read again.
+        this.cache.delete(key);
       }
     }
     throw new BrokerError(`QoS slot ${key}: too many concurrent changes`, { key });

@@ -23,18 +23,17 @@ import {
   factsOf,
   limitsFor,
   queuedJobSchema,
+  type JobFacts,
   type LimitSlot,
 } from "../qos/evaluate.js";
-import { LaneBoard, type Heard } from "../qos/lanes.js";
-import { laneCounts } from "../qos/lane-counts.js";
+import { LaneBoard, judged } from "../qos/lanes.js";
+import { laneMessages } from "../qos/lane-counts.js";
 import { withFleetCap, type QosRules } from "../qos/rules.js";
 import type { Holder, RulesFollower, SlotTable } from "../qos/store.js";
 import { NoConsumerError, pullNoWait, type JobMsg } from "./pull.js";
 
 /** How often the worker counts what the server holds per lane (catches jobs it did not hear of). */
 export const COUNT_EVERY_MS = 1000;
-/** A lane with nothing queued but jobs in flight is pulled from this often: a dead worker's job comes back that way. */
-const PROBE_EVERY_MS = 1000;
 const PULL_TIMEOUT_MS = 5000;
 
 export interface Parked {
@@ -78,6 +77,8 @@ export class Dispatcher {
   private doorbell: Subscription | undefined;
   private laneless: Subscription | undefined;
   private unreadable = 0;
+  /** The last choice passed over a lane because its next job's limit was full. */
+  private skippedBlocked = false;
   private countTimer: NodeJS.Timeout | undefined;
   private parkTimer: NodeJS.Timeout | undefined;
   private rulesNow: QosRules;
@@ -95,8 +96,9 @@ export class Dispatcher {
       this.rulesNow = withFleetCap(r, this.fleetCap);
       this.wake();
     });
+    // A slot given back matters only to a job held back by a full limit.
     deps.slots.onChange(() => {
-      if (this.parkedJobs.length > 0 || this.free > 0) this.wake();
+      if (this.parkedJobs.length > 0 || (this.skippedBlocked && this.free > 0)) this.wake();
     });
     this.doorbell = deps.nc.subscribe(subjects.lanes(deps.queue), {
       callback: (_err, msg) => this.hear(msg.subject.slice(subjects.lanes(deps.queue).length - 1), msg.data),
@@ -168,16 +170,14 @@ export class Dispatcher {
   /** Count what the server holds per lane, and correct the board with it. */
   private async count(): Promise<void> {
     const now = Date.now();
-    const counts = await laneCounts(this.deps.jsm, this.deps.queue);
-    for (const c of counts.values()) if (c.consumer) this.consumers.add(c.consumer);
-    for (const lane of this.board.queued().keys())
-      if (!counts.has(lane)) counts.set(lane, { queued: 0, inFlight: 0 });
-    for (const [lane, c] of counts) this.board.counted(lane, c.queued, c.inFlight, now);
+    const counts = await laneMessages(this.deps.jsm, this.deps.queue);
+    for (const lane of this.board.queued().keys()) if (!counts.has(lane)) counts.set(lane, 0);
+    for (const [lane, n] of counts) this.board.counted(lane, n, now);
     if (this.free > 0) this.wake();
   }
 
-  private limitsOf(job: Pick<Heard, "facts">): LimitSlot[] {
-    return limitsFor(this.rulesNow, job.facts);
+  private limitsOf(facts: JobFacts): LimitSlot[] {
+    return limitsFor(this.rulesNow, facts);
   }
 
   private async loop(): Promise<void> {
@@ -189,12 +189,16 @@ export class Dispatcher {
       }
       try {
         if (await this.unpark()) continue;
+        this.skippedBlocked = false;
         const lane = this.board.pick({
           now: Date.now(),
           rules: this.rulesNow,
-          blocked: (job) => this.limitsOf(job).some((s) => this.deps.slots.seemsFull(s)),
+          blocked: (job) => {
+            const full = judged(job, this.rulesNow).limits.some((s) => this.deps.slots.seemsFull(s));
+            if (full) this.skippedBlocked = true;
+            return full;
+          },
           unknownHeads: this.parkedJobs.length < this.deps.concurrency,
-          probeEveryMs: PROBE_EVERY_MS,
         });
         if (lane === undefined) {
           await this.sleepUntilWoken(COUNT_EVERY_MS);
@@ -218,7 +222,8 @@ export class Dispatcher {
 
   private async pull(lane: string): Promise<JobMsg | undefined> {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
-    if (!this.consumers.has(name)) {
+    // The lane-less consumer is the queue's own, made by provisioning; lane consumers, on first use.
+    if (lane !== "" && !this.consumers.has(name)) {
       const { template, queue } = this.deps;
       try {
         await this.deps.jsm.consumers.add(JOBS_STREAM, {
@@ -254,10 +259,10 @@ export class Dispatcher {
     }
     const now = Date.now();
     this.board.took(lane, job?.id, now);
-    if (!job) return this.launch(msg, undefined, [], undefined);
+    if (!job) return this.launch(lane, msg, undefined, [], undefined);
     const facts = factsOf(job);
-    const limits = this.limitsOf({ facts });
-    if (limits.length === 0) return this.launch(msg, job, [], undefined);
+    const limits = this.limitsOf(facts);
+    if (limits.length === 0) return this.launch(lane, msg, job, [], undefined);
     const holder: Holder = {
       job: job.id,
       attempt: msg.info.deliveryCount,
@@ -265,7 +270,7 @@ export class Dispatcher {
       at: now,
     };
     const got = await this.deps.slots.acquire(limits, holder);
-    if (got.ok) return this.launch(msg, job, limits, holder);
+    if (got.ok) return this.launch(lane, msg, job, limits, holder);
     const priority = effectivePriority(
       this.rulesNow,
       basePriority(this.rulesNow, facts),
@@ -291,9 +296,8 @@ export class Dispatcher {
       (a, b) => b.priority - a.priority || a.job.submittedAt - b.job.submittedAt,
     );
     for (const p of order) {
+      p.limits = this.limitsOf(factsOf(p.job)); // the rules may have changed since it was parked
       if (p.limits.some((s) => this.deps.slots.seemsFull(s))) continue;
-      // The rules may have changed since it was parked.
-      p.limits = this.limitsOf({ facts: factsOf(p.job) });
       const holder = { ...p.holder, at: Date.now() };
       const got =
         p.limits.length === 0 ? ({ ok: true } as const) : await this.deps.slots.acquire(p.limits, holder);
@@ -302,13 +306,14 @@ export class Dispatcher {
         continue;
       }
       this.parkedJobs.splice(this.parkedJobs.indexOf(p), 1);
-      this.launch(p.msg, p.job, p.limits, holder);
+      this.launch(p.lane, p.msg, p.job, p.limits, holder);
       return true;
     }
     return false;
   }
 
   private launch(
+    lane: string,
     msg: JobMsg,
     job: JobMessage | undefined,
     limits: LimitSlot[],
@@ -325,6 +330,7 @@ export class Dispatcher {
         this.deps.log.warn({ err, jobId: job?.id }, "could not give the job's QoS slots back"),
       )
       .finally(() => {
+        this.board.settled(lane);
         this.running.delete(done);
         this.free++;
         this.wake();
@@ -341,7 +347,10 @@ export class Dispatcher {
     this.laneless?.unsubscribe();
     await this.loopDone;
     clearInterval(this.parkTimer);
-    for (const p of this.parkedJobs.splice(0)) p.msg.nak();
+    for (const p of this.parkedJobs.splice(0)) {
+      p.msg.nak();
+      this.board.settled(p.lane);
+    }
   }
 
   /** Resolves when every job this dispatcher started has been settled. */
