@@ -188,7 +188,7 @@ describe("QoS lanes: which lane a free slot serves", () => {
   ): Heard => ({
     id,
     submittedAt: at,
-    facts: factsOf(job(user, params)),
+    shape: job(user, params),
   });
   const pick = (
     board: LaneBoard,

@@ -99,6 +99,8 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           p(`${status(RECORD_KEYS.status)}`, "update job records (compare-and-set)"),
           p(`$KV.${WORKERS_BUCKET}.*`, "register itself in the worker registry"),
           ...directReads(kvStream(QOS_BUCKET)),
+          ...orderedReads(kvStream(QOS_BUCKET)),
+          flowControl,
           p(`$KV.${QOS_BUCKET}.slots.>`, "take and give back QoS limit slots (compare-and-set)"),
           p(subjects.log("*"), "publish job logs"),
           p(subjects.progress("*"), "publish job progress"),

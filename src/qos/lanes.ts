@@ -7,24 +7,39 @@
  * The choice: among lanes whose next job is not held back by a full limit, the one whose next job
  * has the highest priority (with aging); among equals, the one served longest ago (round-robin).
  */
-import { basePriority, effectivePriority, limitsFor, type JobFacts, type LimitSlot } from "./evaluate.js";
+import {
+  basePriority,
+  effectivePriority,
+  factsOf,
+  limitsFor,
+  type JobFacts,
+  type JobShape,
+  type LimitSlot,
+} from "./evaluate.js";
 import type { QosRules } from "./rules.js";
 
 /** A queued job the worker heard about: its id, when it was submitted, and what the rules look at. */
 export interface Heard {
   id: string;
   submittedAt: number;
-  facts: JobFacts;
+  /** The job as the rules read it; its facts are worked out when rules first need them. */
+  shape: JobShape;
+  facts?: JobFacts;
   /** What the rules in force say of it, worked out once per rules version (see `judged`). */
   judged?: { rules: QosRules; limits: LimitSlot[]; base: number };
 }
 
 /** The limits and base priority the rules give a heard job, computed once for each rules version. */
 export function judged(job: Heard, rules: QosRules): { limits: LimitSlot[]; base: number } {
-  if (job.judged?.rules !== rules)
-    job.judged = { rules, limits: limitsFor(rules, job.facts), base: basePriority(rules, job.facts) };
+  if (rules.rules.length === 0) return NOTHING;
+  if (job.judged?.rules !== rules) {
+    const facts = (job.facts ??= factsOf(job.shape));
+    job.judged = { rules, limits: limitsFor(rules, facts), base: basePriority(rules, facts) };
+  }
   return job.judged;
 }
+
+const NOTHING = { limits: [], base: 0 };
 
 interface Lane {
   /** Jobs heard of, oldest first; the lane's queue is FIFO. */

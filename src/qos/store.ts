@@ -128,14 +128,15 @@ export type AcquireResult = { ok: true } | { ok: false; slot: LimitSlot; running
  */
 export class SlotTable {
   /**
-   * Each slot key as this table last read or wrote it, dropped when another write is heard: a write
-   * tries it first (compare-and-set proves it current), saving the read. A decision not to write
-   * (a full slot) is never taken on it alone.
+   * Each slot key as this table last read, wrote or watched it: a write tries it first
+   * (compare-and-set proves it current), saving the read. A decision not to write (a full slot) is
+   * never taken on it alone.
    */
-  private readonly cache = new Map<string, { holders: Holders; revision: number; raw: string }>();
+  private readonly cache = new Map<string, { holders: Holders; revision: number }>();
+  private watching: Promise<void> | undefined;
+  private stopWatch: (() => void) | undefined;
   /** Last known holder count per slot key, from our own reads and writes and from hints. */
   private readonly counts = new Map<string, number>();
-  private sub: Subscription | undefined;
   private readonly listeners = new Set<() => void>();
 
   constructor(
@@ -145,26 +146,40 @@ export class SlotTable {
     private readonly log: Logger,
   ) {}
 
-  /** Hear every slot change (a hint: the count it carries may be from a refused write). */
-  follow(nc: NatsConnection): void {
-    this.sub = nc.subscribe(kvSubject(`${SLOTS_PREFIX}>`), {
-      callback: (_err, msg) => {
-        const key = msg.subject.slice(kvSubject(SLOTS_PREFIX).length);
-        let n = 0;
-        const raw = new TextDecoder().decode(msg.data);
-        // Someone else's write (ours carries exactly what we cached): our copy is stale.
-        if (this.cache.get(key)?.raw !== raw) this.cache.delete(key);
-        if (!msg.headers?.get("KV-Operation")) {
+  /**
+   * Follow every slot key with a KV watch (one ordered consumer for this table, started when the
+   * rules first have limits): the cache then holds each key's current value and revision, so taking
+   * and giving back a slot is one compare-and-set each, and the counts tell which slots are full.
+   */
+  follow(): void {
+    this.watching ??= (async () => {
+      const watch = await this.kv.watch({ key: `${SLOTS_PREFIX}>` });
+      this.stopWatch = () => watch.stop();
+      for await (const e of watch) {
+        const key = e.key.slice(SLOTS_PREFIX.length);
+        if (e.operation !== "PUT" || e.length === 0) {
+          this.cache.delete(key);
+          this.counts.set(key, 0);
+        } else {
           try {
-            n = Object.keys((JSON.parse(raw) as Holders).holders).length;
+            const holders = decode(holdersSchema, e.value, `QoS slot ${key}`);
+            this.remember(key, holders, e.revision);
           } catch {
-            return; // unreadable: the next read of the key will say
+            // Unreadable: forgotten here; a read of the key, when needed, says what is wrong.
+            this.cache.delete(key);
           }
         }
-        this.counts.set(key, n);
         for (const l of this.listeners) l();
-      },
-    });
+      }
+    })().catch((err: unknown) => this.log.warn({ err }, "stopped following the QoS slots"));
+  }
+
+  /** Note a slot key's value at `revision`, unless a later one is known already. */
+  private remember(key: string, holders: Holders, revision: number): void {
+    const known = this.cache.get(key);
+    if (known && known.revision > revision) return;
+    this.cache.set(key, { holders, revision });
+    this.counts.set(key, Object.keys(holders.holders).length);
   }
 
   onChange(listener: () => void): void {
@@ -192,7 +207,7 @@ export class SlotTable {
     const holders = isLive(entry) ? decode(holdersSchema, entry.value, `QoS slot ${key}`) : { holders: {} };
     this.counts.set(key, Object.keys(holders.holders).length);
     const revision = entry?.revision ?? 0;
-    if (isLive(entry)) this.cache.set(key, { holders, revision, raw: new TextDecoder().decode(entry.value) });
+    if (isLive(entry)) this.remember(key, holders, revision);
     return { holders, revision };
   }
 
@@ -215,8 +230,7 @@ export class SlotTable {
           revision === 0
             ? await this.kv.create(SLOTS_PREFIX + key, raw)
             : await this.kv.update(SLOTS_PREFIX + key, raw, revision);
-        this.cache.set(key, { holders: next, revision: written, raw });
-        this.counts.set(key, Object.keys(next.holders).length);
+        this.remember(key, next, written);
         return next;
       } catch (err) {
         if (!isCasConflict(err)) throw err;
@@ -300,6 +314,6 @@ export class SlotTable {
   }
 
   close(): void {
-    this.sub?.unsubscribe();
+    this.stopWatch?.();
   }
 }

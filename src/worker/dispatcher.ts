@@ -28,9 +28,9 @@ import {
 } from "../qos/evaluate.js";
 import { LaneBoard, judged } from "../qos/lanes.js";
 import { laneMessages } from "../qos/lane-counts.js";
-import { withFleetCap, type QosRules } from "../qos/rules.js";
+import { isLimit, withFleetCap, type QosRules } from "../qos/rules.js";
 import type { Holder, RulesFollower, SlotTable } from "../qos/store.js";
-import { NoConsumerError, pullNoWait, type JobMsg } from "./pull.js";
+import { pullNoWait, type JobMsg } from "./pull.js";
 
 /** How often the worker counts what the server holds per lane (catches jobs it did not hear of). */
 export const COUNT_EVERY_MS = 1000;
@@ -69,6 +69,7 @@ export class Dispatcher {
   private readonly board = new LaneBoard();
   private readonly parkedJobs: Parked[] = [];
   private readonly running = new Set<Promise<void>>();
+  /** Lane consumers this worker made sure exist. */
   private readonly consumers = new Set<string>();
   private free: number;
   private pulling = true;
@@ -94,8 +95,10 @@ export class Dispatcher {
     const { deps } = this;
     deps.rules.onChange((r) => {
       this.rulesNow = withFleetCap(r, this.fleetCap);
+      this.followSlots();
       this.wake();
     });
+    this.followSlots();
     // A slot given back matters only to a job held back by a full limit.
     deps.slots.onChange(() => {
       if (this.parkedJobs.length > 0 || (this.skippedBlocked && this.free > 0)) this.wake();
@@ -118,6 +121,11 @@ export class Dispatcher {
     }, deps.heartbeatMs);
     this.parkTimer.unref();
     this.loopDone = this.loop();
+  }
+
+  /** Once the rules have limits, keep every slot's holders at hand (see SlotTable.follow). */
+  private followSlots(): void {
+    if (this.rulesNow.rules.some(isLimit)) this.deps.slots.follow();
   }
 
   /** Jobs pulled but waiting for a limit, with why (for the registry entry). */
@@ -161,9 +169,9 @@ export class Dispatcher {
     } catch {
       job = undefined; // not a job: pulled all the same, and dead-lettered by the run
     }
-    const facts = factsOf(job ?? { queue: this.deps.queue, environ: {}, requests: [] });
+    const shape = job ?? { queue: this.deps.queue, environ: {}, requests: [] };
     const id = job?.id ?? `unreadable-${++this.unreadable}`;
-    this.board.heard(lane, { id, submittedAt: job?.submittedAt ?? Date.now(), facts });
+    this.board.heard(lane, { id, submittedAt: job?.submittedAt ?? Date.now(), shape });
     if (this.free > 0) this.wake();
   }
 
@@ -222,7 +230,8 @@ export class Dispatcher {
 
   private async pull(lane: string): Promise<JobMsg | undefined> {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
-    // The lane-less consumer is the queue's own, made by provisioning; lane consumers, on first use.
+    // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
+    // first pulls from it (created by the first worker, the others' creations are no-ops).
     if (lane !== "" && !this.consumers.has(name)) {
       const { template, queue } = this.deps;
       try {
@@ -244,7 +253,7 @@ export class Dispatcher {
     try {
       return await pullNoWait(this.deps.nc, this.deps.inboxPrefix, name, PULL_TIMEOUT_MS);
     } catch (err) {
-      if (err instanceof NoConsumerError) this.consumers.delete(name); // deleted meanwhile: create it again
+      this.consumers.delete(name); // deleted meanwhile, perhaps: made again before the next pull
       throw err;
     }
   }

@@ -63,9 +63,6 @@ export function parseAckSubject(reply: string): JobMsg["info"] | undefined {
   return Object.values(info).every(Number.isInteger) ? info : undefined;
 }
 
-/** The consumer does not exist (or no server answers for it): create it and pull again. */
-export class NoConsumerError extends BrokerError {}
-
 /**
  * Pull the next message of `consumer`, or undefined when it has none to give now. The answer comes
  * to an inbox of its own: a delivered message carries its own subject, not the inbox's, so a
@@ -90,7 +87,6 @@ export function pullNoWait(
         if (err) return reject(new BrokerError(`pull from ${consumer} failed`, { consumer }, err));
         const status = reply.headers?.code ?? 0;
         if (status === 404 || status === 408) return resolve(undefined); // nothing now / the request lapsed
-        if (status === 503) return reject(new NoConsumerError(`no consumer ${consumer}`, { consumer }));
         const info = reply.reply ? parseAckSubject(reply.reply) : undefined;
         if (status !== 0 || !info) {
           const what = status !== 0 ? `${status} ${reply.headers?.description ?? ""}` : `no ack subject`;

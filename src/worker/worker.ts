@@ -167,7 +167,6 @@ export class Worker {
       },
       this.log,
     );
-    this.slots.follow(this.conn.nc);
     this.ctx = {
       nc: this.conn.nc,
       js: this.conn.js,
