@@ -30,7 +30,7 @@ import { LaneBoard, judged } from "../qos/lanes.js";
 import { laneMessages } from "../qos/lane-counts.js";
 import { isLimit, withFleetCap, type QosRules } from "../qos/rules.js";
 import type { Holder, RulesFollower, SlotTable } from "../qos/store.js";
-import { pullNoWait, type JobMsg } from "./pull.js";
+import { Puller, type JobMsg } from "./pull.js";
 
 /** How often the worker counts what the server holds per lane (catches jobs it did not hear of). */
 export const COUNT_EVERY_MS = 1000;
@@ -85,7 +85,10 @@ export class Dispatcher {
   private rulesNow: QosRules;
   private readonly fleetCap: number;
 
+  private readonly puller: Puller;
+
   constructor(private readonly deps: DispatcherDeps) {
+    this.puller = new Puller(deps.nc, deps.inboxPrefix);
     this.free = deps.concurrency;
     this.fleetCap = Math.max(0, deps.template.max_ack_pending ?? 0);
     this.rulesNow = withFleetCap(deps.rules.rules, this.fleetCap);
@@ -212,14 +215,14 @@ export class Dispatcher {
           await this.sleepUntilWoken(COUNT_EVERY_MS);
           continue;
         }
-        const msg = await this.pull(lane);
+        const msgs = await this.pull(lane, this.batchFor(lane));
         failures = 0;
         if (!this.pulling) {
-          msg?.nak(); // arrived as we began to stop: let another worker have it
+          for (const m of msgs) m.nak(); // arrived as we began to stop: let another worker have it
           break;
         }
-        if (!msg) this.board.empty(lane, Date.now());
-        else await this.admit(lane, msg);
+        if (msgs.length === 0) this.board.empty(lane, Date.now());
+        for (const m of msgs) await this.admit(lane, m);
       } catch (err) {
         failures++;
         if (failures === 1) this.deps.log.warn({ err }, "pull failed; retrying");
@@ -228,7 +231,17 @@ export class Dispatcher {
     }
   }
 
-  private async pull(lane: string): Promise<JobMsg | undefined> {
+  /**
+   * How many messages to pull at once: one when several lanes have work (each pick is a turn of the
+   * round-robin), else as many as there are free slots and known jobs in the lane.
+   */
+  private batchFor(lane: string): number {
+    const queued = this.board.queued();
+    if (queued.size > 1) return 1;
+    return Math.max(1, Math.min(this.free, queued.get(lane) ?? 1));
+  }
+
+  private async pull(lane: string, batch: number): Promise<JobMsg[]> {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
     // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
     // first pulls from it (created by the first worker, the others' creations are no-ops).
@@ -251,7 +264,7 @@ export class Dispatcher {
       this.consumers.add(name);
     }
     try {
-      return await pullNoWait(this.deps.nc, this.deps.inboxPrefix, name, PULL_TIMEOUT_MS);
+      return await this.puller.pull(name, batch, PULL_TIMEOUT_MS);
     } catch (err) {
       this.consumers.delete(name); // deleted meanwhile, perhaps: made again before the next pull
       throw err;
@@ -355,6 +368,7 @@ export class Dispatcher {
     this.doorbell?.unsubscribe();
     this.laneless?.unsubscribe();
     await this.loopDone;
+    this.puller.close();
     clearInterval(this.parkTimer);
     for (const p of this.parkedJobs.splice(0)) {
       p.msg.nak();

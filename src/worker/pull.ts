@@ -4,7 +4,13 @@
  * a worker choosing among many lanes needs the answer now.) The reply is wrapped as the part of a
  * JetStream message the worker uses: data, headers, delivery info, and the acknowledgements.
  */
-import { createInbox, type MsgHdrs, type NatsConnection } from "@nats-io/transport-node";
+import {
+  createInbox,
+  type Msg,
+  type MsgHdrs,
+  type NatsConnection,
+  type Subscription,
+} from "@nats-io/transport-node";
 import { BrokerError } from "../core/errors.js";
 import { JOBS_STREAM } from "../broker/subjects.js";
 
@@ -64,39 +70,80 @@ export function parseAckSubject(reply: string): JobMsg["info"] | undefined {
 }
 
 /**
- * Pull the next message of `consumer`, or undefined when it has none to give now. The answer comes
- * to an inbox of its own: a delivered message carries its own subject, not the inbox's, so a
- * request multiplexer could not tell which request it answers.
+ * Pulls, one at a time, each for up to `batch` messages with `no_wait`: the server answers at once
+ * with what it has, ending with a status when it has fewer than asked. Answers come to one inbox
+ * subscription for the worker's life (`<inbox>.<n>`, n per pull): a delivered message carries its
+ * own subject, not the inbox's, so a status is matched to its pull by subject, and messages belong
+ * to the pull in progress. A message that arrives after its pull gave up goes straight back (`nak`).
  */
-export function pullNoWait(
-  nc: NatsConnection,
-  inboxPrefix: string | undefined,
-  consumer: string,
-  timeoutMs: number,
-): Promise<JobMsg | undefined> {
-  const inbox = createInbox(inboxPrefix);
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      sub.unsubscribe();
-      reject(new BrokerError(`pull from ${consumer}: no answer within ${timeoutMs} ms`, { consumer }));
-    }, timeoutMs);
-    const sub = nc.subscribe(inbox, {
-      max: 1,
-      callback: (err, reply) => {
-        clearTimeout(timer);
-        if (err) return reject(new BrokerError(`pull from ${consumer} failed`, { consumer }, err));
-        const status = reply.headers?.code ?? 0;
-        if (status === 404 || status === 408) return resolve(undefined); // nothing now / the request lapsed
-        const info = reply.reply ? parseAckSubject(reply.reply) : undefined;
-        if (status !== 0 || !info) {
-          const what = status !== 0 ? `${status} ${reply.headers?.description ?? ""}` : `no ack subject`;
-          return reject(new BrokerError(`pull from ${consumer} answered ${what}`, { consumer, status }));
-        }
-        resolve(new PulledMsg(nc, reply.subject, reply.data, reply.headers, reply.reply!, info));
-      },
-    });
-    nc.publish(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.${consumer}`, NO_WAIT_ONE, { reply: inbox });
-  });
-}
+export class Puller {
+  private readonly inbox: string;
+  private readonly sub: Subscription;
+  private seq = 0;
+  private current:
+    | {
+        token: string;
+        consumer: string;
+        want: number;
+        got: JobMsg[];
+        done: (result: JobMsg[] | Error) => void;
+      }
+    | undefined;
 
-const NO_WAIT_ONE = encoder.encode(JSON.stringify({ batch: 1, no_wait: true }));
+  constructor(
+    private readonly nc: NatsConnection,
+    inboxPrefix: string | undefined,
+  ) {
+    this.inbox = createInbox(inboxPrefix);
+    this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, msg) => this.receive(err, msg) });
+  }
+
+  /** Up to `batch` messages of `consumer`; none when it has none to give now. */
+  pull(consumer: string, batch: number, timeoutMs: number): Promise<JobMsg[]> {
+    if (this.current) return Promise.reject(new BrokerError("a pull is already in progress", { consumer }));
+    const token = String(++this.seq);
+    return new Promise<JobMsg[]>((resolve, reject) => {
+      const timer = setTimeout(
+        () => end(new BrokerError(`pull from ${consumer}: no answer within ${timeoutMs} ms`, { consumer })),
+        timeoutMs,
+      );
+      const end = (result: JobMsg[] | Error): void => {
+        clearTimeout(timer);
+        this.current = undefined;
+        if (result instanceof Error) reject(result);
+        else resolve(result);
+      };
+      this.current = { token, consumer, want: batch, got: [], done: end };
+      const body = encoder.encode(JSON.stringify({ batch, no_wait: true }));
+      this.nc.publish(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.${consumer}`, body, {
+        reply: `${this.inbox}.${token}`,
+      });
+    });
+  }
+
+  private receive(err: Error | null, msg: Msg): void {
+    const cur = this.current;
+    if (err) {
+      cur?.done(new BrokerError(`pulls cannot be received: ${err.message}`, {}, err));
+      return;
+    }
+    const status = msg.headers?.code ?? 0;
+    if (status !== 0 || !msg.reply) {
+      if (!cur || msg.subject !== `${this.inbox}.${cur.token}`) return; // answers a pull that gave up
+      // No messages (404), or fewer than asked (408): the pull is over, with what it got.
+      if (status === 404 || status === 408 || cur.got.length > 0) return cur.done(cur.got);
+      const what = `${status} ${msg.headers?.description ?? ""}`.trim();
+      return cur.done(new BrokerError(`pull from ${cur.consumer} answered ${what}`, { status }));
+    }
+    const info = parseAckSubject(msg.reply);
+    if (!info) return cur?.done(new BrokerError(`unexpected ack subject ${msg.reply}`, {}));
+    const job = new PulledMsg(this.nc, msg.subject, msg.data, msg.headers, msg.reply, info);
+    if (!cur) return job.nak(); // its pull gave up: back to the queue for whoever asks next
+    cur.got.push(job);
+    if (cur.got.length >= cur.want) cur.done(cur.got);
+  }
+
+  close(): void {
+    this.sub.unsubscribe();
+  }
+}
