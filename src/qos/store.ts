@@ -4,7 +4,7 @@
  * changed only by compare-and-set.
  */
 import type { KV, KvEntry } from "@nats-io/kv";
-import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import { headers, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
@@ -300,6 +300,32 @@ export class SlotTable {
         return next;
       });
     }
+  }
+
+  /**
+   * Give back a settled job's slots without waiting for the broker's answer: a compare-and-set
+   * publish against the revision this table knows (its watch keeps it current), with no reply. One
+   * that loses a race is dropped by the server and leaves the holder behind, which only ever holds
+   * a slot too long, never lets a limit be exceeded: a later attempt of the job takes the entry
+   * over, and a full slot drops holders whose jobs are over. Slots whose current value this table
+   * does not know are given back the acknowledged way.
+   */
+  async releaseSettled(nc: NatsConnection, slots: LimitSlot[], holder: Holder): Promise<void> {
+    const rest: LimitSlot[] = [];
+    for (const slot of slots) {
+      const known = this.cache.get(slot.key);
+      const mine = known?.holders.holders[holder.job];
+      if (!known || !mine || mine.attempt !== holder.attempt || mine.worker !== holder.worker) {
+        rest.push(slot);
+        continue;
+      }
+      const next = { holders: { ...known.holders.holders } };
+      delete next.holders[holder.job];
+      const h = headers();
+      h.set("Nats-Expected-Last-Subject-Sequence", String(known.revision));
+      nc.publish(kvSubject(SLOTS_PREFIX + slot.key), JSON.stringify(next), { headers: h });
+    }
+    if (rest.length > 0) await this.release(rest, holder);
   }
 
   /** Every slot key with its holders (for `qos show`). */

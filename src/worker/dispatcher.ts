@@ -281,8 +281,8 @@ export class Dispatcher {
     }
     const now = Date.now();
     this.board.took(lane, job?.id, now);
-    if (!job) return this.launch(lane, msg, undefined, [], undefined);
-    const facts = factsOf(job);
+    if (!job || this.rulesNow.rules.length === 0) return this.launch(lane, msg, job, [], undefined);
+    const facts = factsOf(job); // from the message as validated, not as heard
     const limits = this.limitsOf(facts);
     if (limits.length === 0) return this.launch(lane, msg, job, [], undefined);
     const holder: Holder = {
@@ -345,7 +345,7 @@ export class Dispatcher {
     const done = this.deps
       .run(msg, job)
       .then(async () => {
-        if (holder) await this.deps.slots.release(limits, holder);
+        if (holder) await this.deps.slots.releaseSettled(this.deps.nc, limits, holder);
       })
       .catch((err: unknown) =>
         // A slot not given back here is dropped by the next acquire that finds the job over.
