@@ -26,6 +26,8 @@ export type StoredRules = z.infer<typeof storedRulesSchema>;
 const kvSubject = (key: string): string => `$KV.${QOS_BUCKET}.${key}`;
 const SLOTS_PREFIX = "slots.";
 const MAX_CAS_TRIES = 20;
+/** How long the watch gets to show an unacknowledged give-back before it is made again, acknowledged. */
+const CONFIRM_RELEASE_MS = 500;
 
 function isLive(entry: KvEntry | null): entry is KvEntry {
   return entry !== null && entry.operation === "PUT" && entry.length > 0;
@@ -305,10 +307,10 @@ export class SlotTable {
   /**
    * Give back a settled job's slots without waiting for the broker's answer: a compare-and-set
    * publish against the revision this table knows (its watch keeps it current), with no reply. One
-   * that loses a race is dropped by the server and leaves the holder behind, which only ever holds
-   * a slot too long, never lets a limit be exceeded: a later attempt of the job takes the entry
-   * over, and a full slot drops holders whose jobs are over. Slots whose current value this table
-   * does not know are given back the acknowledged way.
+   * that loses a race is dropped by the server; the watch shows it (the holder is still there a
+   * moment later) and the slot is then given back the acknowledged way. Meanwhile the slot is only
+   * held too long, never overbooked. Slots whose current value this table does not know are given
+   * back the acknowledged way at once.
    */
   async releaseSettled(nc: NatsConnection, slots: LimitSlot[], holder: Holder): Promise<void> {
     const rest: LimitSlot[] = [];
@@ -324,8 +326,21 @@ export class SlotTable {
       const h = headers();
       h.set("Nats-Expected-Last-Subject-Sequence", String(known.revision));
       nc.publish(kvSubject(SLOTS_PREFIX + slot.key), JSON.stringify(next), { headers: h });
+      this.confirmLater(slot, holder);
     }
     if (rest.length > 0) await this.release(rest, holder);
+  }
+
+  /** After an unacknowledged give-back: if the watch still shows the holder, give it back again, acknowledged. */
+  private confirmLater(slot: LimitSlot, holder: Holder): void {
+    setTimeout(() => {
+      const still = this.cache.get(slot.key)?.holders.holders[holder.job];
+      if (still?.attempt !== holder.attempt || still.worker !== holder.worker) return;
+      this.release([slot], holder).catch((err: unknown) =>
+        // Left to the next full check of this slot, which drops holders whose jobs are over.
+        this.log.warn({ err, slot: slot.key, jobId: holder.job }, "could not give a QoS slot back"),
+      );
+    }, CONFIRM_RELEASE_MS).unref();
   }
 
   /** Every slot key with its holders (for `qos show`). */
