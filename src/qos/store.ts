@@ -28,6 +28,7 @@ const SLOTS_PREFIX = "slots.";
 const MAX_CAS_TRIES = 20;
 /** How long the watch gets to show an unacknowledged give-back before it is made again, acknowledged. */
 const CONFIRM_RELEASE_MS = 500;
+const CONFIRM_GIVE_UP_MS = 10_000;
 
 function isLive(entry: KvEntry | null): entry is KvEntry {
   return entry !== null && entry.operation === "PUT" && entry.length > 0;
@@ -326,16 +327,26 @@ export class SlotTable {
       const h = headers();
       h.set("Nats-Expected-Last-Subject-Sequence", String(known.revision));
       nc.publish(kvSubject(SLOTS_PREFIX + slot.key), JSON.stringify(next), { headers: h });
-      this.confirmLater(slot, holder);
+      this.confirmLater(slot, holder, known.revision);
     }
     if (rest.length > 0) await this.release(rest, holder);
   }
 
-  /** After an unacknowledged give-back: if the watch still shows the holder, give it back again, acknowledged. */
-  private confirmLater(slot: LimitSlot, holder: Holder): void {
+  /**
+   * After an unacknowledged give-back against `revision`: once the watch shows a later revision of
+   * the key, the give-back either is in it or lost a race; a holder still there means it lost, and
+   * it is given back again, acknowledged. A watch that lags (a loaded broker) is waited for, up to
+   * CONFIRM_GIVE_UP_MS.
+   */
+  private confirmLater(slot: LimitSlot, holder: Holder, revision: number, waited = 0): void {
     setTimeout(() => {
-      const still = this.cache.get(slot.key)?.holders.holders[holder.job];
-      if (still?.attempt !== holder.attempt || still.worker !== holder.worker) return;
+      const known = this.cache.get(slot.key);
+      if (known && known.revision <= revision && waited + CONFIRM_RELEASE_MS < CONFIRM_GIVE_UP_MS) {
+        this.confirmLater(slot, holder, revision, waited + CONFIRM_RELEASE_MS);
+        return;
+      }
+      const still = known?.holders.holders[holder.job];
+      if (known && (still?.attempt !== holder.attempt || still.worker !== holder.worker)) return;
       this.release([slot], holder).catch((err: unknown) =>
         // Left to the next full check of this slot, which drops holders whose jobs are over.
         this.log.warn({ err, slot: slot.key, jobId: holder.job }, "could not give a QoS slot back"),
