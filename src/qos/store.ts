@@ -135,11 +135,9 @@ export class SlotTable {
    * (compare-and-set proves it current), saving the read. A decision not to write (a full slot) is
    * never taken on it alone.
    */
-  private readonly cache = new Map<string, { holders: Holders; revision: number }>();
+  private readonly cache = new Map<string, { revision: number; raw?: Uint8Array; holders?: Holders }>();
   private watching: Promise<void> | undefined;
   private stopWatch: (() => void) | undefined;
-  /** Last known holder count per slot key, from our own reads and writes and from hints. */
-  private readonly counts = new Map<string, number>();
   private readonly listeners = new Set<() => void>();
 
   constructor(
@@ -160,43 +158,45 @@ export class SlotTable {
       this.stopWatch = () => watch.stop();
       for await (const e of watch) {
         const key = e.key.slice(SLOTS_PREFIX.length);
-        if (e.operation !== "PUT" || e.length === 0) {
-          this.cache.delete(key);
-          this.counts.set(key, 0);
-        } else {
-          try {
-            const holders = decode(holdersSchema, e.value, `QoS slot ${key}`);
-            this.remember(key, holders, e.revision);
-          } catch {
-            // Unreadable: forgotten here; a read of the key, when needed, says what is wrong.
-            this.cache.delete(key);
-          }
-        }
+        // Kept as it came: decoded only if this worker needs the key (most it never touches).
+        if (e.operation !== "PUT" || e.length === 0) this.remember(key, e.revision, { holders: {} });
+        else this.remember(key, e.revision, undefined, e.value);
         for (const l of this.listeners) l();
       }
     })().catch((err: unknown) => this.log.warn({ err }, "stopped following the QoS slots"));
   }
 
-  /** Note a slot key's value at `revision`, unless a later one is known already. */
-  private remember(key: string, holders: Holders, revision: number): void {
+  /** Note a slot key's value at `revision` (decoded, or raw), unless a later one is known already. */
+  private remember(key: string, revision: number, holders: Holders | undefined, raw?: Uint8Array): void {
     const known = this.cache.get(key);
     if (known && known.revision > revision) return;
-    this.cache.set(key, { holders, revision });
-    this.counts.set(key, Object.keys(holders.holders).length);
+    this.cache.set(key, { revision, ...(holders && { holders }), ...(raw && { raw }) });
+  }
+
+  /** The key's value as last known, decoded on first use; undefined when unknown or unreadable. */
+  private known(key: string): { holders: Holders; revision: number } | undefined {
+    const k = this.cache.get(key);
+    if (!k) return undefined;
+    if (!k.holders) {
+      try {
+        k.holders = decode(holdersSchema, k.raw ?? new Uint8Array(), `QoS slot ${key}`);
+      } catch {
+        // Unreadable: forgotten here; a read of the key, when needed, says what is wrong.
+        this.cache.delete(key);
+        return undefined;
+      }
+    }
+    return { holders: k.holders, revision: k.revision };
   }
 
   onChange(listener: () => void): void {
     this.listeners.add(listener);
   }
 
-  /** Whether the last known count says the slot is full (a hint; `acquire` decides). */
+  /** Whether the slot's last known holders fill it (a hint; `acquire` decides). */
   seemsFull(slot: LimitSlot): boolean {
-    const n = this.counts.get(slot.key);
-    return n !== undefined && n >= slot.rule.limit;
-  }
-
-  knownCount(key: string): number | undefined {
-    return this.counts.get(key);
+    const k = this.known(slot.key);
+    return k !== undefined && Object.keys(k.holders.holders).length >= slot.rule.limit;
   }
 
   /** Read a slot's holders (and remember its count). */
@@ -208,9 +208,8 @@ export class SlotTable {
   private async read(key: string): Promise<{ holders: Holders; revision: number }> {
     const entry = await this.kv.get(SLOTS_PREFIX + key);
     const holders = isLive(entry) ? decode(holdersSchema, entry.value, `QoS slot ${key}`) : { holders: {} };
-    this.counts.set(key, Object.keys(holders.holders).length);
     const revision = entry?.revision ?? 0;
-    if (isLive(entry)) this.remember(key, holders, revision);
+    if (entry) this.remember(key, revision, holders);
     return { holders, revision };
   }
 
@@ -220,7 +219,7 @@ export class SlotTable {
     change: (h: Holders) => Promise<Holders | undefined> | Holders | undefined,
   ): Promise<Holders> {
     for (let tries = 0; tries < MAX_CAS_TRIES; tries++) {
-      const cached = tries === 0 ? this.cache.get(key) : undefined;
+      const cached = tries === 0 ? this.known(key) : undefined;
       const { holders, revision } = cached ?? (await this.read(key));
       const next = await change(holders);
       if (!next) {
@@ -233,7 +232,7 @@ export class SlotTable {
           revision === 0
             ? await this.kv.create(SLOTS_PREFIX + key, raw)
             : await this.kv.update(SLOTS_PREFIX + key, raw, revision);
-        this.remember(key, next, written);
+        this.remember(key, written, next);
         return next;
       } catch (err) {
         if (!isCasConflict(err)) throw err;
@@ -316,7 +315,7 @@ export class SlotTable {
   async releaseSettled(nc: NatsConnection, slots: LimitSlot[], holder: Holder): Promise<void> {
     const rest: LimitSlot[] = [];
     for (const slot of slots) {
-      const known = this.cache.get(slot.key);
+      const known = this.known(slot.key);
       const mine = known?.holders.holders[holder.job];
       if (!known || !mine || mine.attempt !== holder.attempt || mine.worker !== holder.worker) {
         rest.push(slot);
@@ -340,7 +339,7 @@ export class SlotTable {
    */
   private confirmLater(slot: LimitSlot, holder: Holder, revision: number, waited = 0): void {
     setTimeout(() => {
-      const known = this.cache.get(slot.key);
+      const known = this.known(slot.key);
       if (known && known.revision <= revision && waited + CONFIRM_RELEASE_MS < CONFIRM_GIVE_UP_MS) {
         this.confirmLater(slot, holder, revision, waited + CONFIRM_RELEASE_MS);
         return;
