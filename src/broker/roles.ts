@@ -91,7 +91,6 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
             `$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.*.${subjects.lane("*", "*")}`,
             "create a lane's consumer when the lane first has jobs: only consumers filtered on a lane (never the queue's own; no deletion)",
           ),
-          p(`$JS.API.CONSUMER.LIST.${JOBS_STREAM}`, "count queued and running jobs per lane"),
           p(`$JS.ACK.${JOBS_STREAM}.>`, "ack, nak, term and in-progress of its jobs"),
           p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "read a job that ran out of deliveries"),
           p(`$JS.API.STREAM.MSG.DELETE.${JOBS_STREAM}`, "remove that job once dead-lettered"),
@@ -118,7 +117,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...subjects.allJobs.map((s) =>
             p(s, "hear new jobs on its queue's lanes (to choose whom to serve)"),
           ),
-          p(`$KV.${QOS_BUCKET}.>`, "hear QoS rules and limit slots change"),
+          p(`$KV.${QOS_BUCKET}.${QOS_RULES_KEY}`, "hear the QoS rules change (re-read at once)"),
         ],
       };
     case "submitter":

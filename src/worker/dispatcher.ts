@@ -2,8 +2,9 @@
  * A worker's dispatch: which job a free slot takes next. Jobs wait in lanes (`mars.jobs.<queue>.
  * <lane>`, one per fairness key value, each with a durable consumer all workers share). The worker
  * hears every job published on its queue's lanes (a core subscription: no consumer), counts what
- * the server holds per lane every second, and pulls one message at a time, `no_wait`, from the lane
- * the rules put first (LaneBoard). A job whose limits are full after it was pulled is parked: it
+ * the server holds per lane every second, and pulls with `no_wait` from the lane the rules put first
+ * (LaneBoard): one message per turn when several lanes have work, as many as it has free slots when
+ * one lane has it all. A job whose limits are full after it was pulled is parked: it
  * takes no slot, its message is kept alive with `working()`, and it starts as soon as a slot of
  * its limits is given back. Nothing here is central: every worker decides for its own slots, and
  * the limits are held in the broker by compare-and-set (SlotTable).
@@ -134,11 +135,6 @@ export class Dispatcher {
   /** Jobs pulled but waiting for a limit, with why (for the registry entry). */
   get parked(): ReadonlyArray<Parked> {
     return this.parkedJobs;
-  }
-
-  /** Lanes with queued work as this worker knows them. */
-  queuedByLane(): Map<string, number> {
-    return this.board.queued();
   }
 
   /** After a reconnect: count again, the jobs published meanwhile were not heard. */
