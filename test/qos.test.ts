@@ -241,6 +241,40 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
     assert.equal((await tf.invocations()).get("denied-raw"), undefined, "MARS ran a denied job");
   });
 
+  it("a job waiting for a dataset cap is held aside, so its user's next job runs, and says why it waits", async () => {
+    const queue = TestFleet.queue("aside");
+    await apply(`rules:\n  - name: d1-cap\n    match: { queue: ${queue}, dataset: d1 }\n    limit: 1\n`);
+    await tf.worker({ queue, concurrency: 3 }, { MARS_SIM_FIELD_DELAY_MS: "600" });
+    const fleet = await tf.client({ queue });
+    const job = (dataset: string, name: string): Promise<JobHandle> =>
+      fleet.submit(
+        { ...REQUEST, dataset },
+        {
+          targetDir: "aside",
+          targetFname: `${name}.grib`,
+          environ: { user_id: "alice", request_id: `aside-${name}` },
+        },
+      );
+    const a = await job("d1", "a");
+    assert.ok(await eventually(async () => (await a.status()).state === "running", 10_000), "a never ran");
+    const b = await job("d1", "b");
+    const c = await job("d2", "c");
+    assert.ok(
+      await eventually(
+        async () =>
+          (await fleet.explain(b.id)).some((w) =>
+            /held by worker .*: limit d1-cap in total: 1\/1 running/.test(w),
+          ),
+        5000,
+      ),
+      `b's explanation: ${(await fleet.explain(b.id)).join(" | ")}`,
+    );
+    await Promise.all([a.result(), b.result(), c.result()]);
+    const [ra, rb, rc] = await Promise.all([a.status(), b.status(), c.status()]);
+    assert.ok(rc.startedAt! < ra.finishedAt!, "c waited behind b, which waited for the d1 cap");
+    assert.ok(rb.startedAt! >= ra.finishedAt!, "b ran while a held the d1 cap");
+  });
+
   it("fair share: a user with two jobs gets slots at once, not after another user's backlog", async () => {
     const queue = TestFleet.queue("fair");
     const settings = { queue, concurrency: 2 };

@@ -197,15 +197,22 @@ export class Dispatcher {
       try {
         if (await this.unpark()) continue;
         this.skippedBlocked = false;
+        const parkRoom = this.parkedJobs.length < this.deps.concurrency;
         const lane = this.board.pick({
           now: Date.now(),
           rules: this.rulesNow,
           blocked: (job) => {
-            const full = judged(job, this.rulesNow).limits.some((s) => this.deps.slots.seemsFull(s));
-            if (full) this.skippedBlocked = true;
-            return full;
+            const full = judged(job, this.rulesNow).limits.filter((s) => this.deps.slots.seemsFull(s));
+            if (full.length === 0) return false;
+            // A full limit counted by the lane's own key (a per-user limit, lanes by user) holds
+            // the whole lane back: pass it over. Any other (a dataset cap) holds back this job
+            // alone: while there is room, pull it and hold it aside, so the lane's next job can go.
+            const laneWide = full.some((s) => s.rule.per === this.rulesNow.fairShare);
+            if (!laneWide && parkRoom) return false;
+            this.skippedBlocked = true;
+            return true;
           },
-          unknownHeads: this.parkedJobs.length < this.deps.concurrency,
+          unknownHeads: parkRoom,
         });
         if (lane === undefined) {
           await this.sleepUntilWoken(COUNT_EVERY_MS);
