@@ -22,6 +22,7 @@ import { connectWithConfig, type BrokerConnection } from "./connection.js";
 import { isAlreadyExists, isNotFound, isPermissionDenied } from "./nats-errors.js";
 import { BrokerError, TopologyMissingError } from "../core/errors.js";
 import { RESULTS_MAX_AGE_MS } from "./results.js";
+import { API_KEYS_BUCKET } from "../api/keys.js";
 import { MINUTE } from "../core/time.js";
 import {
   DEAD_STREAM,
@@ -301,6 +302,7 @@ export async function provision(
       report,
     );
     await ensureBucket(nc, jsm, QOS_BUCKET, { replicas: t.replicas, history: 5 }, report);
+    await ensureBucket(nc, jsm, API_KEYS_BUCKET, { replicas: t.replicas, history: 1 }, report);
     await ensureObjectStore(nc, jsm, RESULTS_BUCKET, t.replicas, report);
   } catch (err) {
     if (isPermissionDenied(err)) {

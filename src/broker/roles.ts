@@ -14,6 +14,7 @@ import {
   RECORD_KEYS,
   subjects,
 } from "./subjects.js";
+import { API_KEYS_BUCKET } from "../api/keys.js";
 
 export const ROLES = ["admin", "worker", "submitter", "observer"] as const;
 export type Role = (typeof ROLES)[number];
@@ -37,6 +38,7 @@ const FLEET_STREAMS = [
   kvStream(JOBS_BUCKET),
   kvStream(WORKERS_BUCKET),
   kvStream(QOS_BUCKET),
+  kvStream(API_KEYS_BUCKET),
   objStream(RESULTS_BUCKET),
 ];
 
@@ -131,6 +133,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...directReads(kvStream(WORKERS_BUCKET)),
           ...orderedReads(kvStream(WORKERS_BUCKET)),
           ...directReads(kvStream(QOS_BUCKET)),
+          ...directReads(kvStream(API_KEYS_BUCKET)),
           ...orderedReads(EVENTS_STREAM),
           p(subjects.cancel("*"), "request a cancel"),
           p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "explain a wait: read the next job of each lane"),

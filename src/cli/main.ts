@@ -298,6 +298,38 @@ export async function main(argv: string[]): Promise<void> {
       ),
     )
     .command(
+      "api [what] [action] [id]",
+      "serve the HTTP API (REST, SSE logs, results with Range; docs at /docs); `api keys add --user U [--role admin]`, `api keys list`, `api keys revoke ID` manage its API keys (admin credentials)",
+      (y) =>
+        fleetOptions(y)
+          .positional("what", { choices: ["keys"] as const, describe: "keys: manage API keys" })
+          .positional("action", { choices: ["add", "list", "revoke"] as const })
+          .positional("id", { type: "string", describe: "revoke: the key id" })
+          .option("port", { type: "number", default: 8080, describe: "HTTP port of the API" })
+          .option("host", { type: "string", default: "0.0.0.0", describe: "listen address of the API" })
+          .option("user", { type: "string", describe: "keys add: the user the key speaks for" })
+          .option("role", {
+            choices: ["user", "admin"] as const,
+            describe: "keys add: user (own jobs) or admin (all)",
+          })
+          .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
+      handle(async (a) => {
+        const api = await import("./api.js");
+        if (a["what"] === "keys")
+          return api.keysCommand(
+            a["action"] as string | undefined,
+            {
+              ...(a["id"] !== undefined && { id: a["id"] as string }),
+              ...(a["user"] !== undefined && { user: a["user"] as string }),
+              ...(a["role"] !== undefined && { role: a["role"] as string }),
+            },
+            a.json === true,
+            configFrom(a),
+          );
+        return api.serveApi(configFrom(a), a["port"] as number, a["host"] as string);
+      }),
+    )
+    .command(
       "qos <action> [file]",
       "apply: validate a QoS rules file and put it in force on every worker (admin credentials); show: the rules with running and queued counts",
       (y) =>

@@ -22,6 +22,8 @@ export const ERROR_CODES = [
   "TOPOLOGY_MISSING",
   "QOS_RULES_INVALID",
   "QOS_DENIED",
+  "API_AUTH",
+  "RANGE_INVALID",
   "WRONG_STATE",
   "INTERNAL",
 ] as const;

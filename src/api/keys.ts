@@ -1,0 +1,78 @@
+/**
+ * API keys of the HTTP face: bearer tokens `mfk_<id>_<secret>`, stored in the `mars-api-keys` KV
+ * bucket under their id with the SHA-256 of their secret (never the secret), each bound to a user
+ * and a role. A `user` key sees and cancels its own jobs only; an `admin` key sees all.
+ */
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import type { KV } from "@nats-io/kv";
+import { z } from "zod";
+import { decode, encode } from "../broker/codec.js";
+import { ConfigError } from "../core/errors.js";
+
+export const API_KEYS_BUCKET = "mars-api-keys";
+export const API_ROLES = ["user", "admin"] as const;
+export type ApiRole = (typeof API_ROLES)[number];
+
+export const apiKeySchema = z.object({
+  id: z.string().regex(/^[0-9a-f]{12}$/),
+  user: z.string().min(1).max(256),
+  role: z.enum(API_ROLES),
+  /** SHA-256 of the secret, hex: the secret is random and long, so a fast hash is enough. */
+  hash: z.string().regex(/^[0-9a-f]{64}$/),
+  createdAt: z.number(),
+});
+export type ApiKey = z.infer<typeof apiKeySchema>;
+
+/** Who a request speaks for. */
+export interface Principal {
+  user: string;
+  role: ApiRole;
+  keyId: string;
+}
+
+const TOKEN = /^mfk_([0-9a-f]{12})_([A-Za-z0-9_-]{32})$/;
+const sha256 = (s: string): string => createHash("sha256").update(s).digest("hex");
+
+export class ApiKeys {
+  constructor(private readonly kv: KV) {}
+
+  /** A new key for `user`; the token is returned once and stored nowhere. */
+  async add(user: string, role: ApiRole): Promise<{ token: string; key: ApiKey }> {
+    if (!user.trim()) throw new ConfigError("an API key needs a user");
+    const id = randomBytes(6).toString("hex");
+    const secret = randomBytes(24).toString("base64url");
+    const key: ApiKey = { id, user, role, hash: sha256(secret), createdAt: Date.now() };
+    await this.kv.create(id, encode(key));
+    return { token: `mfk_${id}_${secret}`, key };
+  }
+
+  async list(): Promise<ApiKey[]> {
+    const out: ApiKey[] = [];
+    for await (const id of await this.kv.keys()) {
+      const e = await this.kv.get(id);
+      if (e && e.operation === "PUT" && e.length > 0)
+        out.push(decode(apiKeySchema, e.value, `API key ${id}`));
+    }
+    return out.sort((a, b) => a.createdAt - b.createdAt);
+  }
+
+  /** Revoke a key by id; false when there is no such key. */
+  async revoke(id: string): Promise<boolean> {
+    const e = await this.kv.get(id);
+    if (!e || e.operation !== "PUT") return false;
+    await this.kv.delete(id);
+    return true;
+  }
+
+  /** The principal a bearer token stands for, or undefined for an unknown, revoked or malformed one. */
+  async verify(token: string): Promise<Principal | undefined> {
+    const m = TOKEN.exec(token);
+    if (!m) return undefined;
+    const e = await this.kv.get(m[1]!);
+    if (!e || e.operation !== "PUT" || e.length === 0) return undefined;
+    const key = decode(apiKeySchema, e.value, `API key ${m[1]}`);
+    const given = Buffer.from(sha256(m[2]!), "hex");
+    if (!timingSafeEqual(given, Buffer.from(key.hash, "hex"))) return undefined;
+    return { user: key.user, role: key.role, keyId: key.id };
+  }
+}

@@ -1,0 +1,152 @@
+/** `/openapi.json` and `/docs`, made from the zod schemas the API validates with. */
+import { z } from "zod";
+import {
+  acceptedSchema,
+  jobListSchema,
+  jobSchema,
+  listQuerySchema,
+  problemSchema,
+  queuesSchema,
+  submitBodySchema,
+  workersSchema,
+} from "./schemas.js";
+
+const json = (schema: z.ZodType, io: "input" | "output" = "output"): object => ({
+  "application/json": { schema: z.toJSONSchema(schema, { io, unrepresentable: "any" }) },
+});
+
+const problem = (description: string): object => ({
+  description,
+  content: { "application/problem+json": { schema: { $ref: "#/components/schemas/Problem" } } },
+});
+
+const idParam = { name: "id", in: "path", required: true, schema: { type: "string" } };
+
+let cached: object | undefined;
+
+export function openApiDocument(): object {
+  cached ??= {
+    openapi: "3.1.0",
+    info: {
+      title: "mars-fleet API",
+      version: "1",
+      description: "Submit MARS requests to a mars-fleet, follow them, fetch their results.",
+    },
+    components: {
+      securitySchemes: { bearer: { type: "http", scheme: "bearer", description: "an API key: mfk_…" } },
+      schemas: { Problem: z.toJSONSchema(problemSchema) },
+    },
+    security: [{ bearer: [] }],
+    paths: {
+      "/v1/jobs": {
+        post: {
+          summary: "Submit a job (idempotent on requestId)",
+          requestBody: { required: true, content: json(submitBodySchema, "input") },
+          responses: {
+            "202": { description: "queued; Location: /v1/jobs/<id>", content: json(acceptedSchema) },
+            "400": problem("invalid body: each offending field in `errors`"),
+            "401": problem("no valid API key"),
+            "403": problem("refused by a QoS deny rule"),
+          },
+        },
+        get: {
+          summary: "List jobs, newest first (a user key sees its own)",
+          parameters: Object.entries(
+            (z.toJSONSchema(listQuerySchema, { io: "input" }) as { properties: Record<string, object> })
+              .properties,
+          ).map(([name, schema]) => ({ name, in: "query", required: false, schema })),
+          responses: {
+            "200": { description: "a page of jobs", content: json(jobListSchema) },
+            "400": problem("invalid query"),
+          },
+        },
+      },
+      "/v1/jobs/{id}": {
+        get: {
+          summary: "A job's record (with why it waits, when queued)",
+          parameters: [idParam],
+          responses: {
+            "200": { description: "the record", content: json(jobSchema) },
+            "404": problem("no such job"),
+          },
+        },
+        delete: {
+          summary: "Cancel a job",
+          parameters: [idParam],
+          responses: {
+            "202": { description: "cancel requested", content: json(acceptedSchema) },
+            "404": problem("no such job"),
+            "409": problem("the job is already over"),
+          },
+        },
+      },
+      "/v1/jobs/{id}/logs": {
+        get: {
+          summary:
+            "The job's whole log; with Accept: text/event-stream, replay then live (events log, progress, state; resumes from Last-Event-ID)",
+          parameters: [idParam],
+          responses: {
+            "200": {
+              description: "the log",
+              content: {
+                "text/plain": { schema: { type: "string" } },
+                "text/event-stream": { schema: { type: "string" } },
+              },
+            },
+            "404": problem("no such job"),
+          },
+        },
+      },
+      "/v1/jobs/{id}/result": {
+        get: {
+          summary: "The GRIB result, streamed, with Content-Length, ETag and Range",
+          parameters: [idParam],
+          responses: {
+            "200": {
+              description: "the result",
+              content: { "application/octet-stream": { schema: { type: "string", format: "binary" } } },
+            },
+            "206": {
+              description: "the requested range",
+              content: { "application/octet-stream": { schema: { type: "string", format: "binary" } } },
+            },
+            "404": problem("no such job"),
+            "409": problem("no result (yet)"),
+            "416": problem("range outside the result"),
+          },
+        },
+      },
+      "/v1/workers": {
+        get: {
+          summary: "Live workers",
+          responses: { "200": { description: "workers", content: json(workersSchema) } },
+        },
+      },
+      "/v1/queues": {
+        get: {
+          summary: "Queued and running jobs per queue and lane",
+          responses: { "200": { description: "queues", content: json(queuesSchema) } },
+        },
+      },
+    },
+  };
+  return cached;
+}
+
+const escape = (s: string): string =>
+  s.replaceAll("&", "&amp;").replaceAll("<", "&lt;").replaceAll(">", "&gt;").replaceAll('"', "&quot;");
+
+/** A plain page listing the operations, with a link to the document itself. */
+export function docsPage(): string {
+  const doc = openApiDocument() as { paths: Record<string, Record<string, { summary: string }>> };
+  const rows = Object.entries(doc.paths).flatMap(([path, ops]) =>
+    Object.entries(ops).map(
+      ([method, op]) =>
+        `<tr><td><code>${method.toUpperCase()}</code></td><td><code>${escape(path)}</code></td><td>${escape(op.summary)}</td></tr>`,
+    ),
+  );
+  return `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>mars-fleet API</title>
+<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}td{padding:.3rem .6rem;vertical-align:top}</style></head>
+<body><h1>mars-fleet API</h1><p>Every call but this page and <a href="/openapi.json">/openapi.json</a> needs <code>Authorization: Bearer &lt;API key&gt;</code>. Errors are <code>application/problem+json</code> with a stable <code>code</code>.</p>
+<table><thead><tr><th scope="col">method</th><th scope="col">path</th><th scope="col">what</th></tr></thead><tbody>${rows.join("")}</tbody></table></body></html>`;
+}

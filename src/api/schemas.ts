@@ -1,0 +1,71 @@
+/**
+ * The HTTP API's bodies and answers, as zod schemas: they validate requests, and the same schemas
+ * make `/openapi.json` (zod 4 emits JSON Schema), so the document cannot drift from the behaviour.
+ */
+import { z } from "zod";
+import { JOB_STATES, jobRecordSchema, workerInfoSchema } from "../broker/schemas.js";
+
+const requestObject = z.record(
+  z.string(),
+  z.union([z.string(), z.number(), z.array(z.union([z.string(), z.number()])).min(1)]),
+);
+
+export const submitBodySchema = z
+  .object({
+    /** One MARS request: `{param: "2t", date: "20240101", ...}`, or MARS request text. */
+    request: z.union([requestObject, z.string().min(1)]).optional(),
+    /** Several requests, run in one MARS call (later ones inherit keys). */
+    requests: z.array(requestObject).min(1).optional(),
+    environ: z.record(z.string(), z.string()).optional(),
+    /** Result path under the shared root (default: `api/<job id>.grib`). */
+    target: z.string().min(1).optional(),
+    /** Idempotency key: the same one returns the same job, never a second run. */
+    requestId: z.string().min(1).max(256).optional(),
+  })
+  .strict()
+  .refine((b) => (b.request === undefined) !== (b.requests === undefined), {
+    message: "give request or requests (one of them)",
+    path: ["request"],
+  });
+export type SubmitBody = z.infer<typeof submitBodySchema>;
+
+export const acceptedSchema = z.object({ id: z.string(), state: z.enum(JOB_STATES) });
+
+export const listQuerySchema = z
+  .object({
+    state: z.enum(JOB_STATES).optional(),
+    user: z.string().optional(),
+    limit: z.coerce.number().int().min(1).max(500).default(50),
+    /** The `next` of the previous page. */
+    cursor: z.string().optional(),
+  })
+  .strict();
+
+export const jobSchema = jobRecordSchema.extend({
+  /** Why a queued job waits (QoS), when it does. */
+  waiting: z.array(z.string()).optional(),
+});
+export const jobListSchema = z.object({ jobs: z.array(jobRecordSchema), next: z.string().optional() });
+export const workersSchema = z.object({ workers: z.array(workerInfoSchema) });
+export const queuesSchema = z.object({
+  queues: z.array(
+    z.object({
+      queue: z.string(),
+      queued: z.number().int(),
+      running: z.number().int(),
+      lanes: z.array(z.object({ lane: z.string(), queued: z.number().int(), running: z.number().int() })),
+    }),
+  ),
+});
+
+/** RFC 9457 problem details, with the error's stable code. */
+export const problemSchema = z.object({
+  type: z.string(),
+  title: z.string(),
+  status: z.number().int(),
+  detail: z.string(),
+  code: z.string(),
+  /** For 400: each offending field and what is wrong with it. */
+  errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
+});
+export type Problem = z.infer<typeof problemSchema>;

@@ -1,0 +1,324 @@
+/**
+ * `mars-fleet api`: the fleet over HTTP for those who do not speak NATS. Stateless (any number of
+ * them behind a load balancer): every answer comes from the broker. Bearer API keys (keys.ts);
+ * errors as RFC 9457 problem details carrying the error's stable code; `/openapi.json` from the
+ * same zod schemas that validate the requests (schemas.ts).
+ */
+import { randomUUID } from "node:crypto";
+import { basename, dirname, relative, resolve } from "node:path";
+import send from "@fastify/send";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import { Kvm } from "@nats-io/kv";
+import type { Logger } from "pino";
+import { z } from "zod";
+import { TERMINAL_STATES, type JobRecord } from "../broker/schemas.js";
+import { Fleet, jobIdFor } from "../client/fleet.js";
+import type { JobHandle } from "../client/job.js";
+import type { FleetConfig } from "../config/load.js";
+import { MarsFleetError, asFleetError, type ErrorCode } from "../core/errors.js";
+import { silentLogger } from "../core/logging.js";
+import { laneCounts } from "../qos/lane-counts.js";
+import { resolveInside } from "../runner/target.js";
+import { API_KEYS_BUCKET, ApiKeys, type Principal } from "./keys.js";
+import { openApiDocument, docsPage } from "./openapi.js";
+import { jobListSchema, listQuerySchema, submitBodySchema, type Problem } from "./schemas.js";
+
+const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
+  MARS_REQUEST_INVALID: 400,
+  TARGET_INVALID: 400,
+  ENVIRON_INVALID: 400,
+  MESSAGE_INVALID: 400,
+  CONFIG_INVALID: 400,
+  API_AUTH: 401,
+  QOS_DENIED: 403,
+  JOB_NOT_FOUND: 404,
+  WRONG_STATE: 409,
+  RANGE_INVALID: 416,
+  NO_WORKER: 503,
+  BROKER_ERROR: 503,
+};
+
+/** An error for the client, with its HTTP status. */
+class HttpProblem extends MarsFleetError {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    readonly fields?: Problem["errors"],
+  ) {
+    super(code, message);
+  }
+}
+
+function problemOf(err: unknown): { status: number; body: Problem } {
+  const e = asFleetError(err);
+  const status = STATUS_BY_CODE[e.code] ?? 500;
+  const body: Problem = {
+    type: "about:blank",
+    title: e.code.toLowerCase().replaceAll("_", " "),
+    status,
+    detail: status === 500 ? "internal error" : e.message,
+    code: e.code,
+    ...(e instanceof HttpProblem && e.fields && { errors: e.fields }),
+  };
+  return { status, body };
+}
+
+function invalid(error: z.ZodError, where: string): HttpProblem {
+  const fields = error.issues.map((i) => ({ field: i.path.join(".") || where, message: i.message }));
+  return new HttpProblem(
+    "MESSAGE_INVALID",
+    `invalid ${where}: ${fields.map((f) => `${f.field}: ${f.message}`).join("; ")}`,
+    fields,
+  );
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    principal?: Principal;
+  }
+}
+
+export interface ApiOptions {
+  config: FleetConfig;
+  port: number;
+  host?: string;
+  logger?: Logger;
+}
+
+export interface ApiServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+const PUBLIC = new Set(["/openapi.json", "/docs"]);
+
+export async function startApi(opts: ApiOptions): Promise<ApiServer> {
+  const log = (opts.logger ?? silentLogger()).child({ component: "api" });
+  const fleet = await Fleet.connect({ config: opts.config, logger: log });
+  try {
+    const keys = new ApiKeys(await new Kvm(fleet.connection.js).open(API_KEYS_BUCKET));
+    const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
+    routes(app, fleet, keys, opts.config, log);
+    await app.listen({ port: opts.port, host: opts.host ?? "0.0.0.0" });
+    const address = app.server.address();
+    const port = typeof address === "object" && address ? address.port : opts.port;
+    log.info({ port }, "API listening");
+    return {
+      port,
+      close: async () => {
+        await app.close();
+        await fleet.close();
+      },
+    };
+  } catch (err) {
+    await fleet.close();
+    throw err;
+  }
+}
+
+function routes(app: FastifyInstance, fleet: Fleet, keys: ApiKeys, config: FleetConfig, log: Logger): void {
+  const sharedRoot = resolve(config.sharedRoot);
+
+  app.setErrorHandler((err, _req, reply) => {
+    // fastify's own errors (a body that is not JSON, too large) carry a 4xx statusCode.
+    const own = (err as { statusCode?: number }).statusCode;
+    const problem =
+      own !== undefined && own >= 400 && own < 500 && !(err instanceof MarsFleetError)
+        ? problemOf(new HttpProblem("MESSAGE_INVALID", (err as Error).message))
+        : problemOf(err);
+    if (problem.status >= 500) log.error({ err }, "API request failed");
+    void reply.code(problem.status).type("application/problem+json").send(problem.body);
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const { status, body } = problemOf(new HttpProblem("JOB_NOT_FOUND", `no route ${req.method} ${req.url}`));
+    void reply.code(status).type("application/problem+json").send(body);
+  });
+
+  app.addHook("onRequest", async (req, reply) => {
+    if (PUBLIC.has(req.url.split("?")[0]!)) return;
+    const header = req.headers.authorization ?? "";
+    const principal = header.startsWith("Bearer ") ? await keys.verify(header.slice(7).trim()) : undefined;
+    if (!principal) {
+      void reply.header("WWW-Authenticate", 'Bearer realm="mars-fleet"');
+      throw new HttpProblem("API_AUTH", "a valid API key is needed: Authorization: Bearer mfk_…");
+    }
+    req.principal = principal;
+  });
+
+  /** The job, if this principal may see it; another user's job is "not found", as a missing one. */
+  const visibleJob = async (
+    req: FastifyRequest,
+    id: string,
+  ): Promise<{ job: JobHandle; record: JobRecord }> => {
+    const job = await fleet.job(id);
+    const record = await job.status();
+    const p = req.principal!;
+    if (p.role !== "admin" && record.environ["user_id"] !== p.user)
+      throw new HttpProblem("JOB_NOT_FOUND", `no job ${id}`);
+    return { job, record };
+  };
+
+  app.post("/v1/jobs", async (req, reply) => {
+    const parsed = submitBodySchema.safeParse(req.body ?? {});
+    if (!parsed.success) throw invalid(parsed.error, "body");
+    const body = parsed.data;
+    const p = req.principal!;
+    // A user's jobs are theirs: the environ's user_id is the key's user, whatever the body says.
+    const environ = { ...(body.environ ?? {}), ...(p.role === "user" && { user_id: p.user }) };
+    if (environ["user_id"] === undefined) environ["user_id"] = p.user;
+    const requestId = body.requestId ?? randomUUID();
+    const id = jobIdFor(requestId);
+    const target = body.target ?? `api/${id}.grib`;
+    const job = await fleet.submit(body.requests ?? body.request!, {
+      requestId,
+      environ,
+      targetDir: dirname(target),
+      targetFname: basename(target),
+    });
+    const record = await job.status();
+    if (p.role !== "admin" && record.environ["user_id"] !== p.user)
+      throw new HttpProblem("WRONG_STATE", `requestId ${requestId} belongs to another job`);
+    void reply.code(202).header("Location", `/v1/jobs/${job.id}`);
+    return { id: job.id, state: record.state };
+  });
+
+  app.get<{ Params: { id: string } }>("/v1/jobs/:id", async (req) => {
+    const { record } = await visibleJob(req, req.params.id);
+    const waiting =
+      record.state === "queued" || record.state === "retrying" ? await fleet.explain(record.id) : [];
+    return waiting.length > 0 ? { ...record, waiting } : record;
+  });
+
+  app.get("/v1/jobs", async (req) => {
+    const parsed = listQuerySchema.safeParse(req.query);
+    if (!parsed.success) throw invalid(parsed.error, "query");
+    const q = parsed.data;
+    const p = req.principal!;
+    const user = p.role === "admin" ? q.user : p.user;
+    let all = await fleet.jobs(q.state ? { state: q.state } : {});
+    if (user !== undefined) all = all.filter((r) => r.environ["user_id"] === user);
+    const start = q.cursor === undefined ? 0 : all.findIndex((r) => r.id === q.cursor) + 1;
+    if (q.cursor !== undefined && start === 0)
+      throw new HttpProblem("MESSAGE_INVALID", `unknown cursor ${q.cursor}`);
+    const page = all.slice(start, start + q.limit);
+    const more = start + q.limit < all.length;
+    const out: z.infer<typeof jobListSchema> = {
+      jobs: page,
+      ...(more && { next: page[page.length - 1]!.id }),
+    };
+    return out;
+  });
+
+  app.delete<{ Params: { id: string } }>("/v1/jobs/:id", async (req, reply) => {
+    const { job, record } = await visibleJob(req, req.params.id);
+    if (TERMINAL_STATES.has(record.state))
+      throw new HttpProblem("WRONG_STATE", `job ${record.id} is already ${record.state}`);
+    await job.cancel();
+    void reply.code(202);
+    return { id: job.id, state: (await job.status()).state };
+  });
+
+  app.get<{ Params: { id: string } }>("/v1/jobs/:id/logs", async (req, reply) => {
+    const { job } = await visibleJob(req, req.params.id);
+    if (!(req.headers.accept ?? "").includes("text/event-stream")) {
+      void reply.type("text/plain; charset=utf-8");
+      const lines = await job.storedLog();
+      return lines.length > 0 ? lines.join("\n") + "\n" : "";
+    }
+    await streamEvents(req, reply, job);
+    return reply;
+  });
+
+  app.get<{ Params: { id: string } }>("/v1/jobs/:id/result", async (req, reply) => {
+    const { record } = await visibleJob(req, req.params.id);
+    if (record.state !== "succeeded" || !record.result)
+      throw new HttpProblem("WRONG_STATE", `job ${record.id} has no result (it is ${record.state})`);
+    if (record.result.object !== undefined)
+      throw new HttpProblem(
+        "WRONG_STATE",
+        `job ${record.id}'s result is in the object store, not the shared root`,
+      );
+    const path = resolveInside(sharedRoot, record.result.target);
+    const sent = await send(req.raw, `/${relative(sharedRoot, path)}`, {
+      root: sharedRoot,
+      dotfiles: "allow",
+      etag: true,
+      lastModified: true,
+      acceptRanges: true,
+    });
+    if (sent.type === "error") {
+      if (sent.statusCode === 416)
+        throw new HttpProblem(
+          "RANGE_INVALID",
+          `range ${req.headers.range} is outside the ${record.result.bytes} bytes`,
+        );
+      if (sent.statusCode === 404)
+        throw new HttpProblem("JOB_NOT_FOUND", `the result of ${record.id} is gone`);
+      throw new MarsFleetError("INTERNAL", `cannot send the result (${sent.statusCode})`);
+    }
+    void reply.code(sent.statusCode).headers(sent.headers).type("application/octet-stream");
+    return reply.send(sent.stream);
+  });
+
+  app.get("/v1/workers", async () => ({ workers: await fleet.workers() }));
+
+  app.get("/v1/queues", async () => {
+    const names = new Set([config.queue, ...(await fleet.workers()).map((w) => w.queue)]);
+    const queues = [];
+    for (const queue of [...names].sort()) {
+      const lanes = [...(await laneCounts(fleet.connection.jsm, queue))]
+        .filter(([, c]) => c.queued + c.inFlight > 0)
+        .map(([lane, c]) => ({ lane: lane === "" ? "(none)" : lane, queued: c.queued, running: c.inFlight }));
+      queues.push({
+        queue,
+        queued: lanes.reduce((n, l) => n + l.queued, 0),
+        running: lanes.reduce((n, l) => n + l.running, 0),
+        lanes,
+      });
+    }
+    return { queues };
+  });
+
+  app.get("/openapi.json", async () => openApiDocument());
+  app.get("/docs", async (_req, reply) => reply.type("text/html; charset=utf-8").send(docsPage()));
+}
+
+/**
+ * Server-Sent Events: the job's stored events (log, progress, state), then live ones, until its
+ * final state. Each event's id is its position in the job's stored history, so `Last-Event-ID`
+ * resumes after it; live heartbeats come between them without an id.
+ */
+async function streamEvents(req: FastifyRequest, reply: FastifyReply, job: JobHandle): Promise<void> {
+  const after = Number(req.headers["last-event-id"] ?? 0);
+  const skip = Number.isInteger(after) && after > 0 ? after : 0;
+  const ac = new AbortController();
+  req.raw.on("close", () => ac.abort());
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, {
+    "content-type": "text/event-stream",
+    "cache-control": "no-cache",
+    connection: "keep-alive",
+  });
+  let n = 0;
+  try {
+    for await (const ev of job.events({ signal: ac.signal })) {
+      const { type, ...data } = ev;
+      // Heartbeats are live only (never stored): they carry no id, so ids match on a replay.
+      if (type === "heartbeat") {
+        if (n >= skip) res.write(`event: heartbeat\ndata: ${JSON.stringify(data)}\n\n`);
+        continue;
+      }
+      n++;
+      if (n <= skip) continue;
+      res.write(`id: ${n}\nevent: ${type}\ndata: ${JSON.stringify(data)}\n\n`);
+    }
+  } catch (err) {
+    // The client went away (abort) or the broker did: the stream ends either way; a client resumes
+    // from its Last-Event-ID.
+    if (!ac.signal.aborted)
+      res.write(`event: error\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`);
+  } finally {
+    res.end();
+  }
+}

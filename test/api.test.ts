@@ -1,0 +1,245 @@
+import assert from "node:assert/strict";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Kvm } from "@nats-io/kv";
+import { API_KEYS_BUCKET, ApiKeys } from "../src/api/keys.js";
+import { startApi, type ApiServer } from "../src/api/server.js";
+import { cli } from "./helpers/cli.js";
+import { TestFleet } from "./helpers/fleet.js";
+
+const TIMEOUT = 120_000;
+let tf: TestFleet;
+let api: ApiServer;
+let base: string;
+const tokens: Record<"alice" | "bob" | "admin", string> = { alice: "", bob: "", admin: "" };
+const queue = TestFleet.queue("api");
+
+before(async () => {
+  tf = await TestFleet.start();
+  await tf.worker({ queue, concurrency: 2 }, { MARS_SIM_FIELD_DELAY_MS: "50" });
+  api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
+  base = `http://127.0.0.1:${api.port}`;
+  const nc = await tf.connectAs("admin");
+  try {
+    const keys = new ApiKeys(await new Kvm(nc).open(API_KEYS_BUCKET));
+    tokens.alice = (await keys.add("alice", "user")).token;
+    tokens.bob = (await keys.add("bob", "user")).token;
+    tokens.admin = (await keys.add("ops", "admin")).token;
+  } finally {
+    await nc.close();
+  }
+});
+after(async () => {
+  await api?.close();
+  await tf.dispose();
+});
+
+async function call(
+  path: string,
+  opts: { as?: keyof typeof tokens; method?: string; body?: unknown; headers?: Record<string, string> } = {},
+): Promise<Response> {
+  const headers: Record<string, string> = { ...opts.headers };
+  if (opts.as) headers["authorization"] = `Bearer ${tokens[opts.as]}`;
+  if (opts.body !== undefined) headers["content-type"] = "application/json";
+  return fetch(base + path, {
+    method: opts.method ?? "GET",
+    headers,
+    ...(opts.body !== undefined && { body: JSON.stringify(opts.body) }),
+    signal: AbortSignal.timeout(30_000),
+  });
+}
+
+async function problem(
+  res: Response,
+  status: number,
+): Promise<{ code: string; errors?: Array<{ field: string }> }> {
+  assert.equal(res.status, status, await res.clone().text());
+  assert.match(res.headers.get("content-type") ?? "", /application\/problem\+json/);
+  const body = (await res.json()) as { code: string; status: number; errors?: Array<{ field: string }> };
+  assert.equal(body.status, status);
+  return body;
+}
+
+const REQUEST = { param: "2t", date: "20240101/to/20240103", grid: "10/10" };
+
+async function finished(id: string, as: keyof typeof tokens): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const rec = (await (await call(`/v1/jobs/${id}`, { as })).json()) as Record<string, unknown>;
+    if (["succeeded", "failed", "cancelled"].includes(rec["state"] as string)) return rec;
+    if (Date.now() > deadline) assert.fail(`job ${id} not finished after 30 s: ${rec["state"]}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+describe("REST API", { timeout: TIMEOUT }, () => {
+  it("refuses calls without a valid key (401), but serves its OpenAPI document and docs page", async () => {
+    assert.equal((await problem(await call("/v1/jobs"), 401)).code, "API_AUTH");
+    const bad = await call("/v1/jobs", {
+      headers: { authorization: "Bearer mfk_000000000000_" + "x".repeat(32) },
+    });
+    assert.equal((await problem(bad, 401)).code, "API_AUTH");
+    const doc = (await (await call("/openapi.json")).json()) as {
+      openapi: string;
+      paths: Record<string, object>;
+    };
+    assert.equal(doc.openapi, "3.1.0");
+    assert.ok(doc.paths["/v1/jobs/{id}/result"]);
+    const page = await (await call("/docs")).text();
+    assert.match(page, /<th scope="col">method<\/th>/);
+  });
+
+  it("submits (202, Location, idempotent on requestId), reads, lists and streams a job's result with Range", async () => {
+    const res = await call("/v1/jobs", {
+      as: "alice",
+      method: "POST",
+      body: { request: REQUEST, requestId: "api-one" },
+    });
+    assert.equal(res.status, 202);
+    const { id, state } = (await res.json()) as { id: string; state: string };
+    assert.equal(res.headers.get("location"), `/v1/jobs/${id}`);
+    assert.equal(state, "queued");
+    const again = await call("/v1/jobs", {
+      as: "alice",
+      method: "POST",
+      body: { request: REQUEST, requestId: "api-one" },
+    });
+    assert.equal(((await again.json()) as { id: string }).id, id, "the same requestId made a second job");
+
+    const rec = await finished(id, "alice");
+    assert.equal(rec["state"], "succeeded");
+    assert.equal((rec["environ"] as Record<string, string>)["user_id"], "alice");
+
+    const full = await call(`/v1/jobs/${id}/result`, { as: "alice" });
+    assert.equal(full.status, 200);
+    const bytes = Buffer.from(await full.arrayBuffer());
+    const onDisk = await readFile(join(tf.sharedRoot, (rec["result"] as { target: string }).target));
+    assert.deepEqual(bytes, onDisk);
+    assert.equal(full.headers.get("content-length"), String(onDisk.length));
+    const etag = full.headers.get("etag");
+    assert.ok(etag, "no ETag");
+    const part = await call(`/v1/jobs/${id}/result`, { as: "alice", headers: { range: "bytes=4-13" } });
+    assert.equal(part.status, 206);
+    assert.deepEqual(Buffer.from(await part.arrayBuffer()), onDisk.subarray(4, 14));
+    const out = await call(`/v1/jobs/${id}/result`, {
+      as: "alice",
+      headers: { range: `bytes=${onDisk.length + 10}-` },
+    });
+    assert.equal((await problem(out, 416)).code, "RANGE_INVALID");
+
+    const list = (await (await call("/v1/jobs?limit=1", { as: "alice" })).json()) as {
+      jobs: Array<{ id: string }>;
+    };
+    assert.deepEqual(
+      list.jobs.map((j) => j.id),
+      [id],
+    );
+    const log = await (await call(`/v1/jobs/${id}/logs`, { as: "alice" })).text();
+    assert.match(log, /No errors reported/);
+  });
+
+  it("says which field is wrong (400), and hides other users' jobs (404) from user keys, not from admin", async () => {
+    const bad = await call("/v1/jobs", {
+      as: "alice",
+      method: "POST",
+      body: { requests: [], environ: { x: 1 } },
+    });
+    const p = await problem(bad, 400);
+    assert.equal(p.code, "MESSAGE_INVALID");
+    assert.ok(
+      p.errors?.some((e) => e.field === "requests"),
+      JSON.stringify(p.errors),
+    );
+    const marsBad = await call("/v1/jobs", {
+      as: "alice",
+      method: "POST",
+      body: { request: { param: "2t", "bad key": "x" } },
+    });
+    assert.equal((await problem(marsBad, 400)).code, "MARS_REQUEST_INVALID");
+
+    const res = await call("/v1/jobs", { as: "alice", method: "POST", body: { request: REQUEST } });
+    const { id } = (await res.json()) as { id: string };
+    assert.equal((await problem(await call(`/v1/jobs/${id}`, { as: "bob" }), 404)).code, "JOB_NOT_FOUND");
+    assert.equal(
+      (await problem(await call(`/v1/jobs/${id}`, { as: "bob", method: "DELETE" }), 404)).code,
+      "JOB_NOT_FOUND",
+    );
+    assert.equal((await call(`/v1/jobs/${id}`, { as: "admin" })).status, 200);
+    const bobs = (await (await call("/v1/jobs", { as: "bob" })).json()) as { jobs: unknown[] };
+    assert.equal(bobs.jobs.length, 0);
+    const all = (await (await call("/v1/jobs?user=alice", { as: "admin" })).json()) as { jobs: unknown[] };
+    assert.ok(all.jobs.length >= 2);
+    await finished(id, "alice");
+    assert.equal(
+      (await problem(await call(`/v1/jobs/${id}`, { as: "alice", method: "DELETE" }), 409)).code,
+      "WRONG_STATE",
+    );
+  });
+
+  it("streams a job's events as SSE until its final state, and resumes after Last-Event-ID", async () => {
+    const res = await call("/v1/jobs", { as: "bob", method: "POST", body: { request: REQUEST } });
+    const { id } = (await res.json()) as { id: string };
+    const read = async (headers: Record<string, string>): Promise<Array<{ id: number; event: string }>> => {
+      const sse = await call(`/v1/jobs/${id}/logs`, {
+        as: "bob",
+        headers: { accept: "text/event-stream", ...headers },
+      });
+      assert.equal(sse.status, 200);
+      assert.match(sse.headers.get("content-type") ?? "", /text\/event-stream/);
+      const text = await sse.text(); // the server ends the stream after the final state
+      return text
+        .split("\n\n")
+        .filter((b) => b.includes("event:"))
+        .map((b) => ({ id: Number(/^id: (\d+)/m.exec(b)?.[1]), event: /^event: (\w+)/m.exec(b)![1]! }));
+    };
+    // Stored events (log, progress, state) carry ids; live heartbeats come between them without one.
+    const stored = (list: Array<{ id: number; event: string }>) =>
+      list.filter((e) => e.event !== "heartbeat");
+    const events = stored(await read({}));
+    assert.ok(events.some((e) => e.event === "log"));
+    assert.equal(events[events.length - 1]!.event, "state");
+    assert.deepEqual(
+      events.map((e) => e.id),
+      events.map((_, i) => i + 1),
+    );
+    const resumed = stored(await read({ "last-event-id": String(events[2]!.id) }));
+    assert.deepEqual(resumed, events.slice(3));
+  });
+
+  it("cancels a queued job, lists workers and queues; keys are managed with the CLI", async () => {
+    const res = await call("/v1/jobs", {
+      as: "alice",
+      method: "POST",
+      body: { request: { ...REQUEST, date: "20240101/to/20240120" } },
+    });
+    const { id } = (await res.json()) as { id: string };
+    const cancel = await call(`/v1/jobs/${id}`, { as: "alice", method: "DELETE" });
+    assert.equal(cancel.status, 202);
+    assert.equal((await finished(id, "alice"))["state"], "cancelled");
+    const workers = (await (await call("/v1/workers", { as: "bob" })).json()) as {
+      workers: Array<{ queue: string }>;
+    };
+    assert.ok(workers.workers.some((w) => w.queue === queue));
+    const queues = (await (await call("/v1/queues", { as: "bob" })).json()) as {
+      queues: Array<{ queue: string }>;
+    };
+    assert.ok(queues.queues.some((q) => q.queue === queue));
+
+    const env = tf.env({ queue }, "admin");
+    const added = await cli(["api", "keys", "add", "--user", "carol", "--json"], env);
+    assert.equal(added.code, 0, added.stderr);
+    const { token, id: keyId } = JSON.parse(added.stdout) as { token: string; id: string };
+    const ok = await fetch(`${base}/v1/jobs`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(ok.status, 200);
+    const listed = await cli(["api", "keys", "list", "--json"], env);
+    assert.ok(
+      (JSON.parse(listed.stdout) as Array<{ id: string; hash?: string }>).some(
+        (k) => k.id === keyId && !k.hash,
+      ),
+    );
+    assert.equal((await cli(["api", "keys", "revoke", keyId], env)).code, 0);
+    const gone = await fetch(`${base}/v1/jobs`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(gone.status, 401);
+  });
+});
