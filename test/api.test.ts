@@ -4,7 +4,18 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Kvm } from "@nats-io/kv";
 import { API_KEYS_BUCKET, ApiKeys } from "../src/api/keys.js";
-import { startApi, type ApiServer } from "../src/api/server.js";
+import { accounting, startApi, type ApiServer } from "../src/api/server.js";
+import {
+  acceptedSchema,
+  jobListSchema,
+  jobSchema,
+  problemSchema,
+  queuesSchema,
+  usageSchema,
+  workersSchema,
+} from "../src/api/schemas.js";
+import type { JobRecord } from "../src/broker/schemas.js";
+import type { z } from "zod";
 import { cli } from "./helpers/cli.js";
 import { TestFleet } from "./helpers/fleet.js";
 
@@ -50,13 +61,24 @@ async function call(
   });
 }
 
+/** A JSON answer, checked against the schema its OpenAPI description was made from. */
+async function checked<S extends z.ZodType>(schema: S, res: Response, status = 200): Promise<z.infer<S>> {
+  assert.equal(res.status, status, await res.clone().text());
+  const parsed = schema.safeParse(await res.json());
+  assert.ok(
+    parsed.success,
+    `answer does not match its documented schema: ${JSON.stringify(parsed.error?.issues)}`,
+  );
+  return parsed.data;
+}
+
 async function problem(
   res: Response,
   status: number,
 ): Promise<{ code: string; errors?: Array<{ field: string }> }> {
   assert.equal(res.status, status, await res.clone().text());
   assert.match(res.headers.get("content-type") ?? "", /application\/problem\+json/);
-  const body = (await res.json()) as { code: string; status: number; errors?: Array<{ field: string }> };
+  const body = problemSchema.parse(await res.json());
   assert.equal(body.status, status);
   return body;
 }
@@ -72,6 +94,49 @@ async function finished(id: string, as: keyof typeof tokens): Promise<Record<str
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+describe("REST API: accounting", () => {
+  it("sums finished jobs per user and UTC day, MARS seconds and bytes, within from/to", () => {
+    const rec = (
+      user: string,
+      finishedAt: string,
+      state: JobRecord["state"],
+      elapsedMs: number,
+      bytes: number,
+    ) =>
+      ({
+        id: `${user}-${finishedAt}-${elapsedMs}`,
+        queue: "q",
+        state,
+        attempt: 1,
+        maxAttempts: 3,
+        target: "t",
+        requests: [],
+        environ: { user_id: user },
+        timeoutMs: 0,
+        cancelRequested: false,
+        submittedAt: 0,
+        startedAt: Date.parse(finishedAt) - elapsedMs,
+        finishedAt: Date.parse(finishedAt),
+        updatedAt: 0,
+        ...(state === "succeeded" && { result: { target: "t", bytes, elapsedMs } }),
+      }) as JobRecord;
+    const rows = accounting(
+      [
+        rec("a", "2026-11-01T10:00:00Z", "succeeded", 2000, 100),
+        rec("a", "2026-11-01T23:59:00Z", "failed", 500, 0),
+        rec("a", "2026-11-02T00:01:00Z", "succeeded", 1000, 50),
+        rec("b", "2026-11-01T12:00:00Z", "succeeded", 3000, 7),
+        { ...rec("b", "2026-11-01T12:00:00Z", "running", 0, 0), finishedAt: undefined } as JobRecord,
+      ],
+      { from: "2026-11-01", to: "2026-11-01" },
+    );
+    assert.deepEqual(rows, [
+      { user: "a", day: "2026-11-01", jobs: 2, succeeded: 1, marsSeconds: 2.5, bytes: 100 },
+      { user: "b", day: "2026-11-01", jobs: 1, succeeded: 1, marsSeconds: 3, bytes: 7 },
+    ]);
+  });
+});
 
 describe("REST API", { timeout: TIMEOUT }, () => {
   it("refuses calls without a valid key (401), but serves its OpenAPI document and docs page", async () => {
@@ -96,8 +161,7 @@ describe("REST API", { timeout: TIMEOUT }, () => {
       method: "POST",
       body: { request: REQUEST, requestId: "api-one" },
     });
-    assert.equal(res.status, 202);
-    const { id, state } = (await res.json()) as { id: string; state: string };
+    const { id, state } = await checked(acceptedSchema, res, 202);
     assert.equal(res.headers.get("location"), `/v1/jobs/${id}`);
     assert.equal(state, "queued");
     const again = await call("/v1/jobs", {
@@ -109,6 +173,8 @@ describe("REST API", { timeout: TIMEOUT }, () => {
 
     const rec = await finished(id, "alice");
     assert.equal(rec["state"], "succeeded");
+    await checked(jobSchema, await call(`/v1/jobs/${id}`, { as: "alice" }));
+    await checked(jobSchema, await call(`/v1/jobs/${id}`, { as: "alice" }));
     assert.equal((rec["environ"] as Record<string, string>)["user_id"], "alice");
 
     const full = await call(`/v1/jobs/${id}/result`, { as: "alice" });
@@ -128,9 +194,7 @@ describe("REST API", { timeout: TIMEOUT }, () => {
     });
     assert.equal((await problem(out, 416)).code, "RANGE_INVALID");
 
-    const list = (await (await call("/v1/jobs?limit=1", { as: "alice" })).json()) as {
-      jobs: Array<{ id: string }>;
-    };
+    const list = await checked(jobListSchema, await call("/v1/jobs?limit=1", { as: "alice" }));
     assert.deepEqual(
       list.jobs.map((j) => j.id),
       [id],
@@ -217,14 +281,30 @@ describe("REST API", { timeout: TIMEOUT }, () => {
     const cancel = await call(`/v1/jobs/${id}`, { as: "alice", method: "DELETE" });
     assert.equal(cancel.status, 202);
     assert.equal((await finished(id, "alice"))["state"], "cancelled");
-    const workers = (await (await call("/v1/workers", { as: "bob" })).json()) as {
-      workers: Array<{ queue: string }>;
-    };
+    const workers = await checked(workersSchema, await call("/v1/workers", { as: "bob" }));
     assert.ok(workers.workers.some((w) => w.queue === queue));
-    const queues = (await (await call("/v1/queues", { as: "bob" })).json()) as {
-      queues: Array<{ queue: string }>;
-    };
+    const queues = await checked(queuesSchema, await call("/v1/queues", { as: "bob" }));
     assert.ok(queues.queues.some((q) => q.queue === queue));
+
+    // Accounting: a user sees its own rows; an admin anyone's.
+    const mine = await checked(usageSchema, await call("/v1/usage", { as: "alice" }));
+    assert.ok(mine.usage.length > 0 && mine.usage.every((u) => u.user === "alice"));
+    const sum = (k: "jobs" | "succeeded" | "marsSeconds" | "bytes"): number =>
+      mine.usage.reduce((n, u) => n + u[k], 0);
+    const today = {
+      jobs: sum("jobs"),
+      succeeded: sum("succeeded"),
+      marsSeconds: sum("marsSeconds"),
+      bytes: sum("bytes"),
+    };
+    assert.ok(
+      today.jobs >= 3 && today.succeeded >= 2 && today.marsSeconds > 0 && today.bytes > 0,
+      JSON.stringify(today),
+    );
+    const bobs = await checked(usageSchema, await call("/v1/usage?user=bob", { as: "admin" }));
+    assert.ok(bobs.usage.every((u) => u.user === "bob") && bobs.usage.length > 0);
+    const badDay = await problem(await call("/v1/usage?from=yesterday", { as: "alice" }), 400);
+    assert.ok(badDay.errors?.some((e) => e.field === "from"));
 
     const env = tf.env({ queue }, "admin");
     const added = await cli(["api", "keys", "add", "--user", "carol", "--json"], env);

@@ -8,6 +8,8 @@ import {
   problemSchema,
   queuesSchema,
   submitBodySchema,
+  usageQuerySchema,
+  usageSchema,
   workersSchema,
 } from "./schemas.js";
 
@@ -113,6 +115,19 @@ export function openApiDocument(): object {
             "404": problem("no such job"),
             "409": problem("no result (yet)"),
             "416": problem("range outside the result"),
+          },
+        },
+      },
+      "/v1/usage": {
+        get: {
+          summary: "Accounting: jobs, MARS seconds and bytes per user and day (a user key sees its own)",
+          parameters: Object.entries(
+            (z.toJSONSchema(usageQuerySchema, { io: "input" }) as { properties: Record<string, object> })
+              .properties,
+          ).map(([name, schema]) => ({ name, in: "query", required: false, schema })),
+          responses: {
+            "200": { description: "usage rows", content: json(usageSchema) },
+            "400": problem("invalid query"),
           },
         },
       },

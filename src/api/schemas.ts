@@ -58,6 +58,25 @@ export const queuesSchema = z.object({
   ),
 });
 
+const day = z.string().regex(/^\d{4}-\d{2}-\d{2}$/, "a day, YYYY-MM-DD");
+export const usageQuerySchema = z
+  .object({ user: z.string().optional(), from: day.optional(), to: day.optional() })
+  .strict();
+export const usageSchema = z.object({
+  usage: z.array(
+    z.object({
+      user: z.string(),
+      /** UTC day the jobs finished. */
+      day: z.string(),
+      jobs: z.number().int(),
+      succeeded: z.number().int(),
+      /** Time MARS ran, over all attempts that reached the record. */
+      marsSeconds: z.number(),
+      bytes: z.number().int(),
+    }),
+  ),
+});
+
 /** RFC 9457 problem details, with the error's stable code. */
 export const problemSchema = z.object({
   type: z.string(),

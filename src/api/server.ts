@@ -21,7 +21,14 @@ import { laneCounts } from "../qos/lane-counts.js";
 import { resolveInside } from "../runner/target.js";
 import { API_KEYS_BUCKET, ApiKeys, type Principal } from "./keys.js";
 import { openApiDocument, docsPage } from "./openapi.js";
-import { jobListSchema, listQuerySchema, submitBodySchema, type Problem } from "./schemas.js";
+import {
+  jobListSchema,
+  listQuerySchema,
+  submitBodySchema,
+  usageQuerySchema,
+  type Problem,
+  type usageSchema,
+} from "./schemas.js";
 
 const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   MARS_REQUEST_INVALID: 400,
@@ -260,6 +267,15 @@ function routes(app: FastifyInstance, fleet: Fleet, keys: ApiKeys, config: Fleet
     return reply.send(sent.stream);
   });
 
+  app.get("/v1/usage", async (req) => {
+    const parsed = usageQuerySchema.safeParse(req.query);
+    if (!parsed.success) throw invalid(parsed.error, "query");
+    const q = parsed.data;
+    const p = req.principal!;
+    const user = p.role === "admin" ? q.user : p.user;
+    return { usage: accounting(await fleet.jobs(), { ...(user !== undefined && { user }), ...q }) };
+  });
+
   app.get("/v1/workers", async () => ({ workers: await fleet.workers() }));
 
   app.get("/v1/queues", async () => {
@@ -321,4 +337,31 @@ async function streamEvents(req: FastifyRequest, reply: FastifyReply, job: JobHa
   } finally {
     res.end();
   }
+}
+
+/**
+ * Accounting from the job records: per user and UTC day of finishing, jobs ended, how many
+ * succeeded, MARS seconds and result bytes. Jobs not finished yet are not counted.
+ */
+export function accounting(
+  records: JobRecord[],
+  q: { user?: string; from?: string; to?: string },
+): z.infer<typeof usageSchema>["usage"] {
+  const rows = new Map<string, z.infer<typeof usageSchema>["usage"][number]>();
+  for (const r of records) {
+    if (r.finishedAt === undefined || !TERMINAL_STATES.has(r.state)) continue;
+    const user = r.environ["user_id"] ?? "(none)";
+    const dayOf = new Date(r.finishedAt).toISOString().slice(0, 10);
+    if ((q.user !== undefined && user !== q.user) || (q.from && dayOf < q.from) || (q.to && dayOf > q.to))
+      continue;
+    const key = `${user}\u0000${dayOf}`;
+    const row = rows.get(key) ?? { user, day: dayOf, jobs: 0, succeeded: 0, marsSeconds: 0, bytes: 0 };
+    row.jobs++;
+    if (r.state === "succeeded") row.succeeded++;
+    const ran = r.result?.elapsedMs ?? (r.startedAt !== undefined ? r.finishedAt - r.startedAt : 0);
+    row.marsSeconds = Math.round((row.marsSeconds + ran / 1000) * 1000) / 1000;
+    row.bytes += r.result?.bytes ?? 0;
+    rows.set(key, row);
+  }
+  return [...rows.values()].sort((a, b) => a.day.localeCompare(b.day) || a.user.localeCompare(b.user));
 }
