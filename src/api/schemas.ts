@@ -4,6 +4,7 @@
  */
 import { z } from "zod";
 import { JOB_STATES, jobRecordSchema, workerInfoSchema } from "../broker/schemas.js";
+import { callbackRequestSchema, callbackStateSchema } from "./callbacks.js";
 
 const requestObject = z.record(
   z.string(),
@@ -21,6 +22,8 @@ export const submitBodySchema = z
     target: z.string().min(1).optional(),
     /** Idempotency key: the same one returns the same job, never a second run. */
     requestId: z.string().min(1).max(256).optional(),
+    /** POST the job's record here when it ends, signed with `secret` (see the docs). */
+    callback: callbackRequestSchema.optional(),
   })
   .strict()
   .refine((b) => (b.request === undefined) !== (b.requests === undefined), {
@@ -29,7 +32,12 @@ export const submitBodySchema = z
   });
 export type SubmitBody = z.infer<typeof submitBodySchema>;
 
-export const acceptedSchema = z.object({ id: z.string(), state: z.enum(JOB_STATES) });
+export const acceptedSchema = z.object({
+  id: z.string(),
+  state: z.enum(JOB_STATES),
+  /** The callback's signing secret, when the server made one (it is shown once). */
+  callbackSecret: z.string().optional(),
+});
 
 export const listQuerySchema = z
   .object({
@@ -44,6 +52,8 @@ export const listQuerySchema = z
 export const jobSchema = jobRecordSchema.extend({
   /** Why a queued job waits (QoS), when it does. */
   waiting: z.array(z.string()).optional(),
+  /** Its completion callback: the URL and every delivery attempt. */
+  callback: callbackStateSchema.omit({ secret: true }).optional(),
 });
 export const jobListSchema = z.object({ jobs: z.array(jobRecordSchema), next: z.string().optional() });
 export const workersSchema = z.object({ workers: z.array(workerInfoSchema) });

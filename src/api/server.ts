@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto";
 import { basename, dirname, relative, resolve } from "node:path";
 import send from "@fastify/send";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
-import { Kvm } from "@nats-io/kv";
+import { Kvm, type KV } from "@nats-io/kv";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { TERMINAL_STATES, type JobRecord } from "../broker/schemas.js";
@@ -20,6 +20,13 @@ import { silentLogger } from "../core/logging.js";
 import { laneCounts } from "../qos/lane-counts.js";
 import { resolveInside } from "../runner/target.js";
 import { API_KEYS_BUCKET, ApiKeys, type Principal } from "./keys.js";
+import {
+  CALLBACKS_BUCKET,
+  CallbackSender,
+  publicCallback,
+  readCallback,
+  type CallbackOptions,
+} from "./callbacks.js";
 import { openApiDocument, docsPage } from "./openapi.js";
 import {
   jobListSchema,
@@ -90,6 +97,8 @@ export interface ApiOptions {
   port: number;
   host?: string;
   logger?: Logger;
+  /** Completion callbacks: first retry delay and how long to keep trying (default 1 s, 1 h). */
+  callbacks?: CallbackOptions;
 }
 
 export interface ApiServer {
@@ -103,9 +112,19 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
   const log = (opts.logger ?? silentLogger()).child({ component: "api" });
   const fleet = await Fleet.connect({ config: opts.config, logger: log });
   try {
-    const keys = new ApiKeys(await new Kvm(fleet.connection.js).open(API_KEYS_BUCKET));
+    const kvm = new Kvm(fleet.connection.js);
+    const keys = new ApiKeys(await kvm.open(API_KEYS_BUCKET));
+    const callbacksKv = await kvm.open(CALLBACKS_BUCKET);
+    const sender = new CallbackSender(
+      fleet.connection,
+      callbacksKv,
+      fleet,
+      opts.callbacks ?? { backoffMs: 1000, maxAgeMs: 3_600_000 },
+      log,
+    );
+    await sender.start();
     const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
-    routes(app, fleet, keys, opts.config, log);
+    routes(app, fleet, keys, callbacksKv, opts.config, log);
     await app.listen({ port: opts.port, host: opts.host ?? "0.0.0.0" });
     const address = app.server.address();
     const port = typeof address === "object" && address ? address.port : opts.port;
@@ -114,6 +133,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
       port,
       close: async () => {
         await app.close();
+        await sender.stop();
         await fleet.close();
       },
     };
@@ -123,7 +143,14 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
   }
 }
 
-function routes(app: FastifyInstance, fleet: Fleet, keys: ApiKeys, config: FleetConfig, log: Logger): void {
+function routes(
+  app: FastifyInstance,
+  fleet: Fleet,
+  keys: ApiKeys,
+  callbacksKv: KV,
+  config: FleetConfig,
+  log: Logger,
+): void {
   const sharedRoot = resolve(config.sharedRoot);
 
   app.setErrorHandler((err, _req, reply) => {
@@ -181,19 +208,31 @@ function routes(app: FastifyInstance, fleet: Fleet, keys: ApiKeys, config: Fleet
       environ,
       targetDir: dirname(target),
       targetFname: basename(target),
+      ...(body.callback && { callback: body.callback }),
     });
     const record = await job.status();
     if (p.role !== "admin" && record.environ["user_id"] !== p.user)
       throw new HttpProblem("WRONG_STATE", `requestId ${requestId} belongs to another job`);
     void reply.code(202).header("Location", `/v1/jobs/${job.id}`);
-    return { id: job.id, state: record.state };
+    return {
+      id: job.id,
+      state: record.state,
+      ...(body.callback &&
+        !body.callback.secret &&
+        job.callbackSecret && { callbackSecret: job.callbackSecret }),
+    };
   });
 
   app.get<{ Params: { id: string } }>("/v1/jobs/:id", async (req) => {
     const { record } = await visibleJob(req, req.params.id);
     const waiting =
       record.state === "queued" || record.state === "retrying" ? await fleet.explain(record.id) : [];
-    return waiting.length > 0 ? { ...record, waiting } : record;
+    const callback = await readCallback(callbacksKv, record.id);
+    return {
+      ...record,
+      ...(waiting.length > 0 && { waiting }),
+      ...(callback && { callback: publicCallback(callback) }),
+    };
   });
 
   app.get("/v1/jobs", async (req) => {

@@ -23,6 +23,7 @@ import { isAlreadyExists, isNotFound, isPermissionDenied } from "./nats-errors.j
 import { BrokerError, TopologyMissingError } from "../core/errors.js";
 import { RESULTS_MAX_AGE_MS } from "./results.js";
 import { API_KEYS_BUCKET } from "../api/keys.js";
+import { CALLBACKS_BUCKET } from "../api/callbacks.js";
 import { MINUTE } from "../core/time.js";
 import {
   DEAD_STREAM,
@@ -303,6 +304,13 @@ export async function provision(
     );
     await ensureBucket(nc, jsm, QOS_BUCKET, { replicas: t.replicas, history: 5 }, report);
     await ensureBucket(nc, jsm, API_KEYS_BUCKET, { replicas: t.replicas, history: 1 }, report);
+    await ensureBucket(
+      nc,
+      jsm,
+      CALLBACKS_BUCKET,
+      { replicas: t.replicas, history: 1, ttl: t.retentionMs },
+      report,
+    );
     await ensureObjectStore(nc, jsm, RESULTS_BUCKET, t.replicas, report);
   } catch (err) {
     if (isPermissionDenied(err)) {

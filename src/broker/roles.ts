@@ -15,6 +15,7 @@ import {
   subjects,
 } from "./subjects.js";
 import { API_KEYS_BUCKET } from "../api/keys.js";
+import { CALLBACKS_BUCKET } from "../api/callbacks.js";
 
 export const ROLES = ["admin", "worker", "submitter", "observer"] as const;
 export type Role = (typeof ROLES)[number];
@@ -39,6 +40,7 @@ const FLEET_STREAMS = [
   kvStream(WORKERS_BUCKET),
   kvStream(QOS_BUCKET),
   kvStream(API_KEYS_BUCKET),
+  kvStream(CALLBACKS_BUCKET),
   objStream(RESULTS_BUCKET),
 ];
 
@@ -134,6 +136,12 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...orderedReads(kvStream(WORKERS_BUCKET)),
           ...directReads(kvStream(QOS_BUCKET)),
           ...directReads(kvStream(API_KEYS_BUCKET)),
+          ...directReads(kvStream(CALLBACKS_BUCKET)),
+          p(
+            `$KV.${CALLBACKS_BUCKET}.*`,
+            "the api: register a job's completion callback, record its attempts",
+          ),
+          p(`$JS.ACK.${EVENTS_STREAM}.api-callbacks.>`, "the api: settle the state events it calls back for"),
           ...orderedReads(EVENTS_STREAM),
           p(subjects.cancel("*"), "request a cancel"),
           p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "explain a wait: read the next job of each lane"),

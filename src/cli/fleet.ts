@@ -76,6 +76,8 @@ export interface SubmitArgs {
   follow: boolean;
   requestId?: string;
   environ?: string[];
+  callback?: string;
+  callbackSecret?: string;
   json: boolean;
 }
 
@@ -89,7 +91,16 @@ export async function submitCommand(args: SubmitArgs, config: FleetConfig): Prom
       environ: parseEnviron(args.environ),
       ...(args.queue !== undefined && { queue: args.queue }),
       ...(args.requestId !== undefined && { requestId: args.requestId }),
+      ...(args.callback !== undefined && {
+        callback: {
+          url: args.callback,
+          ...(args.callbackSecret !== undefined && { secret: args.callbackSecret }),
+        },
+      }),
     });
+    // A secret made for the callback is shown once, on stderr (it signs what the receiver gets).
+    if (job.callbackSecret !== undefined && args.callbackSecret === undefined)
+      process.stderr.write(`callback secret (X-Mars-Signature key): ${job.callbackSecret}\n`);
     if (!args.follow) {
       print(args.json, { jobId: job.id }, () => job.id);
       return EXIT.ok;

@@ -213,6 +213,14 @@ export async function main(argv: string[]): Promise<void> {
             describe: "idempotency key: resubmitting returns the same job",
           })
           .option("environ", { type: "string", array: true, describe: "client environ as key=value" })
+          .option("callback", {
+            type: "string",
+            describe: "POST the job's record to this URL when it ends (signed; sent by `mars-fleet api`)",
+          })
+          .option("callback-secret", {
+            type: "string",
+            describe: "the callback's signing secret (default: one is made and printed on stderr)",
+          })
           .option("job-timeout", { type: "string", describe: 'wall-clock limit of the job, e.g. "2h"' })
           .option("filter-logs", {
             type: "boolean",
@@ -312,6 +320,16 @@ export async function main(argv: string[]): Promise<void> {
             choices: ["user", "admin"] as const,
             describe: "keys add: user (own jobs) or admin (all)",
           })
+          .option("callback-backoff", {
+            type: "string",
+            default: "1s",
+            describe: "first retry delay of a failed completion callback (doubles each time, at most 5 min)",
+          })
+          .option("callback-max-age", {
+            type: "string",
+            default: "1h",
+            describe: "how long completion callbacks are retried",
+          })
           .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
       handle(async (a) => {
         const api = await import("./api.js");
@@ -326,7 +344,10 @@ export async function main(argv: string[]): Promise<void> {
             a.json === true,
             configFrom(a),
           );
-        return api.serveApi(configFrom(a), a["port"] as number, a["host"] as string);
+        return api.serveApi(configFrom(a), a["port"] as number, a["host"] as string, {
+          backoff: a["callbackBackoff"] as string,
+          maxAge: a["callbackMaxAge"] as string,
+        });
       }),
     )
     .command(

@@ -19,7 +19,15 @@ import {
 } from "../broker/schemas.js";
 import { JOBS_STREAM, consumerName, isToken, subjects } from "../broker/subjects.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
-import { BrokerError, QosDeniedError, type MarsFleetError } from "../core/errors.js";
+import {
+  BrokerError,
+  MessageInvalidError,
+  QosDeniedError,
+  describeZodError,
+  type MarsFleetError,
+} from "../core/errors.js";
+import { Kvm } from "@nats-io/kv";
+import { CALLBACKS_BUCKET, callbackRequestSchema, registerCallback } from "../api/callbacks.js";
 import { deniedBy, factsOf, laneOf, queuedJobSchema } from "../qos/evaluate.js";
 import { explainWait } from "../qos/explain.js";
 import { laneCounts, laneHead } from "../qos/lane-counts.js";
@@ -59,6 +67,11 @@ export interface SubmitOptions {
   deliver?: "share" | "objectstore";
   /** MARS settings for this job only (allowed: MARS_AUTO_SPLIT_BY_DATES, MARS_MAX_RETRIEVE_SIZE, MARS_DEBUG). */
   marsEnv?: JobMarsEnv;
+  /**
+   * POST the job's record to `url` when it ends, signed with `secret` (one is made when none is
+   * given: `handle.callbackSecret`). Delivered by the fleet's `mars-fleet api` processes.
+   */
+  callback?: { url: string; secret?: string };
 }
 
 /** A job id from a request id: kept when it is a safe token, else a stable hash of it. */
@@ -135,6 +148,8 @@ export class Fleet {
     const denied = deniedBy(rules, facts);
     if (denied) throw new QosDeniedError(denied.deny, { rule: denied.name });
     const subject = subjects.lane(queue, laneOf(rules, facts));
+    // Registered before the job exists, so that its end cannot come first.
+    const callbackSecret = opts.callback && (await this.registerCallback(id, opts.callback));
     const revision = await this.store.create(initialRecord(message, this.config.maxRetries));
     if (revision === undefined) {
       const existing = await this.store.require(id);
@@ -164,7 +179,19 @@ export class Fleet {
         );
       throw error;
     }
-    return this.handle(id);
+    const handle = this.handle(id);
+    if (callbackSecret !== undefined) handle.callbackSecret = callbackSecret;
+    return handle;
+  }
+
+  private async registerCallback(id: string, cb: { url: string; secret?: string }): Promise<string> {
+    const parsed = callbackRequestSchema.safeParse(cb);
+    if (!parsed.success)
+      throw new MessageInvalidError(`invalid callback: ${describeZodError(parsed.error)}`, {
+        field: "callback",
+      });
+    const kv = await new Kvm(this.conn.js).open(CALLBACKS_BUCKET);
+    return registerCallback(kv, id, parsed.data);
   }
 
   /** The QoS rules in force, followed from the first submit on (deny rules refuse here; the lane is the rules' fairness key). */

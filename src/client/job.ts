@@ -49,6 +49,8 @@ export interface FleetJobResult {
 const LATE_REPLAY_MS = 1500;
 
 export class JobHandle {
+  /** The completion callback's signing secret, when `submit` made one (shown once). */
+  callbackSecret: string | undefined;
   private readonly nc: NatsConnection;
   private readonly js: JetStreamClient;
 

@@ -1,0 +1,213 @@
+/**
+ * Completion callbacks: when a job reaches a final state, its record is POSTed to the URL given at
+ * submit, signed (`X-Mars-Signature: sha256=<HMAC-SHA256 of the body with the job's secret>`), and
+ * retried with exponential backoff for up to `maxAgeMs`.
+ *
+ * Durable, with no state in any api process: every api process consumes the state events through
+ * one shared durable consumer (`api-callbacks` on MARS_EVENTS, filter `mars.job.*.state`). A failed
+ * attempt is `nak`ed with the backoff as its delay, so the server redelivers it then to whichever
+ * api process is alive; one that dies mid-attempt leaves the message to be redelivered after the
+ * ack wait. Each attempt is recorded in the job's entry of the `mars-callbacks` bucket.
+ */
+import { createHmac, randomBytes } from "node:crypto";
+import {
+  AckPolicy,
+  DeliverPolicy,
+  type ConsumerMessages,
+  type JetStreamManager,
+  type JsMsg,
+} from "@nats-io/jetstream";
+import type { KV } from "@nats-io/kv";
+import type { Logger } from "pino";
+import { z } from "zod";
+import { decode, encode } from "../broker/codec.js";
+import type { BrokerConnection } from "../broker/connection.js";
+import { isAlreadyExists, isCasConflict } from "../broker/nats-errors.js";
+import { TERMINAL_STATES, stateEventSchema } from "../broker/schemas.js";
+import { EVENTS_STREAM, subjects } from "../broker/subjects.js";
+import type { Fleet } from "../client/fleet.js";
+
+export const CALLBACKS_BUCKET = "mars-callbacks";
+export const CALLBACKS_CONSUMER = "api-callbacks";
+const ACK_WAIT_MS = 30_000;
+const POST_TIMEOUT_MS = 10_000;
+
+export const callbackRequestSchema = z
+  .object({
+    url: z.url({ protocol: /^https?$/, error: "an http or https URL" }),
+    /** Signing secret (at least 16 characters); one is made and returned when none is given. */
+    secret: z.string().min(16).max(256).optional(),
+  })
+  .strict();
+
+export const callbackStateSchema = z.object({
+  url: z.string(),
+  secret: z.string(),
+  attempts: z.array(
+    z.object({ at: z.number(), status: z.number().int().optional(), error: z.string().optional() }),
+  ),
+  delivered: z.boolean().default(false),
+  gaveUp: z.boolean().default(false),
+});
+export type CallbackState = z.infer<typeof callbackStateSchema>;
+
+/** What the job's record shows of its callback (never the secret). */
+export function publicCallback(c: CallbackState): Omit<CallbackState, "secret"> {
+  const { secret: _secret, ...rest } = c;
+  return rest;
+}
+
+export function sign(body: string, secret: string): string {
+  return `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`;
+}
+
+/** Register a job's callback (before it is submitted, so no final state can come first). */
+export async function registerCallback(
+  kv: KV,
+  jobId: string,
+  req: z.infer<typeof callbackRequestSchema>,
+): Promise<string> {
+  const secret = req.secret ?? randomBytes(24).toString("base64url");
+  const state: CallbackState = { url: req.url, secret, attempts: [], delivered: false, gaveUp: false };
+  try {
+    await kv.create(jobId, encode(state));
+  } catch (err) {
+    // Registered already (an idempotent resubmit): the first registration stands.
+    if (!isCasConflict(err)) throw err;
+    const e = await kv.get(jobId);
+    if (e && e.operation === "PUT") return decode(callbackStateSchema, e.value, "callback").secret;
+  }
+  return secret;
+}
+
+export async function readCallback(kv: KV, jobId: string): Promise<CallbackState | undefined> {
+  const e = await kv.get(jobId);
+  return e && e.operation === "PUT" && e.length > 0
+    ? decode(callbackStateSchema, e.value, "callback")
+    : undefined;
+}
+
+export interface CallbackOptions {
+  /** First retry delay; doubles with each failed attempt, at most 5 minutes. */
+  backoffMs: number;
+  /** Give up this long after the first attempt. */
+  maxAgeMs: number;
+}
+
+export class CallbackSender {
+  private messages: ConsumerMessages | undefined;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    private readonly conn: BrokerConnection,
+    private readonly kv: KV,
+    private readonly fleet: Fleet,
+    private readonly opts: CallbackOptions,
+    private readonly log: Logger,
+  ) {}
+
+  static async ensureConsumer(jsm: JetStreamManager): Promise<void> {
+    try {
+      await jsm.consumers.add(EVENTS_STREAM, {
+        durable_name: CALLBACKS_CONSUMER,
+        filter_subject: subjects.state("*"),
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.New,
+        ack_wait: ACK_WAIT_MS * 1_000_000,
+        max_deliver: -1,
+      });
+    } catch (err) {
+      // Made by another api process (perhaps with other settings): it serves as is.
+      if (!isAlreadyExists(err)) throw err;
+    }
+  }
+
+  async start(): Promise<void> {
+    await CallbackSender.ensureConsumer(this.conn.jsm);
+    const consumer = await this.conn.js.consumers.get(EVENTS_STREAM, CALLBACKS_CONSUMER);
+    this.messages = await consumer.consume({ max_messages: 16 });
+    this.loop = (async () => {
+      for await (const msg of this.messages!) {
+        await this.handle(msg).catch((err: unknown) => {
+          // Left unacknowledged: redelivered after the ack wait, to this process or another.
+          this.log.warn({ err, subject: msg.subject }, "callback handling failed");
+        });
+      }
+    })();
+  }
+
+  private async handle(msg: JsMsg): Promise<void> {
+    const jobId = msg.subject.split(".")[2]!;
+    let state: string;
+    try {
+      state = decode(stateEventSchema, msg.data, "state event").state;
+    } catch {
+      msg.ack(); // not a state event we can read: nothing to call back for it
+      return;
+    }
+    if (!TERMINAL_STATES.has(state as never)) return msg.ack();
+    const cb = await readCallback(this.kv, jobId);
+    if (!cb || cb.delivered || cb.gaveUp) return msg.ack();
+    msg.working();
+    const record = await (await this.fleet.job(jobId)).status();
+    const body = JSON.stringify(record);
+    const attempt: CallbackState["attempts"][number] = { at: Date.now() };
+    try {
+      const res = await fetch(cb.url, {
+        method: "POST",
+        headers: {
+          "content-type": "application/json",
+          "x-mars-signature": sign(body, cb.secret),
+          "x-mars-job": jobId,
+          "x-mars-delivery": String(cb.attempts.length + 1),
+        },
+        body,
+        signal: AbortSignal.timeout(POST_TIMEOUT_MS),
+      });
+      attempt.status = res.status;
+      await res.arrayBuffer().catch(() => undefined); // drain: the answer's body is not ours to read
+    } catch (err) {
+      attempt.error = (err as Error).message;
+    }
+    const ok = attempt.status !== undefined && attempt.status >= 200 && attempt.status < 300;
+    const first = cb.attempts[0]?.at ?? attempt.at;
+    const gaveUp = !ok && Date.now() - first >= this.opts.maxAgeMs;
+    await this.record(jobId, attempt, ok, gaveUp);
+    if (ok || gaveUp) {
+      this.log.info({ jobId, attempts: cb.attempts.length + 1, delivered: ok }, "callback done");
+      msg.ack();
+      return;
+    }
+    const delay = Math.min(300_000, this.opts.backoffMs * 2 ** cb.attempts.length);
+    this.log.info(
+      { jobId, status: attempt.status, error: attempt.error, retryInMs: delay },
+      "callback failed; retrying",
+    );
+    msg.nak(delay);
+  }
+
+  private async record(
+    jobId: string,
+    attempt: CallbackState["attempts"][number],
+    delivered: boolean,
+    gaveUp: boolean,
+  ): Promise<void> {
+    for (let tries = 0; tries < 10; tries++) {
+      const e = await this.kv.get(jobId);
+      if (!e || e.operation !== "PUT") return;
+      const cb = decode(callbackStateSchema, e.value, "callback");
+      const next = { ...cb, attempts: [...cb.attempts, attempt], delivered, gaveUp };
+      try {
+        await this.kv.update(jobId, encode(next), e.revision);
+        return;
+      } catch (err) {
+        if (!isCasConflict(err)) throw err;
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.messages?.stop();
+    await this.loop;
+  }
+}
