@@ -129,9 +129,17 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
     const slow = { MARS_SIM_FIELD_DELAY_MS: "400" };
     const first = await tf.worker(settings, slow);
     const fleet = await tf.client(settings);
-    const [one] = await submitAs(fleet, "alice", 1, "qoskill");
+    // Long enough (12 fields of 400 ms) to be still running when its worker is killed.
+    const one = await fleet.submit(
+      { param: "2t/msl", date: "20240101/to/20240106", grid: "10/10" },
+      {
+        targetDir: "qoskill",
+        targetFname: "alice-one.grib",
+        environ: { user_id: "alice", request_id: "qoskill-one" },
+      },
+    );
     assert.ok(
-      await eventually(async () => (await one!.status()).state === "running", 10_000),
+      await eventually(async () => (await one.status()).state === "running", 10_000),
       "job 1 never ran",
     );
     const second = await tf.worker(settings, slow);
@@ -148,9 +156,14 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
       why.some((w) => w === "limit per-user for alice: 1/1 running"),
       `explanation: ${why.join(" | ")}`,
     );
+    assert.equal(
+      (await one.status()).state,
+      "running",
+      "job 1 ended before the kill: the test proves nothing",
+    );
     first.kill("SIGKILL");
-    await Promise.all([one!.result(), two.result()]);
-    const [r1, r2] = await Promise.all([one!.status(), two.status()]);
+    await Promise.all([one.result(), two.result()]);
+    const [r1, r2] = await Promise.all([one.status(), two.status()]);
     assert.equal(r1.attempt, 2, "job 1 was redelivered");
     assert.equal(r1.worker, second.id);
     assert.ok(r2.startedAt! >= r1.finishedAt!, "job 2 started while job 1 still held the user's only slot");
