@@ -12,12 +12,13 @@ import { gatewayScenario, gatewayThroughput } from "./gateway.js";
 import { heavyMars } from "./heavy.js";
 import { brokerCapacity, dispatchLatency, perJobOverhead } from "./throughput.js";
 import { fairShare, heavyWithRules, qosDispatch } from "./qos.js";
+import { restApi } from "./api.js";
 
 async function main(): Promise<void> {
   const args = await yargs(hideBin(process.argv))
     .option("quick", { type: "boolean", default: false, describe: "smaller counts, under a minute" })
     .option("json", { type: "string", describe: "write every figure to this JSON file" })
-    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-13)" })
+    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-14)" })
     .option("peers", {
       type: "boolean",
       default: false,
@@ -41,6 +42,7 @@ async function main(): Promise<void> {
     [11, "QoS dispatch", (env) => qosDispatch(env, q ? 60 : 200)],
     [12, "fair share", (env) => fairShare(env, q ? 300 : 1000)],
     [13, "heavy MARS with rules", (env) => heavyWithRules(env, q ? 100 : 200)],
+    [14, "REST API", (env) => restApi(env, q ? 50 : 200)],
   ];
   const results: ScenarioResult[] = [];
   const started = Date.now();

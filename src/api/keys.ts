@@ -5,6 +5,7 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import type { KV } from "@nats-io/kv";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
 import { ConfigError } from "../core/errors.js";
@@ -33,8 +34,33 @@ export interface Principal {
 const TOKEN = /^mfk_([0-9a-f]{12})_([A-Za-z0-9_-]{32})$/;
 const sha256 = (s: string): string => createHash("sha256").update(s).digest("hex");
 
+/**
+ * How long a verified key is trusted without asking the broker again. A revocation is heard at once
+ * (see `follow`); this bounds how long one missed during a reconnect would go unnoticed.
+ */
+export const KEY_CACHE_MS = 5000;
+const KEY_CACHE_MAX = 10_000;
+
 export class ApiKeys {
+  private readonly verified = new Map<string, { principal: Principal; until: number }>();
+
+  private sub: Subscription | undefined;
+
   constructor(private readonly kv: KV) {}
+
+  /** Forget a cached key the moment its entry changes (a revocation takes effect at once). */
+  follow(nc: NatsConnection): void {
+    this.sub = nc.subscribe(`$KV.${API_KEYS_BUCKET}.*`, {
+      callback: (_err, msg) => {
+        const id = msg.subject.slice(`$KV.${API_KEYS_BUCKET}.`.length);
+        for (const [token, v] of this.verified) if (v.principal.keyId === id) this.verified.delete(token);
+      },
+    });
+  }
+
+  close(): void {
+    this.sub?.unsubscribe();
+  }
 
   /** A new key for `user`; the token is returned once and stored nowhere. */
   async add(user: string, role: ApiRole): Promise<{ token: string; key: ApiKey }> {
@@ -66,6 +92,16 @@ export class ApiKeys {
 
   /** The principal a bearer token stands for, or undefined for an unknown, revoked or malformed one. */
   async verify(token: string): Promise<Principal | undefined> {
+    const hit = this.verified.get(token);
+    if (hit && hit.until > Date.now()) return hit.principal;
+    const principal = await this.lookUp(token);
+    if (this.verified.size >= KEY_CACHE_MAX) this.verified.clear();
+    if (principal) this.verified.set(token, { principal, until: Date.now() + KEY_CACHE_MS });
+    else this.verified.delete(token);
+    return principal;
+  }
+
+  private async lookUp(token: string): Promise<Principal | undefined> {
     const m = TOKEN.exec(token);
     if (!m) return undefined;
     const e = await this.kv.get(m[1]!);

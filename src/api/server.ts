@@ -114,6 +114,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
   try {
     const kvm = new Kvm(fleet.connection.js);
     const keys = new ApiKeys(await kvm.open(API_KEYS_BUCKET));
+    keys.follow(fleet.connection.nc);
     const callbacksKv = await kvm.open(CALLBACKS_BUCKET);
     const sender = new CallbackSender(
       fleet.connection,
@@ -133,6 +134,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
       port,
       close: async () => {
         await app.close();
+        keys.close();
         await sender.stop();
         await fleet.close();
       },
@@ -210,7 +212,7 @@ function routes(
       targetFname: basename(target),
       ...(body.callback && { callback: body.callback }),
     });
-    const record = await job.status();
+    const record = job.submitted ?? (await job.status());
     if (p.role !== "admin" && record.environ["user_id"] !== p.user)
       throw new HttpProblem("WRONG_STATE", `requestId ${requestId} belongs to another job`);
     void reply.code(202).header("Location", `/v1/jobs/${job.id}`);

@@ -150,12 +150,14 @@ export class Fleet {
     const subject = subjects.lane(queue, laneOf(rules, facts));
     // Registered before the job exists, so that its end cannot come first.
     const callbackSecret = opts.callback && (await this.registerCallback(id, opts.callback));
-    const revision = await this.store.create(initialRecord(message, this.config.maxRetries));
+    let submitted = initialRecord(message, this.config.maxRetries);
+    const revision = await this.store.create(submitted);
     if (revision === undefined) {
       const existing = await this.store.require(id);
+      submitted = existing.record;
       // Queued but maybe never published (a crash between the two): publish again; the
       // Nats-Msg-Id dedupe window drops it if it was, and the worker drops duplicates by sequence.
-      if (existing.record.state !== "queued") return this.handle(id);
+      if (existing.record.state !== "queued") return this.handle(id, submitted);
     }
     try {
       await withRetry(() => this.conn.js.publish(subject, encode(message), { msgID: id }), {
@@ -179,7 +181,7 @@ export class Fleet {
         );
       throw error;
     }
-    const handle = this.handle(id);
+    const handle = this.handle(id, submitted);
     if (callbackSecret !== undefined) handle.callbackSecret = callbackSecret;
     return handle;
   }
@@ -253,8 +255,10 @@ export class Fleet {
     return this.handle(id);
   }
 
-  private handle(id: string): JobHandle {
-    return new JobHandle(id, this.conn, this.store, resolve(this.config.sharedRoot));
+  private handle(id: string, submitted?: JobRecord): JobHandle {
+    const handle = new JobHandle(id, this.conn, this.store, resolve(this.config.sharedRoot));
+    if (submitted) handle.submitted = submitted;
+    return handle;
   }
 
   /** Job records, newest first, optionally only those in one state. */

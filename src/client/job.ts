@@ -51,6 +51,8 @@ const LATE_REPLAY_MS = 1500;
 export class JobHandle {
   /** The completion callback's signing secret, when `submit` made one (shown once). */
   callbackSecret: string | undefined;
+  /** From `submit`: the record as it was then (new, or the existing job's for a known requestId). */
+  submitted: JobRecord | undefined;
   private readonly nc: NatsConnection;
   private readonly js: JetStreamClient;
 
