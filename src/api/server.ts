@@ -28,6 +28,7 @@ import {
   type CallbackOptions,
 } from "./callbacks.js";
 import { openApiDocument, docsPage } from "./openapi.js";
+import { dashboardPage } from "./dashboard.js";
 import {
   jobListSchema,
   listQuerySchema,
@@ -106,7 +107,7 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-const PUBLIC = new Set(["/openapi.json", "/docs"]);
+const PUBLIC = new Set(["/", "/openapi.json", "/docs"]);
 
 export async function startApi(opts: ApiOptions): Promise<ApiServer> {
   const log = (opts.logger ?? silentLogger()).child({ component: "api" });
@@ -338,6 +339,8 @@ function routes(
 
   app.get("/openapi.json", async () => openApiDocument());
   app.get("/docs", async (_req, reply) => reply.type("text/html; charset=utf-8").send(docsPage()));
+  // The dashboard: a static page; what it shows comes from the API, with the visitor's key.
+  app.get("/", async (_req, reply) => reply.type("text/html; charset=utf-8").send(dashboardPage()));
 }
 
 /**

@@ -1,0 +1,102 @@
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { after, before, describe, it } from "node:test";
+import { Kvm } from "@nats-io/kv";
+import { chromium, type Browser } from "playwright-core";
+import { API_KEYS_BUCKET, ApiKeys } from "../src/api/keys.js";
+import { startApi, type ApiServer } from "../src/api/server.js";
+import { TestFleet } from "./helpers/fleet.js";
+import { eventually } from "./helpers/proc.js";
+
+/** Debian's chromium (scripts/setup.sh installs it for the tests); no browser is downloaded. */
+const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium";
+const SHOTS = fileURLToPath(new URL("../../docs/", import.meta.url));
+const TIMEOUT = 120_000;
+const queue = TestFleet.queue("dash");
+let tf: TestFleet;
+let api: ApiServer;
+let browser: Browser;
+let token = "";
+let workerId = "";
+
+before(async () => {
+  assert.ok(existsSync(CHROMIUM), `no browser at ${CHROMIUM}: run bash scripts/setup.sh test`);
+  tf = await TestFleet.start();
+  workerId = (
+    await tf.worker(
+      { queue, concurrency: 2 },
+      { MARS_SIM_FIELD_DELAY_MS: "150", MARS_SIM_LOG_LINES: "40", MARS_SIM_LOG_INTERVAL_MS: "100" },
+    )
+  ).id;
+  api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
+  const nc = await tf.connectAs("admin");
+  try {
+    token = (await new ApiKeys(await new Kvm(nc).open(API_KEYS_BUCKET)).add("alice", "user")).token;
+  } finally {
+    await nc.close();
+  }
+  // Root in CI: Chromium's sandbox needs user namespaces it may not get there.
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+});
+after(async () => {
+  await browser?.close();
+  await api?.close();
+  await tf?.dispose();
+});
+
+describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
+  it("shows the worker and a running job's progress, then the job's live log, and cancels it", async () => {
+    const base = `http://127.0.0.1:${api.port}`;
+    const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+    page.setDefaultTimeout(20_000);
+    await page.goto(`${base}/`);
+    await page.getByLabel("API key").fill(token);
+    await page.getByRole("button", { name: "Open" }).click();
+    await page.getByRole("cell", { name: workerId }).waitFor();
+
+    // A long job: 2 params x 40 dates.
+    const res = await fetch(`${base}/v1/jobs`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ request: { param: "2t/msl", date: "20240101/to/20240209", grid: "10/10" } }),
+    });
+    const { id } = (await res.json()) as { id: string };
+    // The simulator prints 40 lines 100 ms apart, then writes 80 fields 150 ms apart.
+    await page.getByRole("link", { name: id }).click();
+    const log = page.locator("pre#log");
+    const lines = async (): Promise<number> =>
+      ((await log.textContent()) ?? "").split("\n").filter(Boolean).length;
+    assert.ok(await eventually(async () => (await lines()) >= 2, 20_000), "no log lines on the job page");
+    const linesBefore = await lines();
+    assert.ok(
+      await eventually(async () => (await lines()) > linesBefore, 20_000),
+      "no live log lines appeared",
+    );
+    await page.screenshot({ path: `${SHOTS}dashboard-job.png` });
+
+    await page.getByRole("link", { name: "All jobs" }).click();
+    const bar = page.getByRole("progressbar", { name: `progress of ${id}` });
+    const value = async (): Promise<number> =>
+      Number((await bar.getAttribute("value", { timeout: 1000 }).catch(() => null)) ?? 0);
+    assert.ok(await eventually(async () => (await value()) > 0, 20_000), "no progress shown");
+    const first = await value();
+    assert.ok(
+      await eventually(async () => (await value()) > first, 20_000),
+      "the progress bar did not advance",
+    );
+    await page.screenshot({ path: `${SHOTS}dashboard.png` });
+
+    await page.getByRole("link", { name: id }).click();
+    await page.locator("#job-state", { hasText: "running" }).waitFor();
+    assert.equal(
+      await page.locator("#job-state").textContent(),
+      "running",
+      "the job ended before the cancel",
+    );
+    await page.getByRole("button", { name: "Cancel job" }).click();
+    await page.locator("#job-state", { hasText: "cancelled" }).waitFor();
+    assert.equal(await page.getByRole("button", { name: "Cancel job" }).isHidden(), true);
+    await page.close();
+  });
+});
