@@ -11,6 +11,12 @@ import { decode, encode } from "../broker/codec.js";
 import { ConfigError } from "../core/errors.js";
 
 export const API_KEYS_BUCKET = "mars-api-keys";
+/**
+ * Jobs submitted through the API, kept ten times as long as job records, so that one whose record
+ * expired answers 410 Gone, not 404: `{user, submittedAt}` under the job id.
+ */
+export const API_JOBS_BUCKET = "mars-api-jobs";
+export const API_JOBS_RETENTION_FACTOR = 10;
 export const API_ROLES = ["user", "admin"] as const;
 export type ApiRole = (typeof API_ROLES)[number];
 

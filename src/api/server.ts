@@ -18,8 +18,9 @@ import type { FleetConfig } from "../config/load.js";
 import { MarsFleetError, asFleetError, type ErrorCode } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
 import { laneCounts } from "../qos/lane-counts.js";
+import { formatDuration } from "../core/time.js";
 import { resolveInside } from "../runner/target.js";
-import { API_KEYS_BUCKET, ApiKeys, type Principal } from "./keys.js";
+import { API_JOBS_BUCKET, API_KEYS_BUCKET, ApiKeys, type Principal } from "./keys.js";
 import {
   CALLBACKS_BUCKET,
   CallbackSender,
@@ -47,6 +48,7 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   API_AUTH: 401,
   QOS_DENIED: 403,
   JOB_NOT_FOUND: 404,
+  JOB_EXPIRED: 410,
   WRONG_STATE: 409,
   RANGE_INVALID: 416,
   NO_WORKER: 503,
@@ -117,6 +119,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
     const keys = new ApiKeys(await kvm.open(API_KEYS_BUCKET));
     keys.follow(fleet.connection.nc);
     const callbacksKv = await kvm.open(CALLBACKS_BUCKET);
+    const apiJobs = await kvm.open(API_JOBS_BUCKET);
     const sender = new CallbackSender(
       fleet.connection,
       callbacksKv,
@@ -126,7 +129,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
     );
     await sender.start();
     const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
-    routes(app, fleet, keys, callbacksKv, opts.config, log);
+    routes(app, fleet, keys, { callbacks: callbacksKv, apiJobs }, opts.config, log);
     await app.listen({ port: opts.port, host: opts.host ?? "0.0.0.0" });
     const address = app.server.address();
     const port = typeof address === "object" && address ? address.port : opts.port;
@@ -150,11 +153,12 @@ function routes(
   app: FastifyInstance,
   fleet: Fleet,
   keys: ApiKeys,
-  callbacksKv: KV,
+  buckets: { callbacks: KV; apiJobs: KV },
   config: FleetConfig,
   log: Logger,
 ): void {
   const sharedRoot = resolve(config.sharedRoot);
+  const callbacksKv = buckets.callbacks;
 
   app.setErrorHandler((err, _req, reply) => {
     // fastify's own errors (a body that is not JSON, too large) carry a 4xx statusCode.
@@ -187,7 +191,20 @@ function routes(
     req: FastifyRequest,
     id: string,
   ): Promise<{ job: JobHandle; record: JobRecord }> => {
-    const job = await fleet.job(id);
+    const job = await fleet.job(id).catch(async (err: unknown) => {
+      if (!(err instanceof MarsFleetError) || err.code !== "JOB_NOT_FOUND") throw err;
+      // Not there: gone (its record expired) if this API took it, for this key's user.
+      const took = await buckets.apiJobs.get(id);
+      if (took && took.operation === "PUT" && took.length > 0) {
+        const { user } = took.json<{ user: string }>();
+        if (req.principal!.role === "admin" || user === req.principal!.user)
+          throw new HttpProblem(
+            "JOB_EXPIRED",
+            `job ${id} expired: records are kept ${formatDuration(config.retention)} after their last change`,
+          );
+      }
+      throw err;
+    });
     const record = await job.status();
     const p = req.principal!;
     if (p.role !== "admin" && record.environ["user_id"] !== p.user)
@@ -214,6 +231,10 @@ function routes(
       ...(body.callback && { callback: body.callback }),
     });
     const record = job.submitted ?? (await job.status());
+    await buckets.apiJobs.put(
+      job.id,
+      JSON.stringify({ user: record.environ["user_id"], submittedAt: record.submittedAt }),
+    );
     if (p.role !== "admin" && record.environ["user_id"] !== p.user)
       throw new HttpProblem("WRONG_STATE", `requestId ${requestId} belongs to another job`);
     void reply.code(202).header("Location", `/v1/jobs/${job.id}`);

@@ -22,7 +22,7 @@ import { connectWithConfig, type BrokerConnection } from "./connection.js";
 import { isAlreadyExists, isNotFound, isPermissionDenied } from "./nats-errors.js";
 import { BrokerError, TopologyMissingError } from "../core/errors.js";
 import { RESULTS_MAX_AGE_MS } from "./results.js";
-import { API_KEYS_BUCKET } from "../api/keys.js";
+import { API_JOBS_BUCKET, API_JOBS_RETENTION_FACTOR, API_KEYS_BUCKET } from "../api/keys.js";
 import { CALLBACKS_BUCKET } from "../api/callbacks.js";
 import { MINUTE } from "../core/time.js";
 import {
@@ -304,6 +304,13 @@ export async function provision(
     );
     await ensureBucket(nc, jsm, QOS_BUCKET, { replicas: t.replicas, history: 5 }, report);
     await ensureBucket(nc, jsm, API_KEYS_BUCKET, { replicas: t.replicas, history: 1 }, report);
+    await ensureBucket(
+      nc,
+      jsm,
+      API_JOBS_BUCKET,
+      { replicas: t.replicas, history: 1, ttl: t.retentionMs * API_JOBS_RETENTION_FACTOR },
+      report,
+    );
     await ensureBucket(
       nc,
       jsm,

@@ -14,7 +14,7 @@ import {
   RECORD_KEYS,
   subjects,
 } from "./subjects.js";
-import { API_KEYS_BUCKET } from "../api/keys.js";
+import { API_JOBS_BUCKET, API_KEYS_BUCKET } from "../api/keys.js";
 import { CALLBACKS_BUCKET } from "../api/callbacks.js";
 
 export const ROLES = ["admin", "worker", "submitter", "observer"] as const;
@@ -40,6 +40,7 @@ const FLEET_STREAMS = [
   kvStream(WORKERS_BUCKET),
   kvStream(QOS_BUCKET),
   kvStream(API_KEYS_BUCKET),
+  kvStream(API_JOBS_BUCKET),
   kvStream(CALLBACKS_BUCKET),
   objStream(RESULTS_BUCKET),
 ];
@@ -137,6 +138,11 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...directReads(kvStream(QOS_BUCKET)),
           ...directReads(kvStream(API_KEYS_BUCKET)),
           ...directReads(kvStream(CALLBACKS_BUCKET)),
+          ...directReads(kvStream(API_JOBS_BUCKET)),
+          p(
+            `$KV.${API_JOBS_BUCKET}.*`,
+            "the api: remember the jobs it took, to tell an expired one (410) from none (404)",
+          ),
           p(
             `$KV.${CALLBACKS_BUCKET}.*`,
             "the api: register a job's completion callback, record its attempts",

@@ -23,6 +23,7 @@ export const ERROR_CODES = [
   "QOS_RULES_INVALID",
   "QOS_DENIED",
   "API_AUTH",
+  "JOB_EXPIRED",
   "RANGE_INVALID",
   "WRONG_STATE",
   "INTERNAL",
