@@ -393,14 +393,19 @@ async function streamEvents(req: FastifyRequest, reply: FastifyReply, job: JobHa
       n++;
       if (n <= skip) continue;
       res.write(`id: ${n}\nevent: ${type}\ndata: ${JSON.stringify(data)}\n\n`);
+      // The final state ends the stream at once; the replay's clean-up on the server follows.
+      if (ev.type === "state" && TERMINAL_STATES.has(ev.state)) {
+        res.end();
+        break;
+      }
     }
   } catch (err) {
     // The client went away (abort) or the broker did: the stream ends either way; a client resumes
     // from its Last-Event-ID.
-    if (!ac.signal.aborted)
+    if (!ac.signal.aborted && !res.writableEnded)
       res.write(`event: error\ndata: ${JSON.stringify({ message: (err as Error).message })}\n\n`);
   } finally {
-    res.end();
+    if (!res.writableEnded) res.end();
   }
 }
 
