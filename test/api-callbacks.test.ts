@@ -116,7 +116,9 @@ describe("REST API: completion callbacks", { timeout: TIMEOUT }, () => {
         host: "127.0.0.1",
         callbacks: { backoffMs: 1000, maxAgeMs: 60_000 },
       });
-      assert.ok(await eventually(() => hook.got.some((g) => g.answered === 200), 30_000), "never delivered");
+      // The retry reaches the second process after the backoff, or, when the server had handed it
+      // to the killed process's waiting pull, after the consumer's ack wait (15 s).
+      assert.ok(await eventually(() => hook.got.some((g) => g.answered === 200), 60_000), "never delivered");
       await new Promise((r) => setTimeout(r, 2500)); // anything more would come now
       assert.deepEqual(
         hook.got.map((g) => [g.answered, g.delivery, g.job]),

@@ -29,8 +29,10 @@ import type { Fleet } from "../client/fleet.js";
 
 export const CALLBACKS_BUCKET = "mars-callbacks";
 export const CALLBACKS_CONSUMER = "api-callbacks";
-const ACK_WAIT_MS = 30_000;
+/** A callback attempt lasts at most POST_TIMEOUT_MS (its message is kept alive before it starts). */
 const POST_TIMEOUT_MS = 10_000;
+/** After this, an attempt whose api process died is made again by another. */
+const ACK_WAIT_MS = 15_000;
 
 export const callbackRequestSchema = z
   .object({
@@ -125,7 +127,8 @@ export class CallbackSender {
   async start(): Promise<void> {
     await CallbackSender.ensureConsumer(this.conn.jsm);
     const consumer = await this.conn.js.consumers.get(EVENTS_STREAM, CALLBACKS_CONSUMER);
-    this.messages = await consumer.consume({ max_messages: 16 });
+    // Few in hand at once: those a dying process holds wait out the ack wait.
+    this.messages = await consumer.consume({ max_messages: 4 });
     this.loop = (async () => {
       for await (const msg of this.messages!) {
         await this.handle(msg).catch((err: unknown) => {
