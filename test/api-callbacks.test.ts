@@ -109,7 +109,15 @@ describe("REST API: completion callbacks", { timeout: TIMEOUT }, () => {
       assert.equal(res.status, 202, await res.clone().text());
       const { id } = (await res.json()) as { id: string };
       assert.ok(await eventually(() => hook.got.length >= 1, 30_000), "no first attempt");
-      first.proc.kill("SIGKILL"); // mid-backoff: its attempt failed, the retry is the server's to redeliver
+      // Mid-backoff: its failed attempt recorded (and the message handed back with a delay).
+      const recorded = async (): Promise<number> => {
+        const r = await fetch(`http://127.0.0.1:${first.port}/v1/jobs/${id}`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+        return ((await r.json()) as { callback?: { attempts: unknown[] } }).callback?.attempts.length ?? 0;
+      };
+      assert.ok(await eventually(async () => (await recorded()) === 1, 10_000), "attempt 1 never recorded");
+      first.proc.kill("SIGKILL"); // the retry is the server's to redeliver, to whoever pulls
       second = await startApi({
         config: tf.config({ queue }),
         port: 0,

@@ -53,7 +53,14 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     await page.goto(`${base}/`);
     await page.getByLabel("API key").fill(token);
     await page.getByRole("button", { name: "Open" }).click();
-    await page.getByRole("cell", { name: workerId }).waitFor();
+    await page
+      .getByRole("cell", { name: workerId })
+      .waitFor()
+      .catch(async (err: unknown) => {
+        const said = await page.locator("#status").textContent();
+        const shown = (await page.locator("main").innerHTML()).slice(0, 1500);
+        throw new Error(`worker ${workerId} not shown; status "${said}"; page: ${shown}`, { cause: err });
+      });
 
     // A long job: 2 params x 40 dates.
     const res = await fetch(`${base}/v1/jobs`, {
