@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { Kvm } from "@nats-io/kv";
@@ -11,7 +12,11 @@ import { eventually } from "./helpers/proc.js";
 
 /** Debian's chromium (scripts/setup.sh installs it for the tests); no browser is downloaded. */
 const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium";
-const SHOTS = fileURLToPath(new URL("../../docs/", import.meta.url));
+/** Screenshots go to docs/ (the README shows one) with MARS_SCREENSHOTS=1, else to a temporary folder. */
+const SHOTS =
+  process.env["MARS_SCREENSHOTS"] === "1"
+    ? fileURLToPath(new URL("../../docs/", import.meta.url))
+    : `${tmpdir()}/`;
 const TIMEOUT = 120_000;
 const queue = TestFleet.queue("dash");
 let tf: TestFleet;
