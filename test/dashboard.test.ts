@@ -59,7 +59,7 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     await page.getByLabel("API key").fill(token);
     await page.getByRole("button", { name: "Open" }).click();
     await page
-      .getByRole("cell", { name: workerId })
+      .getByRole("cell", { name: workerId, exact: true }) // one row: a worker is listed once
       .waitFor()
       .catch(async (err: unknown) => {
         const said = await page.locator("#status").textContent();

@@ -13,6 +13,7 @@ export const JS_CODES = {
   streamNotFound: 10059,
   consumerNotFound: 10014,
   streamNameInUse: 10058,
+  streamSubjectOverlap: 10065,
   consumerNameInUse: 10013,
   consumerAlreadyExists: 10148,
   wrongLastSequence: 10071,
@@ -37,6 +38,14 @@ export function isTopologyMissing(err: unknown): boolean {
 
 export function isNotFound(err: unknown): boolean {
   return err instanceof JetStreamApiError && err.status === 404;
+}
+
+/**
+ * A stream created at the same moment by another process can be refused as overlapping itself
+ * (nats-server 2.9 checks subjects before names): look again, it is there.
+ */
+export function isCreatedConcurrently(err: unknown): boolean {
+  return isAlreadyExists(err) || apiCode(err) === JS_CODES.streamSubjectOverlap;
 }
 
 export function isAlreadyExists(err: unknown): boolean {

@@ -19,7 +19,7 @@ import { Objm } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FleetConfig } from "../config/load.js";
 import { connectWithConfig, type BrokerConnection } from "./connection.js";
-import { isAlreadyExists, isNotFound, isPermissionDenied } from "./nats-errors.js";
+import { isAlreadyExists, isCreatedConcurrently, isNotFound, isPermissionDenied } from "./nats-errors.js";
 import { BrokerError, TopologyMissingError } from "../core/errors.js";
 import { RESULTS_MAX_AGE_MS } from "./results.js";
 import { API_JOBS_BUCKET, API_JOBS_RETENTION_FACTOR, API_KEYS_BUCKET } from "../api/keys.js";
@@ -191,7 +191,7 @@ async function ensureStream(
       await createOrNote(`stream ${cfg.name}`, report, () => jsm.streams.add(cfg));
       return;
     } catch (err) {
-      if (!isAlreadyExists(err)) throw err; // another process created it first: look again
+      if (!isCreatedConcurrently(err)) throw err; // another process created it first: look again
     }
   }
 }

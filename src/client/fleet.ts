@@ -273,7 +273,11 @@ export class Fleet {
   async workers(): Promise<WorkerInfo[]> {
     const kv = await this.conn.workersKv();
     const out: WorkerInfo[] = [];
+    // A key renewed while the listing runs comes twice: each worker is listed once.
+    const seen = new Set<string>();
     for await (const key of await kv.keys()) {
+      if (seen.has(key)) continue;
+      seen.add(key);
       const entry = await kv.get(key);
       if (!entry || entry.operation !== "PUT") continue;
       try {
