@@ -10,7 +10,8 @@ import { after, before, describe, it } from "node:test";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { connect } from "@nats-io/transport-node";
 import { deadLetterSchema } from "../src/broker/schemas.js";
-import { DEAD_STREAM, EVENTS_STREAM, subjects } from "../src/broker/subjects.js";
+import { DEAD_STREAM, EVENTS_STREAM, JOBS_BUCKET, subjects } from "../src/broker/subjects.js";
+import { Kvm } from "@nats-io/kv";
 import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
 import { Worker } from "../src/worker/worker.js";
 import { rejection } from "./helpers/errors.js";
@@ -292,5 +293,35 @@ describe("ownership: records expire", { timeout: TIMEOUT }, () => {
     } finally {
       await server.dispose();
     }
+  });
+});
+
+describe("ownership: a cancel whose announcement was missed", { timeout: TIMEOUT }, () => {
+  it("is found by the fence: the job ends cancelled and nothing reaches the target", async () => {
+    const queue = TestFleet.queue("silentcancel");
+    await tf.worker({ queue }, { MARS_SIM_FIELD_DELAY_MS: "150" });
+    const fleet = await tf.client({ queue });
+    const job = await fleet.submit(
+      { param: "2t/msl", date: "20240101/to/20240105", grid: "10/10" },
+      { targetDir: "own", targetFname: "silent-cancel.grib" },
+    );
+    assert.ok(await eventually(async () => (await job.status()).state === "running", 10_000), "never ran");
+    // As a client that wrote its cancel request and died before announcing it on mars.cancel.<id>.
+    const nc = await connect({ servers: tf.server.url });
+    try {
+      const kv = await new Kvm(nc).open(JOBS_BUCKET);
+      const entry = (await kv.get(`${job.id}.submitted`))!;
+      const sub = entry.json<Record<string, unknown>>();
+      await kv.update(
+        `${job.id}.submitted`,
+        JSON.stringify({ ...sub, cancelRequested: true }),
+        entry.revision,
+      );
+    } finally {
+      await nc.close();
+    }
+    assert.equal((await rejection(job.result())).code, "JOB_CANCELLED");
+    assert.equal((await job.status()).state, "cancelled");
+    await assert.rejects(stat(join(tf.sharedRoot, "own", "silent-cancel.grib")), { code: "ENOENT" });
   });
 });

@@ -258,6 +258,8 @@ export class MarsRun {
     this.pgid = pgid;
     const onAbort = (): void => this.cancel();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
+    // Aborted while the target was checked (after the check above, before the listener): stop now.
+    if (opts.signal?.aborted) onAbort();
     const timeout =
       opts.timeoutMs && opts.timeoutMs > 0
         ? setTimeout(() => this.stop("timeout"), opts.timeoutMs)

@@ -344,10 +344,13 @@ export class JobAttempt {
     committing: NonNullable<JobRecord["committing"]>,
   ): Promise<"owned" | "cancelled" | "lost"> {
     let verdict: "owned" | "cancelled" | "lost" = "lost";
+    // A cancel lives in the submission, which the status write below does not read: its
+    // announcement (core NATS) may have been missed, so the fence looks for itself.
+    const requested = (await this.ctx.store.submission(this.job.id))?.record.cancelRequested ?? false;
     this.version = await this.ctx.store.mutate(
       this.job.id,
       (rec) => {
-        verdict = !this.owns(rec) ? "lost" : rec.cancelRequested ? "cancelled" : "owned";
+        verdict = !this.owns(rec) ? "lost" : rec.cancelRequested || requested ? "cancelled" : "owned";
         return verdict === "owned" ? { ...rec, committing } : undefined;
       },
       this.version,
