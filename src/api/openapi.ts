@@ -22,6 +22,12 @@ const problem = (description: string): object => ({
   content: { "application/problem+json": { schema: { $ref: "#/components/schemas/Problem" } } },
 });
 
+/** A query schema's fields as OpenAPI query parameters (all optional). */
+const queryParams = (schema: z.ZodType): object[] =>
+  Object.entries(
+    (z.toJSONSchema(schema, { io: "input" }) as { properties: Record<string, object> }).properties,
+  ).map(([name, s]) => ({ name, in: "query", required: false, schema: s }));
+
 const idParam = { name: "id", in: "path", required: true, schema: { type: "string" } };
 
 let cached: object | undefined;
@@ -53,10 +59,7 @@ export function openApiDocument(): object {
         },
         get: {
           summary: "List jobs, newest first (a user key sees its own)",
-          parameters: Object.entries(
-            (z.toJSONSchema(listQuerySchema, { io: "input" }) as { properties: Record<string, object> })
-              .properties,
-          ).map(([name, schema]) => ({ name, in: "query", required: false, schema })),
+          parameters: queryParams(listQuerySchema),
           responses: {
             "200": { description: "a page of jobs", content: json(jobListSchema) },
             "400": problem("invalid query"),
@@ -121,10 +124,7 @@ export function openApiDocument(): object {
       "/v1/usage": {
         get: {
           summary: "Accounting: jobs, MARS seconds and bytes per user and day (a user key sees its own)",
-          parameters: Object.entries(
-            (z.toJSONSchema(usageQuerySchema, { io: "input" }) as { properties: Record<string, object> })
-              .properties,
-          ).map(([name, schema]) => ({ name, in: "query", required: false, schema })),
+          parameters: queryParams(usageQuerySchema),
           responses: {
             "200": { description: "usage rows", content: json(usageSchema) },
             "400": problem("invalid query"),

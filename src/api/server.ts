@@ -17,7 +17,7 @@ import type { JobHandle } from "../client/job.js";
 import type { FleetConfig } from "../config/load.js";
 import { MarsFleetError, asFleetError, type ErrorCode } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
-import { laneCounts } from "../qos/lane-counts.js";
+import { activeLanes, laneCounts } from "../qos/lane-counts.js";
 import { formatDuration } from "../core/time.js";
 import { resolveInside } from "../runner/target.js";
 import { API_JOBS_BUCKET, API_KEYS_BUCKET, ApiKeys, type Principal } from "./keys.js";
@@ -259,14 +259,23 @@ function routes(
     };
   });
 
-  app.get("/v1/jobs", async (req) => {
-    const parsed = listQuerySchema.safeParse(req.query);
+  /** A query, validated, with `user` as this key may ask: its own for a user key, any for admin. */
+  const scopedQuery = <S extends typeof listQuerySchema | typeof usageQuerySchema>(
+    schema: S,
+    req: FastifyRequest,
+  ): z.infer<S> => {
+    const parsed = schema.safeParse(req.query);
     if (!parsed.success) throw invalid(parsed.error, "query");
-    const q = parsed.data;
     const p = req.principal!;
-    const user = p.role === "admin" ? q.user : p.user;
+    const { user: asked, ...rest } = parsed.data;
+    const user = p.role === "admin" ? asked : p.user;
+    return { ...rest, ...(user !== undefined && { user }) } as z.infer<S>;
+  };
+
+  app.get("/v1/jobs", async (req) => {
+    const q = scopedQuery(listQuerySchema, req);
     let all = await fleet.jobs(q.state ? { state: q.state } : {});
-    if (user !== undefined) all = all.filter((r) => r.environ["user_id"] === user);
+    if (q.user !== undefined) all = all.filter((r) => r.environ["user_id"] === q.user);
     const start = q.cursor === undefined ? 0 : all.findIndex((r) => r.id === q.cursor) + 1;
     if (q.cursor !== undefined && start === 0)
       throw new HttpProblem("MESSAGE_INVALID", `unknown cursor ${q.cursor}`);
@@ -330,14 +339,9 @@ function routes(
     return reply.send(sent.stream);
   });
 
-  app.get("/v1/usage", async (req) => {
-    const parsed = usageQuerySchema.safeParse(req.query);
-    if (!parsed.success) throw invalid(parsed.error, "query");
-    const q = parsed.data;
-    const p = req.principal!;
-    const user = p.role === "admin" ? q.user : p.user;
-    return { usage: accounting(await fleet.jobs(), { ...(user !== undefined && { user }), ...q }) };
-  });
+  app.get("/v1/usage", async (req) => ({
+    usage: accounting(await fleet.jobs(), scopedQuery(usageQuerySchema, req)),
+  }));
 
   app.get("/v1/workers", async () => ({ workers: await fleet.workers() }));
 
@@ -345,9 +349,7 @@ function routes(
     const names = new Set([config.queue, ...(await fleet.workers()).map((w) => w.queue)]);
     const queues = [];
     for (const queue of [...names].sort()) {
-      const lanes = [...(await laneCounts(fleet.connection.jsm, queue))]
-        .filter(([, c]) => c.queued + c.inFlight > 0)
-        .map(([lane, c]) => ({ lane: lane === "" ? "(none)" : lane, queued: c.queued, running: c.inFlight }));
+      const lanes = activeLanes(await laneCounts(fleet.connection.jsm, queue));
       queues.push({
         queue,
         queued: lanes.reduce((n, l) => n + l.queued, 0),

@@ -4,7 +4,7 @@ import { Fleet } from "../client/fleet.js";
 import type { FleetConfig } from "../config/load.js";
 import { ConfigError } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
-import { laneCounts } from "../qos/lane-counts.js";
+import { activeLanes, laneCounts } from "../qos/lane-counts.js";
 import { isDeny, isLimit, isPriority, parseRules, type Rule } from "../qos/rules.js";
 import { readRules, SlotTable, writeRules } from "../qos/store.js";
 import { EXIT } from "./output.js";
@@ -77,9 +77,7 @@ export async function qosShow(json: boolean, config: FleetConfig): Promise<numbe
     const limits = [...held]
       .filter(([, holders]) => holders.length > 0)
       .map(([key, holders]) => ({ key, running: holders.length, jobs: holders.map((h) => h.job) }));
-    const laneRows = [...lanes]
-      .filter(([, c]) => c.queued + c.inFlight > 0)
-      .map(([lane, c]) => ({ lane: lane === "" ? "(none)" : lane, queued: c.queued, running: c.inFlight }));
+    const laneRows = activeLanes(lanes);
     const out = {
       rules: stored?.rules ?? null,
       appliedAt: stored?.appliedAt ?? null,

@@ -12,9 +12,16 @@ import {
   laneOf,
   limitsFor,
   type JobFacts,
+  type LimitSlot,
 } from "./evaluate.js";
 import type { LaneCount } from "./lane-counts.js";
 import type { QosRules } from "./rules.js";
+
+/** A full limit, as workers and `mars-fleet status` say it: "limit per-user for alice: 4/4 running". */
+export function limitFull(slot: LimitSlot, running: number): string {
+  const who = slot.value === undefined ? "in total" : `for ${slot.value}`;
+  return `limit ${slot.rule.name} ${who}: ${running}/${slot.rule.limit} running`;
+}
 
 export interface WaitSources {
   rules: QosRules;
@@ -38,8 +45,7 @@ export async function explainWait(record: JobRecord, src: WaitSources, now = Dat
   for (const slot of limitsFor(src.rules, facts)) {
     const running = await src.holders(slot.key);
     if (running >= slot.rule.limit) {
-      const who = slot.value === undefined ? "in total" : `for ${slot.value}`;
-      reasons.push(`limit ${slot.rule.name} ${who}: ${running}/${slot.rule.limit} running`);
+      reasons.push(limitFull(slot, running));
     }
   }
   const lane = laneOf(src.rules, facts);

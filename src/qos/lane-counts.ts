@@ -55,3 +55,12 @@ export async function laneHead(nc: NatsConnection, queue: string, lane: string):
   if (!parsed.success || parsed.data.message.data === undefined) return undefined; // none (an error reply)
   return JSON.parse(Buffer.from(parsed.data.message.data, "base64").toString("utf8"));
 }
+
+/** The lanes holding jobs, as people read them: the lane-less one named "(none)". */
+export function activeLanes(
+  counts: Map<string, LaneCount>,
+): Array<{ lane: string; queued: number; running: number }> {
+  return [...counts]
+    .filter(([, c]) => c.queued + c.inFlight > 0)
+    .map(([lane, c]) => ({ lane: lane === "" ? "(none)" : lane, queued: c.queued, running: c.inFlight }));
+}

@@ -7,8 +7,6 @@ import { z } from "zod";
 import { LineCounter, parseDocument, isNode } from "yaml";
 import { QosRulesError } from "../core/errors.js";
 
-/** Keys a selector may test (besides request keys, which are any lower-case MARS keyword). */
-export const SELECTOR_FACTS = ["user", "queue", "fields"] as const;
 const SELECTOR_KEY = /^(user|queue|fields|environ\.[A-Za-z_][A-Za-z0-9_]*|[a-z][a-z0-9_]*)$/;
 const RULE_NAME = /^[a-z0-9][a-z0-9-]{0,47}$/;
 

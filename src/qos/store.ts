@@ -74,10 +74,6 @@ export class RulesFollower {
     return this.currentValue?.rules ?? NO_RULES;
   }
 
-  get stored(): StoredRules | undefined {
-    return this.currentValue;
-  }
-
   onChange(listener: (rules: QosRules) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
@@ -120,6 +116,13 @@ export const holderSchema = z.object({ attempt: z.number().int(), worker: z.stri
 const holdersSchema = z.object({ holders: z.record(z.string(), holderSchema) });
 type Holders = z.infer<typeof holdersSchema>;
 export type Holder = z.infer<typeof holderSchema> & { job: string };
+
+/** The holder set without `job`. */
+function without(h: Holders, job: string): Holders {
+  const next = { holders: { ...h.holders } };
+  delete next.holders[job];
+  return next;
+}
 
 export type AcquireResult = { ok: true } | { ok: false; slot: LimitSlot; running: number };
 
@@ -297,9 +300,7 @@ export class SlotTable {
         if (!mine) return undefined;
         if (!opts.anyAttempt && (mine.attempt !== holder.attempt || mine.worker !== holder.worker))
           return undefined;
-        const next = { holders: { ...h.holders } };
-        delete next.holders[holder.job];
-        return next;
+        return without(h, holder.job);
       });
     }
   }
@@ -321,8 +322,7 @@ export class SlotTable {
         rest.push(slot);
         continue;
       }
-      const next = { holders: { ...known.holders.holders } };
-      delete next.holders[holder.job];
+      const next = without(known.holders, holder.job);
       const h = headers();
       h.set("Nats-Expected-Last-Subject-Sequence", String(known.revision));
       nc.publish(kvSubject(SLOTS_PREFIX + slot.key), JSON.stringify(next), { headers: h });

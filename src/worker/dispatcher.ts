@@ -28,6 +28,7 @@ import {
   type LimitSlot,
 } from "../qos/evaluate.js";
 import { LaneBoard, judged } from "../qos/lanes.js";
+import { limitFull } from "../qos/explain.js";
 import { laneMessages } from "../qos/lane-counts.js";
 import { isLimit, withFleetCap, type QosRules } from "../qos/rules.js";
 import type { Holder, RulesFollower, SlotTable } from "../qos/store.js";
@@ -308,7 +309,7 @@ export class Dispatcher {
       limits,
       holder,
       priority,
-      reason: explainFull(got.slot, got.running),
+      reason: limitFull(got.slot, got.running),
     };
     this.parkedJobs.push(parked);
     this.deps.log.info({ jobId: job.id, reason: parked.reason }, "job waits for a QoS limit");
@@ -327,7 +328,7 @@ export class Dispatcher {
       const got =
         p.limits.length === 0 ? ({ ok: true } as const) : await this.deps.slots.acquire(p.limits, holder);
       if (!got.ok) {
-        p.reason = explainFull(got.slot, got.running);
+        p.reason = limitFull(got.slot, got.running);
         continue;
       }
       this.parkedJobs.splice(this.parkedJobs.indexOf(p), 1);
@@ -383,9 +384,4 @@ export class Dispatcher {
   async settled(): Promise<void> {
     while (this.running.size > 0) await Promise.all([...this.running]);
   }
-}
-
-export function explainFull(slot: LimitSlot, running: number): string {
-  const who = slot.value === undefined ? "in total" : `for ${slot.value}`;
-  return `limit ${slot.rule.name} ${who}: ${running}/${slot.rule.limit} running`;
 }
