@@ -67,11 +67,11 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
         throw new Error(`worker ${workerId} not shown; status "${said}"; page: ${shown}`, { cause: err });
       });
 
-    // A long job: 2 params x 40 dates.
+    // A long job: 2 params x 101 dates, 150 ms a field: still running when the test cancels it.
     const res = await fetch(`${base}/v1/jobs`, {
       method: "POST",
       headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
-      body: JSON.stringify({ request: { param: "2t/msl", date: "20240101/to/20240209", grid: "10/10" } }),
+      body: JSON.stringify({ request: { param: "2t/msl", date: "20240101/to/20240410", grid: "10/10" } }),
     });
     const { id } = (await res.json()) as { id: string };
     // The simulator prints 40 lines 100 ms apart, then writes 80 fields 150 ms apart.
