@@ -3,8 +3,7 @@ import { after, describe, it } from "node:test";
 import { connect } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
 import { LocalNatsCluster, LocalNatsServer } from "../src/broker/local-server.js";
-import { eventually, processAlive } from "./helpers/proc.js";
-import { spawn } from "node:child_process";
+import { processAlive } from "./helpers/proc.js";
 
 describe("nats-server harness", () => {
   const started: Array<{ dispose(): Promise<void> }> = [];
@@ -55,33 +54,4 @@ describe("nats-server harness", () => {
     assert.equal((await jsm.streams.info("REPL")).state.messages, 1);
     await nc.close();
   });
-
-  it(
-    "takes its nats-server down with it when the process that started it is killed",
-    { timeout: 30_000 },
-    async () => {
-      const script = `
-      import { LocalNatsServer } from ${JSON.stringify(new URL("../src/broker/local-server.js", import.meta.url).href)};
-      const server = await LocalNatsServer.start();
-      process.stdout.write(String(server.pid) + "\\n");
-      setInterval(() => {}, 60_000);
-    `;
-      const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
-        stdio: ["ignore", "pipe", "inherit"],
-      });
-      const pid = await new Promise<number>((resolve, reject) => {
-        const timer = setTimeout(
-          () => reject(new Error("the child did not start a server within 15 s")),
-          15_000,
-        );
-        child.stdout!.once("data", (d: Buffer) => {
-          clearTimeout(timer);
-          resolve(Number(d.toString().trim()));
-        });
-      });
-      assert.ok(processAlive(pid), "no server to begin with");
-      child.kill("SIGKILL"); // no clean-up of its own: a test file killed at its time-out
-      assert.ok(await eventually(() => !processAlive(pid), 10_000), `nats-server ${pid} outlived its parent`);
-    },
-  );
 });

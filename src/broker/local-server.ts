@@ -3,8 +3,7 @@
  * JetStream store, readiness polled and raced against early exit, restartable, and a 3-node
  * JetStream cluster on loopback.
  */
-import type { ChildProcess } from "node:child_process";
-import { spawnInGroup } from "../runner/process-group.js";
+import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer, connect as tcpConnect } from "node:net";
@@ -119,14 +118,7 @@ export class LocalNatsServer {
   }
 
   private async launch(wait: boolean): Promise<void> {
-    // In a process group the watchdog knows (as MARS runs): if this process dies without stopping
-    // the server (a test file killed at its time-out, a demo killed with SIGKILL), the server dies too.
-    const { child: proc, release } = spawnInGroup(
-      [NATS_SERVER_BIN, "-c", this.configPath],
-      process.env,
-      process.cwd(),
-    );
-    proc.stdout?.resume(); // nothing is read from it; it must not fill up
+    const proc = spawn(NATS_SERVER_BIN, ["-c", this.configPath], { stdio: ["ignore", "ignore", "pipe"] });
     this.proc = proc;
     this.stderrTail = "";
     proc.stderr?.on("data", (d: Buffer) => {
@@ -143,7 +135,6 @@ export class LocalNatsServer {
         resolve();
       });
       proc.once("exit", (code, signal) => {
-        release();
         exitedEarly ??= new BrokerError(
           `nats-server exited early (${signal ?? code}): ${this.stderrTail.trim()}`,
         );
