@@ -42,7 +42,7 @@ async function main(): Promise<void> {
     [11, "QoS dispatch", (env) => qosDispatch(env, q ? 60 : 200)],
     [12, "fair share", (env) => fairShare(env, q ? 300 : 1000)],
     [13, "heavy MARS with rules", (env) => heavyWithRules(env, q ? 100 : 200)],
-    [14, "REST API", (env) => restApi(env, q ? 50 : 200)],
+    [14, "REST API", (env) => restApi(env, q ? 100 : 200)],
   ];
   const results: ScenarioResult[] = [];
   const started = Date.now();

@@ -191,7 +191,7 @@ function routes(
     req: FastifyRequest,
     id: string,
   ): Promise<{ job: JobHandle; record: JobRecord }> => {
-    const job = await fleet.job(id).catch(async (err: unknown) => {
+    const { job, record } = await fleet.lookup(id).catch(async (err: unknown) => {
       if (!(err instanceof MarsFleetError) || err.code !== "JOB_NOT_FOUND") throw err;
       // Not there: gone (its record expired) if this API took it, for this key's user.
       const took = await buckets.apiJobs.get(id);
@@ -205,7 +205,6 @@ function routes(
       }
       throw err;
     });
-    const record = await job.status();
     const p = req.principal!;
     if (p.role !== "admin" && record.environ["user_id"] !== p.user)
       throw new HttpProblem("JOB_NOT_FOUND", `no job ${id}`);
@@ -223,18 +222,29 @@ function routes(
     const requestId = body.requestId ?? randomUUID();
     const id = jobIdFor(requestId);
     const target = body.target ?? `api/${id}.grib`;
-    const job = await fleet.submit(body.requests ?? body.request!, {
+    const remember = async (user: string | undefined, submittedAt: number): Promise<void> => {
+      await buckets.apiJobs.put(id, JSON.stringify({ user, submittedAt }));
+    };
+    const submitting = fleet.submit(body.requests ?? body.request!, {
       requestId,
       environ,
       targetDir: dirname(target),
       targetFname: basename(target),
       ...(body.callback && { callback: body.callback }),
     });
+    let job: JobHandle;
+    if (body.requestId === undefined) {
+      // A fresh request id makes a new job of this environ's user: remembered beside the submit.
+      // Should the submit fail (denied, invalid), the entry names an id that nobody is ever told,
+      // and expires with the bucket.
+      [job] = await Promise.all([submitting, remember(environ["user_id"], Date.now())]);
+    } else {
+      // A known request id may name an existing job, someone else's: remembered as its record says.
+      job = await submitting;
+      const record = job.submitted ?? (await job.status());
+      await remember(record.environ["user_id"], record.submittedAt);
+    }
     const record = job.submitted ?? (await job.status());
-    await buckets.apiJobs.put(
-      job.id,
-      JSON.stringify({ user: record.environ["user_id"], submittedAt: record.submittedAt }),
-    );
     if (p.role !== "admin" && record.environ["user_id"] !== p.user)
       throw new HttpProblem("WRONG_STATE", `requestId ${requestId} belongs to another job`);
     void reply.code(202).header("Location", `/v1/jobs/${job.id}`);

@@ -251,8 +251,13 @@ export class Fleet {
 
   /** Reattach to a job by id (from any process). */
   async job(id: string): Promise<JobHandle> {
-    await this.store.require(id);
-    return this.handle(id);
+    return (await this.lookup(id)).job;
+  }
+
+  /** Reattach to a job by id, with its record as read to check it exists (one read, not two). */
+  async lookup(id: string): Promise<{ job: JobHandle; record: JobRecord }> {
+    const { record } = await this.store.require(id);
+    return { job: this.handle(id), record };
   }
 
   private handle(id: string, submitted?: JobRecord): JobHandle {

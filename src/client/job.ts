@@ -131,7 +131,8 @@ export class JobHandle {
   }
 
   private async pumpEvents(out: Channel<JobEvent>, signal?: AbortSignal): Promise<void> {
-    const consumer = await this.replay();
+    // The record (for the fallback below) is read while the replay consumer is created.
+    const [consumer, record] = await Promise.all([this.replay(), this.store.get(this.id)]);
     const messages = await consumer.consume();
     const hbSub = this.nc.subscribe(subjects.heartbeat(this.id), {
       callback: (err, msg) => {
@@ -156,7 +157,6 @@ export class JobHandle {
     if (signal?.aborted) finish();
     // A job that finished long ago may have no events left (max age): fall back on its record.
     let sawTerminal = false;
-    const record = await this.store.get(this.id);
     const fallback =
       record && TERMINAL_STATES.has(record.record.state)
         ? setTimeout(() => {
