@@ -384,6 +384,28 @@ describe("fleet: jobs", () => {
   });
 });
 
+describe("fleet: jobs of earlier clients (no lane)", () => {
+  it("runs lane-less jobs queued before any worker listened, and after", { timeout: 60_000 }, async () => {
+    const queue = TestFleet.queue("laneless");
+    const fleet = await tf.client({ queue });
+    const job = (id: string) => ({
+      v: 1,
+      id,
+      queue,
+      requests: [{ verb: "retrieve", params: { param: ["2t"], date: ["20240101"], grid: ["10", "10"] } }],
+      target: `laneless/${id}.grib`,
+      submittedAt: Date.now(),
+    });
+    // Before any worker: no doorbell heard it, the worker's first count must find it.
+    await tf.publishRaw(queue, job("laneless-early"));
+    await tf.worker({ queue });
+    const early = await eventuallyJob(fleet, "laneless-early");
+    assert.ok((await early.result()).bytes > 0);
+    const late = await tf.publishRaw(queue, job("laneless-late"), fleet);
+    assert.ok((await late!.result()).bytes > 0);
+  });
+});
+
 describe("fleet: odd MARS output", () => {
   it("streams a line longer than a message can hold, truncated, and the rest in order", async () => {
     const queue = TestFleet.queue("longline");

@@ -1,7 +1,7 @@
 /**
  * What the server holds per lane of a queue: jobs queued (not yet delivered) and in flight
  * (delivered, not yet acknowledged). Lanes with a consumer are counted by it; lanes whose consumer
- * no worker has created yet, by the stream's per-subject message counts. Two requests in all.
+ * no worker has created yet, by the stream's per-subject message counts.
  */
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
@@ -17,16 +17,23 @@ export interface LaneCount {
 
 /**
  * Messages held per lane (queued, or delivered and not yet acknowledged): one request, whatever the
- * number of lanes and consumers. What a worker counts every second.
+ * number of lanes and consumers. What a worker counts every second. With `laneless`, a second
+ * request counts the lane-less subject of earlier clients too (lane ""); without, lane "" is
+ * left out of the answer, not counted as empty.
  */
-export async function laneMessages(jsm: JetStreamManager, queue: string): Promise<Map<string, number>> {
+export async function laneMessages(
+  jsm: JetStreamManager,
+  queue: string,
+  opts: { laneless: boolean },
+): Promise<Map<string, number>> {
   const info = await jsm.streams.info(JOBS_STREAM, { subjects_filter: `${subjects.jobs(queue)}.>` });
   const out = new Map<string, number>();
   const prefix = subjects.lanes(queue).length - 1;
   for (const [subject, n] of Object.entries(info.state.subjects ?? {})) out.set(subject.slice(prefix), n);
-  const laneless = await jsm.streams.info(JOBS_STREAM, { subjects_filter: subjects.jobs(queue) });
-  const bare = laneless.state.subjects?.[subjects.jobs(queue)] ?? 0;
-  if (bare > 0) out.set("", bare);
+  if (opts.laneless) {
+    const laneless = await jsm.streams.info(JOBS_STREAM, { subjects_filter: subjects.jobs(queue) });
+    out.set("", laneless.state.subjects?.[subjects.jobs(queue)] ?? 0);
+  }
   return out;
 }
 

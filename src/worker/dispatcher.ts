@@ -36,6 +36,8 @@ import { Puller, type JobMsg } from "./pull.js";
 
 /** How often the worker counts what the server holds per lane (catches jobs it did not hear of). */
 export const COUNT_EVERY_MS = 1000;
+/** The lane-less subject is counted at least once in this many counts (see Dispatcher.count). */
+const LANELESS_RECOUNT = 10;
 const PULL_TIMEOUT_MS = 5000;
 
 export interface Parked {
@@ -74,6 +76,9 @@ export class Dispatcher {
   /** Lane consumers this worker made sure exist. */
   private readonly consumers = new Set<string>();
   private free: number;
+  /** A lane-less job heard, or found by the last count, since that count: count that subject. */
+  private lanelessSeen = false;
+  private countsSinceLaneless = 0;
   private pulling = true;
   private wakeUp: (() => void) | undefined;
   private loopDone: Promise<void> | undefined;
@@ -113,9 +118,12 @@ export class Dispatcher {
     });
     // Jobs of earlier clients, published without a lane.
     this.laneless = deps.nc.subscribe(subjects.jobs(deps.queue), {
-      callback: (_err, msg) => this.hear("", msg.data),
+      callback: (_err, msg) => {
+        this.lanelessSeen = true;
+        this.hear("", msg.data);
+      },
     });
-    await this.count();
+    await this.count({ full: true });
     this.countTimer = setInterval(() => {
       if (this.free > 0 || this.parkedJobs.length > 0)
         void this.count().catch((err: unknown) => deps.log.debug({ err }, "could not count the lanes"));
@@ -140,7 +148,9 @@ export class Dispatcher {
 
   /** After a reconnect: count again, the jobs published meanwhile were not heard. */
   recount(): void {
-    void this.count().catch((err: unknown) => this.deps.log.debug({ err }, "could not count the lanes"));
+    void this.count({ full: true }).catch((err: unknown) =>
+      this.deps.log.debug({ err }, "could not count the lanes"),
+    );
   }
 
   private wake(): void {
@@ -175,11 +185,25 @@ export class Dispatcher {
     if (this.free > 0) this.wake();
   }
 
-  /** Count what the server holds per lane, and correct the board with it. */
-  private async count(): Promise<void> {
+  /**
+   * Count what the server holds per lane, and correct the board with it. The lane-less subject
+   * (earlier clients) costs a request of its own, made only when it may hold something: on the
+   * first count and after a reconnect, after a lane-less job was heard, while the last count found
+   * some, and every LANELESS_RECOUNT counts in case the doorbell missed one.
+   */
+  private async count(opts: { full?: boolean } = {}): Promise<void> {
     const now = Date.now();
-    const counts = await laneMessages(this.deps.jsm, this.deps.queue);
-    for (const lane of this.board.queued().keys()) if (!counts.has(lane)) counts.set(lane, 0);
+    const laneless =
+      opts.full === true || this.lanelessSeen || ++this.countsSinceLaneless >= LANELESS_RECOUNT;
+    this.lanelessSeen = false;
+    const counts = await laneMessages(this.deps.jsm, this.deps.queue, { laneless });
+    if (laneless) {
+      this.countsSinceLaneless = 0;
+      // Still some: counted again next time (not all were heard of: queued before this worker).
+      this.lanelessSeen = (counts.get("") ?? 0) > 0;
+    }
+    for (const lane of this.board.queued().keys())
+      if (!counts.has(lane) && (lane !== "" || laneless)) counts.set(lane, 0);
     for (const [lane, n] of counts) this.board.counted(lane, n, now);
     if (this.free > 0) this.wake();
   }
