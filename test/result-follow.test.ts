@@ -87,6 +87,36 @@ describe("result()", { timeout: 60_000 }, () => {
     assert.equal(settled, "JOB_CANCELLED");
   });
 
+  it("after submit, reads only the final status, even when the job ended before it was called", async () => {
+    const queue = TestFleet.queue("early");
+    await tf.worker({ queue });
+    const fleet = await tf.client({ queue });
+    const job = await fleet.submit(SMALL);
+    const other = await tf.client({ queue });
+    assert.ok(
+      await eventually(
+        async () => (await other.job(job.id).then((j) => j.status())).state === "succeeded",
+        20_000,
+      ),
+      "the job never succeeded",
+    );
+    // Only result()'s reads of the jobs bucket from here on (the worker is done with the job).
+    const nc = await tf.connectAs("admin");
+    let reads = 0;
+    const sub = nc.subscribe(`$JS.API.STREAM.MSG.GET.KV_${JOBS_BUCKET}`, {
+      callback: () => {
+        reads++;
+      },
+    });
+    await nc.flush();
+    assert.ok((await job.result()).bytes > 0);
+    await nc.flush();
+    sub.unsubscribe();
+    await nc.close();
+    // The watch made before the job existed saw its final write: one read of the status key.
+    assert.equal(reads, 1, `result() read the bucket ${reads} times`);
+  });
+
   it("ends with the abort reason when its signal aborts", async () => {
     const fleet = await tf.client({ queue: TestFleet.queue("abort") });
     const job = await fleet.submit(SMALL);

@@ -6,7 +6,7 @@
  */
 import type { KV, KvEntry } from "@nats-io/kv";
 import type { JetStreamManager } from "@nats-io/jetstream";
-import type { Msg, NatsConnection } from "@nats-io/transport-node";
+import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError } from "../core/errors.js";
 import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
@@ -71,6 +71,55 @@ function mayBeFinal(msg: Msg): boolean {
     return (r.state !== undefined && TERMINAL_STATES.has(r.state)) || r.cancelRequested === true;
   } catch {
     return true; // unreadable here: the bucket will say
+  }
+}
+
+/**
+ * A core subscription to a job's two record keys, remembering what to read next: both keys (at
+ * first unless told otherwise, after a reconnect, when the submission changed), or the status only
+ * (a worker's write looked final: a final status is the record). Hints only; the bucket decides.
+ */
+export class RecordWatch {
+  private next: "both" | "status" | undefined;
+  private wake: () => void = () => undefined;
+  private readonly sub: Subscription;
+  private readonly all = (): void => this.nudge("both");
+
+  constructor(
+    nc: NatsConnection,
+    id: string,
+    private readonly reconnects: Set<() => void>,
+    readFirst: boolean,
+  ) {
+    this.next = readFirst ? "both" : undefined;
+    this.sub = nc.subscribe(`$KV.${JOBS_BUCKET}.${id}.*`, {
+      callback: (err, msg) => {
+        if (err) return this.all();
+        if (mayBeFinal(msg)) this.nudge(msg.subject.endsWith(`.${RECORD_KEYS.status}`) ? "status" : "both");
+      },
+    });
+    reconnects.add(this.all);
+  }
+
+  nudge(what: "both" | "status"): void {
+    this.next = this.next === "both" ? "both" : what;
+    this.wake();
+  }
+
+  /** What to read now (and forget it), or undefined: wait for a nudge. */
+  take(): "both" | "status" | undefined {
+    const what = this.next;
+    this.next = undefined;
+    return what;
+  }
+
+  nudged(): Promise<void> {
+    return new Promise<void>((resolve) => (this.wake = resolve));
+  }
+
+  close(): void {
+    this.sub.unsubscribe();
+    this.reconnects.delete(this.all);
   }
 }
 
@@ -231,51 +280,46 @@ export class JobStore {
   }
 
   /**
-   * The record once it is final (succeeded, failed or cancelled), as the bucket holds it. The job's
-   * two keys are followed with a core subscription (`$KV.mars-jobs.<id>.*`), made before the first
-   * read so that no change in between is missed; it creates nothing on the server. What arrives on
-   * it is only a hint (a write the bucket refused by compare-and-set is delivered too): one that
-   * looks final, or that cannot be read, sends us to the bucket again, as does every reconnect
-   * (core messages may have been lost meanwhile). Throws the abort reason when `signal` aborts.
+   * Follow a job's record from now on (see finalRecord). `readFirst`: the record may already have
+   * changed (an existing job); false only when the watch starts before the job exists, so that
+   * finalRecord() reads nothing until a write looks final.
    */
-  async finalRecord(id: string, signal?: AbortSignal): Promise<JobRecord> {
-    // What to read next: both keys (at first, after a reconnect, when a submission changed), or
-    // only the status, when a worker's write looked final: a final status is the record.
-    let readNext = "both" as "both" | "status" | undefined;
-    let wake: () => void = () => undefined;
-    const nudge = (what: "both" | "status"): void => {
-      readNext = readNext === "both" ? "both" : what;
-      wake();
-    };
-    const all = (): void => nudge("both");
-    const sub = this.nc.subscribe(`$KV.${JOBS_BUCKET}.${id}.*`, {
-      callback: (err, msg) => {
-        if (err) return all();
-        if (mayBeFinal(msg)) nudge(msg.subject.endsWith(`.${RECORD_KEYS.status}`) ? "status" : "both");
-      },
-    });
+  watch(id: string, readFirst: boolean): RecordWatch {
     this.watchReconnects();
-    this.onReconnect.add(all);
+    return new RecordWatch(this.nc, id, this.onReconnect, readFirst);
+  }
+
+  /**
+   * The record once it is final (succeeded, failed or cancelled), as the bucket holds it. The job's
+   * two keys are followed with a core subscription (`$KV.mars-jobs.<id>.*`, a RecordWatch), made
+   * before the first read so that no change in between is missed; it creates nothing on the
+   * server. What arrives on it is only a hint (a write the bucket refused by compare-and-set is
+   * delivered too): one that looks final, or that cannot be read, sends us to the bucket again, as
+   * does every reconnect (core messages may have been lost meanwhile). A watch started before the
+   * job existed (`watch`, from submit) has seen every write, so nothing is read until one looks
+   * final. The watch is closed on return. Throws the abort reason when `signal` aborts.
+   */
+  async finalRecord(id: string, signal?: AbortSignal, watch?: RecordWatch): Promise<JobRecord> {
+    const w = watch ?? this.watch(id, true);
+    const all = (): void => w.nudge("both");
     signal?.addEventListener("abort", all, { once: true });
     try {
       for (;;) {
         signal?.throwIfAborted();
-        const what = readNext;
-        readNext = undefined;
+        const what = w.take();
         if (what === "status") {
           const status = await this.read(statusKey(id));
           if (status && TERMINAL_STATES.has(status.record.state)) return status.record;
-          readNext ??= "both"; // not final after all (a refused write): look at both again
+          w.nudge("both"); // not final after all (a refused write): look at both again
         } else if (what === "both") {
           const current = await this.require(id);
           if (TERMINAL_STATES.has(current.record.state)) return current.record;
         } else {
-          await new Promise<void>((resolve) => (wake = resolve));
+          await w.nudged();
         }
       }
     } finally {
-      sub.unsubscribe();
-      this.onReconnect.delete(all);
+      w.close();
       signal?.removeEventListener("abort", all);
     }
   }

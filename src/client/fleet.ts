@@ -151,8 +151,17 @@ export class Fleet {
     // Registered before the job exists, so that its end cannot come first.
     const callbackSecret = opts.callback && (await this.registerCallback(id, opts.callback));
     let submitted = initialRecord(message, this.config.maxRetries);
-    const revision = await this.store.create(submitted);
+    // Followed from before the job exists: result() then reads nothing until a write looks final.
+    const watch = this.store.watch(id, false);
+    let revision: number | undefined;
+    try {
+      revision = await this.store.create(submitted);
+    } catch (err) {
+      watch.close();
+      throw err;
+    }
     if (revision === undefined) {
+      watch.close(); // an existing job, with a history of its own: result() reads it first
       const existing = await this.store.require(id);
       submitted = existing.record;
       // Queued but maybe never published (a crash between the two): publish again; the
@@ -164,6 +173,7 @@ export class Fleet {
         deadlineMs: this.config.requestTimeout,
       });
     } catch (err) {
+      if (revision !== undefined) watch.close();
       // Leave no record that claims a job is queued when it never reached the queue.
       const error = new BrokerError(
         `the job could not be queued: ${(err as Error).message}`,
@@ -182,6 +192,7 @@ export class Fleet {
       throw error;
     }
     const handle = this.handle(id, submitted);
+    if (revision !== undefined) handle.followFromSubmit(watch);
     if (callbackSecret !== undefined) handle.callbackSecret = callbackSecret;
     return handle;
   }

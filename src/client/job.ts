@@ -3,7 +3,7 @@ import { DeliverPolicy, type Consumer, type JetStreamClient } from "@nats-io/jet
 import type { NatsConnection } from "@nats-io/transport-node";
 import { decode, encode } from "../broker/codec.js";
 import type { BrokerConnection } from "../broker/connection.js";
-import type { JobStore } from "../broker/records.js";
+import type { JobStore, RecordWatch } from "../broker/records.js";
 import { withRetry } from "../broker/retry.js";
 import {
   heartbeatSchema,
@@ -45,6 +45,9 @@ export interface FleetJobResult {
   object?: string;
 }
 
+/** How long a watch started by `submit` waits for `result()` to take it over. */
+const EARLY_WATCH_MS = 10_000;
+
 /** How long to wait for a finished job's terminal event before reporting it from its record. */
 const LATE_REPLAY_MS = 1500;
 
@@ -53,6 +56,7 @@ export class JobHandle {
   callbackSecret: string | undefined;
   /** From `submit`: the record as it was then (new, or the existing job's for a known requestId). */
   submitted: JobRecord | undefined;
+  private early: { watch: RecordWatch; timer: NodeJS.Timeout } | undefined;
   private readonly nc: NatsConnection;
   private readonly js: JetStreamClient;
 
@@ -190,9 +194,25 @@ export class JobHandle {
     }
   }
 
+  /**
+   * From `submit`: the record followed since before the job existed, so that `result()` called
+   * soon after reads nothing until the job ends. Dropped after EARLY_WATCH_MS unused.
+   */
+  followFromSubmit(watch: RecordWatch): void {
+    const timer = setTimeout(() => {
+      this.early = undefined;
+      watch.close();
+    }, EARLY_WATCH_MS);
+    timer.unref();
+    this.early = { watch, timer };
+  }
+
   /** Wait for the end; the result, or the typed error the job failed with. */
   async result(opts: { signal?: AbortSignal } = {}): Promise<FleetJobResult> {
-    const record = await this.store.finalRecord(this.id, opts.signal);
+    const early = this.early;
+    this.early = undefined;
+    if (early) clearTimeout(early.timer);
+    const record = await this.store.finalRecord(this.id, opts.signal, early?.watch);
     if (record.state === "succeeded" && record.result) {
       const { target, bytes, elapsedMs, object } = record.result;
       return {
