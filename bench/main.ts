@@ -13,10 +13,10 @@ import { heavyMars } from "./heavy.js";
 import { brokerCapacity, dispatchLatency, perJobOverhead } from "./throughput.js";
 import { fairShare, heavyWithRules, qosDispatch } from "./qos.js";
 import { restApi } from "./api.js";
-import { stopLocalServersOnSigterm } from "../src/broker/local-server.js";
+import { killOwnedOnSigterm } from "../src/core/owned.js";
 
 async function main(): Promise<void> {
-  stopLocalServersOnSigterm();
+  killOwnedOnSigterm();
   const args = await yargs(hideBin(process.argv))
     .option("quick", { type: "boolean", default: false, describe: "smaller counts, under a minute" })
     .option("json", { type: "string", describe: "write every figure to this JSON file" })

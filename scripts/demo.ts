@@ -8,7 +8,8 @@ import { mkdir } from "node:fs/promises";
 import { createWriteStream } from "node:fs";
 import { resolve } from "node:path";
 import { promisify } from "node:util";
-import { LocalNatsServer, stopLocalServersOnSigterm } from "../src/broker/local-server.js";
+import { LocalNatsServer } from "../src/broker/local-server.js";
+import { killOwnedOnSigterm } from "../src/core/owned.js";
 import { Fleet } from "../src/client/fleet.js";
 import type { JobHandle } from "../src/client/job.js";
 import { LogPresenter } from "../src/client/log-filter.js";
@@ -70,7 +71,7 @@ async function fieldCount(path: string): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  stopLocalServersOnSigterm();
+  killOwnedOnSigterm();
   const outDir = resolve("out");
   const sharedRoot = resolve(outDir, "share");
   await mkdir(sharedRoot, { recursive: true });

@@ -9,28 +9,31 @@ import { dirname } from "node:path";
 import { eventually, processAlive } from "./helpers/proc.js";
 
 /**
- * A process that starts a server and then `ends` (after its opt-in to SIGTERM clean-up): the
- * server's pid and store directory, and the child, once it has started the server.
+ * A process that starts a local fleet (a server and a worker) and then `ends`, after its opt-in to
+ * SIGTERM clean-up: the server's and the worker's pids, the server's store, and the child.
  */
-async function serverOfChild(
+async function fleetOfChild(
   ends: string,
-): Promise<{ pid: number; store: string; child: ReturnType<typeof spawn> }> {
-  const module = JSON.stringify(new URL("../src/broker/local-server.js", import.meta.url).href);
+): Promise<{ server: number; worker: number; store: string; child: ReturnType<typeof spawn> }> {
+  const module = (path: string): string => JSON.stringify(new URL(path, import.meta.url).href);
   const script = `
-    import { LocalNatsServer, stopLocalServersOnSigterm } from ${module};
-    stopLocalServersOnSigterm();
-    const server = await LocalNatsServer.start();
-    process.stdout.write(JSON.stringify({ pid: server.pid, store: server.storeDir }) + "\\n");
+    import { LocalFleet } from ${module("../src/worker/local-fleet.js")};
+    import { killOwnedOnSigterm } from ${module("../src/core/owned.js")};
+    killOwnedOnSigterm();
+    const fleet = await LocalFleet.create();
+    const worker = await fleet.worker({ queue: LocalFleet.queue("orphan") });
+    const started = { server: fleet.server.pid, worker: worker.proc.pid, store: fleet.server.storeDir };
+    process.stdout.write(JSON.stringify(started) + "\\n");
     ${ends}
   `;
   const child = spawn(process.execPath, ["--input-type=module", "-e", script], {
     stdio: ["ignore", "pipe", "inherit"],
   });
-  const started = await new Promise<{ pid: number; store: string }>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("the child did not start a server within 15 s")), 15_000);
+  const started = await new Promise<{ server: number; worker: number; store: string }>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("the child did not start a fleet within 20 s")), 20_000);
     child.stdout!.once("data", (d: Buffer) => {
       clearTimeout(timer);
-      resolve(JSON.parse(d.toString()) as { pid: number; store: string });
+      resolve(JSON.parse(d.toString()) as { server: number; worker: number; store: string });
     });
   });
   return { ...started, child };
@@ -75,20 +78,25 @@ describe("nats-server harness", () => {
   });
 
   it(
-    "takes its nats-server down when the process is stopped (SIGTERM, as node --test does) or exits without disposing",
-    { timeout: 40_000 },
+    "takes its nats-server and workers down when the process is stopped (SIGTERM, as node --test does) or exits without disposing",
+    { timeout: 60_000 },
     async () => {
-      const stopped = await serverOfChild("setInterval(() => {}, 60_000);");
-      assert.ok(processAlive(stopped.pid), "no server to begin with");
+      const stopped = await fleetOfChild("setInterval(() => {}, 60_000);");
+      assert.ok(processAlive(stopped.server) && processAlive(stopped.worker), "no fleet to begin with");
       stopped.child.kill("SIGTERM");
-      assert.ok(await eventually(() => !processAlive(stopped.pid), 10_000), "the server outlived a SIGTERM");
-      assert.ok(!existsSync(dirname(stopped.store)), "its temporary store was left behind");
+      for (const [what, pid] of [
+        ["server", stopped.server],
+        ["worker", stopped.worker],
+      ] as const)
+        assert.ok(await eventually(() => !processAlive(pid), 10_000), `the ${what} outlived a SIGTERM`);
+      assert.ok(!existsSync(dirname(stopped.store)), "the server's temporary store was left behind");
 
-      const exited = await serverOfChild("setTimeout(() => process.exit(0), 100);");
-      assert.ok(
-        await eventually(() => !processAlive(exited.pid), 10_000),
-        "the server outlived process.exit()",
-      );
+      const exited = await fleetOfChild("setTimeout(() => process.exit(0), 100);");
+      for (const [what, pid] of [
+        ["server", exited.server],
+        ["worker", exited.worker],
+      ] as const)
+        assert.ok(await eventually(() => !processAlive(pid), 10_000), `the ${what} outlived process.exit()`);
     },
   );
 

@@ -13,6 +13,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { BrokerError } from "../core/errors.js";
+import { own } from "../core/owned.js";
 
 /** Debian installs nats-server in /usr/sbin, which is not on every user's PATH. */
 export const NATS_SERVER_BIN =
@@ -60,31 +61,6 @@ interface NodeSpec {
   routes?: number[];
   /** More configuration lines (an authorization block, `tls {}`). */
   extraConfig?: string[];
-}
-
-/** Servers started by this process and not yet exited: taken down with it (see killRunning). */
-const running = new Set<LocalNatsServer>();
-let exitHookInstalled = false;
-
-/**
- * Kill every server this process started, now, with its owned temporary directory: what an
- * exiting process can still do synchronously. Their stores are throwaway by construction.
- */
-function killRunning(): void {
-  for (const server of running) server.killNow();
-}
-
-/**
- * For test and benchmark processes: a SIGTERM (what `node --test` sends a test file at its
- * time-out) takes the servers down before the process exits, instead of leaving them running.
- * Opt-in, because a library must not take over a process's signals.
- */
-export function stopLocalServersOnSigterm(): void {
-  if (process.listenerCount("SIGTERM") > 0) return; // the process handles its own
-  process.once("SIGTERM", () => {
-    killRunning();
-    process.exit(143);
-  });
 }
 
 /** One nats-server process with JetStream, its own store dir, on a fixed port (kept over restarts). */
@@ -145,13 +121,9 @@ export class LocalNatsServer {
   private async launch(wait: boolean): Promise<void> {
     const proc = spawn(NATS_SERVER_BIN, ["-c", this.configPath], { stdio: ["ignore", "ignore", "pipe"] });
     this.proc = proc;
-    running.add(this);
-    if (!exitHookInstalled) {
-      // A process that exits without disposing of its servers (an uncaught error, process.exit)
-      // takes them down too.
-      process.on("exit", killRunning);
-      exitHookInstalled = true;
-    }
+    // Taken down with this process however it ends, with its throwaway temporary directory.
+    const owned = this.ownedDir;
+    own(proc, owned ? () => rmSync(owned, { recursive: true, force: true }) : undefined);
     this.stderrTail = "";
     proc.stderr?.on("data", (d: Buffer) => {
       this.stderrTail = (this.stderrTail + d.toString()).slice(-4000);
@@ -167,7 +139,6 @@ export class LocalNatsServer {
         resolve();
       });
       proc.once("exit", (code, signal) => {
-        if (this.proc === proc) running.delete(this);
         exitedEarly ??= new BrokerError(
           `nats-server exited early (${signal ?? code}): ${this.stderrTail.trim()}`,
         );
@@ -182,13 +153,6 @@ export class LocalNatsServer {
       await sleep(50);
     }
     throw new BrokerError(`nats-server on port ${this.spec.port} not ready after ${READY_TIMEOUT_MS} ms`);
-  }
-
-  /** SIGKILL, and the owned temporary directory removed, synchronously (see killRunning). */
-  killNow(): void {
-    this.proc?.kill("SIGKILL");
-    running.delete(this);
-    if (this.ownedDir) rmSync(this.ownedDir, { recursive: true, force: true });
   }
 
   /** Stop the process (SIGTERM, then SIGKILL); the store is kept. */

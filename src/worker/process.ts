@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
+import { own } from "../core/owned.js";
 import { LineSplitter } from "../runner/lines.js";
 
 export const CLI_SCRIPT = fileURLToPath(new URL("../../../bin/mars-fleet.js", import.meta.url));
@@ -26,6 +27,7 @@ export async function startWorkerProcess(
     env,
     stdio: ["ignore", "ignore", "pipe"],
   });
+  own(proc); // not left running if the process that started it ends first
   const logs: Array<Record<string, unknown>> = [];
   const splitter = new LineSplitter();
   proc.stderr!.on("data", (d: Buffer) => {
