@@ -231,6 +231,7 @@ function routes(
       targetDir: dirname(target),
       targetFname: basename(target),
       ...(body.callback && { callback: body.callback }),
+      watchResult: false, // its clients follow it, not this request
     });
     let job: JobHandle;
     if (body.requestId === undefined) {

@@ -91,6 +91,7 @@ export async function submitCommand(args: SubmitArgs, config: FleetConfig): Prom
       environ: parseEnviron(args.environ),
       ...(args.queue !== undefined && { queue: args.queue }),
       ...(args.requestId !== undefined && { requestId: args.requestId }),
+      watchResult: false, // followed by its events, or not at all
       ...(args.callback !== undefined && {
         callback: {
           url: args.callback,

@@ -72,6 +72,12 @@ export interface SubmitOptions {
    * given: `handle.callbackSecret`). Delivered by the fleet's `mars-fleet api` processes.
    */
   callback?: { url: string; secret?: string };
+  /**
+   * Follow the job's record from before it exists, for a `result()` called soon (within 10 s): it
+   * then reads nothing until the job ends. Default true; false for a job followed otherwise
+   * (`events()`) or not at all, which then costs no subscription.
+   */
+  watchResult?: boolean;
 }
 
 /** A job id from a request id: kept when it is a safe token, else a stable hash of it. */
@@ -152,16 +158,16 @@ export class Fleet {
     const callbackSecret = opts.callback && (await this.registerCallback(id, opts.callback));
     let submitted = initialRecord(message, this.config.maxRetries);
     // Followed from before the job exists: result() then reads nothing until a write looks final.
-    const watch = this.store.watch(id, false);
+    const watch = opts.watchResult === false ? undefined : this.store.watch(id, false);
     let revision: number | undefined;
     try {
       revision = await this.store.create(submitted);
     } catch (err) {
-      watch.close();
+      watch?.close();
       throw err;
     }
     if (revision === undefined) {
-      watch.close(); // an existing job, with a history of its own: result() reads it first
+      watch?.close(); // an existing job, with a history of its own: result() reads it first
       const existing = await this.store.require(id);
       submitted = existing.record;
       // Queued but maybe never published (a crash between the two): publish again; the
@@ -173,7 +179,7 @@ export class Fleet {
         deadlineMs: this.config.requestTimeout,
       });
     } catch (err) {
-      if (revision !== undefined) watch.close();
+      if (revision !== undefined) watch?.close();
       // Leave no record that claims a job is queued when it never reached the queue.
       const error = new BrokerError(
         `the job could not be queued: ${(err as Error).message}`,
@@ -192,7 +198,7 @@ export class Fleet {
       throw error;
     }
     const handle = this.handle(id, submitted);
-    if (revision !== undefined) handle.followFromSubmit(watch);
+    if (revision !== undefined && watch) handle.followFromSubmit(watch);
     if (callbackSecret !== undefined) handle.callbackSecret = callbackSecret;
     return handle;
   }

@@ -283,6 +283,7 @@ export function pipeServer(opts: PipeOptions): FastifyInstance {
       job = await opts.fleet.submit(body.data.request, {
         requestId: uid,
         environ,
+        watchResult: false, // followed by its events
         ...(opts.dataPath === "objectstore"
           ? { deliver: "objectstore" as const }
           : { targetDir: PIPE_DIR, targetFname: `${uid}.grib` }),

@@ -110,6 +110,7 @@ class SharesSession {
       targetFname: basename(target),
       environ,
       marsEnv: this.opts.marsEnv,
+      watchResult: false, // followed by its events
     });
     this.job = job;
     this.jobId = environ["request_id"] ?? job.id;
