@@ -123,6 +123,38 @@ export class RecordWatch {
   }
 }
 
+/**
+ * A worker's watch of a job's submission while an attempt runs (a core subscription made before
+ * the claim reads it): whether it may have changed since, by a write seen or a reconnect (core
+ * messages may have been lost meanwhile). Unchanged, a cancel request cannot have come since the
+ * claim, and the fence need not read the submission again.
+ */
+export class SubmissionWatch {
+  private seen = false;
+  private readonly sub: Subscription;
+  private readonly mark = (): void => {
+    this.seen = true;
+  };
+
+  constructor(
+    nc: NatsConnection,
+    id: string,
+    private readonly reconnects: Set<() => void>,
+  ) {
+    this.sub = nc.subscribe(`$KV.${JOBS_BUCKET}.${submissionKey(id)}`, { callback: this.mark });
+    reconnects.add(this.mark);
+  }
+
+  get changed(): boolean {
+    return this.seen;
+  }
+
+  close(): void {
+    this.sub.unsubscribe();
+    this.reconnects.delete(this.mark);
+  }
+}
+
 export class JobStore {
   private readonly onReconnect = new Set<() => void>();
   private statusLoop: Promise<void> | undefined;
@@ -287,6 +319,12 @@ export class JobStore {
   watch(id: string, readFirst: boolean): RecordWatch {
     this.watchReconnects();
     return new RecordWatch(this.nc, id, this.onReconnect, readFirst);
+  }
+
+  /** Watch a job's submission from now on (see SubmissionWatch). */
+  watchSubmission(id: string): SubmissionWatch {
+    this.watchReconnects();
+    return new SubmissionWatch(this.nc, id, this.onReconnect);
   }
 
   /**

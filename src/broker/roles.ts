@@ -118,6 +118,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
         subscribe: [
           replies,
           p(subjects.cancel("*"), "stop a running job at once when it is cancelled"),
+          p(status(RECORD_KEYS.submitted), "see a running job's submission change (a cancel: then read it)"),
           p(subjects.maxDeliveries("*"), "fail jobs that ran out of deliveries"),
           ...subjects.allJobs.map((s) =>
             p(s, "hear new jobs on its queue's lanes (to choose whom to serve)"),

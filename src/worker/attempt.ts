@@ -13,7 +13,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { encode } from "../broker/codec.js";
 import type { JobEventPublisher } from "../broker/events.js";
-import type { JobStore, VersionedRecord } from "../broker/records.js";
+import type { JobStore, SubmissionWatch, VersionedRecord } from "../broker/records.js";
 import {
   TERMINAL_STATES,
   initialRecord,
@@ -94,6 +94,7 @@ export class JobAttempt {
   private heartbeat: NodeJS.Timeout | undefined;
   private pid = -1;
   private bytes = 0;
+  private submissionWatch: SubmissionWatch | undefined;
   private readonly log: Logger;
 
   constructor(
@@ -132,6 +133,8 @@ export class JobAttempt {
 
   /** Claim, run, settle. Never throws: a problem the attempt cannot record leaves the message to be redelivered. */
   async execute(): Promise<void> {
+    // Made before the claim reads the submission: a cancel written after that read is seen.
+    this.submissionWatch = this.ctx.store.watchSubmission(this.job.id);
     try {
       const claim = await this.claim();
       if (claim.kind === "skip") return await this.skip(claim);
@@ -152,6 +155,8 @@ export class JobAttempt {
       // The broker could not be reached within the retries: the message stays unacked, and another
       // delivery (after the ack wait) takes the job up again. Nothing was committed.
       this.log.error({ err }, "attempt could not be recorded; the job will be redelivered");
+    } finally {
+      this.submissionWatch.close();
     }
   }
 
@@ -345,8 +350,12 @@ export class JobAttempt {
   ): Promise<"owned" | "cancelled" | "lost"> {
     let verdict: "owned" | "cancelled" | "lost" = "lost";
     // A cancel lives in the submission, which the status write below does not read: its
-    // announcement (core NATS) may have been missed, so the fence looks for itself.
-    const requested = (await this.ctx.store.submission(this.job.id))?.record.cancelRequested ?? false;
+    // announcement (core NATS) may have been missed, so the fence looks for itself, unless the
+    // submission is known unchanged since the claim read it (and found no cancel there).
+    const requested =
+      this.submissionWatch === undefined || this.submissionWatch.changed
+        ? ((await this.ctx.store.submission(this.job.id))?.record.cancelRequested ?? false)
+        : false;
     this.version = await this.ctx.store.mutate(
       this.job.id,
       (rec) => {
