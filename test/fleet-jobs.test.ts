@@ -384,6 +384,40 @@ describe("fleet: jobs", () => {
   });
 });
 
+describe("fleet: an idle fleet", () => {
+  it(
+    "wakes one worker per new job, not all of them: about one pull per job",
+    { timeout: 90_000 },
+    async () => {
+      const queue = TestFleet.queue("herd");
+      await Promise.all([tf.worker({ queue }), tf.worker({ queue }), tf.worker({ queue })]);
+      const fleet = await tf.client({ queue });
+      const nc = await tf.connectAs("admin");
+      let pulls = 0;
+      const sub = nc.subscribe(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.*`, {
+        callback: (_err, msg) => {
+          if (msg.subject.includes(queue)) pulls++;
+        },
+      });
+      await nc.flush();
+      const jobs = 20;
+      for (let i = 0; i < jobs; i++) {
+        const job = await fleet.submit(
+          { param: "2t", date: "20240101", grid: "10/10" },
+          { targetDir: "herd" },
+        );
+        assert.ok((await job.result()).bytes > 0);
+      }
+      await nc.flush();
+      sub.unsubscribe();
+      await nc.close();
+      // Every free worker pulling for every job would make 3 per job; the counts each second add a
+      // few (a job running elsewhere looks like one to pull).
+      assert.ok(pulls <= 2 * jobs, `${pulls} pulls for ${jobs} jobs`);
+    },
+  );
+});
+
 describe("fleet: jobs of earlier clients (no lane)", () => {
   it("runs lane-less jobs queued before any worker listened, and after", { timeout: 60_000 }, async () => {
     const queue = TestFleet.queue("laneless");

@@ -227,6 +227,25 @@ describe("QoS lanes: which lane a free slot serves", () => {
     );
   });
 
+  it("keeps a job heard while a pull or a count was on its way, whatever they found", () => {
+    const board = new LaneBoard();
+    board.heard("a", heard("a1", "a", 0));
+    const mark = board.mark(); // the pull leaves
+    board.heard("a", heard("a2", "a", 1)); // published while it was on its way
+    board.empty("a", 2, mark); // a1 went to another worker; a2 may not have been stored yet
+    assert.equal(board.queued().get("a"), 1);
+    assert.equal(pick(board, NO_RULES, 3), "a");
+    board.empty("a", 4, board.mark());
+    assert.equal(pick(board, NO_RULES, 5), undefined);
+    // The same for a count asked for before a job was heard: it cannot know of it.
+    const counting = board.mark();
+    board.heard("a", heard("a3", "a", 6));
+    board.counted("a", 0, 7, counting);
+    assert.equal(pick(board, NO_RULES, 8), "a");
+    board.counted("a", 0, 9, board.mark());
+    assert.equal(pick(board, NO_RULES, 10), undefined);
+  });
+
   it("forgets what other workers took from the server's counts, and pulls where messages are unaccounted for", () => {
     const board = new LaneBoard();
     board.heard("a", heard("a1", "a", 0));

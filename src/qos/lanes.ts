@@ -27,6 +27,8 @@ export interface Heard {
   facts?: JobFacts;
   /** What the rules in force say of it, worked out once per rules version (see `judged`). */
   judged?: { rules: QosRules; limits: LimitSlot[]; base: number };
+  /** When this worker heard of it, in the board's own order (see `LaneBoard.mark`). */
+  heardAt?: number;
 }
 
 /** The limits and base priority the rules give a heard job, computed once for each rules version. */
@@ -78,6 +80,7 @@ export interface PickOptions {
 export class LaneBoard {
   private readonly lanes = new Map<string, Lane>();
   private served = 0;
+  private hearings = 0;
 
   private lane(name: string, now: number): Lane {
     let l = this.lanes.get(name);
@@ -91,7 +94,12 @@ export class LaneBoard {
   /** A job was published on the lane. */
   heard(name: string, job: Heard): void {
     const l = this.lane(name, job.submittedAt);
-    if (!l.heard.some((h) => h.id === job.id)) l.heard.push(job);
+    if (!l.heard.some((h) => h.id === job.id)) l.heard.push({ ...job, heardAt: ++this.hearings });
+  }
+
+  /** The point reached in what this worker heard: taken before a pull, given to `empty` after it. */
+  mark(): number {
+    return this.hearings;
   }
 
   /**
@@ -116,26 +124,32 @@ export class LaneBoard {
     if (l && l.mine > 0) l.mine--;
   }
 
-  /** A pull from the lane came back empty: nothing is queued there now. */
-  empty(name: string, now: number): void {
+  /**
+   * A pull from the lane came back empty: nothing was queued there when it was made. Jobs heard
+   * after `mark` (taken before the pull) may have been published after it: they stay.
+   */
+  empty(name: string, now: number, mark = Infinity): void {
     const l = this.lane(name, now);
-    l.heard = [];
+    l.heard = l.heard.filter((h) => (h.heardAt ?? 0) > mark);
     l.unheard = 0;
   }
 
   /**
    * How many messages the server holds in the lane (queued, or delivered and not yet
    * acknowledged). Jobs heard of beyond that number were taken by other workers; messages beyond
-   * those heard of are worth a pull.
+   * those heard of are worth a pull. Jobs heard after `mark` (taken before the count was asked for)
+   * may have been published after it: they are kept, whatever the count.
    */
-  counted(name: string, messages: number, now: number): void {
+  counted(name: string, messages: number, now: number, mark = Infinity): void {
     const l = this.lane(name, now);
     const waiting = Math.max(0, messages - l.mine);
-    if (l.heard.length > waiting) l.heard.splice(0, l.heard.length - waiting);
-    const unheard = waiting - l.heard.length;
+    const before = l.heard.filter((h) => (h.heardAt ?? 0) <= mark);
+    const since = l.heard.length - before.length;
+    if (before.length > waiting) l.heard.splice(0, before.length - waiting);
+    const unheard = waiting - Math.min(before.length, waiting);
     if (unheard > 0 && l.unheard === 0) l.unheardSince = now;
     l.unheard = unheard;
-    if (messages === 0 && l.mine === 0) this.lanes.delete(name);
+    if (messages === 0 && l.mine === 0 && since === 0) this.lanes.delete(name);
   }
 
   /** Lanes the board knows of, with their queued counts (for the registry and explanations). */

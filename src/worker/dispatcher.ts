@@ -40,6 +40,16 @@ export const COUNT_EVERY_MS = 1000;
 const LANELESS_RECOUNT = 10;
 const PULL_TIMEOUT_MS = 5000;
 
+/**
+ * A pull this soon after its wake-up that finds nothing is made again, waiting up to STORE_LAG_MS
+ * on the server for the message to be stored.
+ */
+const FRESH_MS = 50;
+const STORE_LAG_MS = 20;
+
+/** The queue group of a queue's free workers, woken one per new job (`nats sub` shows it). */
+const wakeGroup = (queue: string): string => `mars-free-workers-${queue}`;
+
 export interface Parked {
   msg: JobMsg;
   job: JobMessage;
@@ -83,6 +93,10 @@ export class Dispatcher {
   private wakeUp: (() => void) | undefined;
   private loopDone: Promise<void> | undefined;
   private doorbell: Subscription | undefined;
+  /** The queue group that wakes one free worker per new job (see syncWakeBell). */
+  private wakeBell: Subscription | undefined;
+  /** Lanes whose new job woke this worker, and when: a first empty pull there is tried again. */
+  private readonly rung = new Map<string, number>();
   private laneless: Subscription | undefined;
   private unreadable = 0;
   /** The last choice passed over a lane because its next job's limit was full. */
@@ -113,14 +127,17 @@ export class Dispatcher {
     deps.slots.onChange(() => {
       if (this.parkedJobs.length > 0 || (this.skippedBlocked && this.free > 0)) this.wake();
     });
+    // Every worker hears every job (it knows each lane's queue), but only one free worker is woken
+    // to pull it: the wake bell's queue group, which a worker joins while it has a free slot.
     this.doorbell = deps.nc.subscribe(subjects.lanes(deps.queue), {
-      callback: (_err, msg) => this.hear(msg.subject.slice(subjects.lanes(deps.queue).length - 1), msg.data),
+      callback: (_err, msg) => this.hear(this.laneOf(msg.subject), msg.data, false),
     });
+    this.syncWakeBell();
     // Jobs of earlier clients, published without a lane.
     this.laneless = deps.nc.subscribe(subjects.jobs(deps.queue), {
       callback: (_err, msg) => {
         this.lanelessSeen = true;
-        this.hear("", msg.data);
+        this.hear("", msg.data, true); // earlier clients' jobs: every free worker pulls (rare)
       },
     });
     await this.count({ full: true });
@@ -172,7 +189,34 @@ export class Dispatcher {
     });
   }
 
-  private hear(lane: string, data: Uint8Array): void {
+  private laneOf(subject: string): string {
+    return subject.slice(subjects.lanes(this.deps.queue).length - 1);
+  }
+
+  /**
+   * In the wake bell's queue group while there is a free slot, out of it while there is none: the
+   * server hands each new job's wake-up to one free worker, instead of every free worker pulling
+   * for it (all but one in vain). A wake-up that reaches a worker as it fills up is lost; the job
+   * is still on every worker's board, and goes at the next free slot or count.
+   */
+  private syncWakeBell(): void {
+    const want = this.pulling && this.free > 0;
+    if (want && !this.wakeBell) {
+      this.wakeBell = this.deps.nc.subscribe(subjects.lanes(this.deps.queue), {
+        queue: wakeGroup(this.deps.queue),
+        callback: (_err, msg) => {
+          const lane = this.laneOf(msg.subject);
+          this.rung.set(lane, Date.now());
+          this.hear(lane, msg.data, true);
+        },
+      });
+    } else if (!want && this.wakeBell) {
+      this.wakeBell.unsubscribe();
+      this.wakeBell = undefined;
+    }
+  }
+
+  private hear(lane: string, data: Uint8Array, wake: boolean): void {
     let job: z.infer<typeof queuedJobSchema> | undefined;
     try {
       job = queuedJobSchema.parse(JSON.parse(new TextDecoder().decode(data)));
@@ -182,7 +226,7 @@ export class Dispatcher {
     const shape = job ?? { queue: this.deps.queue, environ: {}, requests: [] };
     const id = job?.id ?? `unreadable-${++this.unreadable}`;
     this.board.heard(lane, { id, submittedAt: job?.submittedAt ?? Date.now(), shape });
-    if (this.free > 0) this.wake();
+    if (wake && this.free > 0) this.wake();
   }
 
   /**
@@ -196,6 +240,7 @@ export class Dispatcher {
     const laneless =
       opts.full === true || this.lanelessSeen || ++this.countsSinceLaneless >= LANELESS_RECOUNT;
     this.lanelessSeen = false;
+    const mark = this.board.mark();
     const counts = await laneMessages(this.deps.jsm, this.deps.queue, { laneless });
     if (laneless) {
       this.countsSinceLaneless = 0;
@@ -204,7 +249,7 @@ export class Dispatcher {
     }
     for (const lane of this.board.queued().keys())
       if (!counts.has(lane) && (lane !== "" || laneless)) counts.set(lane, 0);
-    for (const [lane, n] of counts) this.board.counted(lane, n, now);
+    for (const [lane, n] of counts) this.board.counted(lane, n, now, mark);
     if (this.free > 0) this.wake();
   }
 
@@ -243,13 +288,21 @@ export class Dispatcher {
           await this.sleepUntilWoken(COUNT_EVERY_MS);
           continue;
         }
-        const msgs = await this.pull(lane, this.batchFor(lane));
+        const mark = this.board.mark();
+        let msgs = await this.pull(lane, this.batchFor(lane));
+        const rungAt = this.rung.get(lane);
+        this.rung.delete(lane);
+        if (msgs.length === 0 && rungAt !== undefined && Date.now() - rungAt < FRESH_MS) {
+          // Woken for a job just published, and none there: the server may tell subscribers of a
+          // message before its stream has stored it. A pull that waits a moment gets it once stored.
+          msgs = await this.pull(lane, 1, STORE_LAG_MS);
+        }
         failures = 0;
         if (!this.pulling) {
           for (const m of msgs) m.nak(); // arrived as we began to stop: let another worker have it
           break;
         }
-        if (msgs.length === 0) this.board.empty(lane, Date.now());
+        if (msgs.length === 0) this.board.empty(lane, Date.now(), mark);
         for (const m of msgs) await this.admit(lane, m);
       } catch (err) {
         failures++;
@@ -269,7 +322,7 @@ export class Dispatcher {
     return Math.max(1, Math.min(this.free, queued.get(lane) ?? 1));
   }
 
-  private async pull(lane: string, batch: number): Promise<JobMsg[]> {
+  private async pull(lane: string, batch: number, waitMs?: number): Promise<JobMsg[]> {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
     // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
     // first pulls from it (created by the first worker, the others' creations are no-ops).
@@ -292,7 +345,7 @@ export class Dispatcher {
       this.consumers.add(name);
     }
     try {
-      return await this.puller.pull(name, batch, PULL_TIMEOUT_MS);
+      return await this.puller.pull(name, batch, PULL_TIMEOUT_MS, waitMs);
     } catch (err) {
       this.consumers.delete(name); // deleted meanwhile, perhaps: made again before the next pull
       throw err;
@@ -370,6 +423,7 @@ export class Dispatcher {
     holder: Holder | undefined,
   ): void {
     this.free--;
+    this.syncWakeBell();
     const done = this.deps
       .run(msg, job)
       .then(async () => {
@@ -383,6 +437,7 @@ export class Dispatcher {
         this.board.settled(lane);
         this.running.delete(done);
         this.free++;
+        this.syncWakeBell();
         this.wake();
       });
     this.running.add(done);
@@ -394,6 +449,7 @@ export class Dispatcher {
     this.wake();
     clearInterval(this.countTimer);
     this.doorbell?.unsubscribe();
+    this.syncWakeBell();
     this.laneless?.unsubscribe();
     await this.loopDone;
     this.puller.close();

@@ -98,8 +98,11 @@ export class Puller {
     this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, msg) => this.receive(err, msg) });
   }
 
-  /** Up to `batch` messages of `consumer`; none when it has none to give now. */
-  pull(consumer: string, batch: number, timeoutMs: number): Promise<JobMsg[]> {
+  /**
+   * Up to `batch` messages of `consumer`; none when it has none to give now, or, with `waitMs`,
+   * none within that time (the server waits for a message to arrive, instead of `no_wait`).
+   */
+  pull(consumer: string, batch: number, timeoutMs: number, waitMs?: number): Promise<JobMsg[]> {
     if (this.current) return Promise.reject(new BrokerError("a pull is already in progress", { consumer }));
     const token = String(++this.seq);
     return new Promise<JobMsg[]>((resolve, reject) => {
@@ -114,7 +117,8 @@ export class Puller {
         else resolve(result);
       };
       this.current = { token, consumer, want: batch, got: [], done: end };
-      const body = encoder.encode(JSON.stringify({ batch, no_wait: true }));
+      const ask = waitMs === undefined ? { batch, no_wait: true } : { batch, expires: waitMs * 1_000_000 };
+      const body = encoder.encode(JSON.stringify(ask));
       this.nc.publish(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.${consumer}`, body, {
         reply: `${this.inbox}.${token}`,
       });
