@@ -182,6 +182,22 @@ export async function backlog(env: BenchEnv, jobs: number): Promise<ScenarioResu
     (i) => fleet.submit(REQUEST, { targetDir: "backlog", targetFname: `${i % 100}.grib` }),
   );
   const submitRate = jobs / ((Date.now() - t0) / 1000);
+  // The same, from a submitter that will not wait with result() (the API, a gateway, a bulk
+  // loader): no record subscription per job. On a queue of its own, never drained.
+  const unwatched = Math.ceil(jobs / 5);
+  const u0 = Date.now();
+  await pool(
+    Array.from({ length: unwatched }, (_, i) => i),
+    256,
+    (i) =>
+      fleet.submit(REQUEST, {
+        queue: BenchEnv.queue("unwatched"),
+        targetDir: "backlog",
+        targetFname: `u${i % 100}.grib`,
+        watchResult: false,
+      }),
+  );
+  const unwatchedRate = unwatched / ((Date.now() - u0) / 1000);
   const serverRss = await rssMb(env.server.pid!);
   const observer = await FleetObserver.start(await env.nc());
   const d0 = Date.now();
@@ -196,6 +212,7 @@ export async function backlog(env: BenchEnv, jobs: number): Promise<ScenarioResu
     scenario: "6 backlog",
     figures: {
       "submit jobs/s": submitRate,
+      "submit jobs/s, watchResult: false": unwatchedRate,
       "nats-server RSS MB (queued)": serverRss,
       "worker RSS MB": workerRss,
       "drain s": drainS,
@@ -204,7 +221,10 @@ export async function backlog(env: BenchEnv, jobs: number): Promise<ScenarioResu
     baseline: { "submit jobs/s": rawRate },
     ratios: { "submit jobs/s": submitRate / rawRate },
     targets: [target("submit rate", round(submitRate, 0), "jobs/s", ">=", 2000)],
-    notes: [`${jobs} jobs queued before any worker started; baseline: bare js.publish of the same bodies`],
+    notes: [
+      `${jobs} jobs queued before any worker started; baseline: bare js.publish of the same bodies`,
+      `${unwatched} more with watchResult: false (no subscription for a later result()), on another queue`,
+    ],
   };
 }
 
