@@ -409,6 +409,9 @@ export class JobAttempt {
     const { ctx, job, msg, attempt, events } = this;
     const terminal = TERMINAL_STATES.has(s.state);
     let stale = false;
+    // Every log line and progress event is stored before the record says how the attempt ended:
+    // whoever sees that record (result() returns on it) finds the whole log.
+    await events.flush();
     await ctx.store.mutate(
       job.id,
       (rec) => {
