@@ -14,6 +14,7 @@ import { DEAD_STREAM, EVENTS_STREAM, JOBS_BUCKET, subjects } from "../src/broker
 import { Kvm } from "@nats-io/kv";
 import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
 import { Worker } from "../src/worker/worker.js";
+import type { JobEvent } from "../src/client/job.js";
 import { rejection } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
@@ -244,6 +245,35 @@ describe("ownership: a server restart does not stall or duplicate a job", { time
       );
       assert.ok(seqs >= events.length);
     }
+  });
+});
+
+describe("ownership: events followed from submit across a restart", { timeout: TIMEOUT }, () => {
+  it("shows every line and state once, in order: the stream is replayed after the reconnect", async () => {
+    const queue = TestFleet.queue("liverestart");
+    await tf.worker({ queue }, { MARS_SIM_FIELD_DELAY_MS: "200" });
+    const fleet = await tf.client({ queue });
+    const job = await fleet.submit(
+      { ...SMALL, date: "20240101/to/20240110" },
+      { targetDir: "own", targetFname: "live.grib", watchEvents: true },
+    );
+    const seen: JobEvent[] = [];
+    const following = (async () => {
+      for await (const ev of job.events()) if (ev.type !== "heartbeat") seen.push(ev);
+    })();
+    await eventually(async () => seen.some((e) => e.type === "log"), 10_000);
+    await tf.server.restart({ downMs: 2000 });
+    await following;
+    const lines = seen.flatMap((e) => (e.type === "log" ? [e.seq] : []));
+    assert.deepEqual(
+      lines,
+      lines.map((_, i) => i + 1),
+      "gaps or repeats",
+    );
+    assert.equal(lines.length, (await job.storedLog()).length, "lines missing against the stored log");
+    const states = seen.flatMap((e) => (e.type === "state" ? [`${e.state}/${e.attempt}`] : []));
+    assert.equal(new Set(states).size, states.length, `a state shown twice: ${states.join(", ")}`);
+    assert.equal(states.at(-1), "succeeded/1");
   });
 });
 

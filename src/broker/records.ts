@@ -321,6 +321,13 @@ export class JobStore {
     return new RecordWatch(this.nc, id, this.onReconnect, readFirst);
   }
 
+  /** Call `f` after every reconnect of this store's connection, until the returned function is called. */
+  afterReconnect(f: () => void): () => void {
+    this.watchReconnects();
+    this.onReconnect.add(f);
+    return () => this.onReconnect.delete(f);
+  }
+
   /** Watch a job's submission from now on (see SubmissionWatch). */
   watchSubmission(id: string): SubmissionWatch {
     this.watchReconnects();

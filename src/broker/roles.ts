@@ -162,6 +162,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
         subscribe: [
           replies,
           p(subjects.allHeartbeats, "heartbeats of its jobs"),
+          p(subjects.jobEvents("*"), "follow its new jobs' events live (what a replay would give)"),
           p(`$KV.${JOBS_BUCKET}.*.*`, "hear its jobs' records change (then read them)"),
           p(`$KV.${QOS_BUCKET}.${QOS_RULES_KEY}`, "hear the QoS rules change (deny rules apply at submit)"),
           p(`$KV.${API_KEYS_BUCKET}.*`, "the api: hear an API key revoked (forget it at once)"),

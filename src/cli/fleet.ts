@@ -92,6 +92,7 @@ export async function submitCommand(args: SubmitArgs, config: FleetConfig): Prom
       ...(args.queue !== undefined && { queue: args.queue }),
       ...(args.requestId !== undefined && { requestId: args.requestId }),
       watchResult: false, // followed by its events, or not at all
+      watchEvents: args.follow,
       ...(args.callback !== undefined && {
         callback: {
           url: args.callback,

@@ -38,7 +38,7 @@ import { formatLogLine } from "../mars/log.js";
 import { LiveWorkers } from "./live-workers.js";
 import { silentLogger } from "../core/logging.js";
 import { checkFileName, resolveInside } from "../runner/target.js";
-import { JobHandle } from "./job.js";
+import { JobHandle, LiveEvents } from "./job.js";
 import { toRequests, type MarsRequestInput } from "./request-input.js";
 import { checkEnviron } from "../runner/runner.js";
 import { checkJobMarsEnv, type JobMarsEnv } from "../mars/environment.js";
@@ -78,6 +78,12 @@ export interface SubmitOptions {
    * (`events()`) or not at all, which then costs no subscription.
    */
   watchResult?: boolean;
+  /**
+   * Follow the job's events from before it exists, for an `events()` called soon (within 10 s): it
+   * then needs no consumer on the server, unless the connection is re-established meanwhile.
+   * Default false.
+   */
+  watchEvents?: boolean;
 }
 
 /** A job id from a request id: kept when it is a safe token, else a stable hash of it. */
@@ -159,15 +165,20 @@ export class Fleet {
     let submitted = initialRecord(message, this.config.maxRetries);
     // Followed from before the job exists: result() then reads nothing until a write looks final.
     const watch = opts.watchResult === false ? undefined : this.store.watch(id, false);
+    const live = opts.watchEvents === true ? new LiveEvents(this.conn.nc, id, this.store) : undefined;
+    const unwatch = (): void => {
+      watch?.close();
+      live?.close();
+    };
     let revision: number | undefined;
     try {
       revision = await this.store.create(submitted);
     } catch (err) {
-      watch?.close();
+      unwatch();
       throw err;
     }
     if (revision === undefined) {
-      watch?.close(); // an existing job, with a history of its own: result() reads it first
+      unwatch(); // an existing job, with a history of its own: result() and events() read it first
       const existing = await this.store.require(id);
       submitted = existing.record;
       // Queued but maybe never published (a crash between the two): publish again; the
@@ -179,7 +190,7 @@ export class Fleet {
         deadlineMs: this.config.requestTimeout,
       });
     } catch (err) {
-      if (revision !== undefined) watch?.close();
+      if (revision !== undefined) unwatch();
       // Leave no record that claims a job is queued when it never reached the queue.
       const error = new BrokerError(
         `the job could not be queued: ${(err as Error).message}`,
@@ -199,6 +210,7 @@ export class Fleet {
     }
     const handle = this.handle(id, submitted);
     if (revision !== undefined && watch) handle.followFromSubmit(watch);
+    if (revision !== undefined && live) handle.followEventsFromSubmit(live);
     if (callbackSecret !== undefined) handle.callbackSecret = callbackSecret;
     return handle;
   }

@@ -1,6 +1,6 @@
 /** A handle on one fleet job: its story as events, its result, cancel. Works from any process. */
 import { DeliverPolicy, type Consumer, type JetStreamClient } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { decode, encode } from "../broker/codec.js";
 import type { BrokerConnection } from "../broker/connection.js";
 import type { JobStore, RecordWatch } from "../broker/records.js";
@@ -51,12 +51,91 @@ const EARLY_WATCH_MS = 10_000;
 /** How long to wait for a finished job's terminal event before reporting it from its record. */
 const LATE_REPLAY_MS = 1500;
 
+/**
+ * A job's events followed with a core subscription (`mars.job.<id>.*`) made before the job existed,
+ * so that nothing can come before it: what `events()` then reads instead of replaying the stream
+ * through a consumer made for it. Messages are kept until `events()` takes them. After a reconnect
+ * core messages may have been lost, and `events()` replays the stream after all.
+ */
+export class LiveEvents {
+  private readonly kept: Array<{ subject: string; data: Uint8Array }> = [];
+  private sink: ((subject: string, data: Uint8Array) => void) | undefined;
+  private onLost: (() => void) | undefined;
+  private lostAlready = false;
+  private readonly sub: Subscription;
+  private readonly stopWatching: () => void;
+
+  constructor(nc: NatsConnection, id: string, store: JobStore) {
+    this.sub = nc.subscribe(subjects.jobEvents(id), {
+      callback: (err, msg) => {
+        if (err) return this.lost();
+        if (this.sink) this.sink(msg.subject, msg.data);
+        else this.kept.push({ subject: msg.subject, data: msg.data });
+      },
+    });
+    this.stopWatching = store.afterReconnect(() => this.lost());
+  }
+
+  private lost(): void {
+    this.lostAlready = true;
+    this.onLost?.();
+  }
+
+  /** Hand what was kept, then every message, to `sink`; `onLost` when messages may have been lost. */
+  attach(sink: (subject: string, data: Uint8Array) => void, onLost: () => void): void {
+    for (const m of this.kept.splice(0)) sink(m.subject, m.data);
+    this.sink = sink;
+    this.onLost = onLost;
+    if (this.lostAlready) onLost();
+  }
+
+  close(): void {
+    this.sub.unsubscribe();
+    this.stopWatching();
+  }
+}
+
+/**
+ * Events as `events()` shows them: each log line once (a batch re-sent after a lost ack may be
+ * stored twice), each state change once, progress only forward; true from `add` after the
+ * terminal state.
+ */
+class EventFilter {
+  private readonly lastLine = new Map<number, number>();
+  private readonly states = new Set<string>();
+  private lastProgress = -1;
+
+  constructor(private readonly out: Channel<JobEvent>) {}
+
+  add(subject: string, data: Uint8Array): boolean {
+    const events = toEvent(subject, data);
+    if (!events) return false;
+    for (const e of events) {
+      if (e.type === "log") {
+        if (e.seq <= (this.lastLine.get(e.attempt) ?? 0)) continue;
+        this.lastLine.set(e.attempt, e.seq);
+      } else if (e.type === "state") {
+        const key = `${e.state}/${e.attempt}`;
+        if (this.states.has(key)) continue;
+        this.states.add(key);
+      } else if (e.type === "progress") {
+        if (e.at < this.lastProgress) continue;
+        this.lastProgress = e.at;
+      }
+      this.out.push(e);
+    }
+    const last = events.at(-1);
+    return last?.type === "state" && TERMINAL_STATES.has(last.state);
+  }
+}
+
 export class JobHandle {
   /** The completion callback's signing secret, when `submit` made one (shown once). */
   callbackSecret: string | undefined;
   /** From `submit`: the record as it was then (new, or the existing job's for a known requestId). */
   submitted: JobRecord | undefined;
   private early: { watch: RecordWatch; timer: NodeJS.Timeout } | undefined;
+  private live: { events: LiveEvents; timer: NodeJS.Timeout } | undefined;
   private readonly nc: NatsConnection;
   private readonly js: JetStreamClient;
 
@@ -124,7 +203,11 @@ export class JobHandle {
     // Stop reading the stream as soon as the reader stops iterating, not at the next event.
     const readerGone = new AbortController();
     const signal = opts.signal ? AbortSignal.any([opts.signal, readerGone.signal]) : readerGone.signal;
-    void this.pumpEvents(out, signal).catch((err: unknown) => out.fail(err));
+    const live = this.live;
+    this.live = undefined;
+    if (live) clearTimeout(live.timer);
+    const pump = live ? this.pumpLive(out, live.events, signal) : this.pumpEvents(out, signal);
+    void pump.catch((err: unknown) => out.fail(err));
     return (async function* () {
       try {
         yield* out;
@@ -134,11 +217,9 @@ export class JobHandle {
     })();
   }
 
-  private async pumpEvents(out: Channel<JobEvent>, signal?: AbortSignal): Promise<void> {
-    // The record (for the fallback below) is read while the replay consumer is created.
-    const [consumer, record] = await Promise.all([this.replay(), this.store.get(this.id)]);
-    const messages = await consumer.consume();
-    const hbSub = this.nc.subscribe(subjects.heartbeat(this.id), {
+  /** Heartbeats are live only (never stored): pushed as they come, until unsubscribed. */
+  private followHeartbeats(out: Channel<JobEvent>): Subscription {
+    return this.nc.subscribe(subjects.heartbeat(this.id), {
       callback: (err, msg) => {
         if (err) return;
         try {
@@ -148,6 +229,61 @@ export class JobHandle {
         }
       },
     });
+  }
+
+  /**
+   * Events from a LiveEvents subscription made before the job existed. Should messages have been
+   * lost (a reconnect), the stream is replayed from the start through a consumer, and what was
+   * shown already is not shown again.
+   */
+  private async pumpLive(out: Channel<JobEvent>, live: LiveEvents, signal: AbortSignal): Promise<void> {
+    const filter = new EventFilter(out);
+    const hbSub = this.followHeartbeats(out);
+    let finished = false;
+    let replaying: Promise<void> | undefined;
+    const finish = (): void => {
+      if (finished) return;
+      finished = true;
+      live.close();
+      hbSub.unsubscribe();
+      out.close();
+    };
+    signal.addEventListener("abort", finish, { once: true });
+    const replay = async (): Promise<void> => {
+      live.close();
+      const consumer = await this.replay();
+      const messages = await consumer.consume();
+      const stop = (): void => messages.stop();
+      signal.addEventListener("abort", stop, { once: true });
+      try {
+        for await (const m of messages) if (finished || filter.add(m.subject, m.data)) break;
+      } finally {
+        signal.removeEventListener("abort", stop);
+        messages.stop();
+        dropConsumer(consumer);
+        finish();
+      }
+    };
+    live.attach(
+      (subject, data) => {
+        if (!finished && !replaying && filter.add(subject, data)) finish();
+      },
+      () => {
+        if (finished || replaying) return;
+        replaying = replay().catch((err: unknown) => {
+          out.fail(err);
+          finish();
+        });
+      },
+    );
+    if (signal.aborted) finish();
+  }
+
+  private async pumpEvents(out: Channel<JobEvent>, signal?: AbortSignal): Promise<void> {
+    // The record (for the fallback below) is read while the replay consumer is created.
+    const [consumer, record] = await Promise.all([this.replay(), this.store.get(this.id)]);
+    const messages = await consumer.consume();
+    const hbSub = this.followHeartbeats(out);
     let finished = false;
     const finish = (): void => {
       if (finished) return;
@@ -169,21 +305,10 @@ export class JobHandle {
             finish();
           }, LATE_REPLAY_MS)
         : undefined;
-    // A batch re-sent after a lost ack may be stored twice: each line is shown once, by its sequence.
-    const lastLine = new Map<number, number>();
+    const filter = new EventFilter(out);
     try {
       for await (const m of messages) {
-        const event = toEvent(m.subject, m.data);
-        if (!event) continue;
-        for (const e of event) {
-          if (e.type === "log") {
-            if (e.seq <= (lastLine.get(e.attempt) ?? 0)) continue;
-            lastLine.set(e.attempt, e.seq);
-          }
-          out.push(e);
-        }
-        const last = event.at(-1);
-        if (last?.type === "state" && TERMINAL_STATES.has(last.state)) {
+        if (filter.add(m.subject, m.data)) {
           sawTerminal = true;
           break;
         }
@@ -205,6 +330,19 @@ export class JobHandle {
     }, EARLY_WATCH_MS);
     timer.unref();
     this.early = { watch, timer };
+  }
+
+  /**
+   * From `submit`: the job's events followed since before it existed, so that `events()` called
+   * soon after needs no consumer on the server. Dropped after EARLY_WATCH_MS unused.
+   */
+  followEventsFromSubmit(events: LiveEvents): void {
+    const timer = setTimeout(() => {
+      this.live = undefined;
+      events.close();
+    }, EARLY_WATCH_MS);
+    timer.unref();
+    this.live = { events, timer };
   }
 
   /** Wait for the end; the result, or the typed error the job failed with. */

@@ -283,7 +283,8 @@ export function pipeServer(opts: PipeOptions): FastifyInstance {
       job = await opts.fleet.submit(body.data.request, {
         requestId: uid,
         environ,
-        watchResult: false, // followed by its events
+        watchResult: false, // followed by its events, from the start
+        watchEvents: true,
         ...(opts.dataPath === "objectstore"
           ? { deliver: "objectstore" as const }
           : { targetDir: PIPE_DIR, targetFname: `${uid}.grib` }),

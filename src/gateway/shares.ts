@@ -110,7 +110,8 @@ class SharesSession {
       targetFname: basename(target),
       environ,
       marsEnv: this.opts.marsEnv,
-      watchResult: false, // followed by its events
+      watchResult: false, // followed by its events, from the start
+      watchEvents: true,
     });
     this.job = job;
     this.jobId = environ["request_id"] ?? job.id;
