@@ -45,8 +45,18 @@ export interface FleetJobResult {
   object?: string;
 }
 
-/** How long a watch started by `submit` waits for `result()` to take it over. */
+/** How long a watch started by `submit` waits for `result()` or `events()` to take it over. */
 const EARLY_WATCH_MS = 10_000;
+
+/** Close `watch` (and `forget` it) after EARLY_WATCH_MS, unless the timer is cleared first. */
+function closeUnused(watch: { close(): void }, forget: () => void): NodeJS.Timeout {
+  const timer = setTimeout(() => {
+    forget();
+    watch.close();
+  }, EARLY_WATCH_MS);
+  timer.unref();
+  return timer;
+}
 
 /** How long to wait for a finished job's terminal event before reporting it from its record. */
 const LATE_REPLAY_MS = 1500;
@@ -324,12 +334,7 @@ export class JobHandle {
    * soon after reads nothing until the job ends. Dropped after EARLY_WATCH_MS unused.
    */
   followFromSubmit(watch: RecordWatch): void {
-    const timer = setTimeout(() => {
-      this.early = undefined;
-      watch.close();
-    }, EARLY_WATCH_MS);
-    timer.unref();
-    this.early = { watch, timer };
+    this.early = { watch, timer: closeUnused(watch, () => (this.early = undefined)) };
   }
 
   /**
@@ -337,12 +342,7 @@ export class JobHandle {
    * soon after needs no consumer on the server. Dropped after EARLY_WATCH_MS unused.
    */
   followEventsFromSubmit(events: LiveEvents): void {
-    const timer = setTimeout(() => {
-      this.live = undefined;
-      events.close();
-    }, EARLY_WATCH_MS);
-    timer.unref();
-    this.live = { events, timer };
+    this.live = { events, timer: closeUnused(events, () => (this.live = undefined)) };
   }
 
   /** Wait for the end; the result, or the typed error the job failed with. */
