@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
+import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { Kvm } from "@nats-io/kv";
@@ -75,8 +76,28 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
       body: JSON.stringify({ request: { param: "2t/msl", date: "20240101/to/20240410", grid: "10/10" } }),
     });
     const { id } = (await res.json()) as { id: string };
-    // The simulator prints 40 lines 100 ms apart, then writes 80 fields 150 ms apart.
+    // Open the job while a refresh of the job list is on its way (held here until the click): the
+    // late refresh must not draw the list over the job's page.
+    await page.getByRole("link", { name: id }).waitFor();
+    const jobList = (url: URL): boolean => url.pathname === "/v1/jobs" && url.search === "?limit=50";
+    let release: () => void = () => undefined;
+    let released: Promise<void> | undefined;
+    const held = new Promise<void>((resolve) => {
+      void page.route(jobList, async (route) => {
+        if (released) return route.continue(); // only the first is held
+        released = new Promise<void>((r) => (release = r)).then(() => route.continue());
+        resolve();
+      });
+    });
+    await held;
     await page.getByRole("link", { name: id }).click();
+    await page.locator("pre#log").waitFor();
+    release();
+    await released;
+    await page.unroute(jobList);
+    await sleep(300);
+    assert.equal(await page.locator("pre#log").count(), 1, "a late refresh drew the job list over the job");
+    // The simulator prints 40 lines 100 ms apart, then writes 80 fields 150 ms apart.
     const log = page.locator("pre#log");
     const lines = async (): Promise<number> =>
       ((await log.textContent()) ?? "").split("\n").filter(Boolean).length;

@@ -74,6 +74,8 @@ function bar(id) {
 
 async function overview() {
   const [w, q, j] = await Promise.all([api("/v1/workers"), api("/v1/queues"), api("/v1/jobs?limit=50")]);
+  // Opened a job meanwhile (a click while this refresh waited): its page stays.
+  if (location.hash.startsWith("#/job/")) return;
   for (const job of j.jobs) if (job.state === "running" && !following.has(job.id)) {
     const ac = new AbortController(); following.set(job.id, ac);
     follow(job.id, (type, d) => { if (type === "progress") progress.set(job.id, d); }, ac.signal)
@@ -91,7 +93,7 @@ async function overview() {
 
 let jobView = null; // { id, ac }
 async function jobPage(id) {
-  if (!jobView || jobView.id !== id) {
+  if (!jobView || jobView.id !== id || !document.getElementById("log")) {
     jobView?.ac.abort();
     jobView = { id, ac: new AbortController() };
     main.innerHTML = '<p><a href="#/">All jobs</a></p><h2>Job <span id="job-id"></span></h2><p>State: <strong id="job-state"></strong> <span id="job-bar"></span> <button id="cancel" type="button" hidden>Cancel job</button></p><h2 id="log-h">Log</h2><pre id="log" aria-labelledby="log-h" aria-live="polite"></pre>';
@@ -106,6 +108,7 @@ async function jobPage(id) {
     }, jobView.ac.signal).catch(() => {});
   }
   const rec = await api("/v1/jobs/" + encodeURIComponent(id));
+  if (jobView?.id !== id) return; // left for another page meanwhile
   const state = document.getElementById("job-state");
   state.textContent = rec.state; state.className = "state-" + rec.state;
   document.getElementById("job-bar").innerHTML = rec.state === "running" ? bar(id) : "";
