@@ -1,7 +1,10 @@
 /**
  * `npm run demo`: the fleet on one machine. Starts a local nats-server, provisions, starts two
  * workers on the MARS simulator, submits three ERA5-like requests at once, shows their live
- * (filtered) logs and progress, prints the results, and shuts everything down.
+ * (filtered) logs and progress, prints the results. Then the REST face: starts `mars-fleet api`'s
+ * server, makes an API key and prints it, runs one job over HTTP (POST, its log over SSE, its
+ * result). Shuts everything down, unless `-- --serve`: then the fleet, the API and the dashboard
+ * stay up until Ctrl-C.
  */
 import { execFile } from "node:child_process";
 import { mkdir } from "node:fs/promises";
@@ -17,6 +20,10 @@ import { ProgressDisplay, showJobEvent } from "../src/cli/output.js";
 import { loadConfig } from "../src/config/load.js";
 import { formatDuration } from "../src/core/time.js";
 import { startWorkerProcess, type WorkerProcess } from "../src/worker/process.js";
+import { Kvm } from "@nats-io/kv";
+import { API_KEYS_BUCKET, ApiKeys } from "../src/api/keys.js";
+import { startApi } from "../src/api/server.js";
+import type { FleetConfig } from "../src/config/load.js";
 
 const ERA5 = { class: "ea", type: "an", stream: "oper", expver: "1", grid: "0.5/0.5", area: "72/-25/30/45" };
 const REQUESTS = [
@@ -68,6 +75,45 @@ async function fieldCount(path: string): Promise<string> {
   } catch {
     return "?";
   }
+}
+
+/**
+ * The REST face, as a service would use it: one job POSTed, its events over SSE to the end, its
+ * result downloaded. Returns the API's address and the key it made.
+ */
+async function restDemo(
+  fleet: Fleet,
+  config: FleetConfig,
+): Promise<{ base: string; token: string; close: () => Promise<void> }> {
+  const api = await startApi({ config, port: 0, host: "127.0.0.1" });
+  const { token } = await new ApiKeys(await new Kvm(fleet.connection.js).open(API_KEYS_BUCKET)).add(
+    "demo",
+    "user",
+  );
+  const base = `http://127.0.0.1:${api.port}`;
+  const auth = { authorization: `Bearer ${token}` };
+  process.stdout.write(
+    `\nREST: ${base} (dashboard at /, API docs at /docs); API key of user demo: ${token}\n`,
+  );
+  const posted = await fetch(`${base}/v1/jobs`, {
+    method: "POST",
+    headers: { ...auth, "content-type": "application/json" },
+    body: JSON.stringify({ request: { ...ERA5, levtype: "sfc", param: "2t", date: "20240101" } }),
+  });
+  const { id } = (await posted.json()) as { id: string };
+  process.stdout.write(`  POST /v1/jobs → ${posted.status}, ${posted.headers.get("location")}\n`);
+  const sse = await (
+    await fetch(`${base}/v1/jobs/${id}/logs`, { headers: { ...auth, accept: "text/event-stream" } })
+  ).text();
+  const count = (type: string): number => sse.split(`event: ${type}\n`).length - 1;
+  const final = /"state":"(succeeded|failed|cancelled)"/.exec(sse)?.[1] ?? "unknown";
+  process.stdout.write(
+    `  GET /v1/jobs/${id}/logs (text/event-stream) → ${count("log")} log lines, ${count("state")} states, ended ${final}\n`,
+  );
+  const result = await fetch(`${base}/v1/jobs/${id}/result`, { headers: auth });
+  const bytes = (await result.arrayBuffer()).byteLength;
+  process.stdout.write(`  GET /v1/jobs/${id}/result → ${result.status}, ${bytes} bytes of GRIB\n`);
+  return { base, token, close: () => api.close() };
 }
 
 async function main(): Promise<void> {
@@ -125,6 +171,18 @@ async function main(): Promise<void> {
       );
     }
     process.stdout.write(`\ninspect: grib_ls ${resolve(sharedRoot, "era5", "surface.grib")}\n`);
+    const rest = await restDemo(fleet, config);
+    if (process.argv.includes("--serve")) {
+      process.stdout.write(
+        `\nserving until Ctrl-C: open ${rest.base}/ and give it the key above; or\n` +
+          `  curl -X POST ${rest.base}/v1/jobs -H "Authorization: Bearer ${rest.token}" ` +
+          `-H 'content-type: application/json' -d '{"request": {"param": "2t", "date": "20240101"}}'\n`,
+      );
+      await new Promise<void>((done) => process.once("SIGINT", () => done()));
+    } else {
+      process.stdout.write("\n(npm run demo -- --serve keeps the fleet, the API and the dashboard up)\n");
+    }
+    await rest.close();
     await fleet.close();
     if (failed > 0) process.exitCode = 1;
   } finally {
