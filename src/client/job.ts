@@ -48,14 +48,24 @@ export interface FleetJobResult {
 /** How long a watch started by `submit` waits for `result()` or `events()` to take it over. */
 const EARLY_WATCH_MS = 10_000;
 
-/** Close `watch` (and `forget` it) after EARLY_WATCH_MS, unless the timer is cleared first. */
-function closeUnused(watch: { close(): void }, forget: () => void): NodeJS.Timeout {
-  const timer = setTimeout(() => {
-    forget();
-    watch.close();
-  }, EARLY_WATCH_MS);
-  timer.unref();
-  return timer;
+/** A watch from `submit`, for `result()` or `events()` to take: closed after EARLY_WATCH_MS unused. */
+class Unclaimed<T extends { close(): void }> {
+  private value: T | undefined;
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(value: T) {
+    this.value = value;
+    this.timer = setTimeout(() => this.take()?.close(), EARLY_WATCH_MS);
+    this.timer.unref();
+  }
+
+  /** The watch, once: undefined when it was taken already or closed unused. */
+  take(): T | undefined {
+    clearTimeout(this.timer);
+    const value = this.value;
+    this.value = undefined;
+    return value;
+  }
 }
 
 /** How long to wait for a finished job's terminal event before reporting it from its record. */
@@ -144,8 +154,8 @@ export class JobHandle {
   callbackSecret: string | undefined;
   /** From `submit`: the record as it was then (new, or the existing job's for a known requestId). */
   submitted: JobRecord | undefined;
-  private early: { watch: RecordWatch; timer: NodeJS.Timeout } | undefined;
-  private live: { events: LiveEvents; timer: NodeJS.Timeout } | undefined;
+  private early: Unclaimed<RecordWatch> | undefined;
+  private live: Unclaimed<LiveEvents> | undefined;
   private readonly nc: NatsConnection;
   private readonly js: JetStreamClient;
 
@@ -213,10 +223,8 @@ export class JobHandle {
     // Stop reading the stream as soon as the reader stops iterating, not at the next event.
     const readerGone = new AbortController();
     const signal = opts.signal ? AbortSignal.any([opts.signal, readerGone.signal]) : readerGone.signal;
-    const live = this.live;
-    this.live = undefined;
-    if (live) clearTimeout(live.timer);
-    const pump = live ? this.pumpLive(out, live.events, signal) : this.pumpEvents(out, signal);
+    const live = this.live?.take();
+    const pump = live ? this.pumpLive(out, live, signal) : this.pumpEvents(out, signal);
     void pump.catch((err: unknown) => out.fail(err));
     return (async function* () {
       try {
@@ -243,53 +251,43 @@ export class JobHandle {
 
   /**
    * Events from a LiveEvents subscription made before the job existed. Should messages have been
-   * lost (a reconnect), the stream is replayed from the start through a consumer, and what was
-   * shown already is not shown again.
+   * lost (a reconnect), the stream is replayed from the start (pumpEvents), and what was shown
+   * already is not shown again.
    */
   private async pumpLive(out: Channel<JobEvent>, live: LiveEvents, signal: AbortSignal): Promise<void> {
     const filter = new EventFilter(out);
     const hbSub = this.followHeartbeats(out);
-    let finished = false;
-    let replaying: Promise<void> | undefined;
-    const finish = (): void => {
-      if (finished) return;
-      finished = true;
+    let done = false;
+    const stopLive = (): void => {
+      if (done) return;
+      done = true;
       live.close();
       hbSub.unsubscribe();
+    };
+    const finish = (): void => {
+      stopLive();
       out.close();
     };
     signal.addEventListener("abort", finish, { once: true });
-    const replay = async (): Promise<void> => {
-      live.close();
-      const consumer = await this.replay();
-      const messages = await consumer.consume();
-      const stop = (): void => messages.stop();
-      signal.addEventListener("abort", stop, { once: true });
-      try {
-        for await (const m of messages) if (finished || filter.add(m.subject, m.data)) break;
-      } finally {
-        signal.removeEventListener("abort", stop);
-        messages.stop();
-        dropConsumer(consumer);
-        finish();
-      }
-    };
     live.attach(
       (subject, data) => {
-        if (!finished && !replaying && filter.add(subject, data)) finish();
+        if (!done && filter.add(subject, data)) finish();
       },
       () => {
-        if (finished || replaying) return;
-        replaying = replay().catch((err: unknown) => {
-          out.fail(err);
-          finish();
-        });
+        if (done) return;
+        stopLive();
+        signal.removeEventListener("abort", finish);
+        void this.pumpEvents(out, signal, filter).catch((err: unknown) => out.fail(err));
       },
     );
     if (signal.aborted) finish();
   }
 
-  private async pumpEvents(out: Channel<JobEvent>, signal?: AbortSignal): Promise<void> {
+  private async pumpEvents(
+    out: Channel<JobEvent>,
+    signal?: AbortSignal,
+    filter = new EventFilter(out),
+  ): Promise<void> {
     // The record (for the fallback below) is read while the replay consumer is created.
     const [consumer, record] = await Promise.all([this.replay(), this.store.get(this.id)]);
     const messages = await consumer.consume();
@@ -315,7 +313,6 @@ export class JobHandle {
             finish();
           }, LATE_REPLAY_MS)
         : undefined;
-    const filter = new EventFilter(out);
     try {
       for await (const m of messages) {
         if (filter.add(m.subject, m.data)) {
@@ -334,7 +331,7 @@ export class JobHandle {
    * soon after reads nothing until the job ends. Dropped after EARLY_WATCH_MS unused.
    */
   followFromSubmit(watch: RecordWatch): void {
-    this.early = { watch, timer: closeUnused(watch, () => (this.early = undefined)) };
+    this.early = new Unclaimed(watch);
   }
 
   /**
@@ -342,15 +339,12 @@ export class JobHandle {
    * soon after needs no consumer on the server. Dropped after EARLY_WATCH_MS unused.
    */
   followEventsFromSubmit(events: LiveEvents): void {
-    this.live = { events, timer: closeUnused(events, () => (this.live = undefined)) };
+    this.live = new Unclaimed(events);
   }
 
   /** Wait for the end; the result, or the typed error the job failed with. */
   async result(opts: { signal?: AbortSignal } = {}): Promise<FleetJobResult> {
-    const early = this.early;
-    this.early = undefined;
-    if (early) clearTimeout(early.timer);
-    const record = await this.store.finalRecord(this.id, opts.signal, early?.watch);
+    const record = await this.store.finalRecord(this.id, opts.signal, this.early?.take());
     if (record.state === "succeeded" && record.result) {
       const { target, bytes, elapsedMs, object } = record.result;
       return {
