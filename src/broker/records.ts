@@ -79,26 +79,24 @@ function mayBeFinal(msg: Msg): boolean {
  * first unless told otherwise, after a reconnect, when the submission changed), or the status only
  * (a worker's write looked final: a final status is the record). Hints only; the bucket decides.
  */
+/** Call `f` after every reconnect, until the returned function is called (JobStore.afterReconnect). */
+type ReconnectHook = (f: () => void) => () => void;
+
 export class RecordWatch {
   private next: "both" | "status" | undefined;
   private wake: () => void = () => undefined;
   private readonly sub: Subscription;
-  private readonly all = (): void => this.nudge("both");
+  private readonly stopWatching: () => void;
 
-  constructor(
-    nc: NatsConnection,
-    id: string,
-    private readonly reconnects: Set<() => void>,
-    readFirst: boolean,
-  ) {
+  constructor(nc: NatsConnection, id: string, afterReconnect: ReconnectHook, readFirst: boolean) {
     this.next = readFirst ? "both" : undefined;
     this.sub = nc.subscribe(`$KV.${JOBS_BUCKET}.${id}.*`, {
       callback: (err, msg) => {
-        if (err) return this.all();
+        if (err) return this.nudge("both");
         if (mayBeFinal(msg)) this.nudge(msg.subject.endsWith(`.${RECORD_KEYS.status}`) ? "status" : "both");
       },
     });
-    reconnects.add(this.all);
+    this.stopWatching = afterReconnect(() => this.nudge("both"));
   }
 
   nudge(what: "both" | "status"): void {
@@ -119,7 +117,7 @@ export class RecordWatch {
 
   close(): void {
     this.sub.unsubscribe();
-    this.reconnects.delete(this.all);
+    this.stopWatching();
   }
 }
 
@@ -132,17 +130,14 @@ export class RecordWatch {
 export class SubmissionWatch {
   private seen = false;
   private readonly sub: Subscription;
-  private readonly mark = (): void => {
-    this.seen = true;
-  };
+  private readonly stopWatching: () => void;
 
-  constructor(
-    nc: NatsConnection,
-    id: string,
-    private readonly reconnects: Set<() => void>,
-  ) {
-    this.sub = nc.subscribe(`$KV.${JOBS_BUCKET}.${submissionKey(id)}`, { callback: this.mark });
-    reconnects.add(this.mark);
+  constructor(nc: NatsConnection, id: string, afterReconnect: ReconnectHook) {
+    const mark = (): void => {
+      this.seen = true;
+    };
+    this.sub = nc.subscribe(`$KV.${JOBS_BUCKET}.${submissionKey(id)}`, { callback: mark });
+    this.stopWatching = afterReconnect(mark);
   }
 
   get changed(): boolean {
@@ -151,7 +146,7 @@ export class SubmissionWatch {
 
   close(): void {
     this.sub.unsubscribe();
-    this.reconnects.delete(this.mark);
+    this.stopWatching();
   }
 }
 
@@ -317,21 +312,19 @@ export class JobStore {
    * finalRecord() reads nothing until a write looks final.
    */
   watch(id: string, readFirst: boolean): RecordWatch {
-    this.watchReconnects();
-    return new RecordWatch(this.nc, id, this.onReconnect, readFirst);
+    return new RecordWatch(this.nc, id, (f) => this.afterReconnect(f), readFirst);
   }
 
   /** Call `f` after every reconnect of this store's connection, until the returned function is called. */
   afterReconnect(f: () => void): () => void {
     this.watchReconnects();
     this.onReconnect.add(f);
-    return () => this.onReconnect.delete(f);
+    return () => void this.onReconnect.delete(f);
   }
 
   /** Watch a job's submission from now on (see SubmissionWatch). */
   watchSubmission(id: string): SubmissionWatch {
-    this.watchReconnects();
-    return new SubmissionWatch(this.nc, id, this.onReconnect);
+    return new SubmissionWatch(this.nc, id, (f) => this.afterReconnect(f));
   }
 
   /**
