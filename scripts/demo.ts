@@ -20,8 +20,7 @@ import { ProgressDisplay, showJobEvent } from "../src/cli/output.js";
 import { loadConfig } from "../src/config/load.js";
 import { formatDuration } from "../src/core/time.js";
 import { startWorkerProcess, type WorkerProcess } from "../src/worker/process.js";
-import { Kvm } from "@nats-io/kv";
-import { API_KEYS_BUCKET, ApiKeys } from "../src/api/keys.js";
+import { ApiKeys } from "../src/api/keys.js";
 import { startApi } from "../src/api/server.js";
 import type { FleetConfig } from "../src/config/load.js";
 
@@ -86,10 +85,7 @@ async function restDemo(
   config: FleetConfig,
 ): Promise<{ base: string; token: string; close: () => Promise<void> }> {
   const api = await startApi({ config, port: 0, host: "127.0.0.1" });
-  const { token } = await new ApiKeys(await new Kvm(fleet.connection.js).open(API_KEYS_BUCKET)).add(
-    "demo",
-    "user",
-  );
+  const { token } = await (await ApiKeys.open(fleet.connection.js)).add("demo", "user");
   const base = `http://127.0.0.1:${api.port}`;
   const auth = { authorization: `Bearer ${token}` };
   process.stdout.write(

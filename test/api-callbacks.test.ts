@@ -5,8 +5,7 @@ import { writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Kvm } from "@nats-io/kv";
-import { API_KEYS_BUCKET, ApiKeys } from "../src/api/keys.js";
+import { ApiKeys } from "../src/api/keys.js";
 import { startApi, type ApiServer } from "../src/api/server.js";
 import { CLI, cli } from "./helpers/cli.js";
 import { TestFleet } from "./helpers/fleet.js";
@@ -82,7 +81,7 @@ before(async () => {
   await tf.worker({ queue }, { MARS_SIM_FIELD_DELAY_MS: "20" });
   const nc = await tf.connectAs("admin");
   try {
-    token = (await new ApiKeys(await new Kvm(nc).open(API_KEYS_BUCKET)).add("alice", "user")).token;
+    token = (await (await ApiKeys.open(nc)).add("alice", "user")).token;
   } finally {
     await nc.close();
   }

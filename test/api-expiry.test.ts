@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Kvm } from "@nats-io/kv";
-import { API_KEYS_BUCKET, ApiKeys } from "../src/api/keys.js";
+import { ApiKeys } from "../src/api/keys.js";
 import { startApi, type ApiServer } from "../src/api/server.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
@@ -19,7 +18,7 @@ before(async () => {
   api = await startApi({ config: tf.config(settings), port: 0, host: "127.0.0.1" });
   const nc = await tf.connectAs("admin");
   try {
-    const keys = new ApiKeys(await new Kvm(nc).open(API_KEYS_BUCKET));
+    const keys = await ApiKeys.open(nc);
     tokens.alice = (await keys.add("alice", "user")).token;
     tokens.bob = (await keys.add("bob", "user")).token;
   } finally {

@@ -2,8 +2,7 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Kvm } from "@nats-io/kv";
-import { API_KEYS_BUCKET, ApiKeys } from "../src/api/keys.js";
+import { ApiKeys } from "../src/api/keys.js";
 import { accounting, startApi, type ApiServer } from "../src/api/server.js";
 import {
   acceptedSchema,
@@ -33,7 +32,7 @@ before(async () => {
   base = `http://127.0.0.1:${api.port}`;
   const nc = await tf.connectAs("admin");
   try {
-    const keys = new ApiKeys(await new Kvm(nc).open(API_KEYS_BUCKET));
+    const keys = await ApiKeys.open(nc);
     tokens.alice = (await keys.add("alice", "user")).token;
     tokens.bob = (await keys.add("bob", "user")).token;
     tokens.admin = (await keys.add("ops", "admin")).token;

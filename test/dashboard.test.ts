@@ -4,9 +4,8 @@ import { tmpdir } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
-import { Kvm } from "@nats-io/kv";
 import { chromium, type Browser } from "playwright-core";
-import { API_KEYS_BUCKET, ApiKeys } from "../src/api/keys.js";
+import { ApiKeys } from "../src/api/keys.js";
 import { startApi, type ApiServer } from "../src/api/server.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
@@ -38,7 +37,7 @@ before(async () => {
   api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
   const nc = await tf.connectAs("admin");
   try {
-    token = (await new ApiKeys(await new Kvm(nc).open(API_KEYS_BUCKET)).add("alice", "user")).token;
+    token = (await (await ApiKeys.open(nc)).add("alice", "user")).token;
   } finally {
     await nc.close();
   }

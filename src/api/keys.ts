@@ -4,7 +4,8 @@
  * and a role. A `user` key sees and cancels its own jobs only; an `admin` key sees all.
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import type { KV } from "@nats-io/kv";
+import { Kvm, type KV } from "@nats-io/kv";
+import type { JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
@@ -53,6 +54,11 @@ export class ApiKeys {
   private sub: Subscription | undefined;
 
   constructor(private readonly kv: KV) {}
+
+  /** The keys in the fleet's `mars-api-keys` bucket, over this connection. */
+  static async open(conn: NatsConnection | JetStreamClient): Promise<ApiKeys> {
+    return new ApiKeys(await new Kvm(conn).open(API_KEYS_BUCKET));
+  }
 
   /** Forget a cached key the moment its entry changes (a revocation takes effect at once). */
   follow(nc: NatsConnection): void {

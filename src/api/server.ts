@@ -20,7 +20,7 @@ import { silentLogger } from "../core/logging.js";
 import { activeLanes, laneCounts } from "../qos/lane-counts.js";
 import { formatDuration } from "../core/time.js";
 import { resolveInside } from "../runner/target.js";
-import { API_JOBS_BUCKET, API_KEYS_BUCKET, ApiKeys, type Principal } from "./keys.js";
+import { API_JOBS_BUCKET, ApiKeys, type Principal } from "./keys.js";
 import {
   CALLBACKS_BUCKET,
   CallbackSender,
@@ -116,7 +116,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
   const fleet = await Fleet.connect({ config: opts.config, logger: log });
   try {
     const kvm = new Kvm(fleet.connection.js);
-    const keys = new ApiKeys(await kvm.open(API_KEYS_BUCKET));
+    const keys = await ApiKeys.open(fleet.connection.js);
     keys.follow(fleet.connection.nc);
     const callbacksKv = await kvm.open(CALLBACKS_BUCKET);
     const apiJobs = await kvm.open(API_JOBS_BUCKET);

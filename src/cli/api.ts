@@ -1,6 +1,5 @@
 /** `mars-fleet api` (serve the HTTP API) and `mars-fleet api keys add|list|revoke`. */
-import { Kvm } from "@nats-io/kv";
-import { ApiKeys, API_KEYS_BUCKET, API_ROLES, type ApiRole } from "../api/keys.js";
+import { ApiKeys, API_ROLES, type ApiRole } from "../api/keys.js";
 import { connectProvisioned } from "../broker/provision.js";
 import type { FleetConfig } from "../config/load.js";
 import { ConfigError } from "../core/errors.js";
@@ -41,7 +40,7 @@ export async function keysCommand(
 ): Promise<number> {
   return connectProvisioned(config, "mars-fleet-admin", async (conn) => {
     try {
-      const keys = new ApiKeys(await new Kvm(conn.js).open(API_KEYS_BUCKET));
+      const keys = await ApiKeys.open(conn.js);
       const out = (value: unknown, human: string): void => {
         process.stdout.write(json ? JSON.stringify(value) + "\n" : human + "\n");
       };
