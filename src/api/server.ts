@@ -233,19 +233,16 @@ function routes(
       ...(body.callback && { callback: body.callback }),
       watchResult: false, // its clients follow it, not this request
     });
-    let job: JobHandle;
-    if (body.requestId === undefined) {
-      // A fresh request id makes a new job of this environ's user: remembered beside the submit.
-      // Should the submit fail (denied, invalid), the entry names an id that nobody is ever told,
-      // and expires with the bucket.
-      [job] = await Promise.all([submitting, remember(environ["user_id"], Date.now())]);
-    } else {
-      // A known request id may name an existing job, someone else's: remembered as its record says.
-      job = await submitting;
-      const record = job.submitted ?? (await job.status());
-      await remember(record.environ["user_id"], record.submittedAt);
-    }
+    // A fresh request id makes a new job of this environ's user: remembered beside the submit.
+    // Should the submit fail (denied, invalid), the entry names an id that nobody is ever told,
+    // and expires with the bucket.
+    const [job] = await Promise.all([
+      submitting,
+      body.requestId === undefined ? remember(environ["user_id"], Date.now()) : undefined,
+    ]);
     const record = job.submitted ?? (await job.status());
+    // A known request id may name an existing job, someone else's: remembered as its record says.
+    if (body.requestId !== undefined) await remember(record.environ["user_id"], record.submittedAt);
     if (p.role !== "admin" && record.environ["user_id"] !== p.user)
       throw new HttpProblem("WRONG_STATE", `requestId ${requestId} belongs to another job`);
     void reply.code(202).header("Location", `/v1/jobs/${job.id}`);

@@ -1,6 +1,6 @@
 /**
- * One message from a lane consumer, pulled with `no_wait`: the server answers at once, with the
- * next job or with "no messages". (nats.js's fetch waits at least a second on an empty consumer;
+ * Messages from a lane consumer, pulled with `no_wait`: the server answers at once, with the next
+ * jobs or with "no messages". (nats.js's fetch waits at least a second on an empty consumer;
  * a worker choosing among many lanes needs the answer now.) The reply is wrapped as the part of a
  * JetStream message the worker uses: data, headers, delivery info, and the acknowledgements.
  */
@@ -71,7 +71,8 @@ export function parseAckSubject(reply: string): JobMsg["info"] | undefined {
 
 /**
  * Pulls, one at a time, each for up to `batch` messages with `no_wait`: the server answers at once
- * with what it has, ending with a status when it has fewer than asked. Answers come to one inbox
+ * with what it has, ending with a status when it has fewer than asked (or, with `waitMs`, when that
+ * time is up). Answers come to one inbox
  * subscription for the worker's life (`<inbox>.<n>`, n per pull): a delivered message carries its
  * own subject, not the inbox's, so a status is matched to its pull by subject, and messages belong
  * to the pull in progress. A message that arrives after its pull gave up goes straight back (`nak`).
