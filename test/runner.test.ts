@@ -8,6 +8,7 @@ import { executeMarsLocally } from "../src/client/execute.js";
 import { MarsFleetError } from "../src/core/errors.js";
 import { normaliseRequests } from "../src/mars/request.js";
 import { startMars, type RunEvent } from "../src/runner/runner.js";
+import { attemptRunId, earlierAttemptParts, partPathFor } from "../src/runner/target.js";
 import { gribLs } from "./helpers/grib.js";
 import { childrenMatching, eventually, groupMembers, helperPids, processAlive } from "./helpers/proc.js";
 
@@ -200,5 +201,33 @@ describe("runner", () => {
 
   it("kills the MARS group when the runner's own process is killed with SIGKILL", async () => {
     await runVictim(async () => undefined);
+  });
+});
+
+describe("part files of a job's attempts", () => {
+  it("counts as a dead attempt's leftovers only the parts of attempts numbered below one's own", () => {
+    const target = "/share/era5/2t.grib";
+    const names = [
+      ".2t.grib.job-a1.mars-part",
+      ".2t.grib.job-a2.mars-part",
+      ".2t.grib.job-a3.mars-part", // a later attempt: it has the job now, its part is not ours to delete
+      ".2t.grib.job-a10.mars-part",
+      ".2t.grib.job-ab.mars-part",
+      ".2t.grib.other-a1.mars-part",
+      ".2t.grib.job-a1.mars-part.tmp",
+      "2t.grib",
+    ];
+    assert.deepEqual(earlierAttemptParts(names, target, "job", 3), [
+      ".2t.grib.job-a1.mars-part",
+      ".2t.grib.job-a2.mars-part",
+    ]);
+    assert.deepEqual(earlierAttemptParts(names, target, "job", 1), []);
+    assert.deepEqual(earlierAttemptParts(names, target, "job", 11), [
+      ".2t.grib.job-a1.mars-part",
+      ".2t.grib.job-a2.mars-part",
+      ".2t.grib.job-a3.mars-part",
+      ".2t.grib.job-a10.mars-part",
+    ]);
+    assert.equal(partPathFor(target, attemptRunId("job", 2)), "/share/era5/.2t.grib.job-a2.mars-part");
   });
 });

@@ -20,7 +20,7 @@ import {
   type ErrorRecord,
   type MarsFleetError,
 } from "../core/errors.js";
-import { partPathFor } from "../runner/target.js";
+import { attemptRunId, partPathFor } from "../runner/target.js";
 import { FileTail } from "./tail.js";
 import { CONTROL, UID_PATTERN, environStrings, failureBody, failureShape, pipeBodySchema } from "./wire.js";
 
@@ -145,7 +145,7 @@ async function streamFromShare(
       if (ev.state === "running") {
         await stopTail();
         await reply.rewind();
-        const part = partPathFor(target, `${job.id}-a${ev.attempt}`);
+        const part = partPathFor(target, attemptRunId(job.id, ev.attempt));
         const t = new FileTail(() => [part, target]);
         tail = t;
         following = t.follow((chunk) => reply.data(chunk));

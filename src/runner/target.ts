@@ -14,6 +14,33 @@ export function isPartFile(name: string): boolean {
   return name.startsWith(".") && name.endsWith(PART_SUFFIX);
 }
 
+/** Between a job's id and an attempt's number in the attempt's run id. */
+const ATTEMPT_MARK = "-a";
+
+/** The run id of a fleet job's attempt: its part file is `.<name>.<job>-a<attempt>.mars-part`. */
+export function attemptRunId(jobId: string, attempt: number): string {
+  return `${jobId}${ATTEMPT_MARK}${attempt}`;
+}
+
+/**
+ * Of the file names in a target's directory, the part files of this job's attempts numbered
+ * below `attempt`: a dead or stale attempt's leftovers. Not a later attempt's: an attempt that
+ * lost the job while it got ready must not delete the part file of the one that has it now.
+ */
+export function earlierAttemptParts(
+  names: string[],
+  target: string,
+  jobId: string,
+  attempt: number,
+): string[] {
+  const prefix = `.${basename(target)}.${jobId}${ATTEMPT_MARK}`;
+  return names.filter((n) => {
+    if (!n.startsWith(prefix) || !n.endsWith(PART_SUFFIX)) return false;
+    const number = n.slice(prefix.length, -PART_SUFFIX.length);
+    return /^[1-9][0-9]*$/.test(number) && Number(number) < attempt;
+  });
+}
+
 /** Whether `path` exists and is a directory. */
 export async function isDirectory(path: string): Promise<boolean> {
   return stat(path).then(

@@ -5,7 +5,7 @@
  * only after a fenced check that the attempt still owns the job.
  */
 import { readdir, stat } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { dirname, join } from "node:path";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { JobMsg } from "./pull.js";
 import type { ObjectStore } from "@nats-io/obj";
@@ -32,7 +32,13 @@ import {
 } from "../core/errors.js";
 import { errorForOutcome } from "../runner/outcome.js";
 import { startMars, type MarsRun, type RunOutcome } from "../runner/runner.js";
-import { discardPart, isPartFile, prepareTargetDir, resolveInside } from "../runner/target.js";
+import {
+  attemptRunId,
+  discardPart,
+  earlierAttemptParts,
+  prepareTargetDir,
+  resolveInside,
+} from "../runner/target.js";
 import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
 import type { Journal } from "./journal.js";
 
@@ -231,11 +237,11 @@ export class JobAttempt {
       ctx.admit?.(job);
       targetPath = resolveInside(ctx.sharedRoot, job.target);
       await prepareTargetDir(ctx.sharedRoot, targetPath);
-      if (attempt > 1) await removeEarlierParts(targetPath, job.id);
+      if (attempt > 1) await removeEarlierParts(targetPath, job.id, attempt);
     } catch (err) {
       return this.failure(asFleetError(err), true);
     }
-    const runId = `${job.id}-a${attempt}`;
+    const runId = attemptRunId(job.id, attempt);
     const run = startMars({
       requests: job.requests,
       targetPath,
@@ -471,12 +477,11 @@ export class JobAttempt {
 }
 
 /** Remove part files of earlier attempts of this job (a dead worker's leftovers) beside the target. */
-async function removeEarlierParts(targetPath: string, jobId: string): Promise<void> {
-  const prefix = `.${basename(targetPath)}.${jobId}-a`;
+async function removeEarlierParts(targetPath: string, jobId: string, attempt: number): Promise<void> {
   const names = await readdir(dirname(targetPath)).catch(() => [] as string[]); // no directory, no parts
   await Promise.all(
-    names
-      .filter((n) => n.startsWith(prefix) && isPartFile(n))
-      .map((n) => discardPart(join(dirname(targetPath), n))),
+    earlierAttemptParts(names, targetPath, jobId, attempt).map((n) =>
+      discardPart(join(dirname(targetPath), n)),
+    ),
   );
 }
