@@ -227,6 +227,31 @@ describe("QoS lanes: which lane a free slot serves", () => {
     );
   });
 
+  it("asks whether a lane is blocked only when it would beat the best lane so far, and picks as a full scan would", () => {
+    const rules = parseRules(RULES);
+    const board = new LaneBoard();
+    for (let u = 0; u < 50; u++) board.heard(`u${u}`, heard(`j${u}`, `u${u}`, u));
+    // Every lane ties on priority and has never been served: the first by name wins the tie.
+    const asked: string[] = [];
+    const blockedU0 = (h: Heard): boolean => {
+      asked.push(h.id);
+      return h.id === "j0";
+    };
+    const lane = pick(board, rules, 100, blockedU0);
+    // A full scan: the best of the lanes whose head is not blocked.
+    const unblocked = [...board.queued().keys()].filter((l) => l !== "u0").sort();
+    assert.equal(lane, unblocked[0]);
+    assert.equal(lane, "u1");
+    assert.ok(asked.length < 50, `asked of ${asked.length} lanes out of 50`);
+    // All blocked: every lane was asked, and none is picked.
+    asked.length = 0;
+    assert.equal(
+      pick(board, rules, 100, (h) => (asked.push(h.id), true)),
+      undefined,
+    );
+    assert.equal(asked.length, 50);
+  });
+
   it("keeps a job heard while a pull or a count was on its way, whatever they found", () => {
     const board = new LaneBoard();
     board.heard("a", heard("a1", "a", 0));

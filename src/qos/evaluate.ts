@@ -121,9 +121,16 @@ export function deniedBy(rules: QosRules, facts: JobFacts): DenyRule | undefined
   return rules.rules.find((r): r is DenyRule => isDeny(r) && matches(facts, r.match));
 }
 
+const tops = new WeakMap<QosRules, number>();
+
 /** The highest priority any rule gives: aging lifts a waiting job up to it, never past it. */
 export function topPriority(rules: QosRules): number {
-  return rules.rules.reduce((top, r) => (isPriority(r) ? Math.max(top, r.priority) : top), 0);
+  let top = tops.get(rules);
+  if (top === undefined) {
+    top = rules.rules.reduce((t, r) => (isPriority(r) ? Math.max(t, r.priority) : t), 0);
+    tops.set(rules, top);
+  }
+  return top;
 }
 
 /** Sum of the matching priority rules (0 when none match). */

@@ -167,21 +167,25 @@ export class LaneBoard {
     return job ? { lane: name, job, since: job.submittedAt } : undefined;
   }
 
-  /** The lane to pull from next, or undefined when none has a job this worker may take. */
+  /**
+   * The lane to pull from next, or undefined when none has a job this worker may take. `blocked`
+   * (the costly test: it looks up limit slots) is asked only of a lane that would beat the best
+   * found so far.
+   */
   pick(opts: PickOptions): string | undefined {
     let best: { lane: string; priority: number; servedAt: number } | undefined;
     for (const [name, l] of this.lanes) {
       const head = this.head(name, l);
       if (!head) continue;
-      if (head.job ? opts.blocked(head.job) : !opts.unknownHeads) continue;
+      if (!head.job && !opts.unknownHeads) continue;
       const base = head.job ? judged(head.job, opts.rules).base : 0;
       const priority = effectivePriority(opts.rules, base, opts.now - head.since);
-      if (
+      const better =
         !best ||
         priority > best.priority ||
         (priority === best.priority && l.servedAt < best.servedAt) ||
-        (priority === best.priority && l.servedAt === best.servedAt && name < best.lane)
-      )
+        (priority === best.priority && l.servedAt === best.servedAt && name < best.lane);
+      if (better && !(head.job && opts.blocked(head.job)))
         best = { lane: name, priority, servedAt: l.servedAt };
     }
     return best?.lane;
