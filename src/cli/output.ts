@@ -1,5 +1,6 @@
 /** CLI output: exit codes scripts can rely on, progress bars, error reports. */
-import cliProgress from "cli-progress";
+import { createRequire } from "node:module";
+import type cliProgress from "cli-progress";
 import type { JobEvent } from "../client/job.js";
 import type { LogPresenter } from "../client/log-filter.js";
 import { MarsFleetError, type ErrorCode } from "../core/errors.js";
@@ -62,6 +63,7 @@ export function reportError(err: unknown, json: boolean): number {
 }
 
 const LABEL_WIDTH = 16;
+const requireHere = createRequire(import.meta.url);
 
 function mb(bytes: number): string {
   return (bytes / 1024 / 1024).toFixed(2);
@@ -73,8 +75,10 @@ export class ProgressDisplay {
   private readonly bars = new Map<string, cliProgress.SingleBar>();
 
   constructor(enabled = process.stderr.isTTY === true) {
-    this.multi = enabled
-      ? new cliProgress.MultiBar(
+    // Loaded only when bars are drawn: the worker shares this module (for reportError) and needs none.
+    const bars = enabled ? (requireHere("cli-progress") as typeof cliProgress) : undefined;
+    this.multi = bars
+      ? new bars.MultiBar(
           {
             format: "{label} [{bar}] {percentage}% | {done}/{all} MB | {eta_formatted}",
             stream: process.stderr,
@@ -82,7 +86,7 @@ export class ProgressDisplay {
             forceRedraw: true,
             clearOnComplete: false,
           },
-          cliProgress.Presets.shades_classic,
+          bars.Presets.shades_classic,
         )
       : undefined;
   }

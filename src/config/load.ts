@@ -3,10 +3,10 @@
  * Invalid values are rejected with a ConfigError naming the setting and where it came from.
  */
 import { existsSync, readFileSync } from "node:fs";
-import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { ConfigError, describeZodError } from "../core/errors.js";
 import { parseDuration } from "../core/time.js";
+import { yaml } from "../core/yaml.js";
 import { parseJobMarsEnv } from "../mars/environment.js";
 import { SETTINGS, flagName, yamlName, type Setting, type SettingKind } from "./settings.js";
 
@@ -123,7 +123,7 @@ export function readConfigFile(path: string, explicit: boolean): Record<string, 
   }
   let doc: unknown;
   try {
-    doc = parseYaml(readFileSync(path, "utf8"));
+    doc = yaml().parse(readFileSync(path, "utf8"));
   } catch (err) {
     throw new ConfigError(
       `configuration file ${path} is not valid YAML: ${(err as Error).message}`,

@@ -4,8 +4,9 @@
  * its line, and nothing changes. docs/QOS.md describes the language with examples.
  */
 import { z } from "zod";
-import { LineCounter, parseDocument, isNode } from "yaml";
+import type { Document } from "yaml";
 import { QosRulesError } from "../core/errors.js";
+import { yaml } from "../core/yaml.js";
 
 const SELECTOR_KEY = /^(user|queue|fields|environ\.[A-Za-z_][A-Za-z0-9_]*|[a-z][a-z0-9_]*)$/;
 const RULE_NAME = /^[a-z0-9][a-z0-9-]{0,47}$/;
@@ -136,6 +137,7 @@ export interface RuleProblem {
 
 /** Parse and validate a rules file. Throws QosRulesError listing every problem with its line. */
 export function parseRules(text: string, source = "rules"): QosRules {
+  const { LineCounter, parseDocument } = yaml();
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   const problems: RuleProblem[] = doc.errors.map((e) => {
@@ -163,10 +165,10 @@ export function parseRules(text: string, source = "rules"): QosRules {
 }
 
 /** Where in the text the deepest existing node on `path` starts (so a missing key points at its parent). */
-function nodeOffset(doc: ReturnType<typeof parseDocument>, path: Array<string | number>): number {
+function nodeOffset(doc: Document, path: Array<string | number>): number {
   for (let n = path.length; n >= 0; n--) {
     const node = n === 0 ? doc.contents : doc.getIn(path.slice(0, n), true);
-    if (isNode(node) && node.range) return node.range[0];
+    if (yaml().isNode(node) && node.range) return node.range[0];
   }
   return 0;
 }
