@@ -6,8 +6,11 @@ import {
   effectivePriority,
   factsOf,
   fieldCount,
+  heldByLane,
+  laneCap,
   laneOf,
   limitsFor,
+  slotLimits,
   tokenFor,
   type JobShape,
 } from "../src/qos/evaluate.js";
@@ -167,6 +170,60 @@ describe("QoS rules: what they say about a job", () => {
     assert.match(odd, /^h-[0-9a-f]{24}$/);
     const byClass = { ...rules, fairShare: "class" };
     assert.equal(laneOf(byClass, factsOf(job("x", { class: ["ea"] }))), "ea");
+  });
+
+  it("leaves a per-user limit on every job to the lanes' consumers, and any narrower one to slots", () => {
+    const text = `fairShare: user
+rules:
+  - name: per-user
+    limit: 4
+    per: user
+  - name: busy-queue
+    match: { queue: [busy] }
+    limit: 2
+    per: user
+  - name: guest-od
+    match: { user: guest, class: od }
+    limit: 1
+    per: user
+  - name: paused
+    limit: 0
+    per: user
+  - name: per-class
+    limit: 3
+    per: class
+`;
+    const r = parseRules(text);
+    const byName = (name: string) =>
+      r.rules.find((x) => x.name === name)! as Parameters<typeof heldByLane>[1];
+    assert.equal(heldByLane(r, byName("per-user")), true);
+    assert.equal(heldByLane(r, byName("busy-queue")), true, "a selector on the queue alone");
+    assert.equal(heldByLane(r, byName("guest-od")), false, "not every job of the lane");
+    assert.equal(heldByLane(r, byName("paused")), false, "0 is no max_ack_pending");
+    assert.equal(heldByLane(r, byName("per-class")), false, "not counted by the fairness key");
+    assert.equal(laneCap(r, "default"), 4);
+    assert.equal(laneCap(r, "busy"), 2);
+    assert.equal(laneCap(NO_RULES, "default"), undefined);
+    assert.equal(laneCap({ ...r, fairShare: "class" }, "default"), 3, "per-class is then the lanes'");
+
+    const limits = limitsFor(r, factsOf({ ...job("Guest", { class: ["od"] }), queue: "busy" }));
+    assert.deepEqual(
+      limits.map((l) => [l.key, l.lane]),
+      [
+        ["per-user.guest", "guest"],
+        ["busy-queue.guest", "guest"],
+        ["guest-od.guest", undefined],
+        ["paused.guest", undefined],
+        ["per-class.od", undefined],
+      ],
+    );
+    // Pulled from its lane: the lane's consumer holds the first two. From the lane-less subject of
+    // earlier clients, no consumer holds any: every limit takes a slot.
+    assert.deepEqual(
+      slotLimits(limits, "guest").map((l) => l.key),
+      ["guest-od.guest", "paused.guest", "per-class.od"],
+    );
+    assert.equal(slotLimits(limits, "").length, 5);
   });
 
   it("turns the fleet-wide cap into a limit rule", () => {

@@ -5,7 +5,9 @@ import { after, before, describe, it } from "node:test";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { JobRecord } from "../src/broker/schemas.js";
-import { QOS_BUCKET } from "../src/broker/subjects.js";
+import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
+import { isNotFound } from "../src/broker/nats-errors.js";
+import { JOBS_STREAM, QOS_BUCKET, laneConsumerName } from "../src/broker/subjects.js";
 import type { JobHandle } from "../src/client/job.js";
 import { parseRules } from "../src/qos/rules.js";
 import { writeRules } from "../src/qos/store.js";
@@ -18,6 +20,7 @@ const TIMEOUT = 120_000;
 let tf: TestFleet;
 let admin: NatsConnection;
 let qos: KV;
+let jsm: JetStreamManager;
 
 before(async () => {
   tf = await TestFleet.start();
@@ -25,6 +28,7 @@ before(async () => {
   await (await tf.client({ queue: TestFleet.queue("qos-setup") })).close();
   admin = await tf.connectAs("admin");
   qos = await new Kvm(admin).open(QOS_BUCKET);
+  jsm = await jetstreamManager(admin);
 });
 after(async () => {
   await admin?.close();
@@ -43,6 +47,16 @@ async function holding(key: string): Promise<number> {
   const e = await qos.get(`slots.${key}`);
   if (!e || e.operation !== "PUT" || e.length === 0) return 0;
   return Object.keys((e.json() as { holders: object }).holders).length;
+}
+
+/** How many of the user's jobs the server counts in flight on the user's lane (a limit the lane holds). */
+async function inFlight(queue: string, user: string): Promise<number> {
+  try {
+    return (await jsm.consumers.info(JOBS_STREAM, laneConsumerName(queue, user))).num_ack_pending;
+  } catch (err) {
+    if (isNotFound(err)) return 0; // no job of the user's has been pulled yet
+    throw err;
+  }
 }
 
 /** Most jobs whose [startedAt, finishedAt] overlap at one instant. */
@@ -74,55 +88,61 @@ function submitAs(
 }
 
 describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () => {
-  it("a per-user limit of 2 over 3 workers x 4 slots holds at every sample while other users fill the slots", async () => {
-    const queue = TestFleet.queue("peruser");
-    await apply(`rules:\n  - name: per-user\n    match: { queue: ${queue} }\n    limit: 2\n    per: user\n`);
-    const settings = { queue, concurrency: 4 };
-    await Promise.all([0, 1, 2].map(() => tf.worker(settings, SLOW)));
-    const fleet = await tf.client(settings);
-    const users = ["alice", "bob", "carol", "dave", "erin"];
-    let samples = 0;
-    let worst = 0;
-    let sampling = true;
-    const sampler = (async () => {
-      while (sampling) {
-        const counts = await Promise.all(users.map((u) => holding(`per-user.${u}`)));
-        worst = Math.max(worst, ...counts);
-        samples++;
-        await new Promise((r) => setTimeout(r, 20));
+  // Held by the lanes' consumers (a selector on the queue alone), or by slots in the broker
+  // (another selector key, which every job here matches): the same limit, two mechanisms.
+  for (const held of ["lane", "slots"] as const)
+    it(`a per-user limit of 2 over 3 workers x 4 slots holds at every sample while other users fill the slots (held by ${held})`, async () => {
+      const queue = TestFleet.queue(`peruser${held}`);
+      const match = held === "lane" ? `{ queue: ${queue} }` : `{ queue: ${queue}, param: 2t }`;
+      await apply(`rules:\n  - name: per-user\n    match: ${match}\n    limit: 2\n    per: user\n`);
+      const count = (u: string): Promise<number> =>
+        held === "lane" ? inFlight(queue, u) : holding(`per-user.${u}`);
+      const settings = { queue, concurrency: 4 };
+      await Promise.all([0, 1, 2].map(() => tf.worker(settings, SLOW)));
+      const fleet = await tf.client(settings);
+      const users = ["alice", "bob", "carol", "dave", "erin"];
+      let samples = 0;
+      let worst = 0;
+      let sampling = true;
+      const sampler = (async () => {
+        while (sampling) {
+          const counts = await Promise.all(users.map(count));
+          worst = Math.max(worst, ...counts);
+          samples++;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      })();
+      const jobs = (
+        await Promise.all([
+          submitAs(fleet, "alice", 10, `peruser${held}`),
+          ...users.slice(1).map((u) => submitAs(fleet, u, 4, `peruser${held}`)),
+        ])
+      ).flat();
+      await Promise.all(jobs.map((j) => j.result()));
+      sampling = false;
+      await sampler;
+      assert.ok(samples > 20, `only ${samples} samples`);
+      assert.ok(worst <= 2, `a user had ${worst} jobs counted at once`);
+      assert.ok(worst === 2, "the limit was never reached: the test proves nothing");
+      const records = await Promise.all(jobs.map((j) => j.status()));
+      for (const u of users) {
+        const mine = records.filter((r) => r.environ["user_id"] === u);
+        assert.ok(maxOverlap(mine) <= 2, `${u} ran ${maxOverlap(mine)} at once`);
       }
-    })();
-    const jobs = (
-      await Promise.all([
-        submitAs(fleet, "alice", 10, "peruser"),
-        ...users.slice(1).map((u) => submitAs(fleet, u, 4, "peruser")),
-      ])
-    ).flat();
-    await Promise.all(jobs.map((j) => j.result()));
-    sampling = false;
-    await sampler;
-    assert.ok(samples > 20, `only ${samples} samples`);
-    assert.ok(worst <= 2, `a user held ${worst} slots at once`);
-    assert.ok(worst === 2, "the limit was never reached: the test proves nothing");
-    const records = await Promise.all(jobs.map((j) => j.status()));
-    for (const u of users) {
-      const mine = records.filter((r) => r.environ["user_id"] === u);
-      assert.ok(maxOverlap(mine) <= 2, `${u} ran ${maxOverlap(mine)} at once`);
-    }
-    assert.ok(
-      maxOverlap(records) >= 6,
-      `other users did not fill the free slots: ${maxOverlap(records)} at once`,
-    );
-    assert.ok(records.every((r) => r.state === "succeeded" && r.attempt === 1));
-    // Every slot is given back (shortly after each job's record is final).
-    const held = async (): Promise<number[]> => Promise.all(users.map((u) => holding(`per-user.${u}`)));
-    assert.ok(
-      await eventually(async () => (await held()).every((n) => n === 0), 3000),
-      `slots still held: ${JSON.stringify(await held())}`,
-    );
-  });
+      assert.ok(
+        maxOverlap(records) >= 6,
+        `other users did not fill the free slots: ${maxOverlap(records)} at once`,
+      );
+      assert.ok(records.every((r) => r.state === "succeeded" && r.attempt === 1));
+      // Every place is given back (shortly after each job's record is final).
+      const counted = async (): Promise<number[]> => Promise.all(users.map(count));
+      assert.ok(
+        await eventually(async () => (await counted()).every((n) => n === 0), 3000),
+        `still counted: ${JSON.stringify(await counted())}`,
+      );
+    });
 
-  it("a kill -9 leaks no slot: the user's next job starts after the killed one was redelivered and finished", async () => {
+  it("a kill -9 leaks no place under a limit: the user's next job starts after the killed one was redelivered and finished", async () => {
     const queue = TestFleet.queue("qoskill");
     await apply(`rules:\n  - name: per-user\n    match: { queue: ${queue} }\n    limit: 1\n    per: user\n`);
     const settings = { queue, concurrency: 2 };
@@ -168,8 +188,8 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
     assert.equal(r1.worker, second.id);
     assert.ok(r2.startedAt! >= r1.finishedAt!, "job 2 started while job 1 still held the user's only slot");
     assert.ok(
-      await eventually(async () => (await holding("per-user.alice")) === 0, 3000),
-      "a slot was leaked",
+      await eventually(async () => (await inFlight(queue, "alice")) === 0, 3000),
+      "a place under the limit was leaked",
     );
   });
 
@@ -189,7 +209,7 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
     await tf.worker({ queue, concurrency: 4 }, { MARS_SIM_FIELD_DELAY_MS: "1500" });
     const fleet = await tf.client({ queue });
     const jobs = await submitAs(fleet, "alice", 4, "reload");
-    assert.ok(await eventually(async () => (await holding("per-user.alice")) === 1, 10_000), "nothing ran");
+    assert.ok(await eventually(async () => (await inFlight(queue, "alice")) === 1, 10_000), "nothing ran");
 
     const refused = await cli(["qos", "apply", bad], env);
     assert.equal(refused.code, 2, refused.stderr);
@@ -207,12 +227,12 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
       [1],
     );
     await new Promise((r) => setTimeout(r, 300));
-    assert.equal(await holding("per-user.alice"), 1, "the invalid file changed the limit");
+    assert.equal(await inFlight(queue, "alice"), 1, "the invalid file changed the limit");
 
     const widened = await cli(["qos", "apply", wider], env);
     assert.equal(widened.code, 0, widened.stderr);
     assert.ok(
-      await eventually(async () => (await holding("per-user.alice")) === 3, 1000, 20),
+      await eventually(async () => (await inFlight(queue, "alice")) === 3, 1000, 20),
       "the wider limit did not take effect within a second",
     );
     await Promise.all(jobs.map((j) => j.result()));

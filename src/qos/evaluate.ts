@@ -159,6 +159,40 @@ export interface LimitSlot {
   value: string | undefined;
   /** Key part `<rule>.<value token>` naming the counter. */
   key: string;
+  /**
+   * Set when the job's lane consumer holds this limit (see `heldByLane`): the lane whose
+   * in-flight messages are its count. Such a limit takes no slot, for jobs pulled from that lane.
+   */
+  lane?: string;
+}
+
+/**
+ * Whether the lanes' consumers hold a limit: one counted per value of the fairness key, of at
+ * least 1, for every job of the queues it applies to (a selector on `queue` alone, or none). Each
+ * lane is one value of that key in one queue, so the lane consumer's `max_ack_pending` is the
+ * limit, enforced by the server: no slot to take or give back, and a crashed worker's job keeps its
+ * place until it is redelivered, as a slot would.
+ */
+export function heldByLane(rules: QosRules, r: LimitRule): boolean {
+  return (
+    r.per !== undefined &&
+    r.per === rules.fairShare &&
+    r.limit >= 1 &&
+    Object.keys(r.match ?? {}).every((key) => key === "queue")
+  );
+}
+
+/**
+ * The `max_ack_pending` of the queue's lane consumers under these rules: the lowest limit the lanes
+ * hold there, or none.
+ */
+export function laneCap(rules: QosRules, queue: string): number | undefined {
+  const facts: JobFacts = { queue, environ: {}, params: new Map(), fields: 0 };
+  let cap: number | undefined;
+  for (const r of rules.rules)
+    if (isLimit(r) && heldByLane(rules, r) && matches(facts, r.match))
+      cap = Math.min(cap ?? r.limit, r.limit);
+  return cap;
 }
 
 export function limitsFor(rules: QosRules, facts: JobFacts): LimitSlot[] {
@@ -166,9 +200,17 @@ export function limitsFor(rules: QosRules, facts: JobFacts): LimitSlot[] {
   for (const r of rules.rules) {
     if (!isLimit(r) || !matches(facts, r.match)) continue;
     const value = r.per === undefined ? undefined : valuesOf(facts, r.per).sort().join("/") || "(none)";
-    out.push({ rule: r, value, key: `${r.name}.${value === undefined ? "all" : tokenFor(value)}` });
+    const key = `${r.name}.${value === undefined ? "all" : tokenFor(value)}`;
+    out.push(
+      heldByLane(rules, r) ? { rule: r, value, key, lane: laneOf(rules, facts) } : { rule: r, value, key },
+    );
   }
   return out;
+}
+
+/** The limits a job pulled from `lane` takes slots of: all but those its lane consumer holds. */
+export function slotLimits(limits: LimitSlot[], lane: string): LimitSlot[] {
+  return lane === "" ? limits : limits.filter((s) => s.lane === undefined);
 }
 
 /** A value as one subject token / KV key part: itself when it can be, else a stable hash. */

@@ -43,7 +43,9 @@ export async function explainWait(record: JobRecord, src: WaitSources, now = Dat
     for (const x of w.waiting ?? [])
       if (x.job === record.id) reasons.push(`held by worker ${w.id}: ${x.reason}`);
   for (const slot of limitsFor(src.rules, facts)) {
-    const running = await src.holders(slot.key);
+    // A limit the lane's consumer holds counts the lane's jobs in flight; any other, its slot's holders.
+    const running =
+      slot.lane !== undefined ? (src.lanes.get(slot.lane)?.inFlight ?? 0) : await src.holders(slot.key);
     if (running >= slot.rule.limit) {
       reasons.push(limitFull(slot, running));
     }

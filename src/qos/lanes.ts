@@ -75,6 +75,8 @@ export interface PickOptions {
   blocked: (job: Heard) => boolean;
   /** Whether to pull from lanes whose next job is unknown (false when enough are parked). */
   unknownHeads: boolean;
+  /** Lanes to pass over whatever their jobs (a lane consumer at its cap). */
+  skip?: (lane: string) => boolean;
 }
 
 export class LaneBoard {
@@ -178,6 +180,7 @@ export class LaneBoard {
       const head = this.head(name, l);
       if (!head) continue;
       if (!head.job && !opts.unknownHeads) continue;
+      if (opts.skip?.(name)) continue;
       const base = head.job ? judged(head.job, opts.rules).base : 0;
       const priority = effectivePriority(opts.rules, base, opts.now - head.since);
       const better =

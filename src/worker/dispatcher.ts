@@ -22,8 +22,10 @@ import {
   basePriority,
   effectivePriority,
   factsOf,
+  laneCap,
   limitsFor,
   queuedJobSchema,
+  slotLimits,
   type JobFacts,
   type LimitSlot,
 } from "../qos/evaluate.js";
@@ -39,6 +41,15 @@ export const COUNT_EVERY_MS = 1000;
 /** The lane-less subject is counted at least once in this many counts (see Dispatcher.count). */
 const LANELESS_RECOUNT = 10;
 const PULL_TIMEOUT_MS = 5000;
+
+/**
+ * How long a pull from a lane with a cap (`max_ack_pending`) waits on the server. Such a pull never
+ * uses `no_wait`: at the cap, nats-server 2.9 leaves a `no_wait` pull waiting, and would deliver
+ * to it later, after it gave up.
+ */
+const CAPPED_PULL_MS = 20;
+const CAP_HOLD_MS = 1000;
+const CAP_HOLD_MAX_MS = 8000;
 
 /**
  * A pull this soon after its wake-up that finds nothing is made again, waiting up to STORE_LAG_MS
@@ -83,8 +94,8 @@ export class Dispatcher {
   private readonly board = new LaneBoard();
   private readonly parkedJobs: Parked[] = [];
   private readonly running = new Set<Promise<void>>();
-  /** Lane consumers this worker made sure exist. */
-  private readonly consumers = new Set<string>();
+  /** Lane consumers this worker made sure exist, with the `max_ack_pending` it gave them (-1: none). */
+  private readonly consumers = new Map<string, number>();
   private free: number;
   /** A lane-less job heard, or found by the last count, since that count: count that subject. */
   private lanelessSeen = false;
@@ -105,6 +116,14 @@ export class Dispatcher {
   private parkTimer: NodeJS.Timeout | undefined;
   private rulesNow: QosRules;
   private readonly fleetCap: number;
+  /**
+   * Lanes whose consumer seemed at its cap (a pull found nothing though jobs wait there): passed
+   * over until a count finds room (the consumer's own count of jobs in flight), a job this worker
+   * took from the lane is settled, or the hold runs out. The hold doubles with each pull in a row
+   * that finds nothing (1 s up to CAP_HOLD_MAX_MS): a job of the lane whose worker died is
+   * redelivered only to a pull, and still counts as in flight until then.
+   */
+  private readonly atCap = new Map<string, { until: number; strikes: number }>();
 
   private readonly puller: Puller;
 
@@ -120,6 +139,10 @@ export class Dispatcher {
     deps.rules.onChange((r) => {
       this.rulesNow = withFleetCap(r, this.fleetCap);
       this.followSlots();
+      this.atCap.clear();
+      void this.recap()
+        .then(() => this.count())
+        .catch((err: unknown) => deps.log.warn({ err }, "could not apply the rules' lane cap"));
       this.wake();
     });
     this.followSlots();
@@ -250,11 +273,46 @@ export class Dispatcher {
     for (const lane of this.board.queued().keys())
       if (!counts.has(lane) && (lane !== "" || laneless)) counts.set(lane, 0);
     for (const [lane, n] of counts) this.board.counted(lane, n, now, mark);
+    await this.recheckCaps();
     if (this.free > 0) this.wake();
   }
 
-  private limitsOf(facts: JobFacts): LimitSlot[] {
-    return limitsFor(this.rulesNow, facts);
+  /** The limits of a job pulled from `lane` that take slots (not those its lane consumer holds). */
+  private limitsOf(facts: JobFacts, lane: string): LimitSlot[] {
+    return slotLimits(limitsFor(this.rulesNow, facts), lane);
+  }
+
+  /** Lanes passed over at their cap: free again when their consumer has fewer jobs in flight than the cap. */
+  private async recheckCaps(lanes: Iterable<string> = this.atCap.keys()): Promise<void> {
+    const cap = this.cap;
+    await Promise.all(
+      [...lanes].map(async (lane) => {
+        const name = laneConsumerName(this.deps.queue, lane);
+        try {
+          const info = await this.deps.jsm.consumers.info(JOBS_STREAM, name);
+          if (cap <= 0 || info.num_ack_pending < cap || info.num_pending === 0) this.atCap.delete(lane);
+        } catch (err) {
+          // Gone, or the server did not answer: pulled again, which tells.
+          this.deps.log.debug({ err, lane }, "could not read a lane consumer's count");
+          this.atCap.delete(lane);
+        }
+      }),
+    );
+  }
+
+  /** The `max_ack_pending` lane consumers get under the rules in force (-1: no cap). */
+  private get cap(): number {
+    return laneCap(this.rulesNow, this.deps.queue) ?? -1;
+  }
+
+  /** Give every lane consumer this worker knows the cap of the rules in force (after they changed). */
+  private async recap(): Promise<void> {
+    const cap = this.cap;
+    for (const [name, applied] of this.consumers) {
+      if (applied === cap) continue;
+      await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap });
+      this.consumers.set(name, cap);
+    }
   }
 
   private async loop(): Promise<void> {
@@ -272,7 +330,9 @@ export class Dispatcher {
           now: Date.now(),
           rules: this.rulesNow,
           blocked: (job) => {
-            const full = judged(job, this.rulesNow).limits.filter((s) => this.deps.slots.seemsFull(s));
+            const full = judged(job, this.rulesNow).limits.filter(
+              (s) => s.lane === undefined && this.deps.slots.seemsFull(s),
+            );
             if (full.length === 0) return false;
             // A full limit counted by the lane's own key (a per-user limit, lanes by user) holds
             // the whole lane back: pass it over. Any other (a dataset cap) holds back this job
@@ -283,6 +343,7 @@ export class Dispatcher {
             return true;
           },
           unknownHeads: parkRoom,
+          skip: (name) => (this.atCap.get(name)?.until ?? 0) > Date.now(),
         });
         if (lane === undefined) {
           await this.sleepUntilWoken(COUNT_EVERY_MS);
@@ -302,7 +363,17 @@ export class Dispatcher {
           for (const m of msgs) m.nak(); // arrived as we began to stop: let another worker have it
           break;
         }
-        if (msgs.length === 0) this.board.empty(lane, Date.now(), mark);
+        if (msgs.length === 0) {
+          // Under a cap, nothing may mean the lane's limit is full, not that the lane is empty.
+          if (this.cap > 0 && lane !== "") {
+            const strikes = (this.atCap.get(lane)?.strikes ?? 0) + 1;
+            const hold = Math.min(CAP_HOLD_MAX_MS, CAP_HOLD_MS * 2 ** (strikes - 1));
+            this.atCap.set(lane, { until: Date.now() + hold, strikes });
+            void this.recheckCaps([lane]).then(() => this.atCap.has(lane) || this.wake());
+          }
+          this.board.empty(lane, Date.now(), mark);
+        }
+        if (msgs.length > 0) this.atCap.delete(lane);
         for (const m of msgs) await this.admit(lane, m);
       } catch (err) {
         failures++;
@@ -326,7 +397,8 @@ export class Dispatcher {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
     // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
     // first pulls from it (created by the first worker, the others' creations are no-ops).
-    if (lane !== "" && !this.consumers.has(name)) {
+    const cap = lane === "" ? -1 : this.cap;
+    if (lane !== "" && this.consumers.get(name) !== cap) {
       const { template, queue } = this.deps;
       try {
         await this.deps.jsm.consumers.add(JOBS_STREAM, {
@@ -336,16 +408,19 @@ export class Dispatcher {
           deliver_policy: template.deliver_policy,
           ack_wait: template.ack_wait,
           max_deliver: template.max_deliver,
-          max_ack_pending: -1,
+          max_ack_pending: cap,
         });
       } catch (err) {
-        // Created by another worker with other settings (a different heartbeat): it serves as is.
         if (!isAlreadyExists(err)) throw err;
+        // Made by another worker. Its cap is the rules' (a limit the lane holds): set it, whoever
+        // made it; its other settings (a different heartbeat) serve as they are.
+        await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap });
       }
-      this.consumers.add(name);
+      this.consumers.set(name, cap);
     }
     try {
-      return await this.puller.pull(name, batch, PULL_TIMEOUT_MS, waitMs);
+      const wait = cap > 0 ? Math.max(waitMs ?? 0, CAPPED_PULL_MS) : waitMs;
+      return await this.puller.pull(name, batch, PULL_TIMEOUT_MS, wait);
     } catch (err) {
       this.consumers.delete(name); // deleted meanwhile, perhaps: made again before the next pull
       throw err;
@@ -364,7 +439,7 @@ export class Dispatcher {
     this.board.took(lane, job?.id, now);
     if (!job || this.rulesNow.rules.length === 0) return this.launch(lane, msg, job, [], undefined);
     const facts = factsOf(job); // from the message as validated, not as heard
-    const limits = this.limitsOf(facts);
+    const limits = this.limitsOf(facts, lane);
     if (limits.length === 0) return this.launch(lane, msg, job, [], undefined);
     const holder: Holder = {
       job: job.id,
@@ -399,7 +474,7 @@ export class Dispatcher {
       (a, b) => b.priority - a.priority || a.job.submittedAt - b.job.submittedAt,
     );
     for (const p of order) {
-      p.limits = this.limitsOf(factsOf(p.job)); // the rules may have changed since it was parked
+      p.limits = this.limitsOf(factsOf(p.job), p.lane); // the rules may have changed since it was parked
       if (p.limits.some((s) => this.deps.slots.seemsFull(s))) continue;
       const holder = { ...p.holder, at: Date.now() };
       const got =
@@ -435,6 +510,7 @@ export class Dispatcher {
       )
       .finally(() => {
         this.board.settled(lane);
+        this.atCap.delete(lane); // this job's place under the lane's cap is free
         this.running.delete(done);
         this.free++;
         this.syncWakeBell();
