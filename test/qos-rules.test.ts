@@ -309,6 +309,22 @@ describe("QoS lanes: which lane a free slot serves", () => {
     assert.equal(asked.length, 50);
   });
 
+  it("bounds the messages a lane may hold by the last count and the jobs heard since", () => {
+    const board = new LaneBoard();
+    assert.equal(board.atMost("a"), 0);
+    board.heard("a", heard("a1", "a", 1));
+    board.heard("a", heard("a1", "a", 1)); // the same job twice: heard once
+    assert.equal(board.atMost("a"), 1);
+    const mark = board.mark();
+    board.heard("a", heard("a2", "a", 2)); // after the count was asked for: on top of it
+    board.counted("a", 5, 10, mark); // three more in flight on other workers
+    assert.equal(board.atMost("a"), 6);
+    board.heard("a", heard("a3", "a", 3));
+    assert.equal(board.atMost("a"), 7);
+    board.counted("a", 2, 20);
+    assert.equal(board.atMost("a"), 2);
+  });
+
   it("keeps a job heard while a pull or a count was on its way, whatever they found", () => {
     const board = new LaneBoard();
     board.heard("a", heard("a1", "a", 0));

@@ -58,6 +58,9 @@ interface Lane {
   mine: number;
   /** Order of the last pull that returned a job from this lane (round-robin). */
   servedAt: number;
+  /** Messages the server held in the lane at the last count, and jobs heard since: at most that many now. */
+  counted: number;
+  heardSince: number;
 }
 
 /** The next job of a lane, as far as this worker knows it. */
@@ -87,7 +90,7 @@ export class LaneBoard {
   private lane(name: string, now: number): Lane {
     let l = this.lanes.get(name);
     if (!l) {
-      l = { heard: [], unheard: 0, unheardSince: now, mine: 0, servedAt: 0 };
+      l = { heard: [], unheard: 0, unheardSince: now, mine: 0, servedAt: 0, counted: 0, heardSince: 0 };
       this.lanes.set(name, l);
     }
     return l;
@@ -96,7 +99,10 @@ export class LaneBoard {
   /** A job was published on the lane. */
   heard(name: string, job: Heard): void {
     const l = this.lane(name, job.submittedAt);
-    if (!l.heard.some((h) => h.id === job.id)) l.heard.push({ ...job, heardAt: ++this.hearings });
+    if (!l.heard.some((h) => h.id === job.id)) {
+      l.heard.push({ ...job, heardAt: ++this.hearings });
+      l.heardSince++;
+    }
   }
 
   /** The point reached in what this worker heard: taken before a pull, given to `empty` after it. */
@@ -147,11 +153,23 @@ export class LaneBoard {
     const waiting = Math.max(0, messages - l.mine);
     const before = l.heard.filter((h) => (h.heardAt ?? 0) <= mark);
     const since = l.heard.length - before.length;
+    l.counted = messages;
+    l.heardSince = since;
     if (before.length > waiting) l.heard.splice(0, before.length - waiting);
     const unheard = waiting - Math.min(before.length, waiting);
     if (unheard > 0 && l.unheard === 0) l.unheardSince = now;
     l.unheard = unheard;
     if (messages === 0 && l.mine === 0 && since === 0) this.lanes.delete(name);
+  }
+
+  /**
+   * The most messages the server can hold in the lane now (queued and in flight, every worker's):
+   * the last count and the jobs heard since. A job published while the doorbell missed it is not
+   * in it; the next count is.
+   */
+  atMost(name: string): number {
+    const l = this.lanes.get(name);
+    return l ? l.counted + l.heardSince : 0;
   }
 
   /** Lanes the board knows of, with their queued counts (for the registry and explanations). */

@@ -43,9 +43,9 @@ const LANELESS_RECOUNT = 10;
 const PULL_TIMEOUT_MS = 5000;
 
 /**
- * How long a pull from a lane with a cap (`max_ack_pending`) waits on the server. Such a pull never
- * uses `no_wait`: at the cap, nats-server 2.9 leaves a `no_wait` pull waiting, and would deliver
- * to it later, after it gave up.
+ * How long a pull from a lane with a cap (`max_ack_pending`) waits on the server, when the lane may
+ * hold as many messages as the cap: such a pull never uses `no_wait`, because at the cap
+ * nats-server 2.9 leaves a `no_wait` pull waiting, and would deliver to it later, after it gave up.
  */
 const CAPPED_PULL_MS = 20;
 const CAP_HOLD_MS = 1000;
@@ -365,7 +365,7 @@ export class Dispatcher {
         }
         if (msgs.length === 0) {
           // Under a cap, nothing may mean the lane's limit is full, not that the lane is empty.
-          if (this.cap > 0 && lane !== "") {
+          if (this.cap > 0 && lane !== "" && this.board.atMost(lane) >= this.cap) {
             const strikes = (this.atCap.get(lane)?.strikes ?? 0) + 1;
             const hold = Math.min(CAP_HOLD_MAX_MS, CAP_HOLD_MS * 2 ** (strikes - 1));
             this.atCap.set(lane, { until: Date.now() + hold, strikes });
@@ -419,7 +419,8 @@ export class Dispatcher {
       this.consumers.set(name, cap);
     }
     try {
-      const wait = cap > 0 ? Math.max(waitMs ?? 0, CAPPED_PULL_MS) : waitMs;
+      const mayBeAtCap = cap > 0 && this.board.atMost(lane) >= cap;
+      const wait = mayBeAtCap ? Math.max(waitMs ?? 0, CAPPED_PULL_MS) : waitMs;
       return await this.puller.pull(name, batch, PULL_TIMEOUT_MS, wait);
     } catch (err) {
       this.consumers.delete(name); // deleted meanwhile, perhaps: made again before the next pull
