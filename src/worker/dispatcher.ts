@@ -396,7 +396,7 @@ export class Dispatcher {
   private async pull(lane: string, batch: number, waitMs?: number): Promise<JobMsg[]> {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
     // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
-    // first pulls from it (created by the first worker, the others' creations are no-ops).
+    // first pulls from it (created by the first worker), and again when the rules change its cap.
     const cap = lane === "" ? -1 : this.cap;
     if (lane !== "" && this.consumers.get(name) !== cap) {
       const { template, queue } = this.deps;

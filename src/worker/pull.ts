@@ -135,8 +135,11 @@ export class Puller {
     const status = msg.headers?.code ?? 0;
     if (status !== 0 || !msg.reply) {
       if (!cur || msg.subject !== `${this.inbox}.${cur.token}`) return; // answers a pull that gave up
-      // No messages (404), or fewer than asked (408): the pull is over, with what it got.
-      if (status === 404 || status === 408 || cur.got.length > 0) return cur.done(cur.got);
+      // No messages (404), or fewer than asked (408): the pull is over, with what it got. So is a
+      // 409: newer servers answer so at once for a consumer at its max_ack_pending (a lane at its
+      // cap), where 2.9 waits; its other meanings (a leader change, a consumer deleted) show again
+      // at the next pull, which then fails or times out.
+      if (status === 404 || status === 408 || status === 409 || cur.got.length > 0) return cur.done(cur.got);
       const what = `${status} ${msg.headers?.description ?? ""}`.trim();
       return cur.done(new BrokerError(`pull from ${cur.consumer} answered ${what}`, { status }));
     }
