@@ -94,7 +94,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           p(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.*`, "pull jobs from its queue's consumers"),
           p(
             `$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.*.${subjects.lane("*", "*")}`,
-            "create a lane's consumer when the lane first has jobs: only consumers filtered on a lane (never the queue's own; no deletion)",
+            "create a lane's consumer when the lane first has jobs, and set its cap (a per-user limit) when the rules change: only consumers filtered on a lane (never the queue's own; no deletion)",
           ),
           p(`$JS.ACK.${JOBS_STREAM}.>`, "ack, nak, term and in-progress of its jobs"),
           p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "read a job that ran out of deliveries"),

@@ -4,7 +4,7 @@ import { Fleet } from "../client/fleet.js";
 import type { FleetConfig } from "../config/load.js";
 import { ConfigError } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
-import { heldByLane } from "../qos/evaluate.js";
+import { laneLimits } from "../qos/evaluate.js";
 import { activeLanes, laneCounts } from "../qos/lane-counts.js";
 import { isDeny, isLimit, isPriority, parseRules, type Rule } from "../qos/rules.js";
 import { readRules, SlotTable, writeRules } from "../qos/store.js";
@@ -80,10 +80,9 @@ export async function qosShow(json: boolean, config: FleetConfig): Promise<numbe
       .map(([key, holders]) => ({ key, running: holders.length, jobs: holders.map((h) => h.job) }));
     const laneRows = activeLanes(lanes);
     // Limits the lanes' consumers hold: each lane's jobs in flight are its count (no job list).
-    for (const rule of stored?.rules.rules ?? [])
-      if (isLimit(rule) && stored && heldByLane(stored.rules, rule))
-        for (const l of laneRows.filter((row) => row.running > 0 && row.lane !== "(none)"))
-          limits.push({ key: `${rule.name}.${l.lane}`, running: l.running, jobs: [] });
+    for (const rule of stored ? laneLimits(stored.rules, config.queue) : [])
+      for (const l of laneRows.filter((row) => row.running > 0 && row.lane !== "(none)"))
+        limits.push({ key: `${rule.name}.${l.lane}`, running: l.running, jobs: [] });
     const out = {
       rules: stored?.rules ?? null,
       appliedAt: stored?.appliedAt ?? null,

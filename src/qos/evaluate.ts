@@ -187,12 +187,16 @@ export function heldByLane(rules: QosRules, r: LimitRule): boolean {
  * hold there, or none.
  */
 export function laneCap(rules: QosRules, queue: string): number | undefined {
+  const held = laneLimits(rules, queue);
+  return held.length === 0 ? undefined : Math.min(...held.map((r) => r.limit));
+}
+
+/** The limits the lanes of `queue` hold under these rules. */
+export function laneLimits(rules: QosRules, queue: string): LimitRule[] {
   const facts: JobFacts = { queue, environ: {}, params: new Map(), fields: 0 };
-  let cap: number | undefined;
-  for (const r of rules.rules)
-    if (isLimit(r) && heldByLane(rules, r) && matches(facts, r.match))
-      cap = Math.min(cap ?? r.limit, r.limit);
-  return cap;
+  return rules.rules.filter(
+    (r): r is LimitRule => isLimit(r) && heldByLane(rules, r) && matches(facts, r.match),
+  );
 }
 
 export function limitsFor(rules: QosRules, facts: JobFacts): LimitSlot[] {
