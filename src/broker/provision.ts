@@ -221,9 +221,10 @@ async function ensureConsumer(
 }
 
 /**
- * A bucket or object store: its stream looked up, created when missing (by `create`; the nats.js
- * create calls are idempotent for identical settings, so a race with another process is harmless).
- * `drift` reports how an existing one differs from this configuration.
+ * A bucket or object store: its stream looked up, created when missing (by `create`). Another
+ * process creating it at the same moment makes the create fail (nats-server 2.9 finds the subjects
+ * taken before it finds the name): it is then looked up again. `drift` reports how an existing one
+ * differs from this configuration.
  */
 async function ensureStore(
   jsm: JetStreamManager,
@@ -233,16 +234,24 @@ async function ensureStore(
   create: () => Promise<unknown>,
   drift?: (config: StreamConfig) => string | undefined,
 ): Promise<void> {
-  try {
-    const info = await jsm.streams.info(stream);
-    report.existing.push(what);
-    const differs = drift?.(info.config);
-    if (differs) report.drift.push(`${what}: ${differs}`);
-    return;
-  } catch (err) {
-    if (!isNotFound(err)) throw err;
+  for (let tries = 0; ; tries++) {
+    try {
+      const info = await jsm.streams.info(stream);
+      report.existing.push(what);
+      const differs = drift?.(info.config);
+      if (differs) report.drift.push(`${what}: ${differs}`);
+      return;
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+    }
+    try {
+      await createOrNote(what, report, create);
+      return;
+    } catch (err) {
+      // Another process created it first (2.9 says its subjects overlap): look again, as for streams.
+      if (!isCreatedConcurrently(err) || tries >= 2) throw err;
+    }
   }
-  await createOrNote(what, report, create);
 }
 
 function ensureBucket(
