@@ -238,6 +238,23 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
     await Promise.all(jobs.map((j) => j.result()));
   });
 
+  it("a lane consumer that lost its per-user cap (an older worker, an operator's edit) gets it back", async () => {
+    const queue = TestFleet.queue("recap");
+    await apply(`rules:\n  - name: per-user\n    match: { queue: ${queue} }\n    limit: 2\n    per: user\n`);
+    const settings = { queue, concurrency: 2 };
+    await tf.worker(settings);
+    const fleet = await tf.client(settings);
+    await (await submitAs(fleet, "alice", 1, "recap"))[0]!.result();
+    const name = laneConsumerName(queue, "alice");
+    const cap = async (): Promise<number | undefined> =>
+      (await jsm.consumers.info(JOBS_STREAM, name)).config.max_ack_pending;
+    assert.equal(await cap(), 2, "the lane consumer was made without the cap");
+    // What a worker from before the lane cap does when it makes the lane's consumer.
+    await jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: -1 });
+    assert.equal(await cap(), -1);
+    assert.ok(await eventually(async () => (await cap()) === 2, 5000), "the cap was not set again");
+  });
+
   it("deny rules refuse at submit with their message; a job forged past the client is refused by the worker", async () => {
     const queue = TestFleet.queue("deny");
     await apply(

@@ -124,6 +124,8 @@ export class Dispatcher {
    * redelivered only to a pull, and still counts as in flight until then.
    */
   private readonly atCap = new Map<string, { until: number; strikes: number }>();
+  /** How many lane consumers' caps were read back (see verifyCap). */
+  private verified = 0;
 
   private readonly puller: Puller;
 
@@ -274,6 +276,7 @@ export class Dispatcher {
       if (!counts.has(lane) && (lane !== "" || laneless)) counts.set(lane, 0);
     for (const [lane, n] of counts) this.board.counted(lane, n, now, mark);
     await this.recheckCaps();
+    await this.verifyCap();
     if (this.free > 0) this.wake();
   }
 
@@ -298,6 +301,31 @@ export class Dispatcher {
         }
       }),
     );
+  }
+
+  /**
+   * Under a lane cap, one known lane consumer a count (in turn) is read back and given the cap
+   * again if it lost it: a worker from before the cap, or an operator's edit, sets -1 when it
+   * makes or edits the consumer. So a lost cap is restored within a count per lane.
+   */
+  private async verifyCap(): Promise<void> {
+    const cap = this.cap;
+    if (cap <= 0 || this.consumers.size === 0) return;
+    const names = [...this.consumers.keys()];
+    const name = names[this.verified++ % names.length]!;
+    try {
+      const info = await this.deps.jsm.consumers.info(JOBS_STREAM, name);
+      if (info.config.max_ack_pending === cap) return;
+      this.deps.log.warn(
+        { consumer: name, found: info.config.max_ack_pending, cap },
+        "a lane consumer lost the per-user limit's cap; setting it again",
+      );
+      await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap });
+    } catch (err) {
+      // Gone or unreadable now: made again, with the cap, at the next pull from the lane.
+      this.consumers.delete(name);
+      this.deps.log.debug({ err, consumer: name }, "could not check a lane consumer's cap");
+    }
   }
 
   /** The `max_ack_pending` lane consumers get under the rules in force (-1: no cap). */
