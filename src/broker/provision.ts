@@ -163,83 +163,22 @@ function differences(kind: string, wanted: object, actual: object): string[] {
   return out;
 }
 
-async function ensureStream(
-  jsm: JetStreamManager,
-  cfg: Partial<StreamConfig> & { name: string },
-  report: ProvisionReport,
-): Promise<void> {
-  for (let tries = 0; tries < 3; tries++) {
-    try {
-      const info = await jsm.streams.info(cfg.name);
-      report.existing.push(`stream ${cfg.name}`);
-      const lacking = cfg.subjects?.filter((s) => !info.config.subjects.includes(s)) ?? [];
-      if (lacking.length > 0) {
-        // A stream from an earlier version lacks subjects this one publishes on (the queue lanes):
-        // adding subjects changes nothing stored, so it is done, not reported.
-        const subjectsNow = [...info.config.subjects, ...lacking];
-        await createOrNote(`subjects ${lacking.join(", ")} of stream ${cfg.name}`, report, () =>
-          jsm.streams.update(cfg.name, { ...info.config, subjects: subjectsNow }),
-        );
-      }
-      const { subjects: _wanted, ...rest } = cfg;
-      report.drift.push(...differences(`stream ${cfg.name}`, rest, info.config));
-      return;
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-    }
-    try {
-      await createOrNote(`stream ${cfg.name}`, report, () => jsm.streams.add(cfg));
-      return;
-    } catch (err) {
-      if (!isCreatedConcurrently(err)) throw err; // another process created it first: look again
-    }
-  }
-}
-
-async function ensureConsumer(
-  jsm: JetStreamManager,
-  cfg: Partial<ConsumerConfig> & { durable_name: string },
-  report: ProvisionReport,
-): Promise<void> {
-  const name = `consumer ${JOBS_STREAM}/${cfg.durable_name}`;
-  for (let tries = 0; tries < 3; tries++) {
-    try {
-      const info = await jsm.consumers.info(JOBS_STREAM, cfg.durable_name);
-      report.existing.push(name);
-      report.drift.push(...differences(name, cfg, info.config));
-      return;
-    } catch (err) {
-      if (!isNotFound(err)) throw err;
-    }
-    try {
-      await createOrNote(name, report, () => jsm.consumers.add(JOBS_STREAM, cfg));
-      return;
-    } catch (err) {
-      if (!isAlreadyExists(err)) throw err;
-    }
-  }
-}
-
 /**
- * A bucket or object store: its stream looked up, created when missing (by `create`). Another
- * process creating it at the same moment makes the create fail (nats-server 2.9 finds the subjects
- * taken before it finds the name): it is then looked up again. `drift` reports how an existing one
- * differs from this configuration.
+ * Look a piece of the topology up (`look` throws not-found when it is missing), create it when
+ * missing, and look again when the create says another process made it at the same moment
+ * (`raced`: nats-server 2.9 may say so as overlapping subjects, before it sees the name). Three
+ * rounds: a create that still conflicts after them is a real conflict, and is thrown.
  */
-async function ensureStore(
-  jsm: JetStreamManager,
-  stream: string,
+async function ensureExists(
   what: string,
   report: ProvisionReport,
+  look: () => Promise<void>,
   create: () => Promise<unknown>,
-  drift?: (config: StreamConfig) => string | undefined,
+  raced: (err: unknown) => boolean,
 ): Promise<void> {
-  for (let tries = 0; ; tries++) {
+  for (let round = 1; ; round++) {
     try {
-      const info = await jsm.streams.info(stream);
-      report.existing.push(what);
-      const differs = drift?.(info.config);
-      if (differs) report.drift.push(`${what}: ${differs}`);
+      await look();
       return;
     } catch (err) {
       if (!isNotFound(err)) throw err;
@@ -248,10 +187,69 @@ async function ensureStore(
       await createOrNote(what, report, create);
       return;
     } catch (err) {
-      // Another process created it first (2.9 says its subjects overlap): look again, as for streams.
-      if (!isCreatedConcurrently(err) || tries >= 2) throw err;
+      if (!raced(err) || round >= 3) throw err;
     }
   }
+}
+
+function ensureStream(
+  jsm: JetStreamManager,
+  cfg: Partial<StreamConfig> & { name: string },
+  report: ProvisionReport,
+): Promise<void> {
+  const what = `stream ${cfg.name}`;
+  const look = async (): Promise<void> => {
+    const info = await jsm.streams.info(cfg.name);
+    report.existing.push(what);
+    const lacking = cfg.subjects?.filter((s) => !info.config.subjects.includes(s)) ?? [];
+    if (lacking.length > 0) {
+      // A stream from an earlier version lacks subjects this one publishes on (the queue lanes):
+      // adding subjects changes nothing stored, so it is done, not reported.
+      const subjectsNow = [...info.config.subjects, ...lacking];
+      await createOrNote(`subjects ${lacking.join(", ")} of ${what}`, report, () =>
+        jsm.streams.update(cfg.name, { ...info.config, subjects: subjectsNow }),
+      );
+    }
+    const { subjects: _wanted, ...rest } = cfg;
+    report.drift.push(...differences(what, rest, info.config));
+  };
+  return ensureExists(what, report, look, () => jsm.streams.add(cfg), isCreatedConcurrently);
+}
+
+function ensureConsumer(
+  jsm: JetStreamManager,
+  cfg: Partial<ConsumerConfig> & { durable_name: string },
+  report: ProvisionReport,
+): Promise<void> {
+  const what = `consumer ${JOBS_STREAM}/${cfg.durable_name}`;
+  const look = async (): Promise<void> => {
+    const info = await jsm.consumers.info(JOBS_STREAM, cfg.durable_name);
+    report.existing.push(what);
+    report.drift.push(...differences(what, cfg, info.config));
+  };
+  return ensureExists(what, report, look, () => jsm.consumers.add(JOBS_STREAM, cfg), isAlreadyExists);
+}
+
+/**
+ * A bucket or object store: its stream looked up, created when missing (by `create`), looked up
+ * again after a race with another process (see ensureExists). `drift` reports how an existing one
+ * differs from this configuration.
+ */
+function ensureStore(
+  jsm: JetStreamManager,
+  stream: string,
+  what: string,
+  report: ProvisionReport,
+  create: () => Promise<unknown>,
+  drift?: (config: StreamConfig) => string | undefined,
+): Promise<void> {
+  const look = async (): Promise<void> => {
+    const info = await jsm.streams.info(stream);
+    report.existing.push(what);
+    const differs = drift?.(info.config);
+    if (differs) report.drift.push(`${what}: ${differs}`);
+  };
+  return ensureExists(what, report, look, create, isCreatedConcurrently);
 }
 
 function ensureBucket(

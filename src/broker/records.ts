@@ -74,14 +74,14 @@ function mayBeFinal(msg: Msg): boolean {
   }
 }
 
+/** Call `f` after every reconnect, until the returned function is called (JobStore.afterReconnect). */
+type ReconnectHook = (f: () => void) => () => void;
+
 /**
  * A core subscription to a job's two record keys, remembering what to read next: both keys (at
  * first unless told otherwise, after a reconnect, when the submission changed), or the status only
  * (a worker's write looked final: a final status is the record). Hints only; the bucket decides.
  */
-/** Call `f` after every reconnect, until the returned function is called (JobStore.afterReconnect). */
-type ReconnectHook = (f: () => void) => () => void;
-
 export class RecordWatch {
   private next: "both" | "status" | undefined;
   private wake: () => void = () => undefined;
