@@ -94,7 +94,7 @@ export class Dispatcher {
   private readonly board = new LaneBoard();
   private readonly parkedJobs: Parked[] = [];
   private readonly running = new Set<Promise<void>>();
-  /** Lane consumers this worker made sure exist, with the `max_ack_pending` it gave them (-1: none). */
+  /** Lanes whose consumer this worker made sure exists, with the `max_ack_pending` it gave it (-1: none). */
   private readonly consumers = new Map<string, number>();
   private free: number;
   /** A lane-less job heard, or found by the last count, since that count: count that subject. */
@@ -124,7 +124,7 @@ export class Dispatcher {
    * redelivered only to a pull, and still counts as in flight until then.
    */
   private readonly atCap = new Map<string, { until: number; strikes: number }>();
-  /** How many lane consumers' caps were read back (see verifyCap). */
+  /** How many counts read a known lane consumer back in turn (see readBack). */
   private verified = 0;
 
   private readonly puller: Puller;
@@ -275,8 +275,7 @@ export class Dispatcher {
     for (const lane of this.board.queued().keys())
       if (!counts.has(lane) && (lane !== "" || laneless)) counts.set(lane, 0);
     for (const [lane, n] of counts) this.board.counted(lane, n, now, mark);
-    await this.recheckCaps();
-    await this.verifyCap();
+    await this.readBack([...this.atCap.keys(), ...this.nextToVerify()]);
     if (this.free > 0) this.wake();
   }
 
@@ -285,47 +284,55 @@ export class Dispatcher {
     return slotLimits(limitsFor(this.rulesNow, facts), lane);
   }
 
-  /** Lanes passed over at their cap: free again when their consumer has fewer jobs in flight than the cap. */
-  private async recheckCaps(lanes: Iterable<string> = this.atCap.keys()): Promise<void> {
+  /**
+   * Read lanes' consumers back (one request each, at once):
+   * - a lane passed over at its cap is free again when its consumer has fewer jobs in flight than
+   *   the cap, or none queued;
+   * - a consumer that lost the cap is given it again: a worker from before the cap, or an
+   *   operator's edit, sets -1 when it makes or edits the consumer.
+   */
+  private async readBack(lanes: string[]): Promise<void> {
     const cap = this.cap;
     await Promise.all(
-      [...lanes].map(async (lane) => {
+      [...new Set(lanes)].map(async (lane) => {
         const name = laneConsumerName(this.deps.queue, lane);
         try {
           const info = await this.deps.jsm.consumers.info(JOBS_STREAM, name);
           if (cap <= 0 || info.num_ack_pending < cap || info.num_pending === 0) this.atCap.delete(lane);
+          if (cap > 0 && info.config.max_ack_pending !== cap) {
+            this.deps.log.warn(
+              { consumer: name, found: info.config.max_ack_pending, cap },
+              "a lane consumer lost the per-user limit's cap; setting it again",
+            );
+            await this.setCap(lane, cap);
+          }
         } catch (err) {
-          // Gone, or the server did not answer: pulled again, which tells.
-          this.deps.log.debug({ err, lane }, "could not read a lane consumer's count");
+          // Gone, or the server did not answer: made again (with the cap) at the next pull, which tells.
+          this.deps.log.debug({ err, lane }, "could not read a lane consumer back");
           this.atCap.delete(lane);
+          this.consumers.delete(lane);
         }
       }),
     );
   }
 
   /**
-   * Under a lane cap, one known lane consumer a count (in turn) is read back and given the cap
-   * again if it lost it: a worker from before the cap, or an operator's edit, sets -1 when it
-   * makes or edits the consumer. So a lost cap is restored within a count per lane.
+   * Under a lane cap, the known lane to read back at this count, in turn: a lost cap is restored
+   * within a count per lane.
    */
-  private async verifyCap(): Promise<void> {
-    const cap = this.cap;
-    if (cap <= 0 || this.consumers.size === 0) return;
-    const names = [...this.consumers.keys()];
-    const name = names[this.verified++ % names.length]!;
-    try {
-      const info = await this.deps.jsm.consumers.info(JOBS_STREAM, name);
-      if (info.config.max_ack_pending === cap) return;
-      this.deps.log.warn(
-        { consumer: name, found: info.config.max_ack_pending, cap },
-        "a lane consumer lost the per-user limit's cap; setting it again",
-      );
-      await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap });
-    } catch (err) {
-      // Gone or unreadable now: made again, with the cap, at the next pull from the lane.
-      this.consumers.delete(name);
-      this.deps.log.debug({ err, consumer: name }, "could not check a lane consumer's cap");
-    }
+  private nextToVerify(): string[] {
+    if (this.cap <= 0 || this.consumers.size === 0) return [];
+    const n = this.verified++ % this.consumers.size;
+    let i = 0;
+    for (const lane of this.consumers.keys()) if (i++ === n) return [lane];
+    return [];
+  }
+
+  /** Give a lane's consumer this cap (`max_ack_pending`; -1: none), and remember it was given. */
+  private async setCap(lane: string, cap: number): Promise<void> {
+    const name = laneConsumerName(this.deps.queue, lane);
+    await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap });
+    this.consumers.set(lane, cap);
   }
 
   /** The `max_ack_pending` lane consumers get under the rules in force (-1: no cap). */
@@ -336,11 +343,7 @@ export class Dispatcher {
   /** Give every lane consumer this worker knows the cap of the rules in force (after they changed). */
   private async recap(): Promise<void> {
     const cap = this.cap;
-    for (const [name, applied] of this.consumers) {
-      if (applied === cap) continue;
-      await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap });
-      this.consumers.set(name, cap);
-    }
+    for (const [lane, applied] of this.consumers) if (applied !== cap) await this.setCap(lane, cap);
   }
 
   private async loop(): Promise<void> {
@@ -397,7 +400,7 @@ export class Dispatcher {
             const strikes = (this.atCap.get(lane)?.strikes ?? 0) + 1;
             const hold = Math.min(CAP_HOLD_MAX_MS, CAP_HOLD_MS * 2 ** (strikes - 1));
             this.atCap.set(lane, { until: Date.now() + hold, strikes });
-            void this.recheckCaps([lane]).then(() => this.atCap.has(lane) || this.wake());
+            void this.readBack([lane]).then(() => this.atCap.has(lane) || this.wake());
           }
           this.board.empty(lane, Date.now(), mark);
         }
@@ -426,7 +429,7 @@ export class Dispatcher {
     // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
     // first pulls from it (created by the first worker), and again when the rules change its cap.
     const cap = lane === "" ? -1 : this.cap;
-    if (lane !== "" && this.consumers.get(name) !== cap) {
+    if (lane !== "" && this.consumers.get(lane) !== cap) {
       const { template, queue } = this.deps;
       try {
         await this.deps.jsm.consumers.add(JOBS_STREAM, {
@@ -442,16 +445,16 @@ export class Dispatcher {
         if (!isAlreadyExists(err)) throw err;
         // Made by another worker. Its cap is the rules' (a limit the lane holds): set it, whoever
         // made it; its other settings (a different heartbeat) serve as they are.
-        await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap });
+        await this.setCap(lane, cap);
       }
-      this.consumers.set(name, cap);
+      this.consumers.set(lane, cap);
     }
     try {
       const mayBeAtCap = cap > 0 && this.board.atMost(lane) >= cap;
       const wait = mayBeAtCap ? Math.max(waitMs ?? 0, CAPPED_PULL_MS) : waitMs;
       return await this.puller.pull(name, batch, PULL_TIMEOUT_MS, wait);
     } catch (err) {
-      this.consumers.delete(name); // deleted meanwhile, perhaps: made again before the next pull
+      this.consumers.delete(lane); // deleted meanwhile, perhaps: made again before the next pull
       throw err;
     }
   }
