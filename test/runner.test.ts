@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtemp, readdir, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { before, describe, it } from "node:test";
@@ -142,6 +142,42 @@ describe("runner", () => {
     await collect(missing);
     assert.equal((await missing.outcome).status, "spawn_failed");
     await noPartFiles();
+  });
+
+  it("explains a target directory that does not exist, and refuses a target that is a directory", async () => {
+    const noDir = startMars({
+      requests: normaliseRequests(small),
+      targetPath: join(dir, "absent", "x.grib"),
+    });
+    await collect(noDir);
+    const outcome = await noDir.outcome;
+    assert.equal(outcome.status, "spawn_failed");
+    assert.equal(outcome.message, `target directory ${join(dir, "absent")} does not exist`);
+    await mkdir(join(dir, "adir.grib"));
+    const onDir = startMars({ requests: normaliseRequests(small), targetPath: join(dir, "adir.grib") });
+    assert.deepEqual(
+      (await collect(onDir)).filter((e) => e.type === "spawned"),
+      [],
+      "MARS started for a directory target",
+    );
+    const refused = await onDir.outcome;
+    assert.equal(refused.status, "rejected");
+    assert.equal(refused.error?.code, "TARGET_INVALID");
+  });
+
+  it("reads what the command writes on stderr, in order with its stdout", async () => {
+    const script = join(dir, "both-streams.sh");
+    await writeFile(script, "#!/bin/sh\necho one\necho two >&2\necho three\necho four >&2\nexit 3\n", {
+      mode: 0o755,
+    });
+    const run = startMars({
+      requests: normaliseRequests(small),
+      targetPath: join(dir, "s.grib"),
+      command: [script],
+    });
+    const lines = (await collect(run)).flatMap((e) => (e.type === "log" ? [e.line] : []));
+    assert.deepEqual(lines, ["one", "two", "three", "four"]);
+    assert.equal((await run.outcome).exitCode, 3);
   });
 
   it("leaves no partial file at the target path after a failure", async () => {

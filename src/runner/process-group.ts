@@ -72,13 +72,17 @@ export interface GroupProcess {
   release(): void;
 }
 
-/** Spawn `command` as the leader of a new process group, registered with the watchdog. */
+/**
+ * Spawn `command` as the leader of a new process group, registered with the watchdog. Its output
+ * is read from stdout alone: the command puts its stderr there (the runner's `2>&1`), so that
+ * lines keep the order they were written in, and no second pipe is made for nothing.
+ */
 export function spawnInGroup(command: readonly string[], env: NodeJS.ProcessEnv, cwd: string): GroupProcess {
   if (command.length === 0) throw new Error("empty MARS command");
   watchdog.ensure();
   const child = spawn(command[0]!, command.slice(1), {
     detached: true,
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["ignore", "pipe", "ignore"],
     env,
     cwd,
   });

@@ -4,7 +4,7 @@
  * Workers and local mode share it unchanged.
  */
 import { randomUUID } from "node:crypto";
-import { rmSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { constants as osConstants, tmpdir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
 import { Channel } from "../core/channel.js";
@@ -23,14 +23,24 @@ import { formatRequests } from "../mars/text.js";
 import { simulatorCommand } from "../sim/command.js";
 import { LineSplitter } from "./lines.js";
 import { RUN_MARKER, signalGroup, spawnInGroup } from "./process-group.js";
-import { commitPart, discardPart, isDirectory, partPathFor, sizeOf } from "./target.js";
+import {
+  commitPart,
+  discardPart,
+  fileIdentity,
+  isDirectory,
+  partPathFor,
+  removeLocalFile,
+  sizeOf,
+} from "./target.js";
 
 export const DEFAULT_KILL_GRACE = 5 * SECOND;
 export const DEFAULT_PROGRESS_INTERVAL = 250;
 const TAIL_LINES = 50;
 /**
  * MARS runs with stderr on its stdout pipe, so lines reach us in the order it wrote them, as on the
- * pty cads-mars-server used. `exec` replaces the shell: MARS keeps the pid and leads the group.
+ * pty cads-mars-server used. `exec` replaces the shell: MARS keeps the pid and leads the group. The
+ * shell's own complaint about a command it cannot run goes to the redirected stderr too (dash and
+ * bash both), so the group's stderr is not read at all (spawnInGroup).
  */
 const MERGED_OUTPUT = ["/bin/sh", "-c", 'exec "$@" 2>&1', "mars"] as const;
 /** The shell's codes for a command it could not execute or find. */
@@ -61,10 +71,16 @@ export interface RunOptions {
    * makes sure it still owns the job (see worker/attempt.ts).
    */
   deferCommit?: boolean;
+  /**
+   * The caller has made sure the target is not a directory (the worker's `prepareTargetDir`
+   * does, on its way): the runner does not look at it again before MARS starts.
+   */
+  targetChecked?: boolean;
 }
 
 export type RunEvent =
   | { type: "spawned"; pid: number; at: number }
+  /** `stream` is always `stdout` now: MARS's stderr is merged into it (MERGED_OUTPUT). */
   | { type: "log"; seq: number; line: string; stream: "stdout" | "stderr"; at: number }
   | { type: "progress"; bytes: number; total: number; at: number };
 
@@ -97,6 +113,8 @@ export interface RunOutcome {
   message?: string;
   /** Set for rejected. */
   error?: MarsFleetError;
+  /** The part file's inode number, when a successful output was left for a deferred commit. */
+  partIno?: number;
 }
 
 const SIGNAL_NAMES = new Map<number, string>(
@@ -227,7 +245,7 @@ export class MarsRun {
     } finally {
       this.channel.close();
       if (this.killTimer) clearTimeout(this.killTimer);
-      rmSync(requestFile, { force: true });
+      removeLocalFile(requestFile);
     }
   }
 
@@ -241,15 +259,9 @@ export class MarsRun {
     if (opts.signal?.aborted) return { ...base, status: "cancelled", elapsedMs: Date.now() - started };
 
     const targetDir = dirname(opts.targetPath);
-    if (!(await isDirectory(targetDir))) {
-      return {
-        ...base,
-        status: "spawn_failed",
-        message: `target directory ${targetDir} does not exist`,
-        elapsedMs: 0,
-      };
-    }
-    if (await isDirectory(opts.targetPath)) {
+    // A missing target directory shows as a spawn error (it is MARS's working directory), and is
+    // explained there: one look at the target fewer per run.
+    if (!opts.targetChecked && (await isDirectory(opts.targetPath))) {
       throw new TargetError(`target ${opts.targetPath} is a directory`, { target: opts.targetPath });
     }
     const env = { ...marsEnvironment(opts.environ, opts.env), [RUN_MARKER]: this.runId };
@@ -270,14 +282,14 @@ export class MarsRun {
     let lastBytes = -1;
     const errorLines: string[] = [];
     const tail: string[] = [];
-    const emitLine = (line: string, stream: "stdout" | "stderr"): void => {
+    const emitLine = (line: string): void => {
       seq++;
       if (isErrorLine(line)) errorLines.push(line);
       tail.push(line);
       if (tail.length > TAIL_LINES) tail.shift();
       const announced = transferBytes(line);
       if (announced !== undefined) total += announced;
-      this.channel.push({ type: "log", seq, line, stream, at: Date.now() });
+      this.channel.push({ type: "log", seq, line, stream: "stdout", at: Date.now() });
     };
     const emitProgress = async (): Promise<void> => {
       const bytes = await sizeOf(this.partPath);
@@ -291,20 +303,19 @@ export class MarsRun {
       opts.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL,
     );
 
-    const streamDone = (stream: "stdout" | "stderr"): Promise<void> =>
-      new Promise((resolve) => {
-        const source = child[stream];
-        if (!source) return resolve();
-        const splitter = new LineSplitter();
-        source.on("data", (chunk: Buffer) => {
-          for (const line of splitter.push(chunk)) emitLine(line, stream);
-        });
-        source.on("close", () => {
-          for (const line of splitter.end()) emitLine(line, stream);
-          resolve();
-        });
+    // stderr is on stdout's pipe (MERGED_OUTPUT): one stream carries every line.
+    const outputs = new Promise<void>((resolve) => {
+      const source = child.stdout;
+      if (!source) return resolve();
+      const splitter = new LineSplitter();
+      source.on("data", (chunk: Buffer) => {
+        for (const line of splitter.push(chunk)) emitLine(line);
       });
-    const outputs = Promise.all([streamDone("stdout"), streamDone("stderr")]);
+      source.on("close", () => {
+        for (const line of splitter.end()) emitLine(line);
+        resolve();
+      });
+    });
 
     const exit = await new Promise<{ code: number | null; signal: string | null; error?: Error }>(
       (resolve) => {
@@ -324,15 +335,20 @@ export class MarsRun {
     if (timeout) clearTimeout(timeout);
     opts.signal?.removeEventListener("abort", onAbort);
 
-    const bytes = await sizeOf(this.partPath);
+    const part = await fileIdentity(this.partPath);
+    const bytes = part.size;
     const signal = exitSignal(exit.code, exit.signal);
     const common = { bytes, exitCode: exit.code, signal, errorLines, tail, lines: seq };
     const elapsedMs = (): number => Date.now() - started;
     const cannotRun = exit.code === EXIT_NOT_EXECUTABLE || exit.code === EXIT_NOT_FOUND;
     if (exit.error || (cannotRun && !this.stopReason)) {
       await discardPart(this.partPath);
-      const message =
-        exit.error?.message ?? `cannot run MARS command ${JSON.stringify(command[0])}: ${tail.join(" ")}`;
+      const noDir =
+        (exit.error as NodeJS.ErrnoException | undefined)?.code === "ENOENT" &&
+        !(await isDirectory(targetDir));
+      const message = noDir
+        ? `target directory ${targetDir} does not exist`
+        : (exit.error?.message ?? `cannot run MARS command ${JSON.stringify(command[0])}: ${tail.join(" ")}`);
       return { ...common, status: "spawn_failed", message, elapsedMs: elapsedMs() };
     }
     if (this.stopReason || exit.code !== 0) {
@@ -346,7 +362,8 @@ export class MarsRun {
     }
     this.channel.push({ type: "progress", bytes, total: Math.max(total, bytes), at: Date.now() });
     if (!opts.deferCommit) await this.commit();
-    return { ...common, status: "succeeded", target: opts.targetPath, elapsedMs: elapsedMs() };
+    const deferred = opts.deferCommit && part.ino !== undefined ? { partIno: part.ino } : {};
+    return { ...common, status: "succeeded", target: opts.targetPath, elapsedMs: elapsedMs(), ...deferred };
   }
 }
 

@@ -1,4 +1,5 @@
 /** Atomic targets: MARS writes to a temporary name beside the target, renamed only on success. */
+import { unlinkSync } from "node:fs";
 import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { TargetError } from "../core/errors.js";
@@ -51,11 +52,30 @@ export async function isDirectory(path: string): Promise<boolean> {
 
 /** Size of a file, or 0 if it does not exist. */
 export async function sizeOf(path: string): Promise<number> {
+  return (await fileIdentity(path)).size;
+}
+
+/** Size and inode number of a file; size 0 and no inode if it does not exist. */
+export async function fileIdentity(path: string): Promise<{ size: number; ino?: number }> {
   try {
-    return (await stat(path)).size;
+    const { size, ino } = await stat(path);
+    return { size, ino };
   } catch {
     // Not written yet, or removed: nothing written.
-    return 0;
+    return { size: 0 };
+  }
+}
+
+/**
+ * Remove a small local file if it is there, with one synchronous call: `rmSync` with `force`
+ * looks at the path twice before it unlinks it.
+ */
+export function removeLocalFile(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+    // ENOENT: already gone, which is what the caller wanted.
   }
 }
 
@@ -142,7 +162,7 @@ function within(root: string, path: string): boolean {
 /**
  * Make the directory of `targetPath` (already checked to lie inside `root` as text) and prove it is
  * inside the root on disk too: no component may be a symbolic link that leads out of the root, and
- * the target itself may not be a symbolic link. Refuses with TARGET_INVALID.
+ * the target itself may be neither a symbolic link nor a directory. Refuses with TARGET_INVALID.
  */
 export async function prepareTargetDir(root: string, targetPath: string): Promise<void> {
   const rootReal = await realRoot(root);
@@ -172,6 +192,8 @@ export async function prepareTargetDir(root: string, targetPath: string): Promis
   if (!within(rootReal, dirReal)) throw escape(outside);
   const target = await lstat(targetPath).catch(() => undefined); // absent: MARS creates it
   if (target?.isSymbolicLink()) throw escape("is a symbolic link");
+  if (target?.isDirectory())
+    throw new TargetError(`target ${targetPath} is a directory`, { target: targetPath });
 }
 
 /** The root's real path, resolved once per process: the configured root does not move under us. */

@@ -252,6 +252,7 @@ export class JobAttempt {
       killGraceMs: ctx.killGraceMs,
       signal: this.stopper.signal,
       deferCommit: true,
+      targetChecked: true, // prepareTargetDir above
       ...(ctx.command && { command: ctx.command }),
     });
     await this.follow(run, runId);
@@ -315,7 +316,7 @@ export class JobAttempt {
    */
   private async commit(run: MarsRun, outcome: RunOutcome): Promise<Settlement | Abandoned> {
     const { ctx, job } = this;
-    const { ino } = await stat(run.partPath);
+    const ino = outcome.partIno ?? (await stat(run.partPath)).ino;
     const fence = await this.fence({
       attempt: this.attempt,
       ino,

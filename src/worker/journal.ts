@@ -2,14 +2,14 @@
  * A local journal of the MARS runs a worker has in flight (part file, process group), so that a
  * worker starting after a crash on this host can remove what the crashed one left behind.
  */
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
 import { signalGroup, startedForRun } from "../runner/process-group.js";
 import { REQUEST_FILE_PATTERN } from "../runner/runner.js";
-import { discardPart } from "../runner/target.js";
+import { discardPart, removeLocalFile } from "../runner/target.js";
 
 const entrySchema = z.object({
   workerPid: z.number().int(),
@@ -54,7 +54,7 @@ export class Journal {
   }
 
   async remove(runId: string): Promise<void> {
-    rmSync(this.path(runId), { force: true });
+    removeLocalFile(this.path(runId));
   }
 
   /** Request files written by processes that are gone (they crashed before removing them). */
