@@ -4,9 +4,9 @@
  * direct pool of 4 runners of the same stand-in, on the same cores. What the fleet spends per job
  * (worker, client, nats-server, from /proc) competes with MARS itself, so it shows in throughput.
  */
-import type { BenchEnv } from "./env.js";
+import { WARM_JOBS, type BenchEnv } from "./env.js";
 import { round, target, type ScenarioResult } from "./report.js";
-import { fleetVsPool } from "./throughput.js";
+import { coldFigures, fleetVsPool } from "./throughput.js";
 import { peerUnavailable, runBullmq, type PeerResult } from "./peers.js";
 
 async function bullmqPeer(
@@ -16,7 +16,7 @@ async function bullmqPeer(
 ): Promise<{ result?: PeerResult; skipped?: string }> {
   const why = await peerUnavailable();
   if (why) return { skipped: why };
-  return { result: await runBullmq(command, scratch, jobs, 2, 2) };
+  return { result: await runBullmq(command, scratch, jobs, 2, 2, WARM_JOBS) };
 }
 
 export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Promise<ScenarioResult> {
@@ -25,9 +25,10 @@ export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Pr
     fleetMs,
     directMs,
     cpu,
+    coldCpu,
     consumersLeft: stray,
     marsCpuMs: marsCpu,
-  } = await fleetVsPool(env, "heavy", jobs, 2, 2, command);
+  } = await fleetVsPool(env, "heavy", jobs, 2, 2, command, { warm: WARM_JOBS });
   const fleetRate = jobs / (fleetMs / 1000);
   const directRate = jobs / (directMs / 1000);
   const ratio = fleetRate / directRate;
@@ -40,6 +41,7 @@ export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Pr
       "client cpu ms/job": cpu.client,
       "nats-server cpu ms/job": cpu.server,
       "fleet cpu ms/job": cpu.total,
+      ...coldFigures(coldCpu),
       "consumers left": stray,
       ...(peer?.result && {
         "BullMQ jobs/s": peer.result.jobsPerSec,
@@ -58,7 +60,7 @@ export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Pr
         : []),
     ],
     notes: [
-      `${jobs} jobs, 2 workers x 2 slots, library client (submit + result()) vs a local pool of 4 runners; the stand-in costs ${round(marsCpu, 1)} ms of CPU per run`,
+      `${jobs} jobs, 2 workers x 2 slots, library client (submit + result()) vs a local pool of 4 runners, each after ${WARM_JOBS} warm-up jobs (the stand-in without its spawning); the stand-in costs ${round(marsCpu, 1)} ms of CPU per run`,
       ...(peer?.result
         ? [
             `BullMQ peer: 2 workers x 2 on Redis; CPU per job worker ${round(peer.result.cpu.worker, 2)} ms, client ${round(peer.result.cpu.client, 2)} ms, redis ${round(peer.result.cpu.server, 2)} ms`,

@@ -7,6 +7,7 @@ import { execFile, spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { createConnection } from "node:net";
+import { createInterface } from "node:readline";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -73,13 +74,17 @@ function waitForLine(proc: ChildProcess, what: string): Promise<string> {
   });
 }
 
-/** `jobs` runs of `command` through BullMQ: `workers` worker processes of `slots` each. */
+/**
+ * `jobs` runs of `command` through BullMQ: `workers` worker processes of `slots` each, measured
+ * after `warm` warm-up jobs (the fleet's warm-up request: bench/env.ts WARM_JOBS).
+ */
 export async function runBullmq(
   command: string,
   scratch: string,
   jobs: number,
   workers: number,
   slots: number,
+  warm: number,
 ): Promise<PeerResult> {
   const port = await freePort();
   const redis = spawn(
@@ -103,17 +108,20 @@ export async function runBullmq(
     );
     procs.push(...started);
     await Promise.all(started.map((p, i) => waitForLine(p, `BullMQ worker ${i + 1}`)));
+    const client = spawn(
+      process.execPath,
+      [SCRIPT, "client", String(port), queue, String(jobs), join(scratch, "bullmq"), String(warm)],
+      { stdio: ["pipe", "pipe", "inherit"] },
+    );
+    procs.push(client);
+    const lines = clientLines(client);
+    if (warm > 0 && (await lines.next()).value !== "warm") throw new Error("BullMQ client: no warm-up");
     const before = {
       workers: (await Promise.all(started.map((p) => cpuMs(p.pid!)))).reduce((a, b) => a + b, 0),
       server: await cpuMs(redis.pid!),
     };
-    const client = spawn(
-      process.execPath,
-      [SCRIPT, "client", String(port), queue, String(jobs), join(scratch, "bullmq")],
-      { stdio: ["ignore", "pipe", "inherit"] },
-    );
-    procs.push(client);
-    const report = JSON.parse(await waitForClient(client)) as { ms: number; cpuMs: number };
+    client.stdin!.end(warm > 0 ? "go\n" : "");
+    const report = JSON.parse((await lines.next()).value ?? "null") as { ms: number; cpuMs: number };
     const workerCpu =
       (await Promise.all(started.map((p) => cpuMs(p.pid!)))).reduce((a, b) => a + b, 0) - before.workers;
     const serverCpu = (await cpuMs(redis.pid!)) - before.server;
@@ -130,16 +138,16 @@ export async function runBullmq(
 }
 
 /** The client's one line of JSON, within a generous deadline for the whole run. */
-function waitForClient(client: ChildProcess): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = "";
-    const timer = setTimeout(() => reject(new Error("BullMQ client: no result after 5 minutes")), 300_000);
-    client.stdout!.on("data", (d: Buffer) => (out += d.toString()));
-    client.once("exit", (code) => {
-      clearTimeout(timer);
-      const line = out.split("\n").find((l) => l.startsWith("{"));
-      if (code === 0 && line) resolve(line);
-      else reject(new Error(`BullMQ client exited ${code}: ${out.slice(-200)}`));
+/** The client's lines on stdout, one at a time; each is waited for at most 5 minutes. */
+async function* clientLines(client: ChildProcess): AsyncGenerator<string, void> {
+  const lines = createInterface({ input: client.stdout! })[Symbol.asyncIterator]();
+  for (;;) {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("BullMQ client: no line for 5 minutes")), 300_000);
     });
-  });
+    const next = await Promise.race([lines.next(), timeout]).finally(() => clearTimeout(timer));
+    if (next.done) throw new Error(`BullMQ client ended (exit ${client.exitCode}) before its report`);
+    yield next.value;
+  }
 }

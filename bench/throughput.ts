@@ -3,7 +3,17 @@ import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { normaliseRequests } from "../src/mars/request.js";
 import { startMars } from "../src/runner/runner.js";
-import { BenchEnv, CpuMeter, FleetObserver, childrenCpuMs, percentile, pool, strayConsumers } from "./env.js";
+import {
+  BenchEnv,
+  CpuMeter,
+  FleetObserver,
+  WARM_JOBS,
+  WARM_REQUEST,
+  childrenCpuMs,
+  percentile,
+  pool,
+  strayConsumers,
+} from "./env.js";
 import { round, target, type ScenarioResult } from "./report.js";
 
 const SHORT_REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
@@ -13,11 +23,12 @@ async function direct(
   env: BenchEnv,
   command: string[] | undefined,
   name: string,
+  request: Record<string, string> = SHORT_REQUEST,
 ): Promise<{ firstLineMs: number; totalMs: number }> {
   await mkdir(join(env.sharedRoot, "direct"), { recursive: true });
   const started = Date.now();
   const run = startMars({
-    requests: normaliseRequests(SHORT_REQUEST),
+    requests: normaliseRequests(request),
     targetPath: join(env.sharedRoot, "direct", name),
     ...(command && { command }),
   });
@@ -95,6 +106,8 @@ export interface FleetVsPool {
   consumersLeft: number;
   /** CPU per job of the MARS command itself, measured on the direct pool. */
   marsCpuMs: number;
+  /** CPU per job of the warm-up jobs: fresh processes, V8 still compiling. */
+  coldCpu: CpuPerJob;
 }
 
 /** N jobs through the fleet (all submitted at once) vs the same N through a local pool of the same width. */
@@ -112,6 +125,8 @@ export async function fleetVsPool(
     prepare?: () => Promise<void>;
     /** Skip the direct pool (a second fleet run against the same baseline). */
     noDirect?: boolean;
+    /** Warm-up jobs through the fleet, and runs through the direct pool, before either is measured. */
+    warm?: number;
   } = {},
 ): Promise<FleetVsPool> {
   const queue = BenchEnv.queue(name);
@@ -119,11 +134,17 @@ export async function fleetVsPool(
   const started = await Promise.all(Array.from({ length: workers }, () => env.worker(settings)));
   const fleet = await env.client(settings);
   await opts.prepare?.();
-  await (await fleet.submit(SHORT_REQUEST, { targetDir: name, targetFname: "warm.grib" })).result();
-  const meter = await CpuMeter.start(
-    started.map((w) => w.proc.pid!),
-    env.server.pid!,
+  const warm = opts.warm ?? 1;
+  const pids = started.map((w) => w.proc.pid!);
+  const coldMeter = await CpuMeter.start(pids, env.server.pid!);
+  await pool(
+    Array.from({ length: warm }, (_, i) => i),
+    64,
+    async (i) =>
+      (await fleet.submit(WARM_REQUEST, { targetDir: `${name}-warm`, targetFname: `${i}.grib` })).result(),
   );
+  const coldCpu = await coldMeter.perJob(warm);
+  const meter = await CpuMeter.start(pids, env.server.pid!);
   const t0 = Date.now();
   // The library client as its users call it: submit, then result() of each job.
   await pool(
@@ -143,7 +164,12 @@ export async function fleetVsPool(
   await fleet.close();
   const consumersLeft = await strayConsumers(await env.nc());
   await env.killWorkers(started);
-  if (opts.noDirect) return { fleetMs, directMs: NaN, cpu, consumersLeft, marsCpuMs: NaN };
+  if (opts.noDirect) return { fleetMs, directMs: NaN, cpu, coldCpu, consumersLeft, marsCpuMs: NaN };
+  await pool(
+    Array.from({ length: warm }, (_, i) => i),
+    workers * slots,
+    (i) => direct(env, command?.split(" "), `${name}-warm-${i}.grib`, WARM_REQUEST),
+  );
   const marsBefore = await childrenCpuMs(process.pid);
   const t1 = Date.now();
   await pool(
@@ -153,7 +179,7 @@ export async function fleetVsPool(
   );
   const directMs = Date.now() - t1;
   const marsCpuMs = ((await childrenCpuMs(process.pid)) - marsBefore) / jobs;
-  return { fleetMs, directMs, cpu, consumersLeft, marsCpuMs };
+  return { fleetMs, directMs, cpu, coldCpu, consumersLeft, marsCpuMs };
 }
 
 type CpuPerJob = Awaited<ReturnType<CpuMeter["perJob"]>>;
@@ -165,6 +191,11 @@ function cpuFigures(cpu: CpuPerJob): Record<string, number> {
     "nats-server cpu ms/job": cpu.server,
     "fleet cpu ms/job": cpu.total,
   };
+}
+
+/** What the warm-up jobs cost: fresh worker processes and client code, V8 still compiling. */
+export function coldFigures(cpu: CpuPerJob): Record<string, number> {
+  return { "fleet cpu ms/job, warm-up jobs": cpu.total };
 }
 
 export async function perJobOverhead(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
@@ -181,18 +212,22 @@ export async function perJobOverhead(env: BenchEnv, jobs: number): Promise<Scena
 }
 
 export async function brokerCapacity(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
-  const { fleetMs, directMs, cpu } = await fleetVsPool(env, "capacity", jobs, 2, 8, env.tinyMars);
+  const { fleetMs, directMs, cpu, coldCpu } = await fleetVsPool(env, "capacity", jobs, 2, 8, env.tinyMars, {
+    warm: WARM_JOBS,
+  });
   const fleetRate = jobs / (fleetMs / 1000);
   const directRate = jobs / (directMs / 1000);
   return {
     scenario: "3 capacity",
-    figures: { "jobs/s": fleetRate, ...cpuFigures(cpu) },
+    figures: { "jobs/s": fleetRate, ...cpuFigures(cpu), ...coldFigures(coldCpu) },
     baseline: { "jobs/s": directRate },
     ratios: { "jobs/s": fleetRate / directRate },
     targets: [
       target("throughput / direct pool", round(fleetRate / directRate, 3), "x", ">=", 0.8),
       target("fleet CPU per job (worker + client + nats-server)", round(cpu.total, 2), "ms", "<=", 3),
     ],
-    notes: [`${jobs} near-zero jobs, 2 workers x 8 slots vs a local pool of 16 runners`],
+    notes: [
+      `${jobs} near-zero jobs, 2 workers x 8 slots vs a local pool of 16 runners, both after ${WARM_JOBS} warm-up jobs`,
+    ],
   };
 }
