@@ -7,17 +7,7 @@
 import { WARM_JOBS, type BenchEnv } from "./env.js";
 import { round, target, type ScenarioResult } from "./report.js";
 import { coldFigures, fleetVsPool } from "./throughput.js";
-import { peerUnavailable, runBullmq, type PeerResult } from "./peers.js";
-
-async function bullmqPeer(
-  command: string,
-  scratch: string,
-  jobs: number,
-): Promise<{ result?: PeerResult; skipped?: string }> {
-  const why = await peerUnavailable();
-  if (why) return { skipped: why };
-  return { result: await runBullmq(command, scratch, jobs, 2, 2, WARM_JOBS) };
-}
+import { bullmqPeer, peerFigures, peerNotes } from "./peers.js";
 
 export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Promise<ScenarioResult> {
   const command = await env.heavyMars();
@@ -32,7 +22,7 @@ export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Pr
   const fleetRate = jobs / (fleetMs / 1000);
   const directRate = jobs / (directMs / 1000);
   const ratio = fleetRate / directRate;
-  const peer = peers ? await bullmqPeer(command, env.sharedRoot, jobs) : undefined;
+  const peer = peers ? await bullmqPeer(command, env.sharedRoot, jobs, 2, 2) : undefined;
   return {
     scenario: "9 heavy MARS",
     figures: {
@@ -43,12 +33,7 @@ export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Pr
       "fleet cpu ms/job": cpu.total,
       ...coldFigures(coldCpu),
       "consumers left": stray,
-      ...(peer?.result && {
-        "BullMQ jobs/s": peer.result.jobsPerSec,
-        "BullMQ / direct": peer.result.jobsPerSec / directRate,
-        "BullMQ cpu ms/job (worker+client+redis)": peer.result.cpu.total,
-        "fleet / BullMQ": fleetRate / peer.result.jobsPerSec,
-      }),
+      ...peerFigures(peer, fleetRate, directRate),
     },
     baseline: { "jobs/s": directRate, "MARS cpu ms/job": marsCpu },
     ratios: { "jobs/s": ratio },
@@ -61,13 +46,7 @@ export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Pr
     ],
     notes: [
       `${jobs} jobs, 2 workers x 2 slots, library client (submit + result()) vs a local pool of 4 runners, each after ${WARM_JOBS} warm-up jobs (the stand-in without its spawning); the stand-in costs ${round(marsCpu, 1)} ms of CPU per run`,
-      ...(peer?.result
-        ? [
-            `BullMQ peer: 2 workers x 2 on Redis; CPU per job worker ${round(peer.result.cpu.worker, 2)} ms, client ${round(peer.result.cpu.client, 2)} ms, redis ${round(peer.result.cpu.server, 2)} ms`,
-          ]
-        : []),
-      ...(peer?.skipped ? [peer.skipped] : []),
-      ...(peers ? [] : ["peers not run (npm run bench -- --peers)"]),
+      ...peerNotes(peer, "2 workers x 2"),
     ],
   };
 }

@@ -24,7 +24,8 @@ async function main(): Promise<void> {
     .option("peers", {
       type: "boolean",
       default: false,
-      describe: "also run the heavy-MARS workload on BullMQ + Redis (bench/peers; needs redis-server)",
+      describe:
+        "also run the capacity and heavy-MARS workloads on BullMQ + Redis (bench/peers; needs redis-server)",
     })
     .strict()
     .parseAsync();
@@ -33,7 +34,7 @@ async function main(): Promise<void> {
   const scenarios: Array<[number, string, (env: BenchEnv) => Promise<ScenarioResult>]> = [
     [1, "dispatch latency", (env) => dispatchLatency(env, q ? 60 : 300)],
     [2, "per-job overhead", (env) => perJobOverhead(env, q ? 60 : 500)],
-    [3, "broker capacity", (env) => brokerCapacity(env, q ? 400 : 2000)],
+    [3, "broker capacity", (env) => brokerCapacity(env, q ? 400 : 2000, args.peers)],
     [4, "log streaming", (env) => logStreaming(env, q ? 50_000 : 200_000)],
     [5, "failover", (env) => failover(env, !q)],
     [6, "backlog", (env) => backlog(env, q ? 2000 : 10_000)],

@@ -13,7 +13,8 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
 import { freePort } from "../src/broker/local-server.js";
-import { cpuMs } from "./env.js";
+import { WARM_JOBS, cpuMs } from "./env.js";
+import { round } from "./report.js";
 
 const PEERS_DIR = fileURLToPath(new URL("../../bench/peers/", import.meta.url));
 const SCRIPT = join(PEERS_DIR, "bullmq.mjs");
@@ -150,4 +151,40 @@ async function* clientLines(client: ChildProcess): AsyncGenerator<string, void> 
     if (next.done) throw new Error(`BullMQ client ended (exit ${client.exitCode}) before its report`);
     yield next.value;
   }
+}
+
+/** BullMQ in the same run as a fleet scenario, or why it was skipped; undefined when peers were not asked for. */
+export type PeerRun = { result?: PeerResult; skipped?: string } | undefined;
+
+/** The same workload on BullMQ, `workers` x `slots`, after as many warm-up jobs as the fleet's. */
+export async function bullmqPeer(
+  command: string,
+  scratch: string,
+  jobs: number,
+  workers: number,
+  slots: number,
+): Promise<NonNullable<PeerRun>> {
+  const why = await peerUnavailable();
+  if (why) return { skipped: why };
+  return { result: await runBullmq(command, scratch, jobs, workers, slots, WARM_JOBS) };
+}
+
+/** The peer's figures beside the fleet's: its throughput, against the same direct pool, and its CPU. */
+export function peerFigures(peer: PeerRun, fleetRate: number, directRate: number): Record<string, number> {
+  if (!peer?.result) return {};
+  return {
+    "BullMQ jobs/s": peer.result.jobsPerSec,
+    "BullMQ / direct": peer.result.jobsPerSec / directRate,
+    "BullMQ cpu ms/job (worker+client+redis)": peer.result.cpu.total,
+    "fleet / BullMQ": fleetRate / peer.result.jobsPerSec,
+  };
+}
+
+export function peerNotes(peer: PeerRun, shape: string): string[] {
+  if (!peer) return ["peers not run (npm run bench -- --peers)"];
+  if (!peer.result) return [peer.skipped ?? "BullMQ peer skipped"];
+  const { cpu } = peer.result;
+  return [
+    `BullMQ peer: ${shape} on Redis; CPU per job worker ${round(cpu.worker, 2)} ms, client ${round(cpu.client, 2)} ms, redis ${round(cpu.server, 2)} ms`,
+  ];
 }

@@ -14,6 +14,7 @@ import {
   pool,
   strayConsumers,
 } from "./env.js";
+import { bullmqPeer, peerFigures, peerNotes } from "./peers.js";
 import { round, target, type ScenarioResult } from "./report.js";
 
 const SHORT_REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
@@ -211,15 +212,22 @@ export async function perJobOverhead(env: BenchEnv, jobs: number): Promise<Scena
   };
 }
 
-export async function brokerCapacity(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+export async function brokerCapacity(env: BenchEnv, jobs: number, peers: boolean): Promise<ScenarioResult> {
   const { fleetMs, directMs, cpu, coldCpu } = await fleetVsPool(env, "capacity", jobs, 2, 8, env.tinyMars, {
     warm: WARM_JOBS,
   });
   const fleetRate = jobs / (fleetMs / 1000);
   const directRate = jobs / (directMs / 1000);
+  // A plain queue on the same near-zero jobs: what a job costs without records, events or fencing.
+  const peer = peers ? await bullmqPeer(env.tinyMars, env.sharedRoot, jobs, 2, 8) : undefined;
   return {
     scenario: "3 capacity",
-    figures: { "jobs/s": fleetRate, ...cpuFigures(cpu), ...coldFigures(coldCpu) },
+    figures: {
+      "jobs/s": fleetRate,
+      ...cpuFigures(cpu),
+      ...coldFigures(coldCpu),
+      ...peerFigures(peer, fleetRate, directRate),
+    },
     baseline: { "jobs/s": directRate },
     ratios: { "jobs/s": fleetRate / directRate },
     targets: [
@@ -228,6 +236,7 @@ export async function brokerCapacity(env: BenchEnv, jobs: number): Promise<Scena
     ],
     notes: [
       `${jobs} near-zero jobs, 2 workers x 8 slots vs a local pool of 16 runners, both after ${WARM_JOBS} warm-up jobs`,
+      ...peerNotes(peer, "2 workers x 8"),
     ],
   };
 }

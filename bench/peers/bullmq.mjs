@@ -2,7 +2,8 @@
 // Redis, so every run compares the two on the same machine.
 //
 //   node bullmq.mjs worker <redis port> <queue> <concurrency> <MARS command> <scratch dir>
-//     runs jobs until SIGTERM: writes the request file, spawns the command, reads its output
+//     runs jobs until SIGTERM: writes the request file, spawns the command (words split on
+//     spaces, the request file last), reads its output
 //   node bullmq.mjs client <redis port> <queue> <jobs> <target dir> [<warm-up jobs>]
 //     runs the warm-up jobs and prints "warm", waits for a line on stdin; then adds the jobs, waits
 //     until every one completed, prints {"ms": ..., "cpuMs": ...}
@@ -17,7 +18,8 @@ const connection = { host: "127.0.0.1", port: Number(port), maxRetriesPerRequest
 function runMars(command, requestFile, target, param) {
   writeFileSync(requestFile, `retrieve,\n  param=${param},\n  date=20240101,\n  target="${target}"\n`);
   return new Promise((resolve, reject) => {
-    const child = spawn(command, [requestFile], { stdio: ["ignore", "pipe", "pipe"] });
+    const [file, ...args] = command.split(" ");
+    const child = spawn(file, [...args, requestFile], { stdio: ["ignore", "pipe", "pipe"] });
     let lines = 0;
     const count = (chunk) => {
       for (const b of chunk) if (b === 10) lines++;
