@@ -129,7 +129,10 @@ describe("gateway: pipe mode (HTTP)", () => {
     let second: Promise<unknown> | undefined;
     const res = await post(g.pipePort, { request, environ: {} }, (_chunk, i) => {
       if (i === 0) {
-        second = tf.worker(settings, slow).then(() => first.kill("SIGKILL"));
+        // Killed at its first chunk, before a second worker is up to take the job over: waiting
+        // for that worker to start let a loaded machine finish the transfer first (no RWND).
+        first.kill("SIGKILL");
+        second = tf.worker(settings, slow);
       }
     });
     await second;
