@@ -480,6 +480,9 @@ export class Dispatcher {
       at: now,
     };
     const got = await this.deps.slots.acquire(limits, holder);
+    // The slot round trips ran on the message's ack wait, and the attempt's first heartbeat comes
+    // one interval after its claim: the lease starts again from here, whether it runs or waits.
+    msg.working();
     if (got.ok) return this.launch(lane, msg, job, limits, holder);
     const priority = effectivePriority(
       this.rulesNow,
@@ -516,6 +519,7 @@ export class Dispatcher {
         continue;
       }
       this.parkedJobs.splice(this.parkedJobs.indexOf(p), 1);
+      p.msg.working(); // the park's last tick may be an interval old (see admit)
       this.launch(p.lane, p.msg, p.job, p.limits, holder);
       return true;
     }
