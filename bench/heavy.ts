@@ -46,7 +46,7 @@ export async function heavyMars(env: BenchEnv, jobs: number, peers: boolean): Pr
     ],
     notes: [
       `${jobs} jobs, 2 workers x 2 slots, library client (submit + result()) vs a local pool of 4 runners, each after ${WARM_JOBS} warm-up jobs (the stand-in without its spawning); the stand-in costs ${round(marsCpu, 1)} ms of CPU per run`,
-      ...peerNotes(peer, "2 workers x 2"),
+      ...peerNotes(peer),
     ],
   };
 }

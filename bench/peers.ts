@@ -21,6 +21,9 @@ const SCRIPT = join(PEERS_DIR, "bullmq.mjs");
 const READY_MS = 20_000;
 
 export interface PeerResult {
+  /** Its shape: worker processes, and jobs at once in each. */
+  workers: number;
+  slots: number;
   jobsPerSec: number;
   cpu: { worker: number; client: number; server: number; total: number };
 }
@@ -117,17 +120,17 @@ export async function runBullmq(
     procs.push(client);
     const lines = clientLines(client);
     if (warm > 0 && (await lines.next()).value !== "warm") throw new Error("BullMQ client: no warm-up");
-    const before = {
-      workers: (await Promise.all(started.map((p) => cpuMs(p.pid!)))).reduce((a, b) => a + b, 0),
-      server: await cpuMs(redis.pid!),
-    };
+    const workersCpu = async (): Promise<number> =>
+      (await Promise.all(started.map((p) => cpuMs(p.pid!)))).reduce((a, b) => a + b, 0);
+    const before = { workers: await workersCpu(), server: await cpuMs(redis.pid!) };
     client.stdin!.end(warm > 0 ? "go\n" : "");
     const report = JSON.parse((await lines.next()).value ?? "null") as { ms: number; cpuMs: number };
-    const workerCpu =
-      (await Promise.all(started.map((p) => cpuMs(p.pid!)))).reduce((a, b) => a + b, 0) - before.workers;
+    const workerCpu = (await workersCpu()) - before.workers;
     const serverCpu = (await cpuMs(redis.pid!)) - before.server;
     const cpu = { worker: workerCpu / jobs, client: report.cpuMs / jobs, server: serverCpu / jobs };
     return {
+      workers,
+      slots,
       jobsPerSec: jobs / (report.ms / 1000),
       cpu: { ...cpu, total: cpu.worker + cpu.client + cpu.server },
     };
@@ -138,7 +141,6 @@ export async function runBullmq(
   }
 }
 
-/** The client's one line of JSON, within a generous deadline for the whole run. */
 /** The client's lines on stdout, one at a time; each is waited for at most 5 minutes. */
 async function* clientLines(client: ChildProcess): AsyncGenerator<string, void> {
   const lines = createInterface({ input: client.stdout! })[Symbol.asyncIterator]();
@@ -180,11 +182,11 @@ export function peerFigures(peer: PeerRun, fleetRate: number, directRate: number
   };
 }
 
-export function peerNotes(peer: PeerRun, shape: string): string[] {
+export function peerNotes(peer: PeerRun): string[] {
   if (!peer) return ["peers not run (npm run bench -- --peers)"];
   if (!peer.result) return [peer.skipped ?? "BullMQ peer skipped"];
-  const { cpu } = peer.result;
+  const { cpu, workers, slots } = peer.result;
   return [
-    `BullMQ peer: ${shape} on Redis; CPU per job worker ${round(cpu.worker, 2)} ms, client ${round(cpu.client, 2)} ms, redis ${round(cpu.server, 2)} ms`,
+    `BullMQ peer: ${workers} workers x ${slots} on Redis; CPU per job worker ${round(cpu.worker, 2)} ms, client ${round(cpu.client, 2)} ms, redis ${round(cpu.server, 2)} ms`,
   ];
 }

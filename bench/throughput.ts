@@ -236,7 +236,7 @@ export async function brokerCapacity(env: BenchEnv, jobs: number, peers: boolean
     ],
     notes: [
       `${jobs} near-zero jobs, 2 workers x 8 slots vs a local pool of 16 runners, both after ${WARM_JOBS} warm-up jobs`,
-      ...peerNotes(peer, "2 workers x 8"),
+      ...peerNotes(peer),
     ],
   };
 }
