@@ -9,7 +9,7 @@ import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { DEAD_STREAM, JOBS_STREAM, consumerName, subjects } from "../src/broker/subjects.js";
 import { executeMars } from "../src/client/execute.js";
 import type { JobEvent } from "../src/client/job.js";
-import { MarsFleetError } from "../src/core/errors.js";
+import { MarsFleetError, MarsRequestError } from "../src/core/errors.js";
 import type { JobRecord } from "../src/broker/schemas.js";
 import { gribLs } from "./helpers/grib.js";
 import { freePort } from "../src/broker/local-server.js";
@@ -178,6 +178,23 @@ describe("fleet: jobs", () => {
     assert.equal((await slow.status()).attempt, 1);
   });
 
+  it("tells a request refused before it was queued from its record: its log is the reason", async () => {
+    const fleet = await tf.client({ queue: TestFleet.queue("refused") });
+    const reason = new MarsRequestError("the request is bad\nand so is this", {});
+    await fleet.recordRefusal(reason, { requestId: "refused-1", environ: { user_id: "alice" } });
+    const job = await fleet.job("refused-1");
+    const events: JobEvent[] = [];
+    for await (const ev of job.events()) events.push(ev);
+    const lines = events.flatMap((e) => (e.type === "log" ? [e.line] : []));
+    assert.equal(lines.length, 2);
+    assert.match(lines[0]!, /^mars - ERROR .* - the request is bad$/);
+    assert.match(lines[1]!, /- and so is this$/);
+    const last = events.at(-1);
+    assert.equal(last?.type === "state" && last.state, "failed");
+    assert.equal(last?.type === "state" && last.error?.code, "MARS_REQUEST_INVALID");
+    assert.deepEqual(await job.storedLog(), lines);
+  });
+
   it("cancels a running job (group killed, no redelivery) and a queued one (never runs)", async () => {
     const queue = TestFleet.queue("cancel");
     const settings = { queue, marsCommand: tf.countingMars };
@@ -187,8 +204,18 @@ describe("fleet: jobs", () => {
       { param: "2t", date: "20240101" },
       { targetDir: "cancel", environ: { request_id: "cancel-queued" } },
     );
+    // A follower of the queued job (another handle) sees the cancel end its events. Only workers
+    // write events, so that end comes from the record.
+    const states = (async () => {
+      const seen: string[] = [];
+      for await (const ev of (await fleet.job(queued.id)).events())
+        if (ev.type === "state") seen.push(ev.state);
+      return seen;
+    })();
+    await sleep(200);
     assert.equal(await queued.cancel(), true);
     assert.equal((await rejection(queued.result())).code, "JOB_CANCELLED");
+    assert.deepEqual(await states, ["cancelled"]);
 
     await tf.worker(settings, { MARS_SIM_FIELD_DELAY_MS: "500", MARS_SIM_SPAWN_CHILD: "1" });
     const running = await fleet.submit(

@@ -10,29 +10,21 @@
  * ack wait. Each attempt is recorded in the job's entry of the `mars-callbacks` bucket.
  */
 import { createHmac, randomBytes } from "node:crypto";
-import {
-  AckPolicy,
-  DeliverPolicy,
-  type ConsumerMessages,
-  type JetStreamManager,
-  type JsMsg,
-} from "@nats-io/jetstream";
+import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
 import type { BrokerConnection } from "../broker/connection.js";
-import { isAlreadyExists, isCasConflict } from "../broker/nats-errors.js";
+import { isCasConflict } from "../broker/nats-errors.js";
+import { CALLBACKS_CONSUMER } from "../broker/provision.js";
 import { TERMINAL_STATES, stateEventSchema } from "../broker/schemas.js";
-import { EVENTS_STREAM, subjects } from "../broker/subjects.js";
+import { EVENTS_STREAM } from "../broker/subjects.js";
 import type { Fleet } from "../client/fleet.js";
 
 export const CALLBACKS_BUCKET = "mars-callbacks";
-export const CALLBACKS_CONSUMER = "api-callbacks";
 /** A callback attempt lasts at most POST_TIMEOUT_MS (its message is kept alive before it starts). */
 const POST_TIMEOUT_MS = 10_000;
-/** After this, an attempt whose api process died is made again by another. */
-const ACK_WAIT_MS = 15_000;
 
 export const callbackRequestSchema = z
   .object({
@@ -108,24 +100,7 @@ export class CallbackSender {
     private readonly log: Logger,
   ) {}
 
-  static async ensureConsumer(jsm: JetStreamManager): Promise<void> {
-    try {
-      await jsm.consumers.add(EVENTS_STREAM, {
-        durable_name: CALLBACKS_CONSUMER,
-        filter_subject: subjects.state("*"),
-        ack_policy: AckPolicy.Explicit,
-        deliver_policy: DeliverPolicy.New,
-        ack_wait: ACK_WAIT_MS * 1_000_000,
-        max_deliver: -1,
-      });
-    } catch (err) {
-      // Made by another api process (perhaps with other settings): it serves as is.
-      if (!isAlreadyExists(err)) throw err;
-    }
-  }
-
   async start(): Promise<void> {
-    await CallbackSender.ensureConsumer(this.conn.jsm);
     const consumer = await this.conn.js.consumers.get(EVENTS_STREAM, CALLBACKS_CONSUMER);
     // Few in hand at once: those a dying process holds wait out the ack wait.
     this.messages = await consumer.consume({ max_messages: 4 });

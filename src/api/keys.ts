@@ -5,10 +5,11 @@
  */
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import { Kvm, type KV } from "@nats-io/kv";
-import type { JetStreamClient } from "@nats-io/jetstream";
+import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
+import { bucketKeys } from "../broker/stream-reads.js";
 import { ConfigError } from "../core/errors.js";
 
 export const API_KEYS_BUCKET = "mars-api-keys";
@@ -53,11 +54,15 @@ export class ApiKeys {
 
   private sub: Subscription | undefined;
 
-  constructor(private readonly kv: KV) {}
+  constructor(
+    private readonly kv: KV,
+    private readonly js: JetStreamClient,
+  ) {}
 
   /** The keys in the fleet's `mars-api-keys` bucket, over this connection. */
   static async open(conn: NatsConnection | JetStreamClient): Promise<ApiKeys> {
-    return new ApiKeys(await new Kvm(conn).open(API_KEYS_BUCKET));
+    const js = "jetstreamManager" in conn ? conn : jetstream(conn);
+    return new ApiKeys(await new Kvm(js).open(API_KEYS_BUCKET), js);
   }
 
   /** Forget a cached key the moment its entry changes (a revocation takes effect at once). */
@@ -86,7 +91,7 @@ export class ApiKeys {
 
   async list(): Promise<ApiKey[]> {
     const out: ApiKey[] = [];
-    for await (const id of await this.kv.keys()) {
+    for (const id of await bucketKeys(await this.js.jetstreamManager(false), API_KEYS_BUCKET)) {
       const e = await this.kv.get(id);
       if (e && e.operation === "PUT" && e.length > 0)
         out.push(decode(apiKeySchema, e.value, `API key ${id}`));

@@ -218,16 +218,37 @@ function ensureStream(
 
 function ensureConsumer(
   jsm: JetStreamManager,
+  stream: string,
   cfg: Partial<ConsumerConfig> & { durable_name: string },
   report: ProvisionReport,
 ): Promise<void> {
-  const what = `consumer ${JOBS_STREAM}/${cfg.durable_name}`;
+  const what = `consumer ${stream}/${cfg.durable_name}`;
   const look = async (): Promise<void> => {
-    const info = await jsm.consumers.info(JOBS_STREAM, cfg.durable_name);
+    const info = await jsm.consumers.info(stream, cfg.durable_name);
     report.existing.push(what);
     report.drift.push(...differences(what, cfg, info.config));
   };
-  return ensureExists(what, report, look, () => jsm.consumers.add(JOBS_STREAM, cfg), isAlreadyExists);
+  return ensureExists(what, report, look, () => jsm.consumers.add(stream, cfg), isAlreadyExists);
+}
+
+/** The REST API's completion callbacks: its processes share this consumer of terminal states. */
+export const CALLBACKS_CONSUMER = "api-callbacks";
+/** After this, a callback attempt whose api process died is made again by another. */
+export const CALLBACKS_ACK_WAIT_MS = 15_000;
+
+/**
+ * Made at `broker init` (the API runs as a submitter, which makes no consumers): the API's share of
+ * every state event from its creation on, settled one by one.
+ */
+export function callbacksConsumerConfig(): Partial<ConsumerConfig> & { durable_name: string } {
+  return {
+    durable_name: CALLBACKS_CONSUMER,
+    filter_subject: subjects.state("*"),
+    ack_policy: AckPolicy.Explicit,
+    deliver_policy: DeliverPolicy.New,
+    ack_wait: CALLBACKS_ACK_WAIT_MS * 1_000_000,
+    max_deliver: -1,
+  };
 }
 
 /**
@@ -294,7 +315,8 @@ export async function provision(
   const report: ProvisionReport = { created: [], existing: [], drift: [], missing: [] };
   try {
     for (const cfg of streamConfigs(t)) await ensureStream(jsm, cfg, report);
-    await ensureConsumer(jsm, consumerConfig(t), report);
+    await ensureConsumer(jsm, JOBS_STREAM, consumerConfig(t), report);
+    await ensureConsumer(jsm, EVENTS_STREAM, callbacksConsumerConfig(), report);
     await ensureBucket(
       nc,
       jsm,

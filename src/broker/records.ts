@@ -11,6 +11,7 @@ import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError }
 import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
 import { withRetry } from "./retry.js";
+import { bucketKeys } from "./stream-reads.js";
 import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
 import { JOBS_BUCKET, RECORD_KEYS } from "./subjects.js";
 
@@ -46,8 +47,10 @@ export function mergeRecord(
   status: JobRecord | undefined,
 ): JobRecord | undefined {
   const cancelRequested = (submission?.cancelRequested ?? false) || (status?.cancelRequested ?? false);
-  const base = status ?? submission;
-  if (!base) return undefined;
+  const base0 = status ?? submission;
+  if (!base0) return undefined;
+  // Hiding the log is the submitter's to say: it is in the submission, whatever the status holds.
+  const base = submission?.logDropped ? { ...base0, logDropped: true } : base0;
   // A job waiting for a worker (queued, or between attempts) whose cancel was requested never runs
   // again: it is cancelled now, whoever looks, and the worker that gets its message drops it.
   if ((base.state === "queued" || base.state === "retrying") && cancelRequested) {
@@ -202,6 +205,17 @@ export class JobStore {
   }
 
   /**
+   * The record when it is final without a worker having made it so (refused at submit, or cancelled
+   * while it waited): no worker will publish its terminal event. Undefined otherwise.
+   */
+  async endedWithoutWorker(id: string): Promise<JobRecord | undefined> {
+    const { submission, status } = await this.readKeys(id);
+    const record = mergeRecord(submission?.record, status?.record);
+    if (!record || !TERMINAL_STATES.has(record.state)) return undefined;
+    return status && TERMINAL_STATES.has(status.record.state) ? undefined : record;
+  }
+
+  /**
    * The record as the submission alone makes it, with status revision 0: what a first claim works
    * from (if a worker did write a status, the claim's create conflicts and it reads both keys).
    */
@@ -280,18 +294,11 @@ export class JobStore {
 
   /**
    * Every job record (skips entries that do not parse). The keys come from the bucket's stream
-   * information (its subjects), one request that leaves nothing behind on the server, where
-   * `kv.keys()` would create a consumer that lingers for minutes.
+   * information (its subjects), one request that makes no consumer (stream-reads.ts).
    */
   async list(): Promise<JobRecord[]> {
-    const prefix = `$KV.${JOBS_BUCKET}.`;
-    const info = await withRetry(
-      () => this.jsm.streams.info(`KV_${JOBS_BUCKET}`, { subjects_filter: `${prefix}>` }),
-      { what: "list job records" },
-    );
     const ids = new Set<string>();
-    for (const subject of Object.keys(info.state.subjects ?? {})) {
-      const key = subject.slice(prefix.length);
+    for (const key of await bucketKeys(this.jsm, JOBS_BUCKET)) {
       const dot = key.lastIndexOf(".");
       if (dot > 0) ids.add(key.slice(0, dot));
     }

@@ -16,6 +16,7 @@ import {
 } from "./subjects.js";
 import { API_JOBS_BUCKET, API_KEYS_BUCKET } from "../api/keys.js";
 import { CALLBACKS_BUCKET } from "../api/callbacks.js";
+import { CALLBACKS_CONSUMER } from "./provision.js";
 
 export const ROLES = ["admin", "worker", "submitter", "observer"] as const;
 export type Role = (typeof ROLES)[number];
@@ -23,6 +24,11 @@ export type Role = (typeof ROLES)[number];
 export interface Permission {
   subject: string;
   why: string;
+  /**
+   * A subscribe right heard across accounts on these narrower subjects (default: the subject
+   * itself), so that no part of it is also one of the role's own publish rights (see roleImports).
+   */
+  heardAs?: string[];
 }
 
 export interface RolePermissions {
@@ -45,8 +51,8 @@ const FLEET_STREAMS = [
   objStream(RESULTS_BUCKET),
 ];
 
-function p(subject: string, why: string): Permission {
-  return { subject, why };
+function p(subject: string, why: string, heardAs?: string[]): Permission {
+  return { subject, why, ...(heardAs && { heardAs }) };
 }
 
 /** Look the topology up (no change): every process checks it at start. */
@@ -54,6 +60,10 @@ const topologyInfo = (): Permission[] => [
   p("$JS.API.INFO", "JetStream account information (the object store client checks the API level)"),
   ...FLEET_STREAMS.map((s) => p(`$JS.API.STREAM.INFO.${s}`, "check the topology exists; open buckets")),
   p(`$JS.API.CONSUMER.INFO.${JOBS_STREAM}.*`, "check a queue's consumer exists"),
+  p(
+    `$JS.API.CONSUMER.INFO.${EVENTS_STREAM}.${CALLBACKS_CONSUMER}`,
+    "check the API's callbacks consumer exists",
+  ),
 ];
 
 /** Read single messages (KV get, object info, a dead-lettered job) from a stream. */
@@ -63,7 +73,11 @@ const directReads = (stream: string): Permission[] => [
   p(`$JS.API.STREAM.MSG.GET.${stream}`, `read single messages of ${stream} (servers without direct get)`),
 ];
 
-/** Replay a stream through ordered consumers (KV watch and keys, a job's events, an object's chunks). */
+/**
+ * Replay a stream through ordered consumers (a KV watch). Workers only: a consumer's configuration
+ * names where its messages are delivered, which the server does with its own rights (see
+ * stream-reads.ts); submitters and observers read with single requests instead.
+ */
 const orderedReads = (stream: string): Permission[] => [
   p(`$JS.API.CONSUMER.CREATE.${stream}`, `replay ${stream} with an ephemeral ordered consumer`),
   p(`$JS.API.CONSUMER.CREATE.${stream}.>`, `same, with a subject filter (nats-server 2.9+)`),
@@ -133,9 +147,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...subjects.allJobs.map((s) => p(s, "publish jobs (on its queue's lanes, or lane-less)")),
           p(`${status(RECORD_KEYS.submitted)}`, "create job records (the submission)"),
           ...directReads(kvStream(JOBS_BUCKET)),
-          ...orderedReads(kvStream(JOBS_BUCKET)),
           ...directReads(kvStream(WORKERS_BUCKET)),
-          ...orderedReads(kvStream(WORKERS_BUCKET)),
           ...directReads(kvStream(QOS_BUCKET)),
           ...directReads(kvStream(API_KEYS_BUCKET)),
           ...directReads(kvStream(CALLBACKS_BUCKET)),
@@ -148,22 +160,32 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
             `$KV.${CALLBACKS_BUCKET}.*`,
             "the api: register a job's completion callback, record its attempts",
           ),
-          p(`$JS.ACK.${EVENTS_STREAM}.api-callbacks.>`, "the api: settle the state events it calls back for"),
-          ...orderedReads(EVENTS_STREAM),
+          p(
+            `$JS.API.CONSUMER.INFO.${EVENTS_STREAM}.${CALLBACKS_CONSUMER}`,
+            "the api: find its callbacks consumer",
+          ),
+          p(
+            `$JS.API.CONSUMER.MSG.NEXT.${EVENTS_STREAM}.${CALLBACKS_CONSUMER}`,
+            "the api: take the state events it calls back for",
+          ),
+          p(
+            `$JS.ACK.${EVENTS_STREAM}.${CALLBACKS_CONSUMER}.>`,
+            "the api: settle the state events it calls back for",
+          ),
+          p(`$JS.API.STREAM.MSG.GET.${EVENTS_STREAM}`, "replay a job's events (one message get each)"),
           p(subjects.cancel("*"), "request a cancel"),
           p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "explain a wait: read the next job of each lane"),
-          p(subjects.log("*"), "the log of a request refused before it was queued"),
-          p(subjects.state("*"), "the state of a request refused before it was queued"),
-          p(`$JS.API.STREAM.PURGE.${EVENTS_STREAM}`, "drop a job's log (the pipe protocol's DELETE)"),
           ...directReads(objStream(RESULTS_BUCKET)),
-          ...orderedReads(objStream(RESULTS_BUCKET)),
-          flowControl,
         ],
         subscribe: [
           replies,
           p(subjects.allHeartbeats, "heartbeats of its jobs"),
+          p(subjects.registry("*"), "hear workers register (which serve a queue now)"),
           p(subjects.jobEvents("*"), "follow its new jobs' events live (what a replay would give)"),
-          p(`$KV.${JOBS_BUCKET}.*.*`, "hear its jobs' records change (then read them)"),
+          p(`$KV.${JOBS_BUCKET}.*.*`, "hear its jobs' records change (then read them)", [
+            status(RECORD_KEYS.status),
+            status(RECORD_KEYS.submitted),
+          ]),
           p(`$KV.${QOS_BUCKET}.${QOS_RULES_KEY}`, "hear the QoS rules change (deny rules apply at submit)"),
           p(`$KV.${API_KEYS_BUCKET}.*`, "the api: hear an API key revoked (forget it at once)"),
         ],
@@ -178,15 +200,13 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           p("$JS.API.CONSUMER.NAMES.*", "list consumers"),
           p("$JS.API.CONSUMER.LIST.*", "list consumers"),
           p("$JS.API.CONSUMER.INFO.*.*", "consumer information"),
-          p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "explain a wait: read the next job of each lane"),
           ...[
             EVENTS_STREAM,
             DEAD_STREAM,
             kvStream(JOBS_BUCKET),
             kvStream(WORKERS_BUCKET),
             kvStream(QOS_BUCKET),
-          ].flatMap((s) => [...directReads(s), ...orderedReads(s)]),
-          flowControl,
+          ].flatMap((s) => directReads(s)),
         ],
         subscribe: [
           replies,
@@ -202,6 +222,17 @@ function quote(s: string): string {
   return JSON.stringify(s);
 }
 
+/**
+ * The account that holds the streams, buckets and consumers. Only admins log into it; every other
+ * role has an account of its own that imports from this one just what the role's table allows.
+ */
+export const FLEET_ACCOUNT = "MARS";
+
+/** The account a role's users log into. */
+export function roleAccount(role: Role): string {
+  return role === "admin" ? FLEET_ACCOUNT : `MARS_${role.toUpperCase()}`;
+}
+
 export interface AuthUser {
   role: Role;
   /** An nkey user's public key, or a user name with a bcrypt password hash. */
@@ -211,23 +242,157 @@ export interface AuthUser {
   inbox: string;
 }
 
-/** nats-server's `authorization {}` block for these users. */
-export function authorizationBlock(users: AuthUser[]): string {
-  const lines = ["authorization {", "  users = ["];
+/** Requests whose answer is several messages (a pull's batch): the import must keep the route open. */
+const streamedAnswer = (subject: string): boolean => subject.includes(".CONSUMER.MSG.NEXT.");
+
+/** The subjects two subject patterns both match, as one pattern; undefined when none. */
+export function subjectIntersection(a: string, b: string): string | undefined {
+  const meet = (x: string[], y: string[]): string[] | undefined => {
+    if (x[0] === ">") return y.length > 0 ? y : undefined;
+    if (y[0] === ">") return x.length > 0 ? x : undefined;
+    if (x.length === 0 || y.length === 0) return x.length === y.length ? [] : undefined;
+    const [hx, hy] = [x[0]!, y[0]!];
+    const head = hx === "*" ? hy : hy === "*" || hx === hy ? hx : undefined;
+    if (head === undefined) return undefined;
+    const rest = meet(x.slice(1), y.slice(1));
+    return rest && [head, ...rest];
+  };
+  return meet(a.split("."), b.split("."))?.join(".");
+}
+
+/** Whether every subject `inner` matches, `outer` matches too. */
+function covers(outer: string, inner: string): boolean {
+  return subjectIntersection(outer, inner) === inner;
+}
+
+interface Imports {
+  services: Set<string>;
+  /** Subject → the accounts it is imported from. */
+  streams: Map<string, Set<string>>;
+}
+
+/**
+ * What each role's account imports. Services: the role's publish rights, from the fleet account.
+ * Streams: what the role may hear, from the account where it is published. The server never passes
+ * a message that entered an account through a service import on to another account's stream
+ * import (nats-server client.go: "do not re-export to an exported stream"), so a worker's record
+ * change reaches a submitter from the worker's account, not through the fleet's. And a subject an
+ * account imports as a service is never also a stream import there: a message arriving by the
+ * stream would go on through the service import and be stored a second time. Such a role hears
+ * that subject only from its own account (its own connections).
+ */
+function roleImports(users: AuthUser[]): Map<string, Imports> {
+  const permsOf = new Map(users.map((u) => [u.role, rolePermissions(u.role, u.inbox)]));
+  const out = new Map<string, Imports>();
   for (const u of users) {
+    if (u.role === "admin") continue;
+    const perms = permsOf.get(u.role)!;
+    const imports: Imports = { services: new Set(perms.publish.map((x) => x.subject)), streams: new Map() };
+    const addStream = (subject: string, from: string): void => {
+      for (const own of imports.services) {
+        if (subjectIntersection(own, subject) === undefined) continue;
+        if (covers(own, subject)) return;
+        throw new Error(`${roleAccount(u.role)} would import ${subject} both ways (it publishes ${own})`);
+      }
+      const set = imports.streams.get(subject) ?? new Set<string>();
+      imports.streams.set(subject, set.add(from));
+    };
+    const pushed = perms.publish.some((x) => x.subject.startsWith("$JS.API.CONSUMER.CREATE."));
+    for (const subject of perms.subscribe.flatMap((x) => x.heardAs ?? [x.subject])) {
+      if (subject.startsWith(`${u.inbox}.`)) {
+        // Answers come back through the service imports; only a push consumer's deliveries (a
+        // worker's KV watch) reach the inbox from the fleet account, and only for a role that
+        // may make one.
+        if (pushed) addStream(subject, FLEET_ACCOUNT);
+        continue;
+      }
+      addStream(subject, FLEET_ACCOUNT); // the admin's and the server's own messages
+      for (const [role, other] of permsOf) {
+        if (role === "admin" || role === u.role) continue;
+        for (const p of other.publish) {
+          const both = subjectIntersection(p.subject, subject);
+          if (both !== undefined && !both.startsWith("$JS.")) addStream(both, roleAccount(role));
+        }
+      }
+    }
+    out.set(roleAccount(u.role), imports);
+  }
+  return out;
+}
+
+/**
+ * nats-server's `accounts {}` block for these users.
+ *
+ * Why accounts (docs/SECURITY.md, "Replies cannot be aimed"): the server answers a JetStream or KV
+ * request on whatever reply subject the request names, with its own rights. In one account that
+ * lets a role make the server publish where the role itself may not (a direct get whose reply is
+ * the work queue). Here the streams live in the fleet's account, which only admins log into, and
+ * every other role's publish right is a service import from it: the server answers such a request
+ * inside the requester's own account, whatever reply it names, and that account holds no stream.
+ * The subject permissions stay on each user as well, so a forbidden publish is refused (and
+ * logged) at once.
+ */
+export function accountsBlock(users: AuthUser[]): string {
+  const imports = roleImports(users);
+  const userLines = (u: AuthUser): string[] => {
     const perms = rolePermissions(u.role, u.inbox);
     const who = u.nkey
       ? `nkey: ${quote(u.nkey)}`
       : `user: ${quote(u.user!)}, password: ${quote(u.passwordHash!)}`;
     const list = (ps: Permission[]): string => ps.map((x) => quote(x.subject)).join(", ");
-    lines.push(`    # role: ${u.role}`);
-    lines.push(`    { ${who}`);
-    lines.push(`      permissions: {`);
-    lines.push(`        publish: { allow: [${list(perms.publish)}] }`);
-    lines.push(`        subscribe: { allow: [${list(perms.subscribe)}] }`);
-    lines.push(`      } }`);
+    return [
+      `      # role: ${u.role}`,
+      `      { ${who}`,
+      `        permissions: {`,
+      `          publish: { allow: [${list(perms.publish)}] }`,
+      `          subscribe: { allow: [${list(perms.subscribe)}] }`,
+      `        } }`,
+    ];
+  };
+  /** Exports by exporting account: services (fleet only) and streams, each with who may import. */
+  const services = new Map<string, Set<string>>();
+  const streams = new Map<string, Map<string, Set<string>>>();
+  for (const [account, imp] of imports) {
+    for (const s of imp.services) services.set(s, (services.get(s) ?? new Set()).add(account));
+    for (const [subject, froms] of imp.streams)
+      for (const from of froms) {
+        const bySubject = streams.get(from) ?? new Map<string, Set<string>>();
+        bySubject.set(subject, (bySubject.get(subject) ?? new Set()).add(account));
+        streams.set(from, bySubject);
+      }
   }
-  lines.push("  ]", "}");
+  const list = (set: Set<string>): string => [...set].map(quote).join(", ");
+  const streamExports = (account: string): string[] =>
+    [...(streams.get(account) ?? new Map<string, Set<string>>())].map(
+      ([subject, to]) => `      { stream: ${quote(subject)}, accounts: [${list(to)}] }`,
+    );
+  const accounts = [FLEET_ACCOUNT, ...imports.keys()];
+  const lines = ["accounts {"];
+  for (const account of accounts) {
+    lines.push(`  ${account}: {`);
+    if (account === FLEET_ACCOUNT) lines.push("    jetstream: enabled");
+    lines.push("    users: [");
+    for (const u of users) if (roleAccount(u.role) === account) lines.push(...userLines(u));
+    lines.push("    ]", "    exports: [");
+    if (account === FLEET_ACCOUNT)
+      for (const [subject, to] of services) {
+        const answer = streamedAnswer(subject) ? ", response_type: stream" : "";
+        lines.push(`      { service: ${quote(subject)}, accounts: [${list(to)}]${answer} }`);
+      }
+    lines.push(...streamExports(account), "    ]");
+    const imp = imports.get(account);
+    if (imp) {
+      lines.push("    imports: [");
+      for (const s of imp.services)
+        lines.push(`      { service: { account: ${FLEET_ACCOUNT}, subject: ${quote(s)} } }`);
+      for (const [subject, froms] of imp.streams)
+        for (const from of froms)
+          lines.push(`      { stream: { account: ${from}, subject: ${quote(subject)} } }`);
+      lines.push("    ]");
+    }
+    lines.push("  }");
+  }
+  lines.push("}");
   return lines.join("\n") + "\n";
 }
 

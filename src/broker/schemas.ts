@@ -79,6 +79,8 @@ export const jobRecordSchema = z.object({
   environ: environSchema,
   timeoutMs: z.number().int().min(0).default(0),
   cancelRequested: z.boolean().default(false),
+  /** The pipe protocol's DELETE: the log is no longer shown (its events expire with the stream's max age). */
+  logDropped: z.boolean().optional(),
   submittedAt: z.number(),
   startedAt: z.number().optional(),
   finishedAt: z.number().optional(),

@@ -61,6 +61,8 @@ export const subjects = {
    */
   cancel: (id: string): string => `mars.cancel.${id}`,
   allCancels: "mars.cancel.*",
+  /** A worker's entry in the registry bucket, as a subject (what a registration publishes). */
+  registry: (workerId: string): string => `$KV.${WORKERS_BUCKET}.${workerId}`,
   dead: (queue: string): string => `mars.dead.${queue}`,
   allDead: "mars.dead.>",
   /** Server advisory when a job message ran out of deliveries. */

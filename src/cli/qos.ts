@@ -70,7 +70,7 @@ export async function qosShow(json: boolean, config: FleetConfig): Promise<numbe
   try {
     const kv = await fleet.connection.qosKv();
     const stored = await readRules(kv);
-    const slots = new SlotTable(kv, () => Promise.resolve(false), silentLogger());
+    const slots = new SlotTable(fleet.connection.jsm, kv, () => Promise.resolve(false), silentLogger());
     const held = await slots.all();
     const lanes = await laneCounts(fleet.connection.jsm, config.queue);
     const workers = await fleet.workers();

@@ -7,6 +7,7 @@ import type { BrokerConnection } from "../broker/connection.js";
 import { connectProvisioned, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
 import { withRetry } from "../broker/retry.js";
+import { bucketKeys } from "../broker/stream-reads.js";
 import {
   PROTOCOL_VERSION,
   workerInfoSchema,
@@ -17,7 +18,7 @@ import {
   type Submitter,
   type WorkerInfo,
 } from "../broker/schemas.js";
-import { JOBS_STREAM, consumerName, isToken, subjects } from "../broker/subjects.js";
+import { JOBS_STREAM, WORKERS_BUCKET, consumerName, isToken, subjects } from "../broker/subjects.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
 import {
   BrokerError,
@@ -33,8 +34,6 @@ import { explainWait } from "../qos/explain.js";
 import { laneCounts, laneHead } from "../qos/lane-counts.js";
 import { withFleetCap } from "../qos/rules.js";
 import { RulesFollower, SlotTable } from "../qos/store.js";
-import { JobEventPublisher } from "../broker/events.js";
-import { formatLogLine } from "../mars/log.js";
 import { LiveWorkers } from "./live-workers.js";
 import { silentLogger } from "../core/logging.js";
 import { checkFileName, resolveInside } from "../runner/target.js";
@@ -250,7 +249,7 @@ export class Fleet {
       (await this.qosRules()).rules,
       Math.max(0, template.config.max_ack_pending ?? 0),
     );
-    const slots = new SlotTable(await this.conn.qosKv(), () => Promise.resolve(false), this.log);
+    const slots = new SlotTable(jsm, await this.conn.qosKv(), () => Promise.resolve(false), this.log);
     return explainWait(record, {
       rules,
       holders: async (key) => (await slots.holders(key)).length,
@@ -307,11 +306,7 @@ export class Fleet {
   async workers(): Promise<WorkerInfo[]> {
     const kv = await this.conn.workersKv();
     const out: WorkerInfo[] = [];
-    // A key renewed while the listing runs comes twice: each worker is listed once.
-    const seen = new Set<string>();
-    for await (const key of await kv.keys()) {
-      if (seen.has(key)) continue;
-      seen.add(key);
+    for (const key of await bucketKeys(this.conn.jsm, WORKERS_BUCKET)) {
       const entry = await kv.get(key);
       if (!entry || entry.operation !== "PUT") continue;
       try {
@@ -328,13 +323,17 @@ export class Fleet {
    * watch of the registry opened on first use, so asking again costs nothing.
    */
   async servingWorkers(queue = this.config.queue): Promise<WorkerInfo[]> {
-    this.liveWorkers ??= this.conn.workersKv().then((kv) => LiveWorkers.open(kv, this.log));
+    this.liveWorkers ??= this.conn
+      .workersKv()
+      .then((kv) =>
+        LiveWorkers.open(this.conn.nc, this.conn.jsm, kv, (f) => this.store.afterReconnect(f), this.log),
+      );
     return (await this.liveWorkers).serving(queue);
   }
 
   /**
    * Record a request refused before it reached the queue (a gateway's 400): a failed job record
-   * under `requestId` whose log is the reason, so that whoever looks the id up learns why.
+   * under `requestId` whose log shows the reason, so that whoever looks the id up learns why.
    */
   async recordRefusal(
     error: MarsFleetError,
@@ -360,11 +359,9 @@ export class Fleet {
     };
     const submittedBy = this.submitter(opts.environ ?? {});
     if (submittedBy) record.submittedBy = submittedBy;
-    if ((await this.store.create(record)) === undefined) return; // that id is taken: say nothing over it
-    const events = new JobEventPublisher(this.conn.js, id, this.log.child({ jobId: id }));
-    error.message.split("\n").forEach((line, i) => events.line(1, i + 1, formatLogLine("ERROR", line), now));
-    events.state({ state: "failed", attempt: 0, at: now, error: error.toRecord() });
-    await events.flush();
+    // Taken already: say nothing over it. Its log is the record's reason (JobHandle.storedLog): only
+    // workers write job events.
+    await this.store.create(record);
   }
 
   close(): Promise<void> {

@@ -1,10 +1,10 @@
 /** A handle on one fleet job: its story as events, its result, cancel. Works from any process. */
-import { DeliverPolicy, type Consumer, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import { decode, encode } from "../broker/codec.js";
+import { decode } from "../broker/codec.js";
+import { formatLogLine } from "../mars/log.js";
 import type { BrokerConnection } from "../broker/connection.js";
 import type { JobStore, RecordWatch } from "../broker/records.js";
-import { withRetry } from "../broker/retry.js";
+import { replayStored } from "../broker/stream-reads.js";
 import {
   heartbeatSchema,
   logBatchSchema,
@@ -121,6 +121,8 @@ export class LiveEvents {
  * terminal state.
  */
 class EventFilter {
+  /** The terminal state went out (from an event or from the record). */
+  ended = false;
   private readonly lastLine = new Map<number, number>();
   private readonly states = new Set<string>();
   private lastProgress = -1;
@@ -145,7 +147,15 @@ class EventFilter {
       this.out.push(e);
     }
     const last = events.at(-1);
-    return last?.type === "state" && TERMINAL_STATES.has(last.state);
+    if (last?.type === "state" && TERMINAL_STATES.has(last.state)) this.ended = true;
+    return this.ended;
+  }
+
+  /** The end as the record tells it, for a job whose terminal event never came. */
+  endFromRecord(record: JobRecord): void {
+    if (this.ended) return;
+    this.ended = true;
+    for (const e of eventsFromRecord(record)) this.out.push(e);
   }
 }
 
@@ -157,7 +167,6 @@ export class JobHandle {
   private early: Unclaimed<RecordWatch> | undefined;
   private live: Unclaimed<LiveEvents> | undefined;
   private readonly nc: NatsConnection;
-  private readonly js: JetStreamClient;
 
   constructor(
     readonly id: string,
@@ -166,47 +175,32 @@ export class JobHandle {
     private readonly sharedRoot: string,
   ) {
     this.nc = conn.nc;
-    this.js = conn.js;
-  }
-
-  /** The log lines stored so far (all attempts), without waiting for more. */
-  async storedLog(): Promise<string[]> {
-    const consumer = await this.replay();
-    try {
-      const lines: string[] = [];
-      for (;;) {
-        let got = 0;
-        let pending = 0;
-        for await (const m of await consumer.fetch({ max_messages: 1000, expires: 1000 })) {
-          got++;
-          pending = m.info.pending;
-          for (const e of toEvent(m.subject, m.data) ?? []) if (e.type === "log") lines.push(e.line);
-          if (pending === 0) break;
-        }
-        if (got === 0 || pending === 0) return lines;
-      }
-    } finally {
-      dropConsumer(consumer);
-    }
   }
 
   /**
-   * An ordered consumer replaying this job's events from the beginning. Its reader deletes it when
-   * done (dropConsumer); should the process die first, the server drops it after REPLAY_INACTIVE_MS.
+   * The log lines stored so far (all attempts), without waiting for more. A job refused before it
+   * was queued has no events (only workers write them): its lines are its record's reason. None
+   * after `dropLog()`.
    */
-  private replay(): Promise<Consumer> {
-    return withRetry(() =>
-      this.js.consumers.get(EVENTS_STREAM, {
-        filter_subjects: subjects.jobEvents(this.id),
-        deliver_policy: DeliverPolicy.All,
-        inactive_threshold: REPLAY_INACTIVE_MS,
-      }),
-    );
+  async storedLog(): Promise<string[]> {
+    const found = await this.store.get(this.id);
+    if (found?.record.logDropped) return [];
+    if (found && isRefusal(found.record)) return refusalLines(found.record);
+    const lines: string[] = [];
+    for await (const m of replayStored(this.conn.jsm, EVENTS_STREAM, subjects.jobEvents(this.id)))
+      for (const e of toEvent(m.subject, m.data) ?? []) if (e.type === "log") lines.push(e.line);
+    return lines;
   }
 
-  /** Delete the job's stored events (its log). */
+  /**
+   * Hide the job's log (the pipe protocol's DELETE): `storedLog()` shows nothing from now on. The
+   * events stay in the stream until they expire (events_max_age): a submitter may not purge a
+   * stream that holds every job's events (docs/SECURITY.md).
+   */
   async dropLog(): Promise<void> {
-    await this.conn.jsm.streams.purge(EVENTS_STREAM, { filter: subjects.jobEvents(this.id) });
+    await this.store.mutateSubmission(this.id, (sub) =>
+      sub.logDropped ? undefined : { ...sub, logDropped: true },
+    );
   }
 
   /** The job record as it is now. */
@@ -254,8 +248,13 @@ export class JobHandle {
    * lost (a reconnect), the stream is replayed from the start (pumpEvents), and what was shown
    * already is not shown again.
    */
-  private async pumpLive(out: Channel<JobEvent>, live: LiveEvents, signal: AbortSignal): Promise<void> {
-    const filter = new EventFilter(out);
+  private async pumpLive(
+    out: Channel<JobEvent>,
+    live: LiveEvents,
+    signal: AbortSignal,
+    filter = new EventFilter(out),
+    known?: JobRecord,
+  ): Promise<void> {
     const hbSub = this.followHeartbeats(out);
     let done = false;
     const stopLive = (): void => {
@@ -263,11 +262,13 @@ export class JobHandle {
       done = true;
       live.close();
       hbSub.unsubscribe();
+      stopRecord();
     };
     const finish = (): void => {
       stopLive();
       out.close();
     };
+    const stopRecord = this.endWithRecord(filter, finish, known);
     signal.addEventListener("abort", finish, { once: true });
     live.attach(
       (subject, data) => {
@@ -283,47 +284,73 @@ export class JobHandle {
     if (signal.aborted) finish();
   }
 
+  /**
+   * The stored events from the start, then live ones: the live subscription is made first, so that
+   * nothing falls between the two, and what both bring is shown once (EventFilter).
+   */
   private async pumpEvents(
     out: Channel<JobEvent>,
-    signal?: AbortSignal,
+    signal: AbortSignal,
     filter = new EventFilter(out),
   ): Promise<void> {
-    // The record (for the fallback below) is read while the replay consumer is created.
-    const [consumer, record] = await Promise.all([this.replay(), this.store.get(this.id)]);
-    const messages = await consumer.consume();
-    const hbSub = this.followHeartbeats(out);
-    let finished = false;
-    const finish = (): void => {
-      if (finished) return;
-      finished = true;
-      messages.stop();
-      dropConsumer(consumer);
-      hbSub.unsubscribe();
-      out.close();
-    };
-    signal?.addEventListener("abort", finish, { once: true });
-    if (signal?.aborted) finish();
-    // A job that finished long ago may have no events left (max age): fall back on its record.
-    let sawTerminal = false;
-    const fallback =
-      record && TERMINAL_STATES.has(record.record.state)
-        ? setTimeout(() => {
-            if (sawTerminal) return;
-            out.push(stateFromRecord(record.record));
-            finish();
-          }, LATE_REPLAY_MS)
-        : undefined;
+    const live = new LiveEvents(this.nc, this.id, this.store);
     try {
-      for await (const m of messages) {
-        if (filter.add(m.subject, m.data)) {
-          sawTerminal = true;
-          break;
-        }
+      // The record, for a job whose events expired (it finished long ago): its record tells the end.
+      const record = await this.store.get(this.id);
+      for await (const m of replayStored(this.conn.jsm, EVENTS_STREAM, subjects.jobEvents(this.id)))
+        if (signal.aborted || filter.add(m.subject, m.data)) break;
+      if (signal.aborted || filter.ended) {
+        live.close();
+        out.close();
+        return;
       }
-    } finally {
-      if (fallback) clearTimeout(fallback);
-      finish();
+      await this.pumpLive(out, live, signal, filter, record?.record);
+    } catch (err) {
+      live.close();
+      throw err;
     }
+  }
+
+  /**
+   * Only workers write events, so a job refused at submit or cancelled while it waited ends in its
+   * record alone, and one that finished long ago may have no events left (max age). Once the record
+   * is terminal (`known` at the start of a replay; else read when a write may have made it so, and
+   * then only if no worker ended it: a worker's terminal event always follows its final status) and
+   * no terminal event came within LATE_REPLAY_MS, the end is reported from the record. Returns the
+   * function that stops this.
+   */
+  private endWithRecord(filter: EventFilter, finish: () => void, known: JobRecord | undefined): () => void {
+    const watch = this.store.watch(this.id, known === undefined);
+    let stopped = false;
+    let timer: NodeJS.Timeout | undefined;
+    const endLater = (record: JobRecord): void => {
+      timer = setTimeout(() => {
+        if (stopped || filter.ended) return;
+        filter.endFromRecord(record);
+        finish();
+      }, LATE_REPLAY_MS);
+    };
+    if (known && TERMINAL_STATES.has(known.state)) endLater(known);
+    else
+      void (async () => {
+        while (!stopped) {
+          if (watch.take() === undefined) {
+            await watch.nudged();
+            continue;
+          }
+          const ended = await this.store.endedWithoutWorker(this.id);
+          if (!stopped && ended) return endLater(ended);
+        }
+      })().catch((err: unknown) => {
+        // The record could not be read (connection closing): the events alone end the stream.
+        void err;
+      });
+    return () => {
+      stopped = true;
+      clearTimeout(timer);
+      watch.close();
+      watch.nudge("both"); // wake the loop so that it sees it was stopped
+    };
   }
 
   /**
@@ -368,7 +395,7 @@ export class JobHandle {
     let requested = false;
     // The request goes into the submission, the one key a submitter writes: a queued job then reads
     // as cancelled (and is dropped when delivered), and a running one is stopped by its worker.
-    const record = await this.store.mutateSubmission(this.id, (sub, current) => {
+    await this.store.mutateSubmission(this.id, (sub, current) => {
       requested = false;
       if (TERMINAL_STATES.has(current.state) || current.cancelRequested) return undefined;
       requested = true;
@@ -376,28 +403,31 @@ export class JobHandle {
     });
     if (!requested) return false;
     // Always, even for a queued job: a worker may have claimed it since the record was read. One
-    // that misses this (reconnecting) finds the request in the record when it checks again.
+    // that misses this (reconnecting) finds the request in the record when it checks again. A job
+    // cancelled while it waited gets no event (only workers write events): its record says it.
     this.nc.publish(subjects.cancel(this.id));
-    if (record.state === "cancelled") {
-      const event: StateEvent = {
-        state: "cancelled",
-        attempt: record.attempt,
-        at: Date.now(),
-        ...(record.error && { error: record.error }),
-      };
-      await this.js.publish(subjects.state(this.id), encode(event));
-    }
     return true;
   }
 }
 
-/** How long the server keeps a replay consumer nobody pulls from (its reader died without deleting it). */
-const REPLAY_INACTIVE_MS = 30_000;
+/** A job refused before it was queued: failed at attempt 0, never run, no events. */
+function isRefusal(rec: JobRecord): boolean {
+  return rec.state === "failed" && rec.attempt === 0 && rec.error !== undefined;
+}
 
-/** Delete a replay consumer now rather than leave it to the server's inactivity timer. */
-function dropConsumer(consumer: Consumer): void {
-  // Best effort: one that cannot be deleted now (connection closing) goes after REPLAY_INACTIVE_MS.
-  void consumer.delete().catch(() => undefined);
+/** A refusal's log: its reason, one ERROR line per line, as MARS would print it. */
+function refusalLines(rec: JobRecord): string[] {
+  const at = new Date(rec.finishedAt ?? rec.updatedAt);
+  return (rec.error?.message ?? "").split("\n").map((line) => formatLogLine("ERROR", line, at));
+}
+
+/** The events a record stands for when no terminal event is there: a refusal's lines, then its state. */
+function eventsFromRecord(rec: JobRecord): JobEvent[] {
+  const at = rec.finishedAt ?? rec.updatedAt;
+  const lines: JobEvent[] = isRefusal(rec)
+    ? refusalLines(rec).map((line, i) => ({ type: "log", line, seq: i + 1, attempt: 1, at }))
+    : [];
+  return [...lines, stateFromRecord(rec)];
 }
 
 function stateFromRecord(rec: JobRecord): JobEvent {

@@ -1,37 +1,47 @@
 /**
- * Which workers are serving now, kept current by one watch of the worker registry for the life of
- * the client, so that asking costs nothing (the gateway asks on every request).
+ * Which workers are serving now, kept current for the life of the client by a core subscription to
+ * the worker registry's writes, so that asking costs nothing (the gateway asks on every request).
+ * No consumer: submitters create none (broker/stream-reads.ts says why).
  */
-import { setTimeout as sleep } from "node:timers/promises";
-import { KvWatchInclude, type KV, type KvEntry } from "@nats-io/kv";
-import type { QueuedIterator } from "@nats-io/transport-node";
+import type { KV } from "@nats-io/kv";
+import type { JetStreamManager } from "@nats-io/jetstream";
+import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { decode } from "../broker/codec.js";
 import { workerInfoSchema, type WorkerInfo } from "../broker/schemas.js";
-
-const REOPEN_DELAY_MS = 500;
+import { bucketKeys } from "../broker/stream-reads.js";
+import { WORKERS_BUCKET, subjects } from "../broker/subjects.js";
 
 export class LiveWorkers {
   private readonly entries = new Map<string, { info: WorkerInfo; at: number }>();
-  private watcher: QueuedIterator<KvEntry> | undefined;
-  private stopped = false;
+  private sub: Subscription | undefined;
+  private stopWatching: () => void = () => undefined;
 
   private constructor(
+    private readonly jsm: JetStreamManager,
     private readonly kv: KV,
     /** The registry's TTL: an entry older than this belongs to a worker that stopped renewing it. */
     private readonly ttlMs: number,
     private readonly log: Logger,
   ) {}
 
-  static async open(kv: KV, log: Logger): Promise<LiveWorkers> {
-    const live = new LiveWorkers(kv, (await kv.status()).ttl, log);
-    // Changes from now on first, then what is there: nothing falls between the two.
-    live.watcher = await kv.watch({ include: KvWatchInclude.UpdatesOnly });
-    void live.follow();
-    for await (const key of await kv.keys()) {
-      const entry = await kv.get(key);
-      if (entry) live.apply(entry);
-    }
+  static async open(
+    nc: NatsConnection,
+    jsm: JetStreamManager,
+    kv: KV,
+    afterReconnect: (f: () => void) => () => void,
+    log: Logger,
+  ): Promise<LiveWorkers> {
+    const live = new LiveWorkers(jsm, kv, (await kv.status()).ttl, log);
+    // Changes from now on first, then what is there: nothing falls between the two. After a
+    // reconnect (writes may have been missed) the registry is read again.
+    live.sub = nc.subscribe(subjects.registry("*"), {
+      callback: (err, msg) => {
+        if (!err) live.heard(msg);
+      },
+    });
+    live.stopWatching = afterReconnect(() => void live.load());
+    await live.load();
     return live;
   }
 
@@ -46,41 +56,41 @@ export class LiveWorkers {
   }
 
   stop(): void {
-    this.stopped = true;
-    this.watcher?.stop();
+    this.sub?.unsubscribe();
+    this.stopWatching();
   }
 
-  private apply(entry: KvEntry): void {
-    if (entry.operation !== "PUT") {
-      this.entries.delete(entry.key);
+  private async load(): Promise<void> {
+    try {
+      for (const key of await bucketKeys(this.jsm, WORKERS_BUCKET)) {
+        const e = await this.kv.get(key);
+        // The server's time stamp, not the worker's clock.
+        if (e) this.apply(key, e.operation === "PUT" ? e.value : undefined, e.created.getTime());
+      }
+    } catch (err) {
+      this.log.warn({ err }, "could not read the worker registry; the next write or reconnect tells");
+    }
+  }
+
+  private heard(msg: Msg): void {
+    const key = msg.subject.slice(subjects.registry("").length);
+    const deleted = (msg.headers?.get("KV-Operation") ?? "") !== "";
+    // Heard now: the time of this process's clock, as `serving` compares it.
+    this.apply(key, deleted ? undefined : msg.data, Date.now());
+  }
+
+  private apply(key: string, value: Uint8Array | undefined, at: number): void {
+    if (!value || value.length === 0) {
+      this.entries.delete(key);
       return;
     }
     let info: WorkerInfo;
     try {
-      info = decode(workerInfoSchema, entry.value, "worker entry");
+      info = decode(workerInfoSchema, value, "worker entry");
     } catch {
       return; // an entry from an incompatible version: not a worker we can count on
     }
-    // The server's time stamp, not the worker's clock.
-    const at = entry.created.getTime();
-    const known = this.entries.get(entry.key);
-    if (!known || known.at <= at) this.entries.set(entry.key, { info, at });
-  }
-
-  private async follow(): Promise<void> {
-    while (!this.stopped) {
-      try {
-        for await (const entry of this.watcher!) this.apply(entry);
-      } catch (err) {
-        this.log.warn({ err }, "worker registry watch broke; opening it again");
-      }
-      if (this.stopped) return;
-      await sleep(REOPEN_DELAY_MS);
-      try {
-        this.watcher = await this.kv.watch({ include: KvWatchInclude.LastValue });
-      } catch (err) {
-        this.log.warn({ err }, "could not watch the worker registry; trying again");
-      }
-    }
+    const known = this.entries.get(key);
+    if (!known || known.at <= at) this.entries.set(key, { info, at });
   }
 }

@@ -9,7 +9,7 @@ import type { ServerResponse } from "node:http";
 import { join } from "node:path";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
 import type { Logger } from "pino";
-import { downloadResult, resultsStore } from "../broker/results.js";
+import { downloadResult } from "../broker/results.js";
 import type { Fleet } from "../client/fleet.js";
 import type { JobHandle } from "../client/job.js";
 import {
@@ -187,8 +187,7 @@ async function streamFromObjectStore(
   const record = await job.status();
   const name = record.result?.object;
   if (record.state !== "succeeded" || !name) return reply.fail(record.error);
-  const store = await resultsStore(opts.fleet.connection.nc);
-  const data = await downloadResult(store, name);
+  const data = await downloadResult(opts.fleet.connection.jsm, name);
   if (!data)
     return reply.fail({
       code: "JOB_FAILED",

@@ -4,11 +4,13 @@
  * changed only by compare-and-set.
  */
 import type { KV, KvEntry } from "@nats-io/kv";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import { headers, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
 import { isCasConflict } from "../broker/nats-errors.js";
+import { bucketKeys } from "../broker/stream-reads.js";
 import { QOS_BUCKET, QOS_RULES_KEY } from "../broker/subjects.js";
 import { BrokerError } from "../core/errors.js";
 import type { LimitSlot } from "./evaluate.js";
@@ -144,6 +146,7 @@ export class SlotTable {
   private readonly listeners = new Set<() => void>();
 
   constructor(
+    private readonly jsm: JetStreamManager,
     private readonly kv: KV,
     /** Whether a holder's job is over (its record final or gone): its slot may be taken back. */
     private readonly isOver: (jobId: string) => Promise<boolean>,
@@ -356,8 +359,7 @@ export class SlotTable {
   /** Every slot key with its holders (for `qos show`). */
   async all(): Promise<Map<string, Holder[]>> {
     const out = new Map<string, Holder[]>();
-    const keys = await this.kv.keys(`${SLOTS_PREFIX}>`);
-    for await (const k of keys) {
+    for (const k of await bucketKeys(this.jsm, QOS_BUCKET, SLOTS_PREFIX)) {
       const key = k.slice(SLOTS_PREFIX.length);
       out.set(key, await this.holders(key));
     }

@@ -160,6 +160,7 @@ export class Worker {
     const qosKv = await this.conn.qosKv();
     const rules = (this.rules = await RulesFollower.start(this.conn.nc, qosKv, this.log));
     this.slots = new SlotTable(
+      this.conn.jsm,
       qosKv,
       async (jobId) => {
         const found = await store.get(jobId);

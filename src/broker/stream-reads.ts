@@ -1,0 +1,47 @@
+/**
+ * Reading streams without consumers: the subjects a stream holds (a bucket's keys), the last
+ * message of one subject, and one subject family's messages in order, each by a single request.
+ *
+ * Why: a consumer's configuration names where the server delivers its messages, and nats-server
+ * delivers there with its own rights, whatever the creator may publish to (docs/SECURITY.md,
+ * "Replies and deliveries cannot be aimed"). So submitters and observers create no consumers at
+ * all; what they read, they read with these.
+ */
+import type { JetStreamManager, MsgRequest, StoredMsg } from "@nats-io/jetstream";
+import { withRetry } from "./retry.js";
+
+/** The subjects of `stream` matching `filter` that hold a message now (a bucket's live keys). */
+export async function subjectsOf(jsm: JetStreamManager, stream: string, filter: string): Promise<string[]> {
+  const info = await withRetry(() => jsm.streams.info(stream, { subjects_filter: filter }), {
+    what: `list the subjects of ${stream}`,
+  });
+  return Object.keys(info.state.subjects ?? {});
+}
+
+/**
+ * The messages of `stream` on `filter` from sequence `from` on, in order, as they are now: each one
+ * request (the stream's message get, which every stream answers, with `next_by_subj`).
+ */
+export async function* replayStored(
+  jsm: JetStreamManager,
+  stream: string,
+  filter: string,
+  from = 1,
+): AsyncGenerator<StoredMsg> {
+  for (let seq = from; ;) {
+    // nats-server (2.9 on) answers `next_by_subj`: the first message on the filter from `seq` on.
+    // The client's type lists only the other forms of the request.
+    const query = { seq, next_by_subj: filter } as unknown as MsgRequest;
+    const m = await withRetry(() => jsm.streams.getMessage(stream, query), { what: `read ${stream}` });
+    if (!m) return;
+    yield m;
+    seq = m.seq + 1;
+  }
+}
+
+/** The keys of a KV bucket that hold a value now (or a delete marker), under `prefix` if given. */
+export async function bucketKeys(jsm: JetStreamManager, bucket: string, prefix = ""): Promise<string[]> {
+  const base = `$KV.${bucket}.`;
+  const subjects = await subjectsOf(jsm, `KV_${bucket}`, `${base}${prefix}>`);
+  return subjects.map((s) => s.slice(base.length));
+}
