@@ -284,6 +284,37 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
     await admin.close();
   });
 
+  it("keeps a record readable when a submitter writes an invalid submission over it", async () => {
+    const queue = TestFleet.queue("sec-garbage");
+    await tf.worker({ queue });
+    const fleet = await tf.client({ queue });
+    const done = await fleet.submit(SMALL, { targetDir: "sec" });
+    await done.result();
+    const idle = await tf.client({ queue: TestFleet.queue("sec-garbage-idle") });
+    const queued = await idle.submit(SMALL, { targetDir: "sec" });
+    const submitter = await tf.connectAs("submitter");
+    try {
+      const kv = await new Kvm(jetstream(submitter)).open(JOBS_BUCKET);
+      await kv.put(`${done.id}.submitted`, "{not json");
+      const claim = { ...(await queued.status()), state: "succeeded" };
+      await kv.put(`${queued.id}.submitted`, JSON.stringify(claim));
+    } finally {
+      await submitter.close();
+    }
+    const observer = await Fleet.connect({ config: tf.config({ queue }, "observer") });
+    try {
+      // Everyone still reads each record: the status, or the last valid submission.
+      assert.equal((await (await observer.job(done.id)).status()).state, "succeeded");
+      assert.equal((await (await observer.job(queued.id)).status()).state, "queued");
+      assert.ok((await observer.jobs()).some((r) => r.id === queued.id));
+    } finally {
+      await observer.close();
+    }
+    // And the next change is made over the invalid entry.
+    assert.equal(await queued.cancel(), true);
+    assert.equal((await queued.status()).state, "cancelled");
+  });
+
   it("refuses a connection without credentials, with wrong credentials, or without the server's CA", async () => {
     await assert.rejects(
       tf.connectAs("anonymous"),

@@ -5,13 +5,14 @@
  * counts either way.
  */
 import type { KV, KvEntry } from "@nats-io/kv";
+import type { Logger } from "pino";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError } from "../core/errors.js";
 import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
 import { withRetry } from "./retry.js";
-import { bucketKeys } from "./stream-reads.js";
+import { bucketKeys, replayStored } from "./stream-reads.js";
 import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
 import { JOBS_BUCKET, RECORD_KEYS } from "./subjects.js";
 
@@ -163,6 +164,7 @@ export class JobStore {
   constructor(
     private readonly kv: KV,
     conn: { nc: NatsConnection; jsm: JetStreamManager },
+    private readonly log: Logger,
   ) {
     this.nc = conn.nc;
     this.jsm = conn.jsm;
@@ -186,8 +188,44 @@ export class JobStore {
   }
 
   private async readSubmission(id: string): Promise<VersionedRecord | undefined> {
-    const sub = await this.read(submissionKey(id));
-    return sub && checkSubmission(sub, id);
+    const key = submissionKey(id);
+    const entry = await withRetry(() => this.kv.get(key), { what: `read job record ${key}` });
+    try {
+      const sub = parseEntry(entry, key);
+      return sub && checkSubmission(sub, id);
+    } catch (err) {
+      if (!(err instanceof MessageInvalidError) || !entry) throw err;
+      return this.lastValidSubmission(id, entry.revision, err);
+    }
+  }
+
+  /**
+   * A submission update that no reader accepts (a submitter may write garbage, or claim a state only
+   * a worker may) is skipped: the last valid one before it stands, at the invalid one's revision, so
+   * that a change compares-and-sets against what is there. Found with message gets over the key's
+   * short history; none left (an invalid first write, or history gone): no record.
+   */
+  private async lastValidSubmission(
+    id: string,
+    revision: number,
+    err: MessageInvalidError,
+  ): Promise<VersionedRecord | undefined> {
+    let valid: JobRecord | undefined;
+    const subject = `$KV.${JOBS_BUCKET}.${submissionKey(id)}`;
+    for await (const m of replayStored(this.jsm, `KV_${JOBS_BUCKET}`, subject)) {
+      if (m.seq >= revision) break;
+      try {
+        const record = decode(jobRecordSchema, m.data, `job record ${id}`);
+        valid = checkSubmission({ record, revision: m.seq }, id).record;
+      } catch {
+        // An earlier invalid update (or a delete marker): skipped as well.
+      }
+    }
+    this.log.warn(
+      { err, jobId: id, revision, kept: valid !== undefined },
+      "skipped an invalid submission update",
+    );
+    return valid && { record: valid, revision };
   }
 
   /** Both keys of a job, read at once. */

@@ -111,7 +111,7 @@ export class Fleet {
     const log = opts.logger ?? silentLogger();
     return connectProvisioned(config, "mars-fleet-client", async (conn, report) => {
       for (const line of report.drift) log.debug({ drift: line }, "broker configuration drift");
-      return new Fleet(conn, config, new JobStore(await conn.jobsKv(), conn), report, log);
+      return new Fleet(conn, config, new JobStore(await conn.jobsKv(), conn, log), report, log);
     });
   }
 

@@ -156,7 +156,7 @@ export class Worker {
     const command = marsCommandArgv(config);
     this.template = (await this.conn.jsm.consumers.info(JOBS_STREAM, consumerName(config.queue))).config;
     const { heartbeatMs, registryMs } = await this.effectiveIntervals();
-    const store = new JobStore(await this.conn.jobsKv(), this.conn);
+    const store = new JobStore(await this.conn.jobsKv(), this.conn, this.log);
     const qosKv = await this.conn.qosKv();
     const rules = (this.rules = await RulesFollower.start(this.conn.nc, qosKv, this.log));
     this.slots = new SlotTable(
