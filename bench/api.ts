@@ -3,6 +3,7 @@
  * the library client's `submit` + `result()` for the same jobs, interleaved, one at a time.
  */
 import { Agent, request as httpRequest } from "node:http";
+import { OPEN_FLEET } from "../src/broker/signing.js";
 import { ApiKeys } from "../src/api/keys.js";
 import { startApi } from "../src/api/server.js";
 import { BenchEnv, percentile } from "./env.js";
@@ -35,7 +36,7 @@ export async function restApi(env: BenchEnv, jobs: number): Promise<ScenarioResu
   const fleet = await env.client(settings);
   const api = await startApi({ config: env.config(settings), port: 0, host: "127.0.0.1" });
   try {
-    const { token } = await (await ApiKeys.open(await env.nc())).add("bench", "user");
+    const { token } = await (await ApiKeys.open(await env.nc(), OPEN_FLEET)).add("bench", "user");
     const headers = { authorization: `Bearer ${token}` };
     const base = `http://127.0.0.1:${api.port}`;
     const agent = new Agent({ keepAlive: true });

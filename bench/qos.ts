@@ -6,6 +6,7 @@ import { Kvm } from "@nats-io/kv";
 import { QOS_BUCKET } from "../src/broker/subjects.js";
 import { parseRules } from "../src/qos/rules.js";
 import { writeRules } from "../src/qos/store.js";
+import { OPEN_FLEET } from "../src/broker/signing.js";
 import { BenchEnv, FleetObserver, percentile, pool } from "./env.js";
 import { round, target, type ScenarioResult } from "./report.js";
 import { fleetVsPool, spawnedAt } from "./throughput.js";
@@ -54,7 +55,7 @@ rules:
 
 async function applyRules(env: BenchEnv, text: string): Promise<void> {
   const kv = await new Kvm(await env.nc()).open(QOS_BUCKET);
-  await writeRules(kv, { text, rules: parseRules(text), appliedAt: Date.now() });
+  await writeRules(kv, OPEN_FLEET, { text, rules: parseRules(text), appliedAt: Date.now() });
 }
 
 const user = (i: number, users: number): Record<string, string> => ({ user_id: `u${i % users}` });

@@ -85,7 +85,9 @@ async function restDemo(
   config: FleetConfig,
 ): Promise<{ base: string; token: string; close: () => Promise<void> }> {
   const api = await startApi({ config, port: 0, host: "127.0.0.1" });
-  const { token } = await (await ApiKeys.open(fleet.connection.js)).add("demo", "user");
+  const { token } = await (
+    await ApiKeys.open(fleet.connection.js, fleet.connection.authority)
+  ).add("demo", "user");
   const base = `http://127.0.0.1:${api.port}`;
   const auth = { authorization: `Bearer ${token}` };
   process.stdout.write(

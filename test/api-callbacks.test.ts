@@ -5,6 +5,7 @@ import { writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { OPEN_FLEET } from "../src/broker/signing.js";
 import { ApiKeys } from "../src/api/keys.js";
 import { startApi, type ApiServer } from "../src/api/server.js";
 import { CLI, cli } from "./helpers/cli.js";
@@ -81,7 +82,7 @@ before(async () => {
   await tf.worker({ queue }, { MARS_SIM_FIELD_DELAY_MS: "20" });
   const nc = await tf.connectAs("admin");
   try {
-    token = (await (await ApiKeys.open(nc)).add("alice", "user")).token;
+    token = (await (await ApiKeys.open(nc, OPEN_FLEET)).add("alice", "user")).token;
   } finally {
     await nc.close();
   }

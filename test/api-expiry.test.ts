@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { OPEN_FLEET } from "../src/broker/signing.js";
 import { ApiKeys } from "../src/api/keys.js";
 import { startApi, type ApiServer } from "../src/api/server.js";
 import { TestFleet } from "./helpers/fleet.js";
@@ -18,7 +19,7 @@ before(async () => {
   api = await startApi({ config: tf.config(settings), port: 0, host: "127.0.0.1" });
   const nc = await tf.connectAs("admin");
   try {
-    const keys = await ApiKeys.open(nc);
+    const keys = await ApiKeys.open(nc, OPEN_FLEET);
     tokens.alice = (await keys.add("alice", "user")).token;
     tokens.bob = (await keys.add("bob", "user")).token;
   } finally {

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { OPEN_FLEET } from "../src/broker/signing.js";
 import { ApiKeys } from "../src/api/keys.js";
 import { accounting, startApi, type ApiServer } from "../src/api/server.js";
 import {
@@ -32,7 +33,7 @@ before(async () => {
   base = `http://127.0.0.1:${api.port}`;
   const nc = await tf.connectAs("admin");
   try {
-    const keys = await ApiKeys.open(nc);
+    const keys = await ApiKeys.open(nc, OPEN_FLEET);
     tokens.alice = (await keys.add("alice", "user")).token;
     tokens.bob = (await keys.add("bob", "user")).token;
     tokens.admin = (await keys.add("ops", "admin")).token;

@@ -5,6 +5,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { after, before, describe, it } from "node:test";
 import { chromium, type Browser } from "playwright-core";
+import { OPEN_FLEET } from "../src/broker/signing.js";
 import { ApiKeys } from "../src/api/keys.js";
 import { startApi, type ApiServer } from "../src/api/server.js";
 import { TestFleet } from "./helpers/fleet.js";
@@ -37,7 +38,7 @@ before(async () => {
   api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
   const nc = await tf.connectAs("admin");
   try {
-    token = (await (await ApiKeys.open(nc)).add("alice", "user")).token;
+    token = (await (await ApiKeys.open(nc, OPEN_FLEET)).add("alice", "user")).token;
   } finally {
     await nc.close();
   }

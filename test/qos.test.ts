@@ -11,6 +11,7 @@ import { JOBS_STREAM, QOS_BUCKET, laneConsumerName } from "../src/broker/subject
 import type { JobHandle } from "../src/client/job.js";
 import { parseRules } from "../src/qos/rules.js";
 import { writeRules } from "../src/qos/store.js";
+import { OPEN_FLEET } from "../src/broker/signing.js";
 import { cli } from "./helpers/cli.js";
 import { rejection } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
@@ -39,7 +40,7 @@ const REQUEST = { param: "2t/msl", date: "20240101", grid: "10/10" };
 const SLOW = { MARS_SIM_FIELD_DELAY_MS: "150" };
 
 async function apply(text: string): Promise<void> {
-  await writeRules(qos, { text, rules: parseRules(text), appliedAt: Date.now() });
+  await writeRules(qos, OPEN_FLEET, { text, rules: parseRules(text), appliedAt: Date.now() });
 }
 
 /** How many jobs hold a slot of a limit counter now. */

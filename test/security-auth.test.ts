@@ -68,7 +68,15 @@ describe("broker auth", { timeout: 120_000 }, () => {
     assert.match(conf, /"\$2[aby]\$11\$/);
     const server = await LocalNatsServer.start({ extraConfig: [conf] });
     try {
-      const settings = { ...NO_SECURITY, natsUser: "mars-observer", natsPassword: password };
+      // Each env file carries the admin's trust key too; the admin's also its signing key.
+      const trustKey = observer["MARS_TRUST_KEY"]!;
+      assert.equal(trustKey, (await readFile(join(out, "trust.pub"), "utf8")).trim());
+      assert.equal(
+        envFile(await readFile(join(out, "admin.env"), "utf8"))["MARS_SIGNING_KEY"],
+        join(out, "signing.nk"),
+      );
+      assert.equal(observer["MARS_SIGNING_KEY"], undefined, "a role other than admin got the signing key");
+      const settings = { ...NO_SECURITY, natsUser: "mars-observer", natsPassword: password, trustKey };
       const conn = await connectBroker({
         servers: [server.url],
         name: "t",
@@ -83,7 +91,7 @@ describe("broker auth", { timeout: 120_000 }, () => {
         servers: [inUrl],
         name: "t",
         timeoutMs: 5000,
-        security: NO_SECURITY,
+        security: { ...NO_SECURITY, trustKey },
       });
       assert.equal(viaUrl.identity, "mars-observer");
       await viaUrl.nc.close();

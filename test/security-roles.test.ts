@@ -11,12 +11,22 @@ import { after, before, describe, it } from "node:test";
 import { AckPolicy, jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { errors, type NatsConnection } from "@nats-io/transport-node";
-import { connectBroker } from "../src/broker/connection.js";
+import { createHash } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+import { connectBroker, connectWithConfig } from "../src/broker/connection.js";
+import { createUser } from "@nats-io/nkeys";
+import { writeFile } from "node:fs/promises";
+import { OPEN_FLEET, recordAuthority } from "../src/broker/signing.js";
+import { writeRules } from "../src/qos/store.js";
+import { parseRules } from "../src/qos/rules.js";
+import { ApiKeys, API_KEYS_BUCKET } from "../src/api/keys.js";
+import { eventually } from "./helpers/proc.js";
 import { isPermissionDenied } from "../src/broker/nats-errors.js";
 import {
   JOBS_STREAM,
   EVENTS_STREAM,
   JOBS_BUCKET,
+  QOS_RULES_KEY,
   WORKERS_BUCKET,
   consumerName,
   subjects,
@@ -38,6 +48,13 @@ before(async () => {
 after(async () => {
   await tf.dispose();
 });
+
+/** A signing key of someone else's, in a file. */
+async function otherSigningKey(): Promise<string> {
+  const file = join(await mkdtemp(join(tmpdir(), "mars-other-")), "other.nk");
+  await writeFile(file, new TextDecoder().decode(createUser().getSeed()), { mode: 0o600 });
+  return file;
+}
 
 /** `op` fails with a NATS permissions violation (the error itself, or as a request's cause). */
 async function denied(what: string, op: () => Promise<unknown>): Promise<void> {
@@ -313,6 +330,65 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
     // And the next change is made over the invalid entry.
     assert.equal(await queued.cancel(), true);
     assert.equal((await queued.status()).state, "cancelled");
+  });
+
+  it("puts in force only the QoS rules and API keys the admin signed", async () => {
+    const queue = TestFleet.queue("sec-signed");
+    await tf.provisionFor({ queue });
+    const admin = await connectWithConfig(tf.config({ queue }, "admin"), "t-admin");
+    const fleet = await tf.client({ queue });
+    const follower = await fleet.qosRules();
+    const qos = await admin.qosKv();
+    const text = "rules:\n  - name: no-rain\n    match: { param: tp }\n    deny: no rain today\n";
+    const signed = { text, rules: parseRules(text), appliedAt: Date.now() };
+    await writeRules(qos, admin.authority, signed);
+    assert.ok(
+      await eventually(() => follower.rules.rules.length === 1, 5000),
+      "the signed rules never came in force",
+    );
+
+    // Writes that reach the bucket another way: unsigned, signed by another key, garbage.
+    const other = recordAuthority({ trustKey: "", signingKey: await otherSigningKey() }, false);
+    const empty = { text: "", rules: parseRules(""), appliedAt: Date.now() };
+    await writeRules(qos, other, empty);
+    await writeRules(qos, OPEN_FLEET, empty);
+    await qos.put(QOS_RULES_KEY, "{}");
+    await sleep(500);
+    assert.equal(follower.rules.rules.length, 1, "a forged write changed the rules in force");
+    assert.equal(
+      await errorCode(fleet.submit({ ...SMALL, param: "tp" }, { targetDir: "sec" })),
+      "QOS_DENIED",
+    );
+
+    // API keys: the admin's opens; an unsigned one, and a signed one moved to another id, do not.
+    const asAdmin = await ApiKeys.open(admin.js, admin.authority);
+    const { token } = await asAdmin.add("alice", "user");
+    const asApi = await ApiKeys.open(fleet.connection.js, fleet.connection.authority);
+    assert.equal((await asApi.verify(token))?.user, "alice");
+    const keysKv = await new Kvm(admin.js).open(API_KEYS_BUCKET);
+    const secret = "s".repeat(32);
+    const hash = createHash("sha256").update(secret).digest("hex");
+    await keysKv.put(
+      "aaaaaaaaaaaa",
+      JSON.stringify({ id: "aaaaaaaaaaaa", user: "mallory", role: "admin", hash, createdAt: 1 }),
+    );
+    assert.equal(await asApi.verify(`mfk_aaaaaaaaaaaa_${secret}`), undefined, "an unsigned key opened");
+    const realId = token.split("_")[1]!;
+    const real = JSON.parse(new TextDecoder().decode((await keysKv.get(realId))!.value)) as Record<
+      string,
+      unknown
+    >;
+    await keysKv.put("bbbbbbbbbbbb", JSON.stringify({ ...real, id: "bbbbbbbbbbbb", hash }));
+    assert.equal(await asApi.verify(`mfk_bbbbbbbbbbbb_${secret}`), undefined, "a moved key opened");
+    assert.deepEqual(
+      (await asAdmin.list()).map((k) => k.user),
+      ["alice"],
+    );
+    await admin.nc.close();
+
+    // A process with credentials and no trust key does not start: it would trust any record.
+    const noTrust = { ...tf.config({ queue }), trustKey: "" };
+    assert.equal(await errorCode(Fleet.connect({ config: noTrust })), "CONFIG_INVALID");
   });
 
   it("refuses a connection without credentials, with wrong credentials, or without the server's CA", async () => {

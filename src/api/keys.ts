@@ -10,6 +10,7 @@ import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
 import { bucketKeys } from "../broker/stream-reads.js";
+import { hasValidSignature, signatureSchema, type RecordAuthority } from "../broker/signing.js";
 import { ConfigError } from "../core/errors.js";
 
 export const API_KEYS_BUCKET = "mars-api-keys";
@@ -29,6 +30,8 @@ export const apiKeySchema = z.object({
   /** SHA-256 of the secret, hex: the secret is random and long, so a fast hash is enough. */
   hash: z.string().regex(/^[0-9a-f]{64}$/),
   createdAt: z.number(),
+  /** The admin's signature (broker/signing.ts): a key without a valid one opens nothing. */
+  signature: signatureSchema.optional(),
 });
 export type ApiKey = z.infer<typeof apiKeySchema>;
 
@@ -39,6 +42,8 @@ export interface Principal {
   keyId: string;
 }
 
+/** The kind name signatures over API keys carry (broker/signing.ts). */
+const KEY_KIND = "api-key";
 const TOKEN = /^mfk_([0-9a-f]{12})_([A-Za-z0-9_-]{32})$/;
 const sha256 = (s: string): string => createHash("sha256").update(s).digest("hex");
 
@@ -57,12 +62,16 @@ export class ApiKeys {
   constructor(
     private readonly kv: KV,
     private readonly js: JetStreamClient,
+    private readonly authority: RecordAuthority,
   ) {}
 
-  /** The keys in the fleet's `mars-api-keys` bucket, over this connection. */
-  static async open(conn: NatsConnection | JetStreamClient): Promise<ApiKeys> {
+  /**
+   * The keys in the fleet's `mars-api-keys` bucket, over this connection; `authority` says who must
+   * have signed them (a BrokerConnection's, or OPEN_FLEET on a fleet without credentials).
+   */
+  static async open(conn: NatsConnection | JetStreamClient, authority: RecordAuthority): Promise<ApiKeys> {
     const js = "jetstreamManager" in conn ? conn : jetstream(conn);
-    return new ApiKeys(await new Kvm(js).open(API_KEYS_BUCKET), js);
+    return new ApiKeys(await new Kvm(js).open(API_KEYS_BUCKET), js, authority);
   }
 
   /** Forget a cached key the moment its entry changes (a revocation takes effect at once). */
@@ -84,7 +93,13 @@ export class ApiKeys {
     if (!user.trim()) throw new ConfigError("an API key needs a user");
     const id = randomBytes(6).toString("hex");
     const secret = randomBytes(24).toString("base64url");
-    const key: ApiKey = { id, user, role, hash: sha256(secret), createdAt: Date.now() };
+    const unsigned: ApiKey = { id, user, role, hash: sha256(secret), createdAt: Date.now() };
+    let key = unsigned;
+    if (this.authority.sign) key = { ...unsigned, signature: this.authority.sign(KEY_KIND, id, unsigned) };
+    else if (this.authority.trustKey !== undefined)
+      throw new ConfigError(
+        "adding an API key needs the admin's signing key (MARS_SIGNING_KEY, signing.nk from `broker auth`)",
+      );
     await this.kv.create(id, encode(key));
     return { token: `mfk_${id}_${secret}`, key };
   }
@@ -93,8 +108,10 @@ export class ApiKeys {
     const out: ApiKey[] = [];
     for (const id of await bucketKeys(await this.js.jetstreamManager(false), API_KEYS_BUCKET)) {
       const e = await this.kv.get(id);
-      if (e && e.operation === "PUT" && e.length > 0)
-        out.push(decode(apiKeySchema, e.value, `API key ${id}`));
+      if (!e || e.operation !== "PUT" || e.length === 0) continue;
+      const key = decode(apiKeySchema, e.value, `API key ${id}`);
+      // One not signed by the admin opens nothing, so it is not listed as a key.
+      if (hasValidSignature(this.authority, KEY_KIND, id, key)) out.push(key);
     }
     return out.sort((a, b) => a.createdAt - b.createdAt);
   }
@@ -124,6 +141,7 @@ export class ApiKeys {
     const e = await this.kv.get(m[1]!);
     if (!e || e.operation !== "PUT" || e.length === 0) return undefined;
     const key = decode(apiKeySchema, e.value, `API key ${m[1]}`);
+    if (!hasValidSignature(this.authority, KEY_KIND, m[1]!, key)) return undefined; // not the admin's
     const given = Buffer.from(sha256(m[2]!), "hex");
     if (!timingSafeEqual(given, Buffer.from(key.hash, "hex"))) return undefined;
     return { user: key.user, role: key.role, keyId: key.id };

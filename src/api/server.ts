@@ -116,7 +116,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
   const fleet = await Fleet.connect({ config: opts.config, logger: log });
   try {
     const kvm = new Kvm(fleet.connection.js);
-    const keys = await ApiKeys.open(fleet.connection.js);
+    const keys = await ApiKeys.open(fleet.connection.js, fleet.connection.authority);
     keys.follow(fleet.connection.nc);
     const callbacksKv = await kvm.open(CALLBACKS_BUCKET);
     const apiJobs = await kvm.open(API_JOBS_BUCKET);

@@ -17,7 +17,7 @@ import { isToken } from "./subjects.js";
 
 export type SecuritySettings = Pick<
   FleetConfig,
-  "creds" | "natsUser" | "natsPassword" | "tlsCa" | "tlsCert" | "tlsKey"
+  "creds" | "natsUser" | "natsPassword" | "tlsCa" | "tlsCert" | "tlsKey" | "trustKey" | "signingKey"
 >;
 
 export const NO_SECURITY: SecuritySettings = {
@@ -27,6 +27,8 @@ export const NO_SECURITY: SecuritySettings = {
   tlsCa: "",
   tlsCert: "",
   tlsKey: "",
+  trustKey: "",
+  signingKey: "",
 };
 
 /** What the NATS client is given, and who the connection says it is. */

@@ -4,6 +4,7 @@ import { connect, errors, type NatsConnection } from "@nats-io/transport-node";
 import { BrokerAuthError, BrokerError } from "../core/errors.js";
 import type { FleetConfig } from "../config/load.js";
 import { NO_SECURITY, connectionSecurity, type SecuritySettings } from "./auth.js";
+import { recordAuthority, type RecordAuthority } from "./signing.js";
 import { JOBS_BUCKET, QOS_BUCKET, WORKERS_BUCKET } from "./subjects.js";
 
 export const DEFAULT_SERVER = "nats://127.0.0.1:4222";
@@ -26,6 +27,8 @@ export interface BrokerConnection {
   qosKv(): Promise<KV>;
   /** Who the broker authenticated: a user name or an nkey public key; undefined on an open server. */
   identity: string | undefined;
+  /** Who must have signed the QoS rules and API keys this process reads, and its signer if any. */
+  authority: RecordAuthority;
 }
 
 export interface ConnectOptions {
@@ -90,6 +93,8 @@ export async function connectBroker(opts: ConnectOptions): Promise<BrokerConnect
     opts.security ?? NO_SECURITY,
   );
   const servers = security.servers;
+  // Checked before connecting: a fleet with credentials and no trust key is a configuration error.
+  const authority = recordAuthority(opts.security ?? NO_SECURITY, security.identity !== undefined);
   let nc: NatsConnection;
   try {
     nc = await connect({
@@ -122,5 +127,6 @@ export async function connectBroker(opts: ConnectOptions): Promise<BrokerConnect
     workersKv: () => (workers ??= kvm.open(WORKERS_BUCKET)),
     qosKv: () => (qos ??= kvm.open(QOS_BUCKET)),
     identity: security.identity,
+    authority,
   };
 }

@@ -29,7 +29,14 @@ export interface GeneratedRole {
 export interface GeneratedAuth {
   authConf: string;
   roles: GeneratedRole[];
+  /** The admin's signing seed (signs QoS rules and API keys: MARS_SIGNING_KEY). */
+  signingKey: string;
+  /** Its public half, which every role trusts (MARS_TRUST_KEY); also written to trust.pub. */
+  trustKey: string;
 }
+
+export const SIGNING_KEY_FILE = "signing.nk";
+export const TRUST_KEY_FILE = "trust.pub";
 
 export interface GenerateOptions {
   dir: string;
@@ -53,6 +60,12 @@ export async function generateAuth(opts: GenerateOptions): Promise<GeneratedAuth
     });
   }
   await mkdir(dir, { recursive: true, mode: 0o700 });
+  // The admin's signing key, apart from any login: it works the same with passwords.
+  const signer = createUser();
+  const trustKey = signer.getPublicKey();
+  const signingKey = join(dir, SIGNING_KEY_FILE);
+  await writeFile(signingKey, new TextDecoder().decode(signer.getSeed()) + "\n", { mode: 0o600 });
+  await writeFile(join(dir, TRUST_KEY_FILE), trustKey + "\n", { mode: 0o644 });
   const users: AuthUser[] = [];
   const roles: GeneratedRole[] = [];
   for (const role of ROLES) {
@@ -60,9 +73,15 @@ export async function generateAuth(opts: GenerateOptions): Promise<GeneratedAuth
       const user = `mars-${role}`;
       const password = randomBytes(24).toString("base64url");
       const file = join(dir, `${role}.env`);
-      await writeFile(file, envLine("MARS_NATS_USER", user) + envLine("MARS_NATS_PASSWORD", password), {
-        mode: 0o600,
-      });
+      const signing = role === "admin" ? envLine("MARS_SIGNING_KEY", signingKey) : "";
+      await writeFile(
+        file,
+        envLine("MARS_NATS_USER", user) +
+          envLine("MARS_NATS_PASSWORD", password) +
+          envLine("MARS_TRUST_KEY", trustKey) +
+          signing,
+        { mode: 0o600 },
+      );
       users.push({
         role,
         user,
@@ -86,5 +105,5 @@ export async function generateAuth(opts: GenerateOptions): Promise<GeneratedAuth
       accountsBlock(users),
     { mode: 0o644 },
   );
-  return { authConf, roles };
+  return { authConf, roles, signingKey, trustKey };
 }

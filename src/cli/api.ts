@@ -40,7 +40,7 @@ export async function keysCommand(
 ): Promise<number> {
   return connectProvisioned(config, "mars-fleet-admin", async (conn) => {
     try {
-      const keys = await ApiKeys.open(conn.js);
+      const keys = await ApiKeys.open(conn.js, conn.authority);
       const out = (value: unknown, human: string): void => {
         process.stdout.write(json ? JSON.stringify(value) + "\n" : human + "\n");
       };

@@ -9,7 +9,7 @@ import { provision, topologyOf } from "../broker/provision.js";
 import { DEAD_STREAM, EVENTS_STREAM, JOBS_STREAM, consumerName } from "../broker/subjects.js";
 import type { FleetConfig } from "../config/load.js";
 import { ConfigError, errorFromRecord } from "../core/errors.js";
-import { AUTH_CONF, generateAuth } from "../broker/credentials.js";
+import { AUTH_CONF, TRUST_KEY_FILE, generateAuth } from "../broker/credentials.js";
 import { inboxPrefixFor } from "../broker/auth.js";
 import { laneCounts } from "../qos/lane-counts.js";
 import { formatDuration } from "../core/time.js";
@@ -229,6 +229,8 @@ export async function authCommand(
         (r) =>
           `${r.role.padEnd(9)} ${r.file}  (${opts.passwords ? "an env file: MARS_NATS_USER, MARS_NATS_PASSWORD" : "MARS_NATS_CREDS"})`,
       ),
+      `signing   ${generated.signingKey}  (admins only: MARS_SIGNING_KEY; signs QoS rules and API keys)`,
+      `every role: MARS_TRUST_KEY=${generated.trustKey}  (also in ${TRUST_KEY_FILE}${opts.passwords ? " and each env file" : ""})`,
       "Give each process its role's file only; the files are readable by their owner alone.",
       ...generated.roles
         .filter((r) => r.role === "observer")

@@ -37,7 +37,7 @@ export async function qosApply(
   try {
     const kv = await fleet.connection.qosKv();
     const appliedBy = fleet.connection.identity;
-    const revision = await writeRules(kv, {
+    const revision = await writeRules(kv, fleet.connection.authority, {
       text,
       rules,
       appliedAt: Date.now(),
@@ -69,7 +69,10 @@ export async function qosShow(json: boolean, config: FleetConfig): Promise<numbe
   const fleet = await Fleet.connect({ config });
   try {
     const kv = await fleet.connection.qosKv();
-    const stored = await readRules(kv);
+    const stored = await readRules(
+      { kv, jsm: fleet.connection.jsm, authority: fleet.connection.authority },
+      silentLogger(),
+    );
     const slots = new SlotTable(fleet.connection.jsm, kv, () => Promise.resolve(false), silentLogger());
     const held = await slots.all();
     const lanes = await laneCounts(fleet.connection.jsm, config.queue);

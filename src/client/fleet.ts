@@ -227,7 +227,12 @@ export class Fleet {
   /** The QoS rules in force, followed from the first submit on (deny rules refuse here; the lane is the rules' fairness key). */
   qosRules(): Promise<RulesFollower> {
     this.rulesFollower ??= withRetry(
-      async () => RulesFollower.start(this.conn.nc, await this.conn.qosKv(), this.log),
+      async () =>
+        RulesFollower.start(
+          this.conn.nc,
+          { kv: await this.conn.qosKv(), jsm: this.conn.jsm, authority: this.conn.authority },
+          this.log,
+        ),
       { deadlineMs: this.config.requestTimeout, what: "read the QoS rules" },
     ).catch((err: unknown) => {
       this.rulesFollower = undefined; // the next submit tries again

@@ -26,6 +26,8 @@ export const configSchema = z
     tlsCa: z.string(),
     tlsCert: z.string(),
     tlsKey: z.string(),
+    trustKey: z.string(),
+    signingKey: z.string(),
     useShares: z.boolean(),
     filterLogs: z.boolean(),
     maxConcurrentConnections: z.number().int().min(0),

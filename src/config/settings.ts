@@ -70,6 +70,20 @@ export const SETTINGS = [
     help: "PEM private key of MARS_NATS_TLS_CERT.",
   },
   {
+    key: "trustKey",
+    env: "MARS_TRUST_KEY",
+    kind: "string",
+    default: "",
+    help: "The admin's signing public key (an nkey, U…), or the path of trust.pub from `broker auth`. QoS rules and API keys count only when signed by it. Required with credentials.",
+  },
+  {
+    key: "signingKey",
+    env: "MARS_SIGNING_KEY",
+    kind: "string",
+    default: "",
+    help: "Admins: the nkey seed file that signs QoS rules and API keys (signing.nk from `broker auth`).",
+  },
+  {
     key: "useShares",
     env: "MARS_USE_SHARES",
     kind: "bool",

@@ -10,9 +10,10 @@ import type { Logger } from "pino";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
 import { isCasConflict } from "../broker/nats-errors.js";
-import { bucketKeys } from "../broker/stream-reads.js";
+import { bucketKeys, replayStored } from "../broker/stream-reads.js";
 import { QOS_BUCKET, QOS_RULES_KEY } from "../broker/subjects.js";
-import { BrokerError } from "../core/errors.js";
+import { BrokerError, ConfigError } from "../core/errors.js";
+import { hasValidSignature, signatureSchema, type RecordAuthority } from "../broker/signing.js";
 import type { LimitSlot } from "./evaluate.js";
 import { NO_RULES, rulesSchema, type QosRules } from "./rules.js";
 
@@ -22,6 +23,8 @@ export const storedRulesSchema = z.object({
   rules: rulesSchema,
   appliedAt: z.number(),
   appliedBy: z.string().optional(),
+  /** The admin's signature (broker/signing.ts): rules without a valid one are not in force. */
+  signature: signatureSchema.optional(),
 });
 export type StoredRules = z.infer<typeof storedRulesSchema>;
 
@@ -36,13 +39,62 @@ function isLive(entry: KvEntry | null): entry is KvEntry {
   return entry !== null && entry.operation === "PUT" && entry.length > 0;
 }
 
-export async function readRules(kv: KV): Promise<StoredRules | undefined> {
-  const entry = await kv.get(QOS_RULES_KEY);
-  return isLive(entry) ? decode(storedRulesSchema, entry.value, "QoS rules") : undefined;
+/** The KV kind name signatures over the rules carry (broker/signing.ts). */
+const RULES_KIND = "qos-rules";
+
+/** Where the rules live and who must have signed them. */
+export interface RulesSource {
+  kv: KV;
+  jsm: JetStreamManager;
+  authority: RecordAuthority;
 }
 
-export async function writeRules(kv: KV, stored: StoredRules): Promise<number> {
-  return kv.put(QOS_RULES_KEY, encode(stored));
+/**
+ * The rules in force: the latest applied, if the admin signed it. An unsigned or forged write (one
+ * that reached the bucket by another path than `qos apply`) has no effect: the last signed rules
+ * before it stay in force (from the key's history), or none. Said in a warning.
+ */
+export async function readRules(src: RulesSource, log: Logger): Promise<StoredRules | undefined> {
+  const entry = await src.kv.get(QOS_RULES_KEY);
+  const latest = isLive(entry) ? parseSigned(src.authority, entry.value) : undefined;
+  if (latest || entry === null || src.authority.trustKey === undefined) return latest;
+  let kept: StoredRules | undefined;
+  for await (const m of replayStored(src.jsm, `KV_${QOS_BUCKET}`, kvSubject(QOS_RULES_KEY))) {
+    if (m.seq >= entry.revision) break;
+    kept = parseSigned(src.authority, m.data) ?? kept;
+  }
+  log.warn(
+    { revision: entry.revision, keptAppliedAt: kept?.appliedAt },
+    "the latest QoS rules are not signed by the trust key: not in force",
+  );
+  return kept;
+}
+
+/** Stored rules that parse and carry a valid signature; undefined otherwise. */
+function parseSigned(authority: RecordAuthority, raw: Uint8Array): StoredRules | undefined {
+  try {
+    const stored = decode(storedRulesSchema, raw, "QoS rules");
+    return hasValidSignature(authority, RULES_KIND, QOS_RULES_KEY, stored) ? stored : undefined;
+  } catch (err) {
+    // Unreadable rules on an open fleet are an error to show; under a trust key, a forgery to skip.
+    if (authority.trustKey === undefined) throw err;
+    return undefined;
+  }
+}
+
+/** Apply rules: signed with the admin's signing key when this fleet has a trust key. */
+export async function writeRules(kv: KV, authority: RecordAuthority, stored: StoredRules): Promise<number> {
+  const unsigned = { ...stored, signature: undefined };
+  if (authority.sign)
+    return kv.put(
+      QOS_RULES_KEY,
+      encode({ ...unsigned, signature: authority.sign(RULES_KIND, QOS_RULES_KEY, unsigned) }),
+    );
+  if (authority.trustKey !== undefined)
+    throw new ConfigError(
+      "applying QoS rules needs the admin's signing key (MARS_SIGNING_KEY, signing.nk from `broker auth`)",
+    );
+  return kv.put(QOS_RULES_KEY, encode(unsigned));
 }
 
 /**
@@ -58,12 +110,12 @@ export class RulesFollower {
   private again = false;
 
   private constructor(
-    private readonly kv: KV,
+    private readonly src: RulesSource,
     private readonly log: Logger,
   ) {}
 
-  static async start(nc: NatsConnection, kv: KV, log: Logger): Promise<RulesFollower> {
-    const f = new RulesFollower(kv, log);
+  static async start(nc: NatsConnection, src: RulesSource, log: Logger): Promise<RulesFollower> {
+    const f = new RulesFollower(src, log);
     f.sub = nc.subscribe(kvSubject(QOS_RULES_KEY), { callback: () => f.refresh() });
     void (async () => {
       for await (const s of nc.status()) if (s.type === "reconnect") f.refresh();
@@ -101,7 +153,7 @@ export class RulesFollower {
   }
 
   private async read(): Promise<void> {
-    const next = await readRules(this.kv);
+    const next = await readRules(this.src, this.log);
     if (next?.appliedAt === this.currentValue?.appliedAt && next?.text === this.currentValue?.text) return;
     this.currentValue = next;
     this.log.info({ rules: this.rules.rules.length, appliedAt: next?.appliedAt }, "QoS rules in force");

@@ -22,6 +22,9 @@ export interface FleetSecurity {
   creds: Record<Role, string>;
   /** CA of the server's certificate; set, every connection uses TLS. */
   tlsCa?: string;
+  /** The admin's signing key (`broker auth`): its public half every role trusts; the seed, admins'. */
+  trustKey: string;
+  signingKey: string;
 }
 
 export class LocalFleet {
@@ -65,6 +68,8 @@ export class LocalFleet {
     if (this.security) {
       out["MARS_NATS_CREDS"] = this.security.creds[role];
       if (this.security.tlsCa) out["MARS_NATS_TLS_CA"] = this.security.tlsCa;
+      out["MARS_TRUST_KEY"] = this.security.trustKey;
+      if (role === "admin") out["MARS_SIGNING_KEY"] = this.security.signingKey;
     }
     for (const [key, value] of Object.entries({ ...this.defaults, ...settings })) {
       const setting = SETTINGS.find((s) => s.key === key);

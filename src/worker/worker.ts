@@ -158,7 +158,11 @@ export class Worker {
     const { heartbeatMs, registryMs } = await this.effectiveIntervals();
     const store = new JobStore(await this.conn.jobsKv(), this.conn, this.log);
     const qosKv = await this.conn.qosKv();
-    const rules = (this.rules = await RulesFollower.start(this.conn.nc, qosKv, this.log));
+    const rules = (this.rules = await RulesFollower.start(
+      this.conn.nc,
+      { kv: qosKv, jsm: this.conn.jsm, authority: this.conn.authority },
+      this.log,
+    ));
     this.slots = new SlotTable(
       this.conn.jsm,
       qosKv,

@@ -56,7 +56,7 @@ export class TestFleet extends LocalFleet {
       const tls = await makeTls(secretsDir);
       const auth = await generateAuth({ dir: secretsDir });
       const creds = Object.fromEntries(auth.roles.map((r) => [r.role, r.file])) as Record<Role, string>;
-      security = { creds, tlsCa: tls.ca };
+      security = { creds, tlsCa: tls.ca, trustKey: auth.trustKey, signingKey: auth.signingKey };
       server = await LocalNatsServer.start({
         extraConfig: [
           await readFile(auth.authConf, "utf8"),
