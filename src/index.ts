@@ -31,8 +31,10 @@ export type { RunEvent, RunOptions, RunOutcome, RunStatus } from "./runner/index
 export { formatRequests, normaliseRequest, normaliseRequests, parseRequests } from "./mars/index.js";
 export type { MarsRequest, MarsRequestObject } from "./mars/index.js";
 export {
+  BrokerAuthError,
   BrokerError,
   ConfigError,
+  EnvironError,
   JobCancelledError,
   JobFailedError,
   JobNotFoundError,
@@ -44,7 +46,13 @@ export {
   MarsRuntimeError,
   MarsSpawnError,
   MessageInvalidError,
+  NoWorkerError,
+  PermissionDeniedError,
+  QosDeniedError,
+  QosRulesError,
+  RequestTooLargeError,
   TargetError,
+  TopologyMissingError,
   WrongStateError,
 } from "./core/errors.js";
 export type { ErrorCode, ErrorRecord } from "./core/errors.js";

@@ -289,14 +289,17 @@ describe("REST API", { timeout: TIMEOUT }, () => {
     // Accounting: a user sees its own rows; an admin anyone's.
     const mine = await checked(usageSchema, await call("/v1/usage", { as: "alice" }));
     assert.ok(mine.usage.length > 0 && mine.usage.every((u) => u.user === "alice"));
-    // A user key cannot widen its view by asking for another user.
-    const peek = await checked(usageSchema, await call("/v1/usage?user=bob", { as: "alice" }));
-    assert.ok(
-      peek.usage.every((u) => u.user === "alice"),
-      JSON.stringify(peek.usage),
+    // A user key cannot widen its view by asking for another user: refused, not answered about itself.
+    assert.equal(
+      (await problem(await call("/v1/usage?user=bob", { as: "alice" }), 403)).code,
+      "API_FORBIDDEN",
     );
-    const peekJobs = await checked(jobListSchema, await call("/v1/jobs?user=bob", { as: "alice" }));
-    assert.ok(peekJobs.jobs.length > 0 && peekJobs.jobs.every((j) => j.environ["user_id"] === "alice"));
+    assert.equal(
+      (await problem(await call("/v1/jobs?user=bob", { as: "alice" }), 403)).code,
+      "API_FORBIDDEN",
+    );
+    const ownJobs = await checked(jobListSchema, await call("/v1/jobs?user=alice", { as: "alice" }));
+    assert.ok(ownJobs.jobs.length > 0 && ownJobs.jobs.every((j) => j.environ["user_id"] === "alice"));
     const sum = (k: "jobs" | "succeeded" | "marsSeconds" | "bytes"): number =>
       mine.usage.reduce((n, u) => n + u[k], 0);
     const today = {

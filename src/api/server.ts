@@ -5,7 +5,7 @@
  * same zod schemas that validate the requests (schemas.ts).
  */
 import { randomUUID } from "node:crypto";
-import { basename, dirname, relative, resolve } from "node:path";
+import { relative, resolve } from "node:path";
 import send from "@fastify/send";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import { Kvm, type KV } from "@nats-io/kv";
@@ -29,6 +29,23 @@ import {
   type CallbackOptions,
 } from "./callbacks.js";
 import { openApiDocument, docsPage } from "./openapi.js";
+import {
+  HttpProblem,
+  MAX_URL_LENGTH,
+  afterCursor,
+  checkUrlLength,
+  clientErrorHandler,
+  byNewest,
+  checkDays,
+  cursorAfter,
+  fastifyProblem,
+  jobIdParam,
+  noSuchJob,
+  queriedUser,
+  refuseDirectory,
+  scopedRequestId,
+  targetFor,
+} from "./scope.js";
 import { dashboardPage } from "./dashboard.js";
 import {
   jobListSchema,
@@ -47,6 +64,9 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   CONFIG_INVALID: 400,
   API_AUTH: 401,
   QOS_DENIED: 403,
+  API_FORBIDDEN: 403,
+  REQUEST_TOO_LARGE: 413,
+  MEDIA_TYPE_UNSUPPORTED: 415,
   JOB_NOT_FOUND: 404,
   JOB_EXPIRED: 410,
   WRONG_STATE: 409,
@@ -55,20 +75,9 @@ const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   BROKER_ERROR: 503,
 };
 
-/** An error for the client, with its HTTP status. */
-class HttpProblem extends MarsFleetError {
-  constructor(
-    code: ErrorCode,
-    message: string,
-    readonly fields?: Problem["errors"],
-  ) {
-    super(code, message);
-  }
-}
-
 function problemOf(err: unknown): { status: number; body: Problem } {
   const e = asFleetError(err);
-  const status = STATUS_BY_CODE[e.code] ?? 500;
+  const status = (e instanceof HttpProblem ? e.status : undefined) ?? STATUS_BY_CODE[e.code] ?? 500;
   const body: Problem = {
     type: "about:blank",
     title: e.code.toLowerCase().replaceAll("_", " "),
@@ -78,6 +87,11 @@ function problemOf(err: unknown): { status: number; body: Problem } {
     ...(e instanceof HttpProblem && e.fields && { errors: e.fields }),
   };
   return { status, body };
+}
+
+function sendProblem(reply: FastifyReply, err: unknown): void {
+  const { status, body } = problemOf(err);
+  void reply.code(status).type("application/problem+json").send(body);
 }
 
 function invalid(error: z.ZodError, where: string): HttpProblem {
@@ -128,7 +142,17 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
       log,
     );
     await sender.start();
-    const app = Fastify({ logger: false, bodyLimit: 1024 * 1024 });
+    const app = Fastify({
+      logger: false,
+      bodyLimit: 1024 * 1024,
+      clientErrorHandler,
+      // Routes take a URL as long as the API reads any (checkUrlLength answers 414 past it).
+      maxParamLength: MAX_URL_LENGTH,
+      // The router's own refusals (a malformed URL) are problems too.
+      frameworkErrors: (err, _req, reply) => sendProblem(reply, fastifyProblem(err) ?? err),
+    });
+    // Bodies are JSON: anything else is 415, not a string that fails validation as 400.
+    app.removeContentTypeParser("text/plain");
     routes(app, fleet, keys, { callbacks: callbacksKv, apiJobs }, opts.config, log);
     await app.listen({ port: opts.port, host: opts.host ?? "0.0.0.0" });
     const address = app.server.address();
@@ -161,14 +185,8 @@ function routes(
   const callbacksKv = buckets.callbacks;
 
   app.setErrorHandler((err, _req, reply) => {
-    // fastify's own errors (a body that is not JSON, too large) carry a 4xx statusCode.
-    const own = (err as { statusCode?: number }).statusCode;
-    const problem =
-      own !== undefined && own >= 400 && own < 500 && !(err instanceof MarsFleetError)
-        ? problemOf(new HttpProblem("MESSAGE_INVALID", (err as Error).message))
-        : problemOf(err);
-    if (problem.status >= 500) log.error({ err }, "API request failed");
-    void reply.code(problem.status).type("application/problem+json").send(problem.body);
+    if (problemOf(err).status >= 500) log.error({ err }, "API request failed");
+    sendProblem(reply, fastifyProblem(err) ?? err);
   });
   app.setNotFoundHandler((req, reply) => {
     const { status, body } = problemOf(new HttpProblem("JOB_NOT_FOUND", `no route ${req.method} ${req.url}`));
@@ -176,9 +194,11 @@ function routes(
   });
 
   app.addHook("onRequest", async (req, reply) => {
+    checkUrlLength(req.url);
     if (PUBLIC.has(req.url.split("?")[0]!)) return;
-    const header = req.headers.authorization ?? "";
-    const principal = header.startsWith("Bearer ") ? await keys.verify(header.slice(7).trim()) : undefined;
+    // RFC 7235: the scheme is case-insensitive.
+    const bearer = /^bearer\s+(\S+)\s*$/i.exec(req.headers.authorization ?? "");
+    const principal = bearer ? await keys.verify(bearer[1]!) : undefined;
     if (!principal) {
       void reply.header("WWW-Authenticate", 'Bearer realm="mars-fleet"');
       throw new HttpProblem("API_AUTH", "a valid API key is needed: Authorization: Bearer mfk_…");
@@ -189,25 +209,26 @@ function routes(
   /** The job, if this principal may see it; another user's job is "not found", as a missing one. */
   const visibleJob = async (
     req: FastifyRequest,
-    id: string,
+    idParam: string,
   ): Promise<{ job: JobHandle; record: JobRecord }> => {
+    const id = jobIdParam(idParam);
+    const p = req.principal!;
     const { job, record } = await fleet.lookup(id).catch(async (err: unknown) => {
       if (!(err instanceof MarsFleetError) || err.code !== "JOB_NOT_FOUND") throw err;
       // Not there: gone (its record expired) if this API took it, for this key's user.
       const took = await buckets.apiJobs.get(id);
       if (took && took.operation === "PUT" && took.length > 0) {
         const { user } = took.json<{ user: string }>();
-        if (req.principal!.role === "admin" || user === req.principal!.user)
+        if (p.role === "admin" || user === p.user)
           throw new HttpProblem(
             "JOB_EXPIRED",
             `job ${id} expired: records are kept ${formatDuration(config.retention)} after their last change`,
           );
       }
-      throw err;
+      throw noSuchJob(id);
     });
-    const p = req.principal!;
-    if (p.role !== "admin" && record.environ["user_id"] !== p.user)
-      throw new HttpProblem("JOB_NOT_FOUND", `no job ${id}`);
+    // Another user's job answers as a missing one does, to the letter.
+    if (p.role !== "admin" && record.environ["user_id"] !== p.user) throw noSuchJob(id);
     return { job, record };
   };
 
@@ -219,17 +240,18 @@ function routes(
     // A user's jobs are theirs: the environ's user_id is the key's user, whatever the body says.
     const environ = { ...(body.environ ?? {}), ...(p.role === "user" && { user_id: p.user }) };
     if (environ["user_id"] === undefined) environ["user_id"] = p.user;
-    const requestId = body.requestId ?? randomUUID();
+    const requestId = scopedRequestId(p, body.requestId ?? randomUUID());
     const id = jobIdFor(requestId);
-    const target = body.target ?? `api/${id}.grib`;
+    const target = targetFor(p, body.target, id);
+    await refuseDirectory(sharedRoot, target);
     const remember = async (user: string | undefined, submittedAt: number): Promise<void> => {
       await buckets.apiJobs.put(id, JSON.stringify({ user, submittedAt }));
     };
     const submitting = fleet.submit(body.requests ?? body.request!, {
       requestId,
       environ,
-      targetDir: dirname(target),
-      targetFname: basename(target),
+      targetDir: target.dir,
+      targetFname: target.file,
       ...(body.callback && { callback: body.callback }),
       watchResult: false, // its clients follow it, not this request
     });
@@ -241,10 +263,8 @@ function routes(
       body.requestId === undefined ? remember(environ["user_id"], Date.now()) : undefined,
     ]);
     const record = job.submitted ?? (await job.status());
-    // A known request id may name an existing job, someone else's: remembered as its record says.
+    // A known request id names this user's existing job (ids are scoped per user): remembered again.
     if (body.requestId !== undefined) await remember(record.environ["user_id"], record.submittedAt);
-    if (p.role !== "admin" && record.environ["user_id"] !== p.user)
-      throw new HttpProblem("WRONG_STATE", `requestId ${requestId} belongs to another job`);
     void reply.code(202).header("Location", `/v1/jobs/${job.id}`);
     return {
       id: job.id,
@@ -274,24 +294,21 @@ function routes(
   ): z.infer<S> => {
     const parsed = schema.safeParse(req.query);
     if (!parsed.success) throw invalid(parsed.error, "query");
-    const p = req.principal!;
     const { user: asked, ...rest } = parsed.data;
-    const user = p.role === "admin" ? asked : p.user;
+    const user = queriedUser(req.principal!, asked);
     return { ...rest, ...(user !== undefined && { user }) } as z.infer<S>;
   };
 
   app.get("/v1/jobs", async (req) => {
     const q = scopedQuery(listQuerySchema, req);
-    let all = await fleet.jobs(q.state ? { state: q.state } : {});
-    if (q.user !== undefined) all = all.filter((r) => r.environ["user_id"] === q.user);
-    const start = q.cursor === undefined ? 0 : all.findIndex((r) => r.id === q.cursor) + 1;
-    if (q.cursor !== undefined && start === 0)
-      throw new HttpProblem("MESSAGE_INVALID", `unknown cursor ${q.cursor}`);
-    const page = all.slice(start, start + q.limit);
-    const more = start + q.limit < all.length;
+    const after = q.cursor === undefined ? () => true : afterCursor(q.cursor);
+    const all = (await fleet.jobs(q.state ? { state: q.state } : {}))
+      .filter((r) => (q.user === undefined || r.environ["user_id"] === q.user) && after(r))
+      .sort(byNewest);
+    const page = all.slice(0, q.limit);
     const out: z.infer<typeof jobListSchema> = {
       jobs: page,
-      ...(more && { next: page[page.length - 1]!.id }),
+      ...(all.length > q.limit && { next: cursorAfter(page[page.length - 1]!) }),
     };
     return out;
   });
@@ -334,29 +351,68 @@ function routes(
       acceptRanges: true,
     });
     if (sent.type === "error") {
-      if (sent.statusCode === 416)
+      if (sent.statusCode === 416) {
+        void reply.header("content-range", `bytes */${record.result.bytes}`);
         throw new HttpProblem(
           "RANGE_INVALID",
           `range ${req.headers.range} is outside the ${record.result.bytes} bytes`,
         );
+      }
       if (sent.statusCode === 404)
         throw new HttpProblem("JOB_NOT_FOUND", `the result of ${record.id} is gone`);
       throw new MarsFleetError("INTERNAL", `cannot send the result (${sent.statusCode})`);
     }
-    void reply.code(sent.statusCode).headers(sent.headers).type("application/octet-stream");
+    // A result is one user's (it needs a key): never kept by a shared cache.
+    void reply
+      .code(sent.statusCode)
+      .headers({ ...sent.headers, "cache-control": "private, no-cache" })
+      .type("application/octet-stream");
     return reply.send(sent.stream);
   });
 
-  app.get("/v1/usage", async (req) => ({
-    usage: accounting(await fleet.jobs(), scopedQuery(usageQuerySchema, req)),
-  }));
+  app.get("/v1/usage", async (req) => {
+    const q = scopedQuery(usageQuerySchema, req);
+    checkDays(q.from, q.to);
+    return { usage: accounting(await fleet.jobs(), q) };
+  });
 
-  app.get("/v1/workers", async () => ({ workers: await fleet.workers() }));
+  /** The ids of the jobs a user key may see among `ids` (an admin's: all of them). */
+  const ownJobs = async (p: Principal, ids: string[]): Promise<Set<string>> => {
+    if (p.role === "admin") return new Set(ids);
+    const mine = (await fleet.jobs()).filter((r) => r.environ["user_id"] === p.user);
+    return new Set(mine.map((r) => r.id));
+  };
 
-  app.get("/v1/queues", async () => {
+  app.get("/v1/workers", async (req) => {
+    const workers = await fleet.workers();
+    const mine = await ownJobs(
+      req.principal!,
+      workers.flatMap((w) => w.running),
+    );
+    // A user key sees the workers, and on them its own jobs only.
+    return {
+      workers: workers.map((w) => ({
+        ...w,
+        running: w.running.filter((j) => mine.has(j)),
+        ...(w.waiting && { waiting: w.waiting.filter((x) => mine.has(x.job)) }),
+      })),
+    };
+  });
+
+  app.get("/v1/queues", async (req) => {
+    const p = req.principal!;
     const names = new Set([config.queue, ...(await fleet.workers()).map((w) => w.queue)]);
+    // A user key sees its own jobs' counts, from its records: never another user's lane.
+    const mine =
+      p.role === "admin" ? [] : (await fleet.jobs()).filter((r) => r.environ["user_id"] === p.user);
     const queues = [];
     for (const queue of [...names].sort()) {
+      if (p.role !== "admin") {
+        const own = mine.filter((r) => r.queue === queue);
+        const queued = own.filter((r) => r.state === "queued" || r.state === "retrying").length;
+        queues.push({ queue, queued, running: own.filter((r) => r.state === "running").length, lanes: [] });
+        continue;
+      }
       const lanes = activeLanes(await laneCounts(fleet.connection.jsm, queue));
       queues.push({
         queue,

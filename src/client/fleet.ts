@@ -24,6 +24,7 @@ import {
   BrokerError,
   MessageInvalidError,
   QosDeniedError,
+  RequestTooLargeError,
   describeZodError,
   type MarsFleetError,
 } from "../core/errors.js";
@@ -86,6 +87,12 @@ export interface SubmitOptions {
 }
 
 /** A job id from a request id: kept when it is a safe token, else a stable hash of it. */
+/**
+ * The most a job's requests may weigh, as JSON: a year of daily dates with every hour and a dozen
+ * parameters is a few KiB; far larger is a mistake or an attack on every reader of the record.
+ */
+export const MAX_REQUEST_BYTES = 64 * 1024;
+
 export function jobIdFor(requestId: string | undefined): string {
   if (requestId === undefined) return randomUUID();
   if (isToken(requestId)) return requestId;
@@ -131,6 +138,12 @@ export class Fleet {
   /** Put a job on the queue. Validates everything first; returns the existing job for a known requestId. */
   async submit(request: MarsRequestInput, opts: SubmitOptions = {}): Promise<JobHandle> {
     const requests = toRequests(request);
+    const size = Buffer.byteLength(JSON.stringify(requests));
+    if (size > MAX_REQUEST_BYTES)
+      throw new RequestTooLargeError(
+        `the request is ${size} bytes; a job may carry at most ${MAX_REQUEST_BYTES} (split it, or list fewer values)`,
+        { bytes: size, max: MAX_REQUEST_BYTES },
+      );
     const deliver = opts.deliver ?? "share";
     const id = jobIdFor(opts.requestId);
     // Object-store results are written on the worker's own disk first, under its root.

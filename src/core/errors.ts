@@ -3,6 +3,7 @@ import { z } from "zod";
 /** Stable error codes: check errors by `code`, never by message text. */
 export const ERROR_CODES = [
   "MARS_REQUEST_INVALID",
+  "REQUEST_TOO_LARGE",
   "MARS_RUNTIME_ERROR",
   "MARS_NO_DATA",
   "MARS_KILLED",
@@ -23,6 +24,8 @@ export const ERROR_CODES = [
   "QOS_RULES_INVALID",
   "QOS_DENIED",
   "API_AUTH",
+  "API_FORBIDDEN",
+  "MEDIA_TYPE_UNSUPPORTED",
   "JOB_EXPIRED",
   "RANGE_INVALID",
   "WRONG_STATE",
@@ -62,6 +65,16 @@ export class MarsFleetError extends Error {
 export class MarsRequestError extends MarsFleetError {
   constructor(message: string, details: ErrorDetails = {}, cause?: unknown) {
     super("MARS_REQUEST_INVALID", message, { details, cause });
+  }
+}
+
+/**
+ * The request is larger than a job may carry (MAX_REQUEST_BYTES, its requests as JSON): refused at
+ * submit by every entry point, never queued.
+ */
+export class RequestTooLargeError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("REQUEST_TOO_LARGE", message, { details });
   }
 }
 
@@ -229,6 +242,7 @@ export type ErrorRecord = z.infer<typeof errorRecordSchema>;
 
 const classByCode: { [C in ErrorCode]?: (msg: string, details: ErrorDetails) => MarsFleetError } = {
   MARS_REQUEST_INVALID: (m, d) => new MarsRequestError(m, d),
+  REQUEST_TOO_LARGE: (m, d) => new RequestTooLargeError(m, d),
   MARS_RUNTIME_ERROR: (m, d) => new MarsRuntimeError(m, d),
   MARS_NO_DATA: (m, d) => new MarsNoDataError(m, d),
   MARS_KILLED: (m, d) => new MarsKilledError(m, d),

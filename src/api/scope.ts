@@ -1,0 +1,202 @@
+/**
+ * What an API key may reach: a `user` key its own jobs, request ids and files under its own prefix;
+ * an `admin` key everything. Every route asks here, so the tenancy rules live in one place.
+ */
+import { createHash } from "node:crypto";
+import { posix } from "node:path";
+import { isToken } from "../broker/subjects.js";
+import type { JobRecord } from "../broker/schemas.js";
+import { MarsFleetError, TargetError, type ErrorCode } from "../core/errors.js";
+import { checkFileName, resolveInside } from "../runner/target.js";
+import { lstat } from "node:fs/promises";
+import { STATUS_CODES } from "node:http";
+import type { Duplex } from "node:stream";
+import type { Principal } from "./keys.js";
+
+/** An error for the client, with the fields at fault for a 400. */
+export class HttpProblem extends MarsFleetError {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    readonly fields?: Array<{ field: string; message: string }>,
+    /** A status other than the code's own (414 for a URL too long, where the code says 413). */
+    readonly status?: number,
+  ) {
+    super(code, message);
+  }
+}
+
+/** The longest URL the API reads; a longer one is 414 (Node itself refuses past 16 KiB with 431). */
+export const MAX_URL_LENGTH = 4096;
+
+/** A URL past MAX_URL_LENGTH, refused before any route sees it. */
+export function checkUrlLength(url: string): void {
+  if (url.length > MAX_URL_LENGTH)
+    throw new HttpProblem(
+      "REQUEST_TOO_LARGE",
+      `the URL is over ${MAX_URL_LENGTH} characters`,
+      undefined,
+      414,
+    );
+}
+
+/**
+ * What Node's HTTP parser refuses before fastify sees a request (headers too large, a malformed
+ * request, a client too slow), answered as a problem like every other error.
+ */
+export function clientErrorHandler(err: NodeJS.ErrnoException, socket: Duplex): void {
+  // A connection reset leaves nobody to answer.
+  if (err.code === "ECONNRESET" || socket.destroyed || !socket.writable) return;
+  const [status, code, detail] =
+    err.code === "HPE_HEADER_OVERFLOW"
+      ? [431, "REQUEST_TOO_LARGE", "the request's headers (or its URL) are too large"]
+      : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
+        ? [408, "MESSAGE_INVALID", "the request did not arrive in time"]
+        : [400, "MESSAGE_INVALID", "the request is not valid HTTP"];
+  const body = JSON.stringify({
+    type: "about:blank",
+    title: code.toLowerCase().replaceAll("_", " "),
+    status,
+    detail,
+    code,
+  });
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/problem+json\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+/** The one answer for a job this key may not see and for a job that does not exist: they are alike. */
+export function noSuchJob(id: string): HttpProblem {
+  return new HttpProblem("JOB_NOT_FOUND", `no job ${id}`);
+}
+
+/** A job id from a URL, or 400: anything else never reaches the broker. */
+export function jobIdParam(id: string): string {
+  if (!isToken(id))
+    throw new HttpProblem("MESSAGE_INVALID", "not a job id", [{ field: "id", message: "not a job id" }]);
+  return id;
+}
+
+/** A user's own directory under the shared root: `users/<user>/` (a hash when the name is not a plain token). */
+export function userPrefix(user: string): string {
+  const safe =
+    isToken(user) && user.length <= 64
+      ? user
+      : `h-${createHash("sha256").update(user).digest("hex").slice(0, 24)}`;
+  return `users/${safe}`;
+}
+
+/**
+ * Where a job's result goes, relative to the shared root. A user key's target is inside its own
+ * prefix, chosen here (the body's `target` is taken as relative to it); an admin's may be anywhere in
+ * the root. A target that names a directory (`era5/`) is refused now, not when the job fails.
+ */
+export function targetFor(
+  p: Principal,
+  asked: string | undefined,
+  id: string,
+): { dir: string; file: string } {
+  const base = p.role === "admin" ? "" : userPrefix(p.user);
+  const wanted = asked ?? `api/${id}.grib`;
+  if (wanted.endsWith("/"))
+    throw new TargetError(`target ${JSON.stringify(wanted)} is a directory: name the file`, {
+      target: wanted,
+    });
+  const rel = posix.normalize(wanted.replace(/^\/+/, ""));
+  if (rel === ".." || rel.startsWith("../") || rel === ".")
+    throw new TargetError(
+      `target ${JSON.stringify(wanted)} leaves ${base === "" ? "the shared root" : "your directory"}`,
+      {
+        target: wanted,
+      },
+    );
+  const full = base === "" ? rel : `${base}/${rel}`;
+  return { dir: posix.dirname(full), file: checkFileName(posix.basename(full)) };
+}
+
+/**
+ * The request id a key's `requestId` stands for: scoped to its user, so that one user's ids can
+ * neither take nor reveal another's job.
+ */
+export function scopedRequestId(p: Principal, requestId: string): string {
+  return `api/${p.user}/${requestId}`;
+}
+
+/**
+ * The user whose jobs a query is about: a user key may ask about itself only (403 otherwise, never a
+ * silent answer about someone else); an admin about anyone, or everyone.
+ */
+export function queriedUser(p: Principal, asked: string | undefined): string | undefined {
+  if (p.role === "admin") return asked;
+  if (asked !== undefined && asked !== p.user)
+    throw new HttpProblem("API_FORBIDDEN", "a user key may ask about its own jobs only");
+  return p.user;
+}
+
+/** Jobs newest first; a job's place never changes (its submission time and id), whatever its state. */
+export function byNewest(a: JobRecord, b: JobRecord): number {
+  return b.submittedAt - a.submittedAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+/** A page's `next`: where the list stood, not which job (a job leaving a filtered list breaks nothing). */
+export function cursorAfter(r: JobRecord): string {
+  return Buffer.from(JSON.stringify([r.submittedAt, r.id])).toString("base64url");
+}
+
+/** Whether `r` comes after the cursor's place in the newest-first order. */
+export function afterCursor(cursor: string): (r: JobRecord) => boolean {
+  let at: unknown;
+  try {
+    at = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8"));
+  } catch {
+    at = undefined;
+  }
+  if (!Array.isArray(at) || typeof at[0] !== "number" || typeof at[1] !== "string")
+    throw new HttpProblem("MESSAGE_INVALID", "invalid cursor: give the `next` of the previous page", [
+      { field: "cursor", message: "not a cursor" },
+    ]);
+  const [submittedAt, id] = at as [number, string];
+  return (r) => r.submittedAt < submittedAt || (r.submittedAt === submittedAt && r.id > id);
+}
+
+/** A day `YYYY-MM-DD` that exists in the calendar, or 400. */
+export function checkDays(from: string | undefined, to: string | undefined): void {
+  for (const [field, day] of [
+    ["from", from],
+    ["to", to],
+  ] as const) {
+    const at = day === undefined ? undefined : new Date(`${day}T00:00:00Z`);
+    if (at !== undefined && (Number.isNaN(at.getTime()) || at.toISOString().slice(0, 10) !== day))
+      throw new HttpProblem("MESSAGE_INVALID", `${field}: ${day} is not a day`, [
+        { field, message: "not a day" },
+      ]);
+  }
+  if (from !== undefined && to !== undefined && to < from)
+    throw new HttpProblem("MESSAGE_INVALID", "to is before from", [{ field: "to", message: "before from" }]);
+}
+
+/** A target that is an existing directory is refused at submit (the job could only fail). */
+export async function refuseDirectory(root: string, target: { dir: string; file: string }): Promise<void> {
+  const path = resolveInside(root, posix.join(target.dir, target.file));
+  const found = await lstat(path).catch(() => undefined); // nothing there yet: the usual case
+  if (found?.isDirectory())
+    throw new TargetError(`target ${posix.join(target.dir, target.file)} is a directory: name a file in it`, {
+      target: posix.join(target.dir, target.file),
+    });
+}
+
+/**
+ * fastify's own refusals (a body too large, a media type it does not take, a malformed body) as
+ * the API's problems with their own codes; undefined for any other error.
+ */
+export function fastifyProblem(err: unknown): HttpProblem | undefined {
+  if (err instanceof MarsFleetError) return undefined;
+  const status = (err as { statusCode?: number }).statusCode;
+  if (status === undefined || status < 400 || status >= 500) return undefined;
+  const message = (err as Error).message;
+  if (status === 413) return new HttpProblem("REQUEST_TOO_LARGE", message);
+  if (status === 414) return new HttpProblem("REQUEST_TOO_LARGE", `the URL is too long`, undefined, 414);
+  if (status === 415) return new HttpProblem("MEDIA_TYPE_UNSUPPORTED", `${message}: send application/json`);
+  return new HttpProblem("MESSAGE_INVALID", message);
+}
