@@ -76,6 +76,9 @@ describe("REST API: tenants", { timeout: 120_000 }, () => {
     const mine = await submit("alice", { target: "era5/2t.grib" });
     const rec = await client.finished(mine, "alice");
     assert.equal((rec["result"] as { target: string }).target, "users/alice/era5/2t.grib");
+    // MARS echoes its target (a part file under the root): the log shows it relative to the root.
+    const log = await (await call(`/v1/jobs/${mine}/logs`, { as: "alice" })).text();
+    assert.match(log, /TARGET\s+= "users\/alice\/era5\/\.2t\.grib\./);
     const path = join(tf.sharedRoot, "users/alice/era5/2t.grib");
     const before = await stat(path);
     const bytes = await readFile(path);

@@ -146,10 +146,8 @@ export function resolveInside(root: string, path: string): string {
   const full = resolve(rootAbs, path);
   const rel = relative(rootAbs, full);
   if (rel === "" || rel.startsWith("..") || isAbsolute(rel)) {
-    throw new TargetError(`target ${JSON.stringify(path)} is outside the shared root ${rootAbs}`, {
-      path,
-      root: rootAbs,
-    });
+    // The root is not named: this message reaches gateway and API clients.
+    throw new TargetError(`target ${JSON.stringify(path)} is outside the shared root`, { path });
   }
   return full;
 }

@@ -5,7 +5,7 @@
  * only after a fenced check that the attempt still owns the job.
  */
 import { readdir, stat } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { JobMsg } from "./pull.js";
 import type { ObjectStore } from "@nats-io/obj";
@@ -286,7 +286,7 @@ export class JobAttempt {
   private async follow(run: MarsRun, runId: string): Promise<void> {
     const { ctx, job, attempt } = this;
     for await (const ev of run.events()) {
-      if (ev.type === "log") this.events.line(attempt, ev.seq, ev.line, ev.at);
+      if (ev.type === "log") this.events.line(attempt, ev.seq, this.rootRelative(ev.line), ev.at);
       else if (ev.type === "progress") {
         this.bytes = ev.bytes;
         this.events.progress({ attempt, bytes: ev.bytes, total: ev.total, at: ev.at });
@@ -393,22 +393,32 @@ export class JobAttempt {
   private failure(error: MarsFleetError, final: boolean): Settlement {
     const { attempt } = this;
     const { maxAttempts, retryDelayMs } = this.ctx;
-    if (error.code === "JOB_CANCELLED")
-      return { state: "cancelled", settle: "term", error: error.toRecord() };
-    if (final) return { state: "failed", settle: "term", error: { ...error.toRecord(), retryable: false } };
+    const record = this.recordWithoutRoot(error.toRecord());
+    if (error.code === "JOB_CANCELLED") return { state: "cancelled", settle: "term", error: record };
+    if (final) return { state: "failed", settle: "term", error: { ...record, retryable: false } };
     if (attempt < maxAttempts) {
-      return {
-        state: "retrying",
-        settle: "nak",
-        nakDelayMs: retryDelayMs * attempt,
-        error: error.toRecord(),
-      };
+      return { state: "retrying", settle: "nak", nakDelayMs: retryDelayMs * attempt, error: record };
     }
-    const last = new JobFailedError(`failed after ${attempt} attempts; last: ${error.message}`, {
-      ...error.details,
+    const last = new JobFailedError(`failed after ${attempt} attempts; last: ${record.message}`, {
+      ...record.details,
       lastCode: error.code,
     });
     return { state: "failed", settle: "term", error: last.toRecord(), deadLetter: true };
+  }
+
+  /**
+   * A line as users may see it: paths under the shared root relative to it (MARS echoes its
+   * target, a part file under the root); no path of this server's reaches a record or a log.
+   */
+  private rootRelative(text: string): string {
+    return text.split(`${resolve(this.ctx.sharedRoot)}/`).join("");
+  }
+
+  private recordWithoutRoot(rec: ErrorRecord): ErrorRecord {
+    const details = Object.fromEntries(
+      Object.entries(rec.details).map(([k, v]) => [k, typeof v === "string" ? this.rootRelative(v) : v]),
+    );
+    return { ...rec, message: this.rootRelative(rec.message), details };
   }
 
   /** Record the end, publish it, settle the message; a stale attempt writes nothing. */
