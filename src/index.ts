@@ -56,5 +56,6 @@ export {
   WrongStateError,
 } from "./core/errors.js";
 export type { ErrorCode, ErrorRecord } from "./core/errors.js";
+export { verifyCallbackSignature } from "./api/callback-post.js";
 export { LocalNatsCluster, LocalNatsServer } from "./broker/index.js";
 export type { JobRecord, JobState, WorkerInfo } from "./broker/index.js";

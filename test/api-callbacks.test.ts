@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { createHmac } from "node:crypto";
 import { writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { OPEN_FLEET } from "../src/broker/signing.js";
 import { ApiKeys } from "../src/api/keys.js";
+import { verifyCallbackSignature } from "../src/api/callback-post.js";
 import { startApi, type ApiServer } from "../src/api/server.js";
 import { CLI, cli } from "./helpers/cli.js";
 import { TestFleet } from "./helpers/fleet.js";
@@ -48,15 +48,23 @@ async function receiver(plan: number[]): Promise<{ url: string; got: Received[];
   return { url: `http://127.0.0.1:${addr.port}/hook`, got, server };
 }
 
-const signed = (body: string, secret: string): string =>
-  `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`;
+/** The receiver's check: a valid, recent `t=…,v1=…` signature of the body (not an old one). */
+function signedNow(g: Received, secret: string): boolean {
+  return /^t=\d+,v1=[0-9a-f]{64}$/.test(g.signature) && verifyCallbackSignature(g.signature, g.body, secret);
+}
+
+/** The test's receivers are on loopback, which callbacks may not reach unless allowed. */
+const LOOPBACK_ALLOWED = ["127.0.0.1/32"];
 
 /** `mars-fleet api` as a real process; resolves with its port once it listens. */
 async function apiProcess(): Promise<{ proc: ChildProcess; port: number }> {
   const proc = spawn(
     process.execPath,
     [CLI, "api", "--port", "0", "--host", "127.0.0.1", "--callback-backoff", "1s"],
-    { env: { ...process.env, ...tf.env({ queue }) }, stdio: ["ignore", "ignore", "pipe"] },
+    {
+      env: { ...process.env, ...tf.env({ queue }), MARS_CALLBACK_ALLOW: LOOPBACK_ALLOWED.join(",") },
+      stdio: ["ignore", "ignore", "pipe"],
+    },
   );
   let err = "";
   const port = await new Promise<number>((resolve, reject) => {
@@ -122,7 +130,7 @@ describe("REST API: completion callbacks", { timeout: TIMEOUT }, () => {
         config: tf.config({ queue }),
         port: 0,
         host: "127.0.0.1",
-        callbacks: { backoffMs: 1000, maxAgeMs: 60_000 },
+        callbacks: { backoffMs: 1000, maxAgeMs: 60_000, allow: LOOPBACK_ALLOWED },
       });
       // The retry reaches the second process after the backoff, or, when the server had handed it
       // to the killed process's waiting pull, after the consumer's ack wait (15 s).
@@ -137,7 +145,7 @@ describe("REST API: completion callbacks", { timeout: TIMEOUT }, () => {
         ],
       );
       for (const g of hook.got) {
-        assert.equal(g.signature, signed(g.body, secret), "bad signature");
+        assert.ok(signedNow(g, secret), `bad signature ${g.signature}`);
         const record = JSON.parse(g.body) as { id: string; state: string };
         assert.equal(record.id, id);
         assert.equal(record.state, "succeeded");
@@ -162,7 +170,12 @@ describe("REST API: completion callbacks", { timeout: TIMEOUT }, () => {
 
   it("`mars-fleet submit --callback` makes a secret, prints it, and the api delivers with it", async () => {
     const hook = await receiver([200]);
-    const api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
+    const api = await startApi({
+      config: tf.config({ queue }),
+      port: 0,
+      host: "127.0.0.1",
+      callbacks: { backoffMs: 1000, maxAgeMs: 60_000, allow: LOOPBACK_ALLOWED },
+    });
     try {
       const file = join(tf.sharedRoot, "callback-request.mars");
       await writeFile(file, 'retrieve, param=2t, date=20240101, grid=10/10, target="x.grib"\n');
@@ -174,13 +187,58 @@ describe("REST API: completion callbacks", { timeout: TIMEOUT }, () => {
       const secret = /callback secret \(X-Mars-Signature key\): (\S+)/.exec(out.stderr)?.[1];
       assert.ok(secret, out.stderr);
       assert.ok(await eventually(() => hook.got.length === 1, 30_000), "not delivered");
-      assert.equal(hook.got[0]!.signature, signed(hook.got[0]!.body, secret));
+      assert.ok(signedNow(hook.got[0]!, secret), hook.got[0]!.signature);
       const bad = await cli(
         ["submit", file, "--target", "cb/y.grib", "--callback", "ftp://nope"],
         tf.env({ queue }),
       );
       assert.equal(bad.code, 3, bad.stderr);
       assert.match(bad.stderr, /MESSAGE_INVALID: invalid callback/);
+    } finally {
+      await api.close();
+      hook.server.close();
+    }
+  });
+
+  it("never calls back to a loopback or private address unless the operator allows it", async () => {
+    const hook = await receiver([200]);
+    const api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
+    try {
+      const ids: string[] = [];
+      // By number, by name (resolved to loopback where the connection is made), and the metadata address.
+      const port = new URL(hook.url).port;
+      for (const url of [
+        hook.url,
+        `http://localhost:${port}/hook`,
+        "http://169.254.169.254/latest/meta-data",
+      ]) {
+        const res = await fetch(`http://127.0.0.1:${api.port}/v1/jobs`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+          body: JSON.stringify({ request: { param: "2t", date: "20240101" }, callback: { url } }),
+        });
+        assert.equal(res.status, 202, await res.clone().text());
+        ids.push(((await res.json()) as { id: string }).id);
+      }
+      const attempts = async (id: string): Promise<Array<{ error?: string; status?: number }>> => {
+        const r = await fetch(`http://127.0.0.1:${api.port}/v1/jobs/${id}`, {
+          headers: { authorization: `Bearer ${token}` },
+        });
+        return (
+          ((await r.json()) as { callback?: { attempts: Array<{ error?: string }> } }).callback?.attempts ??
+          []
+        );
+      };
+      for (const id of ids) {
+        assert.ok(
+          await eventually(async () => (await attempts(id)).length > 0, 30_000),
+          `no attempt for ${id}`,
+        );
+        const [first] = await attempts(id);
+        assert.equal(first!.status, undefined);
+        assert.match(first!.error ?? "", /refused: .* is not an address callbacks may reach/);
+      }
+      assert.equal(hook.got.length, 0, "a callback reached the loopback receiver");
     } finally {
       await api.close();
       hook.server.close();

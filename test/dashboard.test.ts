@@ -57,7 +57,16 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
     // Generous: a CI machine runs this beside another test file, with Chromium starting.
     page.setDefaultTimeout(45_000);
-    await page.goto(`${base}/`);
+    // The page runs under its Content-Security-Policy: anything it refuses fails the test.
+    const refused: string[] = [];
+    page.on("console", (m) => {
+      if (/Content Security Policy|Refused to/i.test(m.text())) refused.push(m.text());
+    });
+    const served = await page.goto(`${base}/`);
+    const csp = served?.headers()["content-security-policy"] ?? "";
+    assert.match(csp, /frame-ancestors 'none'/);
+    assert.match(csp, /script-src 'sha256-/);
+    assert.doesNotMatch(csp, /unsafe-inline/);
     await page.getByLabel("API key").fill(token);
     await page.getByRole("button", { name: "Open" }).click();
     await page
@@ -131,6 +140,10 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     await page.getByRole("button", { name: "Cancel job" }).click();
     await page.locator("#job-state", { hasText: "cancelled" }).waitFor();
     assert.equal(await page.getByRole("button", { name: "Cancel job" }).isHidden(), true);
+    assert.deepEqual(refused, [], "the page did something its policy refuses");
+    const docs = await fetch(`${base}/docs`);
+    assert.match(docs.headers.get("content-security-policy") ?? "", /frame-ancestors 'none'/);
+    assert.equal(docs.headers.get("x-frame-options"), "DENY");
     await page.close();
   });
 });

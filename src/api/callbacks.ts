@@ -1,7 +1,8 @@
 /**
  * Completion callbacks: when a job reaches a final state, its record is POSTed to the URL given at
- * submit, signed (`X-Mars-Signature: sha256=<HMAC-SHA256 of the body with the job's secret>`), and
- * retried with exponential backoff for up to `maxAgeMs`.
+ * submit, signed (`X-Mars-Signature: t=<unix seconds>,v1=<HMAC-SHA256 of "<t>.<body>" with the
+ * job's secret>`), only to addresses callbacks may reach (callback-post.ts), and retried with
+ * exponential backoff for up to `maxAgeMs`.
  *
  * Durable, with no state in any api process: every api process consumes the state events through
  * one shared durable consumer (`api-callbacks` on MARS_EVENTS, filter `mars.job.*.state`). A failed
@@ -9,7 +10,9 @@
  * api process is alive; one that dies mid-attempt leaves the message to be redelivered after the
  * ack wait. Each attempt is recorded in the job's entry of the `mars-callbacks` bucket.
  */
-import { createHmac, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
+import type { BlockList } from "node:net";
+import { allowList, postCallback, signCallback } from "./callback-post.js";
 import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { Logger } from "pino";
@@ -51,10 +54,6 @@ export function publicCallback(c: CallbackState): Omit<CallbackState, "secret"> 
   return rest;
 }
 
-export function sign(body: string, secret: string): string {
-  return `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`;
-}
-
 /** Register a job's callback (before it is submitted, so no final state can come first). */
 export async function registerCallback(
   kv: KV,
@@ -86,11 +85,14 @@ export interface CallbackOptions {
   backoffMs: number;
   /** Give up this long after the first attempt. */
   maxAgeMs: number;
+  /** Address ranges callbacks may reach although special (loopback, private...); default none. */
+  allow?: string[];
 }
 
 export class CallbackSender {
   private messages: ConsumerMessages | undefined;
   private loop: Promise<void> | undefined;
+  private readonly allow: BlockList;
 
   constructor(
     private readonly conn: BrokerConnection,
@@ -98,7 +100,9 @@ export class CallbackSender {
     private readonly fleet: Fleet,
     private readonly opts: CallbackOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.allow = allowList(opts.allow ?? []);
+  }
 
   async start(): Promise<void> {
     const consumer = await this.conn.js.consumers.get(EVENTS_STREAM, CALLBACKS_CONSUMER);
@@ -131,19 +135,16 @@ export class CallbackSender {
     const body = JSON.stringify(record);
     const attempt: CallbackState["attempts"][number] = { at: Date.now() };
     try {
-      const res = await fetch(cb.url, {
-        method: "POST",
-        headers: {
-          "content-type": "application/json",
-          "x-mars-signature": sign(body, cb.secret),
-          "x-mars-job": jobId,
-          "x-mars-delivery": String(cb.attempts.length + 1),
-        },
-        body,
-        signal: AbortSignal.timeout(POST_TIMEOUT_MS),
+      const headers = {
+        "content-type": "application/json",
+        "x-mars-signature": signCallback(body, cb.secret),
+        "x-mars-job": jobId,
+        "x-mars-delivery": String(cb.attempts.length + 1),
+      };
+      attempt.status = await postCallback(cb.url, body, headers, {
+        allow: this.allow,
+        timeoutMs: POST_TIMEOUT_MS,
       });
-      attempt.status = res.status;
-      await res.arrayBuffer().catch(() => undefined); // drain: the answer's body is not ours to read
     } catch (err) {
       attempt.error = (err as Error).message;
     }

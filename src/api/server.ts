@@ -47,6 +47,7 @@ import {
   targetFor,
 } from "./scope.js";
 import { dashboardPage } from "./dashboard.js";
+import { pageHeaders } from "./page-policy.js";
 import {
   jobListSchema,
   listQuerySchema,
@@ -138,7 +139,12 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
       fleet.connection,
       callbacksKv,
       fleet,
-      opts.callbacks ?? { backoffMs: 1000, maxAgeMs: 3_600_000 },
+      {
+        backoffMs: 1000,
+        maxAgeMs: 3_600_000,
+        ...opts.callbacks,
+        allow: opts.callbacks?.allow ?? opts.config.callbackAllow,
+      },
       log,
     );
     await sender.start();
@@ -425,9 +431,13 @@ function routes(
   });
 
   app.get("/openapi.json", async () => openApiDocument());
-  app.get("/docs", async (_req, reply) => reply.type("text/html; charset=utf-8").send(docsPage()));
+  const docs = docsPage();
+  const docsHeaders = pageHeaders(docs);
+  app.get("/docs", async (_req, reply) => reply.headers(docsHeaders).send(docs));
   // The dashboard: a static page; what it shows comes from the API, with the visitor's key.
-  app.get("/", async (_req, reply) => reply.type("text/html; charset=utf-8").send(dashboardPage()));
+  const dashboard = dashboardPage();
+  const dashboardHeaders = pageHeaders(dashboard);
+  app.get("/", async (_req, reply) => reply.headers(dashboardHeaders).send(dashboard));
 }
 
 /**

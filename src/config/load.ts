@@ -28,6 +28,7 @@ export const configSchema = z
     tlsKey: z.string(),
     trustKey: z.string(),
     signingKey: z.string(),
+    callbackAllow: z.array(z.string()),
     useShares: z.boolean(),
     filterLogs: z.boolean(),
     maxConcurrentConnections: z.number().int().min(0),

@@ -84,6 +84,13 @@ export const SETTINGS = [
     help: "Admins: the nkey seed file that signs QoS rules and API keys (signing.nk from `broker auth`).",
   },
   {
+    key: "callbackAllow",
+    env: "MARS_CALLBACK_ALLOW",
+    kind: "list",
+    default: [],
+    help: "API: address ranges (CIDR, comma separated) completion callbacks may reach although loopback, private, link-local or otherwise special; by default they may not.",
+  },
+  {
     key: "useShares",
     env: "MARS_USE_SHARES",
     kind: "bool",
