@@ -218,7 +218,9 @@ export class JobHandle {
     const readerGone = new AbortController();
     const signal = opts.signal ? AbortSignal.any([opts.signal, readerGone.signal]) : readerGone.signal;
     const live = this.live?.take();
-    const pump = live ? this.pumpLive(out, live, signal) : this.pumpEvents(out, signal);
+    const pump = live
+      ? this.pumpLive(out, live, signal, undefined, undefined, true)
+      : this.pumpEvents(out, signal);
     void pump.catch((err: unknown) => out.fail(err));
     return (async function* () {
       try {
@@ -254,6 +256,7 @@ export class JobHandle {
     signal: AbortSignal,
     filter = new EventFilter(out),
     known?: JobRecord,
+    fresh = false,
   ): Promise<void> {
     const hbSub = this.followHeartbeats(out);
     let done = false;
@@ -268,7 +271,9 @@ export class JobHandle {
       stopLive();
       out.close();
     };
-    const stopRecord = this.endWithRecord(filter, finish, known);
+    // Known at a replay's start; else read now, but for the events submit followed from the job's
+    // creation (a fresh job is not over: only a write seen from now on can end it).
+    const stopRecord = this.endWithRecord(filter, finish, known, known === undefined && !fresh);
     signal.addEventListener("abort", finish, { once: true });
     live.attach(
       (subject, data) => {
@@ -319,8 +324,13 @@ export class JobHandle {
    * no terminal event came within LATE_REPLAY_MS, the end is reported from the record. Returns the
    * function that stops this.
    */
-  private endWithRecord(filter: EventFilter, finish: () => void, known: JobRecord | undefined): () => void {
-    const watch = this.store.watch(this.id, known === undefined);
+  private endWithRecord(
+    filter: EventFilter,
+    finish: () => void,
+    known: JobRecord | undefined,
+    readFirst: boolean,
+  ): () => void {
+    const watch = this.store.watch(this.id, readFirst);
     let stopped = false;
     let timer: NodeJS.Timeout | undefined;
     const endLater = (record: JobRecord): void => {
