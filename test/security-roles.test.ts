@@ -249,6 +249,16 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
       await denied("submitter forges a max-deliveries advisory", () =>
         submitter.request(subjects.maxDeliveries(consumerName(queue)), "{}", { timeout: 2000 }),
       );
+      await denied("submitter purges the events stream", () => sjsm.streams.purge(EVENTS_STREAM));
+      await denied("submitter purges one job's events", () =>
+        sjsm.streams.purge(EVENTS_STREAM, { filter: subjects.jobEvents(victim.id) }),
+      );
+      await denied("submitter writes a job's event", () =>
+        sjs.publish(subjects.state(victim.id), JSON.stringify({ state: "succeeded", attempt: 1, at: 1 })),
+      );
+      await denied("submitter makes a consumer (its deliveries could be aimed)", () =>
+        sjsm.consumers.add(EVENTS_STREAM, { ack_policy: AckPolicy.None, deliver_subject: "anywhere" }),
+      );
 
       // Worker: may not publish jobs, create or delete streams, consumers or buckets.
       const wjs = jetstream(worker);
@@ -282,6 +292,13 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
       await denied("observer writes a record", () => okv.put(`${victim.id}.status`, "{}"));
       await denied("observer cancels", () =>
         observer.request(subjects.cancel(victim.id), "", { timeout: 2000 }),
+      );
+      const ojsm = await jetstreamManager(observer, { checkAPI: false });
+      await denied("observer reads a queued job's message", () =>
+        ojsm.streams.getMessage(JOBS_STREAM, { last_by_subj: `${subjects.jobs(queue)}.>` }),
+      );
+      await denied("observer makes a consumer", () =>
+        ojsm.consumers.add(`KV_${JOBS_BUCKET}`, { ack_policy: AckPolicy.None, deliver_subject: "anywhere" }),
       );
       await subscriptionDenied(observer, "_INBOX.>"); // other users' replies
       await subscriptionDenied(submitter, subjects.allCancels);
