@@ -42,7 +42,6 @@ before(async () => {
   }
 });
 after(async () => {
-  await api?.close();
   await tf.dispose();
 });
 
@@ -280,6 +279,16 @@ describe("REST API: tenants", { timeout: 120_000 }, () => {
     });
     assert.equal(out.status, 416);
     assert.equal(out.headers.get("content-range"), `bytes */${bytes}`);
+  });
+
+  it("closes once however often asked, and as an async disposable", async () => {
+    await Promise.all([api.close(), api[Symbol.asyncDispose](), api.close()]);
+    await api.close();
+    await assert.rejects(fetch(`${client.base}/`), "still listening after close");
+    {
+      await using again = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
+      assert.equal((await fetch(`http://127.0.0.1:${again.port}/openapi.json`)).status, 200);
+    }
   });
 
   it("shows no server path in any answer", () => {

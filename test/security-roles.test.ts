@@ -318,6 +318,53 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
     await admin.close();
   });
 
+  // Known gap: NATS permissions match a consumer's name and filter tokens as wildcards, so as long
+  // as workers make lane consumers, one can name the queue's own consumer or a literal `*` lane.
+  // Closed by #26's lane design, in which workers make no consumers; until then this fails.
+  it(
+    "a worker cannot re-point the queue's consumer nor make one over every lane",
+    {
+      todo: "workers still make lane consumers (issue #26)",
+    },
+    async () => {
+      const queue = TestFleet.queue("sec-repoint");
+      await tf.provisionFor({ queue });
+      const worker = await tf.connectAs("worker");
+      const adminNc = await tf.connectAs("admin");
+      const admin = await jetstreamManager(adminNc);
+      try {
+        const name = consumerName(queue);
+        const filter = subjects.lane(queue, "x");
+        const body = {
+          stream_name: JOBS_STREAM,
+          config: { durable_name: name, filter_subject: filter, ack_policy: "explicit" },
+        };
+        await worker
+          .request(`$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.${name}.${filter}`, JSON.stringify(body), {
+            timeout: 2000,
+          })
+          .catch(() => undefined);
+        const all = subjects.lanes(queue);
+        const rogue = {
+          stream_name: JOBS_STREAM,
+          config: { durable_name: "rogue", filter_subject: all, ack_policy: "explicit" },
+        };
+        await worker
+          .request(`$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.rogue.${all}`, JSON.stringify(rogue), {
+            timeout: 2000,
+          })
+          .catch(() => undefined);
+        assert.equal(
+          (await admin.consumers.info(JOBS_STREAM, name)).config.filter_subject,
+          subjects.jobs(queue),
+        );
+        assert.equal(await admin.consumers.info(JOBS_STREAM, "rogue").catch(() => undefined), undefined);
+      } finally {
+        await Promise.all([worker.close(), adminNc.close()]);
+      }
+    },
+  );
+
   it("keeps a record readable when a submitter writes an invalid submission over it", async () => {
     const queue = TestFleet.queue("sec-garbage");
     await tf.worker({ queue });

@@ -121,7 +121,9 @@ export interface ApiOptions {
 
 export interface ApiServer {
   port: number;
+  /** Stop listening, the callbacks and the broker connection; a second call waits for the first. */
   close(): Promise<void>;
+  [Symbol.asyncDispose](): Promise<void>;
 }
 
 const PUBLIC = new Set(["/", "/openapi.json", "/docs"]);
@@ -164,15 +166,15 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
     const address = app.server.address();
     const port = typeof address === "object" && address ? address.port : opts.port;
     log.info({ port }, "API listening");
-    return {
-      port,
-      close: async () => {
+    let closing: Promise<void> | undefined;
+    const close = (): Promise<void> =>
+      (closing ??= (async () => {
         await app.close();
         keys.close();
         await sender.stop();
         await fleet.close();
-      },
-    };
+      })());
+    return { port, close, [Symbol.asyncDispose]: close };
   } catch (err) {
     await fleet.close();
     throw err;

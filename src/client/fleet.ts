@@ -42,12 +42,15 @@ import { JobHandle, LiveEvents } from "./job.js";
 import { toRequests, type MarsRequestInput } from "./request-input.js";
 import { checkEnviron } from "../runner/runner.js";
 import { checkJobMarsEnv, type JobMarsEnv } from "../mars/environment.js";
+import { untilAborted } from "../core/abort.js";
 
 export interface FleetConnectOptions {
   /** A loaded configuration; default: loadConfig() with `overrides`. */
   config?: FleetConfig;
   overrides?: Partial<FleetConfig>;
   logger?: Logger;
+  /** Give up connecting when this aborts (a connection made after that is closed). */
+  signal?: AbortSignal;
 }
 
 export interface SubmitOptions {
@@ -60,6 +63,11 @@ export interface SubmitOptions {
   timeoutMs?: number;
   /** Idempotency key: the same id within the jobs bucket returns the existing job, never a second run. */
   requestId?: string;
+  /**
+   * Give up submitting when this aborts: nothing is created if it aborts before the job's record
+   * is; once that is being written, submit completes, so that no half-made job is left behind.
+   */
+  signal?: AbortSignal;
   /**
    * Where the worker puts the result: the shared root (default), or the results object store for a
    * client without the shared filesystem (then targetDir/targetFname are ignored).
@@ -114,12 +122,14 @@ export class Fleet {
 
   /** Connect and make sure the topology for the configured queue exists. */
   static async connect(opts: FleetConnectOptions = {}): Promise<Fleet> {
+    opts.signal?.throwIfAborted();
     const config = opts.config ?? loadConfig({ overrides: opts.overrides ?? {} });
     const log = opts.logger ?? silentLogger();
-    return connectProvisioned(config, "mars-fleet-client", async (conn, report) => {
+    const connecting = connectProvisioned(config, "mars-fleet-client", async (conn, report) => {
       for (const line of report.drift) log.debug({ drift: line }, "broker configuration drift");
       return new Fleet(conn, config, new JobStore(await conn.jobsKv(), conn, log), report, log);
     });
+    return untilAborted(connecting, opts.signal, (fleet) => fleet.close());
   }
 
   /** The broker connection (for components built on the fleet, such as the gateway). */
@@ -137,6 +147,7 @@ export class Fleet {
 
   /** Put a job on the queue. Validates everything first; returns the existing job for a known requestId. */
   async submit(request: MarsRequestInput, opts: SubmitOptions = {}): Promise<JobHandle> {
+    opts.signal?.throwIfAborted();
     const requests = toRequests(request);
     const size = Buffer.byteLength(JSON.stringify(requests));
     if (size > MAX_REQUEST_BYTES)
@@ -172,6 +183,8 @@ export class Fleet {
     const denied = deniedBy(rules, facts);
     if (denied) throw new QosDeniedError(denied.deny, { rule: denied.name });
     const subject = subjects.lane(queue, laneOf(rules, facts));
+    // The last moment to give up: from here on the job is made whole.
+    opts.signal?.throwIfAborted();
     // Registered before the job exists, so that its end cannot come first.
     const callbackSecret = opts.callback && (await this.registerCallback(id, opts.callback));
     let submitted = initialRecord(message, this.config.maxRetries);

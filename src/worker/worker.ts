@@ -26,6 +26,7 @@ import { BrokerError, QosDeniedError, WrongStateError } from "../core/errors.js"
 import { silentLogger } from "../core/logging.js";
 import { watchMaxDeliveries } from "./dead-letter.js";
 import { JobEventPublisher } from "../broker/events.js";
+import { untilAborted } from "../core/abort.js";
 import type { JobAttempt, WorkerContext } from "./attempt.js";
 import { handleDelivery } from "./delivery.js";
 import { Journal } from "./journal.js";
@@ -40,6 +41,8 @@ export interface WorkerOptions {
   logger?: Logger;
   workerId?: string;
   journalDir?: string;
+  /** Give up starting when this aborts (a worker that started after that is stopped). */
+  signal?: AbortSignal;
 }
 
 /** How a worker stopped: every job finished or handed back in the grace period, or forced. */
@@ -89,12 +92,14 @@ export class Worker {
 
   /** Connect, provision (idempotent), clean up after a previous crash, and start pulling. */
   static async start(opts: WorkerOptions): Promise<Worker> {
+    opts.signal?.throwIfAborted();
     await preflight(opts.config);
-    return connectProvisioned(opts.config, "mars-fleet-worker", async (conn, report) => {
+    const starting = connectProvisioned(opts.config, "mars-fleet-worker", async (conn, report) => {
       const worker = new Worker(conn, opts, report);
       await worker.begin();
       return worker;
     });
+    return untilAborted(starting, opts.signal, (worker) => worker.stop());
   }
 
   get state(): WorkerState {
