@@ -118,18 +118,24 @@ describe("ownership: permanent broker errors fail at once, with a code", { timeo
   it("a request over max_payload, and a submit after the streams were deleted", async () => {
     const queue = TestFleet.queue("permanent");
     const fleet = await tf.client({ queue });
+    // Over what a job may carry: refused by the client before the broker sees it.
     const big = { ...SMALL, note: Array.from({ length: 150_000 }, (_, i) => `v${i}`).join("/") };
     const tooBig = await rejection(fleet.submit(big));
-    assert.equal(tooBig.code, "BROKER_ERROR");
+    assert.equal(tooBig.code, "REQUEST_TOO_LARGE");
     assert.equal(tooBig.retryable, false);
 
-    // A separate server: deleting the streams must not disturb the other tests.
+    // A separate server, with a small max_payload (and whose streams are deleted below, which must
+    // not disturb the other tests): a message over it is a permanent broker error.
     const { LocalNatsServer } = await import("../src/broker/local-server.js");
-    const server = await LocalNatsServer.start();
+    const server = await LocalNatsServer.start({ extraConfig: ["max_payload: 16384"] });
     try {
       const own = await (
         await import("../src/client/fleet.js")
       ).Fleet.connect({ config: { ...tf.config({ queue }), servers: [server.url] } });
+      const overPayload = { ...SMALL, note: "x".repeat(30_000) };
+      const refused = await rejection(own.submit(overPayload));
+      assert.equal(refused.code, "BROKER_ERROR");
+      assert.equal(refused.retryable, false);
       const nc = await connect({ servers: server.url });
       const jsm = await jetstreamManager(nc);
       for await (const s of jsm.streams.names()) await jsm.streams.delete(s);
