@@ -155,7 +155,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
       bodyLimit: 1024 * 1024,
       clientErrorHandler,
       // Routes take a URL as long as the API reads any (checkUrlLength answers 414 past it).
-      maxParamLength: MAX_URL_LENGTH,
+      routerOptions: { maxParamLength: MAX_URL_LENGTH },
       // The router's own refusals (a malformed URL) are problems too.
       frameworkErrors: (err, _req, reply) => sendProblem(reply, fastifyProblem(err) ?? err),
     });
