@@ -21,7 +21,7 @@ if ((${#missing[@]} > 0)); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ ! -d node_modules/@nats-io/jetstream ] || [ ! -d node_modules/typescript ] || [ ! -d node_modules/bcryptjs ] || [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/@fastify/send ]; then
+if [ ! -d node_modules/@nats-io/jetstream ] || [ ! -d node_modules/typescript ] || [ ! -d node_modules/bcryptjs ] || [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/@fastify/send ] || [ ! -d node_modules/dependency-cruiser ]; then
   echo "setup: installing npm dependencies" >&2
   npm ci --no-audit --no-fund
 fi

@@ -22,9 +22,10 @@ import {
   WORKERS_BUCKET,
   laneConsumerName,
   subjects,
+  API_JOBS_BUCKET,
+  API_KEYS_BUCKET,
+  CALLBACKS_BUCKET,
 } from "../src/broker/subjects.js";
-import { API_JOBS_BUCKET, API_KEYS_BUCKET } from "../src/api/keys.js";
-import { CALLBACKS_BUCKET } from "../src/api/callbacks.js";
 import { TestFleet } from "./helpers/fleet.js";
 
 const SMALL = { param: "2t", date: "20240101", grid: "10/10" };

@@ -19,7 +19,7 @@ import { writeFile } from "node:fs/promises";
 import { OPEN_FLEET, recordAuthority } from "../src/broker/signing.js";
 import { writeRules } from "../src/qos/store.js";
 import { parseRules } from "../src/qos/rules.js";
-import { ApiKeys, API_KEYS_BUCKET } from "../src/api/keys.js";
+import { ApiKeys } from "../src/api/keys.js";
 import { eventually } from "./helpers/proc.js";
 import { isPermissionDenied } from "../src/broker/nats-errors.js";
 import {
@@ -28,6 +28,7 @@ import {
   JOBS_BUCKET,
   QOS_RULES_KEY,
   WORKERS_BUCKET,
+  API_KEYS_BUCKET,
   consumerName,
   subjects,
 } from "../src/broker/subjects.js";

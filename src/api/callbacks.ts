@@ -10,14 +10,13 @@
  * api process is alive; one that dies mid-attempt leaves the message to be redelivered after the
  * ack wait. Each attempt is recorded in the job's entry of the `mars-callbacks` bucket.
  */
-import { randomBytes } from "node:crypto";
 import type { BlockList } from "node:net";
 import { allowList, postCallback, signCallback } from "./callback-post.js";
 import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { Logger } from "pino";
-import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
+import { callbackStateSchema, readCallback, type CallbackState } from "../broker/callbacks.js";
 import type { BrokerConnection } from "../broker/connection.js";
 import { isCasConflict } from "../broker/nats-errors.js";
 import { CALLBACKS_CONSUMER } from "../broker/provision.js";
@@ -25,60 +24,8 @@ import { TERMINAL_STATES, stateEventSchema } from "../broker/schemas.js";
 import { EVENTS_STREAM } from "../broker/subjects.js";
 import type { Fleet } from "../client/fleet.js";
 
-export const CALLBACKS_BUCKET = "mars-callbacks";
 /** A callback attempt lasts at most POST_TIMEOUT_MS (its message is kept alive before it starts). */
 const POST_TIMEOUT_MS = 10_000;
-
-export const callbackRequestSchema = z
-  .object({
-    url: z.url({ protocol: /^https?$/, error: "an http or https URL" }),
-    /** Signing secret (at least 16 characters); one is made and returned when none is given. */
-    secret: z.string().min(16).max(256).optional(),
-  })
-  .strict();
-
-export const callbackStateSchema = z.object({
-  url: z.string(),
-  secret: z.string(),
-  attempts: z.array(
-    z.object({ at: z.number(), status: z.number().int().optional(), error: z.string().optional() }),
-  ),
-  delivered: z.boolean().default(false),
-  gaveUp: z.boolean().default(false),
-});
-export type CallbackState = z.infer<typeof callbackStateSchema>;
-
-/** What the job's record shows of its callback (never the secret). */
-export function publicCallback(c: CallbackState): Omit<CallbackState, "secret"> {
-  const { secret: _secret, ...rest } = c;
-  return rest;
-}
-
-/** Register a job's callback (before it is submitted, so no final state can come first). */
-export async function registerCallback(
-  kv: KV,
-  jobId: string,
-  req: z.infer<typeof callbackRequestSchema>,
-): Promise<string> {
-  const secret = req.secret ?? randomBytes(24).toString("base64url");
-  const state: CallbackState = { url: req.url, secret, attempts: [], delivered: false, gaveUp: false };
-  try {
-    await kv.create(jobId, encode(state));
-  } catch (err) {
-    // Registered already (an idempotent resubmit): the first registration stands.
-    if (!isCasConflict(err)) throw err;
-    const e = await kv.get(jobId);
-    if (e && e.operation === "PUT") return decode(callbackStateSchema, e.value, "callback").secret;
-  }
-  return secret;
-}
-
-export async function readCallback(kv: KV, jobId: string): Promise<CallbackState | undefined> {
-  const e = await kv.get(jobId);
-  return e && e.operation === "PUT" && e.length > 0
-    ? decode(callbackStateSchema, e.value, "callback")
-    : undefined;
-}
 
 export interface CallbackOptions {
   /** First retry delay; doubles with each failed attempt, at most 5 minutes. */

@@ -10,16 +10,10 @@ import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
 import { bucketKeys } from "../broker/stream-reads.js";
+import { API_KEYS_BUCKET, kvSubject } from "../broker/subjects.js";
 import { hasValidSignature, signatureSchema, type RecordAuthority } from "../broker/signing.js";
 import { ConfigError } from "../core/errors.js";
 
-export const API_KEYS_BUCKET = "mars-api-keys";
-/**
- * Jobs submitted through the API, kept ten times as long as job records, so that one whose record
- * expired answers 410 Gone, not 404: `{user, submittedAt}` under the job id.
- */
-export const API_JOBS_BUCKET = "mars-api-jobs";
-export const API_JOBS_RETENTION_FACTOR = 10;
 export const API_ROLES = ["user", "admin"] as const;
 export type ApiRole = (typeof API_ROLES)[number];
 
@@ -76,9 +70,9 @@ export class ApiKeys {
 
   /** Forget a cached key the moment its entry changes (a revocation takes effect at once). */
   follow(nc: NatsConnection): void {
-    this.sub = nc.subscribe(`$KV.${API_KEYS_BUCKET}.*`, {
+    this.sub = nc.subscribe(kvSubject(API_KEYS_BUCKET, "*"), {
       callback: (_err, msg) => {
-        const id = msg.subject.slice(`$KV.${API_KEYS_BUCKET}.`.length);
+        const id = msg.subject.slice(kvSubject(API_KEYS_BUCKET, "").length);
         for (const [token, v] of this.verified) if (v.principal.keyId === id) this.verified.delete(token);
       },
     });

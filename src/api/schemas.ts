@@ -4,7 +4,7 @@
  */
 import { z } from "zod";
 import { JOB_STATES, jobRecordSchema, workerInfoSchema } from "../broker/schemas.js";
-import { callbackRequestSchema, callbackStateSchema } from "./callbacks.js";
+import { callbackRequestSchema, callbackStateSchema } from "../broker/callbacks.js";
 
 const requestObject = z.record(
   z.string(),

@@ -20,14 +20,10 @@ import { silentLogger } from "../core/logging.js";
 import { activeLanes, laneCounts } from "../qos/lane-counts.js";
 import { formatDuration } from "../core/time.js";
 import { resolveInside } from "../runner/target.js";
-import { API_JOBS_BUCKET, ApiKeys, type Principal } from "./keys.js";
-import {
-  CALLBACKS_BUCKET,
-  CallbackSender,
-  publicCallback,
-  readCallback,
-  type CallbackOptions,
-} from "./callbacks.js";
+import { ApiKeys, type Principal } from "./keys.js";
+import { API_JOBS_BUCKET, CALLBACKS_BUCKET } from "../broker/subjects.js";
+import { publicCallback, readCallback } from "../broker/callbacks.js";
+import { CallbackSender, type CallbackOptions } from "./callbacks.js";
 import { openApiDocument, docsPage } from "./openapi.js";
 import {
   HttpProblem,

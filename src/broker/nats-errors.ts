@@ -4,8 +4,6 @@
  * stream, a payload over max_payload, a closed connection, a permission).
  */
 import { JetStreamApiError } from "@nats-io/jetstream";
-// The public entry does not export JetStreamNotEnabled, which a publish no stream takes throws.
-import { jserrors } from "@nats-io/jetstream/internal";
 import { errors } from "@nats-io/transport-node";
 
 /** JetStream API error codes used here (nats-server's `JS*Err` codes). */
@@ -64,11 +62,13 @@ export function isClosed(err: unknown): boolean {
 
 /** A JetStream publish that no stream took (`no responders`): the topology is missing, or JetStream is starting. */
 export function isNoStream(err: unknown): boolean {
-  return (
-    err instanceof errors.NoRespondersError ||
-    (err instanceof errors.RequestError && err.isNoResponders()) ||
-    err instanceof jserrors.JetStreamNotEnabled
-  );
+  // "No responders", as such or as the cause of the JetStream client's own error for it
+  // (JetStreamNotEnabled, which the client's public entry does not export).
+  for (let e: unknown = err; e instanceof Error; e = e.cause) {
+    if (e instanceof errors.NoRespondersError || (e instanceof errors.RequestError && e.isNoResponders()))
+      return true;
+  }
+  return false;
 }
 
 /** The connection's permissions do not allow the subject (its role may not do this). */

@@ -22,8 +22,6 @@ import { connectWithConfig, type BrokerConnection } from "./connection.js";
 import { isAlreadyExists, isCreatedConcurrently, isNotFound, isPermissionDenied } from "./nats-errors.js";
 import { BrokerError, TopologyMissingError } from "../core/errors.js";
 import { RESULTS_MAX_AGE_MS } from "./results.js";
-import { API_JOBS_BUCKET, API_JOBS_RETENTION_FACTOR, API_KEYS_BUCKET } from "../api/keys.js";
-import { CALLBACKS_BUCKET } from "../api/callbacks.js";
 import { MINUTE } from "../core/time.js";
 import {
   DEAD_STREAM,
@@ -35,6 +33,10 @@ import {
   WORKERS_BUCKET,
   consumerName,
   subjects,
+  API_JOBS_BUCKET,
+  API_JOBS_RETENTION_FACTOR,
+  API_KEYS_BUCKET,
+  CALLBACKS_BUCKET,
 } from "./subjects.js";
 
 export const DUPLICATE_WINDOW = 15 * MINUTE;

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { BrokerError, MarsFleetError, PermissionDeniedError } from "../core/errors.js";
+import { BrokerError, MarsFleetError, PermissionDeniedError, TopologyMissingError } from "../core/errors.js";
 import { errorKind, isTopologyMissing, permissionViolation } from "./nats-errors.js";
 
 /** How long a publish that no stream takes is retried (JetStream may be starting) before it is final. */
@@ -56,8 +56,12 @@ function deniedError(err: unknown, what: string | undefined): PermissionDeniedEr
   );
 }
 
-function brokerError(err: unknown, kind: string, final: boolean, what: string | undefined): BrokerError {
+function brokerError(err: unknown, kind: string, final: boolean, what: string | undefined): MarsFleetError {
   const cause = err instanceof Error ? err : new Error(String(err));
+  // A stream or consumer gone for good (deleted, never made): the same error as at start.
+  if (final && kind === "no-stream")
+    return new TopologyMissingError([`a stream for ${what ?? "this subject"}`], err);
+  if (final && isTopologyMissing(err)) return new TopologyMissingError([cause.message], err);
   const doing = what ? `could not ${what}: ` : "";
   const reason =
     kind === "no-stream"

@@ -12,10 +12,11 @@ import {
   RESULTS_BUCKET,
   WORKERS_BUCKET,
   RECORD_KEYS,
+  API_JOBS_BUCKET,
+  API_KEYS_BUCKET,
+  CALLBACKS_BUCKET,
   subjects,
 } from "./subjects.js";
-import { API_JOBS_BUCKET, API_KEYS_BUCKET } from "../api/keys.js";
-import { CALLBACKS_BUCKET } from "../api/callbacks.js";
 import { CALLBACKS_CONSUMER } from "./provision.js";
 
 export const ROLES = ["admin", "worker", "submitter", "observer"] as const;

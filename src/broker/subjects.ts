@@ -27,6 +27,35 @@ export const QOS_BUCKET = "mars-qos";
 export const QOS_RULES_KEY = "rules";
 /** Results delivered through the broker (object store), for clients without the shared filesystem. */
 export const RESULTS_BUCKET = "mars-results";
+/** API keys of the HTTP face, under their id (signed by the admin: broker/signing.ts). */
+export const API_KEYS_BUCKET = "mars-api-keys";
+/**
+ * Jobs submitted through the API, kept ten times as long as job records, so that one whose record
+ * expired answers 410 Gone, not 404: `{user, submittedAt}` under the job id.
+ */
+export const API_JOBS_BUCKET = "mars-api-jobs";
+export const API_JOBS_RETENTION_FACTOR = 10;
+/** The API's completion callbacks: `{url, secret, attempts, delivered, gaveUp}` under the job id. */
+export const CALLBACKS_BUCKET = "mars-callbacks";
+
+/** The subject a KV bucket's key is written on (what a put publishes, what a watch hears). */
+export function kvSubject(bucket: string, key: string): string {
+  return `$KV.${bucket}.${key}`;
+}
+
+/** The JetStream API and ack subjects the fleet sends on itself (the client library sends the rest). */
+export const jsApi = {
+  /** A pull request to a consumer. */
+  msgNext: (stream: string, consumer: string): string => `$JS.API.CONSUMER.MSG.NEXT.${stream}.${consumer}`,
+  /** A stream's message get (by sequence, last or next of a subject). */
+  msgGet: (stream: string): string => `$JS.API.STREAM.MSG.GET.${stream}`,
+};
+
+/** The delivery info in a JetStream ack subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<seq>...`), or undefined. */
+export function ackTokens(reply: string): string[] | undefined {
+  const t = reply.split(".");
+  return t[0] === "$JS" && t[1] === "ACK" ? t : undefined;
+}
 
 const TOKEN = /^[A-Za-z0-9_-]+$/;
 

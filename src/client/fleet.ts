@@ -18,7 +18,14 @@ import {
   type Submitter,
   type WorkerInfo,
 } from "../broker/schemas.js";
-import { JOBS_STREAM, WORKERS_BUCKET, consumerName, isToken, subjects } from "../broker/subjects.js";
+import {
+  CALLBACKS_BUCKET,
+  JOBS_STREAM,
+  WORKERS_BUCKET,
+  consumerName,
+  isToken,
+  subjects,
+} from "../broker/subjects.js";
 import { loadConfig, type FleetConfig } from "../config/load.js";
 import {
   BrokerError,
@@ -29,7 +36,7 @@ import {
   type MarsFleetError,
 } from "../core/errors.js";
 import { Kvm } from "@nats-io/kv";
-import { CALLBACKS_BUCKET, callbackRequestSchema, registerCallback } from "../api/callbacks.js";
+import { callbackRequestSchema, registerCallback } from "../broker/callbacks.js";
 import { deniedBy, factsOf, laneOf, queuedJobSchema } from "../qos/evaluate.js";
 import { explainWait } from "../qos/explain.js";
 import { laneCounts, laneHead } from "../qos/lane-counts.js";

@@ -6,7 +6,7 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { JOBS_STREAM, laneOfConsumer, subjects } from "../broker/subjects.js";
+import { JOBS_STREAM, jsApi, laneOfConsumer, subjects } from "../broker/subjects.js";
 
 export interface LaneCount {
   queued: number;
@@ -57,7 +57,7 @@ const msgGetSchema = z.object({ message: z.object({ data: z.string().optional() 
 /** The next queued job message of a lane (its body), or undefined when there is none. */
 export async function laneHead(nc: NatsConnection, queue: string, lane: string): Promise<unknown> {
   const body = JSON.stringify({ next_by_subj: subjects.lane(queue, lane), seq: 0 });
-  const reply = await nc.request(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, new TextEncoder().encode(body));
+  const reply = await nc.request(jsApi.msgGet(JOBS_STREAM), new TextEncoder().encode(body));
   const parsed = msgGetSchema.safeParse(JSON.parse(new TextDecoder().decode(reply.data)));
   if (!parsed.success || parsed.data.message.data === undefined) return undefined; // none (an error reply)
   return JSON.parse(Buffer.from(parsed.data.message.data, "base64").toString("utf8"));

@@ -11,7 +11,7 @@ import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
 import { isCasConflict } from "../broker/nats-errors.js";
 import { bucketKeys, replayStored } from "../broker/stream-reads.js";
-import { QOS_BUCKET, QOS_RULES_KEY } from "../broker/subjects.js";
+import { QOS_BUCKET, QOS_RULES_KEY, kvSubject } from "../broker/subjects.js";
 import { BrokerError, ConfigError } from "../core/errors.js";
 import { hasValidSignature, signatureSchema, type RecordAuthority } from "../broker/signing.js";
 import type { LimitSlot } from "./evaluate.js";
@@ -28,7 +28,7 @@ export const storedRulesSchema = z.object({
 });
 export type StoredRules = z.infer<typeof storedRulesSchema>;
 
-const kvSubject = (key: string): string => `$KV.${QOS_BUCKET}.${key}`;
+const qosSubject = (key: string): string => kvSubject(QOS_BUCKET, key);
 const SLOTS_PREFIX = "slots.";
 const MAX_CAS_TRIES = 20;
 /** How long the watch gets to show an unacknowledged give-back before it is made again, acknowledged. */
@@ -59,7 +59,7 @@ export async function readRules(src: RulesSource, log: Logger): Promise<StoredRu
   const latest = isLive(entry) ? parseSigned(src.authority, entry.value) : undefined;
   if (latest || entry === null || src.authority.trustKey === undefined) return latest;
   let kept: StoredRules | undefined;
-  for await (const m of replayStored(src.jsm, `KV_${QOS_BUCKET}`, kvSubject(QOS_RULES_KEY))) {
+  for await (const m of replayStored(src.jsm, `KV_${QOS_BUCKET}`, qosSubject(QOS_RULES_KEY))) {
     if (m.seq >= entry.revision) break;
     kept = parseSigned(src.authority, m.data) ?? kept;
   }
@@ -116,7 +116,7 @@ export class RulesFollower {
 
   static async start(nc: NatsConnection, src: RulesSource, log: Logger): Promise<RulesFollower> {
     const f = new RulesFollower(src, log);
-    f.sub = nc.subscribe(kvSubject(QOS_RULES_KEY), { callback: () => f.refresh() });
+    f.sub = nc.subscribe(qosSubject(QOS_RULES_KEY), { callback: () => f.refresh() });
     void (async () => {
       for await (const s of nc.status()) if (s.type === "reconnect") f.refresh();
     })();
@@ -380,7 +380,7 @@ export class SlotTable {
       const next = without(known.holders, holder.job);
       const h = headers();
       h.set("Nats-Expected-Last-Subject-Sequence", String(known.revision));
-      nc.publish(kvSubject(SLOTS_PREFIX + slot.key), JSON.stringify(next), { headers: h });
+      nc.publish(qosSubject(SLOTS_PREFIX + slot.key), JSON.stringify(next), { headers: h });
       this.confirmLater(slot, holder, known.revision);
     }
     if (rest.length > 0) await this.release(rest, holder);

@@ -7,7 +7,7 @@
 import { readdir, stat } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import type { JetStreamClient } from "@nats-io/jetstream";
-import type { JobMsg } from "./pull.js";
+import type { JobMsg } from "../broker/pull.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";

@@ -1,5 +1,5 @@
 /** One message from the work queue: garbage is terminated and dead-lettered; a job runs as a JobAttempt. */
-import type { JobMsg } from "./pull.js";
+import type { JobMsg } from "../broker/pull.js";
 import { decode } from "../broker/codec.js";
 import { JobEventPublisher } from "../broker/events.js";
 import { jobMessageSchema, type JobMessage } from "../broker/schemas.js";

@@ -34,7 +34,7 @@ import { limitFull } from "../qos/explain.js";
 import { laneMessages } from "../qos/lane-counts.js";
 import { isLimit, withFleetCap, type QosRules } from "../qos/rules.js";
 import type { Holder, RulesFollower, SlotTable } from "../qos/store.js";
-import { Puller, type JobMsg } from "./pull.js";
+import { Puller, type JobMsg } from "../broker/pull.js";
 
 /** How often the worker counts what the server holds per lane (catches jobs it did not hear of). */
 export const COUNT_EVERY_MS = 1000;

@@ -16,7 +16,7 @@ import { JobStore } from "../broker/records.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerMetrics } from "./metrics.js";
 import { TERMINAL_STATES, type JobMessage, type WorkerInfo, type WorkerState } from "../broker/schemas.js";
-import type { JobMsg } from "./pull.js";
+import type { JobMsg } from "../broker/pull.js";
 import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
 import { deniedBy, factsOf } from "../qos/evaluate.js";
 import { RulesFollower, SlotTable } from "../qos/store.js";

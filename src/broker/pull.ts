@@ -12,7 +12,7 @@ import {
   type Subscription,
 } from "@nats-io/transport-node";
 import { BrokerError } from "../core/errors.js";
-import { JOBS_STREAM } from "../broker/subjects.js";
+import { JOBS_STREAM, ackTokens, jsApi } from "./subjects.js";
 
 /** What the worker needs of a delivered job message. */
 export interface JobMsg {
@@ -60,8 +60,8 @@ class PulledMsg implements JobMsg {
  * <consumer seq>.<time>.<pending>`, or the newer form with domain and account hash before the stream.
  */
 export function parseAckSubject(reply: string): JobMsg["info"] | undefined {
-  const t = reply.split(".");
-  if (t[0] !== "$JS" || t[1] !== "ACK") return undefined;
+  const t = ackTokens(reply);
+  if (!t) return undefined;
   const at = t.length === 9 ? 4 : t.length >= 11 ? 6 : -1;
   if (at < 0) return undefined;
   const n = (i: number): number => Number(t[at + i]);
@@ -120,7 +120,7 @@ export class Puller {
       this.current = { token, consumer, want: batch, got: [], done: end };
       const ask = waitMs === undefined ? { batch, no_wait: true } : { batch, expires: waitMs * 1_000_000 };
       const body = encoder.encode(JSON.stringify(ask));
-      this.nc.publish(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.${consumer}`, body, {
+      this.nc.publish(jsApi.msgNext(JOBS_STREAM, consumer), body, {
         reply: `${this.inbox}.${token}`,
       });
     });
