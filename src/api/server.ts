@@ -17,7 +17,6 @@ import type { JobHandle } from "../client/job.js";
 import type { FleetConfig } from "../config/load.js";
 import { MarsFleetError, asFleetError, type ErrorCode } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
-import { activeLanes, laneCounts } from "../qos/lane-counts.js";
 import { formatDuration } from "../core/time.js";
 import { resolveInside } from "../runner/target.js";
 import { ApiKeys, type Principal } from "./keys.js";
@@ -405,27 +404,17 @@ function routes(
 
   app.get("/v1/queues", async (req) => {
     const p = req.principal!;
-    const names = new Set([config.queue, ...(await fleet.workers()).map((w) => w.queue)]);
+    const queues = await fleet.queues();
+    if (p.role === "admin") return { queues: queues.map(({ laneCount: _, ...q }) => q) };
     // A user key sees its own jobs' counts, from its records: never another user's lane.
-    const mine =
-      p.role === "admin" ? [] : (await fleet.jobs()).filter((r) => r.environ["user_id"] === p.user);
-    const queues = [];
-    for (const queue of [...names].sort()) {
-      if (p.role !== "admin") {
+    const mine = (await fleet.jobs()).filter((r) => r.environ["user_id"] === p.user);
+    return {
+      queues: queues.map(({ queue }) => {
         const own = mine.filter((r) => r.queue === queue);
         const queued = own.filter((r) => r.state === "queued" || r.state === "retrying").length;
-        queues.push({ queue, queued, running: own.filter((r) => r.state === "running").length, lanes: [] });
-        continue;
-      }
-      const lanes = activeLanes(await laneCounts(fleet.connection.jsm, queue));
-      queues.push({
-        queue,
-        queued: lanes.reduce((n, l) => n + l.queued, 0),
-        running: lanes.reduce((n, l) => n + l.running, 0),
-        lanes,
-      });
-    }
-    return { queues };
+        return { queue, queued, running: own.filter((r) => r.state === "running").length, lanes: [] };
+      }),
+    };
   });
 
   app.get("/openapi.json", async () => openApiDocument());

@@ -11,7 +11,7 @@ import type { FleetConfig } from "../config/load.js";
 import { ConfigError, errorFromRecord } from "../core/errors.js";
 import { AUTH_CONF, TRUST_KEY_FILE, generateAuth } from "../broker/credentials.js";
 import { inboxPrefixFor } from "../broker/auth.js";
-import { laneCounts } from "../qos/lane-counts.js";
+import { queueSummary } from "../qos/lane-counts.js";
 import { formatDuration } from "../core/time.js";
 import { EXIT, ProgressDisplay, exitCodeFor, showJobEvent } from "./output.js";
 import { parseEnviron, readRequestFile } from "./request-file.js";
@@ -269,7 +269,7 @@ export async function brokerCommand(
     const consumer = await conn.jsm.consumers
       .info(JOBS_STREAM, consumerName(config.queue))
       .catch(() => undefined); // a missing consumer is shown as missing
-    const lanes = consumer ? [...(await laneCounts(conn.jsm, config.queue)).values()] : [];
+    const summary = consumer ? await queueSummary(conn.jsm, config.queue) : undefined;
     const info = {
       streams: streams
         .filter(Boolean)
@@ -277,9 +277,9 @@ export async function brokerCommand(
       consumer: consumer && {
         name: consumer.name,
         // Summed over the queue's lanes (the lane-less consumer included).
-        pending: lanes.reduce((n, l) => n + l.queued, 0),
-        running: lanes.reduce((n, l) => n + l.inFlight, 0),
-        lanes: lanes.length,
+        pending: summary?.queued ?? 0,
+        running: summary?.running ?? 0,
+        lanes: summary?.laneCount ?? 0,
         redelivered: consumer.num_redelivered,
         maxAckPending: consumer.config.max_ack_pending,
       },

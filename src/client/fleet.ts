@@ -39,7 +39,7 @@ import { Kvm } from "@nats-io/kv";
 import { callbackRequestSchema, registerCallback } from "../broker/callbacks.js";
 import { deniedBy, factsOf, laneOf, queuedJobSchema } from "../qos/evaluate.js";
 import { explainWait } from "../qos/explain.js";
-import { laneCounts, laneHead } from "../qos/lane-counts.js";
+import { laneCounts, laneHead, queueSummary, type QueueSummary } from "../qos/lane-counts.js";
 import { withFleetCap } from "../qos/rules.js";
 import { RulesFollower, SlotTable } from "../qos/store.js";
 import { LiveWorkers } from "./live-workers.js";
@@ -338,6 +338,12 @@ export class Fleet {
     return all
       .filter((r) => filter.state === undefined || r.state === filter.state)
       .sort((a, b) => b.submittedAt - a.submittedAt);
+  }
+
+  /** Each queue this client or a live worker serves: its jobs queued and running, per lane. */
+  async queues(): Promise<QueueSummary[]> {
+    const names = new Set([this.config.queue, ...(await this.workers()).map((w) => w.queue)]);
+    return Promise.all([...names].sort().map((q) => queueSummary(this.conn.jsm, q)));
   }
 
   /** Live workers (entries expire when a worker stops heart-beating). */

@@ -71,3 +71,26 @@ export function activeLanes(
     .filter(([, c]) => c.queued + c.inFlight > 0)
     .map(([lane, c]) => ({ lane: lane === "" ? "(none)" : lane, queued: c.queued, running: c.inFlight }));
 }
+
+/** A queue as people read it: its jobs queued and running, in all and per lane holding any. */
+export interface QueueSummary {
+  queue: string;
+  queued: number;
+  running: number;
+  lanes: Array<{ lane: string; queued: number; running: number }>;
+  /** How many lanes the server knows now (with jobs, or with a consumer; the lane-less one included). */
+  laneCount: number;
+}
+
+/** One queue's summary, from what the server holds (what `broker info`, the API and the dashboard show). */
+export async function queueSummary(jsm: JetStreamManager, queue: string): Promise<QueueSummary> {
+  const counts = await laneCounts(jsm, queue);
+  const lanes = activeLanes(counts);
+  return {
+    queue,
+    queued: lanes.reduce((n, l) => n + l.queued, 0),
+    running: lanes.reduce((n, l) => n + l.running, 0),
+    lanes,
+    laneCount: counts.size,
+  };
+}
