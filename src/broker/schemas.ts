@@ -40,7 +40,9 @@ export const jobMessageSchema = z.object({
   target: z.string().min(1),
   environ: environSchema,
   timeoutMs: z.number().int().min(0).default(0),
+  /** The job's retry policy (broker/retry-policy.ts): attempts in all, and the delay unit. */
   maxAttempts: z.number().int().min(1).optional(),
+  retryDelayMs: z.number().int().min(0).optional(),
   submittedAt: z.number(),
   /** Where the result goes: the shared root (default), or the results object store. */
   deliver: z.enum(["share", "objectstore"]).default("share"),

@@ -50,6 +50,7 @@ import { toRequests, type MarsRequestInput } from "./request-input.js";
 import { checkEnviron } from "../runner/runner.js";
 import { checkJobMarsEnv, type JobMarsEnv } from "../mars/environment.js";
 import { untilAborted } from "../core/abort.js";
+import { checkRetry, type RetryPolicy } from "../broker/retry-policy.js";
 
 export interface FleetConnectOptions {
   /** A loaded configuration; default: loadConfig() with `overrides`. */
@@ -70,6 +71,8 @@ export interface SubmitOptions {
   timeoutMs?: number;
   /** Idempotency key: the same id within the jobs bucket returns the existing job, never a second run. */
   requestId?: string;
+  /** This job's retry policy; default: the configuration's max_retries and retry_delay. */
+  retry?: Partial<RetryPolicy>;
   /**
    * Give up submitting when this aborts: nothing is created if it aborts before the job's record
    * is; once that is being written, submit completes, so that no half-made job is left behind.
@@ -169,6 +172,7 @@ export class Fleet {
       deliver === "objectstore" ? `.objects/${id}.grib` : this.targetFor(opts.targetDir, opts.targetFname);
     const environ = opts.environ ?? {};
     checkEnviron(environ);
+    if (opts.retry) checkRetry(opts.retry);
     const queue = opts.queue ?? this.config.queue;
     const now = Date.now();
     const message: JobMessage = {
@@ -179,7 +183,8 @@ export class Fleet {
       target,
       environ,
       timeoutMs: opts.timeoutMs ?? this.config.jobTimeout,
-      maxAttempts: this.config.maxRetries,
+      maxAttempts: opts.retry?.maxAttempts ?? this.config.maxRetries,
+      retryDelayMs: opts.retry?.delayMs ?? this.config.retryDelay,
       submittedAt: now,
       deliver,
       ...(opts.marsEnv && { marsEnv: checkJobMarsEnv(opts.marsEnv) }),

@@ -8,6 +8,7 @@ import { readdir, stat } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { JobMsg } from "../broker/pull.js";
+import { afterFailure, policyOf } from "../broker/retry-policy.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
@@ -392,13 +393,14 @@ export class JobAttempt {
    */
   private failure(error: MarsFleetError, final: boolean): Settlement {
     const { attempt } = this;
-    const { maxAttempts, retryDelayMs } = this.ctx;
+    const policy = policyOf(this.job, { maxAttempts: this.ctx.maxAttempts, delayMs: this.ctx.retryDelayMs });
     const record = this.recordWithoutRoot(error.toRecord());
-    if (error.code === "JOB_CANCELLED") return { state: "cancelled", settle: "term", error: record };
-    if (final) return { state: "failed", settle: "term", error: { ...record, retryable: false } };
-    if (attempt < maxAttempts) {
-      return { state: "retrying", settle: "nak", nakDelayMs: retryDelayMs * attempt, error: record };
-    }
+    const verdict = afterFailure({ code: error.code, retryable: error.retryable && !final }, attempt, policy);
+    if (verdict.kind === "cancelled") return { state: "cancelled", settle: "term", error: record };
+    if (verdict.kind === "retry")
+      return { state: "retrying", settle: "nak", nakDelayMs: verdict.delayMs, error: record };
+    if (verdict.final === "error")
+      return { state: "failed", settle: "term", error: { ...record, retryable: false } };
     const last = new JobFailedError(`failed after ${attempt} attempts; last: ${record.message}`, {
       ...record.details,
       lastCode: error.code,
