@@ -10,7 +10,7 @@ import { randomBytes } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import { encode } from "./codec.js";
-import { withRetry } from "./retry.js";
+import { withRetry } from "./transient.js";
 import type { LogBatch, ProgressEvent, StateEvent } from "./schemas.js";
 import { subjects } from "./subjects.js";
 

@@ -11,7 +11,7 @@ import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node"
 import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError } from "../core/errors.js";
 import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
-import { withRetry } from "./retry.js";
+import { withRetry } from "./transient.js";
 import { bucketKeys, replayStored } from "./stream-reads.js";
 import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
 import { JOBS_BUCKET, RECORD_KEYS } from "./subjects.js";

@@ -11,7 +11,7 @@ import { Objm, type ObjectStore } from "@nats-io/obj";
 import { z } from "zod";
 import { BrokerError } from "../core/errors.js";
 import { decode } from "./codec.js";
-import { withRetry } from "./retry.js";
+import { withRetry } from "./transient.js";
 import { replayStored } from "./stream-reads.js";
 import { RESULTS_BUCKET } from "./subjects.js";
 

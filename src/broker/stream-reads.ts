@@ -8,7 +8,7 @@
  * all; what they read, they read with these.
  */
 import type { JetStreamManager, MsgRequest, StoredMsg } from "@nats-io/jetstream";
-import { withRetry } from "./retry.js";
+import { withRetry } from "./transient.js";
 
 /** The subjects of `stream` matching `filter` that hold a message now (a bucket's live keys). */
 export async function subjectsOf(jsm: JetStreamManager, stream: string, filter: string): Promise<string[]> {

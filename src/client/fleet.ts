@@ -6,7 +6,7 @@ import { decode, encode } from "../broker/codec.js";
 import type { BrokerConnection } from "../broker/connection.js";
 import { connectProvisioned, type ProvisionReport } from "../broker/provision.js";
 import { JobStore } from "../broker/records.js";
-import { withRetry } from "../broker/retry.js";
+import { withRetry } from "../broker/transient.js";
 import { bucketKeys } from "../broker/stream-reads.js";
 import {
   PROTOCOL_VERSION,

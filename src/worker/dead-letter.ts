@@ -9,7 +9,7 @@ import type { Logger } from "pino";
 import { z } from "zod";
 import { decode, encode } from "../broker/codec.js";
 import type { JobStore } from "../broker/records.js";
-import { withRetry } from "../broker/retry.js";
+import { withRetry } from "../broker/transient.js";
 import { jobMessageSchema, TERMINAL_STATES, type DeadLetter } from "../broker/schemas.js";
 import { JOBS_STREAM, queueOfSubject, subjects } from "../broker/subjects.js";
 import { JobFailedError } from "../core/errors.js";

@@ -1,3 +1,8 @@
+/**
+ * Broker operations through transient trouble: a request lost in a server restart or a leader
+ * election is made again until a deadline; a final error ends it at once. (Not the retry of a job:
+ * that is the job's own policy, broker/retry-policy.ts.)
+ */
 import { setTimeout as sleep } from "node:timers/promises";
 import { BrokerError, MarsFleetError, PermissionDeniedError, TopologyMissingError } from "../core/errors.js";
 import { errorKind, isTopologyMissing, permissionViolation } from "./nats-errors.js";
