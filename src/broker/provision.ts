@@ -233,6 +233,40 @@ function ensureConsumer(
   return ensureExists(what, report, look, () => jsm.consumers.add(stream, cfg), isAlreadyExists);
 }
 
+/**
+ * Every bucket and object store of the topology, with its settings: provisioning makes them from
+ * this table, and the roles (roles.ts) grant access to them from it.
+ */
+export const BUCKETS: ReadonlyArray<
+  | { name: string; kind: "kv"; settings: (t: TopologyOptions) => { history: number; ttl?: number } }
+  | { name: string; kind: "obj" }
+> = [
+  { name: JOBS_BUCKET, kind: "kv", settings: (t) => ({ history: 5, ttl: t.retentionMs }) },
+  { name: WORKERS_BUCKET, kind: "kv", settings: (t) => ({ history: 1, ttl: workerTtlMs(t.heartbeatMs) }) },
+  { name: QOS_BUCKET, kind: "kv", settings: () => ({ history: 5 }) },
+  { name: API_KEYS_BUCKET, kind: "kv", settings: () => ({ history: 1 }) },
+  {
+    name: API_JOBS_BUCKET,
+    kind: "kv",
+    settings: (t) => ({ history: 1, ttl: t.retentionMs * API_JOBS_RETENTION_FACTOR }),
+  },
+  { name: CALLBACKS_BUCKET, kind: "kv", settings: (t) => ({ history: 1, ttl: t.retentionMs }) },
+  { name: RESULTS_BUCKET, kind: "obj" },
+];
+
+/** The stream behind a bucket or object store. */
+export function bucketStream(b: { name: string; kind: "kv" | "obj" }): string {
+  return `${b.kind === "kv" ? "KV" : "OBJ"}_${b.name}`;
+}
+
+/** Every stream of the topology, the buckets' included: what every process looks up at start. */
+export const FLEET_STREAMS: readonly string[] = [
+  JOBS_STREAM,
+  EVENTS_STREAM,
+  DEAD_STREAM,
+  ...BUCKETS.map(bucketStream),
+];
+
 /** The REST API's completion callbacks: its processes share this consumer of terminal states. */
 export const CALLBACKS_CONSUMER = "api-callbacks";
 /** After this, a callback attempt whose api process died is made again by another. */
@@ -319,37 +353,10 @@ export async function provision(
     for (const cfg of streamConfigs(t)) await ensureStream(jsm, cfg, report);
     await ensureConsumer(jsm, JOBS_STREAM, consumerConfig(t), report);
     await ensureConsumer(jsm, EVENTS_STREAM, callbacksConsumerConfig(), report);
-    await ensureBucket(
-      nc,
-      jsm,
-      JOBS_BUCKET,
-      { replicas: t.replicas, history: 5, ttl: t.retentionMs },
-      report,
-    );
-    await ensureBucket(
-      nc,
-      jsm,
-      WORKERS_BUCKET,
-      { replicas: t.replicas, history: 1, ttl: workerTtlMs(t.heartbeatMs) },
-      report,
-    );
-    await ensureBucket(nc, jsm, QOS_BUCKET, { replicas: t.replicas, history: 5 }, report);
-    await ensureBucket(nc, jsm, API_KEYS_BUCKET, { replicas: t.replicas, history: 1 }, report);
-    await ensureBucket(
-      nc,
-      jsm,
-      API_JOBS_BUCKET,
-      { replicas: t.replicas, history: 1, ttl: t.retentionMs * API_JOBS_RETENTION_FACTOR },
-      report,
-    );
-    await ensureBucket(
-      nc,
-      jsm,
-      CALLBACKS_BUCKET,
-      { replicas: t.replicas, history: 1, ttl: t.retentionMs },
-      report,
-    );
-    await ensureObjectStore(nc, jsm, RESULTS_BUCKET, t.replicas, report);
+    for (const b of BUCKETS) {
+      if (b.kind === "obj") await ensureObjectStore(nc, jsm, b.name, t.replicas, report);
+      else await ensureBucket(nc, jsm, b.name, { replicas: t.replicas, ...b.settings(t) }, report);
+    }
   } catch (err) {
     if (isPermissionDenied(err)) {
       throw new BrokerError(

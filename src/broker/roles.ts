@@ -17,7 +17,7 @@ import {
   CALLBACKS_BUCKET,
   subjects,
 } from "./subjects.js";
-import { CALLBACKS_CONSUMER } from "./provision.js";
+import { CALLBACKS_CONSUMER, FLEET_STREAMS } from "./provision.js";
 
 export const ROLES = ["admin", "worker", "submitter", "observer"] as const;
 export type Role = (typeof ROLES)[number];
@@ -39,18 +39,6 @@ export interface RolePermissions {
 
 const kvStream = (bucket: string): string => `KV_${bucket}`;
 const objStream = (bucket: string): string => `OBJ_${bucket}`;
-const FLEET_STREAMS = [
-  JOBS_STREAM,
-  EVENTS_STREAM,
-  DEAD_STREAM,
-  kvStream(JOBS_BUCKET),
-  kvStream(WORKERS_BUCKET),
-  kvStream(QOS_BUCKET),
-  kvStream(API_KEYS_BUCKET),
-  kvStream(API_JOBS_BUCKET),
-  kvStream(CALLBACKS_BUCKET),
-  objStream(RESULTS_BUCKET),
-];
 
 function p(subject: string, why: string, heardAs?: string[]): Permission {
   return { subject, why, ...(heardAs && { heardAs }) };
