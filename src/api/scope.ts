@@ -7,7 +7,7 @@ import { posix } from "node:path";
 import { isToken } from "../broker/subjects.js";
 import type { JobRecord } from "../broker/schemas.js";
 import { MarsFleetError, TargetError, type ErrorCode } from "../core/errors.js";
-import { checkFileName, resolveInside } from "../runner/target.js";
+import { jobTarget, resolveInside } from "../runner/target.js";
 import { lstat } from "node:fs/promises";
 import { STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";
@@ -93,26 +93,24 @@ export function userPrefix(user: string): string {
  * the root. A target that names a directory (`era5/`) is refused now, not when the job fails.
  */
 export function targetFor(
+  root: string,
   p: Principal,
   asked: string | undefined,
   id: string,
 ): { dir: string; file: string } {
-  const base = p.role === "admin" ? "" : userPrefix(p.user);
   const wanted = asked ?? `api/${id}.grib`;
   if (wanted.endsWith("/"))
     throw new TargetError(`target ${JSON.stringify(wanted)} is a directory: name the file`, {
       target: wanted,
     });
-  const rel = posix.normalize(wanted.replace(/^\/+/, ""));
-  if (rel === ".." || rel.startsWith("../") || rel === ".")
-    throw new TargetError(
-      `target ${JSON.stringify(wanted)} leaves ${base === "" ? "the shared root" : "your directory"}`,
-      {
-        target: wanted,
-      },
-    );
-  const full = base === "" ? rel : `${base}/${rel}`;
-  return { dir: posix.dirname(full), file: checkFileName(posix.basename(full)) };
+  // Relative to the key's own directory (a leading / is that directory's top).
+  const rel = wanted.replace(/^\/+/, "");
+  const target = jobTarget(root, {
+    dir: posix.dirname(rel),
+    file: posix.basename(rel),
+    within: p.role === "admin" ? undefined : userPrefix(p.user),
+  });
+  return { dir: posix.dirname(target), file: posix.basename(target) };
 }
 
 /**

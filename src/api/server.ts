@@ -245,7 +245,7 @@ function routes(
     if (environ["user_id"] === undefined) environ["user_id"] = p.user;
     const requestId = scopedRequestId(p, body.requestId ?? randomUUID());
     const id = jobIdFor(requestId);
-    const target = targetFor(p, body.target, id);
+    const target = targetFor(sharedRoot, p, body.target, id);
     await refuseDirectory(sharedRoot, target);
     const remember = async (user: string | undefined, submittedAt: number): Promise<void> => {
       await buckets.apiJobs.put(id, JSON.stringify({ user, submittedAt }));

@@ -1,6 +1,6 @@
 /** The fleet client: submit MARS jobs to the work queue, reattach to jobs, list jobs and workers. */
 import { createHash, randomUUID } from "node:crypto";
-import { isAbsolute, join, relative, resolve } from "node:path";
+import { resolve } from "node:path";
 import type { Logger } from "pino";
 import { decode, encode } from "../broker/codec.js";
 import type { BrokerConnection } from "../broker/connection.js";
@@ -44,7 +44,7 @@ import { withFleetCap } from "../qos/rules.js";
 import { RulesFollower, SlotTable } from "../qos/store.js";
 import { LiveWorkers } from "./live-workers.js";
 import { silentLogger } from "../core/logging.js";
-import { checkFileName, resolveInside } from "../runner/target.js";
+import { jobTarget } from "../runner/target.js";
 import { JobHandle, LiveEvents } from "./job.js";
 import { toRequests, type MarsRequestInput } from "./request-input.js";
 import { checkEnviron } from "../runner/runner.js";
@@ -149,10 +149,7 @@ export class Fleet {
 
   /** Path of a target relative to the shared root, rejecting anything outside it. */
   targetFor(targetDir: string | undefined, targetFname: string | undefined): string {
-    const root = resolve(this.config.sharedRoot);
-    const dir = targetDir === undefined ? root : isAbsolute(targetDir) ? targetDir : join(root, targetDir);
-    const full = resolveInside(root, join(dir, checkFileName(targetFname ?? "data.grib")));
-    return relative(root, full);
+    return jobTarget(this.config.sharedRoot, { dir: targetDir, file: targetFname });
   }
 
   /** Put a job on the queue. Validates everything first; returns the existing job for a known requestId. */

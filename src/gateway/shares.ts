@@ -12,7 +12,7 @@ import type { Fleet } from "../client/fleet.js";
 import type { JobHandle } from "../client/job.js";
 import { TargetError, asFleetError } from "../core/errors.js";
 import type { JobMarsEnv } from "../mars/environment.js";
-import { isDirectory, prepareTargetDir, resolveInside } from "../runner/target.js";
+import { isDirectory, jobTarget, prepareTargetDir, resolveInside } from "../runner/target.js";
 import { environStrings, parseSharesCommand, returnCode, type SharesStart } from "./wire.js";
 
 /** WebSocket close code for "policy violation": cads-mars-server's answer when over capacity. */
@@ -41,7 +41,8 @@ type Frame = Record<string, unknown>;
 export async function sharesTarget(sharedRoot: string, target: string): Promise<string> {
   if (!isAbsolute(target)) throw new TargetError(`Target ${target} is not an absolute path`, { target });
   const root = resolve(sharedRoot);
-  const full = resolveInside(root, target.replace(/^\/+/, ""));
+  const rel = target.replace(/^\/+/, "");
+  const full = resolveInside(root, jobTarget(root, { dir: dirname(rel), file: basename(rel) }));
   const dir = dirname(full);
   if (!(await isDirectory(dir))) throw new TargetError(`Workdir ${dir} does not exist`, { target });
   await prepareTargetDir(root, full); // no symbolic link may lead out of the root

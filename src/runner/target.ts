@@ -152,6 +152,34 @@ export function resolveInside(root: string, path: string): string {
   return full;
 }
 
+/** Where a job's result goes, as an entry point asks for it. */
+export interface TargetSpec {
+  /** Its directory: relative to `within` (or the root), or absolute and inside the root. Default: that. */
+  dir?: string | undefined;
+  /** Its file name, a plain one. Default `data.grib`. */
+  file?: string | undefined;
+  /** A directory under the root (relative to it) that the target must stay inside: a user's own. */
+  within?: string | undefined;
+}
+
+/** The file name a target gets when none is given (the adaptors' own default). */
+export const DEFAULT_TARGET_NAME = "data.grib";
+
+/**
+ * The target a job carries, from any entry point (library, CLI, API, gateways): a path relative to
+ * the shared root, inside it (and inside `within`), ending in a plain file name. Refuses anything
+ * else with TARGET_INVALID, naming neither the root nor any other server path.
+ */
+export function jobTarget(root: string, spec: TargetSpec): string {
+  const rootAbs = resolve(root);
+  const base = spec.within === undefined ? rootAbs : resolveInside(rootAbs, spec.within);
+  const dir = spec.dir === undefined ? base : isAbsolute(spec.dir) ? spec.dir : join(base, spec.dir);
+  const full = resolveInside(rootAbs, join(dir, checkFileName(spec.file ?? DEFAULT_TARGET_NAME)));
+  if (!within(base, full))
+    throw new TargetError(`target ${JSON.stringify(spec.dir ?? "")} leaves its directory`, { dir: spec.dir });
+  return relative(rootAbs, full);
+}
+
 function within(root: string, path: string): boolean {
   const rel = relative(root, path);
   return rel === "" || (!rel.startsWith("..") && !isAbsolute(rel));
