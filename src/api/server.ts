@@ -110,8 +110,8 @@ export interface ApiOptions {
   port: number;
   host?: string;
   logger?: Logger;
-  /** Completion callbacks: first retry delay and how long to keep trying (default 1 s, 1 h). */
-  callbacks?: CallbackOptions;
+  /** Completion callbacks, over the configuration's callback_backoff, callback_max_age and callback_allow. */
+  callbacks?: Partial<CallbackOptions>;
 }
 
 export interface ApiServer {
@@ -137,10 +137,10 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
       callbacksKv,
       fleet,
       {
-        backoffMs: 1000,
-        maxAgeMs: 3_600_000,
+        backoffMs: opts.config.callbackBackoff,
+        maxAgeMs: opts.config.callbackMaxAge,
+        allow: opts.config.callbackAllow,
         ...opts.callbacks,
-        allow: opts.callbacks?.allow ?? opts.config.callbackAllow,
       },
       log,
     );

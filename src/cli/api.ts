@@ -4,24 +4,13 @@ import { connectProvisioned } from "../broker/provision.js";
 import type { FleetConfig } from "../config/load.js";
 import { ConfigError } from "../core/errors.js";
 import { createLogger } from "../core/logging.js";
-import { parseDuration } from "../core/time.js";
 import { EXIT } from "./output.js";
 
-export async function serveApi(
-  config: FleetConfig,
-  port: number,
-  host: string,
-  callbacks: { backoff: string; maxAge: string },
-): Promise<number> {
-  const backoffMs = parseDuration(callbacks.backoff);
-  const maxAgeMs = parseDuration(callbacks.maxAge);
-  if (backoffMs === undefined || backoffMs <= 0)
-    throw new ConfigError(`--callback-backoff: not a duration: ${callbacks.backoff}`);
-  if (maxAgeMs === undefined)
-    throw new ConfigError(`--callback-max-age: not a duration: ${callbacks.maxAge}`);
+/** Serve the API until SIGTERM or SIGINT; its callback settings come from the configuration. */
+export async function serveApi(config: FleetConfig, port: number, host: string): Promise<number> {
   const { startApi } = await import("../api/server.js");
   const log = createLogger({ level: config.logLevel, name: "mars-fleet-api" });
-  const api = await startApi({ config, port, host, logger: log, callbacks: { backoffMs, maxAgeMs } });
+  const api = await startApi({ config, port, host, logger: log });
   process.stderr.write(`mars-fleet api listening on http://${host}:${api.port} (docs: /docs)\n`);
   await new Promise<void>((resolve) => {
     const stop = (): void => resolve();

@@ -322,13 +322,16 @@ export async function main(argv: string[]): Promise<void> {
           })
           .option("callback-backoff", {
             type: "string",
-            default: "1s",
-            describe: "first retry delay of a failed completion callback (doubles each time, at most 5 min)",
+            describe: "first retry delay of a failed completion callback (MARS_CALLBACK_BACKOFF, default 1s)",
           })
           .option("callback-max-age", {
             type: "string",
-            default: "1h",
-            describe: "how long completion callbacks are retried",
+            describe: "how long completion callbacks are retried (MARS_CALLBACK_MAX_AGE, default 1h)",
+          })
+          .option("callback-allow", {
+            type: "string",
+            describe:
+              "address ranges callbacks may reach although private (MARS_CALLBACK_ALLOW, CIDRs, comma separated)",
           })
           .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
       handle(async (a) => {
@@ -344,10 +347,7 @@ export async function main(argv: string[]): Promise<void> {
             a.json === true,
             configFrom(a),
           );
-        return api.serveApi(configFrom(a), a["port"] as number, a["host"] as string, {
-          backoff: a["callbackBackoff"] as string,
-          maxAge: a["callbackMaxAge"] as string,
-        });
+        return api.serveApi(configFrom(a), a["port"] as number, a["host"] as string);
       }),
     )
     .command(

@@ -28,6 +28,8 @@ export const configSchema = z
     tlsKey: z.string(),
     trustKey: z.string(),
     signingKey: z.string(),
+    callbackBackoff: durationMs.min(1),
+    callbackMaxAge: durationMs,
     callbackAllow: z.array(z.string()),
     useShares: z.boolean(),
     filterLogs: z.boolean(),

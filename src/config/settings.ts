@@ -84,6 +84,20 @@ export const SETTINGS = [
     help: "Admins: the nkey seed file that signs QoS rules and API keys (signing.nk from `broker auth`).",
   },
   {
+    key: "callbackBackoff",
+    env: "MARS_CALLBACK_BACKOFF",
+    kind: "duration",
+    default: 1 * SECOND,
+    help: "API: first retry delay of a failed completion callback (doubles each time, at most 5 min).",
+  },
+  {
+    key: "callbackMaxAge",
+    env: "MARS_CALLBACK_MAX_AGE",
+    kind: "duration",
+    default: 1 * HOUR,
+    help: "API: how long a completion callback is retried.",
+  },
+  {
     key: "callbackAllow",
     env: "MARS_CALLBACK_ALLOW",
     kind: "list",
