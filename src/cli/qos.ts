@@ -3,11 +3,7 @@ import { readFile } from "node:fs/promises";
 import { Fleet } from "../client/fleet.js";
 import type { FleetConfig } from "../config/load.js";
 import { ConfigError } from "../core/errors.js";
-import { silentLogger } from "../core/logging.js";
-import { laneLimits } from "../qos/evaluate.js";
-import { activeLanes, laneCounts } from "../qos/lane-counts.js";
 import { isDeny, isLimit, isPriority, parseRules, type Rule } from "../qos/rules.js";
-import { readRules, SlotTable, writeRules } from "../qos/store.js";
 import { EXIT } from "./output.js";
 
 function print(json: boolean, value: unknown, human: () => string): void {
@@ -32,17 +28,11 @@ export async function qosApply(
       },
     );
   }
-  const rules = parseRules(text, file); // throws QOS_RULES_INVALID with every line at fault
+  // An invalid file is refused before any connection (QOS_RULES_INVALID, every line at fault).
+  parseRules(text, file);
   const fleet = await Fleet.connect({ config });
   try {
-    const kv = await fleet.connection.qosKv();
-    const appliedBy = fleet.connection.identity;
-    const revision = await writeRules(kv, fleet.connection.authority, {
-      text,
-      rules,
-      appliedAt: Date.now(),
-      ...(appliedBy && { appliedBy }),
-    });
+    const { revision, rules } = await fleet.applyQosRules(text, file);
     print(
       json,
       { applied: true, revision, rules: rules.rules.length },
@@ -68,32 +58,9 @@ function describeRule(r: Rule): string {
 export async function qosShow(json: boolean, config: FleetConfig): Promise<number> {
   const fleet = await Fleet.connect({ config });
   try {
-    const kv = await fleet.connection.qosKv();
-    const stored = await readRules(
-      { kv, jsm: fleet.connection.jsm, authority: fleet.connection.authority },
-      silentLogger(),
-    );
-    const slots = new SlotTable(fleet.connection.jsm, kv, () => Promise.resolve(false), silentLogger());
-    const held = await slots.all();
-    const lanes = await laneCounts(fleet.connection.jsm, config.queue);
-    const workers = await fleet.workers();
-    const waiting = workers.flatMap((w) => (w.waiting ?? []).map((x) => ({ worker: w.id, ...x })));
-    const limits = [...held]
-      .filter(([, holders]) => holders.length > 0)
-      .map(([key, holders]) => ({ key, running: holders.length, jobs: holders.map((h) => h.job) }));
-    const laneRows = activeLanes(lanes);
-    // Limits the lanes' consumers hold: each lane's jobs in flight are its count (no job list).
-    for (const rule of stored ? laneLimits(stored.rules, config.queue) : [])
-      for (const l of laneRows.filter((row) => row.running > 0 && row.lane !== "(none)"))
-        limits.push({ key: `${rule.name}.${l.lane}`, running: l.running, jobs: [] });
-    const out = {
-      rules: stored?.rules ?? null,
-      appliedAt: stored?.appliedAt ?? null,
-      appliedBy: stored?.appliedBy ?? null,
-      limits,
-      lanes: laneRows,
-      waiting,
-    };
+    const out = await fleet.qosState(config.queue);
+    const { limits, lanes: laneRows, waiting } = out;
+    const stored = out.rules && { rules: out.rules, appliedAt: out.appliedAt!, appliedBy: out.appliedBy };
     print(json, out, () => {
       const lines: string[] = [];
       if (!stored) lines.push("no QoS rules applied: one lane per user, round-robin, no limits");

@@ -40,9 +40,10 @@ import { callbackRequestSchema, registerCallback } from "../broker/callbacks.js"
 import { deniedBy, factsOf, laneOf, queuedJobSchema } from "../qos/evaluate.js";
 import { explainWait } from "../qos/explain.js";
 import { laneCounts, laneHead, queueSummary, type QueueSummary } from "../qos/lane-counts.js";
-import { withFleetCap } from "../qos/rules.js";
+import { withFleetCap, type QosRules } from "../qos/rules.js";
 import { RulesFollower, SlotTable } from "../qos/store.js";
 import { LiveWorkers } from "./live-workers.js";
+import { applyQosRules, qosStateOf, type QosState } from "./qos.js";
 import { silentLogger } from "../core/logging.js";
 import { jobTarget } from "../runner/target.js";
 import { JobHandle, LiveEvents } from "./job.js";
@@ -346,6 +347,16 @@ export class Fleet {
   async queues(): Promise<QueueSummary[]> {
     const names = new Set([this.config.queue, ...(await this.workers()).map((w) => w.queue)]);
     return Promise.all([...names].sort().map((q) => queueSummary(this.conn.jsm, q)));
+  }
+
+  /** Validate QoS rules and put them in force (admin credentials; signed where the fleet has a trust key). */
+  applyQosRules(text: string, source = "rules"): Promise<{ revision: number; rules: QosRules }> {
+    return applyQosRules(this.conn, text, source);
+  }
+
+  /** The QoS rules in force and what they hold now, with `queue`'s lanes (default: this client's). */
+  async qosState(queue = this.config.queue): Promise<QosState> {
+    return qosStateOf(this.conn, queue, await this.workers());
   }
 
   /** Live workers (entries expire when a worker stops heart-beating). */

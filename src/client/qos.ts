@@ -1,0 +1,72 @@
+/**
+ * The QoS rules as the library applies and shows them (the CLI's `qos apply` and `qos show` print
+ * what these return): putting rules in force, and what they hold now.
+ */
+import type { BrokerConnection } from "../broker/connection.js";
+import type { WorkerInfo } from "../broker/schemas.js";
+import { silentLogger } from "../core/logging.js";
+import { laneLimits } from "../qos/evaluate.js";
+import { activeLanes, laneCounts } from "../qos/lane-counts.js";
+import { parseRules, type QosRules } from "../qos/rules.js";
+import { readRules, SlotTable, writeRules } from "../qos/store.js";
+
+/** The QoS rules in force and what they hold now. */
+export interface QosState {
+  rules: QosRules | null;
+  appliedAt: number | null;
+  appliedBy: string | null;
+  /** Each limit held now: `<rule>.<value>`, how many run under it, and which jobs (none for a lane-held one). */
+  limits: Array<{ key: string; running: number; jobs: string[] }>;
+  /** The queue's lanes holding jobs. */
+  lanes: Array<{ lane: string; queued: number; running: number }>;
+  /** Jobs workers hold aside for a limit, and why. */
+  waiting: Array<{ worker: string; job: string; reason: string }>;
+}
+
+/**
+ * Validate `text` whole (QOS_RULES_INVALID with every line at fault), then put it in force, signed
+ * with the admin's key where the fleet has one: every worker follows within a round trip.
+ */
+export async function applyQosRules(
+  conn: BrokerConnection,
+  text: string,
+  source = "rules",
+): Promise<{ revision: number; rules: QosRules }> {
+  const rules = parseRules(text, source);
+  const appliedBy = conn.identity;
+  const revision = await writeRules(await conn.qosKv(), conn.authority, {
+    text,
+    rules,
+    appliedAt: Date.now(),
+    ...(appliedBy && { appliedBy }),
+  });
+  return { revision, rules };
+}
+
+/** The rules in force, each limit's running count per value, `queue`'s lanes, held-aside jobs. */
+export async function qosStateOf(
+  conn: BrokerConnection,
+  queue: string,
+  workers: WorkerInfo[],
+): Promise<QosState> {
+  const kv = await conn.qosKv();
+  const stored = await readRules({ kv, jsm: conn.jsm, authority: conn.authority }, silentLogger());
+  const slots = new SlotTable(conn.jsm, kv, () => Promise.resolve(false), silentLogger());
+  const held = await slots.all();
+  const lanes = activeLanes(await laneCounts(conn.jsm, queue));
+  const limits = [...held]
+    .filter(([, holders]) => holders.length > 0)
+    .map(([key, holders]) => ({ key, running: holders.length, jobs: holders.map((h) => h.job) }));
+  // Limits the lanes' consumers hold: each lane's jobs in flight are its count (no job list).
+  for (const rule of stored ? laneLimits(stored.rules, queue) : [])
+    for (const l of lanes.filter((row) => row.running > 0 && row.lane !== "(none)"))
+      limits.push({ key: `${rule.name}.${l.lane}`, running: l.running, jobs: [] });
+  return {
+    rules: stored?.rules ?? null,
+    appliedAt: stored?.appliedAt ?? null,
+    appliedBy: stored?.appliedBy ?? null,
+    limits,
+    lanes,
+    waiting: workers.flatMap((w) => (w.waiting ?? []).map((x) => ({ worker: w.id, ...x }))),
+  };
+}
