@@ -176,6 +176,16 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
   }
 }
 
+/** What every route works with. */
+interface Deps {
+  fleet: Fleet;
+  keys: ApiKeys;
+  buckets: { callbacks: KV; apiJobs: KV };
+  config: FleetConfig;
+  log: Logger;
+  sharedRoot: string;
+}
+
 function routes(
   app: FastifyInstance,
   fleet: Fleet,
@@ -184,9 +194,18 @@ function routes(
   config: FleetConfig,
   log: Logger,
 ): void {
-  const sharedRoot = resolve(config.sharedRoot);
-  const callbacksKv = buckets.callbacks;
+  const deps: Deps = { fleet, keys, buckets, config, log, sharedRoot: resolve(config.sharedRoot) };
+  guard(app, deps);
+  const access = accessFor(deps);
+  submitRoute(app, deps);
+  readRoutes(app, deps, access);
+  jobActionRoutes(app, deps, access);
+  fleetRoutes(app, deps, access);
+  pageRoutes(app);
+}
 
+/** Errors as problems, unknown routes, and the API key every route but the public ones needs. */
+function guard(app: FastifyInstance, { keys, log }: Deps): void {
   app.setErrorHandler((err, _req, reply) => {
     if (problemOf(err).status >= 500) log.error({ err }, "API request failed");
     sendProblem(reply, fastifyProblem(err) ?? err);
@@ -208,7 +227,10 @@ function routes(
     }
     req.principal = principal;
   });
+}
 
+/** What a key may see: a job (or none, as a missing one), a query's user. */
+function accessFor({ fleet, buckets, config }: Deps) {
   /** The job, if this principal may see it; another user's job is "not found", as a missing one. */
   const visibleJob = async (
     req: FastifyRequest,
@@ -235,6 +257,23 @@ function routes(
     return { job, record };
   };
 
+  /** A query, validated, with `user` as this key may ask: its own for a user key, any for admin. */
+  const scopedQuery = <S extends typeof listQuerySchema | typeof usageQuerySchema>(
+    schema: S,
+    req: FastifyRequest,
+  ): z.infer<S> => {
+    const parsed = schema.safeParse(req.query);
+    if (!parsed.success) throw invalid(parsed.error, "query");
+    const { user: asked, ...rest } = parsed.data;
+    const user = queriedUser(req.principal!, asked);
+    return { ...rest, ...(user !== undefined && { user }) } as z.infer<S>;
+  };
+
+  return { visibleJob, scopedQuery };
+}
+type Access = ReturnType<typeof accessFor>;
+
+function submitRoute(app: FastifyInstance, { fleet, buckets, sharedRoot }: Deps): void {
   app.post("/v1/jobs", async (req, reply) => {
     const parsed = submitBodySchema.safeParse(req.body ?? {});
     if (!parsed.success) throw invalid(parsed.error, "body");
@@ -277,7 +316,14 @@ function routes(
         job.callbackSecret && { callbackSecret: job.callbackSecret }),
     };
   });
+}
 
+function readRoutes(
+  app: FastifyInstance,
+  { fleet, buckets }: Deps,
+  { visibleJob, scopedQuery }: Access,
+): void {
+  const callbacksKv = buckets.callbacks;
   app.get<{ Params: { id: string } }>("/v1/jobs/:id", async (req) => {
     const { record } = await visibleJob(req, req.params.id);
     const waiting =
@@ -289,18 +335,6 @@ function routes(
       ...(callback && { callback: publicCallback(callback) }),
     };
   });
-
-  /** A query, validated, with `user` as this key may ask: its own for a user key, any for admin. */
-  const scopedQuery = <S extends typeof listQuerySchema | typeof usageQuerySchema>(
-    schema: S,
-    req: FastifyRequest,
-  ): z.infer<S> => {
-    const parsed = schema.safeParse(req.query);
-    if (!parsed.success) throw invalid(parsed.error, "query");
-    const { user: asked, ...rest } = parsed.data;
-    const user = queriedUser(req.principal!, asked);
-    return { ...rest, ...(user !== undefined && { user }) } as z.infer<S>;
-  };
 
   app.get("/v1/jobs", async (req) => {
     const q = scopedQuery(listQuerySchema, req);
@@ -315,7 +349,9 @@ function routes(
     };
     return out;
   });
+}
 
+function jobActionRoutes(app: FastifyInstance, { sharedRoot }: Deps, { visibleJob }: Access): void {
   app.delete<{ Params: { id: string } }>("/v1/jobs/:id", async (req, reply) => {
     const { job, record } = await visibleJob(req, req.params.id);
     if (TERMINAL_STATES.has(record.state))
@@ -372,7 +408,9 @@ function routes(
       .type("application/octet-stream");
     return reply.send(sent.stream);
   });
+}
 
+function fleetRoutes(app: FastifyInstance, { fleet }: Deps, { scopedQuery }: Access): void {
   app.get("/v1/usage", async (req) => {
     const q = scopedQuery(usageQuerySchema, req);
     checkDays(q.from, q.to);
@@ -416,7 +454,10 @@ function routes(
       }),
     };
   });
+}
 
+/** The public pages: the OpenAPI document, its readable form, and the dashboard, each with its policy. */
+function pageRoutes(app: FastifyInstance): void {
   app.get("/openapi.json", async () => openApiDocument());
   const docs = docsPage();
   const docsHeaders = pageHeaders(docs);
