@@ -18,6 +18,24 @@ after(async () => {
 });
 
 describe("mars-fleet CLI", () => {
+  it("takes every setting as a flag on some command, as the README's table says", async () => {
+    const { SETTINGS, flagName } = await import("../src/config/settings.js");
+    const commands = [
+      ["run", "x"],
+      ["worker"],
+      ["gateway"],
+      ["submit", "x"],
+      ["broker", "init"],
+      ["api"],
+      ["jobs"],
+    ];
+    const helps = await Promise.all(commands.map(async (c) => (await cli([...c, "--help"])).stdout));
+    // A flag as yargs lists it: followed by a space, a comma (an alias) or the end of the line.
+    const takes = (flag: string): boolean => helps.some((h) => new RegExp(`${flag}[ ,\\n]`).test(h));
+    const missing = SETTINGS.map((s) => `--${flagName(s.key)}`).filter((f) => !takes(f));
+    assert.deepEqual(missing, []);
+  });
+
   it("runs locally with exit codes scripts can use", async () => {
     await writeFile(
       join(dir, "ok.mars"),

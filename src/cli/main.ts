@@ -2,7 +2,7 @@
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { loadConfig, type FleetConfig } from "../config/load.js";
-import { SETTINGS } from "../config/settings.js";
+import { SETTINGS, flagName } from "../config/settings.js";
 import { JOB_STATES, type JobState } from "../broker/schemas.js";
 import type { Argv } from "yargs";
 import type { SubmitArgs } from "./fleet.js";
@@ -41,7 +41,7 @@ function handle<A extends Args>(fn: (argv: A) => Promise<number>): (argv: A) => 
 
 /** Options of `run`. */
 export function runOptions<T>(y: Argv<T>) {
-  return y
+  return settingOptions(y, ["useShares"])
     .positional("request", {
       type: "string",
       demandOption: true,
@@ -62,35 +62,43 @@ export function runOptions<T>(y: Argv<T>) {
 }
 
 /** Options every fleet command takes. */
+/** The settings every command that talks to the fleet takes as flags: how to reach and trust it. */
+const FLEET_SETTINGS = [
+  "servers",
+  "queue",
+  "sharedRoot",
+  "requestTimeout",
+  "creds",
+  "natsUser",
+  "natsPassword",
+  "tlsCa",
+  "tlsCert",
+  "tlsKey",
+  "trustKey",
+  "signingKey",
+];
+
+/** Flags for settings, defined by the settings table itself (its help text and environment name). */
+function settingOptions<T>(y: Argv<T>, keys: string[]): Argv<T> {
+  let out = y;
+  for (const key of keys) {
+    const s = SETTINGS.find((x) => x.key === key);
+    if (!s) throw new Error(`no setting ${key}`); // a programming error: the list names a setting
+    out = out.option(flagName(key), {
+      type: s.kind === "bool" ? "boolean" : "string",
+      describe: `${s.help} (${s.env})`,
+    });
+  }
+  return out;
+}
+
 function fleetOptions<T>(y: Argv<T>) {
-  return y
-    .option("servers", { type: "string", describe: "NATS server URLs, comma separated (MARS_NATS_SERVERS)" })
-    .option("queue", { type: "string", describe: "work queue (MARS_QUEUE, default: default)" })
-    .option("shared-root", {
-      type: "string",
-      describe: "shared filesystem root (MARS_SHARED_ROOT, default /cache)",
-    })
-    .option("request-timeout", {
-      type: "string",
-      describe: "timeout of one broker request (MARS_REQUEST_TIMEOUT)",
-    })
-    .option("creds", {
-      type: "string",
-      describe:
-        "NATS credentials file: a role's .nk file from `broker auth`, or a .creds file (MARS_NATS_CREDS)",
-    })
-    .option("nats-user", { type: "string", describe: "NATS user, for password logins (MARS_NATS_USER)" })
-    .option("nats-password", {
-      type: "string",
-      describe: "NATS password (MARS_NATS_PASSWORD; the environment is safer: flags show in ps)",
-    })
-    .option("tls-ca", { type: "string", describe: "CA of the NATS server's certificate (MARS_NATS_TLS_CA)" })
-    .option("tls-cert", { type: "string", describe: "TLS client certificate (MARS_NATS_TLS_CERT)" })
-    .option("tls-key", { type: "string", describe: "TLS client key (MARS_NATS_TLS_KEY)" });
+  return settingOptions(y, FLEET_SETTINGS);
 }
 
 function workerOptions<T>(y: Argv<T>) {
-  return fleetOptions(y)
+  // The topology's settings too: `broker init` makes it with them, a worker checks them.
+  return settingOptions(fleetOptions(y), ["streamReplicas", "eventsMaxAge", "retention"])
     .option("concurrency", { type: "number", describe: "job slots (MARS_WORKER_CONCURRENCY, default 2)" })
     .option("mars-command", {
       type: "string",
@@ -158,7 +166,7 @@ export async function main(argv: string[]): Promise<void> {
       "gateway",
       "serve cads-mars-server's pipe (HTTP) and shares (WebSocket) protocols in front of the fleet",
       (y) =>
-        fleetOptions(y)
+        settingOptions(fleetOptions(y), ["gatewaySharesEnv", "gatewayPipeRequestId"])
           .option("pipe-port", {
             type: "number",
             describe: "pipe mode HTTP port (MARS_PIPE_PORT, default 9000)",
