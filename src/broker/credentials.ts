@@ -8,7 +8,6 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import bcrypt from "bcryptjs";
 import { createUser } from "@nats-io/nkeys";
 import { ConfigError } from "../core/errors.js";
 import { inboxPrefixFor } from "./auth.js";
@@ -85,7 +84,8 @@ export async function generateAuth(opts: GenerateOptions): Promise<GeneratedAuth
       users.push({
         role,
         user,
-        passwordHash: await bcrypt.hash(password, BCRYPT_COST),
+        // Loaded here only: most processes import this module's neighbours, few hash a password.
+        passwordHash: await (await import("bcryptjs")).default.hash(password, BCRYPT_COST),
         inbox: inboxPrefixFor(user),
       });
       roles.push({ role, file, identity: user });

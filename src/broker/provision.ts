@@ -15,7 +15,6 @@ import {
   type StreamConfig,
 } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
-import { Objm } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FleetConfig } from "../config/load.js";
 import { connectWithConfig, type BrokerConnection } from "./connection.js";
@@ -338,7 +337,10 @@ function ensureObjectStore(
   report: ProvisionReport,
 ): Promise<void> {
   return ensureStore(jsm, `OBJ_${name}`, `object store ${name}`, report, () =>
-    new Objm(nc).create(name, { replicas, ttl: RESULTS_MAX_AGE_MS * 1_000_000 }),
+    // The object store client is loaded to create the store only (every process looks, one creates).
+    import("@nats-io/obj").then(({ Objm }) =>
+      new Objm(nc).create(name, { replicas, ttl: RESULTS_MAX_AGE_MS * 1_000_000 }),
+    ),
   );
 }
 
