@@ -4,7 +4,7 @@ import { hideBin } from "yargs/helpers";
 import { loadConfig, type FleetConfig } from "../config/load.js";
 import { SETTINGS, flagName } from "../config/settings.js";
 import { JOB_STATES, type JobState } from "../broker/schemas.js";
-import type { Argv } from "yargs";
+import type { Argv, CommandModule } from "yargs";
 import type { SubmitArgs } from "./fleet.js";
 import type { RunArgs } from "./local.js";
 import { reportError } from "./output.js";
@@ -131,6 +131,241 @@ function workerOptions<T>(y: Argv<T>) {
     .option("worker-id", { type: "string", describe: "worker id (default host-pid-random)" });
 }
 
+/** Every command: what it is called, what it does, its options, and the module that runs it. */
+const COMMANDS: Array<CommandModule<object, Args>> = [
+  {
+    command: "run <request>",
+    describe: "run a MARS request on this machine, with a progress bar and filtered logs",
+    builder: (y) => runOptions(y),
+    handler: handle(async (a) =>
+      (await import("./local.js")).runLocal(a as unknown as RunArgs, configFrom(a)),
+    ),
+  },
+  {
+    command: "sim [request]",
+    describe: "the bundled MARS simulator, invoked like the real mars client",
+    builder: (y) => y.positional("request", { type: "string", describe: "request file (default: stdin)" }),
+    handler: handle(async (a) => (await import("./local.js")).runSim(a["request"] as string | undefined)),
+  },
+  {
+    command: "worker",
+    describe: "run a worker daemon: pull jobs, run MARS, stream events (SIGTERM drains, a second one forces)",
+    builder: (y) => workerOptions(y),
+    handler: handle(async (a) =>
+      (await import("./worker.js")).runWorker(configFrom(a), a["workerId"] as string | undefined),
+    ),
+  },
+  {
+    command: "gateway",
+    describe: "serve cads-mars-server's pipe (HTTP) and shares (WebSocket) protocols in front of the fleet",
+    builder: (y) =>
+      settingOptions(fleetOptions(y), ["gatewaySharesEnv", "gatewayPipeRequestId"])
+        .option("pipe-port", {
+          type: "number",
+          describe: "pipe mode HTTP port (MARS_PIPE_PORT, default 9000)",
+        })
+        .option("shares-port", {
+          type: "number",
+          describe: "shares mode WebSocket port (MARS_SHARES_PORT, default 9001)",
+        })
+        .option("gateway-host", {
+          type: "string",
+          describe: "listen address (MARS_GATEWAY_HOST, default 0.0.0.0)",
+        })
+        .option("gateway-data", {
+          choices: ["share", "objectstore"],
+          describe: "pipe mode data path (MARS_GATEWAY_DATA)",
+        })
+        .option("heartbeat-interval", {
+          alias: "heartbeat",
+          type: "string",
+          describe: "shares mode heartbeat period (MARS_HEARTBEAT_INTERVAL)",
+        })
+        .option("max-concurrent-connections", {
+          type: "number",
+          describe: "shares mode connection limit (MARS_MAX_CONCURRENT_CONNECTIONS)",
+        })
+        .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
+    handler: handle(async (a) => (await import("./gateway.js")).runGateway(configFrom(a))),
+  },
+  {
+    command: "submit <request>",
+    describe: "put a MARS request on the fleet's queue",
+    builder: (y) =>
+      fleetOptions(y)
+        .positional("request", {
+          type: "string",
+          demandOption: true,
+          describe: "request file: .json or MARS text (- for stdin)",
+        })
+        .option("target", {
+          type: "string",
+          demandOption: true,
+          describe: "result path, under the shared root (absolute or relative to it)",
+        })
+        .option("follow", {
+          alias: "f",
+          type: "boolean",
+          default: false,
+          describe: "follow logs and progress; exit code from the outcome",
+        })
+        .option("request-id", {
+          type: "string",
+          describe: "idempotency key: resubmitting returns the same job",
+        })
+        .option("environ", { type: "string", array: true, describe: "client environ as key=value" })
+        .option("callback", {
+          type: "string",
+          describe: "POST the job's record to this URL when it ends (signed; sent by `mars-fleet api`)",
+        })
+        .option("callback-secret", {
+          type: "string",
+          describe: "the callback's signing secret (default: one is made and printed on stderr)",
+        })
+        .option("job-timeout", { type: "string", describe: 'wall-clock limit of the job, e.g. "2h"' })
+        .option("filter-logs", {
+          type: "boolean",
+          describe: "show only important log lines (--no-filter-logs for all)",
+        }),
+    handler: handle(async (a) => (await fleetCli()).submitCommand(a as unknown as SubmitArgs, configFrom(a))),
+  },
+  {
+    command: "status <id>",
+    describe: "show a job's record",
+    builder: (y) => fleetOptions(y).positional("id", { type: "string", demandOption: true }),
+    handler: handle(async (a) =>
+      (await fleetCli()).statusCommand(a["id"] as string, a.json === true, configFrom(a)),
+    ),
+  },
+  {
+    command: "logs <id>",
+    describe: "print a job's log (from the beginning)",
+    builder: (y) =>
+      fleetOptions(y).positional("id", { type: "string", demandOption: true }).option("follow", {
+        alias: "f",
+        type: "boolean",
+        default: false,
+        describe: "keep following until the job ends",
+      }),
+    handler: handle(async (a) =>
+      (await fleetCli()).logsCommand(a["id"] as string, a["follow"] === true, a.json === true, configFrom(a)),
+    ),
+  },
+  {
+    command: "cancel <id>",
+    describe: "cancel a job: a queued one never runs, a running one is killed",
+    builder: (y) => fleetOptions(y).positional("id", { type: "string", demandOption: true }),
+    handler: handle(async (a) =>
+      (await fleetCli()).cancelCommand(a["id"] as string, a.json === true, configFrom(a)),
+    ),
+  },
+  {
+    command: "jobs",
+    describe: "list jobs",
+    builder: (y) =>
+      fleetOptions(y).option("state", { choices: JOB_STATES, describe: "only jobs in this state" }),
+    handler: handle(async (a) =>
+      (await fleetCli()).jobsCommand(a["state"] as JobState | undefined, a.json === true, configFrom(a)),
+    ),
+  },
+  {
+    command: "workers",
+    describe: "list live workers",
+    builder: (y) => fleetOptions(y),
+    handler: handle(async (a) => (await fleetCli()).workersCommand(a.json === true, configFrom(a))),
+  },
+  {
+    command: "broker <action>",
+    describe:
+      "init: create streams, consumer and buckets (idempotent; reports drift; admin credentials); info: queue state; auth: generate per-role NATS users, their credentials files and nats-server's authorization block",
+    builder: (y) =>
+      workerOptions(y)
+        .positional("action", { choices: ["init", "info", "auth"] as const, demandOption: true })
+        .option("out", {
+          type: "string",
+          describe: "auth: directory for auth.conf and the credentials files",
+        })
+        .option("passwords", {
+          type: "boolean",
+          describe: "auth: users with bcrypt-hashed passwords instead of nkeys",
+        })
+        .option("force", { type: "boolean", describe: "auth: replace the files of an earlier run" }),
+    handler: handle(async (a) =>
+      a["action"] === "auth"
+        ? (await fleetCli()).authCommand(
+            {
+              dir: (a["out"] as string | undefined) ?? "",
+              passwords: a["passwords"] === true,
+              force: a["force"] === true,
+            },
+            a.json === true,
+          )
+        : (await fleetCli()).brokerCommand(a["action"] as "init" | "info", a.json === true, configFrom(a)),
+    ),
+  },
+  {
+    command: "api [what] [action] [id]",
+    describe:
+      "serve the HTTP API (REST, SSE logs, results with Range; docs at /docs); `api keys add --user U [--role admin]`, `api keys list`, `api keys revoke ID` manage its API keys (admin credentials)",
+    builder: (y) =>
+      fleetOptions(y)
+        .positional("what", { choices: ["keys"] as const, describe: "keys: manage API keys" })
+        .positional("action", { choices: ["add", "list", "revoke"] as const })
+        .positional("id", { type: "string", describe: "revoke: the key id" })
+        .option("port", { type: "number", default: 8080, describe: "HTTP port of the API" })
+        .option("host", { type: "string", default: "0.0.0.0", describe: "listen address of the API" })
+        .option("user", { type: "string", describe: "keys add: the user the key speaks for" })
+        .option("role", {
+          choices: ["user", "admin"] as const,
+          describe: "keys add: user (own jobs) or admin (all)",
+        })
+        .option("callback-backoff", {
+          type: "string",
+          describe: "first retry delay of a failed completion callback (MARS_CALLBACK_BACKOFF, default 1s)",
+        })
+        .option("callback-max-age", {
+          type: "string",
+          describe: "how long completion callbacks are retried (MARS_CALLBACK_MAX_AGE, default 1h)",
+        })
+        .option("callback-allow", {
+          type: "string",
+          describe:
+            "address ranges callbacks may reach although private (MARS_CALLBACK_ALLOW, CIDRs, comma separated)",
+        })
+        .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
+    handler: handle(async (a) => {
+      const api = await import("./api.js");
+      if (a["what"] === "keys")
+        return api.keysCommand(
+          a["action"] as string | undefined,
+          {
+            ...(a["id"] !== undefined && { id: a["id"] as string }),
+            ...(a["user"] !== undefined && { user: a["user"] as string }),
+            ...(a["role"] !== undefined && { role: a["role"] as string }),
+          },
+          a.json === true,
+          configFrom(a),
+        );
+      return api.serveApi(configFrom(a), a["port"] as number, a["host"] as string);
+    }),
+  },
+  {
+    command: "qos <action> [file]",
+    describe:
+      "apply: validate a QoS rules file and put it in force on every worker (admin credentials); show: the rules with running and queued counts",
+    builder: (y) =>
+      fleetOptions(y)
+        .positional("action", { choices: ["apply", "show"] as const, demandOption: true })
+        .positional("file", { type: "string", describe: "apply: the rules (YAML; see docs/QOS.md)" }),
+    handler: handle(async (a) => {
+      const qos = await import("./qos.js");
+      return a["action"] === "apply"
+        ? qos.qosApply(a["file"] as string | undefined, a.json === true, configFrom(a))
+        : qos.qosShow(a.json === true, configFrom(a));
+    }),
+  },
+];
+
 export async function main(argv: string[]): Promise<void> {
   await yargs(hideBin(argv))
     .scriptName("mars-fleet")
@@ -142,236 +377,7 @@ export async function main(argv: string[]): Promise<void> {
       describe: "YAML configuration file (default /etc/mars-fleet.yaml, or MARS_CONFIG_FILE)",
     })
     .option("json", { type: "boolean", default: false, describe: "machine-readable output" })
-    .command(
-      "run <request>",
-      "run a MARS request on this machine, with a progress bar and filtered logs",
-      (y) => runOptions(y),
-      handle(async (a) => (await import("./local.js")).runLocal(a as unknown as RunArgs, configFrom(a))),
-    )
-    .command(
-      "sim [request]",
-      "the bundled MARS simulator, invoked like the real mars client",
-      (y) => y.positional("request", { type: "string", describe: "request file (default: stdin)" }),
-      handle(async (a) => (await import("./local.js")).runSim(a["request"] as string | undefined)),
-    )
-    .command(
-      "worker",
-      "run a worker daemon: pull jobs, run MARS, stream events (SIGTERM drains, a second one forces)",
-      (y) => workerOptions(y),
-      handle(async (a) =>
-        (await import("./worker.js")).runWorker(configFrom(a), a["workerId"] as string | undefined),
-      ),
-    )
-    .command(
-      "gateway",
-      "serve cads-mars-server's pipe (HTTP) and shares (WebSocket) protocols in front of the fleet",
-      (y) =>
-        settingOptions(fleetOptions(y), ["gatewaySharesEnv", "gatewayPipeRequestId"])
-          .option("pipe-port", {
-            type: "number",
-            describe: "pipe mode HTTP port (MARS_PIPE_PORT, default 9000)",
-          })
-          .option("shares-port", {
-            type: "number",
-            describe: "shares mode WebSocket port (MARS_SHARES_PORT, default 9001)",
-          })
-          .option("gateway-host", {
-            type: "string",
-            describe: "listen address (MARS_GATEWAY_HOST, default 0.0.0.0)",
-          })
-          .option("gateway-data", {
-            choices: ["share", "objectstore"],
-            describe: "pipe mode data path (MARS_GATEWAY_DATA)",
-          })
-          .option("heartbeat-interval", {
-            alias: "heartbeat",
-            type: "string",
-            describe: "shares mode heartbeat period (MARS_HEARTBEAT_INTERVAL)",
-          })
-          .option("max-concurrent-connections", {
-            type: "number",
-            describe: "shares mode connection limit (MARS_MAX_CONCURRENT_CONNECTIONS)",
-          })
-          .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
-      handle(async (a) => (await import("./gateway.js")).runGateway(configFrom(a))),
-    )
-    .command(
-      "submit <request>",
-      "put a MARS request on the fleet's queue",
-      (y) =>
-        fleetOptions(y)
-          .positional("request", {
-            type: "string",
-            demandOption: true,
-            describe: "request file: .json or MARS text (- for stdin)",
-          })
-          .option("target", {
-            type: "string",
-            demandOption: true,
-            describe: "result path, under the shared root (absolute or relative to it)",
-          })
-          .option("follow", {
-            alias: "f",
-            type: "boolean",
-            default: false,
-            describe: "follow logs and progress; exit code from the outcome",
-          })
-          .option("request-id", {
-            type: "string",
-            describe: "idempotency key: resubmitting returns the same job",
-          })
-          .option("environ", { type: "string", array: true, describe: "client environ as key=value" })
-          .option("callback", {
-            type: "string",
-            describe: "POST the job's record to this URL when it ends (signed; sent by `mars-fleet api`)",
-          })
-          .option("callback-secret", {
-            type: "string",
-            describe: "the callback's signing secret (default: one is made and printed on stderr)",
-          })
-          .option("job-timeout", { type: "string", describe: 'wall-clock limit of the job, e.g. "2h"' })
-          .option("filter-logs", {
-            type: "boolean",
-            describe: "show only important log lines (--no-filter-logs for all)",
-          }),
-      handle(async (a) => (await fleetCli()).submitCommand(a as unknown as SubmitArgs, configFrom(a))),
-    )
-    .command(
-      "status <id>",
-      "show a job's record",
-      (y) => fleetOptions(y).positional("id", { type: "string", demandOption: true }),
-      handle(async (a) =>
-        (await fleetCli()).statusCommand(a["id"] as string, a.json === true, configFrom(a)),
-      ),
-    )
-    .command(
-      "logs <id>",
-      "print a job's log (from the beginning)",
-      (y) =>
-        fleetOptions(y).positional("id", { type: "string", demandOption: true }).option("follow", {
-          alias: "f",
-          type: "boolean",
-          default: false,
-          describe: "keep following until the job ends",
-        }),
-      handle(async (a) =>
-        (await fleetCli()).logsCommand(
-          a["id"] as string,
-          a["follow"] === true,
-          a.json === true,
-          configFrom(a),
-        ),
-      ),
-    )
-    .command(
-      "cancel <id>",
-      "cancel a job: a queued one never runs, a running one is killed",
-      (y) => fleetOptions(y).positional("id", { type: "string", demandOption: true }),
-      handle(async (a) =>
-        (await fleetCli()).cancelCommand(a["id"] as string, a.json === true, configFrom(a)),
-      ),
-    )
-    .command(
-      "jobs",
-      "list jobs",
-      (y) => fleetOptions(y).option("state", { choices: JOB_STATES, describe: "only jobs in this state" }),
-      handle(async (a) =>
-        (await fleetCli()).jobsCommand(a["state"] as JobState | undefined, a.json === true, configFrom(a)),
-      ),
-    )
-    .command(
-      "workers",
-      "list live workers",
-      (y) => fleetOptions(y),
-      handle(async (a) => (await fleetCli()).workersCommand(a.json === true, configFrom(a))),
-    )
-    .command(
-      "broker <action>",
-      "init: create streams, consumer and buckets (idempotent; reports drift; admin credentials); info: queue state; auth: generate per-role NATS users, their credentials files and nats-server's authorization block",
-      (y) =>
-        workerOptions(y)
-          .positional("action", { choices: ["init", "info", "auth"] as const, demandOption: true })
-          .option("out", {
-            type: "string",
-            describe: "auth: directory for auth.conf and the credentials files",
-          })
-          .option("passwords", {
-            type: "boolean",
-            describe: "auth: users with bcrypt-hashed passwords instead of nkeys",
-          })
-          .option("force", { type: "boolean", describe: "auth: replace the files of an earlier run" }),
-      handle(async (a) =>
-        a["action"] === "auth"
-          ? (await fleetCli()).authCommand(
-              {
-                dir: (a["out"] as string | undefined) ?? "",
-                passwords: a["passwords"] === true,
-                force: a["force"] === true,
-              },
-              a.json === true,
-            )
-          : (await fleetCli()).brokerCommand(a["action"] as "init" | "info", a.json === true, configFrom(a)),
-      ),
-    )
-    .command(
-      "api [what] [action] [id]",
-      "serve the HTTP API (REST, SSE logs, results with Range; docs at /docs); `api keys add --user U [--role admin]`, `api keys list`, `api keys revoke ID` manage its API keys (admin credentials)",
-      (y) =>
-        fleetOptions(y)
-          .positional("what", { choices: ["keys"] as const, describe: "keys: manage API keys" })
-          .positional("action", { choices: ["add", "list", "revoke"] as const })
-          .positional("id", { type: "string", describe: "revoke: the key id" })
-          .option("port", { type: "number", default: 8080, describe: "HTTP port of the API" })
-          .option("host", { type: "string", default: "0.0.0.0", describe: "listen address of the API" })
-          .option("user", { type: "string", describe: "keys add: the user the key speaks for" })
-          .option("role", {
-            choices: ["user", "admin"] as const,
-            describe: "keys add: user (own jobs) or admin (all)",
-          })
-          .option("callback-backoff", {
-            type: "string",
-            describe: "first retry delay of a failed completion callback (MARS_CALLBACK_BACKOFF, default 1s)",
-          })
-          .option("callback-max-age", {
-            type: "string",
-            describe: "how long completion callbacks are retried (MARS_CALLBACK_MAX_AGE, default 1h)",
-          })
-          .option("callback-allow", {
-            type: "string",
-            describe:
-              "address ranges callbacks may reach although private (MARS_CALLBACK_ALLOW, CIDRs, comma separated)",
-          })
-          .option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
-      handle(async (a) => {
-        const api = await import("./api.js");
-        if (a["what"] === "keys")
-          return api.keysCommand(
-            a["action"] as string | undefined,
-            {
-              ...(a["id"] !== undefined && { id: a["id"] as string }),
-              ...(a["user"] !== undefined && { user: a["user"] as string }),
-              ...(a["role"] !== undefined && { role: a["role"] as string }),
-            },
-            a.json === true,
-            configFrom(a),
-          );
-        return api.serveApi(configFrom(a), a["port"] as number, a["host"] as string);
-      }),
-    )
-    .command(
-      "qos <action> [file]",
-      "apply: validate a QoS rules file and put it in force on every worker (admin credentials); show: the rules with running and queued counts",
-      (y) =>
-        fleetOptions(y)
-          .positional("action", { choices: ["apply", "show"] as const, demandOption: true })
-          .positional("file", { type: "string", describe: "apply: the rules (YAML; see docs/QOS.md)" }),
-      handle(async (a) => {
-        const qos = await import("./qos.js");
-        return a["action"] === "apply"
-          ? qos.qosApply(a["file"] as string | undefined, a.json === true, configFrom(a))
-          : qos.qosShow(a.json === true, configFrom(a));
-      }),
-    )
+    .command(COMMANDS)
     .demandCommand(1, "Name a command; see --help.")
     .strict()
     .recommendCommands()
