@@ -78,6 +78,16 @@ const FLEET_SETTINGS = [
   "signingKey",
 ];
 
+/**
+ * A setting's help cut to its first clause for a flag's description: every process parses its
+ * command line, and yargs costs a worker 2.5 MB of resident memory more with the settings' full help
+ * texts (docs/PERFORMANCE.md); the README's table has them whole.
+ */
+function brief(help: string): string {
+  const first = help.split(/(?<=[a-z)])[.;:] /)[0]!.replaceAll("…", "...");
+  return first.length <= 72 ? first : `${first.slice(0, 69)}...`;
+}
+
 /** Flags for settings, defined by the settings table itself (its help text and environment name). */
 function settingOptions<T>(y: Argv<T>, keys: string[]): Argv<T> {
   let out = y;
@@ -86,7 +96,7 @@ function settingOptions<T>(y: Argv<T>, keys: string[]): Argv<T> {
     if (!s) throw new Error(`no setting ${key}`); // a programming error: the list names a setting
     out = out.option(flagName(key), {
       type: s.kind === "bool" ? "boolean" : "string",
-      describe: `${s.help} (${s.env})`,
+      describe: `${brief(s.help)} (${s.env})`,
     });
   }
   return out;
