@@ -150,10 +150,6 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
             "the api: register a job's completion callback, record its attempts",
           ),
           p(
-            `$JS.API.CONSUMER.INFO.${EVENTS_STREAM}.${CALLBACKS_CONSUMER}`,
-            "the api: find its callbacks consumer",
-          ),
-          p(
             `$JS.API.CONSUMER.MSG.NEXT.${EVENTS_STREAM}.${CALLBACKS_CONSUMER}`,
             "the api: take the state events it calls back for",
           ),
