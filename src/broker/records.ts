@@ -14,7 +14,7 @@ import { isCasConflict } from "./nats-errors.js";
 import { withRetry } from "./transient.js";
 import { bucketKeys, replayStored } from "./stream-reads.js";
 import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
-import { JOBS_BUCKET, RECORD_KEYS } from "./subjects.js";
+import { JOBS_BUCKET, RECORD_KEYS, kvSubject } from "./subjects.js";
 
 export interface VersionedRecord {
   record: JobRecord;
@@ -94,7 +94,7 @@ export class RecordWatch {
 
   constructor(nc: NatsConnection, id: string, afterReconnect: ReconnectHook, readFirst: boolean) {
     this.next = readFirst ? "both" : undefined;
-    this.sub = nc.subscribe(`$KV.${JOBS_BUCKET}.${id}.*`, {
+    this.sub = nc.subscribe(kvSubject(JOBS_BUCKET, `${id}.*`), {
       callback: (err, msg) => {
         if (err) return this.nudge("both");
         if (mayBeFinal(msg)) this.nudge(msg.subject.endsWith(`.${RECORD_KEYS.status}`) ? "status" : "both");
@@ -140,7 +140,7 @@ export class SubmissionWatch {
     const mark = (): void => {
       this.seen = true;
     };
-    this.sub = nc.subscribe(`$KV.${JOBS_BUCKET}.${submissionKey(id)}`, { callback: mark });
+    this.sub = nc.subscribe(kvSubject(JOBS_BUCKET, submissionKey(id)), { callback: mark });
     this.stopWatching = afterReconnect(mark);
   }
 
@@ -211,7 +211,7 @@ export class JobStore {
     err: MessageInvalidError,
   ): Promise<VersionedRecord | undefined> {
     let valid: JobRecord | undefined;
-    const subject = `$KV.${JOBS_BUCKET}.${submissionKey(id)}`;
+    const subject = kvSubject(JOBS_BUCKET, submissionKey(id));
     for await (const m of replayStored(this.jsm, `KV_${JOBS_BUCKET}`, subject)) {
       if (m.seq >= revision) break;
       try {
