@@ -6,7 +6,8 @@ import { createHash } from "node:crypto";
 import { posix } from "node:path";
 import { isToken } from "../broker/subjects.js";
 import type { JobRecord } from "../broker/schemas.js";
-import { MarsFleetError, TargetError, type ErrorCode } from "../core/errors.js";
+import { MarsFleetError, TargetError, asFleetError, type ErrorCode } from "../core/errors.js";
+import type { Problem } from "./schemas.js";
 import { jobTarget, resolveInside } from "../runner/target.js";
 import { lstat } from "node:fs/promises";
 import { STATUS_CODES } from "node:http";
@@ -24,6 +25,41 @@ export class HttpProblem extends MarsFleetError {
   ) {
     super(code, message);
   }
+}
+
+/** The HTTP status of each error code the API answers with (500 for the rest). */
+const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
+  MARS_REQUEST_INVALID: 400,
+  TARGET_INVALID: 400,
+  ENVIRON_INVALID: 400,
+  MESSAGE_INVALID: 400,
+  CONFIG_INVALID: 400,
+  API_AUTH: 401,
+  QOS_DENIED: 403,
+  API_FORBIDDEN: 403,
+  REQUEST_TOO_LARGE: 413,
+  MEDIA_TYPE_UNSUPPORTED: 415,
+  JOB_NOT_FOUND: 404,
+  JOB_EXPIRED: 410,
+  WRONG_STATE: 409,
+  RANGE_INVALID: 416,
+  NO_WORKER: 503,
+  BROKER_ERROR: 503,
+};
+
+/** An error as the API answers it: its status, and an RFC 9457 body with its stable code. */
+export function problemOf(err: unknown): { status: number; body: Problem } {
+  const e = asFleetError(err);
+  const status = (e instanceof HttpProblem ? e.status : undefined) ?? STATUS_BY_CODE[e.code] ?? 500;
+  const body: Problem = {
+    type: "about:blank",
+    title: e.code.toLowerCase().replaceAll("_", " "),
+    status,
+    detail: status === 500 ? "internal error" : e.message,
+    code: e.code,
+    ...(e instanceof HttpProblem && e.fields && { errors: e.fields }),
+  };
+  return { status, body };
 }
 
 /** The longest URL the API reads; a longer one is 414 (Node itself refuses past 16 KiB with 431). */
@@ -47,19 +83,19 @@ export function checkUrlLength(url: string): void {
 export function clientErrorHandler(err: NodeJS.ErrnoException, socket: Duplex): void {
   // A connection reset leaves nobody to answer.
   if (err.code === "ECONNRESET" || socket.destroyed || !socket.writable) return;
-  const [status, code, detail] =
+  const problem =
     err.code === "HPE_HEADER_OVERFLOW"
-      ? [431, "REQUEST_TOO_LARGE", "the request's headers (or its URL) are too large"]
+      ? new HttpProblem(
+          "REQUEST_TOO_LARGE",
+          "the request's headers (or its URL) are too large",
+          undefined,
+          431,
+        )
       : err.code === "ERR_HTTP_REQUEST_TIMEOUT"
-        ? [408, "MESSAGE_INVALID", "the request did not arrive in time"]
-        : [400, "MESSAGE_INVALID", "the request is not valid HTTP"];
-  const body = JSON.stringify({
-    type: "about:blank",
-    title: code.toLowerCase().replaceAll("_", " "),
-    status,
-    detail,
-    code,
-  });
+        ? new HttpProblem("MESSAGE_INVALID", "the request did not arrive in time", undefined, 408)
+        : new HttpProblem("MESSAGE_INVALID", "the request is not valid HTTP");
+  const { status, body: problemBody } = problemOf(problem);
+  const body = JSON.stringify(problemBody);
   socket.end(
     `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/problem+json\r\n` +
       `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,

@@ -15,7 +15,7 @@ import { TERMINAL_STATES, type JobRecord } from "../broker/schemas.js";
 import { Fleet, jobIdFor } from "../client/fleet.js";
 import type { JobHandle } from "../client/job.js";
 import type { FleetConfig } from "../config/load.js";
-import { MarsFleetError, asFleetError, type ErrorCode } from "../core/errors.js";
+import { MarsFleetError } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
 import { formatDuration } from "../core/time.js";
 import { resolveInside } from "../runner/target.js";
@@ -26,6 +26,7 @@ import { CallbackSender, type CallbackOptions } from "./callbacks.js";
 import { openApiDocument, docsPage } from "./openapi.js";
 import {
   HttpProblem,
+  problemOf,
   MAX_URL_LENGTH,
   afterCursor,
   checkUrlLength,
@@ -48,42 +49,8 @@ import {
   listQuerySchema,
   submitBodySchema,
   usageQuerySchema,
-  type Problem,
   type usageSchema,
 } from "./schemas.js";
-
-const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
-  MARS_REQUEST_INVALID: 400,
-  TARGET_INVALID: 400,
-  ENVIRON_INVALID: 400,
-  MESSAGE_INVALID: 400,
-  CONFIG_INVALID: 400,
-  API_AUTH: 401,
-  QOS_DENIED: 403,
-  API_FORBIDDEN: 403,
-  REQUEST_TOO_LARGE: 413,
-  MEDIA_TYPE_UNSUPPORTED: 415,
-  JOB_NOT_FOUND: 404,
-  JOB_EXPIRED: 410,
-  WRONG_STATE: 409,
-  RANGE_INVALID: 416,
-  NO_WORKER: 503,
-  BROKER_ERROR: 503,
-};
-
-function problemOf(err: unknown): { status: number; body: Problem } {
-  const e = asFleetError(err);
-  const status = (e instanceof HttpProblem ? e.status : undefined) ?? STATUS_BY_CODE[e.code] ?? 500;
-  const body: Problem = {
-    type: "about:blank",
-    title: e.code.toLowerCase().replaceAll("_", " "),
-    status,
-    detail: status === 500 ? "internal error" : e.message,
-    code: e.code,
-    ...(e instanceof HttpProblem && e.fields && { errors: e.fields }),
-  };
-  return { status, body };
-}
 
 function sendProblem(reply: FastifyReply, err: unknown): void {
   const { status, body } = problemOf(err);
@@ -210,10 +177,9 @@ function guard(app: FastifyInstance, { keys, log }: Deps): void {
     if (problemOf(err).status >= 500) log.error({ err }, "API request failed");
     sendProblem(reply, fastifyProblem(err) ?? err);
   });
-  app.setNotFoundHandler((req, reply) => {
-    const { status, body } = problemOf(new HttpProblem("JOB_NOT_FOUND", `no route ${req.method} ${req.url}`));
-    void reply.code(status).type("application/problem+json").send(body);
-  });
+  app.setNotFoundHandler((req, reply) =>
+    sendProblem(reply, new HttpProblem("JOB_NOT_FOUND", `no route ${req.method} ${req.url}`)),
+  );
 
   app.addHook("onRequest", async (req, reply) => {
     checkUrlLength(req.url);
