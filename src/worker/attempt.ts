@@ -103,6 +103,8 @@ export class JobAttempt {
   private bytes = 0;
   private submissionWatch: SubmissionWatch | undefined;
   private readonly log: Logger;
+  /** The shared root as MARS sees it, with its slash: taken out of what users may see (rootRelative). */
+  private readonly rootPrefix: string;
 
   constructor(
     private readonly ctx: WorkerContext,
@@ -111,6 +113,7 @@ export class JobAttempt {
     private readonly events: JobEventPublisher,
   ) {
     this.log = ctx.log.child({ jobId: job.id, attempt: this.attempt, streamSeq: msg.info.streamSequence });
+    this.rootPrefix = `${resolve(ctx.sharedRoot)}/`;
   }
 
   get attempt(): number {
@@ -413,7 +416,7 @@ export class JobAttempt {
    * target, a part file under the root); no path of this server's reaches a record or a log.
    */
   private rootRelative(text: string): string {
-    return text.split(`${resolve(this.ctx.sharedRoot)}/`).join("");
+    return text.replaceAll(this.rootPrefix, "");
   }
 
   private recordWithoutRoot(rec: ErrorRecord): ErrorRecord {
