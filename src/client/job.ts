@@ -218,9 +218,7 @@ export class JobHandle {
     const readerGone = new AbortController();
     const signal = opts.signal ? AbortSignal.any([opts.signal, readerGone.signal]) : readerGone.signal;
     const live = this.live?.take();
-    const pump = live
-      ? this.pumpLive(out, live, signal, undefined, undefined, true)
-      : this.pumpEvents(out, signal);
+    const pump = live ? this.pumpLive(out, live, signal, "submit") : this.pumpEvents(out, signal);
     void pump.catch((err: unknown) => out.fail(err));
     return (async function* () {
       try {
@@ -254,10 +252,10 @@ export class JobHandle {
     out: Channel<JobEvent>,
     live: LiveEvents,
     signal: AbortSignal,
-    filter = new EventFilter(out),
-    known?: JobRecord,
-    fresh = false,
+    /** Submit's subscription, made when the job was created; or the rest of a replay, its record read. */
+    from: "submit" | { filter: EventFilter; known: JobRecord | undefined },
   ): Promise<void> {
+    const filter = from === "submit" ? new EventFilter(out) : from.filter;
     const hbSub = this.followHeartbeats(out);
     let done = false;
     const stopLive = (): void => {
@@ -271,9 +269,10 @@ export class JobHandle {
       stopLive();
       out.close();
     };
-    // Known at a replay's start; else read now, but for the events submit followed from the job's
-    // creation (a fresh job is not over: only a write seen from now on can end it).
-    const stopRecord = this.endWithRecord(filter, finish, known, known === undefined && !fresh);
+    // Known at a replay's start; read now, but for the events submit followed from the job's creation
+    // (a fresh job is not over: only a write seen from now on can end it).
+    const known = from === "submit" ? undefined : from.known;
+    const stopRecord = this.endWithRecord(filter, finish, known, from !== "submit" && known === undefined);
     signal.addEventListener("abort", finish, { once: true });
     live.attach(
       (subject, data) => {
@@ -309,7 +308,7 @@ export class JobHandle {
         out.close();
         return;
       }
-      await this.pumpLive(out, live, signal, filter, record?.record);
+      await this.pumpLive(out, live, signal, { filter, known: record?.record });
     } catch (err) {
       live.close();
       throw err;
