@@ -9,7 +9,6 @@ import {
   acceptedSchema,
   jobListSchema,
   jobSchema,
-  problemSchema,
   queuesSchema,
   usageSchema,
   workersSchema,
@@ -18,6 +17,7 @@ import type { JobRecord } from "../src/broker/schemas.js";
 import type { z } from "zod";
 import { cli } from "./helpers/cli.js";
 import { TestFleet } from "./helpers/fleet.js";
+import { ApiClient, type CallOptions } from "./helpers/api.js";
 
 const TIMEOUT = 120_000;
 let tf: TestFleet;
@@ -37,6 +37,7 @@ before(async () => {
     tokens.alice = (await keys.add("alice", "user")).token;
     tokens.bob = (await keys.add("bob", "user")).token;
     tokens.admin = (await keys.add("ops", "admin")).token;
+    client = new ApiClient(base, tokens);
   } finally {
     await nc.close();
   }
@@ -46,20 +47,13 @@ after(async () => {
   await tf.dispose();
 });
 
-async function call(
-  path: string,
-  opts: { as?: keyof typeof tokens; method?: string; body?: unknown; headers?: Record<string, string> } = {},
-): Promise<Response> {
-  const headers: Record<string, string> = { ...opts.headers };
-  if (opts.as) headers["authorization"] = `Bearer ${tokens[opts.as]}`;
-  if (opts.body !== undefined) headers["content-type"] = "application/json";
-  return fetch(base + path, {
-    method: opts.method ?? "GET",
-    headers,
-    ...(opts.body !== undefined && { body: JSON.stringify(opts.body) }),
-    signal: AbortSignal.timeout(30_000),
-  });
-}
+// Calls as a named key, problems checked as RFC 9457, and waits for a job's end: the shared client.
+let client: ApiClient;
+const call = (path: string, opts?: CallOptions): Promise<Response> => client.call(path, opts);
+const problem = (res: Response, status: number): ReturnType<ApiClient["problem"]> =>
+  client.problem(res, status);
+const finished = (id: string, as: keyof typeof tokens): Promise<Record<string, unknown>> =>
+  client.finished(id, as);
 
 /** A JSON answer, checked against the schema its OpenAPI description was made from. */
 async function checked<S extends z.ZodType>(schema: S, res: Response, status = 200): Promise<z.infer<S>> {
@@ -72,28 +66,7 @@ async function checked<S extends z.ZodType>(schema: S, res: Response, status = 2
   return parsed.data;
 }
 
-async function problem(
-  res: Response,
-  status: number,
-): Promise<{ code: string; errors?: Array<{ field: string }> }> {
-  assert.equal(res.status, status, await res.clone().text());
-  assert.match(res.headers.get("content-type") ?? "", /application\/problem\+json/);
-  const body = problemSchema.parse(await res.json());
-  assert.equal(body.status, status);
-  return body;
-}
-
 const REQUEST = { param: "2t", date: "20240101/to/20240103", grid: "10/10" };
-
-async function finished(id: string, as: keyof typeof tokens): Promise<Record<string, unknown>> {
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const rec = (await (await call(`/v1/jobs/${id}`, { as })).json()) as Record<string, unknown>;
-    if (["succeeded", "failed", "cancelled"].includes(rec["state"] as string)) return rec;
-    if (Date.now() > deadline) assert.fail(`job ${id} not finished after 30 s: ${rec["state"]}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe("REST API: accounting", () => {
   it("sums finished jobs per user and UTC day, MARS seconds and bytes, within from/to", () => {
