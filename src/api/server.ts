@@ -383,20 +383,16 @@ function fleetRoutes(app: FastifyInstance, { fleet }: Deps, { scopedQuery }: Acc
     return { usage: accounting(await fleet.jobs(), q) };
   });
 
-  /** The ids of the jobs a user key may see among `ids` (an admin's: all of them). */
-  const ownJobs = async (p: Principal, ids: string[]): Promise<Set<string>> => {
-    if (p.role === "admin") return new Set(ids);
-    const mine = (await fleet.jobs()).filter((r) => r.environ["user_id"] === p.user);
-    return new Set(mine.map((r) => r.id));
-  };
+  /** A user's own job records (the API tells whose a job is by its environ's user_id). */
+  const recordsOf = async (user: string): Promise<JobRecord[]> =>
+    (await fleet.jobs()).filter((r) => r.environ["user_id"] === user);
 
   app.get("/v1/workers", async (req) => {
+    const p = req.principal!;
     const workers = await fleet.workers();
-    const mine = await ownJobs(
-      req.principal!,
-      workers.flatMap((w) => w.running),
-    );
-    // A user key sees the workers, and on them its own jobs only.
+    if (p.role === "admin") return { workers };
+    // A user key sees the workers, and on them its own jobs only (running or held for a limit).
+    const mine = new Set((await recordsOf(p.user)).map((r) => r.id));
     return {
       workers: workers.map((w) => ({
         ...w,
@@ -411,7 +407,7 @@ function fleetRoutes(app: FastifyInstance, { fleet }: Deps, { scopedQuery }: Acc
     const queues = await fleet.queues();
     if (p.role === "admin") return { queues: queues.map(({ laneCount: _, ...q }) => q) };
     // A user key sees its own jobs' counts, from its records: never another user's lane.
-    const mine = (await fleet.jobs()).filter((r) => r.environ["user_id"] === p.user);
+    const mine = await recordsOf(p.user);
     return {
       queues: queues.map(({ queue }) => {
         const own = mine.filter((r) => r.queue === queue);
