@@ -43,7 +43,11 @@ import {
 import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
 import type { Journal } from "./journal.js";
 
-export interface WorkerContext {
+/**
+ * What an attempt works with: the broker, this host's places and the worker's timings. Plain
+ * services and values, the same for every attempt; nothing in it calls back into the worker.
+ */
+export interface AttemptEnv {
   nc: NatsConnection;
   js: JetStreamClient;
   store: JobStore;
@@ -53,16 +57,20 @@ export interface WorkerContext {
   sharedRoot: string;
   heartbeatMs: number;
   killGraceMs: number;
+  /** The retry policy of a job that carries none (from before jobs carried theirs). */
   maxAttempts: number;
   retryDelayMs: number;
   command?: readonly string[];
-  /** Told of every settled attempt (for metrics). */
-  onSettled?: (state: JobState, elapsedMs: number | undefined) => void;
   /** The results object store (opened on first use). */
   results: () => Promise<ObjectStore>;
-  /** Refuse a job the QoS rules deny (throws QosDeniedError); the worker checks what the client did. */
-  admit?: (job: JobMessage) => void;
   log: Logger;
+}
+
+/** How an attempt ended, for those who observe settlements (metrics, the registry). */
+export interface AttemptEnd {
+  state: JobState;
+  /** How long MARS ran, when it did. */
+  elapsedMs: number | undefined;
 }
 
 /**
@@ -107,10 +115,12 @@ export class JobAttempt {
   private readonly rootPrefix: string;
 
   constructor(
-    private readonly ctx: WorkerContext,
+    private readonly ctx: AttemptEnv,
     private readonly msg: JobMsg,
     readonly job: JobMessage,
     private readonly events: JobEventPublisher,
+    /** The QoS rule that refuses the job, found by the dispatcher before the attempt (checked again here: the client did too). */
+    private readonly denied?: MarsFleetError,
   ) {
     this.log = ctx.log.child({ jobId: job.id, attempt: this.attempt, streamSeq: msg.info.streamSequence });
     this.rootPrefix = `${resolve(ctx.sharedRoot)}/`;
@@ -141,23 +151,27 @@ export class JobAttempt {
     else if (current.record.cancelRequested) this.stop("cancelled");
   }
 
-  /** Claim, run, settle. Never throws: a problem the attempt cannot record leaves the message to be redelivered. */
-  async execute(): Promise<void> {
+  /**
+   * Claim, run, settle; resolves with how the message was settled, or undefined when this attempt
+   * settled nothing of its own (skipped, abandoned, or the broker could not be reached). Never
+   * throws: a problem the attempt cannot record leaves the message to be redelivered.
+   */
+  async execute(): Promise<AttemptEnd | undefined> {
     // Made before the claim reads the submission: a cancel written after that read is seen.
     this.submissionWatch = this.ctx.store.watchSubmission(this.job.id);
     try {
       const claim = await this.claim();
-      if (claim.kind === "skip") return await this.skip(claim);
+      if (claim.kind === "skip") {
+        await this.skip(claim);
+        return undefined;
+      }
       this.version = claim.version;
       this.startHeartbeat();
       try {
         const end = (await this.adoptCommitted()) ?? (await this.run());
-        if ("abandoned" in end) {
-          this.log.warn({ reason: end.abandoned }, "attempt abandoned: nothing recorded, nothing committed");
-          await this.events.flush();
-        } else {
-          await this.settle(end);
-        }
+        if (!("abandoned" in end)) return await this.settle(end);
+        this.log.warn({ reason: end.abandoned }, "attempt abandoned: nothing recorded, nothing committed");
+        await this.events.flush();
       } finally {
         clearInterval(this.heartbeat);
       }
@@ -168,6 +182,7 @@ export class JobAttempt {
     } finally {
       this.submissionWatch.close();
     }
+    return undefined;
   }
 
   private owns(record: JobRecord): boolean {
@@ -238,7 +253,7 @@ export class JobAttempt {
     if (attempt > 1) this.events.state({ state: "retrying", attempt, worker: ctx.workerId, at: Date.now() });
     let targetPath: string;
     try {
-      ctx.admit?.(job);
+      if (this.denied) throw this.denied;
       targetPath = resolveInside(ctx.sharedRoot, job.target);
       await prepareTargetDir(ctx.sharedRoot, targetPath);
       if (attempt > 1) await removeEarlierParts(targetPath, job.id, attempt);
@@ -427,7 +442,7 @@ export class JobAttempt {
   }
 
   /** Record the end, publish it, settle the message; a stale attempt writes nothing. */
-  private async settle(s: Settlement): Promise<void> {
+  private async settle(s: Settlement): Promise<AttemptEnd | undefined> {
     const { ctx, job, msg, attempt, events } = this;
     const terminal = TERMINAL_STATES.has(s.state);
     let stale = false;
@@ -450,7 +465,7 @@ export class JobAttempt {
     if (stale) {
       this.log.warn("lost the lease on this job to a newer attempt; its result is not recorded");
       await events.flush();
-      return;
+      return undefined;
     }
     events.state({
       state: s.state,
@@ -478,7 +493,6 @@ export class JobAttempt {
     if (s.settle === "ack") msg.ack();
     else if (s.settle === "term") msg.term();
     else msg.nak(s.nakDelayMs);
-    ctx.onSettled?.(s.state, s.elapsedMs);
     this.log.info(
       {
         state: s.state,
@@ -489,6 +503,7 @@ export class JobAttempt {
       },
       "job settled",
     );
+    return { state: s.state, elapsedMs: s.elapsedMs };
   }
 }
 

@@ -3,23 +3,32 @@ import type { JobMsg } from "../broker/pull.js";
 import { decode } from "../broker/codec.js";
 import { JobEventPublisher } from "../broker/events.js";
 import { jobMessageSchema, type JobMessage } from "../broker/schemas.js";
-import { asFleetError } from "../core/errors.js";
-import { JobAttempt, type WorkerContext } from "./attempt.js";
+import { asFleetError, type MarsFleetError } from "../core/errors.js";
+import { JobAttempt, type AttemptEnd, type AttemptEnv } from "./attempt.js";
 import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
 
-/** Handle one delivered message (`parsed`: its body, when the caller validated it already). Never throws. `attempts` holds the attempt while it runs. */
+/** What the dispatcher learnt of a delivery before handing it over. */
+export interface Admitted {
+  /** Its body, when the dispatcher validated it already. */
+  job?: JobMessage;
+  /** The QoS rule that refuses it: the attempt fails the job with this error. */
+  denied?: MarsFleetError;
+  /** Holds the attempt while it runs (how cancels and hand-backs reach it). */
+  attempts: Set<JobAttempt>;
+}
+
+/** Handle one delivered message; resolves with how its attempt settled it (see JobAttempt.execute). Never throws. */
 export async function handleDelivery(
-  ctx: WorkerContext,
+  ctx: AttemptEnv,
   msg: JobMsg,
-  attempts: Set<JobAttempt>,
-  parsed?: JobMessage,
-): Promise<void> {
+  { job: parsed, denied, attempts }: Admitted,
+): Promise<AttemptEnd | undefined> {
   let job: JobMessage;
   try {
     job = parsed ?? decode(jobMessageSchema, msg.data, "job message");
   } catch (err) {
     await deadLetterGarbage(ctx, msg, err);
-    return;
+    return undefined;
   }
   const events = new JobEventPublisher(
     ctx.js,
@@ -27,17 +36,17 @@ export async function handleDelivery(
     ctx.log.child({ jobId: job.id }),
     ctx.nc.info?.max_payload,
   );
-  const attempt = new JobAttempt(ctx, msg, job, events);
+  const attempt = new JobAttempt(ctx, msg, job, events, denied);
   attempts.add(attempt);
   try {
-    await attempt.execute();
+    return await attempt.execute();
   } finally {
     attempts.delete(attempt);
   }
 }
 
 /** A message that is no job: terminated at once (never redelivered), then kept in MARS_DEAD as far as it fits. */
-async function deadLetterGarbage(ctx: WorkerContext, msg: JobMsg, err: unknown): Promise<void> {
+async function deadLetterGarbage(ctx: AttemptEnv, msg: JobMsg, err: unknown): Promise<void> {
   const seq = msg.info.streamSequence;
   const error = asFleetError(err);
   msg.term();

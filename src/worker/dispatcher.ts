@@ -18,8 +18,10 @@ import { decode } from "../broker/codec.js";
 import { isAlreadyExists } from "../broker/nats-errors.js";
 import { jobMessageSchema, type JobMessage } from "../broker/schemas.js";
 import { JOBS_STREAM, consumerName, laneConsumerName, subjects } from "../broker/subjects.js";
+import { QosDeniedError } from "../core/errors.js";
 import {
   basePriority,
+  deniedBy,
   effectivePriority,
   factsOf,
   laneCap,
@@ -35,6 +37,8 @@ import { laneMessages } from "../qos/lane-counts.js";
 import { isLimit, withFleetCap, type QosRules } from "../qos/rules.js";
 import type { Holder, RulesFollower, SlotTable } from "../qos/store.js";
 import { Puller, type JobMsg } from "../broker/pull.js";
+import type { AttemptEnd, AttemptEnv, JobAttempt } from "./attempt.js";
+import { handleDelivery } from "./delivery.js";
 
 /** How often the worker counts what the server holds per lane (catches jobs it did not hear of). */
 export const COUNT_EVERY_MS = 1000;
@@ -86,14 +90,23 @@ export interface DispatcherDeps {
   rules: RulesFollower;
   slots: SlotTable;
   log: Logger;
-  /** Run a pulled message (a job, or garbage to dead-letter); resolves when it is settled. */
-  run: (msg: JobMsg, job: JobMessage | undefined) => Promise<void>;
+  /** What each attempt runs with. */
+  env: AttemptEnv;
+}
+
+/** Told when an attempt starts and when it ends (metrics, the registry): they watch, they decide nothing. */
+export interface DispatchObserver {
+  started?(running: number): void;
+  settled?(end: AttemptEnd | undefined, running: number): void;
 }
 
 export class Dispatcher {
   private readonly board = new LaneBoard();
   private readonly parkedJobs: Parked[] = [];
   private readonly running = new Set<Promise<void>>();
+  /** The attempts running now: the one route by which cancels and hand-backs reach them. */
+  readonly attempts = new Set<JobAttempt>();
+  private readonly observers: DispatchObserver[] = [];
   /** Lanes whose consumer this worker made sure exists, with the `max_ack_pending` it gave it (-1: none). */
   private readonly consumers = new Map<string, number>();
   private free: number;
@@ -181,6 +194,10 @@ export class Dispatcher {
   /** Once the rules have limits, keep every slot's holders at hand (see SlotTable.follow). */
   private followSlots(): void {
     if (this.rulesNow.rules.some(isLimit)) this.deps.slots.follow();
+  }
+
+  observe(observer: DispatchObserver): void {
+    this.observers.push(observer);
   }
 
   /** Jobs pulled but waiting for a limit, with why (for the registry entry). */
@@ -471,6 +488,8 @@ export class Dispatcher {
     this.board.took(lane, job?.id, now);
     if (!job || this.rulesNow.rules.length === 0) return this.launch(lane, msg, job, [], undefined);
     const facts = factsOf(job); // from the message as validated, not as heard
+    const denied = this.refusal(facts);
+    if (denied) return this.launch(lane, msg, job, [], undefined, denied);
     const limits = this.limitsOf(facts, lane);
     if (limits.length === 0) return this.launch(lane, msg, job, [], undefined);
     const holder: Holder = {
@@ -509,7 +528,15 @@ export class Dispatcher {
       (a, b) => b.priority - a.priority || a.job.submittedAt - b.job.submittedAt,
     );
     for (const p of order) {
-      p.limits = this.limitsOf(factsOf(p.job), p.lane); // the rules may have changed since it was parked
+      // The rules may have changed since it was parked.
+      const facts = factsOf(p.job);
+      const denied = this.refusal(facts);
+      if (denied) {
+        this.parkedJobs.splice(this.parkedJobs.indexOf(p), 1);
+        this.launch(p.lane, p.msg, p.job, [], undefined, denied);
+        return true;
+      }
+      p.limits = this.limitsOf(facts, p.lane);
       if (p.limits.some((s) => this.deps.slots.seemsFull(s))) continue;
       const holder = { ...p.holder, at: Date.now() };
       const got =
@@ -526,18 +553,30 @@ export class Dispatcher {
     return false;
   }
 
+  /** The deny rule in force that refuses a job with these facts, as the error its attempt fails with. */
+  private refusal(facts: JobFacts): QosDeniedError | undefined {
+    const rule = deniedBy(this.rulesNow, facts);
+    return rule && new QosDeniedError(rule.deny, { rule: rule.name });
+  }
+
   private launch(
     lane: string,
     msg: JobMsg,
     job: JobMessage | undefined,
     limits: LimitSlot[],
     holder: Holder | undefined,
+    denied?: QosDeniedError,
   ): void {
     this.free--;
     this.syncWakeBell();
-    const done = this.deps
-      .run(msg, job)
-      .then(async () => {
+    for (const o of this.observers) o.started?.(this.attempts.size + 1);
+    const done = handleDelivery(this.deps.env, msg, {
+      attempts: this.attempts,
+      ...(job && { job }),
+      ...(denied && { denied }),
+    })
+      .then(async (end) => {
+        for (const o of this.observers) o.settled?.(end, this.attempts.size);
         if (holder) await this.deps.slots.releaseSettled(this.deps.nc, limits, holder);
       })
       .catch((err: unknown) =>

@@ -15,25 +15,23 @@ import { ACK_WAIT_HEARTBEATS, connectProvisioned, type ProvisionReport } from ".
 import { JobStore } from "../broker/records.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerMetrics } from "./metrics.js";
-import { TERMINAL_STATES, type JobMessage, type WorkerInfo, type WorkerState } from "../broker/schemas.js";
-import type { JobMsg } from "../broker/pull.js";
+import { TERMINAL_STATES, type WorkerInfo, type WorkerState } from "../broker/schemas.js";
 import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
-import { deniedBy, factsOf } from "../qos/evaluate.js";
 import { RulesFollower, SlotTable } from "../qos/store.js";
 import { Dispatcher } from "./dispatcher.js";
 import { marsCommandArgv, type FleetConfig } from "../config/load.js";
-import { BrokerError, QosDeniedError, WrongStateError } from "../core/errors.js";
+import { BrokerError, WrongStateError } from "../core/errors.js";
 import { silentLogger } from "../core/logging.js";
 import { watchMaxDeliveries } from "./dead-letter.js";
 import { JobEventPublisher } from "../broker/events.js";
 import { untilAborted } from "../core/abort.js";
-import type { JobAttempt, WorkerContext } from "./attempt.js";
-import { handleDelivery } from "./delivery.js";
+import type { AttemptEnv, JobAttempt } from "./attempt.js";
 import { Journal } from "./journal.js";
 import { preflight } from "./preflight.js";
 
 export const WORKER_VERSION = "0.1.0";
 const REGISTRY_MIN_INTERVAL_MS = 1000;
+const NO_ATTEMPTS: ReadonlySet<JobAttempt> = new Set();
 const SERVER_DEFAULT_ACK_WAIT_NS = 30_000_000_000;
 
 export interface WorkerOptions {
@@ -51,8 +49,6 @@ export type StopKind = "drained" | "forced";
 export class Worker {
   readonly id: string;
   private stateValue: WorkerState = "starting";
-  /** The attempts running now: the one route by which cancels and hand-backs reach them. */
-  private readonly attempts = new Set<JobAttempt>();
   private readonly ended: Promise<StopKind>;
   private settleEnded!: { resolve: (kind: StopKind) => void; reject: (err: unknown) => void };
   private dispatcher: Dispatcher | undefined;
@@ -71,7 +67,6 @@ export class Worker {
   private forceRequested = false;
   private readonly startedAt = Date.now();
   private readonly log: Logger;
-  private ctx!: WorkerContext;
   /** The queue's own consumer's settings: ack wait and deliveries, copied by every lane consumer. */
   private template!: ConsumerConfig;
 
@@ -100,6 +95,11 @@ export class Worker {
       return worker;
     });
     return untilAborted(starting, opts.signal, (worker) => worker.stop());
+  }
+
+  /** The attempts running now (the dispatcher holds them). */
+  private get attempts(): ReadonlySet<JobAttempt> {
+    return this.dispatcher?.attempts ?? NO_ATTEMPTS;
   }
 
   get state(): WorkerState {
@@ -177,7 +177,7 @@ export class Worker {
       },
       this.log,
     );
-    this.ctx = {
+    const env: AttemptEnv = {
       nc: this.conn.nc,
       js: this.conn.js,
       store,
@@ -193,19 +193,14 @@ export class Worker {
       // Loaded on first use: most workers never deliver to the object store.
       results: () =>
         (this.results ??= import("../broker/results.js").then((m) => m.resultsStore(this.conn.nc))),
-      admit: (job) => {
-        const denied = deniedBy(rules.rules, factsOf(job));
-        if (denied) throw new QosDeniedError(denied.deny, { rule: denied.name });
-      },
       log: this.log,
-      onSettled: (state, elapsedMs) => this.metrics?.settled(state, elapsedMs),
     };
     if (config.metricsPort > 0) await this.startMetrics(config.metricsPort);
     this.advisorySub = watchMaxDeliveries({
       nc: this.conn.nc,
       js: this.conn.js,
       jsm: this.conn.jsm,
-      store: this.ctx.store,
+      store,
       queue: config.queue,
       log: this.log,
       events: (jobId) =>
@@ -235,7 +230,16 @@ export class Worker {
       rules,
       slots: this.slots,
       log: this.log,
-      run: (msg, job) => this.runJob(msg, job),
+      env,
+    });
+    this.dispatcher.observe({
+      started: (running) => this.metrics?.setRunning(running),
+      settled: (end, running) => {
+        if (end) this.metrics?.settled(end.state, end.elapsedMs);
+        this.metrics?.setRunning(running);
+        // Keep `mars-fleet workers` current without a registry write per job under load.
+        if (Date.now() - this.lastRegistryAt > REGISTRY_MIN_INTERVAL_MS) void this.publishRegistry();
+      },
     });
     await this.dispatcher.start();
     this.log.info(
@@ -278,17 +282,6 @@ export class Worker {
       );
     }
     return { heartbeatMs, registryMs };
-  }
-
-  private async runJob(msg: JobMsg, job: JobMessage | undefined): Promise<void> {
-    this.metrics?.setRunning(this.attempts.size + 1);
-    try {
-      await handleDelivery(this.ctx, msg, this.attempts, job);
-    } finally {
-      this.metrics?.setRunning(this.attempts.size);
-      // Keep `mars-fleet workers` current without a registry write per job under load.
-      if (Date.now() - this.lastRegistryAt > REGISTRY_MIN_INTERVAL_MS) void this.publishRegistry();
-    }
   }
 
   /** CPU share (percent of one core) since the last call, and resident memory. */
