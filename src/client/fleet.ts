@@ -156,38 +156,8 @@ export class Fleet {
   /** Put a job on the queue. Validates everything first; returns the existing job for a known requestId. */
   async submit(request: MarsRequestInput, opts: SubmitOptions = {}): Promise<JobHandle> {
     opts.signal?.throwIfAborted();
-    const requests = toRequests(request);
-    const size = Buffer.byteLength(JSON.stringify(requests));
-    if (size > MAX_REQUEST_BYTES)
-      throw new RequestTooLargeError(
-        `the request is ${size} bytes; a job may carry at most ${MAX_REQUEST_BYTES} (split it, or list fewer values)`,
-        { bytes: size, max: MAX_REQUEST_BYTES },
-      );
-    const deliver = opts.deliver ?? "share";
-    const id = jobIdFor(opts.requestId);
-    // Object-store results are written on the worker's own disk first, under its root.
-    const target =
-      deliver === "objectstore" ? `.objects/${id}.grib` : this.targetFor(opts.targetDir, opts.targetFname);
-    const environ = opts.environ ?? {};
-    checkEnviron(environ);
-    if (opts.retry) checkRetry(opts.retry);
-    const queue = opts.queue ?? this.config.queue;
-    const now = Date.now();
-    const message: JobMessage = {
-      v: PROTOCOL_VERSION,
-      id,
-      queue,
-      requests,
-      target,
-      environ,
-      timeoutMs: opts.timeoutMs ?? this.config.jobTimeout,
-      maxAttempts: opts.retry?.maxAttempts ?? this.config.maxRetries,
-      retryDelayMs: opts.retry?.delayMs ?? this.config.retryDelay,
-      submittedAt: now,
-      deliver,
-      ...(opts.marsEnv && { marsEnv: checkJobMarsEnv(opts.marsEnv) }),
-      submittedBy: this.submitter(environ),
-    };
+    const message = this.jobMessage(request, opts);
+    const { id, queue } = message;
     const rules = (await this.qosRules()).rules;
     const facts = factsOf(message);
     const denied = deniedBy(rules, facts);
@@ -221,12 +191,63 @@ export class Fleet {
       if (existing.record.state !== "queued") return this.handle(id, submitted);
     }
     try {
+      await this.publishJob(subject, message);
+    } catch (err) {
+      if (revision !== undefined) unwatch();
+      throw err;
+    }
+    const handle = this.handle(id, submitted);
+    if (revision !== undefined && watch) handle.followFromSubmit(watch);
+    if (revision !== undefined && live) handle.followEventsFromSubmit(live);
+    if (callbackSecret !== undefined) handle.callbackSecret = callbackSecret;
+    return handle;
+  }
+
+  /** The job message for a request, every part of it checked (size, target, environ, retry policy). */
+  private jobMessage(request: MarsRequestInput, opts: SubmitOptions): JobMessage {
+    const requests = toRequests(request);
+    const size = Buffer.byteLength(JSON.stringify(requests));
+    if (size > MAX_REQUEST_BYTES)
+      throw new RequestTooLargeError(
+        `the request is ${size} bytes; a job may carry at most ${MAX_REQUEST_BYTES} (split it, or list fewer values)`,
+        { bytes: size, max: MAX_REQUEST_BYTES },
+      );
+    const deliver = opts.deliver ?? "share";
+    const id = jobIdFor(opts.requestId);
+    // Object-store results are written on the worker's own disk first, under its root.
+    const target =
+      deliver === "objectstore" ? `.objects/${id}.grib` : this.targetFor(opts.targetDir, opts.targetFname);
+    const environ = opts.environ ?? {};
+    checkEnviron(environ);
+    if (opts.retry) checkRetry(opts.retry);
+    return {
+      v: PROTOCOL_VERSION,
+      id,
+      queue: opts.queue ?? this.config.queue,
+      requests,
+      target,
+      environ,
+      timeoutMs: opts.timeoutMs ?? this.config.jobTimeout,
+      maxAttempts: opts.retry?.maxAttempts ?? this.config.maxRetries,
+      retryDelayMs: opts.retry?.delayMs ?? this.config.retryDelay,
+      submittedAt: Date.now(),
+      deliver,
+      ...(opts.marsEnv && { marsEnv: checkJobMarsEnv(opts.marsEnv) }),
+      submittedBy: this.submitter(environ),
+    };
+  }
+
+  /**
+   * Publish a job message (deduplicated by its id). When it cannot be queued, its record is
+   * marked failed: no record claims a job is queued when it never reached the queue.
+   */
+  private async publishJob(subject: string, message: JobMessage): Promise<void> {
+    const id = message.id;
+    try {
       await withRetry(() => this.conn.js.publish(subject, encode(message), { msgID: id }), {
         deadlineMs: this.config.requestTimeout,
       });
     } catch (err) {
-      if (revision !== undefined) unwatch();
-      // Leave no record that claims a job is queued when it never reached the queue.
       const error = new BrokerError(
         `the job could not be queued: ${(err as Error).message}`,
         { jobId: id },
@@ -243,11 +264,6 @@ export class Fleet {
         );
       throw error;
     }
-    const handle = this.handle(id, submitted);
-    if (revision !== undefined && watch) handle.followFromSubmit(watch);
-    if (revision !== undefined && live) handle.followEventsFromSubmit(live);
-    if (callbackSecret !== undefined) handle.callbackSecret = callbackSecret;
-    return handle;
   }
 
   private async registerCallback(id: string, cb: { url: string; secret?: string }): Promise<string> {

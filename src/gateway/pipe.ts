@@ -6,7 +6,6 @@
 import { randomUUID } from "node:crypto";
 import { rm } from "node:fs/promises";
 import type { ServerResponse } from "node:http";
-import { join } from "node:path";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
 import type { Logger } from "pino";
 import { downloadResult } from "../broker/results.js";
@@ -20,7 +19,7 @@ import {
   type ErrorRecord,
   type MarsFleetError,
 } from "../core/errors.js";
-import { attemptRunId, partPathFor } from "../runner/target.js";
+import { attemptRunId, partPathFor, resolveInside } from "../runner/target.js";
 import { FileTail } from "./tail.js";
 import { CONTROL, UID_PATTERN, environStrings, failureBody, failureShape, pipeBodySchema } from "./wire.js";
 
@@ -130,7 +129,8 @@ async function streamFromShare(
   opts: PipeOptions,
   signal: AbortSignal,
 ): Promise<void> {
-  const target = join(opts.sharedRoot, PIPE_DIR, `${job.id}.grib`);
+  // Where the job's record says its result goes (made by jobTarget at submit), on this host.
+  const target = resolveInside(opts.sharedRoot, (await job.status()).target);
   let tail: FileTail | undefined;
   let following: Promise<void> = Promise.resolve();
   const stopTail = async (): Promise<void> => {
@@ -235,10 +235,65 @@ async function findJob(fleet: Fleet, uid: string): Promise<JobHandle | undefined
   }
 }
 
+/** One pipe request: submit the job, then stream its log and result back on the held response. */
+async function runPipeRequest(rawBody: unknown, reply: FastifyReply, opts: PipeOptions): Promise<unknown> {
+  const { config } = opts.fleet;
+  const uid = randomUUID();
+  const body = pipeBodySchema.safeParse(rawBody);
+  if (!body.success) {
+    const error = new MarsRequestError(`invalid request body: ${describeZodError(body.error)}`);
+    return refuse(reply, uid, error, {}, opts);
+  }
+  const environ = environStrings(body.data.environ);
+  // The original server gave MARS the uid as request id when the client sent none.
+  if (config.gatewayPipeRequestId && environ["request_id"] === undefined) environ["request_id"] = uid;
+  if ((await opts.fleet.servingWorkers()).length === 0) {
+    // No worker: the job would only wait. These headers send the client to its next server at once.
+    return reply
+      .code(503)
+      .header("X-MARS-UID", uid)
+      .header("X-MARS-RETRY-SAME-HOST", "0")
+      .header("X-MARS-RETRY-NEXT-HOST", "1")
+      .send({ error: `no MARS worker serves queue ${config.queue}`, code: "NO_WORKER" });
+  }
+  let job: JobHandle;
+  try {
+    job = await opts.fleet.submit(body.data.request, {
+      requestId: uid,
+      environ,
+      watchResult: false, // followed by its events, from the start
+      watchEvents: true,
+      ...(opts.dataPath === "objectstore"
+        ? { deliver: "objectstore" as const }
+        : { targetDir: PIPE_DIR, targetFname: `${uid}.grib` }),
+    });
+  } catch (err) {
+    const error = asFleetError(err);
+    if (!error.retryable) return refuse(reply, uid, error, environ, opts);
+    return reply.code(503).header("X-MARS-UID", uid).send({ error: error.message, code: error.code });
+  }
+  reply.hijack();
+  const log = opts.log.child({ jobId: job.id });
+  const out = new PipeReply(reply.raw, uid);
+  const ac = new AbortController();
+  reply.raw.on("close", () => {
+    if (out.ended) return;
+    ac.abort();
+    log.info("client went away: cancelling its job");
+    void job.cancel().catch((err: unknown) => log.warn({ err }, "could not cancel the job"));
+  });
+  try {
+    const stream = opts.dataPath === "objectstore" ? streamFromObjectStore : streamFromShare;
+    await stream(job, out, opts, ac.signal);
+  } catch (err) {
+    log.error({ err }, "pipe request failed");
+    await out.fail(asFleetError(err).toRecord()).catch(() => reply.raw.destroy());
+  }
+}
+
 /** The pipe-mode HTTP server (not yet listening). Any path works, as with the original server. */
 export function pipeServer(opts: PipeOptions): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024, exposeHeadRoutes: false });
-  const { config } = opts.fleet;
 
   // A body that is not JSON (or too big) is refused like any other bad request.
   app.setErrorHandler(async (err: FastifyError, _req, reply) => {
@@ -258,59 +313,7 @@ export function pipeServer(opts: PipeOptions): FastifyInstance {
 
   app.head("/*", async (_req, reply) => reply.code(204).send());
 
-  app.post("/*", async (req, reply) => {
-    const uid = randomUUID();
-    const body = pipeBodySchema.safeParse(req.body);
-    if (!body.success) {
-      const error = new MarsRequestError(`invalid request body: ${describeZodError(body.error)}`);
-      return refuse(reply, uid, error, {}, opts);
-    }
-    const environ = environStrings(body.data.environ);
-    // The original server gave MARS the uid as request id when the client sent none.
-    if (config.gatewayPipeRequestId && environ["request_id"] === undefined) environ["request_id"] = uid;
-    if ((await opts.fleet.servingWorkers()).length === 0) {
-      // No worker: the job would only wait. These headers send the client to its next server at once.
-      return reply
-        .code(503)
-        .header("X-MARS-UID", uid)
-        .header("X-MARS-RETRY-SAME-HOST", "0")
-        .header("X-MARS-RETRY-NEXT-HOST", "1")
-        .send({ error: `no MARS worker serves queue ${config.queue}`, code: "NO_WORKER" });
-    }
-    let job: JobHandle;
-    try {
-      job = await opts.fleet.submit(body.data.request, {
-        requestId: uid,
-        environ,
-        watchResult: false, // followed by its events, from the start
-        watchEvents: true,
-        ...(opts.dataPath === "objectstore"
-          ? { deliver: "objectstore" as const }
-          : { targetDir: PIPE_DIR, targetFname: `${uid}.grib` }),
-      });
-    } catch (err) {
-      const error = asFleetError(err);
-      if (!error.retryable) return refuse(reply, uid, error, environ, opts);
-      return reply.code(503).header("X-MARS-UID", uid).send({ error: error.message, code: error.code });
-    }
-    reply.hijack();
-    const log = opts.log.child({ jobId: job.id });
-    const out = new PipeReply(reply.raw, uid);
-    const ac = new AbortController();
-    reply.raw.on("close", () => {
-      if (out.ended) return;
-      ac.abort();
-      log.info("client went away: cancelling its job");
-      void job.cancel().catch((err: unknown) => log.warn({ err }, "could not cancel the job"));
-    });
-    try {
-      const stream = opts.dataPath === "objectstore" ? streamFromObjectStore : streamFromShare;
-      await stream(job, out, opts, ac.signal);
-    } catch (err) {
-      log.error({ err }, "pipe request failed");
-      await out.fail(asFleetError(err).toRecord()).catch(() => reply.raw.destroy());
-    }
-  });
+  app.post("/*", (req, reply) => runPipeRequest(req.body, reply, opts));
 
   app.get("/*", async (req, reply) => {
     const uid = uidOf(req.url);

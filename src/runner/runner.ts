@@ -3,6 +3,7 @@
  * progress, enforces cancellation and a wall-clock timeout, and commits the target atomically.
  * Workers and local mode share it unchanged.
  */
+import type { ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { constants as osConstants, tmpdir } from "node:os";
@@ -232,14 +233,9 @@ export class MarsRun {
       // Anything that kept MARS from starting is an outcome like the others, never a throw.
       await discardPart(this.partPath);
       return {
+        ...nothingRan(),
         status: "rejected",
         error: asFleetError(err),
-        bytes: 0,
-        exitCode: null,
-        signal: null,
-        errorLines: [],
-        tail: [],
-        lines: 0,
         elapsedMs: Date.now() - started,
       };
     } finally {
@@ -255,10 +251,9 @@ export class MarsRun {
     // A small local file: one synchronous write costs less CPU than three trips through the
     // thread pool (open, write, close), and blocks for microseconds.
     writeFileSync(requestFile, formatRequests(requests));
-    const base = { bytes: 0, exitCode: null, signal: null, errorLines: [], tail: [], lines: 0 };
-    if (opts.signal?.aborted) return { ...base, status: "cancelled", elapsedMs: Date.now() - started };
+    if (opts.signal?.aborted)
+      return { ...nothingRan(), status: "cancelled", elapsedMs: Date.now() - started };
 
-    const targetDir = dirname(opts.targetPath);
     // A missing target directory shows as a spawn error (it is MARS's working directory), and is
     // explained there: one look at the target fewer per run.
     if (!opts.targetChecked && (await isDirectory(opts.targetPath))) {
@@ -266,7 +261,11 @@ export class MarsRun {
     }
     const env = { ...marsEnvironment(opts.environ, opts.env), [RUN_MARKER]: this.runId };
     const command = [...(opts.command ?? simulatorCommand()), requestFile];
-    const { child, pgid, release } = spawnOrExplain([...MERGED_OUTPUT, ...command], env, targetDir);
+    const { child, pgid, release } = spawnOrExplain(
+      [...MERGED_OUTPUT, ...command],
+      env,
+      dirname(opts.targetPath),
+    );
     this.pgid = pgid;
     const onAbort = (): void => this.cancel();
     opts.signal?.addEventListener("abort", onAbort, { once: true });
@@ -276,56 +275,13 @@ export class MarsRun {
       opts.timeoutMs && opts.timeoutMs > 0
         ? setTimeout(() => this.stop("timeout"), opts.timeoutMs)
         : undefined;
-
-    let seq = 0;
-    let total = 0;
-    let lastBytes = -1;
-    const errorLines: string[] = [];
-    const tail: string[] = [];
-    const emitLine = (line: string): void => {
-      seq++;
-      if (isErrorLine(line)) errorLines.push(line);
-      tail.push(line);
-      if (tail.length > TAIL_LINES) tail.shift();
-      const announced = transferBytes(line);
-      if (announced !== undefined) total += announced;
-      this.channel.push({ type: "log", seq, line, stream: "stdout", at: Date.now() });
-    };
-    const emitProgress = async (): Promise<void> => {
-      const bytes = await sizeOf(this.partPath);
-      if (bytes !== lastBytes) {
-        lastBytes = bytes;
-        this.channel.push({ type: "progress", bytes, total: Math.max(total, bytes), at: Date.now() });
-      }
-    };
+    const output = new OutputTally(this.channel);
     const progressTimer = setInterval(
-      () => void emitProgress(),
+      () => void output.progress(this.partPath),
       opts.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL,
     );
-
-    // stderr is on stdout's pipe (MERGED_OUTPUT): one stream carries every line.
-    const outputs = new Promise<void>((resolve) => {
-      const source = child.stdout;
-      if (!source) return resolve();
-      const splitter = new LineSplitter();
-      source.on("data", (chunk: Buffer) => {
-        for (const line of splitter.push(chunk)) emitLine(line);
-      });
-      source.on("close", () => {
-        for (const line of splitter.end()) emitLine(line);
-        resolve();
-      });
-    });
-
-    const exit = await new Promise<{ code: number | null; signal: string | null; error?: Error }>(
-      (resolve) => {
-        child.once("error", (error) => resolve({ code: null, signal: null, error }));
-        child.once("spawn", () =>
-          this.channel.push({ type: "spawned", pid: child.pid ?? -1, at: Date.now() }),
-        );
-        child.once("exit", (code, signal) => resolve({ code, signal }));
-      },
-    );
+    const outputs = output.follow(child);
+    const exit = await this.exitOf(child);
     // Whatever MARS left behind in its group (helpers, a wrapper's children) goes with it.
     signalGroup(pgid, "SIGKILL");
     release();
@@ -334,15 +290,36 @@ export class MarsRun {
     clearInterval(progressTimer);
     if (timeout) clearTimeout(timeout);
     opts.signal?.removeEventListener("abort", onAbort);
+    return this.outcomeOf(exit, output, command, started);
+  }
 
+  /** How the MARS process ended (or failed to start); tells followers when it started. */
+  private exitOf(child: ChildProcess): Promise<Exit> {
+    return new Promise((resolve) => {
+      child.once("error", (error) => resolve({ code: null, signal: null, error }));
+      child.once("spawn", () => this.channel.push({ type: "spawned", pid: child.pid ?? -1, at: Date.now() }));
+      child.once("exit", (code, signal) => resolve({ code, signal }));
+    });
+  }
+
+  /** The run's outcome from how MARS ended and what it wrote: the part file is committed, kept for the caller, or dropped. */
+  private async outcomeOf(
+    exit: Exit,
+    output: OutputTally,
+    command: readonly string[],
+    started: number,
+  ): Promise<RunOutcome> {
+    const { opts } = this;
     const part = await fileIdentity(this.partPath);
     const bytes = part.size;
     const signal = exitSignal(exit.code, exit.signal);
-    const common = { bytes, exitCode: exit.code, signal, errorLines, tail, lines: seq };
+    const { errorLines, tail, seq: lines } = output;
+    const common = { bytes, exitCode: exit.code, signal, errorLines, tail, lines };
     const elapsedMs = (): number => Date.now() - started;
     const cannotRun = exit.code === EXIT_NOT_EXECUTABLE || exit.code === EXIT_NOT_FOUND;
     if (exit.error || (cannotRun && !this.stopReason)) {
       await discardPart(this.partPath);
+      const targetDir = dirname(opts.targetPath);
       const noDir =
         (exit.error as NodeJS.ErrnoException | undefined)?.code === "ENOENT" &&
         !(await isDirectory(targetDir));
@@ -360,10 +337,72 @@ export class MarsRun {
       await discardPart(this.partPath);
       return { ...common, status: "no_data", elapsedMs: elapsedMs() };
     }
-    this.channel.push({ type: "progress", bytes, total: Math.max(total, bytes), at: Date.now() });
+    this.channel.push({ type: "progress", bytes, total: Math.max(output.total, bytes), at: Date.now() });
     if (!opts.deferCommit) await this.commit();
     const deferred = opts.deferCommit && part.ino !== undefined ? { partIno: part.ino } : {};
     return { ...common, status: "succeeded", target: opts.targetPath, elapsedMs: elapsedMs(), ...deferred };
+  }
+}
+
+interface Exit {
+  code: number | null;
+  signal: string | null;
+  error?: Error;
+}
+
+/** An outcome's fields when MARS never ran (fresh arrays: an outcome is the caller's to keep). */
+function nothingRan(): Pick<RunOutcome, "bytes" | "exitCode" | "signal" | "errorLines" | "tail" | "lines"> {
+  return { bytes: 0, exitCode: null, signal: null, errorLines: [], tail: [], lines: 0 };
+}
+
+/**
+ * What MARS prints, as a run keeps it: each line to the run's followers, counted, error lines and
+ * the last TAIL_LINES kept for the outcome, the bytes its transfer lines announce; and the part
+ * file's growth as progress.
+ */
+class OutputTally {
+  seq = 0;
+  /** Bytes the transfer lines announced so far. */
+  total = 0;
+  readonly errorLines: string[] = [];
+  readonly tail: string[] = [];
+  private lastBytes = -1;
+
+  constructor(private readonly channel: Channel<RunEvent>) {}
+
+  line(line: string): void {
+    this.seq++;
+    if (isErrorLine(line)) this.errorLines.push(line);
+    this.tail.push(line);
+    if (this.tail.length > TAIL_LINES) this.tail.shift();
+    const announced = transferBytes(line);
+    if (announced !== undefined) this.total += announced;
+    this.channel.push({ type: "log", seq: this.seq, line, stream: "stdout", at: Date.now() });
+  }
+
+  /** A progress event when the part file grew since the last one. */
+  async progress(partPath: string): Promise<void> {
+    const bytes = await sizeOf(partPath);
+    if (bytes !== this.lastBytes) {
+      this.lastBytes = bytes;
+      this.channel.push({ type: "progress", bytes, total: Math.max(this.total, bytes), at: Date.now() });
+    }
+  }
+
+  /** Every line of the child's output (stderr is on stdout's pipe: MERGED_OUTPUT); resolves when it closes. */
+  follow(child: ChildProcess): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const source = child.stdout;
+      if (!source) return resolve();
+      const splitter = new LineSplitter();
+      source.on("data", (chunk: Buffer) => {
+        for (const line of splitter.push(chunk)) this.line(line);
+      });
+      source.on("close", () => {
+        for (const line of splitter.end()) this.line(line);
+        resolve();
+      });
+    });
   }
 }
 

@@ -158,7 +158,6 @@ export class Worker {
     const recovered = await journal.recover();
     if (recovered.length > 0)
       this.log.warn({ recovered: recovered.map((r) => r.jobId) }, "cleaned up after a previous crash");
-    const command = marsCommandArgv(config);
     this.template = (await this.conn.jsm.consumers.info(JOBS_STREAM, consumerName(config.queue))).config;
     const { heartbeatMs, registryMs } = await this.effectiveIntervals();
     const store = new JobStore(await this.conn.jobsKv(), this.conn, this.log);
@@ -168,7 +167,7 @@ export class Worker {
       { kv: qosKv, jsm: this.conn.jsm, authority: this.conn.authority },
       this.log,
     ));
-    this.slots = new SlotTable(
+    const slots = (this.slots = new SlotTable(
       this.conn.jsm,
       qosKv,
       async (jobId) => {
@@ -176,8 +175,27 @@ export class Worker {
         return !found || TERMINAL_STATES.has(found.record.state);
       },
       this.log,
+    ));
+    const env = this.attemptEnv(store, journal, heartbeatMs);
+    if (config.metricsPort > 0) await this.startMetrics(config.metricsPort);
+    this.listen(store);
+    void this.watchConnection();
+    this.stateValue = "running";
+    await this.publishRegistry();
+    this.registryTimer = setInterval(() => void this.publishRegistry(), registryMs);
+    this.registryTimer.unref();
+    await this.startDispatcher(env, rules, slots, heartbeatMs);
+    this.log.info(
+      { slots: config.concurrency, sharedRoot: config.sharedRoot, metricsPort: this.metricsPortValue },
+      "worker started",
     );
-    const env: AttemptEnv = {
+  }
+
+  /** What every attempt of this worker runs with. */
+  private attemptEnv(store: JobStore, journal: Journal, heartbeatMs: number): AttemptEnv {
+    const { config } = this.opts;
+    const command = marsCommandArgv(config);
+    return {
       nc: this.conn.nc,
       js: this.conn.js,
       store,
@@ -195,7 +213,11 @@ export class Worker {
         (this.results ??= import("../broker/results.js").then((m) => m.resultsStore(this.conn.nc))),
       log: this.log,
     };
-    if (config.metricsPort > 0) await this.startMetrics(config.metricsPort);
+  }
+
+  /** Jobs that ran out of deliveries (the server's advisory), and cancels of the jobs running here. */
+  private listen(store: JobStore): void {
+    const { config } = this.opts;
     this.advisorySub = watchMaxDeliveries({
       nc: this.conn.nc,
       js: this.conn.js,
@@ -213,11 +235,15 @@ export class Worker {
         for (const a of this.attempts) if (a.job.id === jobId) a.stop("cancelled");
       },
     });
-    void this.watchConnection();
-    this.stateValue = "running";
-    await this.publishRegistry();
-    this.registryTimer = setInterval(() => void this.publishRegistry(), registryMs);
-    this.registryTimer.unref();
+  }
+
+  private async startDispatcher(
+    env: AttemptEnv,
+    rules: RulesFollower,
+    slots: SlotTable,
+    heartbeatMs: number,
+  ): Promise<void> {
+    const { config } = this.opts;
     this.dispatcher = new Dispatcher({
       nc: this.conn.nc,
       inboxPrefix: inboxPrefixFor(this.conn.identity),
@@ -228,7 +254,7 @@ export class Worker {
       heartbeatMs,
       template: this.template,
       rules,
-      slots: this.slots,
+      slots,
       log: this.log,
       env,
     });
@@ -242,10 +268,6 @@ export class Worker {
       },
     });
     await this.dispatcher.start();
-    this.log.info(
-      { slots: config.concurrency, sharedRoot: config.sharedRoot, metricsPort: this.metricsPortValue },
-      "worker started",
-    );
   }
 
   /** Port of the Prometheus endpoint, when metrics are on. */
