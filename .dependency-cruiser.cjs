@@ -14,7 +14,8 @@ const LAYERS = {
   worker: ["core", "mars", "sim", "config", "broker", "qos", "runner", "client"],
   gateway: ["core", "mars", "config", "broker", "qos", "runner", "client"],
   api: ["core", "mars", "config", "broker", "qos", "runner", "client"],
-  cli: ["core", "mars", "sim", "config", "broker", "qos", "runner", "client", "worker", "gateway", "api"],
+  local: ["core", "mars", "config", "broker", "client", "worker"],
+  cli: ["core", "mars", "sim", "config", "broker", "qos", "runner", "client", "worker", "gateway", "api", "local"],
 };
 
 const folders = Object.keys(LAYERS);
@@ -47,6 +48,21 @@ module.exports = {
       to: { path: "node_modules/@nats-io/[^/]+/lib/internal" },
     },
     ...layerRules,
+    {
+      name: "through-index",
+      comment:
+        "a folder's index.ts is its boundary: import another folder from there. Only a dynamic import() may reach a module behind it (loaded on demand, to keep what a process carries small)",
+      severity: "error",
+      from: { path: "^src/([^/]+)/" },
+      to: { path: "^src/[^/]+/", pathNot: ["^src/$1/", "^src/[^/]+/index\\.ts$"], dynamic: false },
+    },
+    {
+      name: "root-through-index",
+      comment: "the package's entry (src/index.ts) exports from each folder's index.ts",
+      severity: "error",
+      from: { path: "^src/index\\.ts$" },
+      to: { path: "^src/[^/]+/", pathNot: "^src/[^/]+/index\\.ts$" },
+    },
   ],
   options: {
     doNotFollow: { path: "node_modules" },

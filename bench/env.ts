@@ -7,13 +7,13 @@ import { promisify } from "node:util";
 import { fileURLToPath } from "node:url";
 import { connect, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { NATS_SERVER_BIN, type LocalNatsServer } from "../src/broker/local-server.js";
+import { NATS_SERVER_BIN, type LocalNatsServer } from "../src/local/server.js";
 import { TERMINAL_STATES, type JobState } from "../src/broker/schemas.js";
 import { eventKind } from "../src/broker/subjects.js";
 import { lookupParam } from "../src/mars/params.js";
 import { encodeGrib2 } from "../src/sim/grib.js";
 import { fieldValues } from "../src/sim/fields.js";
-import { LocalFleet } from "../src/worker/local-fleet.js";
+import { LocalFleet } from "../src/local/fleet.js";
 
 export class BenchEnv extends LocalFleet {
   private core: NatsConnection | undefined;

@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
-import { freePort } from "../src/broker/local-server.js";
+import { freePort } from "../src/local/server.js";
 import { WARM_JOBS, cpuMs } from "./env.js";
 import { round } from "./report.js";
 

@@ -11,7 +11,7 @@ import { mkdir } from "node:fs/promises";
 import { createWriteStream } from "node:fs";
 import { resolve } from "node:path";
 import { promisify } from "node:util";
-import { LocalNatsServer } from "../src/broker/local-server.js";
+import { LocalNatsServer } from "../src/local/server.js";
 import { killOwnedOnSigterm } from "../src/core/owned.js";
 import { Fleet } from "../src/client/fleet.js";
 import type { JobHandle } from "../src/client/job.js";

@@ -1,40 +1,49 @@
 /** mars-fleet's public API. */
 export {
-  Fleet,
-  IMPORTANT_LINE,
-  JobHandle,
-  LogFilter,
   executeMars,
   executeMarsLocally,
+  type ExecuteMarsOptions,
+  type ExecuteOptions,
+  type ExecuteResult,
+  Fleet,
+  type FleetConnectOptions,
+  type FleetJobResult,
+  IMPORTANT_LINE,
+  type JobControl,
+  type JobEvent,
+  JobHandle,
   jobIdFor,
+  LogFilter,
+  type LogHandler,
+  type MarsRequestInput,
+  type SubmitOptions,
 } from "./client/index.js";
-export type {
-  ExecuteMarsOptions,
-  ExecuteOptions,
-  ExecuteResult,
-  FleetConnectOptions,
-  FleetJobResult,
-  JobControl,
-  JobEvent,
-  LogHandler,
-  MarsRequestInput,
-  SubmitOptions,
-} from "./client/index.js";
-export { LocalFleet, Worker } from "./worker/index.js";
-export type { StopKind, WorkerOptions } from "./worker/index.js";
-export { Gateway } from "./gateway/index.js";
-export type { GatewayOptions } from "./gateway/index.js";
-export { loadConfig } from "./config/load.js";
-export type { FleetConfig } from "./config/load.js";
-export { startMars } from "./runner/index.js";
-export type { RunEvent, RunOptions, RunOutcome, RunStatus } from "./runner/index.js";
-export { formatRequests, normaliseRequest, normaliseRequests, parseRequests } from "./mars/index.js";
-export type { MarsRequest, MarsRequestObject } from "./mars/index.js";
+export { type StopKind, Worker, type WorkerOptions } from "./worker/index.js";
+export { LocalFleet, LocalNatsCluster, LocalNatsServer } from "./local/index.js";
+export { Gateway, type GatewayOptions } from "./gateway/index.js";
+export { type FleetConfig, loadConfig } from "./config/index.js";
+export {
+  type RunEvent,
+  type RunOptions,
+  type RunOutcome,
+  type RunStatus,
+  startMars,
+} from "./runner/index.js";
+export {
+  formatRequests,
+  type MarsRequest,
+  type MarsRequestObject,
+  normaliseRequest,
+  normaliseRequests,
+  parseRequests,
+} from "./mars/index.js";
 export {
   BrokerAuthError,
   BrokerError,
   ConfigError,
   EnvironError,
+  type ErrorCode,
+  type ErrorRecord,
   JobCancelledError,
   JobFailedError,
   JobNotFoundError,
@@ -54,8 +63,6 @@ export {
   TargetError,
   TopologyMissingError,
   WrongStateError,
-} from "./core/errors.js";
-export type { ErrorCode, ErrorRecord } from "./core/errors.js";
-export { verifyCallbackSignature } from "./api/callback-post.js";
-export { LocalNatsCluster, LocalNatsServer } from "./broker/index.js";
+} from "./core/index.js";
+export { verifyCallbackSignature } from "./api/index.js";
 export type { JobRecord, JobState, WorkerInfo } from "./broker/index.js";

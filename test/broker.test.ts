@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { LocalNatsServer } from "../src/broker/local-server.js";
+import { LocalNatsServer } from "../src/local/server.js";
 import { provision, type TopologyOptions } from "../src/broker/provision.js";
 import { JOBS_STREAM, consumerName } from "../src/broker/subjects.js";
 

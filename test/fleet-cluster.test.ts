@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { LocalNatsCluster } from "../src/broker/local-server.js";
+import { LocalNatsCluster } from "../src/local/server.js";
 import { EVENTS_STREAM, JOBS_STREAM } from "../src/broker/subjects.js";
 import { Fleet } from "../src/client/fleet.js";
 import { loadConfig } from "../src/config/load.js";

@@ -12,7 +12,7 @@ import type { JobEvent } from "../src/client/job.js";
 import { MarsFleetError, MarsRequestError } from "../src/core/errors.js";
 import type { JobRecord } from "../src/broker/schemas.js";
 import { gribLs } from "./helpers/grib.js";
-import { freePort } from "../src/broker/local-server.js";
+import { freePort } from "../src/local/server.js";
 import { rejection } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually, groupMembers, helperPids, processAlive } from "./helpers/proc.js";

@@ -126,7 +126,7 @@ describe("ownership: permanent broker errors fail at once, with a code", { timeo
 
     // A separate server, with a small max_payload (and whose streams are deleted below, which must
     // not disturb the other tests): a message over it is a permanent broker error.
-    const { LocalNatsServer } = await import("../src/broker/local-server.js");
+    const { LocalNatsServer } = await import("../src/local/server.js");
     const server = await LocalNatsServer.start({ extraConfig: ["max_payload: 16384"] });
     try {
       const own = await (
@@ -303,7 +303,7 @@ describe("ownership: the worker fails loudly when its connection ends for good",
 
 describe("ownership: records expire", { timeout: TIMEOUT }, () => {
   it("the jobs bucket keeps records for MARS_RETENTION", async () => {
-    const { LocalNatsServer } = await import("../src/broker/local-server.js");
+    const { LocalNatsServer } = await import("../src/local/server.js");
     const server = await LocalNatsServer.start();
     try {
       const { Fleet } = await import("../src/client/fleet.js");

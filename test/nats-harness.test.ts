@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { connect } from "@nats-io/transport-node";
 import { jetstream, jetstreamManager, RetentionPolicy, StorageType } from "@nats-io/jetstream";
-import { LocalNatsCluster, LocalNatsServer } from "../src/broker/local-server.js";
+import { LocalNatsCluster, LocalNatsServer } from "../src/local/server.js";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname } from "node:path";
@@ -17,7 +17,7 @@ async function fleetOfChild(
 ): Promise<{ server: number; worker: number; store: string; child: ReturnType<typeof spawn> }> {
   const module = (path: string): string => JSON.stringify(new URL(path, import.meta.url).href);
   const script = `
-    import { LocalFleet } from ${module("../src/worker/local-fleet.js")};
+    import { LocalFleet } from ${module("../src/local/fleet.js")};
     import { killOwnedOnSigterm } from ${module("../src/core/owned.js")};
     killOwnedOnSigterm();
     const fleet = await LocalFleet.create();

@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { connectBroker } from "../src/broker/connection.js";
 import { connectionSecurity, NO_SECURITY } from "../src/broker/auth.js";
-import { LocalNatsServer } from "../src/broker/local-server.js";
+import { LocalNatsServer } from "../src/local/server.js";
 import { ROLES } from "../src/broker/roles.js";
 import { loadConfig } from "../src/config/load.js";
 import { cli } from "./helpers/cli.js";

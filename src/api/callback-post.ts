@@ -15,7 +15,7 @@ import { lookup as dnsLookup, type LookupAddress } from "node:dns";
 import { request as httpRequest } from "node:http";
 import { request as httpsRequest } from "node:https";
 import { BlockList, isIP, type LookupFunction } from "node:net";
-import { ConfigError, MarsFleetError } from "../core/errors.js";
+import { ConfigError, MarsFleetError } from "../core/index.js";
 
 const SPECIAL_V4: Array<[string, number]> = [
   ["0.0.0.0", 8], // "this network"

@@ -15,14 +15,20 @@ import { allowList, postCallback, signCallback } from "./callback-post.js";
 import type { ConsumerMessages, JsMsg } from "@nats-io/jetstream";
 import type { KV } from "@nats-io/kv";
 import type { Logger } from "pino";
-import { decode, encode } from "../broker/codec.js";
-import { callbackStateSchema, readCallback, type CallbackState } from "../broker/callbacks.js";
-import type { BrokerConnection } from "../broker/connection.js";
-import { isCasConflict } from "../broker/nats-errors.js";
-import { CALLBACKS_CONSUMER } from "../broker/provision.js";
-import { TERMINAL_STATES, stateEventSchema } from "../broker/schemas.js";
-import { EVENTS_STREAM } from "../broker/subjects.js";
-import type { Fleet } from "../client/fleet.js";
+import {
+  type BrokerConnection,
+  CALLBACKS_CONSUMER,
+  type CallbackState,
+  callbackStateSchema,
+  decode,
+  encode,
+  EVENTS_STREAM,
+  isCasConflict,
+  readCallback,
+  stateEventSchema,
+  TERMINAL_STATES,
+} from "../broker/index.js";
+import type { Fleet } from "../client/index.js";
 
 /** A callback attempt lasts at most POST_TIMEOUT_MS (its message is kept alive before it starts). */
 const POST_TIMEOUT_MS = 10_000;

@@ -8,11 +8,17 @@ import { Kvm, type KV } from "@nats-io/kv";
 import { jetstream, type JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { z } from "zod";
-import { decode, encode } from "../broker/codec.js";
-import { bucketKeys } from "../broker/stream-reads.js";
-import { API_KEYS_BUCKET, kvSubject } from "../broker/subjects.js";
-import { hasValidSignature, signatureSchema, type RecordAuthority } from "../broker/signing.js";
-import { ConfigError } from "../core/errors.js";
+import {
+  API_KEYS_BUCKET,
+  bucketKeys,
+  decode,
+  encode,
+  hasValidSignature,
+  kvSubject,
+  type RecordAuthority,
+  signatureSchema,
+} from "../broker/index.js";
+import { ConfigError } from "../core/index.js";
 
 export const API_ROLES = ["user", "admin"] as const;
 export type ApiRole = (typeof API_ROLES)[number];

@@ -3,8 +3,13 @@
  * make `/openapi.json` (zod 4 emits JSON Schema), so the document cannot drift from the behaviour.
  */
 import { z } from "zod";
-import { JOB_STATES, jobRecordSchema, workerInfoSchema } from "../broker/schemas.js";
-import { callbackRequestSchema, callbackStateSchema } from "../broker/callbacks.js";
+import {
+  callbackRequestSchema,
+  callbackStateSchema,
+  JOB_STATES,
+  jobRecordSchema,
+  workerInfoSchema,
+} from "../broker/index.js";
 
 const requestObject = z.record(
   z.string(),

@@ -4,11 +4,10 @@
  */
 import { createHash } from "node:crypto";
 import { posix } from "node:path";
-import { isToken } from "../broker/subjects.js";
-import type { JobRecord } from "../broker/schemas.js";
-import { MarsFleetError, TargetError, asFleetError, type ErrorCode } from "../core/errors.js";
+import { isToken, type JobRecord } from "../broker/index.js";
+import { asFleetError, type ErrorCode, MarsFleetError, TargetError } from "../core/index.js";
 import type { Problem } from "./schemas.js";
-import { jobTarget, resolveInside } from "../runner/target.js";
+import { jobTarget, resolveInside } from "../runner/index.js";
 import { lstat } from "node:fs/promises";
 import { STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";

@@ -11,17 +11,19 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { Kvm, type KV } from "@nats-io/kv";
 import type { Logger } from "pino";
 import { z } from "zod";
-import { TERMINAL_STATES, type JobRecord } from "../broker/schemas.js";
-import { Fleet, jobIdFor } from "../client/fleet.js";
-import type { JobHandle } from "../client/job.js";
-import type { FleetConfig } from "../config/load.js";
-import { MarsFleetError } from "../core/errors.js";
-import { silentLogger } from "../core/logging.js";
-import { formatDuration } from "../core/time.js";
-import { resolveInside } from "../runner/target.js";
+import {
+  API_JOBS_BUCKET,
+  CALLBACKS_BUCKET,
+  type JobRecord,
+  publicCallback,
+  readCallback,
+  TERMINAL_STATES,
+} from "../broker/index.js";
+import { Fleet, type JobHandle, jobIdFor } from "../client/index.js";
+import type { FleetConfig } from "../config/index.js";
+import { formatDuration, MarsFleetError, silentLogger } from "../core/index.js";
+import { resolveInside } from "../runner/index.js";
 import { ApiKeys, type Principal } from "./keys.js";
-import { API_JOBS_BUCKET, CALLBACKS_BUCKET } from "../broker/subjects.js";
-import { publicCallback, readCallback } from "../broker/callbacks.js";
 import { CallbackSender, type CallbackOptions } from "./callbacks.js";
 import { openApiDocument, docsPage } from "./openapi.js";
 import {

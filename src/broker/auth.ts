@@ -11,8 +11,8 @@ import {
   usernamePasswordAuthenticator,
   type ConnectionOptions,
 } from "@nats-io/transport-node";
-import type { FleetConfig } from "../config/load.js";
-import { ConfigError } from "../core/errors.js";
+import type { FleetConfig } from "../config/index.js";
+import { ConfigError } from "../core/index.js";
 import { isToken } from "./subjects.js";
 
 export type SecuritySettings = Pick<

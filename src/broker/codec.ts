@@ -1,5 +1,5 @@
 import type { z } from "zod";
-import { MessageInvalidError, describeZodError } from "../core/errors.js";
+import { describeZodError, MessageInvalidError } from "../core/index.js";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

@@ -1,8 +1,8 @@
 import { jetstream, jetstreamManager, type JetStreamClient, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm, type KV } from "@nats-io/kv";
 import { connect, errors, type NatsConnection } from "@nats-io/transport-node";
-import { BrokerAuthError, BrokerError } from "../core/errors.js";
-import type { FleetConfig } from "../config/load.js";
+import { BrokerAuthError, BrokerError } from "../core/index.js";
+import type { FleetConfig } from "../config/index.js";
 import { NO_SECURITY, connectionSecurity, type SecuritySettings } from "./auth.js";
 import { recordAuthority, type RecordAuthority } from "./signing.js";
 import { JOBS_BUCKET, QOS_BUCKET, WORKERS_BUCKET } from "./subjects.js";

@@ -9,7 +9,7 @@ import { existsSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { createUser } from "@nats-io/nkeys";
-import { ConfigError } from "../core/errors.js";
+import { ConfigError } from "../core/index.js";
 import { inboxPrefixFor } from "./auth.js";
 import { ROLES, accountsBlock, type AuthUser, type Role } from "./roles.js";
 

@@ -1,25 +1,53 @@
-/** The wire contract: names, schemas, provisioning. Workers, clients and gateways import it from here. */
+/**
+ * src/broker: the wire contract: names, schemas, provisioning, roles, records, events, the pull loop.
+ * Other folders import it from here; two modules are loaded on demand instead (import()):
+ * results.ts (the object store client) and credentials.ts (`broker auth`).
+ */
+export { inboxPrefixFor } from "./auth.js";
 export {
-  DEAD_STREAM,
-  EVENTS_STREAM,
-  JOBS_BUCKET,
-  JOBS_STREAM,
-  WORKERS_BUCKET,
-  consumerName,
-  isToken,
-  subjects,
-} from "./subjects.js";
+  callbackRequestSchema,
+  callbackStateSchema,
+  publicCallback,
+  readCallback,
+  registerCallback,
+} from "./callbacks.js";
+export type { CallbackState } from "./callbacks.js";
+export { decode, encode } from "./codec.js";
+export { connectBroker, connectWithConfig } from "./connection.js";
+export type { BrokerConnection } from "./connection.js";
+export { JobEventPublisher } from "./events.js";
+export { isAlreadyExists, isCasConflict } from "./nats-errors.js";
 export {
-  JOB_STATES,
-  PROTOCOL_VERSION,
-  TERMINAL_STATES,
+  ACK_WAIT_HEARTBEATS,
+  ackWaitMs,
+  CALLBACKS_CONSUMER,
+  connectProvisioned,
+  consumerConfig,
+  provision,
+  topologyOf,
+} from "./provision.js";
+export type { ProvisionReport, TopologyOptions } from "./provision.js";
+export { Puller } from "./pull.js";
+export type { JobMsg } from "./pull.js";
+export { JobStore } from "./records.js";
+export type { RecordWatch, SubmissionWatch, VersionedRecord } from "./records.js";
+export { afterFailure, checkRetry, policyOf } from "./retry-policy.js";
+export type { RetryPolicy } from "./retry-policy.js";
+export type { Role } from "./roles.js";
+export {
   deadLetterSchema,
+  environSchema,
   heartbeatSchema,
+  initialRecord,
+  JOB_STATES,
   jobMessageSchema,
   jobRecordSchema,
   logBatchSchema,
+  marsRequestSchema,
   progressSchema,
+  PROTOCOL_VERSION,
   stateEventSchema,
+  TERMINAL_STATES,
   workerInfoSchema,
 } from "./schemas.js";
 export type {
@@ -32,10 +60,32 @@ export type {
   LogBatch,
   ProgressEvent,
   StateEvent,
+  Submitter,
   WorkerInfo,
+  WorkerState,
 } from "./schemas.js";
-export { ackWaitMs, consumerConfig, provision } from "./provision.js";
-export type { ProvisionReport, TopologyOptions } from "./provision.js";
-export { connectBroker } from "./connection.js";
-export type { BrokerConnection } from "./connection.js";
-export { LocalNatsCluster, LocalNatsServer, freePort } from "./local-server.js";
+export { hasValidSignature, signatureSchema } from "./signing.js";
+export type { RecordAuthority } from "./signing.js";
+export { bucketKeys, replayStored } from "./stream-reads.js";
+export {
+  API_JOBS_BUCKET,
+  API_KEYS_BUCKET,
+  CALLBACKS_BUCKET,
+  consumerName,
+  DEAD_STREAM,
+  eventKind,
+  EVENTS_STREAM,
+  isToken,
+  JOBS_BUCKET,
+  JOBS_STREAM,
+  jsApi,
+  kvSubject,
+  laneConsumerName,
+  laneOfConsumer,
+  QOS_BUCKET,
+  QOS_RULES_KEY,
+  queueOfSubject,
+  subjects,
+  WORKERS_BUCKET,
+} from "./subjects.js";
+export { withRetry } from "./transient.js";

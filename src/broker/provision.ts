@@ -16,12 +16,11 @@ import {
 } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import type { FleetConfig } from "../config/load.js";
+import type { FleetConfig } from "../config/index.js";
 import { connectWithConfig, type BrokerConnection } from "./connection.js";
 import { isAlreadyExists, isCreatedConcurrently, isNotFound, isPermissionDenied } from "./nats-errors.js";
-import { BrokerError, TopologyMissingError } from "../core/errors.js";
+import { BrokerError, MINUTE, TopologyMissingError } from "../core/index.js";
 import { RESULTS_MAX_AGE_MS } from "./results.js";
-import { MINUTE } from "../core/time.js";
 import {
   DEAD_STREAM,
   EVENTS_STREAM,

@@ -11,7 +11,7 @@ import {
   type NatsConnection,
   type Subscription,
 } from "@nats-io/transport-node";
-import { BrokerError } from "../core/errors.js";
+import { BrokerError } from "../core/index.js";
 import { JOBS_STREAM, ackTokens, jsApi } from "./subjects.js";
 
 /** What the worker needs of a delivered job message. */

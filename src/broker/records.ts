@@ -8,7 +8,7 @@ import type { KV, KvEntry } from "@nats-io/kv";
 import type { Logger } from "pino";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
-import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError } from "../core/errors.js";
+import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError } from "../core/index.js";
 import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
 import { withRetry } from "./transient.js";

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import { Objm, type ObjectStore } from "@nats-io/obj";
 import { z } from "zod";
-import { BrokerError } from "../core/errors.js";
+import { BrokerError } from "../core/index.js";
 import { decode } from "./codec.js";
 import { withRetry } from "./transient.js";
 import { replayStored } from "./stream-reads.js";

@@ -4,7 +4,7 @@
  * job message, and the worker that runs the job honours it, whatever its own configuration says.
  * The queue consumer's `max_deliver` is only a backstop under it (docs/PROTOCOL.md).
  */
-import { ConfigError, type ErrorRecord } from "../core/errors.js";
+import { ConfigError, type ErrorRecord } from "../core/index.js";
 
 /** The most attempts a job may ask for (as max_retries allows). */
 export const MAX_ATTEMPTS = 100;

@@ -1,8 +1,7 @@
 /** Message schemas of the wire contract. Every body is validated with these on receipt. */
 import { z } from "zod";
-import { errorRecordSchema } from "../core/errors.js";
-import { jobMarsEnvSchema } from "../mars/environment.js";
-import { MARS_VERBS } from "../mars/request.js";
+import { errorRecordSchema } from "../core/index.js";
+import { jobMarsEnvSchema, MARS_VERBS } from "../mars/index.js";
 import { isToken } from "./subjects.js";
 
 export const PROTOCOL_VERSION = 1;

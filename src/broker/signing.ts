@@ -10,7 +10,7 @@
 import { readFileSync } from "node:fs";
 import { fromPublic, fromSeed } from "@nats-io/nkeys";
 import { z } from "zod";
-import { ConfigError } from "../core/errors.js";
+import { ConfigError } from "../core/index.js";
 
 export const signatureSchema = z.object({
   /** The signing key's public half (nkey, `U…`). */

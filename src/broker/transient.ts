@@ -4,7 +4,7 @@
  * that is the job's own policy, broker/retry-policy.ts.)
  */
 import { setTimeout as sleep } from "node:timers/promises";
-import { BrokerError, MarsFleetError, PermissionDeniedError, TopologyMissingError } from "../core/errors.js";
+import { BrokerError, MarsFleetError, PermissionDeniedError, TopologyMissingError } from "../core/index.js";
 import { errorKind, isTopologyMissing, permissionViolation } from "./nats-errors.js";
 
 /** How long a publish that no stream takes is retried (JetStream may be starting) before it is final. */

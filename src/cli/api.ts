@@ -1,9 +1,8 @@
 /** `mars-fleet api` (serve the HTTP API) and `mars-fleet api keys add|list|revoke`. */
-import { ApiKeys, API_ROLES, type ApiRole } from "../api/keys.js";
-import { connectProvisioned } from "../broker/provision.js";
-import type { FleetConfig } from "../config/load.js";
-import { ConfigError } from "../core/errors.js";
-import { createLogger } from "../core/logging.js";
+import { API_ROLES, ApiKeys, type ApiRole } from "../api/index.js";
+import { connectProvisioned } from "../broker/index.js";
+import type { FleetConfig } from "../config/index.js";
+import { ConfigError, createLogger } from "../core/index.js";
 import { EXIT } from "./output.js";
 
 /** Serve the API until SIGTERM or SIGINT; its callback settings come from the configuration. */

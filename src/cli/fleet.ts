@@ -1,18 +1,22 @@
 /** Fleet commands: submit, status, logs, cancel, jobs, workers, broker init|info|auth. Output for people or --json. */
 import { basename, dirname, resolve } from "node:path";
-import type { JobHandle } from "../client/job.js";
-import { Fleet } from "../client/fleet.js";
-import { LogPresenter } from "../client/log-filter.js";
-import type { JobRecord, JobState, WorkerInfo } from "../broker/schemas.js";
-import { connectWithConfig } from "../broker/connection.js";
-import { provision, topologyOf } from "../broker/provision.js";
-import { DEAD_STREAM, EVENTS_STREAM, JOBS_STREAM, consumerName } from "../broker/subjects.js";
-import type { FleetConfig } from "../config/load.js";
-import { ConfigError, errorFromRecord } from "../core/errors.js";
-import { AUTH_CONF, TRUST_KEY_FILE, generateAuth } from "../broker/credentials.js";
-import { inboxPrefixFor } from "../broker/auth.js";
-import { queueSummary } from "../qos/lane-counts.js";
-import { formatDuration } from "../core/time.js";
+import { Fleet, type JobHandle, LogPresenter } from "../client/index.js";
+import {
+  connectWithConfig,
+  consumerName,
+  DEAD_STREAM,
+  EVENTS_STREAM,
+  inboxPrefixFor,
+  type JobRecord,
+  JOBS_STREAM,
+  type JobState,
+  provision,
+  topologyOf,
+  type WorkerInfo,
+} from "../broker/index.js";
+import type { FleetConfig } from "../config/index.js";
+import { ConfigError, errorFromRecord, formatDuration } from "../core/index.js";
+import { queueSummary } from "../qos/index.js";
 import { EXIT, ProgressDisplay, exitCodeFor, showJobEvent } from "./output.js";
 import { parseEnviron, readRequestFile } from "./request-file.js";
 
@@ -221,6 +225,8 @@ export async function authCommand(
 ): Promise<number> {
   if (opts.dir === "")
     throw new ConfigError("broker auth needs --out DIR: where to write auth.conf and the credentials");
+  // Loaded on demand: only `broker auth` writes credentials (src/broker/index.ts leaves it out).
+  const { AUTH_CONF, TRUST_KEY_FILE, generateAuth } = await import("../broker/credentials.js");
   const generated = await generateAuth(opts);
   print(json, generated, () =>
     [

@@ -1,7 +1,7 @@
 /** `mars-fleet gateway`: cads-mars-server's protocols in front of the fleet, until SIGTERM/SIGINT. */
-import type { FleetConfig } from "../config/load.js";
-import { createLogger } from "../core/logging.js";
-import { Gateway } from "../gateway/gateway.js";
+import type { FleetConfig } from "../config/index.js";
+import { createLogger } from "../core/index.js";
+import { Gateway } from "../gateway/index.js";
 
 export async function runGateway(config: FleetConfig): Promise<number> {
   const logger = createLogger({ level: config.logLevel, name: "mars-fleet-gateway" });

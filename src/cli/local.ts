@@ -1,9 +1,8 @@
 /** `mars-fleet run` (MARS on this machine) and `mars-fleet sim` (the bundled simulator). */
 import { basename, dirname, resolve } from "node:path";
-import { executeMarsLocally } from "../client/execute.js";
-import { marsCommandArgv, type FleetConfig } from "../config/load.js";
-import { formatDuration } from "../core/time.js";
-import { simulatorMain } from "../sim/main.js";
+import { executeMarsLocally } from "../client/index.js";
+import { type FleetConfig, marsCommandArgv } from "../config/index.js";
+import { formatDuration } from "../core/index.js";
 import { ProgressDisplay } from "./output.js";
 import { parseEnviron, readRequestFile } from "./request-file.js";
 
@@ -56,5 +55,7 @@ export async function runLocal(args: RunArgs, config: FleetConfig): Promise<numb
 }
 
 export async function runSim(requestFile: string | undefined): Promise<number> {
+  // The simulator's own entry (a command of its own): loaded only for `mars-fleet sim`.
+  const { simulatorMain } = await import("../sim/main.js");
   return simulatorMain(requestFile === undefined ? [] : [requestFile]);
 }

@@ -1,9 +1,8 @@
 /** The `mars-fleet` command: yargs parses, builds options and calls the library. */
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
-import { loadConfig, type FleetConfig } from "../config/load.js";
-import { SETTINGS, flagName } from "../config/settings.js";
-import { JOB_STATES, type JobState } from "../broker/schemas.js";
+import { flagName, type FleetConfig, loadConfig, SETTINGS } from "../config/index.js";
+import { JOB_STATES, type JobState } from "../broker/index.js";
 import type { Argv, CommandModule } from "yargs";
 import type { SubmitArgs } from "./fleet.js";
 import type { RunArgs } from "./local.js";

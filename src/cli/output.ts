@@ -1,9 +1,8 @@
 /** CLI output: exit codes scripts can rely on, progress bars, error reports. */
 import { createRequire } from "node:module";
 import type cliProgress from "cli-progress";
-import type { JobEvent } from "../client/job.js";
-import type { LogPresenter } from "../client/log-filter.js";
-import { MarsFleetError, type ErrorCode } from "../core/errors.js";
+import type { JobEvent, LogPresenter } from "../client/index.js";
+import { type ErrorCode, MarsFleetError } from "../core/index.js";
 
 /** Exit codes of the `mars-fleet` command. */
 export const EXIT = {

@@ -1,9 +1,9 @@
 /** `mars-fleet qos apply FILE` and `mars-fleet qos show`: the QoS rules in the broker, with live counters. */
 import { readFile } from "node:fs/promises";
-import { Fleet } from "../client/fleet.js";
-import type { FleetConfig } from "../config/load.js";
-import { ConfigError } from "../core/errors.js";
-import { isDeny, isLimit, isPriority, parseRules, type Rule } from "../qos/rules.js";
+import { Fleet } from "../client/index.js";
+import type { FleetConfig } from "../config/index.js";
+import { ConfigError } from "../core/index.js";
+import { isDeny, isLimit, isPriority, parseRules, type Rule } from "../qos/index.js";
 import { EXIT } from "./output.js";
 
 function print(json: boolean, value: unknown, human: () => string): void {

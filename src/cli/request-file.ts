@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import { text } from "node:stream/consumers";
-import { MarsRequestError } from "../core/errors.js";
-import type { MarsRequestInput } from "../client/request-input.js";
+import { MarsRequestError } from "../core/index.js";
+import type { MarsRequestInput } from "../client/index.js";
 
 /** Read a request file: `.json` (an object or a list), anything else MARS request text; `-` is stdin. */
 export async function readRequestFile(path: string): Promise<MarsRequestInput> {

@@ -1,7 +1,7 @@
 /** `mars-fleet worker`: the daemon, with two-stage signal handling. */
-import type { FleetConfig } from "../config/load.js";
-import { createLogger } from "../core/logging.js";
-import { Worker } from "../worker/worker.js";
+import type { FleetConfig } from "../config/index.js";
+import { createLogger } from "../core/index.js";
+import { Worker } from "../worker/index.js";
 
 /**
  * Exit status of the worker daemon: 0 drained cleanly; 3 forced (second signal or grace period

@@ -2,10 +2,8 @@
 import { randomUUID } from "node:crypto";
 import { mkdir } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { errorForOutcome } from "../runner/outcome.js";
-import { startMars, type RunEvent } from "../runner/runner.js";
-import { checkFileName } from "../runner/target.js";
-import { loadConfig, type FleetConfig } from "../config/load.js";
+import { checkFileName, errorForOutcome, type RunEvent, startMars } from "../runner/index.js";
+import { type FleetConfig, loadConfig } from "../config/index.js";
 import { Fleet } from "./fleet.js";
 import type { JobEvent } from "./job.js";
 import { LogPresenter, type LogHandler } from "./log-filter.js";

@@ -2,56 +2,67 @@
 import { createHash, randomUUID } from "node:crypto";
 import { resolve } from "node:path";
 import type { Logger } from "pino";
-import { decode, encode } from "../broker/codec.js";
-import type { BrokerConnection } from "../broker/connection.js";
-import { connectProvisioned, type ProvisionReport } from "../broker/provision.js";
-import { JobStore } from "../broker/records.js";
-import { withRetry } from "../broker/transient.js";
-import { bucketKeys } from "../broker/stream-reads.js";
 import {
-  PROTOCOL_VERSION,
-  workerInfoSchema,
+  type BrokerConnection,
+  bucketKeys,
+  callbackRequestSchema,
+  CALLBACKS_BUCKET,
+  checkRetry,
+  connectProvisioned,
+  consumerName,
+  decode,
+  encode,
   initialRecord,
+  isToken,
   type JobMessage,
   type JobRecord,
-  type JobState,
-  type Submitter,
-  type WorkerInfo,
-} from "../broker/schemas.js";
-import {
-  CALLBACKS_BUCKET,
   JOBS_STREAM,
-  WORKERS_BUCKET,
-  consumerName,
-  isToken,
+  type JobState,
+  JobStore,
+  PROTOCOL_VERSION,
+  type ProvisionReport,
+  registerCallback,
+  type RetryPolicy,
   subjects,
-} from "../broker/subjects.js";
-import { loadConfig, type FleetConfig } from "../config/load.js";
+  type Submitter,
+  withRetry,
+  type WorkerInfo,
+  workerInfoSchema,
+  WORKERS_BUCKET,
+} from "../broker/index.js";
+import { type FleetConfig, loadConfig } from "../config/index.js";
 import {
   BrokerError,
+  describeZodError,
+  type MarsFleetError,
   MessageInvalidError,
   QosDeniedError,
   RequestTooLargeError,
-  describeZodError,
-  type MarsFleetError,
-} from "../core/errors.js";
+  silentLogger,
+  untilAborted,
+} from "../core/index.js";
 import { Kvm } from "@nats-io/kv";
-import { callbackRequestSchema, registerCallback } from "../broker/callbacks.js";
-import { deniedBy, factsOf, laneOf, queuedJobSchema } from "../qos/evaluate.js";
-import { explainWait } from "../qos/explain.js";
-import { laneCounts, laneHead, queueSummary, type QueueSummary } from "../qos/lane-counts.js";
-import { withFleetCap, type QosRules } from "../qos/rules.js";
-import { RulesFollower, SlotTable } from "../qos/store.js";
+import {
+  deniedBy,
+  explainWait,
+  factsOf,
+  laneCounts,
+  laneHead,
+  laneOf,
+  type QosRules,
+  queuedJobSchema,
+  queueSummary,
+  type QueueSummary,
+  RulesFollower,
+  SlotTable,
+  withFleetCap,
+} from "../qos/index.js";
 import { LiveWorkers } from "./live-workers.js";
 import { applyQosRules, qosStateOf, type QosState } from "./qos.js";
-import { silentLogger } from "../core/logging.js";
-import { jobTarget } from "../runner/target.js";
+import { checkEnviron, jobTarget } from "../runner/index.js";
 import { JobHandle, LiveEvents } from "./job.js";
 import { toRequests, type MarsRequestInput } from "./request-input.js";
-import { checkEnviron } from "../runner/runner.js";
-import { checkJobMarsEnv, type JobMarsEnv } from "../mars/environment.js";
-import { untilAborted } from "../core/abort.js";
-import { checkRetry, type RetryPolicy } from "../broker/retry-policy.js";
+import { checkJobMarsEnv, type JobMarsEnv } from "../mars/index.js";
 
 export interface FleetConnectOptions {
   /** A loaded configuration; default: loadConfig() with `overrides`. */

@@ -1,4 +1,4 @@
-/** The client side: submit jobs to the fleet, follow them, or run MARS locally. */
+/** src/client: the library: Fleet, JobHandle, executeMars. Other folders import it from here. */
 export { executeMars, executeMarsLocally } from "./execute.js";
 export type { ExecuteMarsOptions, ExecuteOptions, ExecuteResult } from "./execute.js";
 export { Fleet, jobIdFor } from "./fleet.js";

@@ -1,24 +1,26 @@
 /** A handle on one fleet job: its story as events, its result, cancel. Works from any process. */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import { decode } from "../broker/codec.js";
-import { formatLogLine } from "../mars/log.js";
-import type { BrokerConnection } from "../broker/connection.js";
-import type { JobStore, RecordWatch } from "../broker/records.js";
-import { replayStored } from "../broker/stream-reads.js";
 import {
+  type BrokerConnection,
+  decode,
+  eventKind,
+  EVENTS_STREAM,
   heartbeatSchema,
-  logBatchSchema,
-  progressSchema,
-  stateEventSchema,
-  TERMINAL_STATES,
   type JobRecord,
   type JobState,
+  type JobStore,
+  logBatchSchema,
+  progressSchema,
+  type RecordWatch,
+  replayStored,
   type StateEvent,
-} from "../broker/schemas.js";
-import { EVENTS_STREAM, eventKind, subjects } from "../broker/subjects.js";
-import { Channel } from "../core/channel.js";
-import { resolveInside } from "../runner/target.js";
-import { errorFromRecord, JobFailedError } from "../core/errors.js";
+  stateEventSchema,
+  subjects,
+  TERMINAL_STATES,
+} from "../broker/index.js";
+import { formatLogLine } from "../mars/index.js";
+import { Channel, errorFromRecord, JobFailedError } from "../core/index.js";
+import { resolveInside } from "../runner/index.js";
 
 export type JobEvent =
   | { type: "log"; line: string; seq: number; attempt: number; at: number }

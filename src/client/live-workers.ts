@@ -7,10 +7,14 @@ import type { KV } from "@nats-io/kv";
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { decode } from "../broker/codec.js";
-import { workerInfoSchema, type WorkerInfo } from "../broker/schemas.js";
-import { bucketKeys } from "../broker/stream-reads.js";
-import { WORKERS_BUCKET, subjects } from "../broker/subjects.js";
+import {
+  bucketKeys,
+  decode,
+  subjects,
+  type WorkerInfo,
+  workerInfoSchema,
+  WORKERS_BUCKET,
+} from "../broker/index.js";
 
 export class LiveWorkers {
   private readonly entries = new Map<string, { info: WorkerInfo; at: number }>();

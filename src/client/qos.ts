@@ -2,13 +2,18 @@
  * The QoS rules as the library applies and shows them (the CLI's `qos apply` and `qos show` print
  * what these return): putting rules in force, and what they hold now.
  */
-import type { BrokerConnection } from "../broker/connection.js";
-import type { WorkerInfo } from "../broker/schemas.js";
-import { silentLogger } from "../core/logging.js";
-import { laneLimits } from "../qos/evaluate.js";
-import { activeLanes, laneCounts } from "../qos/lane-counts.js";
-import { parseRules, type QosRules } from "../qos/rules.js";
-import { readRules, SlotTable, writeRules } from "../qos/store.js";
+import type { BrokerConnection, WorkerInfo } from "../broker/index.js";
+import { silentLogger } from "../core/index.js";
+import {
+  activeLanes,
+  laneCounts,
+  laneLimits,
+  parseRules,
+  type QosRules,
+  readRules,
+  SlotTable,
+  writeRules,
+} from "../qos/index.js";
 
 /** The QoS rules in force and what they hold now. */
 export interface QosState {

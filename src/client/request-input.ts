@@ -1,6 +1,5 @@
-import { MarsRequestError } from "../core/errors.js";
-import { normaliseRequests, type MarsRequest, type MarsRequestObject } from "../mars/request.js";
-import { parseRequests } from "../mars/text.js";
+import { MarsRequestError } from "../core/index.js";
+import { type MarsRequest, type MarsRequestObject, normaliseRequests, parseRequests } from "../mars/index.js";
 
 /** A request as users give it: MARS request text, one object, or a list of objects (keys inherited). */
 export type MarsRequestInput = string | MarsRequestObject | MarsRequestObject[];

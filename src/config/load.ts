@@ -4,10 +4,8 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { z } from "zod";
-import { ConfigError, describeZodError } from "../core/errors.js";
-import { parseDuration } from "../core/time.js";
-import { yaml } from "../core/yaml.js";
-import { parseJobMarsEnv } from "../mars/environment.js";
+import { ConfigError, describeZodError, parseDuration, yaml } from "../core/index.js";
+import { parseJobMarsEnv } from "../mars/index.js";
 import { SETTINGS, flagName, yamlName, type Setting, type SettingKind } from "./settings.js";
 
 export const DEFAULT_CONFIG_FILE = "/etc/mars-fleet.yaml";

@@ -2,7 +2,7 @@
  * Every setting in one table: its name in code, in the environment, in the YAML file, its default
  * and what it means. Loading, validation and the README's table all follow this list.
  */
-import { HOUR, MINUTE, SECOND } from "../core/time.js";
+import { HOUR, MINUTE, SECOND } from "../core/index.js";
 
 export type SettingKind = "string" | "int" | "bool" | "duration" | "list";
 

@@ -2,11 +2,11 @@
 import type { AddressInfo } from "node:net";
 import type { FastifyInstance } from "fastify";
 import type { Logger } from "pino";
-import { Fleet } from "../client/fleet.js";
-import type { FleetConfig } from "../config/load.js";
-import { silentLogger } from "../core/logging.js";
+import { Fleet } from "../client/index.js";
+import type { FleetConfig } from "../config/index.js";
+import { silentLogger } from "../core/index.js";
 import { pipeServer } from "./pipe.js";
-import { parseJobMarsEnv } from "../mars/environment.js";
+import { parseJobMarsEnv } from "../mars/index.js";
 import { SharesServer } from "./shares.js";
 
 export interface GatewayOptions {

@@ -8,18 +8,16 @@ import { rm } from "node:fs/promises";
 import type { ServerResponse } from "node:http";
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from "fastify";
 import type { Logger } from "pino";
-import { downloadResult } from "../broker/results.js";
-import type { Fleet } from "../client/fleet.js";
-import type { JobHandle } from "../client/job.js";
+import type { Fleet, JobHandle } from "../client/index.js";
 import {
-  JobNotFoundError,
-  MarsRequestError,
   asFleetError,
   describeZodError,
   type ErrorRecord,
+  JobNotFoundError,
   type MarsFleetError,
-} from "../core/errors.js";
-import { attemptRunId, partPathFor, resolveInside } from "../runner/target.js";
+  MarsRequestError,
+} from "../core/index.js";
+import { attemptRunId, partPathFor, resolveInside } from "../runner/index.js";
 import { FileTail } from "./tail.js";
 import { CONTROL, UID_PATTERN, environStrings, failureBody, failureShape, pipeBodySchema } from "./wire.js";
 
@@ -187,6 +185,8 @@ async function streamFromObjectStore(
   const record = await job.status();
   const name = record.result?.object;
   if (record.state !== "succeeded" || !name) return reply.fail(record.error);
+  // Loaded on first use (the object store client): a gateway on a shared root never needs it.
+  const { downloadResult } = await import("../broker/results.js");
   const data = await downloadResult(opts.fleet.connection.jsm, name);
   if (!data)
     return reply.fail({

@@ -8,11 +8,10 @@ import type { Duplex } from "node:stream";
 import { basename, dirname, isAbsolute, relative, resolve } from "node:path";
 import type { Logger } from "pino";
 import { WebSocketServer, type WebSocket } from "ws";
-import type { Fleet } from "../client/fleet.js";
-import type { JobHandle } from "../client/job.js";
-import { TargetError, asFleetError } from "../core/errors.js";
-import type { JobMarsEnv } from "../mars/environment.js";
-import { isDirectory, jobTarget, prepareTargetDir, resolveInside } from "../runner/target.js";
+import type { Fleet, JobHandle } from "../client/index.js";
+import { asFleetError, TargetError } from "../core/index.js";
+import type { JobMarsEnv } from "../mars/index.js";
+import { isDirectory, jobTarget, prepareTargetDir, resolveInside } from "../runner/index.js";
 import { environStrings, parseSharesCommand, returnCode, type SharesStart } from "./wire.js";
 
 /** WebSocket close code for "policy violation": cads-mars-server's answer when over capacity. */

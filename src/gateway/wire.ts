@@ -4,8 +4,8 @@
  */
 import { constants as osConstants } from "node:os";
 import { z } from "zod";
-import { describeZodError, type ErrorRecord } from "../core/errors.js";
-import { requestObjectSchema } from "../mars/request.js";
+import { describeZodError, type ErrorRecord } from "../core/index.js";
+import { requestObjectSchema } from "../mars/index.js";
 
 /** Control chunks inside the chunked pipe-mode body: exactly 4 bytes each. */
 export const CONTROL = {

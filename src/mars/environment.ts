@@ -4,7 +4,7 @@
  * worker's own, and a job message must not be able to set `LD_PRELOAD` or `PATH`.
  */
 import { z } from "zod";
-import { MarsRequestError, describeZodError } from "../core/errors.js";
+import { describeZodError, MarsRequestError } from "../core/index.js";
 
 export const JOB_MARS_ENV_NAMES = [
   "MARS_AUTO_SPLIT_BY_DATES",

@@ -1,4 +1,4 @@
-import { MarsRequestError } from "../core/errors.js";
+import { MarsRequestError } from "../core/index.js";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
 

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { MarsRequestError, describeZodError } from "../core/errors.js";
+import { describeZodError, MarsRequestError } from "../core/index.js";
 
 /** Verbs the MARS client understands. */
 export const MARS_VERBS = ["retrieve", "list", "archive", "read", "stage"] as const;

@@ -1,4 +1,4 @@
-import { MarsRequestError } from "../core/errors.js";
+import { MarsRequestError } from "../core/index.js";
 import {
   KEY_PATTERN,
   SINGLE_VALUE_KEYS,

@@ -5,9 +5,8 @@
  */
 import { createHash } from "node:crypto";
 import { z } from "zod";
-import { expandDates, expandIntegers, expandTimes } from "../mars/expand.js";
-import { isToken } from "../broker/subjects.js";
-import { environSchema, marsRequestSchema } from "../broker/schemas.js";
+import { expandDates, expandIntegers, expandTimes } from "../mars/index.js";
+import { environSchema, isToken, marsRequestSchema } from "../broker/index.js";
 import {
   isDeny,
   isLimit,

@@ -3,7 +3,7 @@
  * limit, its lane and the lanes ahead of it. Computed on request from what the broker holds now
  * (the rules, the limit slots, the lane counts, the workers' entries), so it is never stale.
  */
-import type { JobRecord, WorkerInfo } from "../broker/schemas.js";
+import type { JobRecord, WorkerInfo } from "../broker/index.js";
 import {
   basePriority,
   deniedBy,

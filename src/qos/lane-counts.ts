@@ -6,7 +6,7 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { JOBS_STREAM, jsApi, laneOfConsumer, subjects } from "../broker/subjects.js";
+import { JOBS_STREAM, jsApi, laneOfConsumer, subjects } from "../broker/index.js";
 
 export interface LaneCount {
   queued: number;

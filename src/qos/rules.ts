@@ -5,8 +5,7 @@
  */
 import { z } from "zod";
 import type { Document } from "yaml";
-import { QosRulesError } from "../core/errors.js";
-import { yaml } from "../core/yaml.js";
+import { QosRulesError, yaml } from "../core/index.js";
 
 const SELECTOR_KEY = /^(user|queue|fields|environ\.[A-Za-z_][A-Za-z0-9_]*|[a-z][a-z0-9_]*)$/;
 const RULE_NAME = /^[a-z0-9][a-z0-9-]{0,47}$/;

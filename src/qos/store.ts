@@ -8,12 +8,20 @@ import type { JetStreamManager } from "@nats-io/jetstream";
 import { headers, type NatsConnection, type Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { z } from "zod";
-import { decode, encode } from "../broker/codec.js";
-import { isCasConflict } from "../broker/nats-errors.js";
-import { bucketKeys, replayStored } from "../broker/stream-reads.js";
-import { QOS_BUCKET, QOS_RULES_KEY, kvSubject } from "../broker/subjects.js";
-import { BrokerError, ConfigError } from "../core/errors.js";
-import { hasValidSignature, signatureSchema, type RecordAuthority } from "../broker/signing.js";
+import {
+  bucketKeys,
+  decode,
+  encode,
+  hasValidSignature,
+  isCasConflict,
+  kvSubject,
+  QOS_BUCKET,
+  QOS_RULES_KEY,
+  type RecordAuthority,
+  replayStored,
+  signatureSchema,
+} from "../broker/index.js";
+import { BrokerError, ConfigError } from "../core/index.js";
 import type { LimitSlot } from "./evaluate.js";
 import { NO_RULES, rulesSchema, type QosRules } from "./rules.js";
 

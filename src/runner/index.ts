@@ -1,4 +1,18 @@
-/** Running one MARS invocation: process group, output lines, progress, atomic target. */
-export { DEFAULT_KILL_GRACE, MarsRun, checkEnviron, startMars } from "./runner.js";
-export type { RunEvent, RunOptions, RunOutcome, RunStatus } from "./runner.js";
+/** src/runner: running MARS: process groups, output, targets inside the shared root. Other folders import it from here. */
+export { LineSplitter } from "./lines.js";
 export { errorForOutcome } from "./outcome.js";
+export { signalGroup, startedForRun } from "./process-group.js";
+export { checkEnviron, DEFAULT_KILL_GRACE, MarsRun, REQUEST_FILE_PATTERN, startMars } from "./runner.js";
+export type { RunEvent, RunOptions, RunOutcome, RunStatus } from "./runner.js";
+export {
+  attemptRunId,
+  checkFileName,
+  discardPart,
+  earlierAttemptParts,
+  isDirectory,
+  jobTarget,
+  partPathFor,
+  prepareTargetDir,
+  removeLocalFile,
+  resolveInside,
+} from "./target.js";

@@ -1,13 +1,13 @@
 import {
+  formatDuration,
   JobCancelledError,
   JobTimeoutError,
+  type MarsFleetError,
   MarsKilledError,
   MarsNoDataError,
   MarsRuntimeError,
   MarsSpawnError,
-  type MarsFleetError,
-} from "../core/errors.js";
-import { formatDuration } from "../core/time.js";
+} from "../core/index.js";
 import type { RunOutcome } from "./runner.js";
 
 /** The typed error a failed run stands for; undefined when it succeeded. */

@@ -8,20 +8,18 @@ import { randomUUID } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { constants as osConstants, tmpdir } from "node:os";
 import { dirname, isAbsolute, join } from "node:path";
-import { Channel } from "../core/channel.js";
 import {
+  asFleetError,
+  Channel,
   EnvironError,
+  type MarsFleetError,
   MarsRequestError,
   MarsSpawnError,
+  SECOND,
   TargetError,
-  asFleetError,
-  type MarsFleetError,
-} from "../core/errors.js";
-import { SECOND } from "../core/time.js";
-import { isErrorLine, transferBytes } from "../mars/log.js";
-import { withParam, type MarsRequest } from "../mars/request.js";
-import { formatRequests } from "../mars/text.js";
-import { simulatorCommand } from "../sim/command.js";
+} from "../core/index.js";
+import { formatRequests, isErrorLine, type MarsRequest, transferBytes, withParam } from "../mars/index.js";
+import { simulatorCommand } from "../sim/index.js";
 import { LineSplitter } from "./lines.js";
 import { RUN_MARKER, signalGroup, spawnInGroup } from "./process-group.js";
 import {

@@ -2,7 +2,7 @@
 import { unlinkSync } from "node:fs";
 import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
-import { TargetError } from "../core/errors.js";
+import { TargetError } from "../core/index.js";
 
 const PART_SUFFIX = ".mars-part";
 

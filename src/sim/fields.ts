@@ -1,7 +1,12 @@
-import { MarsRequestError } from "../core/errors.js";
-import { expandDates, expandIntegers, expandTimes } from "../mars/expand.js";
-import { lookupParam, type ParamInfo } from "../mars/params.js";
-import type { MarsRequest } from "../mars/request.js";
+import { MarsRequestError } from "../core/index.js";
+import {
+  expandDates,
+  expandIntegers,
+  expandTimes,
+  lookupParam,
+  type MarsRequest,
+  type ParamInfo,
+} from "../mars/index.js";
 import type { LatLonGrid } from "./grib.js";
 
 /** One field the simulator will write. */

@@ -2,7 +2,7 @@
  * A small GRIB edition 2 encoder: regular lat/lon grid (template 3.0), analysis/forecast at a point
  * in time (4.0) or accumulated from the start (4.8), simple packing (5.0), no bitmap.
  */
-import type { ParamInfo } from "../mars/params.js";
+import type { ParamInfo } from "../mars/index.js";
 
 /** A regular lat/lon grid, scanning west to east then north to south. Degrees. */
 export interface LatLonGrid {

@@ -6,10 +6,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { closeSync, fsyncSync, openSync, writeSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { z } from "zod";
-import { MarsRequestError, describeZodError } from "../core/errors.js";
-import { formatLogLine, type MarsLogLevel } from "../mars/log.js";
-import type { MarsRequest } from "../mars/request.js";
-import { parseRequests } from "../mars/text.js";
+import { describeZodError, MarsRequestError } from "../core/index.js";
+import { formatLogLine, type MarsLogLevel, type MarsRequest, parseRequests } from "../mars/index.js";
 import { fieldValues, planRetrieval } from "./fields.js";
 import { encodeGrib2 } from "./grib.js";
 

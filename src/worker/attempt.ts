@@ -7,39 +7,44 @@
 import { readdir, stat } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import type { JetStreamClient } from "@nats-io/jetstream";
-import type { JobMsg } from "../broker/pull.js";
-import { afterFailure, policyOf } from "../broker/retry-policy.js";
+import {
+  afterFailure,
+  encode,
+  initialRecord,
+  type JobEventPublisher,
+  type JobMessage,
+  type JobMsg,
+  type JobRecord,
+  type JobState,
+  type JobStore,
+  policyOf,
+  subjects,
+  type SubmissionWatch,
+  TERMINAL_STATES,
+  type VersionedRecord,
+} from "../broker/index.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { encode } from "../broker/codec.js";
-import type { JobEventPublisher } from "../broker/events.js";
-import type { JobStore, SubmissionWatch, VersionedRecord } from "../broker/records.js";
 import {
-  TERMINAL_STATES,
-  initialRecord,
-  type JobMessage,
-  type JobRecord,
-  type JobState,
-} from "../broker/schemas.js";
-import { subjects } from "../broker/subjects.js";
-import {
+  asFleetError,
+  type ErrorRecord,
   JobCancelledError,
   JobFailedError,
   JobNotFoundError,
-  asFleetError,
-  type ErrorRecord,
   type MarsFleetError,
-} from "../core/errors.js";
-import { errorForOutcome } from "../runner/outcome.js";
-import { startMars, type MarsRun, type RunOutcome } from "../runner/runner.js";
+} from "../core/index.js";
 import {
   attemptRunId,
   discardPart,
   earlierAttemptParts,
+  errorForOutcome,
+  type MarsRun,
   prepareTargetDir,
   resolveInside,
-} from "../runner/target.js";
+  type RunOutcome,
+  startMars,
+} from "../runner/index.js";
 import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
 import type { Journal } from "./journal.js";
 

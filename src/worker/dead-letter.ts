@@ -7,13 +7,20 @@ import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import type { MsgHdrs, NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { z } from "zod";
-import { decode, encode } from "../broker/codec.js";
-import type { JobStore } from "../broker/records.js";
-import { withRetry } from "../broker/transient.js";
-import { jobMessageSchema, TERMINAL_STATES, type DeadLetter } from "../broker/schemas.js";
-import { JOBS_STREAM, queueOfSubject, subjects } from "../broker/subjects.js";
-import { JobFailedError } from "../core/errors.js";
-import type { JobEventPublisher } from "../broker/events.js";
+import {
+  type DeadLetter,
+  decode,
+  encode,
+  type JobEventPublisher,
+  jobMessageSchema,
+  JOBS_STREAM,
+  type JobStore,
+  queueOfSubject,
+  subjects,
+  TERMINAL_STATES,
+  withRetry,
+} from "../broker/index.js";
+import { JobFailedError } from "../core/index.js";
 
 /** nats-server's default, when the connection has not said. */
 export const DEFAULT_MAX_PAYLOAD = 1024 * 1024;

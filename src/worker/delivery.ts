@@ -1,9 +1,12 @@
 /** One message from the work queue: garbage is terminated and dead-lettered; a job runs as a JobAttempt. */
-import type { JobMsg } from "../broker/pull.js";
-import { decode } from "../broker/codec.js";
-import { JobEventPublisher } from "../broker/events.js";
-import { jobMessageSchema, type JobMessage } from "../broker/schemas.js";
-import { asFleetError, type MarsFleetError } from "../core/errors.js";
+import {
+  decode,
+  JobEventPublisher,
+  type JobMessage,
+  jobMessageSchema,
+  type JobMsg,
+} from "../broker/index.js";
+import { asFleetError, type MarsFleetError } from "../core/index.js";
 import { JobAttempt, type AttemptEnd, type AttemptEnv } from "./attempt.js";
 import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
 

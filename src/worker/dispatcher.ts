@@ -14,29 +14,41 @@ import type { ConsumerConfig, JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import { z } from "zod";
-import { decode } from "../broker/codec.js";
-import { isAlreadyExists } from "../broker/nats-errors.js";
-import { jobMessageSchema, type JobMessage } from "../broker/schemas.js";
-import { JOBS_STREAM, consumerName, laneConsumerName, subjects } from "../broker/subjects.js";
-import { QosDeniedError } from "../core/errors.js";
+import {
+  consumerName,
+  decode,
+  isAlreadyExists,
+  type JobMessage,
+  jobMessageSchema,
+  type JobMsg,
+  JOBS_STREAM,
+  laneConsumerName,
+  Puller,
+  subjects,
+} from "../broker/index.js";
+import { QosDeniedError } from "../core/index.js";
 import {
   basePriority,
   deniedBy,
   effectivePriority,
   factsOf,
-  laneCap,
-  limitsFor,
-  queuedJobSchema,
-  slotLimits,
+  type Holder,
+  isLimit,
   type JobFacts,
+  judged,
+  LaneBoard,
+  laneCap,
+  laneMessages,
+  limitFull,
+  limitsFor,
   type LimitSlot,
-} from "../qos/evaluate.js";
-import { LaneBoard, judged } from "../qos/lanes.js";
-import { limitFull } from "../qos/explain.js";
-import { laneMessages } from "../qos/lane-counts.js";
-import { isLimit, withFleetCap, type QosRules } from "../qos/rules.js";
-import type { Holder, RulesFollower, SlotTable } from "../qos/store.js";
-import { Puller, type JobMsg } from "../broker/pull.js";
+  type QosRules,
+  queuedJobSchema,
+  type RulesFollower,
+  slotLimits,
+  type SlotTable,
+  withFleetCap,
+} from "../qos/index.js";
 import type { AttemptEnd, AttemptEnv, JobAttempt } from "./attempt.js";
 import { handleDelivery } from "./delivery.js";
 

@@ -7,9 +7,13 @@ import { readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { z } from "zod";
-import { signalGroup, startedForRun } from "../runner/process-group.js";
-import { REQUEST_FILE_PATTERN } from "../runner/runner.js";
-import { discardPart, removeLocalFile } from "../runner/target.js";
+import {
+  discardPart,
+  removeLocalFile,
+  REQUEST_FILE_PATTERN,
+  signalGroup,
+  startedForRun,
+} from "../runner/index.js";
 
 const entrySchema = z.object({
   workerPid: z.number().int(),

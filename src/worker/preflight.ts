@@ -5,9 +5,9 @@
 import { constants as fs } from "node:fs";
 import { access } from "node:fs/promises";
 import { delimiter, join } from "node:path";
-import { marsCommandArgv, type FleetConfig } from "../config/load.js";
-import { ConfigError } from "../core/errors.js";
-import { isDirectory } from "../runner/target.js";
+import { type FleetConfig, marsCommandArgv } from "../config/index.js";
+import { ConfigError } from "../core/index.js";
+import { isDirectory } from "../runner/index.js";
 
 async function executable(path: string): Promise<boolean> {
   return access(path, fs.X_OK).then(

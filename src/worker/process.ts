@@ -2,8 +2,8 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { setTimeout as sleep } from "node:timers/promises";
-import { own } from "../core/owned.js";
-import { LineSplitter } from "../runner/lines.js";
+import { own } from "../core/index.js";
+import { LineSplitter } from "../runner/index.js";
 
 export const CLI_SCRIPT = fileURLToPath(new URL("../../../bin/mars-fleet.js", import.meta.url));
 const START_TIMEOUT_MS = 15_000;

@@ -8,23 +8,29 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ConsumerConfig } from "@nats-io/jetstream";
 import type { Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
-import { encode } from "../broker/codec.js";
-import { inboxPrefixFor } from "../broker/auth.js";
-import type { BrokerConnection } from "../broker/connection.js";
-import { ACK_WAIT_HEARTBEATS, connectProvisioned, type ProvisionReport } from "../broker/provision.js";
-import { JobStore } from "../broker/records.js";
+import {
+  ACK_WAIT_HEARTBEATS,
+  type BrokerConnection,
+  connectProvisioned,
+  consumerName,
+  encode,
+  inboxPrefixFor,
+  JobEventPublisher,
+  JOBS_STREAM,
+  JobStore,
+  type ProvisionReport,
+  subjects,
+  TERMINAL_STATES,
+  type WorkerInfo,
+  type WorkerState,
+} from "../broker/index.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerMetrics } from "./metrics.js";
-import { TERMINAL_STATES, type WorkerInfo, type WorkerState } from "../broker/schemas.js";
-import { JOBS_STREAM, consumerName, subjects } from "../broker/subjects.js";
-import { RulesFollower, SlotTable } from "../qos/store.js";
+import { RulesFollower, SlotTable } from "../qos/index.js";
 import { Dispatcher } from "./dispatcher.js";
-import { marsCommandArgv, type FleetConfig } from "../config/load.js";
-import { BrokerError, WrongStateError } from "../core/errors.js";
-import { silentLogger } from "../core/logging.js";
+import { type FleetConfig, marsCommandArgv } from "../config/index.js";
+import { BrokerError, silentLogger, untilAborted, WrongStateError } from "../core/index.js";
 import { watchMaxDeliveries } from "./dead-letter.js";
-import { JobEventPublisher } from "../broker/events.js";
-import { untilAborted } from "../core/abort.js";
 import type { AttemptEnv, JobAttempt } from "./attempt.js";
 import { Journal } from "./journal.js";
 import { preflight } from "./preflight.js";

@@ -2,7 +2,7 @@
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { LocalNatsServer } from "../../src/broker/local-server.js";
+import { LocalNatsServer } from "../../src/local/server.js";
 import { NO_SECURITY, connectionSecurity } from "../../src/broker/auth.js";
 import { generateAuth } from "../../src/broker/credentials.js";
 import type { Role } from "../../src/broker/roles.js";
@@ -16,7 +16,7 @@ import type { JobHandle } from "../../src/client/job.js";
 import { Gateway } from "../../src/gateway/gateway.js";
 import { eventually } from "./proc.js";
 import { SIMULATOR_SCRIPT } from "../../src/sim/command.js";
-import { LocalFleet, type FleetSecurity, type Settings } from "../../src/worker/local-fleet.js";
+import { LocalFleet, type FleetSecurity, type Settings } from "../../src/local/fleet.js";
 
 /** Short intervals so heartbeats and redelivery take hundreds of milliseconds. */
 export const FAST: Settings = {

@@ -12,8 +12,7 @@ import { basename, dirname, join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { BrokerError } from "../core/errors.js";
-import { own } from "../core/owned.js";
+import { BrokerError, own } from "../core/index.js";
 
 /** Debian installs nats-server in /usr/sbin, which is not on every user's PATH. */
 export const NATS_SERVER_BIN =

@@ -6,13 +6,11 @@ import { randomBytes } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { LocalNatsServer } from "../broker/local-server.js";
-import { connectProvisioned } from "../broker/provision.js";
-import type { Role } from "../broker/roles.js";
-import { Fleet } from "../client/fleet.js";
-import { loadConfig, type FleetConfig } from "../config/load.js";
-import { SETTINGS } from "../config/settings.js";
-import { startWorkerProcess, type WorkerProcess } from "./process.js";
+import { LocalNatsServer } from "./server.js";
+import { connectProvisioned, type Role } from "../broker/index.js";
+import { Fleet } from "../client/index.js";
+import { type FleetConfig, loadConfig, SETTINGS } from "../config/index.js";
+import { startWorkerProcess, type WorkerProcess } from "../worker/index.js";
 
 /** Settings by key (`heartbeatInterval: "250ms"`), as they would be given in the environment. */
 export type Settings = Record<string, string | number>;

@@ -1,0 +1,22 @@
+/** src/qos: QoS rules: the language, judging a job, lanes, limit slots, explanations. Other folders import it from here. */
+export {
+  basePriority,
+  deniedBy,
+  effectivePriority,
+  factsOf,
+  laneCap,
+  laneLimits,
+  laneOf,
+  limitsFor,
+  queuedJobSchema,
+  slotLimits,
+} from "./evaluate.js";
+export type { JobFacts, LimitSlot } from "./evaluate.js";
+export { explainWait, limitFull } from "./explain.js";
+export { activeLanes, laneCounts, laneHead, laneMessages, queueSummary } from "./lane-counts.js";
+export type { QueueSummary } from "./lane-counts.js";
+export { judged, LaneBoard } from "./lanes.js";
+export { isDeny, isLimit, isPriority, parseRules, withFleetCap } from "./rules.js";
+export type { QosRules, Rule } from "./rules.js";
+export { readRules, RulesFollower, SlotTable, writeRules } from "./store.js";
+export type { Holder } from "./store.js";
