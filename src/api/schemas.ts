@@ -68,7 +68,16 @@ export const queuesSchema = z.object({
       queue: z.string(),
       queued: z.number().int(),
       running: z.number().int(),
-      lanes: z.array(z.object({ lane: z.string(), queued: z.number().int(), running: z.number().int() })),
+      /** Pulled and held aside by a worker for a QoS limit (admin keys). */
+      heldAside: z.number().int().optional(),
+      lanes: z.array(
+        z.object({
+          lane: z.string(),
+          queued: z.number().int(),
+          running: z.number().int(),
+          heldAside: z.number().int().optional(),
+        }),
+      ),
     }),
   ),
 });

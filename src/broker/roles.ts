@@ -109,10 +109,15 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...orderedReads(kvStream(QOS_BUCKET)),
           flowControl,
           p(`$KV.${QOS_BUCKET}.slots.>`, "take and give back QoS limit slots (compare-and-set)"),
+          p(
+            `$KV.${QOS_BUCKET}.usage.*`,
+            "add the MARS time of the jobs it ran to their user's recent use (fair share by use; compare-and-set)",
+          ),
           p(subjects.log("*"), "publish job logs"),
           p(subjects.progress("*"), "publish job progress"),
           p(subjects.state("*"), "publish job state changes"),
           p(subjects.allHeartbeats, "heartbeats of running jobs"),
+          p(subjects.allLanesFreed, "tell the queue's other workers that a capped lane has room again"),
           p(subjects.allDead, "dead-letter jobs"),
           ...directReads(objStream(RESULTS_BUCKET)),
           p(`$O.${RESULTS_BUCKET}.>`, "upload results for gateways without the shared filesystem"),
@@ -127,6 +132,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
             p(s, "hear new jobs on its queue's lanes (to choose whom to serve)"),
           ),
           p(`$KV.${QOS_BUCKET}.${QOS_RULES_KEY}`, "hear the QoS rules change (re-read at once)"),
+          p(subjects.allLanesFreed, "hear that a capped lane has room again (pull from it at once)"),
         ],
       };
     case "submitter":

@@ -158,7 +158,8 @@ export const workerInfoSchema = z.object({
   /** The worker process's own use (not its MARS processes'): CPU since its last entry, memory now. */
   usage: z.object({ cpuPercent: z.number().min(0), rssMb: z.number().min(0) }).optional(),
   /** Jobs it pulled that wait for a QoS limit (holding no slot), and why. */
-  waiting: z.array(z.object({ job: z.string(), reason: z.string() })).optional(),
+  /** Jobs held aside for a limit: why, and the lane each was pulled from ("" for a lane-less job). */
+  waiting: z.array(z.object({ job: z.string(), reason: z.string(), lane: z.string().optional() })).optional(),
 });
 export type WorkerInfo = z.infer<typeof workerInfoSchema>;
 

@@ -92,6 +92,13 @@ export const subjects = {
   allCancels: "mars.cancel.*",
   /** A worker's entry in the registry bucket, as a subject (what a registration publishes). */
   registry: (workerId: string): string => `$KV.${WORKERS_BUCKET}.${workerId}`,
+  /**
+   * Core NATS, among a queue's workers: a job of this lane was settled, so its place under the
+   * lane's cap (a per-user limit) is free. Workers that passed the lane over at its cap pull again.
+   */
+  laneFreed: (queue: string, lane: string): string => `mars.freed.${queue}.${lane}`,
+  lanesFreed: (queue: string): string => `mars.freed.${queue}.*`,
+  allLanesFreed: "mars.freed.*.*",
   dead: (queue: string): string => `mars.dead.${queue}`,
   allDead: "mars.dead.>",
   /** Server advisory when a job message ran out of deliveries. */

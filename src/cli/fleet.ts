@@ -1,6 +1,6 @@
 /** Fleet commands: submit, status, logs, cancel, jobs, workers, broker init|info|auth. Output for people or --json. */
 import { basename, dirname, resolve } from "node:path";
-import { Fleet, type JobHandle, LogPresenter } from "../client/index.js";
+import { Fleet, type JobHandle, LogPresenter, workerEntries } from "../client/index.js";
 import {
   connectWithConfig,
   consumerName,
@@ -275,7 +275,9 @@ export async function brokerCommand(
     const consumer = await conn.jsm.consumers
       .info(JOBS_STREAM, consumerName(config.queue))
       .catch(() => undefined); // a missing consumer is shown as missing
-    const summary = consumer ? await queueSummary(conn.jsm, config.queue) : undefined;
+    const summary = consumer
+      ? await queueSummary(conn.jsm, config.queue, await workerEntries(conn))
+      : undefined;
     const info = {
       streams: streams
         .filter(Boolean)
@@ -285,6 +287,7 @@ export async function brokerCommand(
         // Summed over the queue's lanes (the lane-less consumer included).
         pending: summary?.queued ?? 0,
         running: summary?.running ?? 0,
+        heldAside: summary?.heldAside ?? 0,
         lanes: summary?.laneCount ?? 0,
         redelivered: consumer.num_redelivered,
         maxAckPending: consumer.config.max_ack_pending,
@@ -294,7 +297,7 @@ export async function brokerCommand(
       [
         ...info.streams.map((s) => `stream ${s.name}: ${s.messages} messages, ${s.bytes} bytes`),
         info.consumer
-          ? `consumer ${info.consumer.name}: ${info.consumer.pending} queued, ${info.consumer.running} running in ${info.consumer.lanes} lane(s), ${info.consumer.redelivered} redelivered, cap ${info.consumer.maxAckPending}`
+          ? `consumer ${info.consumer.name}: ${info.consumer.pending} queued, ${info.consumer.running} running${info.consumer.heldAside ? ` (${info.consumer.heldAside} more held aside for a limit)` : ""} in ${info.consumer.lanes} lane(s), ${info.consumer.redelivered} redelivered, cap ${info.consumer.maxAckPending}`
           : `consumer ${consumerName(config.queue)}: missing (run: mars-fleet broker init)`,
       ].join("\n"),
     );

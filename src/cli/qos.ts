@@ -3,7 +3,7 @@ import { readFile } from "node:fs/promises";
 import { Fleet } from "../client/index.js";
 import type { FleetConfig } from "../config/index.js";
 import { ConfigError } from "../core/index.js";
-import { isDeny, isLimit, isPriority, parseRules, type Rule } from "../qos/index.js";
+import { describeUse, isDeny, isLimit, isPriority, parseRules, type Rule } from "../qos/index.js";
 import { EXIT } from "./output.js";
 
 function print(json: boolean, value: unknown, human: () => string): void {
@@ -68,7 +68,13 @@ export async function qosShow(json: boolean, config: FleetConfig): Promise<numbe
         lines.push(
           `rules applied ${new Date(stored.appliedAt).toISOString()}${stored.appliedBy ? ` by ${stored.appliedBy}` : ""}:`,
         );
-        lines.push(`  fair share by ${stored.rules.fairShare}; aging +${stored.rules.agingPerMinute}/min`);
+        const { usage } = stored.rules;
+        const byUse = usage
+          ? `; recent use: -${usage.weight} per hour of MARS time in the last ${usage.window}`
+          : "";
+        lines.push(
+          `  fair share by ${stored.rules.fairShare}; aging +${stored.rules.agingPerMinute}/min${byUse}`,
+        );
         for (const r of stored.rules.rules) lines.push(`  ${describeRule(r)}`);
       }
       lines.push(`limits held now (${limits.length}):`);
@@ -79,7 +85,15 @@ export async function qosShow(json: boolean, config: FleetConfig): Promise<numbe
         lines.push(`  ${l.key}: ${l.running}${max} running`);
       }
       lines.push(`lanes of queue ${config.queue} (${laneRows.length}):`);
-      for (const l of laneRows) lines.push(`  ${l.lane}: ${l.queued} queued, ${l.running} running`);
+      for (const l of laneRows)
+        lines.push(
+          `  ${l.lane}: ${l.queued} queued, ${l.running} running${l.heldAside ? `, ${l.heldAside} held aside` : ""}`,
+        );
+      if (out.usage.length > 0 && stored?.rules.usage) {
+        lines.push(`recent use (MARS time in the last ${stored.rules.usage.window}):`);
+        for (const u of out.usage)
+          lines.push(`  ${u.lane}: ${describeUse(u.seconds)}, priority -${u.penalty}`);
+      }
       if (waiting.length > 0) {
         lines.push(`held by workers for a limit (${waiting.length}):`);
         for (const w of waiting) lines.push(`  ${w.job} on ${w.worker}: ${w.reason}`);

@@ -55,6 +55,8 @@ import {
   type QueueSummary,
   RulesFollower,
   SlotTable,
+  UsageTable,
+  usedWithin,
   withFleetCap,
 } from "../qos/index.js";
 import { LiveWorkers } from "./live-workers.js";
@@ -317,7 +319,9 @@ export class Fleet {
       (await this.qosRules()).rules,
       Math.max(0, template.config.max_ack_pending ?? 0),
     );
-    const slots = new SlotTable(jsm, await this.conn.qosKv(), () => Promise.resolve(false), this.log);
+    const qosKv = await this.conn.qosKv();
+    const slots = new SlotTable(jsm, qosKv, () => Promise.resolve(false), this.log);
+    const usage = new UsageTable(qosKv, this.log);
     return explainWait(record, {
       rules,
       holders: async (key) => (await slots.holders(key)).length,
@@ -334,6 +338,7 @@ export class Fleet {
           return undefined;
         }
       },
+      used: async (lane, windowMs) => usedWithin(await usage.read(lane), Date.now(), windowMs),
     });
   }
 
@@ -372,8 +377,9 @@ export class Fleet {
 
   /** Each queue this client or a live worker serves: its jobs queued and running, per lane. */
   async queues(): Promise<QueueSummary[]> {
-    const names = new Set([this.config.queue, ...(await this.workers()).map((w) => w.queue)]);
-    return Promise.all([...names].sort().map((q) => queueSummary(this.conn.jsm, q)));
+    const workers = await this.workers();
+    const names = new Set([this.config.queue, ...workers.map((w) => w.queue)]);
+    return Promise.all([...names].sort().map((q) => queueSummary(this.conn.jsm, q, workers)));
   }
 
   /** Validate QoS rules and put them in force (admin credentials; signed where the fleet has a trust key). */
@@ -387,19 +393,8 @@ export class Fleet {
   }
 
   /** Live workers (entries expire when a worker stops heart-beating). */
-  async workers(): Promise<WorkerInfo[]> {
-    const kv = await this.conn.workersKv();
-    const out: WorkerInfo[] = [];
-    for (const key of await bucketKeys(this.conn.jsm, WORKERS_BUCKET)) {
-      const entry = await kv.get(key);
-      if (!entry || entry.operation !== "PUT") continue;
-      try {
-        out.push(decode(workerInfoSchema, entry.value, "worker entry"));
-      } catch {
-        // An entry from an incompatible version: not listed.
-      }
-    }
-    return out.sort((a, b) => a.id.localeCompare(b.id));
+  workers(): Promise<WorkerInfo[]> {
+    return workerEntries(this.conn);
   }
 
   /**
@@ -461,4 +456,20 @@ export class Fleet {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.close();
   }
+}
+
+/** The registry's live entries, by worker id (entries expire when a worker stops heart-beating). */
+export async function workerEntries(conn: BrokerConnection): Promise<WorkerInfo[]> {
+  const kv = await conn.workersKv();
+  const out: WorkerInfo[] = [];
+  for (const key of await bucketKeys(conn.jsm, WORKERS_BUCKET)) {
+    const entry = await kv.get(key);
+    if (!entry || entry.operation !== "PUT") continue;
+    try {
+      out.push(decode(workerInfoSchema, entry.value, "worker entry"));
+    } catch {
+      // An entry from an incompatible version: not listed.
+    }
+  }
+  return out.sort((a, b) => a.id.localeCompare(b.id));
 }

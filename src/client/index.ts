@@ -1,7 +1,7 @@
 /** src/client: the library: Fleet, JobHandle, executeMars. Other folders import it from here. */
 export { executeMars, executeMarsLocally } from "./execute.js";
 export type { ExecuteMarsOptions, ExecuteOptions, ExecuteResult } from "./execute.js";
-export { Fleet, jobIdFor } from "./fleet.js";
+export { Fleet, jobIdFor, workerEntries } from "./fleet.js";
 export type { FleetConnectOptions, SubmitOptions } from "./fleet.js";
 export { JobHandle } from "./job.js";
 export type { FleetJobResult, JobEvent } from "./job.js";

@@ -6,12 +6,18 @@ import type { BrokerConnection, WorkerInfo } from "../broker/index.js";
 import { silentLogger } from "../core/index.js";
 import {
   activeLanes,
+  heldAsideByLane,
   laneCounts,
+  type LaneRow,
   laneLimits,
   parseRules,
   type QosRules,
   readRules,
   SlotTable,
+  UsageTable,
+  usagePenalty,
+  usageWindowMs,
+  usedWithin,
   writeRules,
 } from "../qos/index.js";
 
@@ -23,9 +29,11 @@ export interface QosState {
   /** Each limit held now: `<rule>.<value>`, how many run under it, and which jobs (none for a lane-held one). */
   limits: Array<{ key: string; running: number; jobs: string[] }>;
   /** The queue's lanes holding jobs. */
-  lanes: Array<{ lane: string; queued: number; running: number }>;
+  lanes: LaneRow[];
   /** Jobs workers hold aside for a limit, and why. */
-  waiting: Array<{ worker: string; job: string; reason: string }>;
+  waiting: Array<{ worker: string; job: string; reason: string; lane?: string }>;
+  /** Under `usage` rules: each lane's recent MARS time (seconds in the window) and the priority it costs. */
+  usage: Array<{ lane: string; seconds: number; penalty: number }>;
 }
 
 /**
@@ -58,7 +66,7 @@ export async function qosStateOf(
   const stored = await readRules({ kv, jsm: conn.jsm, authority: conn.authority }, silentLogger());
   const slots = new SlotTable(conn.jsm, kv, () => Promise.resolve(false), silentLogger());
   const held = await slots.all();
-  const lanes = activeLanes(await laneCounts(conn.jsm, queue));
+  const lanes = activeLanes(await laneCounts(conn.jsm, queue), heldAsideByLane(workers, queue));
   const limits = [...held]
     .filter(([, holders]) => holders.length > 0)
     .map(([key, holders]) => ({ key, running: holders.length, jobs: holders.map((h) => h.job) }));
@@ -66,7 +74,21 @@ export async function qosStateOf(
   for (const rule of stored ? laneLimits(stored.rules, queue) : [])
     for (const l of lanes.filter((row) => row.running > 0 && row.lane !== "(none)"))
       limits.push({ key: `${rule.name}.${l.lane}`, running: l.running, jobs: [] });
+  const windowMs = stored ? usageWindowMs(stored.rules) : undefined;
+  const table = new UsageTable(kv, silentLogger());
+  const usage =
+    windowMs === undefined
+      ? []
+      : await Promise.all(
+          lanes
+            .filter((l) => l.lane !== "(none)")
+            .map(async ({ lane }) => {
+              const seconds = usedWithin(await table.read(lane), Date.now(), windowMs);
+              return { lane, seconds, penalty: usagePenalty(stored!.rules, seconds) };
+            }),
+        );
   return {
+    usage,
     rules: stored?.rules ?? null,
     appliedAt: stored?.appliedAt ?? null,
     appliedBy: stored?.appliedBy ?? null,

@@ -182,12 +182,54 @@ export function heldByLane(rules: QosRules, r: LimitRule): boolean {
 }
 
 /**
+ * Whether a limit holds alike every job of a lane: it is counted per lane (per the fairness key) or
+ * in one count for all, and its selector tests nothing but the lane's own key and the queue. When
+ * it is full, none of the lane's jobs may start: the lane is passed over whole, so its jobs start in
+ * the order they were queued. (A limit that holds only some of a lane's jobs holds those aside, so
+ * that the lane's others can go.)
+ */
+export function coversLane(rules: QosRules, r: LimitRule): boolean {
+  return (
+    (r.per === undefined || r.per === rules.fairShare) &&
+    Object.keys(r.match ?? {}).every((key) => key === "queue" || key === rules.fairShare)
+  );
+}
+
+/**
  * The `max_ack_pending` of the queue's lane consumers under these rules: the lowest limit the lanes
  * hold there, or none.
  */
 export function laneCap(rules: QosRules, queue: string): number | undefined {
   const held = laneLimits(rules, queue);
   return held.length === 0 ? undefined : Math.min(...held.map((r) => r.limit));
+}
+
+/**
+ * The `max_ack_pending` of one lane's consumer: the cap every lane has (laneCap), or lower, a limit
+ * in total on this lane's own value alone (`match: { user: alice }`, on the queue or none). Such a
+ * limit is still counted by slots too (values that differ only in case are one value to a rule but
+ * two lanes); the lane's cap is what keeps that value's jobs in the order they were queued: no
+ * worker can pull one of them while the limit's places are taken, so none is held aside and later
+ * overtaken by a pull of another worker.
+ */
+export function laneCapOf(rules: QosRules, queue: string, lane: string): number | undefined {
+  const caps = rules.rules
+    .filter((r): r is LimitRule => isLimit(r) && pinsLane(rules, r, queue, lane))
+    .map((r) => r.limit);
+  const all = laneCap(rules, queue);
+  if (all !== undefined) caps.push(all);
+  return caps.length === 0 ? undefined : Math.min(...caps);
+}
+
+/** Whether `r` is a limit in total on one value of the fairness key, and that value is `lane`'s. */
+function pinsLane(rules: QosRules, r: LimitRule, queue: string, lane: string): boolean {
+  if (r.per !== undefined || r.limit < 1 || !r.match) return false;
+  const value = r.match[rules.fairShare];
+  if (typeof value !== "string" || !isToken(value) || lane.toLowerCase() !== value) return false;
+  const onQueue: JobFacts = { queue, environ: {}, params: new Map(), fields: 0 };
+  return Object.keys(r.match).every(
+    (key) => key === rules.fairShare || (key === "queue" && matches(onQueue, { queue: r.match!["queue"]! })),
+  );
 }
 
 /** The limits the lanes of `queue` hold under these rules. */

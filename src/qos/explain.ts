@@ -15,7 +15,8 @@ import {
   type LimitSlot,
 } from "./evaluate.js";
 import type { LaneCount } from "./lane-counts.js";
-import type { QosRules } from "./rules.js";
+import { usageWindowMs, type QosRules } from "./rules.js";
+import { describeUse, usagePenalty } from "./usage.js";
 
 /** A full limit, as workers and `mars-fleet status` say it: "limit per-user for alice: 4/4 running". */
 export function limitFull(slot: LimitSlot, running: number): string {
@@ -31,6 +32,8 @@ export interface WaitSources {
   lanes: Map<string, LaneCount>;
   /** The next queued job of a lane (its submission time and facts), when it can be read. */
   head: (lane: string) => Promise<{ submittedAt: number; facts: JobFacts } | undefined>;
+  /** Seconds of MARS time a lane's value used in the window (rules with `usage`). */
+  used?: (lane: string, windowMs: number) => Promise<number>;
 }
 
 export async function explainWait(record: JobRecord, src: WaitSources, now = Date.now()): Promise<string[]> {
@@ -53,14 +56,27 @@ export async function explainWait(record: JobRecord, src: WaitSources, now = Dat
   const lane = laneOf(src.rules, facts);
   const own = src.lanes.get(lane)?.queued ?? 0;
   const others = [...src.lanes].filter(([name, c]) => name !== lane && c.queued > 0);
+  const windowMs = usageWindowMs(src.rules);
+  /** Priority points a lane's recent use costs (fair share by use). */
+  const cost = async (name: string): Promise<number> =>
+    windowMs === undefined || !src.used ? 0 : usagePenalty(src.rules, await src.used(name, windowMs));
   const base = basePriority(src.rules, facts);
-  const priority = effectivePriority(src.rules, base, now - record.submittedAt);
+  const penalty = await cost(lane);
+  const priority = effectivePriority(src.rules, base, now - record.submittedAt) - penalty;
   let ahead = 0;
   for (const [name] of others) {
     const head = await src.head(name);
     if (!head) continue;
-    const p = effectivePriority(src.rules, basePriority(src.rules, head.facts), now - head.submittedAt);
+    const p =
+      effectivePriority(src.rules, basePriority(src.rules, head.facts), now - head.submittedAt) -
+      (await cost(name));
     if (p > priority) ahead++;
+  }
+  if (windowMs !== undefined && src.used) {
+    const seconds = await src.used(lane, windowMs);
+    reasons.push(
+      `usage: ${lane} used ${describeUse(seconds)} of MARS time in the last ${src.rules.usage!.window}: priority -${penalty}`,
+    );
   }
   reasons.push(
     `lane ${lane} (${src.rules.fairShare}): ${own} queued there, served in the order submitted; ` +

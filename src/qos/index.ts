@@ -1,10 +1,12 @@
 /** src/qos: QoS rules: the language, judging a job, lanes, limit slots, explanations. Other folders import it from here. */
 export {
   basePriority,
+  coversLane,
   deniedBy,
   effectivePriority,
   factsOf,
   laneCap,
+  laneCapOf,
   laneLimits,
   laneOf,
   limitsFor,
@@ -13,10 +15,18 @@ export {
 } from "./evaluate.js";
 export type { JobFacts, LimitSlot } from "./evaluate.js";
 export { explainWait, limitFull } from "./explain.js";
-export { activeLanes, laneCounts, laneHead, laneMessages, queueSummary } from "./lane-counts.js";
-export type { QueueSummary } from "./lane-counts.js";
+export {
+  activeLanes,
+  heldAsideByLane,
+  laneCounts,
+  laneHead,
+  laneMessages,
+  queueSummary,
+} from "./lane-counts.js";
+export type { LaneRow, QueueSummary } from "./lane-counts.js";
 export { judged, LaneBoard } from "./lanes.js";
-export { isDeny, isLimit, isPriority, parseRules, withFleetCap } from "./rules.js";
+export { isDeny, isLimit, isPriority, parseRules, usageWindowMs, withFleetCap } from "./rules.js";
 export type { QosRules, Rule } from "./rules.js";
 export { readRules, RulesFollower, SlotTable, writeRules } from "./store.js";
 export type { Holder } from "./store.js";
+export { describeUse, UsageTable, usagePenalty, usedWithin } from "./usage.js";

@@ -6,7 +6,7 @@
 import type { JetStreamManager } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
-import { JOBS_STREAM, jsApi, laneOfConsumer, subjects } from "../broker/index.js";
+import { JOBS_STREAM, jsApi, laneOfConsumer, subjects, type WorkerInfo } from "../broker/index.js";
 
 export interface LaneCount {
   queued: number;
@@ -66,10 +66,35 @@ export async function laneHead(nc: NatsConnection, queue: string, lane: string):
 /** The lanes holding jobs, as people read them: the lane-less one named "(none)". */
 export function activeLanes(
   counts: Map<string, LaneCount>,
-): Array<{ lane: string; queued: number; running: number }> {
+  heldAside: ReadonlyMap<string, number> = new Map(),
+): LaneRow[] {
   return [...counts]
     .filter(([, c]) => c.queued + c.inFlight > 0)
-    .map(([lane, c]) => ({ lane: lane === "" ? "(none)" : lane, queued: c.queued, running: c.inFlight }));
+    .map(([lane, c]) => {
+      // In flight on the server: running, or held aside by a worker for a limit.
+      const held = Math.min(c.inFlight, heldAside.get(lane) ?? 0);
+      const row = { lane: lane === "" ? "(none)" : lane, queued: c.queued, running: c.inFlight - held };
+      return held > 0 ? { ...row, heldAside: held } : row;
+    });
+}
+
+/** One lane as people read it. */
+export interface LaneRow {
+  lane: string;
+  queued: number;
+  running: number;
+  /** Pulled by a worker and held aside for a limit (in flight on the server, not running). */
+  heldAside?: number;
+}
+
+/** Jobs the queue's workers hold aside for a limit, per lane, as their registry entries say. */
+export function heldAsideByLane(workers: readonly WorkerInfo[], queue: string): Map<string, number> {
+  const held = new Map<string, number>();
+  for (const w of workers)
+    if (w.queue === queue)
+      for (const x of w.waiting ?? [])
+        if (x.lane !== undefined) held.set(x.lane, (held.get(x.lane) ?? 0) + 1);
+  return held;
 }
 
 /** A queue as people read it: its jobs queued and running, in all and per lane holding any. */
@@ -77,19 +102,26 @@ export interface QueueSummary {
   queue: string;
   queued: number;
   running: number;
-  lanes: Array<{ lane: string; queued: number; running: number }>;
+  /** Pulled and held aside for a limit by a worker: neither queued nor running. */
+  heldAside: number;
+  lanes: LaneRow[];
   /** How many lanes the server knows now (with jobs, or with a consumer; the lane-less one included). */
   laneCount: number;
 }
 
 /** One queue's summary, from what the server holds (what `broker info`, the API and the dashboard show). */
-export async function queueSummary(jsm: JetStreamManager, queue: string): Promise<QueueSummary> {
+export async function queueSummary(
+  jsm: JetStreamManager,
+  queue: string,
+  workers: readonly WorkerInfo[] = [],
+): Promise<QueueSummary> {
   const counts = await laneCounts(jsm, queue);
-  const lanes = activeLanes(counts);
+  const lanes = activeLanes(counts, heldAsideByLane(workers, queue));
   return {
     queue,
     queued: lanes.reduce((n, l) => n + l.queued, 0),
     running: lanes.reduce((n, l) => n + l.running, 0),
+    heldAside: lanes.reduce((n, l) => n + (l.heldAside ?? 0), 0),
     lanes,
     laneCount: counts.size,
   };

@@ -5,7 +5,8 @@
  * what the server counts (pending messages per lane consumer); it decides nothing else.
  *
  * The choice: among lanes whose next job is not held back by a full limit, the one whose next job
- * has the highest priority (with aging); among equals, the one served longest ago (round-robin).
+ * has the highest priority (with aging, less what the lane's recent use costs under `usage`); among
+ * equals, the one served longest ago (round-robin).
  */
 import {
   basePriority,
@@ -80,6 +81,8 @@ export interface PickOptions {
   unknownHeads: boolean;
   /** Lanes to pass over whatever their jobs (a lane consumer at its cap). */
   skip?: (lane: string) => boolean;
+  /** Priority points a lane loses (fair share by recent use: its value's MARS time lately). */
+  penalty?: (lane: string) => number;
 }
 
 export class LaneBoard {
@@ -200,7 +203,8 @@ export class LaneBoard {
       if (!head.job && !opts.unknownHeads) continue;
       if (opts.skip?.(name)) continue;
       const base = head.job ? judged(head.job, opts.rules).base : 0;
-      const priority = effectivePriority(opts.rules, base, opts.now - head.since);
+      const priority =
+        effectivePriority(opts.rules, base, opts.now - head.since) - (opts.penalty?.(name) ?? 0);
       const better =
         !best ||
         priority > best.priority ||

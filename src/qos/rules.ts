@@ -5,7 +5,7 @@
  */
 import { z } from "zod";
 import type { Document } from "yaml";
-import { QosRulesError, yaml } from "../core/index.js";
+import { HOUR, MINUTE, parseDuration, QosRulesError, yaml } from "../core/index.js";
 
 const SELECTOR_KEY = /^(user|queue|fields|environ\.[A-Za-z_][A-Za-z0-9_]*|[a-z][a-z0-9_]*)$/;
 const RULE_NAME = /^[a-z0-9][a-z0-9-]{0,47}$/;
@@ -97,6 +97,20 @@ export const rulesSchema = z
     fairShare: perKey.default("user"),
     /** Priority points a queued job gains per minute of waiting, up to the highest rule priority. */
     agingPerMinute: z.number().min(0).max(1000).default(1),
+    /**
+     * Fair share by recent use: a value of the fairness key loses `weight` priority points per
+     * hour of MARS time its jobs used in the last `window` (src/qos/usage.ts).
+     */
+    usage: z
+      .object({
+        window: z.string().refine((w) => {
+          const ms = parseDuration(w);
+          return ms !== undefined && ms >= MINUTE && ms <= 30 * 24 * HOUR;
+        }, "a duration from 1m to 720h, such as 24h"),
+        weight: z.number().min(0).max(1_000_000),
+      })
+      .strict()
+      .optional(),
     rules: z.array(rule).max(200).default([]),
   })
   .strict()
@@ -113,6 +127,11 @@ export const rulesSchema = z
     });
   });
 export type QosRules = z.infer<typeof rulesSchema>;
+
+/** The usage window of these rules, in ms (undefined without `usage`). */
+export function usageWindowMs(rules: QosRules): number | undefined {
+  return rules.usage && parseDuration(rules.usage.window);
+}
 
 /** No rules: one lane per user, nothing limited, denied or preferred. */
 export const NO_RULES: QosRules = rulesSchema.parse({});

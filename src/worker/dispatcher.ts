@@ -29,6 +29,7 @@ import {
 import { QosDeniedError } from "../core/index.js";
 import {
   basePriority,
+  coversLane,
   deniedBy,
   effectivePriority,
   factsOf,
@@ -37,8 +38,9 @@ import {
   type JobFacts,
   judged,
   LaneBoard,
-  laneCap,
+  laneCapOf,
   laneMessages,
+  laneOf,
   limitFull,
   limitsFor,
   type LimitSlot,
@@ -47,6 +49,9 @@ import {
   type RulesFollower,
   slotLimits,
   type SlotTable,
+  usagePenalty,
+  type UsageTable,
+  usageWindowMs,
   withFleetCap,
 } from "../qos/index.js";
 import type { AttemptEnd, AttemptEnv, JobAttempt } from "./attempt.js";
@@ -101,6 +106,8 @@ export interface DispatcherDeps {
   template: ConsumerConfig;
   rules: RulesFollower;
   slots: SlotTable;
+  /** Each fairness value's recent MARS time (rules with `usage`). */
+  usage: UsageTable;
   log: Logger;
   /** What each attempt runs with. */
   env: AttemptEnv;
@@ -110,6 +117,8 @@ export interface DispatcherDeps {
 export interface DispatchObserver {
   started?(running: number): void;
   settled?(end: AttemptEnd | undefined, running: number): void;
+  /** A job was held aside for a limit, or left the jobs held aside. */
+  parked?(held: number): void;
 }
 
 export class Dispatcher {
@@ -134,6 +143,8 @@ export class Dispatcher {
   /** Lanes whose new job woke this worker, and when: a first empty pull there is tried again. */
   private readonly rung = new Map<string, number>();
   private laneless: Subscription | undefined;
+  /** Other workers' word that a capped lane has room again (see launch). */
+  private freed: Subscription | undefined;
   private unreadable = 0;
   /** The last choice passed over a lane because its next job's limit was full. */
   private skippedBlocked = false;
@@ -183,6 +194,13 @@ export class Dispatcher {
       callback: (_err, msg) => this.hear(this.laneOf(msg.subject), msg.data, false),
     });
     this.syncWakeBell();
+    // A job of a capped lane settled on another worker: the lane is no longer at its cap.
+    this.freed = deps.nc.subscribe(subjects.lanesFreed(deps.queue), {
+      callback: (_err, msg) => {
+        const lane = msg.subject.slice(subjects.lanesFreed(deps.queue).length - 1);
+        if (this.atCap.delete(lane) && this.free > 0) this.wake();
+      },
+    });
     // Jobs of earlier clients, published without a lane.
     this.laneless = deps.nc.subscribe(subjects.jobs(deps.queue), {
       callback: (_err, msg) => {
@@ -321,9 +339,9 @@ export class Dispatcher {
    *   operator's edit, sets -1 when it makes or edits the consumer.
    */
   private async readBack(lanes: string[]): Promise<void> {
-    const cap = this.cap;
     await Promise.all(
       [...new Set(lanes)].map(async (lane) => {
+        const cap = this.capOf(lane);
         const name = laneConsumerName(this.deps.queue, lane);
         try {
           const info = await this.deps.jsm.consumers.info(JOBS_STREAM, name);
@@ -350,7 +368,7 @@ export class Dispatcher {
    * within a count per lane.
    */
   private nextToVerify(): string[] {
-    if (this.cap <= 0 || this.consumers.size === 0) return [];
+    if (!this.rulesNow.rules.some(isLimit) || this.consumers.size === 0) return [];
     const n = this.verified++ % this.consumers.size;
     let i = 0;
     for (const lane of this.consumers.keys()) if (i++ === n) return [lane];
@@ -364,15 +382,17 @@ export class Dispatcher {
     this.consumers.set(lane, cap);
   }
 
-  /** The `max_ack_pending` lane consumers get under the rules in force (-1: no cap). */
-  private get cap(): number {
-    return laneCap(this.rulesNow, this.deps.queue) ?? -1;
+  /** The `max_ack_pending` a lane's consumer gets under the rules in force (-1: no cap; see laneCapOf). */
+  private capOf(lane: string): number {
+    return lane === "" ? -1 : (laneCapOf(this.rulesNow, this.deps.queue, lane) ?? -1);
   }
 
   /** Give every lane consumer this worker knows the cap of the rules in force (after they changed). */
   private async recap(): Promise<void> {
-    const cap = this.cap;
-    for (const [lane, applied] of this.consumers) if (applied !== cap) await this.setCap(lane, cap);
+    for (const [lane, applied] of this.consumers) {
+      const cap = this.capOf(lane);
+      if (applied !== cap) await this.setCap(lane, cap);
+    }
   }
 
   private async loop(): Promise<void> {
@@ -394,16 +414,18 @@ export class Dispatcher {
               (s) => s.lane === undefined && this.deps.slots.seemsFull(s),
             );
             if (full.length === 0) return false;
-            // A full limit counted by the lane's own key (a per-user limit, lanes by user) holds
-            // the whole lane back: pass it over. Any other (a dataset cap) holds back this job
-            // alone: while there is room, pull it and hold it aside, so the lane's next job can go.
-            const laneWide = full.some((s) => s.rule.per === this.rulesNow.fairShare);
+            // A full limit that holds every job of the lane alike (a per-user limit with lanes by
+            // user, or a limit on one user by name) holds the whole lane back: pass it over, and
+            // its jobs keep their order. Any other (a dataset cap) holds back this job alone: while
+            // there is room, pull it and hold it aside, so the lane's next job can go.
+            const laneWide = full.some((s) => coversLane(this.rulesNow, s.rule));
             if (!laneWide && parkRoom) return false;
             this.skippedBlocked = true;
             return true;
           },
           unknownHeads: parkRoom,
           skip: (name) => (this.atCap.get(name)?.until ?? 0) > Date.now(),
+          ...this.usagePenalty(),
         });
         if (lane === undefined) {
           await this.sleepUntilWoken(COUNT_EVERY_MS);
@@ -425,13 +447,15 @@ export class Dispatcher {
         }
         if (msgs.length === 0) {
           // Under a cap, nothing may mean the lane's limit is full, not that the lane is empty.
-          if (this.cap > 0 && lane !== "" && this.board.atMost(lane) >= this.cap) {
+          const cap = this.capOf(lane);
+          if (cap > 0 && this.board.atMost(lane) >= cap) {
             const strikes = (this.atCap.get(lane)?.strikes ?? 0) + 1;
             const hold = Math.min(CAP_HOLD_MAX_MS, CAP_HOLD_MS * 2 ** (strikes - 1));
             this.atCap.set(lane, { until: Date.now() + hold, strikes });
             void this.readBack([lane]).then(() => this.atCap.has(lane) || this.wake());
-          }
-          this.board.empty(lane, Date.now(), mark);
+            // The jobs it knows of there still wait (the server held them back): the lane keeps
+            // its place, and is pulled from again as soon as it has room, not after the next count.
+          } else this.board.empty(lane, Date.now(), mark);
         }
         if (msgs.length > 0) this.atCap.delete(lane);
         for (const m of msgs) await this.admit(lane, m);
@@ -445,19 +469,24 @@ export class Dispatcher {
 
   /**
    * How many messages to pull at once: one when several lanes have work (each pick is a turn of the
-   * round-robin), else as many as there are free slots and known jobs in the lane.
+   * round-robin), else as many as there are free slots and known jobs in the lane. Under limits,
+   * no more than there is room to hold aside: every job pulled may have to wait, and a worker holds
+   * at most as many aside as it has slots.
    */
   private batchFor(lane: string): number {
     const queued = this.board.queued();
     if (queued.size > 1) return 1;
-    return Math.max(1, Math.min(this.free, queued.get(lane) ?? 1));
+    const room = this.rulesNow.rules.some(isLimit)
+      ? this.deps.concurrency - this.parkedJobs.length
+      : this.deps.concurrency;
+    return Math.max(1, Math.min(this.free, room, queued.get(lane) ?? 1));
   }
 
   private async pull(lane: string, batch: number, waitMs?: number): Promise<JobMsg[]> {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
     // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
     // first pulls from it (created by the first worker), and again when the rules change its cap.
-    const cap = lane === "" ? -1 : this.cap;
+    const cap = this.capOf(lane);
     if (lane !== "" && this.consumers.get(lane) !== cap) {
       const { template, queue } = this.deps;
       try {
@@ -531,6 +560,7 @@ export class Dispatcher {
     };
     this.parkedJobs.push(parked);
     this.deps.log.info({ jobId: job.id, reason: parked.reason }, "job waits for a QoS limit");
+    this.parkedChanged();
   }
 
   /** Start the parked job that may run now, best first; true when one started. */
@@ -545,6 +575,7 @@ export class Dispatcher {
       const denied = this.refusal(facts);
       if (denied) {
         this.parkedJobs.splice(this.parkedJobs.indexOf(p), 1);
+        this.parkedChanged();
         this.launch(p.lane, p.msg, p.job, [], undefined, denied);
         return true;
       }
@@ -558,11 +589,37 @@ export class Dispatcher {
         continue;
       }
       this.parkedJobs.splice(this.parkedJobs.indexOf(p), 1);
+      this.parkedChanged();
       p.msg.working(); // the park's last tick may be an interval old (see admit)
       this.launch(p.lane, p.msg, p.job, p.limits, holder);
       return true;
     }
     return false;
+  }
+
+  private parkedChanged(): void {
+    for (const o of this.observers) o.parked?.(this.parkedJobs.length);
+  }
+
+  /** Under `usage` rules, what a lane's recent MARS time costs its next job (read from the usage table). */
+  private usagePenalty(): { penalty?: (lane: string) => number } {
+    const rules = this.rulesNow;
+    const windowMs = usageWindowMs(rules);
+    if (windowMs === undefined) return {};
+    return {
+      penalty: (lane) => (lane === "" ? 0 : usagePenalty(rules, this.deps.usage.used(lane, windowMs))),
+    };
+  }
+
+  /** Add a settled job's MARS time to its fairness value's use (rules with `usage`). */
+  private recordUsage(job: JobMessage | undefined, end: AttemptEnd | undefined): void {
+    const windowMs = usageWindowMs(this.rulesNow);
+    if (windowMs === undefined || !job || !end?.elapsedMs) return;
+    const token = laneOf(this.rulesNow, factsOf(job));
+    void this.deps.usage.add(token, end.elapsedMs / 1000, windowMs).catch((err: unknown) =>
+      // Fair share is a little less informed until the next job of this value ends; nothing else.
+      this.deps.log.warn({ err, jobId: job.id }, "could not record the job's MARS time for fair share"),
+    );
   }
 
   /** The deny rule in force that refuses a job with these facts, as the error its attempt fails with. */
@@ -589,6 +646,7 @@ export class Dispatcher {
     })
       .then(async (end) => {
         for (const o of this.observers) o.settled?.(end, this.attempts.size);
+        this.recordUsage(job, end);
         if (holder) await this.deps.slots.releaseSettled(this.deps.nc, limits, holder);
       })
       .catch((err: unknown) =>
@@ -598,6 +656,9 @@ export class Dispatcher {
       .finally(() => {
         this.board.settled(lane);
         this.atCap.delete(lane); // this job's place under the lane's cap is free
+        // ...and the queue's other workers, which may have passed the lane over at its cap, hear it
+        // now rather than at their next count (up to a second later).
+        if (this.capOf(lane) > 0) this.deps.nc.publish(subjects.laneFreed(this.deps.queue, lane));
         this.running.delete(done);
         this.free++;
         this.syncWakeBell();
@@ -614,6 +675,7 @@ export class Dispatcher {
     this.doorbell?.unsubscribe();
     this.syncWakeBell();
     this.laneless?.unsubscribe();
+    this.freed?.unsubscribe();
     await this.loopDone;
     this.puller.close();
     clearInterval(this.parkTimer);

@@ -26,7 +26,7 @@ import {
 } from "../broker/index.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerMetrics } from "./metrics.js";
-import { RulesFollower, SlotTable } from "../qos/index.js";
+import { RulesFollower, SlotTable, UsageTable } from "../qos/index.js";
 import { Dispatcher } from "./dispatcher.js";
 import { type FleetConfig, marsCommandArgv } from "../config/index.js";
 import { BrokerError, silentLogger, untilAborted, WrongStateError } from "../core/index.js";
@@ -64,6 +64,7 @@ export class Worker {
   private advisorySub: Subscription | undefined;
   private cancelSub: Subscription | undefined;
   private lastRegistryAt = 0;
+  private registryPending: NodeJS.Timeout | undefined;
   /** CPU time and wall time of the last registry entry, for the CPU share since then. */
   private lastUsage = { cpu: process.cpuUsage(), at: Date.now() };
   private results: Promise<ObjectStore> | undefined;
@@ -261,6 +262,7 @@ export class Worker {
       template: this.template,
       rules,
       slots,
+      usage: new UsageTable(await this.conn.qosKv(), this.log),
       log: this.log,
       env,
     });
@@ -269,9 +271,10 @@ export class Worker {
       settled: (end, running) => {
         if (end) this.metrics?.settled(end.state, end.elapsedMs);
         this.metrics?.setRunning(running);
-        // Keep `mars-fleet workers` current without a registry write per job under load.
-        if (Date.now() - this.lastRegistryAt > REGISTRY_MIN_INTERVAL_MS) void this.publishRegistry();
+        this.registrySoon();
       },
+      // Jobs held aside are in the entry (`qos show`, why a job waits): told within a second.
+      parked: () => this.registrySoon(),
     });
     await this.dispatcher.start();
   }
@@ -322,6 +325,24 @@ export class Worker {
     return { cpuPercent, rssMb: Math.round(process.memoryUsage.rss() / 1e5) / 10 };
   }
 
+  /**
+   * The registry entry changed (a job ended, one was held aside): write it now, or at the end of
+   * the current second: `mars-fleet workers` stays current without a write per job under load.
+   */
+  private registrySoon(): void {
+    if (this.registryPending) return;
+    const wait = this.lastRegistryAt + REGISTRY_MIN_INTERVAL_MS - Date.now();
+    if (wait <= 0) {
+      void this.publishRegistry();
+      return;
+    }
+    this.registryPending = setTimeout(() => {
+      this.registryPending = undefined;
+      void this.publishRegistry();
+    }, wait);
+    this.registryPending.unref();
+  }
+
   private async publishRegistry(): Promise<void> {
     this.lastRegistryAt = Date.now();
     const info: WorkerInfo = {
@@ -338,7 +359,8 @@ export class Worker {
       usage: this.usage(),
     };
     const parked = this.dispatcher?.parked ?? [];
-    if (parked.length > 0) info.waiting = parked.map((p) => ({ job: p.job.id, reason: p.reason }));
+    if (parked.length > 0)
+      info.waiting = parked.map((p) => ({ job: p.job.id, reason: p.reason, lane: p.lane }));
     try {
       const kv = await this.conn.workersKv();
       if (this.stateValue === "stopped") await kv.delete(this.id);
@@ -397,6 +419,7 @@ export class Worker {
 
   private releaseResources(): void {
     clearInterval(this.registryTimer);
+    clearTimeout(this.registryPending);
     this.rules?.close();
     this.slots?.close();
     this.advisorySub?.unsubscribe();

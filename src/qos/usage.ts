@@ -1,0 +1,138 @@
+/**
+ * Fair share by recent use: how much MARS time each value of the fairness key (each user, with
+ * lanes by user) used in the last `window`, and the priority that costs its next jobs (`usage` in
+ * the rules, docs/QOS.md). A record per value, `usage.<token>` in the QoS bucket, holds the seconds
+ * used per period (a 24th of the window): the use "in the last window" is the sum of the periods
+ * that started inside it. The worker that ran a job adds its time (compare-and-set); every worker
+ * reads the values whose lanes it chooses between; explanations read them too. Nothing central.
+ */
+import type { KV } from "@nats-io/kv";
+import type { Logger } from "pino";
+import { z } from "zod";
+import { decode, encode, isCasConflict } from "../broker/index.js";
+import type { QosRules } from "./rules.js";
+
+/** How many periods a window is cut into. */
+export const USAGE_PERIODS = 24;
+/** How long a value read stays good for choosing lanes (a job's use is added when it ends anyway). */
+const FRESH_MS = 5000;
+const CAS_TRIES = 10;
+
+export const usageRecordSchema = z.object({
+  /** [start of a period (ms since the epoch), seconds of MARS time used in it], oldest first. */
+  periods: z.array(z.tuple([z.number().int(), z.number().min(0)])),
+});
+export type UsageRecord = z.infer<typeof usageRecordSchema>;
+
+/** The KV key of a fairness value's record (its lane token). */
+export function usageKey(token: string): string {
+  return `usage.${token}`;
+}
+
+function periodOf(now: number, windowMs: number): number {
+  const len = Math.max(1, Math.floor(windowMs / USAGE_PERIODS));
+  return Math.floor(now / len) * len;
+}
+
+/** Seconds of MARS time in `rec` used in the last `windowMs` before `now`. */
+export function usedWithin(rec: UsageRecord | undefined, now: number, windowMs: number): number {
+  if (!rec) return 0;
+  const from = now - windowMs;
+  return rec.periods.reduce((sum, [start, seconds]) => (start > from ? sum + seconds : sum), 0);
+}
+
+/** `rec` with `seconds` more used at `now`; periods that left the window are dropped. */
+export function addUsage(
+  rec: UsageRecord | undefined,
+  now: number,
+  seconds: number,
+  windowMs: number,
+): UsageRecord {
+  const start = periodOf(now, windowMs);
+  const kept = (rec?.periods ?? []).filter(([s]) => s > now - windowMs);
+  const last = kept.at(-1);
+  if (last && last[0] === start) return { periods: [...kept.slice(0, -1), [start, last[1] + seconds]] };
+  return { periods: [...kept, [start, seconds]] };
+}
+
+/** The priority a value's recent use costs its jobs under these rules (0 without `usage`). */
+export function usagePenalty(rules: QosRules, seconds: number): number {
+  if (!rules.usage) return 0;
+  return Math.round(((rules.usage.weight * seconds) / 3600) * 10) / 10;
+}
+
+/** How an explanation says it: `used 2 h 5 min of MARS time in the last 24 h`. */
+export function describeUse(seconds: number): string {
+  if (seconds < 60) return `${Math.round(seconds)} s`;
+  const min = Math.round(seconds / 60);
+  return min < 60 ? `${min} min` : `${Math.floor(min / 60)} h ${min % 60} min`;
+}
+
+/**
+ * The records a worker reads: each value's use as last read, read again in the background when
+ * older than a few seconds (choosing a lane never waits for the broker), and its own additions.
+ */
+export class UsageTable {
+  private readonly cache = new Map<string, { rec: UsageRecord | undefined; at: number }>();
+  private readonly reading = new Set<string>();
+
+  constructor(
+    private readonly kv: KV,
+    private readonly log: Logger,
+  ) {}
+
+  /** Seconds `token` used in the window, as far as known now (0 until first read). */
+  used(token: string, windowMs: number, now = Date.now()): number {
+    const known = this.cache.get(token);
+    if (!known || now - known.at > FRESH_MS) this.refresh(token);
+    return usedWithin(known?.rec, now, windowMs);
+  }
+
+  /** Read the record now (for explanations). */
+  async read(token: string): Promise<UsageRecord | undefined> {
+    const entry = await this.kv.get(usageKey(token));
+    const rec =
+      entry && entry.operation === "PUT" && entry.length > 0
+        ? decode(usageRecordSchema, entry.value, "usage record")
+        : undefined;
+    this.cache.set(token, { rec, at: Date.now() });
+    return rec;
+  }
+
+  private refresh(token: string): void {
+    if (this.reading.has(token)) return;
+    this.reading.add(token);
+    void this.read(token)
+      .catch((err: unknown) => {
+        // Chosen without it meanwhile (as unused); the next choice reads again.
+        this.log.debug({ err, token }, "could not read a usage record");
+      })
+      .finally(() => this.reading.delete(token));
+  }
+
+  /** Add `seconds` of MARS time to `token`'s record (compare-and-set, tried again on a conflict). */
+  async add(token: string, seconds: number, windowMs: number): Promise<void> {
+    const key = usageKey(token);
+    for (let i = 0; i < CAS_TRIES; i++) {
+      const entry = await this.kv.get(key);
+      const live = entry && entry.operation === "PUT" && entry.length > 0;
+      let rec: UsageRecord | undefined;
+      try {
+        rec = live ? decode(usageRecordSchema, entry.value, "usage record") : undefined;
+      } catch (err) {
+        // An unreadable record is started afresh: it costs some history, never a job.
+        this.log.warn({ err, key }, "unreadable usage record: started again");
+      }
+      const next = addUsage(rec, Date.now(), seconds, windowMs);
+      try {
+        if (entry) await this.kv.update(key, encode(next), entry.revision);
+        else await this.kv.create(key, encode(next));
+        this.cache.set(token, { rec: next, at: Date.now() });
+        return;
+      } catch (err) {
+        if (!isCasConflict(err)) throw err;
+      }
+    }
+    this.log.warn({ key, seconds }, "usage not recorded: too many concurrent updates");
+  }
+}
