@@ -35,6 +35,7 @@ export const configSchema = z
     requestTimeout: durationMs.min(1),
     jobTimeout: durationMs,
     heartbeatInterval: durationMs.min(50),
+    laneIdle: durationMs,
     sharedRoot: z.string().min(1).startsWith("/", "must be an absolute path"),
     pipePort: listenPort,
     sharesPort: listenPort,

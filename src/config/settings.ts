@@ -147,6 +147,13 @@ export const SETTINGS = [
     help: "Worker heartbeat period; the consumer's ack wait is 3x this.",
   },
   {
+    key: "laneIdle",
+    env: "MARS_LANE_IDLE",
+    kind: "duration",
+    default: 10 * MINUTE,
+    help: "A lane consumer unused this long is removed by the server; made again for the lane's next job. 0 = kept.",
+  },
+  {
     key: "sharedRoot",
     env: "MARS_SHARED_ROOT",
     kind: "string",

@@ -26,7 +26,7 @@ import {
   Puller,
   subjects,
 } from "../broker/index.js";
-import { QosDeniedError } from "../core/index.js";
+import { BrokerError, QosDeniedError } from "../core/index.js";
 import {
   basePriority,
   coversLane,
@@ -82,6 +82,11 @@ const STORE_LAG_MS = 20;
 /** The queue group of a queue's free workers, woken one per new job (`nats sub` shows it). */
 const wakeGroup = (queue: string): string => `mars-free-workers-${queue}`;
 
+/** A pull nobody answered (503): its consumer does not exist. */
+function isNoResponders(err: unknown): boolean {
+  return err instanceof BrokerError && err.details["status"] === 503;
+}
+
 export interface Parked {
   msg: JobMsg;
   job: JobMessage;
@@ -111,6 +116,8 @@ export interface DispatcherDeps {
   log: Logger;
   /** What each attempt runs with. */
   env: AttemptEnv;
+  /** How long a lane consumer may go unused before the server removes it (0: kept). */
+  laneIdleMs: number;
 }
 
 /** Told when an attempt starts and when it ends (metrics, the registry): they watch, they decide nothing. */
@@ -378,7 +385,8 @@ export class Dispatcher {
   /** Give a lane's consumer this cap (`max_ack_pending`; -1: none), and remember it was given. */
   private async setCap(lane: string, cap: number): Promise<void> {
     const name = laneConsumerName(this.deps.queue, lane);
-    await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap });
+    // With the idle threshold too: a lane made by a worker from before it gets one.
+    await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap, ...this.idle() });
     this.consumers.set(lane, cap);
   }
 
@@ -482,10 +490,11 @@ export class Dispatcher {
     return Math.max(1, Math.min(this.free, room, queued.get(lane) ?? 1));
   }
 
-  private async pull(lane: string, batch: number, waitMs?: number): Promise<JobMsg[]> {
+  private async pull(lane: string, batch: number, waitMs?: number, again = false): Promise<JobMsg[]> {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
     // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
-    // first pulls from it (created by the first worker), and again when the rules change its cap.
+    // first pulls from it (created by the first worker), again when the rules change its cap, and
+    // again after the server removed it for being idle (MARS_LANE_IDLE: lanes cost what is active).
     const cap = this.capOf(lane);
     if (lane !== "" && this.consumers.get(lane) !== cap) {
       const { template, queue } = this.deps;
@@ -498,6 +507,7 @@ export class Dispatcher {
           ack_wait: template.ack_wait,
           max_deliver: template.max_deliver,
           max_ack_pending: cap,
+          ...this.idle(),
         });
       } catch (err) {
         if (!isAlreadyExists(err)) throw err;
@@ -513,8 +523,20 @@ export class Dispatcher {
       return await this.puller.pull(name, batch, PULL_TIMEOUT_MS, wait);
     } catch (err) {
       this.consumers.delete(lane); // deleted meanwhile, perhaps: made again before the next pull
+      // Nobody answers a pull from a consumer that is gone: the server removed an idle lane's
+      // consumer after this worker last made sure of it. Made again now, and pulled once more:
+      // its jobs wait in the stream meanwhile (deliver all), none is lost.
+      if (lane !== "" && !again && isNoResponders(err)) {
+        this.deps.log.debug({ lane }, "a lane's consumer was removed while idle: made again");
+        return this.pull(lane, batch, waitMs, true);
+      }
       throw err;
     }
+  }
+
+  /** A lane consumer's inactive threshold (MARS_LANE_IDLE), in nanoseconds; none when 0. */
+  private idle(): { inactive_threshold?: number } {
+    return this.deps.laneIdleMs > 0 ? { inactive_threshold: this.deps.laneIdleMs * 1_000_000 } : {};
   }
 
   /** A message pulled from `lane`: run it now, or park it when one of its limits is full. */

@@ -265,6 +265,7 @@ export class Worker {
       usage: new UsageTable(await this.conn.qosKv(), this.log),
       log: this.log,
       env,
+      laneIdleMs: this.laneIdleMs(heartbeatMs),
     });
     this.dispatcher.observe({
       started: (running) => this.metrics?.setRunning(running),
@@ -277,6 +278,18 @@ export class Worker {
       parked: () => this.registrySoon(),
     });
     await this.dispatcher.start();
+  }
+
+  /**
+   * How long a lane consumer may go unused before the server removes it. Every running or held
+   * job's `working()` (each heartbeat) counts as use, so the lane of a job in hand is never
+   * removed; a threshold shorter than three heartbeats is raised to that.
+   */
+  private laneIdleMs(heartbeatMs: number): number {
+    const wanted = this.opts.config.laneIdle;
+    if (wanted <= 0 || wanted >= 3 * heartbeatMs) return wanted;
+    this.log.warn({ wantedMs: wanted, laneIdleMs: 3 * heartbeatMs }, "lane idle time raised to three heartbeats");
+    return 3 * heartbeatMs;
   }
 
   /** Port of the Prometheus endpoint, when metrics are on. */
