@@ -288,7 +288,10 @@ export class Worker {
   private laneIdleMs(heartbeatMs: number): number {
     const wanted = this.opts.config.laneIdle;
     if (wanted <= 0 || wanted >= 3 * heartbeatMs) return wanted;
-    this.log.warn({ wantedMs: wanted, laneIdleMs: 3 * heartbeatMs }, "lane idle time raised to three heartbeats");
+    this.log.warn(
+      { wantedMs: wanted, laneIdleMs: 3 * heartbeatMs },
+      "lane idle time raised to three heartbeats",
+    );
     return 3 * heartbeatMs;
   }
 
