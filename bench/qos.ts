@@ -3,11 +3,12 @@
  * user's backlog against a newcomer), and the heavy-MARS throughput with rules against without.
  */
 import { Kvm } from "@nats-io/kv";
-import { QOS_BUCKET } from "../src/broker/subjects.js";
+import { jetstreamManager } from "@nats-io/jetstream";
+import { JOBS_STREAM, QOS_BUCKET, laneOfConsumer } from "../src/broker/subjects.js";
 import { parseRules } from "../src/qos/rules.js";
 import { writeRules } from "../src/qos/store.js";
 import { OPEN_FLEET } from "../src/broker/signing.js";
-import { BenchEnv, FleetObserver, percentile, pool } from "./env.js";
+import { BenchEnv, FleetObserver, percentile, pool, rssMb } from "./env.js";
 import { round, target, type ScenarioResult } from "./report.js";
 import { fleetVsPool, spawnedAt } from "./throughput.js";
 
@@ -220,6 +221,77 @@ export async function heavyWithRules(env: BenchEnv, jobs: number): Promise<Scena
     notes: [
       `${jobs} heavy jobs from 50 users, 2 workers x 2 slots, three times each way (plain, ruled, ruled, plain, plain, ruled)`,
       `with / without rules, each pair of neighbouring runs: ${pairs.map((p) => round(p, 3)).join(", ")}`,
+    ],
+  };
+}
+
+/** Lanes on the server (consumers of MARS_JOBS named for a lane of `queue`). */
+async function laneConsumerCount(env: BenchEnv, queue: string): Promise<number> {
+  const jsm = await jetstreamManager(await env.nc());
+  let n = 0;
+  for await (const c of jsm.consumers.list(JOBS_STREAM)) {
+    // A consumer removed while the list is read comes as null.
+    const lane = c ? laneOfConsumer(queue, c.name) : undefined;
+    if (lane !== undefined && lane !== "") n++;
+  }
+  return n;
+}
+
+/**
+ * Many users (#26): the same jobs from one user and from one user each, open loop, tiny MARS,
+ * 2 workers x 4 slots. What the server holds afterwards: a lane consumer per user until the lanes
+ * have been idle for MARS_LANE_IDLE, then none.
+ */
+export async function manyUsers(env: BenchEnv, jobs: number): Promise<ScenarioResult> {
+  const idleMs = 3000;
+  const run = async (users: number): Promise<{ rate: number; after: number; idle: number; rss: number }> => {
+    const queue = BenchEnv.queue(`users${users}`);
+    const settings = {
+      queue,
+      concurrency: 4,
+      marsCommand: env.tinyMars,
+      heartbeatInterval: "1s",
+      // BENCH_LANE_IDLE=0: lanes kept for ever, as before MARS_LANE_IDLE (the comparison in PERFORMANCE.md).
+      laneIdle: process.env["BENCH_LANE_IDLE"] ?? `${idleMs}ms`,
+    };
+    await Promise.all([0, 1].map(() => env.worker(settings)));
+    const fleet = await env.client(settings);
+    const t0 = Date.now();
+    const handles = await pool(
+      Array.from({ length: jobs }, (_, i) => i),
+      64,
+      (i) =>
+        fleet.submit(REQUEST, {
+          targetDir: `users${users}`,
+          targetFname: `${i}.grib`,
+          environ: { user_id: `u${i % users}` },
+        }),
+    );
+    await Promise.all(handles.map((h) => h.result()));
+    const rate = jobs / ((Date.now() - t0) / 1000);
+    const after = await laneConsumerCount(env, queue);
+    const rss = await rssMb(env.server.pid!);
+    const deadline = Date.now() + idleMs + 10_000;
+    let idle = after;
+    while (Date.now() < deadline && (idle = await laneConsumerCount(env, queue)) > 0)
+      await new Promise((r) => setTimeout(r, 250));
+    return { rate, after, idle, rss };
+  };
+  const one = await run(1);
+  const many = await run(jobs);
+  return {
+    scenario: "15 many users",
+    figures: {
+      "jobs/s, one user each": many.rate,
+      "lane consumers after the run": many.after,
+      "lane consumers after MARS_LANE_IDLE": many.idle,
+      "nats-server RSS MB after the run": many.rss,
+    },
+    baseline: { "jobs/s, one user": one.rate },
+    ratios: { "jobs/s, one user each": many.rate / one.rate },
+    targets: [target("lane consumers left once idle", many.idle, "", "<=", 0)],
+    notes: [
+      `${jobs} tiny-MARS jobs, open loop (64 submits in flight), 2 workers x 4 slots: from one user, then from ${jobs} users (one job each); MARS_LANE_IDLE ${idleMs} ms`,
     ],
   };
 }

@@ -33,7 +33,8 @@ const REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
 async function laneConsumers(queue: string): Promise<string[]> {
   const out: string[] = [];
   for await (const c of jsm.consumers.list(JOBS_STREAM)) {
-    const lane = laneOfConsumer(queue, c.name);
+    // A consumer removed while the list is read comes as null.
+    const lane = c ? laneOfConsumer(queue, c.name) : undefined;
     if (lane !== undefined && lane !== "") out.push(lane); // not the queue's own consumer
   }
   return out.sort();
@@ -110,7 +111,8 @@ describe("lanes cost what is active (#26)", { timeout: 120_000 }, () => {
     const fleet = await tf.client(settings);
     const jobs: JobHandle[] = [];
     let gone = 0;
-    // Each new job comes about one idle time after the last ended: some find the lane's consumer,
+    // Each new job comes 0.6 to 2.4 s after the last ended, around the idle time (1 s, which the
+    // server acts on 0.1 to 1 s late): some find the lane's consumer,
     // some find it gone, some come as the server removes it.
     for (let i = 0; i < 12; i++) {
       if ((await laneConsumers(queue)).length === 0) gone++;
@@ -121,10 +123,10 @@ describe("lanes cost what is active (#26)", { timeout: 120_000 }, () => {
       });
       jobs.push(job);
       await job.result();
-      await new Promise((r) => setTimeout(r, 900 + ((i * 37) % 300)));
+      await new Promise((r) => setTimeout(r, 600 + ((i * 397) % 1800)));
     }
     assert.ok(
-      gone >= 2,
+      gone >= 3,
       `the lane's consumer was gone before only ${gone} of 12 jobs: the test proves little`,
     );
     const records = await Promise.all(jobs.map((j) => j.status()));
