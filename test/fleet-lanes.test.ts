@@ -5,26 +5,24 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import { JOBS_STREAM, laneOfConsumer } from "../src/broker/subjects.js";
 import type { JobHandle } from "../src/client/job.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
+import { QosLab } from "./helpers/qos-lab.js";
 
+let lab: QosLab;
 let tf: TestFleet;
-let admin: NatsConnection;
 let jsm: JetStreamManager;
 
 before(async () => {
-  tf = await TestFleet.start();
-  await (await tf.client({ queue: TestFleet.queue("lanes-setup") })).close();
-  admin = await tf.connectAs("admin");
-  jsm = await jetstreamManager(admin);
+  lab = await QosLab.start();
+  tf = lab.tf;
+  jsm = lab.jsm;
 });
 after(async () => {
-  await admin?.close();
-  await tf.dispose();
+  await lab?.dispose();
 });
 
 const REQUEST = { param: "2t", date: "20240101", grid: "10/10" };

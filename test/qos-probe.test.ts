@@ -5,51 +5,27 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Kvm, type KV } from "@nats-io/kv";
-import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
-import type { NatsConnection } from "@nats-io/transport-node";
-import { OPEN_FLEET } from "../src/broker/signing.js";
-import { JOBS_STREAM, QOS_BUCKET, laneConsumerName } from "../src/broker/subjects.js";
-import { isNotFound } from "../src/broker/nats-errors.js";
 import type { JobHandle } from "../src/client/job.js";
-import { parseRules } from "../src/qos/rules.js";
-import { writeRules } from "../src/qos/store.js";
-import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
+import { QosLab } from "./helpers/qos-lab.js";
+import { TestFleet } from "./helpers/fleet.js";
 
 const TIMEOUT = 120_000;
+let lab: QosLab;
 let tf: TestFleet;
-let admin: NatsConnection;
-let qos: KV;
-let jsm: JetStreamManager;
 
 before(async () => {
-  tf = await TestFleet.start();
-  await (await tf.client({ queue: TestFleet.queue("probe-setup") })).close();
-  admin = await tf.connectAs("admin");
-  qos = await new Kvm(admin).open(QOS_BUCKET);
-  jsm = await jetstreamManager(admin);
+  lab = await QosLab.start();
+  tf = lab.tf;
 });
 after(async () => {
-  await admin?.close();
-  await tf.dispose();
+  await lab?.dispose();
 });
 
 const REQUEST = { param: "2t/msl", date: "20240101", grid: "10/10" };
 
-async function apply(text: string): Promise<void> {
-  await writeRules(qos, OPEN_FLEET, { text, rules: parseRules(text), appliedAt: Date.now() });
-}
-
-/** Messages of the lane the server has delivered and not yet seen settled: running or held aside. */
-async function inFlight(queue: string, lane: string): Promise<number> {
-  try {
-    return (await jsm.consumers.info(JOBS_STREAM, laneConsumerName(queue, lane))).num_ack_pending;
-  } catch (err) {
-    if (isNotFound(err)) return 0; // nothing pulled from the lane yet
-    throw err;
-  }
-}
+const apply = (text: string): Promise<void> => lab.apply(text);
+const inFlight = (queue: string, lane: string): Promise<number> => lab.inFlight(queue, lane);
 
 /** One job after another (each submitted once the last is queued: a strict submission order). */
 async function submitInOrder(

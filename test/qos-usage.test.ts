@@ -4,17 +4,13 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { Kvm, type KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/transport-node";
-import { OPEN_FLEET } from "../src/broker/signing.js";
-import { QOS_BUCKET } from "../src/broker/subjects.js";
 import type { JobHandle } from "../src/client/job.js";
 import { LaneBoard } from "../src/qos/lanes.js";
 import { NO_RULES, parseRules, usageWindowMs } from "../src/qos/rules.js";
-import { writeRules } from "../src/qos/store.js";
 import { USAGE_PERIODS, addUsage, usagePenalty, usedWithin } from "../src/qos/usage.js";
 import { thrown } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
+import { QosLab } from "./helpers/qos-lab.js";
 
 const HOUR = 3_600_000;
 
@@ -89,25 +85,19 @@ describe("QoS usage: the arithmetic", () => {
 });
 
 describe("QoS usage: a fleet", { timeout: 120_000 }, () => {
-  let tf: TestFleet;
-  let admin: NatsConnection;
-  let qos: KV;
+  let lab: QosLab;
   before(async () => {
-    tf = await TestFleet.start();
-    await (await tf.client({ queue: TestFleet.queue("usage-setup") })).close();
-    admin = await tf.connectAs("admin");
-    qos = await new Kvm(admin).open(QOS_BUCKET);
+    lab = await QosLab.start();
   });
   after(async () => {
-    await admin?.close();
-    await tf.dispose();
+    await lab?.dispose();
   });
 
   it("a user who used much MARS time lately yields to one who used little, and status and qos show say why", async () => {
     const queue = TestFleet.queue("usage");
     // 10 points per second of MARS time: a few jobs of 0.3 s make a difference.
-    const text = "usage: { window: 1h, weight: 36000 }\n";
-    await writeRules(qos, OPEN_FLEET, { text, rules: parseRules(text), appliedAt: Date.now() });
+    await lab.apply("usage: { window: 1h, weight: 36000 }\n");
+    const tf = lab.tf;
     const settings = { queue, concurrency: 1 };
     await tf.worker(settings, { MARS_SIM_FIELD_DELAY_MS: "150" });
     const fleet = await tf.client(settings);

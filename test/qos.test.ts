@@ -2,46 +2,37 @@ import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { Kvm, type KV } from "@nats-io/kv";
-import type { NatsConnection } from "@nats-io/transport-node";
+import type { KV } from "@nats-io/kv";
+import type { JetStreamManager } from "@nats-io/jetstream";
 import type { JobRecord } from "../src/broker/schemas.js";
-import { jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
-import { isNotFound } from "../src/broker/nats-errors.js";
-import { JOBS_STREAM, QOS_BUCKET, laneConsumerName } from "../src/broker/subjects.js";
+import { JOBS_STREAM, laneConsumerName } from "../src/broker/subjects.js";
 import type { JobHandle } from "../src/client/job.js";
-import { parseRules } from "../src/qos/rules.js";
-import { writeRules } from "../src/qos/store.js";
-import { OPEN_FLEET } from "../src/broker/signing.js";
 import { cli } from "./helpers/cli.js";
 import { rejection } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
+import { QosLab } from "./helpers/qos-lab.js";
 
 const TIMEOUT = 120_000;
+let lab: QosLab;
 let tf: TestFleet;
-let admin: NatsConnection;
 let qos: KV;
 let jsm: JetStreamManager;
 
 before(async () => {
-  tf = await TestFleet.start();
-  // Any client creates the topology on an open server; the rules live in its QoS bucket.
-  await (await tf.client({ queue: TestFleet.queue("qos-setup") })).close();
-  admin = await tf.connectAs("admin");
-  qos = await new Kvm(admin).open(QOS_BUCKET);
-  jsm = await jetstreamManager(admin);
+  lab = await QosLab.start();
+  tf = lab.tf;
+  qos = lab.qos;
+  jsm = lab.jsm;
 });
 after(async () => {
-  await admin?.close();
-  await tf.dispose();
+  await lab?.dispose();
 });
 
 const REQUEST = { param: "2t/msl", date: "20240101", grid: "10/10" };
 const SLOW = { MARS_SIM_FIELD_DELAY_MS: "150" };
 
-async function apply(text: string): Promise<void> {
-  await writeRules(qos, OPEN_FLEET, { text, rules: parseRules(text), appliedAt: Date.now() });
-}
+const apply = (text: string): Promise<void> => lab.apply(text);
 
 /** How many jobs hold a slot of a limit counter now. */
 async function holding(key: string): Promise<number> {
@@ -51,14 +42,7 @@ async function holding(key: string): Promise<number> {
 }
 
 /** How many of the user's jobs the server counts in flight on the user's lane (a limit the lane holds). */
-async function inFlight(queue: string, user: string): Promise<number> {
-  try {
-    return (await jsm.consumers.info(JOBS_STREAM, laneConsumerName(queue, user))).num_ack_pending;
-  } catch (err) {
-    if (isNotFound(err)) return 0; // no job of the user's has been pulled yet
-    throw err;
-  }
-}
+const inFlight = (queue: string, user: string): Promise<number> => lab.inFlight(queue, user);
 
 /** Most jobs whose [startedAt, finishedAt] overlap at one instant. */
 function maxOverlap(records: JobRecord[]): number {

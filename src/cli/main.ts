@@ -107,7 +107,7 @@ function fleetOptions<T>(y: Argv<T>) {
 
 function workerOptions<T>(y: Argv<T>) {
   // The topology's settings too: `broker init` makes it with them, a worker checks them.
-  return settingOptions(fleetOptions(y), ["streamReplicas", "eventsMaxAge", "retention"])
+  return settingOptions(fleetOptions(y), ["streamReplicas", "eventsMaxAge", "retention", "laneIdle"])
     .option("concurrency", { type: "number", describe: "job slots (MARS_WORKER_CONCURRENCY, default 2)" })
     .option("mars-command", {
       type: "string",
