@@ -62,22 +62,18 @@ export const jobSchema = jobRecordSchema.extend({
 });
 export const jobListSchema = z.object({ jobs: z.array(jobRecordSchema), next: z.string().optional() });
 export const workersSchema = z.object({ workers: z.array(workerInfoSchema) });
+/** A queue's or a lane's jobs: queued, running, and pulled but held aside by a worker for a QoS limit (admin keys). */
+const jobCounts = {
+  queued: z.number().int(),
+  running: z.number().int(),
+  heldAside: z.number().int().optional(),
+};
 export const queuesSchema = z.object({
   queues: z.array(
     z.object({
       queue: z.string(),
-      queued: z.number().int(),
-      running: z.number().int(),
-      /** Pulled and held aside by a worker for a QoS limit (admin keys). */
-      heldAside: z.number().int().optional(),
-      lanes: z.array(
-        z.object({
-          lane: z.string(),
-          queued: z.number().int(),
-          running: z.number().int(),
-          heldAside: z.number().int().optional(),
-        }),
-      ),
+      ...jobCounts,
+      lanes: z.array(z.object({ lane: z.string(), ...jobCounts })),
     }),
   ),
 });
