@@ -11,7 +11,7 @@ import { after, before, describe, it } from "node:test";
 import { ApiKeys } from "../src/api/keys.js";
 import { startApi, type ApiServer } from "../src/api/server.js";
 import { OPEN_FLEET } from "../src/broker/signing.js";
-import { ApiClient } from "./helpers/api.js";
+import { ApiClient, liveOverview } from "./helpers/api.js";
 import { TestFleet } from "./helpers/fleet.js";
 
 const REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
@@ -175,6 +175,27 @@ describe("REST API: tenants", { timeout: 120_000 }, () => {
     const q = bobQueues.queues.find((x) => x.queue === queue)!;
     assert.equal(q.running, 0, "bob counts alice's running job");
     assert.deepEqual(q.lanes, []);
+    // The live view is scoped the same way: the admin's shows alice's job running (with its
+    // progress once it has some), bob's shows none of it.
+    const ops = await liveOverview(client, "ops", (o) =>
+      o.jobs.some((j) => j.id === running && j.state === "running"),
+    );
+    assert.ok(ops.workers.some((w) => w.running.includes(running)));
+    const bobLive = await liveOverview(client, "bob");
+    assert.ok(
+      bobLive.jobs.length > 0,
+      "bob's live view lists none of his own jobs: the check proves nothing",
+    );
+    assert.ok(
+      bobLive.jobs.every((j) => j.environ["user_id"] === "bob"),
+      "bob's live view lists another user's job",
+    );
+    assert.ok(
+      bobLive.workers.every((w) => !w.running.includes(running)),
+      "bob sees alice's running job live",
+    );
+    assert.equal(bobLive.progress[running], undefined, "bob sees alice's job's progress");
+    assert.equal(bobLive.queues.find((x) => x.queue === queue)?.running, 0);
     await call(`/v1/jobs/${running}`, { as: "alice", method: "DELETE" });
 
     const bobJobs = (await (await call("/v1/jobs?limit=500", { as: "bob" })).json()) as {

@@ -85,26 +85,12 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
       body: JSON.stringify({ request: { param: "2t/msl", date: "20240101/to/20240410", grid: "10/10" } }),
     });
     const { id } = (await res.json()) as { id: string };
-    // Open the job while a refresh of the job list is on its way (held here until the click): the
-    // late refresh must not draw the list over the job's page.
+    // Open the job while the overview's stream keeps sending (the job runs: its progress changes
+    // every second): a late overview event must not draw the job list over the job's page.
     await page.getByRole("link", { name: id }).waitFor();
-    const jobList = (url: URL): boolean => url.pathname === "/v1/jobs" && url.search === "?limit=50";
-    let release: () => void = () => undefined;
-    let released: Promise<void> | undefined;
-    const held = new Promise<void>((resolve) => {
-      void page.route(jobList, async (route) => {
-        if (released) return route.continue(); // only the first is held
-        released = new Promise<void>((r) => (release = r)).then(() => route.continue());
-        resolve();
-      });
-    });
-    await held;
     await page.getByRole("link", { name: id }).click();
     await page.locator("pre#log").waitFor();
-    release();
-    await released;
-    await page.unroute(jobList);
-    await sleep(300);
+    await sleep(2500);
     assert.equal(await page.locator("pre#log").count(), 1, "a late refresh drew the job list over the job");
     // The simulator prints 40 lines 100 ms apart, then writes 80 fields 150 ms apart.
     const log = page.locator("pre#log");
@@ -145,5 +131,64 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     assert.match(docs.headers.get("content-security-policy") ?? "", /frame-ancestors 'none'/);
     assert.equal(docs.headers.get("x-frame-options"), "DENY");
     await page.close();
+  });
+
+  it("stays live with 10 jobs running: one stream for the page, none per job, rows updated in place", async () => {
+    const base = `http://127.0.0.1:${api.port}`;
+    // Room for all ten at once, beside the first test's worker.
+    await tf.worker({ queue, concurrency: 10 }, { MARS_SIM_FIELD_DELAY_MS: "300" });
+    const submit = async (i: number): Promise<string> => {
+      const res = await fetch(`${base}/v1/jobs`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+        // 2 params x 20 dates of 300 ms: 12 s each, all running at once.
+        body: JSON.stringify({
+          request: { param: "2t/msl", date: "20240101/to/20240120", grid: "10/10" },
+          requestId: `dashmany-${i}`,
+        }),
+      });
+      const body = (await res.json()) as { id: string };
+      assert.equal(res.status, 202, JSON.stringify(body));
+      return body.id;
+    };
+    const ids = await Promise.all(Array.from({ length: 10 }, (_, i) => submit(i)));
+    const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+    page.setDefaultTimeout(45_000);
+    const perJob: string[] = [];
+    let streams = 0;
+    page.on("request", (r) => {
+      const path = new URL(r.url()).pathname;
+      if (/^\/v1\/jobs\/[^/]+\/logs$/.test(path)) perJob.push(path);
+      if (path === "/v1/stream") streams++;
+    });
+    await page.goto(`${base}/`);
+    await page.getByLabel("API key").fill(token);
+    await page.getByRole("button", { name: "Open" }).click();
+    const bars = page.getByRole("progressbar");
+    assert.ok(
+      await eventually(async () => (await bars.count()) >= 10, 45_000),
+      `${await bars.count()} progress bars with 10 jobs running`,
+    );
+    // A row kept across updates is the same element: mark one and see it survive.
+    const row = page.locator(`tr[data-key="${ids[0]}"]`);
+    await row.evaluate((el) => el.setAttribute("data-marked", "1"));
+    const status = page.locator("#status");
+    const seen = new Set<string>();
+    assert.ok(
+      await eventually(async () => {
+        seen.add((await status.textContent()) ?? "");
+        return [...seen].filter((t) => t.startsWith("live, updated")).length >= 3;
+      }, 20_000),
+      `the page did not stay live: ${[...seen].join(" | ")}`,
+    );
+    assert.equal(await row.getAttribute("data-marked"), "1", "the row was drawn again, not updated");
+    assert.deepEqual(perJob, [], "the overview opened a stream per job");
+    assert.equal(streams, 1, "one stream for the page");
+    await page.close();
+    for (const id of ids)
+      await fetch(`${base}/v1/jobs/${id}`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${token}` },
+      });
   });
 });

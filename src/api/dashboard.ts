@@ -1,8 +1,10 @@
 /**
  * The dashboard at `/` of the api process: one static page, no build step, no library. It calls
- * the same API as everyone (with the API key the visitor types, kept for the browser session):
- * workers, queues and jobs, refreshed every second; running jobs' progress and a job's live log
- * over the SSE stream of `/v1/jobs/<id>/logs`; a cancel button for the job's owner.
+ * the same API as everyone (with the API key the visitor types, kept for the browser session).
+ * The overview follows one stream, `/v1/stream` (workers, queues, the newest jobs and the running
+ * ones' progress, each second something changed), and updates only the rows and cells that
+ * changed, so a selection or the focus stays. A job's page follows that job's log stream. Never a
+ * stream per job on one page: a browser holds six connections per host.
  */
 export function dashboardPage(): string {
   return `<!doctype html>
@@ -36,12 +38,12 @@ const api = async (path, opts = {}) => {
   return res.json();
 };
 const progress = new Map(); // job id -> {bytes, total}
-const following = new Map(); // job id -> AbortController
 
-/** Follow a job's SSE stream (fetch, so the key goes in a header); calls onEvent(type, data). */
-async function follow(id, onEvent, signal) {
-  const res = await fetch("/v1/jobs/" + encodeURIComponent(id) + "/logs", {
-    headers: { authorization: "Bearer " + key(), accept: "text/event-stream" }, signal });
+/** Follow an SSE stream (fetch, so the key goes in a header); calls onEvent(type, data). */
+async function stream(path, onEvent, signal) {
+  const res = await fetch(path, { headers: { authorization: "Bearer " + key(), accept: "text/event-stream" }, signal });
+  if (res.status === 401) { sessionStorage.removeItem("mars-fleet-key"); route(); throw new Error("the API key was refused"); }
+  if (!res.ok) throw new Error(res.statusText);
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
   for (;;) {
@@ -57,6 +59,7 @@ async function follow(id, onEvent, signal) {
     }
   }
 }
+const follow = (id, onEvent, signal) => stream("/v1/jobs/" + encodeURIComponent(id) + "/logs", onEvent, signal);
 
 function keyForm() {
   main.innerHTML = '<form id="keyform"><label for="key">API key</label> <input id="key" type="password" autocomplete="off" required size="50"> <button type="submit">Open</button></form>';
@@ -72,24 +75,74 @@ function bar(id) {
   return '<progress aria-label="progress of ' + esc(id) + '" max="' + p.total + '" value="' + p.bytes + '">' + Math.round(100 * p.bytes / p.total) + '%</progress>';
 }
 
-async function overview() {
-  const [w, q, j] = await Promise.all([api("/v1/workers"), api("/v1/queues"), api("/v1/jobs?limit=50")]);
-  // Opened a job meanwhile (a click while this refresh waited): its page stays.
-  if (location.hash.startsWith("#/job/")) return;
-  for (const job of j.jobs) if (job.state === "running" && !following.has(job.id)) {
-    const ac = new AbortController(); following.set(job.id, ac);
-    follow(job.id, (type, d) => { if (type === "progress") progress.set(job.id, d); }, ac.signal)
-      .catch(() => {}).finally(() => following.delete(job.id)); // a stream that ends is picked up again at the next refresh
+/** Rows of a table body made to match items, in order: only changed cells are written again. */
+function syncRows(tbody, items, keyOf, cellsOf) {
+  const seen = new Set();
+  let prev = null;
+  for (const item of items) {
+    const k = keyOf(item);
+    seen.add(k);
+    let tr = [...tbody.children].find((r) => r.dataset.key === k);
+    const cells = cellsOf(item);
+    if (!tr) {
+      tr = document.createElement("tr"); tr.dataset.key = k;
+      for (let i = 0; i < cells.length; i++) tr.appendChild(document.createElement("td"));
+    }
+    cells.forEach((html, i) => { const td = tr.children[i]; if (td.dataset.html !== html) { td.innerHTML = html; td.dataset.html = html; } });
+    const at = prev ? prev.nextSibling : tbody.firstChild;
+    if (at !== tr) tbody.insertBefore(tr, at);
+    prev = tr;
   }
-  main.innerHTML =
-    '<h2 id="workers-h">Workers</h2><table aria-labelledby="workers-h"><thead><tr><th scope="col">worker</th><th scope="col">queue</th><th scope="col">state</th><th scope="col">slots used</th><th scope="col">CPU %</th><th scope="col">RSS MB</th><th scope="col">running</th></tr></thead><tbody>' +
-    w.workers.map((x) => '<tr><td>' + esc(x.id) + '</td><td>' + esc(x.queue) + '</td><td>' + esc(x.state) + '</td><td>' + x.running.length + ' / ' + x.slots + '</td><td>' + esc(x.usage ? x.usage.cpuPercent : "") + '</td><td>' + esc(x.usage ? x.usage.rssMb : "") + '</td><td>' + x.running.map(esc).join(", ") + '</td></tr>').join("") +
-    '</tbody></table><h2 id="queues-h">Queues</h2><table aria-labelledby="queues-h"><thead><tr><th scope="col">queue</th><th scope="col">queued</th><th scope="col">running</th></tr></thead><tbody>' +
-    q.queues.map((x) => '<tr><td>' + esc(x.queue) + '</td><td>' + x.queued + '</td><td>' + x.running + '</td></tr>').join("") +
-    '</tbody></table><h2 id="jobs-h">Jobs</h2><table aria-labelledby="jobs-h"><thead><tr><th scope="col">job</th><th scope="col">user</th><th scope="col">state</th><th scope="col">progress</th><th scope="col">submitted</th></tr></thead><tbody>' +
-    j.jobs.map((x) => '<tr data-job="' + esc(x.id) + '"><td><a href="#/job/' + encodeURIComponent(x.id) + '">' + esc(x.id) + '</a></td><td>' + esc(x.environ.user_id) + '</td><td class="state-' + esc(x.state) + '">' + esc(x.state) + '</td><td>' + (x.state === "running" ? bar(x.id) : "") + '</td><td>' + new Date(x.submittedAt).toLocaleTimeString() + '</td></tr>').join("") +
-    '</tbody></table>';
+  for (const tr of [...tbody.children]) if (!seen.has(tr.dataset.key)) tr.remove();
 }
+
+function overviewSkeleton() {
+  if (document.getElementById("jobs-body")) return;
+  main.innerHTML =
+    '<h2 id="workers-h">Workers</h2><table aria-labelledby="workers-h"><thead><tr><th scope="col">worker</th><th scope="col">queue</th><th scope="col">state</th><th scope="col">slots used</th><th scope="col">CPU %</th><th scope="col">RSS MB</th><th scope="col">running</th></tr></thead><tbody id="workers-body"></tbody></table>' +
+    '<h2 id="queues-h">Queues</h2><table aria-labelledby="queues-h"><thead><tr><th scope="col">queue</th><th scope="col">queued</th><th scope="col">running</th></tr></thead><tbody id="queues-body"></tbody></table>' +
+    '<h2 id="jobs-h">Jobs</h2><table aria-labelledby="jobs-h"><thead><tr><th scope="col">job</th><th scope="col">user</th><th scope="col">state</th><th scope="col">progress</th><th scope="col">submitted</th></tr></thead><tbody id="jobs-body"></tbody></table>';
+}
+
+function drawOverview(d) {
+  if (location.hash.startsWith("#/job/")) return; // a late event: the job's page stays
+  overviewSkeleton();
+  for (const [id, p] of Object.entries(d.progress)) progress.set(id, p);
+  syncRows(document.getElementById("workers-body"), d.workers, (x) => x.id, (x) => [esc(x.id), esc(x.queue), esc(x.state),
+    x.running.length + " / " + x.slots, esc(x.usage ? x.usage.cpuPercent : ""), esc(x.usage ? x.usage.rssMb : ""), x.running.map(esc).join(", ")]);
+  syncRows(document.getElementById("queues-body"), d.queues, (x) => x.queue, (x) => [esc(x.queue), String(x.queued), String(x.running)]);
+  syncRows(document.getElementById("jobs-body"), d.jobs, (x) => x.id, (x) => [
+    '<a href="#/job/' + encodeURIComponent(x.id) + '">' + esc(x.id) + '</a>', esc(x.environ.user_id),
+    '<span class="state-' + esc(x.state) + '">' + esc(x.state) + '</span>', x.state === "running" ? bar(x.id) : "",
+    new Date(x.submittedAt).toLocaleTimeString()]);
+}
+
+let live = null; // the overview's stream while it is shown: { ac }
+function startLive() {
+  if (live) return;
+  const ac = new AbortController();
+  live = { ac };
+  statusLine.textContent = "connecting";
+  (async () => {
+    let wait = 1000;
+    while (!ac.signal.aborted) {
+      try {
+        await stream("/v1/stream", (type, d) => {
+          if (type === "overview") {
+            wait = 1000; drawOverview(d);
+            statusLine.textContent = "live, updated " + new Date().toLocaleTimeString();
+          } else if (type === "error") statusLine.textContent = "live, but the broker did not answer: " + d.message;
+        }, ac.signal);
+      } catch (e) {
+        if (ac.signal.aborted) return;
+      }
+      statusLine.textContent = "reconnecting";
+      await new Promise((r) => setTimeout(r, wait));
+      wait = Math.min(10000, wait * 2);
+    }
+  })();
+}
+function stopLive() { live?.ac.abort(); live = null; }
 
 let jobView = null; // { id, ac }
 async function jobPage(id) {
@@ -116,20 +169,22 @@ async function jobPage(id) {
 }
 
 async function route() {
-  if (!key()) { jobView?.ac.abort(); jobView = null; return keyForm(); }
+  if (!key()) { stopLive(); jobView?.ac.abort(); jobView = null; return keyForm(); }
   const m = /^#\\/job\\/(.+)$/.exec(location.hash);
   try {
-    if (m) await jobPage(decodeURIComponent(m[1]));
-    else {
+    if (m) {
+      stopLive();
+      await jobPage(decodeURIComponent(m[1]));
+      statusLine.textContent = "updated " + new Date().toLocaleTimeString();
+    } else {
       jobView?.ac.abort(); jobView = null;
-      // Keyboard users keep their place: no redraw while something in the tables has the focus.
-      if (!document.activeElement?.closest("table")) await overview();
+      startLive();
     }
-    statusLine.textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) { statusLine.textContent = e.message; }
 }
 window.addEventListener("hashchange", route);
-setInterval(() => { if (key()) route(); }, 1000);
+// A job's page reads its record each second (its log comes on its own stream); the overview is live.
+setInterval(() => { if (key() && location.hash.startsWith("#/job/")) route(); }, 1000);
 route();
 </script>
 </body>

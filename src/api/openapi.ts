@@ -143,6 +143,18 @@ export function openApiDocument(): object {
           responses: { "200": { description: "queues", content: json(queuesSchema) } },
         },
       },
+      "/v1/stream": {
+        get: {
+          summary:
+            "The console's live view (text/event-stream): an `overview` event whenever it changed, at most each second, with the workers and queues (as /v1/workers and /v1/queues), the 50 newest jobs and the running ones' progress ({id: {bytes, total, at}}), scoped like them; `error` events when the broker did not answer",
+          responses: {
+            "200": {
+              description: "the stream",
+              content: { "text/event-stream": { schema: { type: "string" } } },
+            },
+          },
+        },
+      },
     },
   };
   return cached;

@@ -18,6 +18,7 @@ import {
   publicCallback,
   readCallback,
   TERMINAL_STATES,
+  type WorkerInfo,
 } from "../broker/index.js";
 import { Fleet, type JobHandle, jobIdFor } from "../client/index.js";
 import type { FleetConfig } from "../config/index.js";
@@ -25,6 +26,7 @@ import { formatDuration, MarsFleetError, silentLogger } from "../core/index.js";
 import { resolveInside } from "../runner/index.js";
 import { ApiKeys, type Principal } from "./keys.js";
 import { CallbackSender, type CallbackOptions } from "./callbacks.js";
+import { LiveProgress, streamLive } from "./live.js";
 import { openApiDocument, docsPage } from "./openapi.js";
 import {
   HttpProblem,
@@ -125,7 +127,8 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
     });
     // Bodies are JSON: anything else is 415, not a string that fails validation as 400.
     app.removeContentTypeParser("text/plain");
-    routes(app, fleet, keys, { callbacks: callbacksKv, apiJobs }, opts.config, log);
+    const live = new LiveProgress(fleet.connection.nc, log);
+    routes(app, fleet, keys, { callbacks: callbacksKv, apiJobs }, opts.config, log, live);
     await app.listen({ port: opts.port, host: opts.host ?? "0.0.0.0" });
     const address = app.server.address();
     const port = typeof address === "object" && address ? address.port : opts.port;
@@ -134,6 +137,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
     const close = (): Promise<void> =>
       (closing ??= (async () => {
         await app.close();
+        live.close();
         keys.close();
         await sender.stop();
         await fleet.close();
@@ -148,6 +152,8 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
 /** What every route works with. */
 interface Deps {
   fleet: Fleet;
+  /** Every running job's last progress, for the live view. */
+  live: LiveProgress;
   keys: ApiKeys;
   buckets: { callbacks: KV; apiJobs: KV };
   config: FleetConfig;
@@ -162,8 +168,9 @@ function routes(
   buckets: { callbacks: KV; apiJobs: KV },
   config: FleetConfig,
   log: Logger,
+  live: LiveProgress,
 ): void {
-  const deps: Deps = { fleet, keys, buckets, config, log, sharedRoot: resolve(config.sharedRoot) };
+  const deps: Deps = { fleet, live, keys, buckets, config, log, sharedRoot: resolve(config.sharedRoot) };
   guard(app, deps);
   const access = accessFor(deps);
   submitRoute(app, deps);
@@ -378,45 +385,70 @@ function jobActionRoutes(app: FastifyInstance, { sharedRoot }: Deps, { visibleJo
   });
 }
 
-function fleetRoutes(app: FastifyInstance, { fleet }: Deps, { scopedQuery }: Access): void {
+/** How many of the newest jobs the live view lists. */
+const LIVE_JOBS = 50;
+
+/**
+ * The workers and queues as a key may see them: all of them for an admin key; for a user key, its
+ * own jobs on the workers and its own counts per queue, from its records (never another user's).
+ * `mine`: the key's records when the caller has them already.
+ */
+function fleetViews(fleet: Fleet) {
+  /** A user's own job records (the API tells whose a job is by its environ's user_id). */
+  const recordsOf = async (user: string): Promise<JobRecord[]> =>
+    (await fleet.jobs()).filter((r) => r.environ["user_id"] === user);
+  return {
+    async workers(p: Principal, mine?: JobRecord[]): Promise<WorkerInfo[]> {
+      const workers = await fleet.workers();
+      if (p.role === "admin") return workers;
+      const ids = new Set((mine ?? (await recordsOf(p.user))).map((r) => r.id));
+      return workers.map((w) => ({
+        ...w,
+        running: w.running.filter((j) => ids.has(j)),
+        ...(w.waiting && { waiting: w.waiting.filter((x) => ids.has(x.job)) }),
+      }));
+    },
+    async queues(p: Principal, mine?: JobRecord[]) {
+      const queues = await fleet.queues();
+      if (p.role === "admin") return queues.map(({ laneCount: _, ...q }) => q);
+      const own = mine ?? (await recordsOf(p.user));
+      return queues.map(({ queue }) => {
+        const here = own.filter((r) => r.queue === queue);
+        const queued = here.filter((r) => r.state === "queued" || r.state === "retrying").length;
+        return { queue, queued, running: here.filter((r) => r.state === "running").length, lanes: [] };
+      });
+    },
+  };
+}
+
+function fleetRoutes(app: FastifyInstance, { fleet, live }: Deps, { scopedQuery }: Access): void {
+  const views = fleetViews(fleet);
   app.get("/v1/usage", async (req) => {
     const q = scopedQuery(usageQuerySchema, req);
     checkDays(q.from, q.to);
     return { usage: accounting(await fleet.jobs(), q) };
   });
 
-  /** A user's own job records (the API tells whose a job is by its environ's user_id). */
-  const recordsOf = async (user: string): Promise<JobRecord[]> =>
-    (await fleet.jobs()).filter((r) => r.environ["user_id"] === user);
+  app.get("/v1/workers", async (req) => ({ workers: await views.workers(req.principal!) }));
+  app.get("/v1/queues", async (req) => ({ queues: await views.queues(req.principal!) }));
 
-  app.get("/v1/workers", async (req) => {
+  // The console's live view: one stream per page, whatever runs (src/api/live.ts).
+  app.get("/v1/stream", async (req, reply) => {
     const p = req.principal!;
-    const workers = await fleet.workers();
-    if (p.role === "admin") return { workers };
-    // A user key sees the workers, and on them its own jobs only (running or held for a limit).
-    const mine = new Set((await recordsOf(p.user)).map((r) => r.id));
-    return {
-      workers: workers.map((w) => ({
-        ...w,
-        running: w.running.filter((j) => mine.has(j)),
-        ...(w.waiting && { waiting: w.waiting.filter((x) => mine.has(x.job)) }),
-      })),
-    };
-  });
-
-  app.get("/v1/queues", async (req) => {
-    const p = req.principal!;
-    const queues = await fleet.queues();
-    if (p.role === "admin") return { queues: queues.map(({ laneCount: _, ...q }) => q) };
-    // A user key sees its own jobs' counts, from its records: never another user's lane.
-    const mine = await recordsOf(p.user);
-    return {
-      queues: queues.map(({ queue }) => {
-        const own = mine.filter((r) => r.queue === queue);
-        const queued = own.filter((r) => r.state === "queued" || r.state === "retrying").length;
-        return { queue, queued, running: own.filter((r) => r.state === "running").length, lanes: [] };
-      }),
-    };
+    await streamLive(req, reply, async () => {
+      const records = await fleet.jobs();
+      const mine = p.role === "admin" ? records : records.filter((r) => r.environ["user_id"] === p.user);
+      const jobs = mine.sort(byNewest).slice(0, LIVE_JOBS);
+      const progress = Object.fromEntries(
+        jobs.flatMap((j) => {
+          const at = j.state === "running" ? live.of(j.id) : undefined;
+          return at ? [[j.id, at]] : [];
+        }),
+      );
+      const [workers, queues] = await Promise.all([views.workers(p, mine), views.queues(p, mine)]);
+      return { workers, queues, jobs, progress };
+    });
+    return reply;
   });
 }
 

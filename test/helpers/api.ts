@@ -58,3 +58,60 @@ export class ApiClient {
     }
   }
 }
+
+/** What /v1/stream sends as an `overview` event. */
+export interface Overview {
+  workers: Array<{ id: string; running: string[] }>;
+  queues: Array<{ queue: string; queued: number; running: number }>;
+  jobs: Array<{ id: string; state: string; environ: Record<string, string> }>;
+  progress: Record<string, { bytes: number; total: number }>;
+}
+
+/**
+ * The first `overview` event of /v1/stream, as the key `as` sees it, that `wanted` accepts; the
+ * stream is closed after it. Fails after `timeoutMs`, saying what it waited for.
+ */
+export async function liveOverview(
+  client: ApiClient,
+  as: string,
+  wanted: (o: Overview) => boolean = () => true,
+  timeoutMs = 20_000,
+): Promise<Overview> {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), timeoutMs);
+  let last: Overview | undefined;
+  try {
+    const res = await fetch(`${client.base}/v1/stream`, {
+      headers: { authorization: `Bearer ${client.tokens[as]}`, accept: "text/event-stream" },
+      signal: ac.signal,
+    });
+    if (res.status !== 200) throw new Error(`/v1/stream answered ${res.status} to ${as}`);
+    const decoder = new TextDecoder();
+    let buf = "";
+    for await (const chunk of res.body!) {
+      buf += decoder.decode(chunk as Uint8Array, { stream: true });
+      let cut: number;
+      while ((cut = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, cut);
+        buf = buf.slice(cut + 2);
+        const data = /^event: overview\ndata: (.*)$/m.exec(block)?.[1];
+        if (data === undefined) continue;
+        last = JSON.parse(data) as Overview;
+        if (wanted(last)) return last;
+      }
+    }
+    throw new Error(`/v1/stream ended before the overview ${as} waited for`);
+  } catch (err) {
+    if (ac.signal.aborted)
+      throw new Error(
+        `no overview for ${as} as wanted within ${timeoutMs} ms; last: ${JSON.stringify(last)}`,
+        {
+          cause: err,
+        },
+      );
+    throw err;
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
+  }
+}
