@@ -184,6 +184,24 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     assert.equal(await row.getAttribute("data-marked"), "1", "the row was drawn again, not updated");
     assert.deepEqual(perJob, [], "the overview opened a stream per job");
     assert.equal(streams, 1, "one stream for the page");
+
+    // A phone: the page is as wide as the screen; the tables scroll sideways inside it.
+    await page.setViewportSize({ width: 390, height: 800 });
+    const width = await page.evaluate<number>("document.documentElement.scrollWidth");
+    assert.ok(width <= 390, `the page is ${width} px wide on a 390 px screen`);
+    // Dark mode: a dark page with light text, not a transparent one.
+    await page.emulateMedia({ colorScheme: "dark" });
+    // (Evaluated in the page: this test is compiled without the DOM's types.)
+    const colours = await page.evaluate<{ background: string; text: string }>(
+      "({ background: getComputedStyle(document.body).backgroundColor, text: getComputedStyle(document.body).color })",
+    );
+    const luminance = (rgb: string): number => {
+      const [r, g, b, a] = (rgb.match(/[\d.]+/g) ?? []).map(Number);
+      assert.ok(a === undefined || a === 1, `a transparent colour: ${rgb}`);
+      return (0.2126 * r! + 0.7152 * g! + 0.0722 * b!) / 255;
+    };
+    assert.ok(luminance(colours.background) < 0.2, `dark mode background ${colours.background}`);
+    assert.ok(luminance(colours.text) > 0.7, `dark mode text ${colours.text}`);
     await page.close();
     for (const id of ids)
       await fetch(`${base}/v1/jobs/${id}`, {

@@ -14,12 +14,20 @@ export function dashboardPage(): string {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>mars-fleet</title>
 <style>
-  body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 72rem; padding: 1rem; color: #1b1b1b; }
+  :root { color-scheme: light dark; }
+  body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 72rem; padding: 1rem; color: #1b1b1b; background: #fff; }
   h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 1.5rem; }
   table { border-collapse: collapse; width: 100%; } th, td { text-align: left; padding: .3rem .5rem; border-bottom: 1px solid #ddd; vertical-align: top; }
   progress { width: 10rem; } .muted { color: #666; } .state-failed { color: #a00; } .state-succeeded { color: #060; }
   pre#log { background: #f5f5f5; padding: .5rem; max-height: 28rem; overflow: auto; font-size: .85rem; }
   button { font: inherit; padding: .3rem .8rem; } :focus-visible { outline: 3px solid #1a5fb4; }
+  .scroll { overflow-x: auto; } td { overflow-wrap: anywhere; }
+  @media (max-width: 40rem) { body { padding: .5rem; } progress { width: 5rem; } th, td { padding: .25rem .3rem; } }
+  @media (prefers-color-scheme: dark) {
+    body { color: #e4e4e4; background: #141414; } th, td { border-bottom-color: #3a3a3a; }
+    .muted { color: #a8a8a8; } .state-failed { color: #ff8a80; } .state-succeeded { color: #8fd694; }
+    pre#log { background: #1f1f1f; } a { color: #8ab4f8; } a:visited { color: #c58af9; } :focus-visible { outline-color: #8ab4f8; }
+  }
 </style>
 </head>
 <body>
@@ -96,12 +104,18 @@ function syncRows(tbody, items, keyOf, cellsOf) {
   for (const tr of [...tbody.children]) if (!seen.has(tr.dataset.key)) tr.remove();
 }
 
+/** A titled table in a region that scrolls sideways on a narrow screen (the page itself does not). */
+function table(name, title, columns) {
+  return '<h2 id="' + name + '-h">' + title + '</h2><div class="scroll" role="region" tabindex="0" aria-labelledby="' + name + '-h"><table aria-labelledby="' + name + '-h"><thead><tr>' +
+    columns.map((c) => '<th scope="col">' + c + '</th>').join("") + '</tr></thead><tbody id="' + name + '-body"></tbody></table></div>';
+}
+
 function overviewSkeleton() {
   if (document.getElementById("jobs-body")) return;
   main.innerHTML =
-    '<h2 id="workers-h">Workers</h2><table aria-labelledby="workers-h"><thead><tr><th scope="col">worker</th><th scope="col">queue</th><th scope="col">state</th><th scope="col">slots used</th><th scope="col">CPU %</th><th scope="col">RSS MB</th><th scope="col">running</th></tr></thead><tbody id="workers-body"></tbody></table>' +
-    '<h2 id="queues-h">Queues</h2><table aria-labelledby="queues-h"><thead><tr><th scope="col">queue</th><th scope="col">queued</th><th scope="col">running</th></tr></thead><tbody id="queues-body"></tbody></table>' +
-    '<h2 id="jobs-h">Jobs</h2><table aria-labelledby="jobs-h"><thead><tr><th scope="col">job</th><th scope="col">user</th><th scope="col">state</th><th scope="col">progress</th><th scope="col">submitted</th></tr></thead><tbody id="jobs-body"></tbody></table>';
+    table("workers", "Workers", ["worker", "queue", "state", "slots used", "CPU %", "RSS MB", "running"]) +
+    table("queues", "Queues", ["queue", "queued", "running"]) +
+    table("jobs", "Jobs", ["job", "user", "state", "progress", "submitted"]);
 }
 
 function drawOverview(d) {
