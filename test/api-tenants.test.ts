@@ -130,6 +130,7 @@ describe("REST API: tenants", { timeout: 120_000 }, () => {
       ["DELETE", ""],
       ["GET", "/logs"],
       ["GET", "/result"],
+      ["POST", "/retry"],
     ] as const) {
       const theirs = await call(`/v1/jobs/${alices}${suffix}`, { as: "bob", method });
       const none = await call(`/v1/jobs/${missing}${suffix}`, { as: "bob", method });
@@ -139,6 +140,33 @@ describe("REST API: tenants", { timeout: 120_000 }, () => {
       const b = (await none.text()).replaceAll(missing, "<id>");
       assert.equal(a, b, `${method} ${suffix}: another user's job answers unlike a missing one`);
     }
+  });
+
+  it("retries an ended job of the key's own as a new job linked to it, and refuses one still running", async () => {
+    const first = await submit("alice", {});
+    await client.finished(first, "alice");
+    const res = await call(`/v1/jobs/${first}/retry`, { as: "alice", method: "POST" });
+    assert.equal(res.status, 202);
+    const again = (await res.json()) as { id: string; retryOf: string };
+    assert.notEqual(again.id, first);
+    assert.equal(again.retryOf, first);
+    await client.finished(again.id, "alice");
+    const rec = (await (await call(`/v1/jobs/${again.id}`, { as: "alice" })).json()) as {
+      retryOf: string;
+      requestText: string;
+      target: string;
+      environ: Record<string, string>;
+    };
+    const orig = (await (await call(`/v1/jobs/${first}`, { as: "alice" })).json()) as typeof rec;
+    assert.equal(rec.retryOf, first);
+    assert.equal(rec.requestText, orig.requestText);
+    assert.notEqual(rec.target, orig.target, "the retry wrote over the first job's result");
+    assert.equal(rec.environ["user_id"], "alice");
+    const running = await submit("alice", { request: { ...REQUEST, date: "20240101/to/20240301" } });
+    const early = await call(`/v1/jobs/${running}/retry`, { as: "alice", method: "POST" });
+    assert.equal(early.status, 409);
+    assert.equal(((await early.json()) as { code: string }).code, "WRONG_STATE");
+    await call(`/v1/jobs/${running}`, { as: "alice", method: "DELETE" });
   });
 
   it("scopes request ids per user: the same one makes two jobs, and neither reveals the other", async () => {

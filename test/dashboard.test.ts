@@ -51,6 +51,12 @@ after(async () => {
   await tf?.dispose();
 });
 
+/** A job's request as MARS text, as the API gives it. */
+async function fetchRequestText(base: string, id: string): Promise<string> {
+  const res = await fetch(`${base}/v1/jobs/${id}`, { headers: { authorization: `Bearer ${token}` } });
+  return ((await res.json()) as { requestText: string }).requestText;
+}
+
 describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
   it("shows the worker and a running job's progress, then the job's live log, and cancels it", async () => {
     const base = `http://127.0.0.1:${api.port}`;
@@ -123,9 +129,31 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
       "running",
       "the job ended before the cancel",
     );
+    // The job's page has its request as MARS text, its details and its history so far.
+    assert.match((await page.locator("pre#request").textContent()) ?? "", /^retrieve,/);
+    assert.match((await page.locator("#details").textContent()) ?? "", /attempt1 of \d+/);
+    await page.locator("#history li", { hasText: "running" }).first().waitFor();
+    // Cancel asks first, then shows the API's answer.
     await page.getByRole("button", { name: "Cancel job" }).click();
+    assert.equal(await page.locator("#job-state").textContent(), "running", "cancelled without asking");
+    await page.getByRole("button", { name: "Yes, cancel" }).click();
+    await page.locator("#answer", { hasText: "cancel requested" }).waitFor();
     await page.locator("#job-state", { hasText: "cancelled" }).waitFor();
     assert.equal(await page.getByRole("button", { name: "Cancel job" }).isHidden(), true);
+    // An ended job can be retried: a new job with the same request, linked to this one.
+    await page.getByRole("button", { name: "Retry" }).click();
+    await page.getByRole("button", { name: "Yes, retry" }).click();
+    const again = page.locator("#answer a");
+    await again.waitFor();
+    const retryId = (await again.textContent()) ?? "";
+    assert.notEqual(retryId, id);
+    await again.click();
+    await page.locator("#details", { hasText: `retry of${id}` }).waitFor();
+    assert.equal(await page.locator("pre#request").textContent(), await fetchRequestText(base, id));
+    await fetch(`${base}/v1/jobs/${retryId}`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${token}` },
+    });
     assert.deepEqual(refused, [], "the page did something its policy refuses");
     const docs = await fetch(`${base}/docs`);
     assert.match(docs.headers.get("content-security-policy") ?? "", /frame-ancestors 'none'/);

@@ -158,28 +158,104 @@ function startLive() {
 }
 function stopLive() { live?.ac.abort(); live = null; }
 
-let jobView = null; // { id, ac }
+let jobView = null; // { id, ac, pending }
+const ENDED = ["succeeded", "failed", "cancelled"];
+const when = (ms) => (ms ? new Date(ms).toLocaleString() : "");
+
+function jobLayout(id) {
+  main.innerHTML = '<p><a href="#/">All jobs</a></p><h2>Job <span id="job-id"></span></h2>' +
+    '<p>State: <strong id="job-state"></strong> <span id="job-bar"></span></p>' +
+    '<p><button id="cancel" type="button" hidden>Cancel job</button> <button id="retry" type="button" hidden>Retry</button> ' +
+    '<span id="confirm" hidden><span id="confirm-q"></span> <button id="confirm-yes" type="button"></button> <button id="confirm-no" type="button">No</button></span></p>' +
+    '<p id="answer" role="status"></p>' +
+    '<h2 id="details-h">Details</h2><dl id="details" aria-labelledby="details-h"></dl>' +
+    '<h2 id="request-h">Request</h2><pre id="request" aria-labelledby="request-h"></pre><button id="copy" type="button">Copy as MARS text</button>' +
+    '<h2 id="result-h">Result</h2><p id="result"></p>' +
+    '<h2 id="history-h">History</h2><ol id="history" aria-labelledby="history-h"></ol>' +
+    '<h2 id="log-h">Log</h2><pre id="log" aria-labelledby="log-h" aria-live="polite"></pre>';
+  document.getElementById("job-id").textContent = id;
+  const answer = document.getElementById("answer");
+  // Each action asks first, then shows what the API answered.
+  const ask = (question, yes, run) => {
+    document.getElementById("confirm-q").textContent = question;
+    document.getElementById("confirm-yes").textContent = yes;
+    document.getElementById("confirm").hidden = false;
+    jobView.pending = run;
+  };
+  document.getElementById("confirm-no").addEventListener("click", () => { document.getElementById("confirm").hidden = true; jobView.pending = null; });
+  document.getElementById("confirm-yes").addEventListener("click", async () => {
+    document.getElementById("confirm").hidden = true;
+    const run = jobView.pending; jobView.pending = null;
+    try { await run(); } catch (e) { answer.textContent = "refused: " + e.message; }
+  });
+  document.getElementById("cancel").addEventListener("click", () => ask("Cancel this job?", "Yes, cancel", async () => {
+    const r = await api("/v1/jobs/" + encodeURIComponent(id), { method: "DELETE" });
+    answer.textContent = "cancel requested: the job is " + r.state;
+  }));
+  document.getElementById("retry").addEventListener("click", () => ask("Run this job's request again, as a new job?", "Yes, retry", async () => {
+    const r = await api("/v1/jobs/" + encodeURIComponent(id) + "/retry", { method: "POST" });
+    answer.innerHTML = 'retried as <a href="#/job/' + encodeURIComponent(r.id) + '">' + esc(r.id) + '</a> (' + esc(r.state) + ')';
+  }));
+  document.getElementById("copy").addEventListener("click", async () => {
+    const text = document.getElementById("request").textContent;
+    try { await navigator.clipboard.writeText(text); answer.textContent = "request copied"; }
+    catch { answer.textContent = "the browser would not copy: select the request instead"; }
+  });
+  const log = document.getElementById("log");
+  const history = document.getElementById("history");
+  follow(id, (type, d) => {
+    if (type === "log") { log.textContent += d.line + "\\n"; log.scrollTop = log.scrollHeight; }
+    else if (type === "progress") progress.set(id, d);
+    else if (type === "state") {
+      const li = document.createElement("li");
+      li.textContent = new Date(d.at).toLocaleTimeString() + " " + d.state + (d.attempt ? ", attempt " + d.attempt : "") + (d.worker ? " on " + d.worker : "") + (d.error ? ": " + d.error.code : "");
+      history.appendChild(li);
+    }
+  }, jobView.ac.signal).catch(() => {});
+}
+
+async function download(id) {
+  const res = await fetch("/v1/jobs/" + encodeURIComponent(id) + "/result", { headers: { authorization: "Bearer " + key() } });
+  if (!res.ok) throw new Error((await res.json()).detail || res.statusText);
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(await res.blob()); a.download = id + ".grib";
+  document.body.appendChild(a); a.click(); a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+function jobDetails(rec) {
+  const rows = [
+    ["queue", rec.queue], ["user", rec.environ.user_id], ["attempt", rec.attempt + " of " + rec.maxAttempts],
+    ["worker", rec.worker], ["submitted", when(rec.submittedAt)], ["started", when(rec.startedAt)], ["finished", when(rec.finishedAt)],
+    ["error", rec.error ? rec.error.code + ": " + rec.error.message : ""], ["waits", (rec.waiting || []).join("; ")],
+  ];
+  document.getElementById("details").innerHTML = rows.filter(([, v]) => v).map(([k, v]) => "<dt>" + k + "</dt><dd>" + esc(v) + "</dd>").join("") +
+    (rec.retryOf ? '<dt>retry of</dt><dd><a href="#/job/' + encodeURIComponent(rec.retryOf) + '">' + esc(rec.retryOf) + "</a></dd>" : "");
+  const request = document.getElementById("request");
+  if (request.textContent !== rec.requestText) request.textContent = rec.requestText || "";
+  const result = document.getElementById("result");
+  if (rec.state === "succeeded" && rec.result && rec.result.object === undefined) {
+    if (!document.getElementById("download")) {
+      result.innerHTML = esc(rec.result.bytes) + ' bytes <button id="download" type="button">Download</button>';
+      document.getElementById("download").addEventListener("click", () => download(rec.id).catch((e) => (document.getElementById("answer").textContent = e.message)));
+    }
+  } else result.textContent = rec.result ? rec.result.bytes + " bytes (in the object store)" : "none yet";
+}
+
 async function jobPage(id) {
   if (!jobView || jobView.id !== id || !document.getElementById("log")) {
     jobView?.ac.abort();
-    jobView = { id, ac: new AbortController() };
-    main.innerHTML = '<p><a href="#/">All jobs</a></p><h2>Job <span id="job-id"></span></h2><p>State: <strong id="job-state"></strong> <span id="job-bar"></span> <button id="cancel" type="button" hidden>Cancel job</button></p><h2 id="log-h">Log</h2><pre id="log" aria-labelledby="log-h" aria-live="polite"></pre>';
-    document.getElementById("job-id").textContent = id;
-    const log = document.getElementById("log");
-    document.getElementById("cancel").addEventListener("click", async () => {
-      await api("/v1/jobs/" + encodeURIComponent(id), { method: "DELETE" }).catch((e) => (statusLine.textContent = e.message));
-    });
-    follow(id, (type, d) => {
-      if (type === "log") { log.textContent += d.line + "\\n"; log.scrollTop = log.scrollHeight; }
-      else if (type === "progress") progress.set(id, d);
-    }, jobView.ac.signal).catch(() => {});
+    jobView = { id, ac: new AbortController(), pending: null };
+    jobLayout(id);
   }
   const rec = await api("/v1/jobs/" + encodeURIComponent(id));
   if (jobView?.id !== id) return; // left for another page meanwhile
   const state = document.getElementById("job-state");
   state.textContent = rec.state; state.className = "state-" + rec.state;
   document.getElementById("job-bar").innerHTML = rec.state === "running" ? bar(id) : "";
-  document.getElementById("cancel").hidden = ["succeeded", "failed", "cancelled"].includes(rec.state);
+  document.getElementById("cancel").hidden = ENDED.includes(rec.state);
+  document.getElementById("retry").hidden = !ENDED.includes(rec.state);
+  jobDetails(rec);
 }
 
 async function route() {

@@ -2,6 +2,7 @@
 import { z } from "zod";
 import {
   acceptedSchema,
+  retriedSchema,
   jobListSchema,
   jobSchema,
   listQuerySchema,
@@ -82,6 +83,18 @@ export function openApiDocument(): object {
             "202": { description: "cancel requested", content: json(acceptedSchema) },
             "404": problem("no such job"),
             "409": problem("the job is already over"),
+          },
+        },
+      },
+      "/v1/jobs/{id}/retry": {
+        post: {
+          summary:
+            "Run an ended job again: a new job with the same requests (its own id and default target), linked by retryOf",
+          parameters: [idParam],
+          responses: {
+            "202": { description: "the new job", content: json(retriedSchema) },
+            "404": problem("no such job"),
+            "409": problem("the job has not ended"),
           },
         },
       },

@@ -59,7 +59,12 @@ export const jobSchema = jobRecordSchema.extend({
   waiting: z.array(z.string()).optional(),
   /** Its completion callback: the URL and every delivery attempt. */
   callback: callbackStateSchema.omit({ secret: true }).optional(),
+  /** The request as MARS text (what `mars-fleet run` takes). */
+  requestText: z.string().optional(),
+  /** The job this one retries (POST /v1/jobs/{id}/retry). */
+  retryOf: z.string().optional(),
 });
+export const retriedSchema = acceptedSchema.extend({ retryOf: z.string() });
 export const jobListSchema = z.object({ jobs: z.array(jobRecordSchema), next: z.string().optional() });
 export const workersSchema = z.object({ workers: z.array(workerInfoSchema) });
 /** A queue's or a lane's jobs: queued, running, and pulled but held aside by a worker for a QoS limit (admin keys). */

@@ -20,7 +20,8 @@ import {
   TERMINAL_STATES,
   type WorkerInfo,
 } from "../broker/index.js";
-import { Fleet, type JobHandle, jobIdFor } from "../client/index.js";
+import { Fleet, type JobHandle, jobIdFor, type MarsRequestInput } from "../client/index.js";
+import { formatRequests } from "../mars/index.js";
 import type { FleetConfig } from "../config/index.js";
 import { formatDuration, MarsFleetError, silentLogger } from "../core/index.js";
 import { resolveInside } from "../runner/index.js";
@@ -52,6 +53,7 @@ import {
   jobListSchema,
   listQuerySchema,
   submitBodySchema,
+  type SubmitBody,
   usageQuerySchema,
   type usageSchema,
 } from "./schemas.js";
@@ -173,7 +175,7 @@ function routes(
   const deps: Deps = { fleet, live, keys, buckets, config, log, sharedRoot: resolve(config.sharedRoot) };
   guard(app, deps);
   const access = accessFor(deps);
-  submitRoute(app, deps);
+  submitRoute(app, deps, access);
   readRoutes(app, deps, access);
   jobActionRoutes(app, deps, access);
   fleetRoutes(app, deps, access);
@@ -248,13 +250,23 @@ function accessFor({ fleet, buckets, config }: Deps) {
 }
 type Access = ReturnType<typeof accessFor>;
 
-function submitRoute(app: FastifyInstance, { fleet, buckets, sharedRoot }: Deps): void {
-  app.post("/v1/jobs", async (req, reply) => {
-    const parsed = submitBodySchema.safeParse(req.body ?? {});
-    if (!parsed.success) throw invalid(parsed.error, "body");
-    const body = parsed.data;
-    const p = req.principal!;
-    // A user's jobs are theirs: the environ's user_id is the key's user, whatever the body says.
+/** What a submit through the API asks for (a new job, or a retry of one). */
+interface ApiSubmit {
+  requests: MarsRequestInput;
+  environ?: Record<string, string>;
+  target?: string;
+  requestId?: string;
+  callback?: SubmitBody["callback"];
+  /** The job this one retries (kept in the API's own records). */
+  retryOf?: string;
+}
+
+/**
+ * Submit for a key: its user owns the job whatever the body says, its request ids and target are
+ * its own (scope.ts), and the API remembers whose the job is (and what it retries).
+ */
+function apiSubmitter({ fleet, buckets, sharedRoot }: Deps) {
+  return async (p: Principal, body: ApiSubmit) => {
     const environ = { ...(body.environ ?? {}), ...(p.role === "user" && { user_id: p.user }) };
     if (environ["user_id"] === undefined) environ["user_id"] = p.user;
     const requestId = scopedRequestId(p, body.requestId ?? randomUUID());
@@ -262,9 +274,10 @@ function submitRoute(app: FastifyInstance, { fleet, buckets, sharedRoot }: Deps)
     const target = targetFor(sharedRoot, p, body.target, id);
     await refuseDirectory(sharedRoot, target);
     const remember = async (user: string | undefined, submittedAt: number): Promise<void> => {
-      await buckets.apiJobs.put(id, JSON.stringify({ user, submittedAt }));
+      const entry = { user, submittedAt, ...(body.retryOf && { retryOf: body.retryOf }) };
+      await buckets.apiJobs.put(id, JSON.stringify(entry));
     };
-    const submitting = fleet.submit(body.requests ?? body.request!, {
+    const submitting = fleet.submit(body.requests, {
       requestId,
       environ,
       targetDir: target.dir,
@@ -282,14 +295,45 @@ function submitRoute(app: FastifyInstance, { fleet, buckets, sharedRoot }: Deps)
     const record = job.submitted ?? (await job.status());
     // A known request id names this user's existing job (ids are scoped per user): remembered again.
     if (body.requestId !== undefined) await remember(record.environ["user_id"], record.submittedAt);
+    return { job, record };
+  };
+}
+
+function submitRoute(app: FastifyInstance, deps: Deps, { visibleJob }: Access): void {
+  const submitFor = apiSubmitter(deps);
+  app.post("/v1/jobs", async (req, reply) => {
+    const parsed = submitBodySchema.safeParse(req.body ?? {});
+    if (!parsed.success) throw invalid(parsed.error, "body");
+    const { request, requests, ...rest } = parsed.data;
+    const { job, record } = await submitFor(req.principal!, { ...rest, requests: requests ?? request! });
     void reply.code(202).header("Location", `/v1/jobs/${job.id}`);
     return {
       id: job.id,
       state: record.state,
-      ...(body.callback &&
-        !body.callback.secret &&
+      ...(rest.callback &&
+        !rest.callback.secret &&
         job.callbackSecret && { callbackSecret: job.callbackSecret }),
     };
+  });
+
+  // Run an ended job again: a new job with the same requests, its own id and target, linked to
+  // the one it retries (`retryOf` in its answer and its record's view).
+  app.post<{ Params: { id: string } }>("/v1/jobs/:id/retry", async (req, reply) => {
+    const { record } = await visibleJob(req, req.params.id);
+    if (!TERMINAL_STATES.has(record.state))
+      throw new HttpProblem(
+        "WRONG_STATE",
+        `job ${record.id} is ${record.state}: only an ended job is retried`,
+      );
+    const { request_id: _, ...environ } = record.environ;
+    const { job, record: again } = await submitFor(req.principal!, {
+      // As MARS text: the client reads it back exactly as it validated the original.
+      requests: formatRequests(record.requests),
+      environ,
+      retryOf: record.id,
+    });
+    void reply.code(202).header("Location", `/v1/jobs/${job.id}`);
+    return { id: job.id, state: again.state, retryOf: record.id };
   });
 }
 
@@ -303,9 +347,19 @@ function readRoutes(
     const { record } = await visibleJob(req, req.params.id);
     const waiting =
       record.state === "queued" || record.state === "retrying" ? await fleet.explain(record.id) : [];
-    const callback = await readCallback(callbacksKv, record.id);
+    const [callback, took] = await Promise.all([
+      readCallback(callbacksKv, record.id),
+      buckets.apiJobs.get(record.id),
+    ]);
+    const retryOf =
+      took && took.operation === "PUT" && took.length > 0
+        ? took.json<{ retryOf?: string }>().retryOf
+        : undefined;
     return {
       ...record,
+      // The request as MARS reads it (what `mars-fleet run` takes), for people to read and copy.
+      requestText: formatRequests(record.requests),
+      ...(retryOf && { retryOf }),
       ...(waiting.length > 0 && { waiting }),
       ...(callback && { callback: publicCallback(callback) }),
     };
