@@ -169,6 +169,63 @@ describe("REST API: tenants", { timeout: 120_000 }, () => {
     await call(`/v1/jobs/${running}`, { as: "alice", method: "DELETE" });
   });
 
+  it("lists jobs by queue, dataset, error code, id or request id and submitted days, either order, and failures by code", async () => {
+    const era5 = await submit("alice", {
+      request: { ...REQUEST, dataset: "era5" },
+      requestId: "filter-era5",
+    });
+    const cerra = await submit("alice", { request: { ...REQUEST, dataset: "cerra" } });
+    const bad = await submit("alice", { request: { param: "nosuchparam", date: "20240101" } });
+    for (const id of [era5, cerra, bad]) await client.finished(id, "alice");
+    const ids = async (query: string, as = "alice"): Promise<string[]> => {
+      const res = await call(`/v1/jobs?limit=500&${query}`, { as });
+      assert.equal(res.status, 200, query);
+      return ((await res.json()) as { jobs: Array<{ id: string }> }).jobs.map((j) => j.id);
+    };
+    assert.deepEqual(await ids("dataset=ERA5"), [era5]);
+    assert.ok((await ids("dataset=cerra")).includes(cerra));
+    assert.ok(!(await ids("dataset=cerra")).includes(era5));
+    const failed = await ids("code=MARS_RUNTIME_ERROR");
+    assert.ok(failed.includes(bad) && !failed.includes(era5));
+    assert.deepEqual(await ids(`q=${bad.slice(2, 12)}`), [bad]);
+    // The requestId the user gave it finds the job too (another user's same one finds theirs).
+    assert.deepEqual(await ids("q=filter-era5"), [era5]);
+    assert.deepEqual(await ids("q=filter-era5", "bob"), []);
+    assert.deepEqual(await ids(`queue=${queue}&q=${era5}`), [era5]);
+    assert.deepEqual(await ids("queue=nosuchqueue"), []);
+    const today = new Date().toISOString().slice(0, 10);
+    assert.ok((await ids(`from=${today}&to=${today}`)).includes(era5));
+    assert.deepEqual(await ids("from=2099-01-01"), []);
+    // Oldest first is the newest-first list reversed; a cursor keeps to its order.
+    const newest = await ids("");
+    assert.deepEqual(await ids("order=oldest"), [...newest].reverse());
+    const first = (await (await call("/v1/jobs?order=oldest&limit=2", { as: "alice" })).json()) as {
+      jobs: Array<{ id: string }>;
+      next: string;
+    };
+    const second = (await (
+      await call(`/v1/jobs?order=oldest&limit=2&cursor=${first.next}`, { as: "alice" })
+    ).json()) as { jobs: Array<{ id: string }> };
+    assert.deepEqual(
+      [...first.jobs, ...second.jobs].map((j) => j.id),
+      [...newest].reverse().slice(0, 4),
+    );
+    const badDay = await call("/v1/jobs?from=2024-02-30", { as: "alice" });
+    assert.equal(badDay.status, 400);
+    assert.equal(((await badDay.json()) as { code: string }).code, "MESSAGE_INVALID");
+    // Failures by error code, scoped as the lists are.
+    type Failures = { failures: Array<{ code: string; count: number; jobs: string[] }> };
+    const mine = (await (await call("/v1/failures", { as: "alice" })).json()) as Failures;
+    const runtime = mine.failures.find((f) => f.code === "MARS_RUNTIME_ERROR");
+    assert.ok(runtime && runtime.count >= 1 && runtime.jobs.includes(bad), JSON.stringify(mine));
+    const bobs = (await (await call("/v1/failures", { as: "bob" })).json()) as Failures;
+    assert.ok(
+      bobs.failures.every((f) => !f.jobs.includes(bad)),
+      "bob sees alice's failure",
+    );
+    assert.equal((await call("/v1/failures?user=alice", { as: "bob" })).status, 403);
+  });
+
   it("scopes request ids per user: the same one makes two jobs, and neither reveals the other", async () => {
     const a = await submit("alice", { requestId: "nightly-run" });
     const b = await submit("bob", { requestId: "nightly-run" });

@@ -237,4 +237,33 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
         headers: { authorization: `Bearer ${token}` },
       });
   });
+
+  it("shows failed jobs by error code, filters the jobs by a code and finds one by its id", async () => {
+    const base = `http://127.0.0.1:${api.port}`;
+    const res = await fetch(`${base}/v1/jobs`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ request: { param: "nosuchparam", date: "20240101" } }),
+    });
+    const { id } = (await res.json()) as { id: string };
+    const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+    page.setDefaultTimeout(45_000);
+    await page.goto(`${base}/`);
+    await page.getByLabel("API key").fill(token);
+    await page.getByRole("button", { name: "Open" }).click();
+    await page.getByRole("button", { name: "MARS_RUNTIME_ERROR" }).click();
+    const jobRows = page.locator("#jobs-body tr");
+    await page.locator(`#jobs-body tr[data-key="${id}"]`).waitFor();
+    const states = await page.locator("#jobs-body tr td:nth-child(3)").allTextContents();
+    assert.ok(states.length > 0 && states.every((s) => s === "failed"), `states shown: ${states.join(", ")}`);
+    assert.equal(await page.getByLabel("state").inputValue(), "failed");
+    await page.getByLabel("id or request id").fill(id.slice(2, 14));
+    await page.getByRole("button", { name: "Filter" }).click();
+    assert.ok(
+      await eventually(async () => (await jobRows.count()) === 1, 10_000),
+      `${await jobRows.count()} rows for one id`,
+    );
+    assert.equal(await jobRows.first().getAttribute("data-key"), id);
+    await page.close();
+  });
 });

@@ -51,7 +51,10 @@ const progress = new Map(); // job id -> {bytes, total}
 async function stream(path, onEvent, signal) {
   const res = await fetch(path, { headers: { authorization: "Bearer " + key(), accept: "text/event-stream" }, signal });
   if (res.status === 401) { sessionStorage.removeItem("mars-fleet-key"); route(); throw new Error("the API key was refused"); }
-  if (!res.ok) throw new Error(res.statusText);
+  if (!res.ok) {
+    const problem = await res.json().catch(() => ({}));
+    throw Object.assign(new Error(problem.detail || res.statusText), { status: res.status });
+  }
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = "";
   for (;;) {
@@ -110,12 +113,50 @@ function table(name, title, columns) {
     columns.map((c) => '<th scope="col">' + c + '</th>').join("") + '</tr></thead><tbody id="' + name + '-body"></tbody></table></div>';
 }
 
+/** The jobs list's filters (the query of /v1/stream and /v1/jobs), kept while the page is open. */
+const filters = { state: "", queue: "", dataset: "", code: "", q: "", from: "", to: "", order: "newest", limit: 50 };
+const STATES = ["", "queued", "running", "retrying", "succeeded", "failed", "cancelled"];
+
+function filterForm() {
+  const field = (name, label, html) => '<label>' + label + ' ' + html + '</label> ';
+  const input = (name, label, type) => field(name, label, '<input name="' + name + '" type="' + (type || "search") + '" value="' + esc(filters[name]) + '" size="12">');
+  return '<form id="filters" role="search" aria-label="filter jobs">' +
+    field("state", "state", '<select name="state">' + STATES.map((s) => '<option value="' + s + '"' + (filters.state === s ? " selected" : "") + '>' + (s || "any") + '</option>').join("") + '</select>') +
+    input("q", "id or request id") + input("queue", "queue") + input("dataset", "dataset") + input("code", "error code") +
+    input("from", "from", "date") + input("to", "to", "date") +
+    field("order", "order", '<select name="order"><option value="newest"' + (filters.order === "newest" ? " selected" : "") + '>newest first</option><option value="oldest"' + (filters.order === "oldest" ? " selected" : "") + '>oldest first</option></select>') +
+    '<button type="submit">Filter</button> <button type="button" id="clear-filters">Clear</button></form>';
+}
+
+function setFilters(next) {
+  Object.assign(filters, next, { limit: 50 });
+  stopLive(); main.innerHTML = ""; startLive();
+}
+
 function overviewSkeleton() {
   if (document.getElementById("jobs-body")) return;
   main.innerHTML =
     table("workers", "Workers", ["worker", "queue", "state", "slots used", "CPU %", "RSS MB", "running"]) +
     table("queues", "Queues", ["queue", "queued", "running"]) +
-    table("jobs", "Jobs", ["job", "user", "state", "progress", "submitted"]);
+    table("failures", "Failed jobs by error code", ["error code", "jobs", "newest"]) +
+    '<h2 id="jobs-h">Jobs</h2>' + filterForm() +
+    '<div class="scroll" role="region" tabindex="0" aria-labelledby="jobs-h"><table aria-labelledby="jobs-h"><thead><tr>' +
+    ["job", "user", "state", "progress", "submitted"].map((c) => '<th scope="col">' + c + '</th>').join("") +
+    '</tr></thead><tbody id="jobs-body"></tbody></table></div><p><button type="button" id="more">Show more</button></p>';
+  document.getElementById("filters").addEventListener("submit", (e) => {
+    e.preventDefault();
+    setFilters(Object.fromEntries([...new FormData(e.target)].map(([k, v]) => [k, String(v).trim()])));
+  });
+  document.getElementById("clear-filters").addEventListener("click", () =>
+    setFilters({ state: "", queue: "", dataset: "", code: "", q: "", from: "", to: "", order: "newest" }));
+  document.getElementById("more").addEventListener("click", () => {
+    filters.limit = Math.min(200, filters.limit + 50); stopLive(); startLive();
+  });
+  // A code in the failures table filters the jobs to those that failed with it.
+  document.getElementById("failures-body").addEventListener("click", (e) => {
+    const code = e.target.closest("button[data-code]")?.dataset.code;
+    if (code) setFilters({ ...filters, state: "failed", code });
+  });
 }
 
 function drawOverview(d) {
@@ -125,6 +166,10 @@ function drawOverview(d) {
   syncRows(document.getElementById("workers-body"), d.workers, (x) => x.id, (x) => [esc(x.id), esc(x.queue), esc(x.state),
     x.running.length + " / " + x.slots, esc(x.usage ? x.usage.cpuPercent : ""), esc(x.usage ? x.usage.rssMb : ""), x.running.map(esc).join(", ")]);
   syncRows(document.getElementById("queues-body"), d.queues, (x) => x.queue, (x) => [esc(x.queue), String(x.queued), String(x.running)]);
+  syncRows(document.getElementById("failures-body"), d.failures, (x) => x.code, (x) => [
+    '<button type="button" data-code="' + esc(x.code) + '">' + esc(x.code) + '</button>', String(x.count),
+    x.jobs.map((id) => '<a href="#/job/' + encodeURIComponent(id) + '">' + esc(id) + '</a>').join(", ")]);
+  document.getElementById("more").hidden = d.jobs.length < filters.limit || filters.limit >= 200;
   syncRows(document.getElementById("jobs-body"), d.jobs, (x) => x.id, (x) => [
     '<a href="#/job/' + encodeURIComponent(x.id) + '">' + esc(x.id) + '</a>', esc(x.environ.user_id),
     '<span class="state-' + esc(x.state) + '">' + esc(x.state) + '</span>', x.state === "running" ? bar(x.id) : "",
@@ -141,7 +186,8 @@ function startLive() {
     let wait = 1000;
     while (!ac.signal.aborted) {
       try {
-        await stream("/v1/stream", (type, d) => {
+        const query = new URLSearchParams(Object.entries(filters).filter(([, v]) => v !== "").map(([k, v]) => [k, String(v)]));
+        await stream("/v1/stream?" + query, (type, d) => {
           if (type === "overview") {
             wait = 1000; drawOverview(d);
             statusLine.textContent = "live, updated " + new Date().toLocaleTimeString();
@@ -149,6 +195,8 @@ function startLive() {
         }, ac.signal);
       } catch (e) {
         if (ac.signal.aborted) return;
+        // A refused filter stays refused: say why instead of asking again.
+        if (e.status >= 400 && e.status < 500) { statusLine.textContent = "not shown: " + e.message; if (live?.ac === ac) live = null; return; }
       }
       statusLine.textContent = "reconnecting";
       await new Promise((r) => setTimeout(r, wait));

@@ -2,6 +2,7 @@
 import { z } from "zod";
 import {
   acceptedSchema,
+  failuresSchema,
   retriedSchema,
   jobListSchema,
   jobSchema,
@@ -59,7 +60,8 @@ export function openApiDocument(): object {
           },
         },
         get: {
-          summary: "List jobs, newest first (a user key sees its own)",
+          summary:
+            "List jobs (a user key sees its own): by state, user, queue, dataset, error code, q (part of the id or request id), submitted from/to (days); newest or oldest first; pages by cursor",
           parameters: queryParams(listQuerySchema),
           responses: {
             "200": { description: "a page of jobs", content: json(jobListSchema) },
@@ -142,6 +144,13 @@ export function openApiDocument(): object {
             "200": { description: "usage rows", content: json(usageSchema) },
             "400": problem("invalid query"),
           },
+        },
+      },
+      "/v1/failures": {
+        get: {
+          summary:
+            "Failed jobs by error code: how many and the newest five of each, most frequent first (?user= for an admin key, ?queue=, ?from=/&to= days)",
+          responses: { "200": { description: "failures", content: json(failuresSchema) } },
         },
       },
       "/v1/workers": {

@@ -44,15 +44,45 @@ export const acceptedSchema = z.object({
   callbackSecret: z.string().optional(),
 });
 
+const day = z.string().regex(/^\d{4}-\d{2}-\d{2}$/, "a day, YYYY-MM-DD");
+
+/** Which jobs a list shows (src/api/job-filter.ts), for /v1/jobs and the live view. */
+const jobFilterQuery = {
+  state: z.enum(JOB_STATES).optional(),
+  user: z.string().optional(),
+  queue: z.string().max(128).optional(),
+  /** A MARS dataset any of the job's requests names. */
+  dataset: z.string().max(256).optional(),
+  /** The error code a failed job ended with. */
+  code: z.string().max(64).optional(),
+  /** Part of the job's id or request id. */
+  q: z.string().min(1).max(256).optional(),
+  /** Submitted between these UTC days, both included. */
+  from: day.optional(),
+  to: day.optional(),
+};
+
 export const listQuerySchema = z
   .object({
-    state: z.enum(JOB_STATES).optional(),
-    user: z.string().optional(),
+    ...jobFilterQuery,
+    order: z.enum(["newest", "oldest"]).default("newest"),
     limit: z.coerce.number().int().min(1).max(500).default(50),
-    /** The `next` of the previous page. */
+    /** The `next` of the previous page (in the same order). */
     cursor: z.string().optional(),
   })
   .strict();
+
+export const failuresQuerySchema = z
+  .object({
+    user: z.string().optional(),
+    queue: z.string().max(128).optional(),
+    from: day.optional(),
+    to: day.optional(),
+  })
+  .strict();
+export const failuresSchema = z.object({
+  failures: z.array(z.object({ code: z.string(), count: z.number().int(), jobs: z.array(z.string()) })),
+});
 
 export const jobSchema = jobRecordSchema.extend({
   /** Why a queued job waits (QoS), when it does. */
@@ -83,7 +113,6 @@ export const queuesSchema = z.object({
   ),
 });
 
-const day = z.string().regex(/^\d{4}-\d{2}-\d{2}$/, "a day, YYYY-MM-DD");
 export const usageQuerySchema = z
   .object({ user: z.string().optional(), from: day.optional(), to: day.optional() })
   .strict();

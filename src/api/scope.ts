@@ -177,8 +177,11 @@ export function cursorAfter(r: JobRecord): string {
   return Buffer.from(JSON.stringify([r.submittedAt, r.id])).toString("base64url");
 }
 
-/** Whether `r` comes after the cursor's place in the newest-first order. */
-export function afterCursor(cursor: string): (r: JobRecord) => boolean {
+/** Whether `r` comes after the cursor's place in the list's order (newest first unless told). */
+export function afterCursor(
+  cursor: string,
+  order: "newest" | "oldest" = "newest",
+): (r: JobRecord) => boolean {
   let at: unknown;
   try {
     at = JSON.parse(Buffer.from(cursor, "base64url").toString("utf8"));
@@ -190,6 +193,8 @@ export function afterCursor(cursor: string): (r: JobRecord) => boolean {
       { field: "cursor", message: "not a cursor" },
     ]);
   const [submittedAt, id] = at as [number, string];
+  if (order === "oldest")
+    return (r) => r.submittedAt > submittedAt || (r.submittedAt === submittedAt && r.id < id);
   return (r) => r.submittedAt < submittedAt || (r.submittedAt === submittedAt && r.id > id);
 }
 

@@ -28,6 +28,7 @@ import { resolveInside } from "../runner/index.js";
 import { ApiKeys, type Principal } from "./keys.js";
 import { CallbackSender, type CallbackOptions } from "./callbacks.js";
 import { LiveProgress, streamLive } from "./live.js";
+import { byOrder, failuresByCode, jobMatcher, type JobFilter } from "./job-filter.js";
 import { openApiDocument, docsPage } from "./openapi.js";
 import {
   HttpProblem,
@@ -36,7 +37,6 @@ import {
   afterCursor,
   checkUrlLength,
   clientErrorHandler,
-  byNewest,
   checkDays,
   cursorAfter,
   fastifyProblem,
@@ -52,6 +52,7 @@ import { pageHeaders } from "./page-policy.js";
 import {
   jobListSchema,
   listQuerySchema,
+  failuresQuerySchema,
   submitBodySchema,
   type SubmitBody,
   usageQuerySchema,
@@ -235,7 +236,9 @@ function accessFor({ fleet, buckets, config }: Deps) {
   };
 
   /** A query, validated, with `user` as this key may ask: its own for a user key, any for admin. */
-  const scopedQuery = <S extends typeof listQuerySchema | typeof usageQuerySchema>(
+  const scopedQuery = <
+    S extends typeof listQuerySchema | typeof usageQuerySchema | typeof failuresQuerySchema,
+  >(
     schema: S,
     req: FastifyRequest,
   ): z.infer<S> => {
@@ -243,12 +246,18 @@ function accessFor({ fleet, buckets, config }: Deps) {
     if (!parsed.success) throw invalid(parsed.error, "query");
     const { user: asked, ...rest } = parsed.data;
     const user = queriedUser(req.principal!, asked);
+    checkDays(rest.from, rest.to);
     return { ...rest, ...(user !== undefined && { user }) } as z.infer<S>;
   };
 
   return { visibleJob, scopedQuery };
 }
 type Access = ReturnType<typeof accessFor>;
+
+/** A search (`q`) also finds the job the caller submitted with that requestId (ids are per user). */
+function withRequestId<F extends JobFilter>(p: Principal, f: F): F {
+  return f.q === undefined ? f : { ...f, qJob: jobIdFor(scopedRequestId(p, f.q)) };
+}
 
 /** What a submit through the API asks for (a new job, or a retry of one). */
 interface ApiSubmit {
@@ -367,10 +376,11 @@ function readRoutes(
 
   app.get("/v1/jobs", async (req) => {
     const q = scopedQuery(listQuerySchema, req);
-    const after = q.cursor === undefined ? () => true : afterCursor(q.cursor);
+    const after = q.cursor === undefined ? () => true : afterCursor(q.cursor, q.order);
+    const matches = jobMatcher(withRequestId(req.principal!, q));
     const all = (await fleet.jobs(q.state ? { state: q.state } : {}))
-      .filter((r) => (q.user === undefined || r.environ["user_id"] === q.user) && after(r))
-      .sort(byNewest);
+      .filter((r) => matches(r) && after(r))
+      .sort(byOrder(q.order));
     const page = all.slice(0, q.limit);
     const out: z.infer<typeof jobListSchema> = {
       jobs: page,
@@ -439,8 +449,8 @@ function jobActionRoutes(app: FastifyInstance, { sharedRoot }: Deps, { visibleJo
   });
 }
 
-/** How many of the newest jobs the live view lists. */
-const LIVE_JOBS = 50;
+/** How many jobs the live view lists at most (its `limit`, 50 unless asked). */
+const LIVE_JOBS = 200;
 
 /**
  * The workers and queues as a key may see them: all of them for an admin key; for a user key, its
@@ -479,8 +489,12 @@ function fleetRoutes(app: FastifyInstance, { fleet, live }: Deps, { scopedQuery 
   const views = fleetViews(fleet);
   app.get("/v1/usage", async (req) => {
     const q = scopedQuery(usageQuerySchema, req);
-    checkDays(q.from, q.to);
     return { usage: accounting(await fleet.jobs(), q) };
+  });
+
+  app.get("/v1/failures", async (req) => {
+    const q = scopedQuery(failuresQuerySchema, req);
+    return { failures: failuresByCode((await fleet.jobs({ state: "failed" })).filter(jobMatcher(q))) };
   });
 
   app.get("/v1/workers", async (req) => ({ workers: await views.workers(req.principal!) }));
@@ -489,10 +503,13 @@ function fleetRoutes(app: FastifyInstance, { fleet, live }: Deps, { scopedQuery 
   // The console's live view: one stream per page, whatever runs (src/api/live.ts).
   app.get("/v1/stream", async (req, reply) => {
     const p = req.principal!;
+    // The jobs list takes the filters and order of /v1/jobs (its first page, live).
+    const q = scopedQuery(listQuerySchema, req);
+    const matches = jobMatcher(withRequestId(p, q));
     await streamLive(req, reply, async () => {
       const records = await fleet.jobs();
       const mine = p.role === "admin" ? records : records.filter((r) => r.environ["user_id"] === p.user);
-      const jobs = mine.sort(byNewest).slice(0, LIVE_JOBS);
+      const jobs = mine.filter(matches).sort(byOrder(q.order)).slice(0, Math.min(q.limit, LIVE_JOBS));
       const progress = Object.fromEntries(
         jobs.flatMap((j) => {
           const at = j.state === "running" ? live.of(j.id) : undefined;
@@ -500,7 +517,7 @@ function fleetRoutes(app: FastifyInstance, { fleet, live }: Deps, { scopedQuery 
         }),
       );
       const [workers, queues] = await Promise.all([views.workers(p, mine), views.queues(p, mine)]);
-      return { workers, queues, jobs, progress };
+      return { workers, queues, jobs, progress, failures: failuresByCode(mine) };
     });
     return reply;
   });
