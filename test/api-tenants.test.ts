@@ -13,6 +13,7 @@ import { startApi, type ApiServer } from "../src/api/server.js";
 import { OPEN_FLEET } from "../src/broker/signing.js";
 import { ApiClient, liveOverview } from "./helpers/api.js";
 import { TestFleet } from "./helpers/fleet.js";
+import { eventually } from "./helpers/proc.js";
 
 const REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
 const queue = TestFleet.queue("tenants");
@@ -224,6 +225,42 @@ describe("REST API: tenants", { timeout: 120_000 }, () => {
       "bob sees alice's failure",
     );
     assert.equal((await call("/v1/failures?user=alice", { as: "bob" })).status, 403);
+  });
+
+  it("shows QoS as the key may see it, and dead letters to admin keys only", async () => {
+    const running = await submit("alice", { request: { ...REQUEST, date: "20240101/to/20240301" } });
+    type Qos = { rules: unknown; lanes: Array<{ lane: string }>; waiting: unknown[] };
+    const lanesOf = async (as: string): Promise<string[]> => {
+      const res = await call("/v1/qos", { as });
+      assert.equal(res.status, 200);
+      return ((await res.json()) as Qos).lanes.map((l) => l.lane);
+    };
+    assert.ok(
+      await eventually(async () => (await lanesOf("ops")).includes("alice"), 10_000),
+      "the admin never saw alice's lane",
+    );
+    assert.ok(!(await lanesOf("bob")).includes("alice"), "bob sees alice's lane");
+    assert.equal(((await (await call("/v1/qos", { as: "bob" })).json()) as Qos).rules, null);
+    await call(`/v1/jobs/${running}`, { as: "alice", method: "DELETE" });
+    // Something that is no job reaches the queue: the worker dead-letters it.
+    await tf.publishRaw(queue, new TextEncoder().encode("not a job"));
+    type Dead = { dead: Array<{ reason: string; queue: string; payloadBase64?: string }> };
+    let dead: Dead = { dead: [] };
+    assert.ok(
+      await eventually(async () => {
+        dead = (await (await call("/v1/dead", { as: "ops" })).json()) as Dead;
+        return dead.dead.some((d) => d.reason === "invalid job message");
+      }, 10_000),
+      `no dead letter listed: ${JSON.stringify(dead)}`,
+    );
+    assert.ok(
+      dead.dead.every((d) => d.payloadBase64 === undefined),
+      "a dead letter's payload was listed",
+    );
+    assert.equal(dead.dead.find((d) => d.reason === "invalid job message")?.queue, queue);
+    const bobs = await call("/v1/dead", { as: "bob" });
+    assert.equal(bobs.status, 403);
+    assert.equal(((await bobs.json()) as { code: string }).code, "API_FORBIDDEN");
   });
 
   it("scopes request ids per user: the same one makes two jobs, and neither reveals the other", async () => {

@@ -251,6 +251,9 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     await page.goto(`${base}/`);
     await page.getByLabel("API key").fill(token);
     await page.getByRole("button", { name: "Open" }).click();
+    // The QoS section (a user key: its own lane only), and no dead letters for a user key.
+    await page.locator("#qos", { hasText: "Lanes:" }).waitFor();
+    assert.equal(await page.locator("#dead-section").isHidden(), true, "a user key was shown dead letters");
     await page.getByRole("button", { name: "MARS_RUNTIME_ERROR" }).click();
     const jobRows = page.locator("#jobs-body tr");
     await page.locator(`#jobs-body tr[data-key="${id}"]`).waitFor();

@@ -138,7 +138,10 @@ function overviewSkeleton() {
   main.innerHTML =
     table("workers", "Workers", ["worker", "queue", "state", "slots used", "CPU %", "RSS MB", "running"]) +
     table("queues", "Queues", ["queue", "queued", "running"]) +
+    '<h2 id="qos-h">QoS</h2><div id="qos" aria-labelledby="qos-h"></div>' +
+    table("waiting", "Jobs waiting for a limit", ["job", "worker", "why"]) +
     table("failures", "Failed jobs by error code", ["error code", "jobs", "newest"]) +
+    '<div id="dead-section" hidden>' + table("dead", "Dead letters", ["when", "queue", "job", "reason", "error"]) + '</div>' +
     '<h2 id="jobs-h">Jobs</h2>' + filterForm() +
     '<div class="scroll" role="region" tabindex="0" aria-labelledby="jobs-h"><table aria-labelledby="jobs-h"><thead><tr>' +
     ["job", "user", "state", "progress", "submitted"].map((c) => '<th scope="col">' + c + '</th>').join("") +
@@ -152,6 +155,7 @@ function overviewSkeleton() {
   document.getElementById("more").addEventListener("click", () => {
     filters.limit = Math.min(200, filters.limit + 50); stopLive(); startLive();
   });
+  refreshSlow().catch(() => {}); // then every 5 s
   // A code in the failures table filters the jobs to those that failed with it.
   document.getElementById("failures-body").addEventListener("click", (e) => {
     const code = e.target.closest("button[data-code]")?.dataset.code;
@@ -175,6 +179,35 @@ function drawOverview(d) {
     '<span class="state-' + esc(x.state) + '">' + esc(x.state) + '</span>', x.state === "running" ? bar(x.id) : "",
     new Date(x.submittedAt).toLocaleTimeString()]);
 }
+
+/**
+ * What changes slowly or costs more to work out (QoS, dead letters): read every 5 s while the
+ * overview is shown, one request each.
+ */
+async function refreshSlow() {
+  if (!document.getElementById("qos")) return;
+  const qos = await api("/v1/qos");
+  const rules = qos.rules ? qos.rules.rules.map((r) => "<li>" + esc(r.name) + ": " + esc(JSON.stringify(r)) + "</li>").join("") : "";
+  const lanes = qos.lanes.map((l) => {
+    const use = qos.usage.find((u) => u.lane === l.lane);
+    return "<li>" + esc(l.lane) + ": " + l.queued + " queued, " + l.running + " running" + (l.heldAside ? ", " + l.heldAside + " held aside" : "") +
+      (use ? ", recent use " + Math.round(use.seconds) + " s (priority -" + use.penalty + ")" : "") + "</li>";
+  }).join("");
+  const limits = qos.limits.map((l) => "<li>" + esc(l.key) + ": " + l.running + " running</li>").join("");
+  document.getElementById("qos").innerHTML =
+    (qos.rules ? "<p>Rules in force (fair share by " + esc(qos.rules.fairShare) + "):</p><ul>" + (rules || "<li>none</li>") + "</ul>" : "") +
+    "<p>Lanes:</p><ul>" + (lanes || "<li>none with jobs</li>") + "</ul><p>Limits held now:</p><ul>" + (limits || "<li>none</li>") + "</ul>";
+  syncRows(document.getElementById("waiting-body"), qos.waiting, (x) => x.job, (x) => [
+    '<a href="#/job/' + encodeURIComponent(x.job) + '">' + esc(x.job) + "</a>", esc(x.worker), esc(x.reason)]);
+  const res = await fetch("/v1/dead?limit=50", { headers: { authorization: "Bearer " + key() } });
+  const section = document.getElementById("dead-section");
+  if (res.status === 403) { section.hidden = true; return; } // a user key: dead letters are the operators'
+  const dead = (await res.json()).dead || [];
+  section.hidden = false;
+  syncRows(document.getElementById("dead-body"), dead, (x) => String(x.seq), (x) => [
+    new Date(x.at).toLocaleString(), esc(x.queue), esc(x.jobId || ""), esc(x.reason), esc(x.error ? x.error.code : "")]);
+}
+setInterval(() => { if (key() && live) refreshSlow().catch(() => {}); }, 5000);
 
 let live = null; // the overview's stream while it is shown: { ac }
 function startLive() {

@@ -153,6 +153,30 @@ export function openApiDocument(): object {
           responses: { "200": { description: "failures", content: json(failuresSchema) } },
         },
       },
+      "/v1/qos": {
+        get: {
+          summary:
+            "QoS now (?queue=): the rules, limits held, lanes (queued, running, held aside), jobs held for a limit and why, recent use; a user key sees its own lane and jobs, not the rules",
+          responses: {
+            "200": {
+              description: "the QoS state",
+              content: { "application/json": { schema: { type: "object" } } },
+            },
+          },
+        },
+      },
+      "/v1/dead": {
+        get: {
+          summary: "Dead letters, newest first, without their payloads (?limit=; admin keys)",
+          responses: {
+            "200": {
+              description: "dead letters",
+              content: { "application/json": { schema: { type: "object" } } },
+            },
+            "403": problem("a user key"),
+          },
+        },
+      },
       "/v1/workers": {
         get: {
           summary: "Live workers",

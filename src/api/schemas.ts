@@ -72,6 +72,11 @@ export const listQuerySchema = z
   })
   .strict();
 
+export const qosQuerySchema = z.object({ queue: z.string().max(128).optional() }).strict();
+export const deadQuerySchema = z
+  .object({ limit: z.coerce.number().int().min(1).max(500).default(50) })
+  .strict();
+
 export const failuresQuerySchema = z
   .object({
     user: z.string().optional(),

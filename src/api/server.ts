@@ -17,9 +17,15 @@ import {
   type JobRecord,
   publicCallback,
   readCallback,
+  recentStored,
+  subjects,
   TERMINAL_STATES,
   type WorkerInfo,
+  DEAD_STREAM,
+  deadLetterSchema,
+  decode,
 } from "../broker/index.js";
+import { tokenFor } from "../qos/index.js";
 import { Fleet, type JobHandle, jobIdFor, type MarsRequestInput } from "../client/index.js";
 import { formatRequests } from "../mars/index.js";
 import type { FleetConfig } from "../config/index.js";
@@ -52,7 +58,9 @@ import { pageHeaders } from "./page-policy.js";
 import {
   jobListSchema,
   listQuerySchema,
+  deadQuerySchema,
   failuresQuerySchema,
+  qosQuerySchema,
   submitBodySchema,
   type SubmitBody,
   usageQuerySchema,
@@ -498,6 +506,54 @@ function fleetRoutes(app: FastifyInstance, { fleet, live }: Deps, { scopedQuery 
   });
 
   app.get("/v1/workers", async (req) => ({ workers: await views.workers(req.principal!) }));
+
+  // QoS now: an admin key sees it all; a user key its own lane, limits, held jobs and recent use.
+  app.get("/v1/qos", async (req) => {
+    const p = req.principal!;
+    const q = qosQuerySchema.safeParse(req.query);
+    if (!q.success) throw invalid(q.error, "query");
+    const state = await fleet.qosState(q.data.queue);
+    if (p.role === "admin") return state;
+    const lane = tokenFor(p.user);
+    const mine = new Set(
+      (await fleet.jobs()).filter((r) => r.environ["user_id"] === p.user).map((r) => r.id),
+    );
+    return {
+      rules: null,
+      appliedAt: state.appliedAt,
+      appliedBy: null,
+      limits: state.limits
+        .filter((l) => l.key.endsWith(`.${lane}`))
+        .map((l) => ({ ...l, jobs: l.jobs.filter((j) => mine.has(j)) })),
+      lanes: state.lanes.filter((l) => l.lane === lane),
+      waiting: state.waiting.filter((w) => mine.has(w.job)),
+      usage: state.usage.filter((u) => u.lane === lane),
+    };
+  });
+
+  // Dead letters (admin keys): the newest, without their payloads.
+  app.get("/v1/dead", async (req) => {
+    const p = req.principal!;
+    if (p.role !== "admin") throw new HttpProblem("API_FORBIDDEN", "dead letters are for admin keys");
+    const q = deadQuerySchema.safeParse(req.query);
+    if (!q.success) throw invalid(q.error, "query");
+    const stored = await recentStored(fleet.connection.jsm, DEAD_STREAM, subjects.allDead, q.data.limit);
+    return {
+      dead: stored.reverse().flatMap((m) => {
+        try {
+          const {
+            payloadBase64: _,
+            headers: __,
+            ...letter
+          } = decode(deadLetterSchema, m.data, "dead letter");
+          return [{ seq: m.seq, queue: m.subject.split(".").slice(2).join("."), ...letter }];
+        } catch {
+          // Not a dead letter of ours (published by hand): left out of the list, kept in the stream.
+          return [];
+        }
+      }),
+    };
+  });
   app.get("/v1/queues", async (req) => ({ queues: await views.queues(req.principal!) }));
 
   // The console's live view: one stream per page, whatever runs (src/api/live.ts).

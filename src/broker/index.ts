@@ -66,7 +66,7 @@ export type {
 } from "./schemas.js";
 export { hasValidSignature, signatureSchema } from "./signing.js";
 export type { RecordAuthority } from "./signing.js";
-export { bucketKeys, replayStored } from "./stream-reads.js";
+export { bucketKeys, recentStored, replayStored } from "./stream-reads.js";
 export {
   API_JOBS_BUCKET,
   API_KEYS_BUCKET,

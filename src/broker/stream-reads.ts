@@ -40,6 +40,21 @@ export async function* replayStored(
   }
 }
 
+/** The last (at most) `n` messages of `stream` on `filter`, oldest first: a stream info, then message gets. */
+export async function recentStored(
+  jsm: JetStreamManager,
+  stream: string,
+  filter: string,
+  n: number,
+): Promise<StoredMsg[]> {
+  const info = await withRetry(() => jsm.streams.info(stream), { what: `read ${stream}'s state` });
+  const out: StoredMsg[] = [];
+  if (info.state.messages === 0) return out;
+  const from = Math.max(info.state.first_seq, info.state.last_seq - n + 1);
+  for await (const m of replayStored(jsm, stream, filter, from)) out.push(m);
+  return out.slice(-n);
+}
+
 /** The keys of a KV bucket that hold a value now (or a delete marker), under `prefix` if given. */
 export async function bucketKeys(jsm: JetStreamManager, bucket: string, prefix = ""): Promise<string[]> {
   const base = kvSubject(bucket, "");

@@ -12,6 +12,7 @@ export {
   limitsFor,
   queuedJobSchema,
   slotLimits,
+  tokenFor,
 } from "./evaluate.js";
 export type { JobFacts, LimitSlot } from "./evaluate.js";
 export { explainWait, limitFull } from "./explain.js";
