@@ -269,4 +269,43 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     assert.equal(await jobRows.first().getAttribute("data-key"), id);
     await page.close();
   });
+
+  it("has no serious or critical accessibility violation (axe-core), on the overview and a job's page, light and dark", async () => {
+    const base = `http://127.0.0.1:${api.port}`;
+    // A job of this key's, so that the lists and a job's page have something in them.
+    await fetch(`${base}/v1/jobs`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+      body: JSON.stringify({ request: { param: "2t", date: "20240101", grid: "10/10" } }),
+    });
+    // axe is put into the page by the test: past the page's own policy, which allows no script of ours.
+    const page = await browser.newPage({ viewport: { width: 1200, height: 800 }, bypassCSP: true });
+    page.setDefaultTimeout(45_000);
+    await page.goto(`${base}/`);
+    await page.getByLabel("API key").fill(token);
+    await page.getByRole("button", { name: "Open" }).click();
+    await page.locator("#jobs-body tr").first().waitFor();
+    await page.locator("#qos", { hasText: "Lanes:" }).waitFor();
+    const axe = fileURLToPath(new URL("../../node_modules/axe-core/axe.min.js", import.meta.url));
+    const check = async (what: string): Promise<void> => {
+      await page.addScriptTag({ path: axe });
+      const found = await page.evaluate<Array<{ id: string; impact: string; nodes: number; help: string }>>(
+        "axe.run(document, { resultTypes: ['violations'] }).then((r) => r.violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.length, help: v.help })))",
+      );
+      const bad = found.filter((v) => v.impact === "serious" || v.impact === "critical");
+      assert.deepEqual(bad, [], `${what}: ${JSON.stringify(bad)}`);
+    };
+    for (const scheme of ["light", "dark"] as const) {
+      await page.emulateMedia({ colorScheme: scheme });
+      await page.goto(`${base}/#/`);
+      await page.locator("#jobs-body tr").first().waitFor();
+      await check(`overview, ${scheme}`);
+      await page.screenshot({ path: `${SHOTS}dashboard-${scheme}.png`, fullPage: true });
+      await page.locator("#jobs-body a").first().click();
+      await page.locator("pre#request").waitFor();
+      await check(`a job's page, ${scheme}`);
+      await page.screenshot({ path: `${SHOTS}dashboard-job-${scheme}.png`, fullPage: true });
+    }
+    await page.close();
+  });
 });

@@ -253,7 +253,7 @@ function jobLayout(id) {
     '<h2 id="request-h">Request</h2><pre id="request" aria-labelledby="request-h"></pre><button id="copy" type="button">Copy as MARS text</button>' +
     '<h2 id="result-h">Result</h2><p id="result"></p>' +
     '<h2 id="history-h">History</h2><ol id="history" aria-labelledby="history-h"></ol>' +
-    '<h2 id="log-h">Log</h2><pre id="log" aria-labelledby="log-h" aria-live="polite"></pre>';
+    '<h2 id="log-h">Log</h2><pre id="log" tabindex="0" aria-labelledby="log-h" aria-live="polite"></pre>';
   document.getElementById("job-id").textContent = id;
   const answer = document.getElementById("answer");
   // Each action asks first, then shows what the API answered.
