@@ -35,7 +35,8 @@ before(async () => {
       { MARS_SIM_FIELD_DELAY_MS: "150", MARS_SIM_LOG_LINES: "40", MARS_SIM_LOG_INTERVAL_MS: "100" },
     )
   ).id;
-  api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
+  // The charts' history sampled twice a second, so that a test sees them drawn.
+  api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1", historyEveryMs: 500 });
   const nc = await tf.connectAs("admin");
   try {
     token = (await (await ApiKeys.open(nc, OPEN_FLEET)).add("alice", "user")).token;
@@ -210,6 +211,12 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
       `the page did not stay live: ${[...seen].join(" | ")}`,
     );
     assert.equal(await row.getAttribute("data-marked"), "1", "the row was drawn again, not updated");
+    // The last hour's charts (uPlot, from this server: the page's policy allows no other script).
+    const charts = page.locator("#charts figure canvas");
+    assert.ok(
+      await eventually(async () => (await charts.count()) >= 2, 15_000),
+      `charts drawn: ${await charts.count()}; ${await page.locator("#charts").textContent()}`,
+    );
     assert.deepEqual(perJob, [], "the overview opened a stream per job");
     assert.equal(streams, 1, "one stream for the page");
 

@@ -1,5 +1,6 @@
 /**
- * The dashboard at `/` of the api process: one static page, no build step, no library. It calls
+ * The dashboard at `/` of the api process: one static page, no build step; its charts are drawn
+ * by uPlot, a file of that package served by the API (/assets/uplot.js). It calls
  * the same API as everyone (with the API key the visitor types, kept for the browser session).
  * The overview follows one stream, `/v1/stream` (workers, queues, the newest jobs and the running
  * ones' progress, each second something changed), and updates only the rows and cells that
@@ -13,6 +14,8 @@ export function dashboardPage(): string {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>mars-fleet</title>
+<link rel="stylesheet" href="/assets/uplot.css">
+<script src="/assets/uplot.js"></script>
 <style>
   :root { color-scheme: light dark; }
   body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 72rem; padding: 1rem; color: #1b1b1b; background: #fff; }
@@ -22,6 +25,7 @@ export function dashboardPage(): string {
   pre#log { background: #f5f5f5; padding: .5rem; max-height: 28rem; overflow: auto; font-size: .85rem; }
   button { font: inherit; padding: .3rem .8rem; } :focus-visible { outline: 3px solid #1a5fb4; }
   .scroll { overflow-x: auto; } td { overflow-wrap: anywhere; }
+  figure { display: inline-block; margin: 0 1rem 1rem 0; max-width: 100%; } figcaption { font-size: .9rem; }
   @media (max-width: 40rem) { body { padding: .5rem; } progress { width: 5rem; } th, td { padding: .25rem .3rem; } }
   @media (prefers-color-scheme: dark) {
     body { color: #e4e4e4; background: #141414; } th, td { border-bottom-color: #3a3a3a; }
@@ -138,6 +142,7 @@ function overviewSkeleton() {
   main.innerHTML =
     table("workers", "Workers", ["worker", "queue", "state", "slots used", "CPU %", "RSS MB", "running"]) +
     table("queues", "Queues", ["queue", "queued", "running"]) +
+    '<h2 id="charts-h">The last hour</h2><div id="charts" class="scroll" role="group" aria-labelledby="charts-h"></div>' +
     '<h2 id="qos-h">QoS</h2><div id="qos" aria-labelledby="qos-h"></div>' +
     table("waiting", "Jobs waiting for a limit", ["job", "worker", "why"]) +
     table("failures", "Failed jobs by error code", ["error code", "jobs", "newest"]) +
@@ -184,8 +189,46 @@ function drawOverview(d) {
  * What changes slowly or costs more to work out (QoS, dead letters): read every 5 s while the
  * overview is shown, one request each.
  */
+/** One chart (uPlot) of series over time: series maps a name to [[ms, value], ...]. */
+function chart(title, unit, series) {
+  const times = [...new Set(Object.values(series).flatMap((pts) => pts.map(([t]) => t)))].sort((a, b) => a - b);
+  if (times.length < 2) return null;
+  const names = Object.keys(series);
+  const data = [times.map((t) => t / 1000), ...names.map((n) => { const m = new Map(series[n]); return times.map((t) => (m.has(t) ? m.get(t) : null)); })];
+  const ink = getComputedStyle(document.body).color;
+  const palette = ["#1a73e8", "#d93025", "#188038", "#e37400", "#9334e6", "#12b5cb"];
+  const box = document.createElement("figure");
+  box.setAttribute("aria-label", title);
+  const caption = document.createElement("figcaption"); caption.textContent = title; box.appendChild(caption);
+  new uPlot({
+    width: Math.min(560, main.clientWidth - 16), height: 180,
+    series: [{}, ...names.map((n, i) => ({ label: n, stroke: palette[i % palette.length], width: 2 }))],
+    axes: [{ stroke: ink, grid: { stroke: "rgba(128,128,128,.2)" } }, { stroke: ink, label: unit, grid: { stroke: "rgba(128,128,128,.2)" } }],
+  }, data, box);
+  return box;
+}
+
+async function refreshCharts() {
+  const h = await api("/v1/history");
+  const pick = (src, field) => Object.fromEntries(Object.entries(src || {}).map(([k, pts]) => [k, pts.map((p) => [p.at, p[field]])]));
+  const charts = [
+    chart("Workers: CPU (% of a core)", "%", pick(h.workers, "cpuPercent")),
+    chart("Workers: memory (MB)", "MB", pick(h.workers, "rssMb")),
+    ...(h.queues ? [
+      chart("Queues: jobs queued", "jobs", pick(h.queues, "queued")),
+      chart("Queues: jobs running", "jobs", pick(h.queues, "running")),
+      chart("Queues: jobs ended per sample", "jobs", pick(h.queues, "finished")),
+    ] : []),
+  ].filter(Boolean);
+  const el = document.getElementById("charts");
+  if (!el) return;
+  el.replaceChildren(...charts);
+  if (charts.length === 0) el.textContent = "collecting: the charts start after two samples (one each 10 s)";
+}
+
 async function refreshSlow() {
   if (!document.getElementById("qos")) return;
+  if (typeof uPlot === "function") await refreshCharts().catch((e) => (document.getElementById("charts").textContent = e.message));
   const qos = await api("/v1/qos");
   const rules = qos.rules ? qos.rules.rules.map((r) => "<li>" + esc(r.name) + ": " + esc(JSON.stringify(r)) + "</li>").join("") : "";
   const lanes = qos.lanes.map((l) => {

@@ -6,13 +6,16 @@
  */
 import { createHash } from "node:crypto";
 
-/** The headers a static page is served with, computed once from the page itself. */
-export function pageHeaders(html: string): Record<string, string> {
+/**
+ * The headers a static page is served with, computed once from the page itself. `self`: the page
+ * also loads scripts and styles from this server (the console's chart library).
+ */
+export function pageHeaders(html: string, self = false): Record<string, string> {
   const hashes = (tag: string): string[] =>
     [...html.matchAll(new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`, "g"))].map(
       (m) => `'sha256-${createHash("sha256").update(m[1]!).digest("base64")}'`,
     );
-  const list = (xs: string[]): string => (xs.length > 0 ? xs.join(" ") : "'none'");
+  const list = (xs: string[]): string => [...xs, ...(self ? ["'self'"] : [])].join(" ") || "'none'";
   const csp = [
     "default-src 'none'",
     `script-src ${list(hashes("script"))}`,

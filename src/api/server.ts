@@ -5,6 +5,8 @@
  * same zod schemas that validate the requests (schemas.ts).
  */
 import { randomUUID } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { relative, resolve } from "node:path";
 import send from "@fastify/send";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
@@ -34,6 +36,7 @@ import { resolveInside } from "../runner/index.js";
 import { ApiKeys, type Principal } from "./keys.js";
 import { CallbackSender, type CallbackOptions } from "./callbacks.js";
 import { LiveProgress, streamLive } from "./live.js";
+import { FleetHistory } from "./history.js";
 import { byOrder, failuresByCode, jobMatcher, type JobFilter } from "./job-filter.js";
 import { openApiDocument, docsPage } from "./openapi.js";
 import {
@@ -94,6 +97,8 @@ export interface ApiOptions {
   logger?: Logger;
   /** Completion callbacks, over the configuration's callback_backoff, callback_max_age and callback_allow. */
   callbacks?: Partial<CallbackOptions>;
+  /** How often the console's history (GET /v1/history) samples the fleet; 10 s. */
+  historyEveryMs?: number;
 }
 
 export interface ApiServer {
@@ -103,7 +108,12 @@ export interface ApiServer {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
-const PUBLIC = new Set(["/", "/openapi.json", "/docs"]);
+/** The chart library the console loads from this server (uPlot, MIT): a file of the package, by name. */
+const ASSETS: Record<string, { file: string; type: string }> = {
+  "/assets/uplot.js": { file: "uplot/dist/uPlot.iife.min.js", type: "text/javascript; charset=utf-8" },
+  "/assets/uplot.css": { file: "uplot/dist/uPlot.min.css", type: "text/css; charset=utf-8" },
+};
+const PUBLIC = new Set(["/", "/openapi.json", "/docs", ...Object.keys(ASSETS)]);
 
 export async function startApi(opts: ApiOptions): Promise<ApiServer> {
   const log = (opts.logger ?? silentLogger()).child({ component: "api" });
@@ -139,7 +149,9 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
     // Bodies are JSON: anything else is 415, not a string that fails validation as 400.
     app.removeContentTypeParser("text/plain");
     const live = new LiveProgress(fleet.connection.nc, log);
-    routes(app, fleet, keys, { callbacks: callbacksKv, apiJobs }, opts.config, log, live);
+    const history = new FleetHistory(fleet, opts.historyEveryMs ?? 10_000, log);
+    history.start();
+    routes(app, fleet, keys, { callbacks: callbacksKv, apiJobs }, opts.config, log, { live, history });
     await app.listen({ port: opts.port, host: opts.host ?? "0.0.0.0" });
     const address = app.server.address();
     const port = typeof address === "object" && address ? address.port : opts.port;
@@ -149,6 +161,7 @@ export async function startApi(opts: ApiOptions): Promise<ApiServer> {
       (closing ??= (async () => {
         await app.close();
         live.close();
+        history.close();
         keys.close();
         await sender.stop();
         await fleet.close();
@@ -165,6 +178,8 @@ interface Deps {
   fleet: Fleet;
   /** Every running job's last progress, for the live view. */
   live: LiveProgress;
+  /** The last hour of the fleet, for the console's charts. */
+  history: FleetHistory;
   keys: ApiKeys;
   buckets: { callbacks: KV; apiJobs: KV };
   config: FleetConfig;
@@ -179,9 +194,18 @@ function routes(
   buckets: { callbacks: KV; apiJobs: KV },
   config: FleetConfig,
   log: Logger,
-  live: LiveProgress,
+  { live, history }: { live: LiveProgress; history: FleetHistory },
 ): void {
-  const deps: Deps = { fleet, live, keys, buckets, config, log, sharedRoot: resolve(config.sharedRoot) };
+  const deps: Deps = {
+    fleet,
+    live,
+    history,
+    keys,
+    buckets,
+    config,
+    log,
+    sharedRoot: resolve(config.sharedRoot),
+  };
   guard(app, deps);
   const access = accessFor(deps);
   submitRoute(app, deps, access);
@@ -493,7 +517,7 @@ function fleetViews(fleet: Fleet) {
   };
 }
 
-function fleetRoutes(app: FastifyInstance, { fleet, live }: Deps, { scopedQuery }: Access): void {
+function fleetRoutes(app: FastifyInstance, { fleet, live, history }: Deps, { scopedQuery }: Access): void {
   const views = fleetViews(fleet);
   app.get("/v1/usage", async (req) => {
     const q = scopedQuery(usageQuerySchema, req);
@@ -506,6 +530,13 @@ function fleetRoutes(app: FastifyInstance, { fleet, live }: Deps, { scopedQuery 
   });
 
   app.get("/v1/workers", async (req) => ({ workers: await views.workers(req.principal!) }));
+
+  // The last hour, for the console's charts: workers for every key, queues for admin keys (a
+  // queue's counts are everyone's jobs).
+  app.get("/v1/history", async (req) => ({
+    workers: Object.fromEntries(history.workers),
+    ...(req.principal!.role === "admin" && { queues: Object.fromEntries(history.queues) }),
+  }));
 
   // QoS now: an admin key sees it all; a user key its own lane, limits, held jobs and recent use.
   app.get("/v1/qos", async (req) => {
@@ -582,12 +613,25 @@ function fleetRoutes(app: FastifyInstance, { fleet, live }: Deps, { scopedQuery 
 /** The public pages: the OpenAPI document, its readable form, and the dashboard, each with its policy. */
 function pageRoutes(app: FastifyInstance): void {
   app.get("/openapi.json", async () => openApiDocument());
+  const require = createRequire(import.meta.url);
+  for (const [path, { file, type }] of Object.entries(ASSETS)) {
+    const body = readFileSync(require.resolve(file));
+    app.get(path, async (_req, reply) =>
+      reply
+        .headers({
+          "content-type": type,
+          "cache-control": "public, max-age=86400",
+          "x-content-type-options": "nosniff",
+        })
+        .send(body),
+    );
+  }
   const docs = docsPage();
   const docsHeaders = pageHeaders(docs);
   app.get("/docs", async (_req, reply) => reply.headers(docsHeaders).send(docs));
   // The dashboard: a static page; what it shows comes from the API, with the visitor's key.
   const dashboard = dashboardPage();
-  const dashboardHeaders = pageHeaders(dashboard);
+  const dashboardHeaders = pageHeaders(dashboard, true);
   app.get("/", async (_req, reply) => reply.headers(dashboardHeaders).send(dashboard));
 }
 
