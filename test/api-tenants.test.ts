@@ -258,6 +258,13 @@ describe("REST API: tenants", { timeout: 120_000 }, () => {
       "a dead letter's payload was listed",
     );
     assert.equal(dead.dead.find((d) => d.reason === "invalid job message")?.queue, queue);
+    // The charts' history: the queues' counts (everyone's jobs) for admin keys only.
+    type History = { workers: Record<string, unknown[]>; queues?: Record<string, unknown[]> };
+    const opsHistory = (await (await call("/v1/history", { as: "ops" })).json()) as History;
+    const bobHistory = (await (await call("/v1/history", { as: "bob" })).json()) as History;
+    assert.ok(opsHistory.queues !== undefined, "the admin's history has no queues");
+    assert.equal(bobHistory.queues, undefined, "a user key sees the queues' history");
+    assert.ok(bobHistory.workers !== undefined);
     const bobs = await call("/v1/dead", { as: "bob" });
     assert.equal(bobs.status, 403);
     assert.equal(((await bobs.json()) as { code: string }).code, "API_FORBIDDEN");

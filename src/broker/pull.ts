@@ -28,16 +28,6 @@ export interface JobMsg {
 
 const encoder = new TextEncoder();
 
-/**
- * How long a `no_wait` pull may stay with the server. nats-server 2.9 keeps a `no_wait` request
- * that found messages when it came but got none of them (another worker's pull took them) waiting,
- * unanswered and without end: the worker then hears nothing until its own timeout, and the request
- * keeps the lane's consumer from ever being idle (MARS_LANE_IDLE), and takes the lane's next job
- * long after its pull gave up. With an expiry the server answers it (408) when it runs out. The
- * price: a pull that finds nothing at all waits this long for a job to arrive, instead of none.
- */
-const NO_WAIT_EXPIRES_MS = 50;
-
 class PulledMsg implements JobMsg {
   constructor(
     private readonly nc: NatsConnection,
@@ -128,10 +118,7 @@ export class Puller {
         else resolve(result);
       };
       this.current = { token, consumer, want: batch, got: [], done: end };
-      const ask =
-        waitMs === undefined
-          ? { batch, no_wait: true, expires: NO_WAIT_EXPIRES_MS * 1_000_000 }
-          : { batch, expires: waitMs * 1_000_000 };
+      const ask = waitMs === undefined ? { batch, no_wait: true } : { batch, expires: waitMs * 1_000_000 };
       const body = encoder.encode(JSON.stringify(ask));
       this.nc.publish(jsApi.msgNext(JOBS_STREAM, consumer), body, {
         reply: `${this.inbox}.${token}`,
