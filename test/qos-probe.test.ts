@@ -153,7 +153,9 @@ describe("QoS probe findings (#26): a freed place is used at once", { timeout: T
     // Under a limit of 2, each of her jobs after the first two starts once one of hers ended: from
     // that end to the start, a worker's pull, not its next count of the lanes (a second later).
     const gaps = records.slice(2).map((r, k) => r.startedAt! - ends[k]!);
-    const slow = gaps.filter((g) => g > 250);
-    assert.ok(slow.length <= 1, `alice's next job waited ${JSON.stringify(gaps)} ms after one of hers ended`);
+    // The median: a pull that loses a race now and then may still wait (PROTOCOL.md, pulls); before
+    // the fix, most of her jobs waited for a count (medians of 470 to 550 ms).
+    const median = [...gaps].sort((a, b) => a - b)[Math.floor(gaps.length / 2)]!;
+    assert.ok(median < 150, `alice's next job waited ${JSON.stringify(gaps)} ms after one of hers ended`);
   });
 });
