@@ -46,11 +46,8 @@ export class FleetHistory {
   }
 
   async sample(now = Date.now()): Promise<void> {
-    const [workers, queues, records] = await Promise.all([
-      this.fleet.workers(),
-      this.fleet.queues(),
-      this.fleet.jobs(),
-    ]);
+    const [workers, records] = await Promise.all([this.fleet.workers(), this.fleet.jobs()]);
+    const queues = await this.fleet.queues(workers);
     for (const w of workers)
       add(this.workers, w.id, {
         at: now,

@@ -8,7 +8,14 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import { TERMINAL_STATES, decode, progressSchema, stateEventSchema, subjects } from "../broker/index.js";
+import {
+  TERMINAL_STATES,
+  decode,
+  eventJobId,
+  progressSchema,
+  stateEventSchema,
+  subjects,
+} from "../broker/index.js";
 
 /** How many jobs' progress the API keeps at most (the oldest goes first). */
 const MAX_TRACKED = 10_000;
@@ -29,7 +36,7 @@ export class LiveProgress {
   private readonly subs: Subscription[];
 
   constructor(nc: NatsConnection, log: Logger) {
-    const idOf = (subject: string): string => subject.split(".")[2] ?? "";
+    const idOf = (subject: string): string => eventJobId(subject) ?? "";
     this.subs = [
       nc.subscribe(subjects.progress("*"), {
         callback: (_err, msg) => {

@@ -494,8 +494,8 @@ function fleetViews(fleet: Fleet) {
   const recordsOf = async (user: string): Promise<JobRecord[]> =>
     (await fleet.jobs()).filter((r) => r.environ["user_id"] === user);
   return {
-    async workers(p: Principal, mine?: JobRecord[]): Promise<WorkerInfo[]> {
-      const workers = await fleet.workers();
+    async workers(p: Principal, mine?: JobRecord[], all?: WorkerInfo[]): Promise<WorkerInfo[]> {
+      const workers = all ?? (await fleet.workers());
       if (p.role === "admin") return workers;
       const ids = new Set((mine ?? (await recordsOf(p.user))).map((r) => r.id));
       return workers.map((w) => ({
@@ -504,8 +504,8 @@ function fleetViews(fleet: Fleet) {
         ...(w.waiting && { waiting: w.waiting.filter((x) => ids.has(x.job)) }),
       }));
     },
-    async queues(p: Principal, mine?: JobRecord[]) {
-      const queues = await fleet.queues();
+    async queues(p: Principal, mine?: JobRecord[], all?: WorkerInfo[]) {
+      const queues = await fleet.queues(all);
       if (p.role === "admin") return queues.map(({ laneCount: _, ...q }) => q);
       const own = mine ?? (await recordsOf(p.user));
       return queues.map(({ queue }) => {
@@ -603,7 +603,11 @@ function fleetRoutes(app: FastifyInstance, { fleet, live, history }: Deps, { sco
           return at ? [[j.id, at]] : [];
         }),
       );
-      const [workers, queues] = await Promise.all([views.workers(p, mine), views.queues(p, mine)]);
+      const registry = await fleet.workers(); // read once for both views
+      const [workers, queues] = await Promise.all([
+        views.workers(p, mine, registry),
+        views.queues(p, mine, registry),
+      ]);
       return { workers, queues, jobs, progress, failures: failuresByCode(mine) };
     });
     return reply;

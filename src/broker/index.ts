@@ -73,6 +73,7 @@ export {
   CALLBACKS_BUCKET,
   consumerName,
   DEAD_STREAM,
+  eventJobId,
   eventKind,
   EVENTS_STREAM,
   isToken,

@@ -132,6 +132,12 @@ export function queueOfSubject(subject: string): string | undefined {
   return parts.length >= 3 && parts[0] === "mars" && parts[1] === "jobs" ? parts[2] : undefined;
 }
 
+/** The job id of an event subject, `mars.job.<id>.<kind>`. */
+export function eventJobId(subject: string): string | undefined {
+  const parts = subject.split(".");
+  return parts.length === 4 && parts[0] === "mars" && parts[1] === "job" ? parts[2] : undefined;
+}
+
 /** Which part of `mars.job.<id>.<kind>` a stored event is. */
 export function eventKind(subject: string): string | undefined {
   const parts = subject.split(".");

@@ -376,8 +376,9 @@ export class Fleet {
   }
 
   /** Each queue this client or a live worker serves: its jobs queued and running, per lane. */
-  async queues(): Promise<QueueSummary[]> {
-    const workers = await this.workers();
+  async queues(known?: WorkerInfo[]): Promise<QueueSummary[]> {
+    // `known`: the registry as the caller just read it (no second listing).
+    const workers = known ?? (await this.workers());
     const names = new Set([this.config.queue, ...workers.map((w) => w.queue)]);
     return Promise.all([...names].sort().map((q) => queueSummary(this.conn.jsm, q, workers)));
   }
