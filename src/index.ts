@@ -55,6 +55,7 @@ export {
   MarsRuntimeError,
   MarsSpawnError,
   MessageInvalidError,
+  NoKeeperError,
   NoWorkerError,
   PermissionDeniedError,
   QosDeniedError,

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
+import { AckPolicy, jetstream, jetstreamManager, type JetStreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import { publicKeyOf } from "../src/broker/auth.js";
@@ -29,7 +29,7 @@ import {
 import { TestFleet } from "./helpers/fleet.js";
 
 const SMALL = { param: "2t", date: "20240101", grid: "10/10" };
-const ATTACKERS = ["worker", "submitter", "observer"] as const;
+const ATTACKERS = ["worker", "keeper", "submitter", "observer"] as const;
 type Attacker = (typeof ATTACKERS)[number];
 
 let tf: TestFleet;
@@ -108,9 +108,12 @@ function requestsFor(
     };
     return [{ subject: `$JS.API.CONSUMER.CREATE.${stream}`, body: json({ stream_name: stream, config }) }];
   }
+  if (pattern === subjects.allKeeper)
+    // A valid lane request: the keeper acts on it and answers.
+    return [{ subject: subjects.keeper(ctx.baitQueue, "bait"), body: json({ cap: -1, idleMs: 0 }) }];
   if (pattern === `$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.*`)
-    // A real job is handed out (the lane consumer the CREATE right above made): the answer's
-    // content is a job message.
+    // A real job is handed out (from the bait lane's consumer, made before): the answer's content
+    // is a job message.
     return [
       {
         subject: `$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.${laneConsumerName(ctx.baitQueue, "bait")}`,
@@ -161,6 +164,11 @@ describe("security: replies and deliveries cannot be aimed", { timeout: 120_000 
 
     const admin = await tf.connectAs("admin");
     const adminJsm = await jetstreamManager(admin);
+    await adminJsm.consumers.add(JOBS_STREAM, {
+      durable_name: laneConsumerName(baitQueue, "bait"),
+      filter_subject: subjects.lane(baitQueue, "bait"),
+      ack_policy: AckPolicy.Explicit,
+    });
     // Content worth copying, readable by some role: the victim's record, the rules, an API key.
     const akv = async (bucket: string) => new Kvm(jetstream(admin)).open(bucket);
     await (await akv(QOS_BUCKET)).put(QOS_RULES_KEY, JSON.stringify({ rules: [], note: "admin's" }));
@@ -204,6 +212,8 @@ describe("security: replies and deliveries cannot be aimed", { timeout: 120_000 
       { subject: subjects.log(victim.id), read: (j) => countOn(j, EVENTS_STREAM, subjects.log(victim.id)) },
       { subject: subjects.cancel(victim.id), listener: "worker" },
       { subject: subjects.heartbeat(victim.id), listener: "observer" },
+      // A forged lane request reaching the keepers (only workers may ask).
+      { subject: subjects.keeper(queue, "aimed"), listener: "keeper" },
       ...ATTACKERS.map((r): Target => ({ subject: `_INBOX.${ids[r]}.bait`, listener: r })),
     ];
 
@@ -248,7 +258,11 @@ describe("security: replies and deliveries cannot be aimed", { timeout: 120_000 
             sent++;
           }
         }
-        if (right.subject.startsWith("$JS.API.CONSUMER.CREATE.")) {
+        // A keeper's consumers could push wherever it names: NATS cannot inspect a deliver subject,
+        // and making lane consumers is what a keeper is for. So the keeper is trusted like the
+        // admin, run where the admin's tools run (docs/SECURITY.md, "Workers make no consumers");
+        // its requests' replies are still tried above.
+        if (right.subject.startsWith("$JS.API.CONSUMER.CREATE.") && role !== "keeper") {
           // The same right, with the consumer's deliveries aimed at each target.
           for (const req of requestsFor(right.subject, { content, baitQueue })) {
             const parsed = JSON.parse(req.body) as { stream_name: string; config: Record<string, unknown> };
@@ -256,7 +270,7 @@ describe("security: replies and deliveries cannot be aimed", { timeout: 120_000 
               const config: Record<string, unknown> = { ...parsed.config, deliver_subject: t.subject };
               let subject = `$JS.API.CONSUMER.CREATE.${parsed.stream_name}`;
               if (right.subject.startsWith(`$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.`)) {
-                // A lane's consumer as a worker makes it, but pushing: a fresh lane each time.
+                // A lane's consumer as a keeper makes it, but pushing: a fresh lane each time.
                 const name = laneConsumerName(baitQueue, `push${i}`);
                 const filter = subjects.lane(baitQueue, `push${i}`);
                 Object.assign(config, { durable_name: name, filter_subject: filter });
@@ -283,9 +297,10 @@ describe("security: replies and deliveries cannot be aimed", { timeout: 120_000 
     // Each listener is another identity than the attackers it was aimed by (see `forbidden`).
     assert.deepEqual([...heard.entries()], [], "core subjects heard an aimed reply");
     assert.ok(controlHeard > 0, "the worker's aimed control answer never came");
-    // The worker's push consumers were made (its deliveries were tried for real).
+    // The worker's push consumers (its KV watch's) were made: its deliveries were tried for real.
     let pushing = 0;
-    for await (const c of adminJsm.consumers.list(JOBS_STREAM)) if (c.config.deliver_subject) pushing++;
+    for await (const c of adminJsm.consumers.list(`KV_${QOS_BUCKET}`))
+      if (c.config.deliver_subject) pushing++;
     assert.ok(pushing > 0, "no worker push consumer was made: the delivery cases tried nothing");
     await workerSide.close();
     const rec = await victim.status();

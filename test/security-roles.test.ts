@@ -30,8 +30,10 @@ import {
   WORKERS_BUCKET,
   API_KEYS_BUCKET,
   consumerName,
+  laneConsumerName,
   subjects,
 } from "../src/broker/subjects.js";
+import { askForLane } from "../src/broker/keeper.js";
 import { Fleet } from "../src/client/fleet.js";
 import { errorCode } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
@@ -319,52 +321,77 @@ describe("security: per-role credentials over TLS", { timeout: 120_000 }, () => 
     await admin.close();
   });
 
-  // Known gap: NATS permissions match a consumer's name and filter tokens as wildcards, so as long
-  // as workers make lane consumers, one can name the queue's own consumer or a literal `*` lane.
-  // Closed by #26's lane design, in which workers make no consumers; until then this fails.
-  it(
-    "a worker cannot re-point the queue's consumer nor make one over every lane",
-    {
-      todo: "workers still make lane consumers (issue #26)",
-    },
-    async () => {
-      const queue = TestFleet.queue("sec-repoint");
-      await tf.provisionFor({ queue });
-      const worker = await tf.connectAs("worker");
-      const adminNc = await tf.connectAs("admin");
-      const admin = await jetstreamManager(adminNc);
-      try {
-        const name = consumerName(queue);
-        const filter = subjects.lane(queue, "x");
-        const body = {
-          stream_name: JOBS_STREAM,
-          config: { durable_name: name, filter_subject: filter, ack_policy: "explicit" },
-        };
-        await worker
-          .request(`$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.${name}.${filter}`, JSON.stringify(body), {
-            timeout: 2000,
-          })
-          .catch(() => undefined);
-        const all = subjects.lanes(queue);
-        const rogue = {
-          stream_name: JOBS_STREAM,
-          config: { durable_name: "rogue", filter_subject: all, ack_policy: "explicit" },
-        };
-        await worker
-          .request(`$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.rogue.${all}`, JSON.stringify(rogue), {
-            timeout: 2000,
-          })
-          .catch(() => undefined);
-        assert.equal(
-          (await admin.consumers.info(JOBS_STREAM, name)).config.filter_subject,
-          subjects.jobs(queue),
+  // NATS permissions match a consumer's name and filter tokens as wildcards, so a role allowed to
+  // make lane consumers could name the queue's own consumer or a literal `*` lane. Workers may make
+  // none: they ask the keeper, which checks both (broker/keeper.ts).
+  it("a worker cannot re-point the queue's consumer nor make one over every lane, itself or through the keeper", async () => {
+    const queue = TestFleet.queue("sec-repoint");
+    await tf.provisionFor({ queue });
+    const worker = await tf.connectAs("worker");
+    const adminNc = await tf.connectAs("admin");
+    const admin = await jetstreamManager(adminNc);
+    try {
+      const name = consumerName(queue);
+      const filter = subjects.lane(queue, "x");
+      const create = (durable: string, filterSubject: string): Promise<unknown> =>
+        worker.request(
+          `$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.${durable}.${filterSubject}`,
+          JSON.stringify({
+            stream_name: JOBS_STREAM,
+            config: { durable_name: durable, filter_subject: filterSubject, ack_policy: "explicit" },
+          }),
+          { timeout: 2000 },
         );
-        assert.equal(await admin.consumers.info(JOBS_STREAM, "rogue").catch(() => undefined), undefined);
-      } finally {
-        await Promise.all([worker.close(), adminNc.close()]);
-      }
-    },
-  );
+      await denied("worker re-points the queue's consumer", () => create(name, filter));
+      await denied("worker makes a consumer over every lane", () => create("rogue", subjects.lanes(queue)));
+      await denied("worker makes a lane's consumer itself", () =>
+        create(laneConsumerName(queue, "x"), filter),
+      );
+      // Through the keeper: a wildcard lane, a bad cap, and a name taken by a consumer of another filter.
+      const ask = { cap: -1, idleMs: 0 };
+      assert.equal(await errorCode(askForLane(worker, queue, "*", ask, 5000)), "MESSAGE_INVALID");
+      assert.equal(await errorCode(askForLane(worker, queue, ">", ask, 5000)), "MESSAGE_INVALID");
+      const raw = await worker.request(subjects.keeper(queue, "x"), JSON.stringify({ cap: 0, idleMs: 0 }), {
+        timeout: 5000,
+      });
+      assert.equal(
+        (JSON.parse(new TextDecoder().decode(raw.data)) as { error: { code: string } }).error.code,
+        "MESSAGE_INVALID",
+      );
+      await admin.consumers.add(JOBS_STREAM, {
+        durable_name: laneConsumerName(queue, "y"),
+        filter_subject: subjects.lane(queue, "z"),
+        ack_policy: AckPolicy.Explicit,
+      });
+      assert.equal(await errorCode(askForLane(worker, queue, "y", ask, 5000)), "CONFIG_INVALID");
+      // Read back as admin: the queue's consumer and the hand-made one are as they were, and no
+      // consumer of the queue has a wildcard filter.
+      assert.equal(
+        (await admin.consumers.info(JOBS_STREAM, name)).config.filter_subject,
+        subjects.jobs(queue),
+      );
+      assert.equal(
+        (await admin.consumers.info(JOBS_STREAM, laneConsumerName(queue, "y"))).config.filter_subject,
+        subjects.lane(queue, "z"),
+      );
+      assert.equal(await admin.consumers.info(JOBS_STREAM, "rogue").catch(() => undefined), undefined);
+      const filters: string[] = [];
+      for await (const c of admin.consumers.list(JOBS_STREAM))
+        if (c.name.startsWith(name)) filters.push(c.config.filter_subject ?? "");
+      assert.deepEqual(
+        filters.filter((f) => f.includes("*") || f.includes(">")),
+        [],
+      );
+      // Control: a good request is answered, and makes the lane's consumer with the queue's settings.
+      await askForLane(worker, queue, "x", { cap: 2, idleMs: 60_000 }, 5000);
+      const made = await admin.consumers.info(JOBS_STREAM, laneConsumerName(queue, "x"));
+      assert.equal(made.config.filter_subject, filter);
+      assert.equal(made.config.max_ack_pending, 2);
+      assert.equal(made.config.ack_wait, (await admin.consumers.info(JOBS_STREAM, name)).config.ack_wait);
+    } finally {
+      await Promise.all([worker.close(), adminNc.close()]);
+    }
+  });
 
   it("keeps a record readable when a submitter writes an invalid submission over it", async () => {
     const queue = TestFleet.queue("sec-garbage");

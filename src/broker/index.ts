@@ -16,6 +16,8 @@ export { decode, encode } from "./codec.js";
 export { connectBroker, connectWithConfig } from "./connection.js";
 export type { BrokerConnection } from "./connection.js";
 export { JobEventPublisher } from "./events.js";
+export { askForLane, KEEPER_GROUP, keepLane, LaneKeeper, laneConsumerConfig } from "./keeper.js";
+export type { LaneAsk } from "./keeper.js";
 export { isAlreadyExists, isCasConflict } from "./nats-errors.js";
 export {
   ACK_WAIT_HEARTBEATS,

@@ -19,7 +19,7 @@ import {
 } from "./subjects.js";
 import { CALLBACKS_CONSUMER, FLEET_STREAMS } from "./provision.js";
 
-export const ROLES = ["admin", "worker", "submitter", "observer"] as const;
+export const ROLES = ["admin", "worker", "keeper", "submitter", "observer"] as const;
 export type Role = (typeof ROLES)[number];
 
 export interface Permission {
@@ -35,6 +35,11 @@ export interface Permission {
 export interface RolePermissions {
   publish: Permission[];
   subscribe: Permission[];
+  /**
+   * Requests this role answers (a service it runs): the roles that may send them import them from
+   * this role's account, and its users may answer on the reply subjects they arrive with.
+   */
+  serves?: Permission[];
 }
 
 const kvStream = (bucket: string): string => `KV_${bucket}`;
@@ -96,8 +101,8 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ...topologyInfo(),
           p(`$JS.API.CONSUMER.MSG.NEXT.${JOBS_STREAM}.*`, "pull jobs from its queue's consumers"),
           p(
-            `$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.*.${subjects.lane("*", "*")}`,
-            "create a lane's consumer when the lane first has jobs, and set its cap (a per-user limit) when the rules change: only consumers filtered on a lane (never the queue's own; no deletion)",
+            subjects.allKeeper,
+            "ask a lane keeper for a lane's consumer when the lane first has jobs, and for its cap (a per-user limit) when the rules change: workers make no consumer",
           ),
           p(`$JS.ACK.${JOBS_STREAM}.>`, "ack, nak, term and in-progress of its jobs"),
           p(`$JS.API.STREAM.MSG.GET.${JOBS_STREAM}`, "read a job that ran out of deliveries"),
@@ -133,6 +138,20 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           ),
           p(`$KV.${QOS_BUCKET}.${QOS_RULES_KEY}`, "hear the QoS rules change (re-read at once)"),
           p(subjects.allLanesFreed, "hear that a capped lane has room again (pull from it at once)"),
+        ],
+      };
+    case "keeper":
+      return {
+        publish: [
+          ...topologyInfo(),
+          p(
+            `$JS.API.CONSUMER.CREATE.${JOBS_STREAM}.*.${subjects.lane("*", "*")}`,
+            "make a lane's consumer, or give it a cap and idle time, when a worker asks: after checking the lane is one literal token and the consumer by that name is the lane's (broker/keeper.ts)",
+          ),
+        ],
+        subscribe: [replies],
+        serves: [
+          p(subjects.allKeeper, "workers' requests for a lane's consumer (one queue group of keepers)"),
         ],
       };
     case "submitter":
@@ -257,14 +276,16 @@ function covers(outer: string, inner: string): boolean {
 }
 
 interface Imports {
-  services: Set<string>;
+  /** Subject → the account it is imported from as a service. */
+  services: Map<string, string>;
   /** Subject → the accounts it is imported from. */
   streams: Map<string, Set<string>>;
 }
 
 /**
- * What each role's account imports. Services: the role's publish rights, from the fleet account.
- * Streams: what the role may hear, from the account where it is published. The server never passes
+ * What each role's account imports. Services: the role's publish rights, from the fleet account,
+ * or from the account of the role that serves them (a keeper's lane requests). Streams: what the
+ * role may hear, from the account where it is published. The server never passes
  * a message that entered an account through a service import on to another account's stream
  * import (nats-server client.go: "do not re-export to an exported stream"), so a worker's record
  * change reaches a submitter from the worker's account, not through the fleet's. And a subject an
@@ -274,13 +295,21 @@ interface Imports {
  */
 function roleImports(users: AuthUser[]): Map<string, Imports> {
   const permsOf = new Map(users.map((u) => [u.role, rolePermissions(u.role, u.inbox)]));
+  const servedBy = (subject: string): string => {
+    for (const [role, perms] of permsOf)
+      if (perms.serves?.some((x) => covers(x.subject, subject))) return roleAccount(role);
+    return FLEET_ACCOUNT;
+  };
   const out = new Map<string, Imports>();
   for (const u of users) {
     if (u.role === "admin") continue;
     const perms = permsOf.get(u.role)!;
-    const imports: Imports = { services: new Set(perms.publish.map((x) => x.subject)), streams: new Map() };
+    const imports: Imports = {
+      services: new Map(perms.publish.map((x) => [x.subject, servedBy(x.subject)])),
+      streams: new Map(),
+    };
     const addStream = (subject: string, from: string): void => {
-      for (const own of imports.services) {
+      for (const own of imports.services.keys()) {
         if (subjectIntersection(own, subject) === undefined) continue;
         if (covers(own, subject)) return;
         throw new Error(`${roleAccount(u.role)} would import ${subject} both ways (it publishes ${own})`);
@@ -288,7 +317,8 @@ function roleImports(users: AuthUser[]): Map<string, Imports> {
       const set = imports.streams.get(subject) ?? new Set<string>();
       imports.streams.set(subject, set.add(from));
     };
-    const pushed = perms.publish.some((x) => x.subject.startsWith("$JS.API.CONSUMER.CREATE."));
+    // Push consumers: a KV watch's ordered consumer (lane consumers, a keeper's, are pull consumers).
+    const pushed = perms.publish.some((x) => x.subject.startsWith("$JS.API.CONSUMER.CREATE.KV_"));
     for (const subject of perms.subscribe.flatMap((x) => x.heardAs ?? [x.subject])) {
       if (subject.startsWith(`${u.inbox}.`)) {
         // Answers come back through the service imports; only a push consumer's deliveries (a
@@ -331,20 +361,27 @@ export function accountsBlock(users: AuthUser[]): string {
       ? `nkey: ${quote(u.nkey)}`
       : `user: ${quote(u.user!)}, password: ${quote(u.passwordHash!)}`;
     const list = (ps: Permission[]): string => ps.map((x) => quote(x.subject)).join(", ");
+    const serves = perms.serves ?? [];
     return [
       `      # role: ${u.role}`,
       `      { ${who}`,
       `        permissions: {`,
       `          publish: { allow: [${list(perms.publish)}] }`,
-      `          subscribe: { allow: [${list(perms.subscribe)}] }`,
+      `          subscribe: { allow: [${list([...perms.subscribe, ...serves])}] }`,
+      // A service's answers go to the reply subject each request came with, and nowhere else.
+      ...(serves.length > 0 ? ["          allow_responses: true"] : []),
       `        } }`,
     ];
   };
-  /** Exports by exporting account: services (fleet only) and streams, each with who may import. */
-  const services = new Map<string, Set<string>>();
+  /** Exports by exporting account: services and streams, each with who may import. */
+  const services = new Map<string, Map<string, Set<string>>>();
   const streams = new Map<string, Map<string, Set<string>>>();
   for (const [account, imp] of imports) {
-    for (const s of imp.services) services.set(s, (services.get(s) ?? new Set()).add(account));
+    for (const [subject, from] of imp.services) {
+      const bySubject = services.get(from) ?? new Map<string, Set<string>>();
+      bySubject.set(subject, (bySubject.get(subject) ?? new Set()).add(account));
+      services.set(from, bySubject);
+    }
     for (const [subject, froms] of imp.streams)
       for (const from of froms) {
         const bySubject = streams.get(from) ?? new Map<string, Set<string>>();
@@ -365,17 +402,16 @@ export function accountsBlock(users: AuthUser[]): string {
     lines.push("    users: [");
     for (const u of users) if (roleAccount(u.role) === account) lines.push(...userLines(u));
     lines.push("    ]", "    exports: [");
-    if (account === FLEET_ACCOUNT)
-      for (const [subject, to] of services) {
-        const answer = streamedAnswer(subject) ? ", response_type: stream" : "";
-        lines.push(`      { service: ${quote(subject)}, accounts: [${list(to)}]${answer} }`);
-      }
+    for (const [subject, to] of services.get(account) ?? []) {
+      const answer = streamedAnswer(subject) ? ", response_type: stream" : "";
+      lines.push(`      { service: ${quote(subject)}, accounts: [${list(to)}]${answer} }`);
+    }
     lines.push(...streamExports(account), "    ]");
     const imp = imports.get(account);
     if (imp) {
       lines.push("    imports: [");
-      for (const s of imp.services)
-        lines.push(`      { service: { account: ${FLEET_ACCOUNT}, subject: ${quote(s)} } }`);
+      for (const [s, from] of imp.services)
+        lines.push(`      { service: { account: ${from}, subject: ${quote(s)} } }`);
       for (const [subject, froms] of imp.streams)
         for (const from of froms)
           lines.push(`      { stream: { account: ${from}, subject: ${quote(subject)} } }`);
@@ -396,6 +432,7 @@ export function permissionsMarkdown(): string {
     for (const [dir, list] of [
       ["publish", perms.publish],
       ["subscribe", perms.subscribe],
+      ["serve", perms.serves ?? []],
     ] as const) {
       for (const x of list) out.push(`| ${dir} | \`${x.subject}\` | ${x.why} |`);
     }

@@ -99,6 +99,12 @@ export const subjects = {
   laneFreed: (queue: string, lane: string): string => `mars.freed.${queue}.${lane}`,
   lanesFreed: (queue: string): string => `mars.freed.${queue}.*`,
   allLanesFreed: "mars.freed.*.*",
+  /**
+   * Core NATS request to the lane keepers (broker/keeper.ts): make this lane's consumer, or give it
+   * the cap and idle time asked for. Workers ask; only keepers make lane consumers.
+   */
+  keeper: (queue: string, lane: string): string => `mars.keeper.lane.${queue}.${lane}`,
+  allKeeper: "mars.keeper.lane.*.*",
   dead: (queue: string): string => `mars.dead.${queue}`,
   allDead: "mars.dead.>",
   /** Server advisory when a job message ran out of deliveries. */

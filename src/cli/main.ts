@@ -107,7 +107,13 @@ function fleetOptions<T>(y: Argv<T>) {
 
 function workerOptions<T>(y: Argv<T>) {
   // The topology's settings too: `broker init` makes it with them, a worker checks them.
-  return settingOptions(fleetOptions(y), ["streamReplicas", "eventsMaxAge", "retention", "laneIdle"])
+  return settingOptions(fleetOptions(y), [
+    "streamReplicas",
+    "eventsMaxAge",
+    "retention",
+    "laneIdle",
+    "keeper",
+  ])
     .option("concurrency", { type: "number", describe: "job slots (MARS_WORKER_CONCURRENCY, default 2)" })
     .option("mars-command", {
       type: "string",
@@ -163,6 +169,14 @@ const COMMANDS: Array<CommandModule<object, Args>> = [
     handler: handle(async (a) =>
       (await import("./worker.js")).runWorker(configFrom(a), a["workerId"] as string | undefined),
     ),
+  },
+  {
+    command: "keeper",
+    describe:
+      "make and edit lane consumers when workers ask (the only role that may: run one or more with the keeper credentials)",
+    builder: (y) =>
+      fleetOptions(y).option("log-level", { type: "string", describe: "pino log level (MARS_LOG_LEVEL)" }),
+    handler: handle(async (a) => (await import("./keeper.js")).runKeeper(configFrom(a))),
   },
   {
     command: "gateway",

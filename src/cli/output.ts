@@ -33,6 +33,7 @@ const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
   MARS_SPAWN_FAILED: EXIT.retryable,
   BROKER_ERROR: EXIT.retryable,
   NO_WORKER: EXIT.retryable,
+  NO_KEEPER: EXIT.retryable,
   JOB_CANCELLED: EXIT.cancelled,
   JOB_TIMEOUT: EXIT.timeout,
   JOB_NOT_FOUND: EXIT.notFound,

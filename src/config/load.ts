@@ -36,6 +36,7 @@ export const configSchema = z
     jobTimeout: durationMs,
     heartbeatInterval: durationMs.min(50),
     laneIdle: durationMs,
+    keeper: z.enum(["auto", "on", "off"]),
     sharedRoot: z.string().min(1).startsWith("/", "must be an absolute path"),
     pipePort: listenPort,
     sharesPort: listenPort,

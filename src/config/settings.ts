@@ -154,6 +154,13 @@ export const SETTINGS = [
     help: "A lane consumer unused this long is removed by the server; made again for the lane's next job. 0 = kept.",
   },
   {
+    key: "keeper",
+    env: "MARS_KEEPER",
+    kind: "string",
+    default: "auto",
+    help: "Worker: answer lane requests itself (on), or leave them to `mars-fleet keeper` (off). auto = on for an open server, off with credentials (the worker role may make no consumer).",
+  },
+  {
     key: "sharedRoot",
     env: "MARS_SHARED_ROOT",
     kind: "string",

@@ -18,6 +18,7 @@ export const ERROR_CODES = [
   "MESSAGE_INVALID",
   "BROKER_ERROR",
   "NO_WORKER",
+  "NO_KEEPER",
   "BROKER_AUTH",
   "PERMISSION_DENIED",
   "TOPOLOGY_MISSING",
@@ -224,6 +225,16 @@ export class NoWorkerError extends MarsFleetError {
   }
 }
 
+/**
+ * No lane keeper answered a worker's request for a lane: none runs, or the worker's account does
+ * not reach one. Retryable: the jobs wait in the stream until a keeper answers.
+ */
+export class NoKeeperError extends MarsFleetError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super("NO_KEEPER", message, { retryable: true, details });
+  }
+}
+
 /** A call was made while the object was in a state that does not allow it. */
 export class WrongStateError extends MarsFleetError {
   constructor(message: string, details: ErrorDetails = {}) {
@@ -256,6 +267,7 @@ const classByCode: { [C in ErrorCode]?: (msg: string, details: ErrorDetails) => 
   MESSAGE_INVALID: (m, d) => new MessageInvalidError(m, d),
   BROKER_ERROR: (m, d) => new BrokerError(m, d),
   NO_WORKER: (m, d) => new NoWorkerError(m, d),
+  NO_KEEPER: (m, d) => new NoKeeperError(m, d),
   QOS_DENIED: (m, d) => new QosDeniedError(m, d),
   WRONG_STATE: (m, d) => new WrongStateError(m, d),
 };

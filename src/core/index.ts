@@ -21,6 +21,7 @@ export {
   MarsRuntimeError,
   MarsSpawnError,
   MessageInvalidError,
+  NoKeeperError,
   NoWorkerError,
   PermissionDeniedError,
   QosDeniedError,

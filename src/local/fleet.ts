@@ -7,9 +7,16 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { LocalNatsServer } from "./server.js";
-import { connectProvisioned, type Role } from "../broker/index.js";
+import {
+  type BrokerConnection,
+  connectProvisioned,
+  connectWithConfig,
+  LaneKeeper,
+  type Role,
+} from "../broker/index.js";
 import { Fleet } from "../client/index.js";
 import { type FleetConfig, loadConfig, SETTINGS } from "../config/index.js";
+import { silentLogger } from "../core/index.js";
 import { startWorkerProcess, type WorkerProcess } from "../worker/index.js";
 
 /** Settings by key (`heartbeatInterval: "250ms"`), as they would be given in the environment. */
@@ -31,6 +38,8 @@ export class LocalFleet {
   /** Queues whose topology an admin has provisioned (secure fleets only: others provision themselves). */
   private readonly provisioned = new Set<string>();
   protected security: FleetSecurity | undefined;
+  /** A secure fleet's lane keeper (the keeper role; on an open server workers keep lanes). */
+  private keeper: Promise<{ conn: BrokerConnection; keeper: LaneKeeper }> | undefined;
 
   protected constructor(
     readonly server: LocalNatsServer,
@@ -92,6 +101,12 @@ export class LocalFleet {
     // As `mars-fleet broker init` does: ensure the topology, then close.
     await connectProvisioned(config, "mars-fleet-admin", (conn) => conn.nc.close());
     this.provisioned.add(config.queue);
+    // As `mars-fleet keeper` does, with the keeper role: workers of a secure fleet make no consumer.
+    this.keeper ??= connectWithConfig(this.config({}, "keeper"), "mars-fleet-keeper").then((conn) => ({
+      conn,
+      keeper: new LaneKeeper(conn.nc, conn.jsm, silentLogger()),
+    }));
+    await this.keeper;
   }
 
   /** A connected client, closed by dispose(). */
@@ -126,6 +141,9 @@ export class LocalFleet {
     await this.killWorkers();
     // Disposal goes on: a client whose connection already ended has nothing left to close.
     await Promise.all(this.clients.map((f) => f.close().catch(() => undefined)));
+    const keeper = await this.keeper?.catch(() => undefined); // one that never connected: none to stop
+    await keeper?.keeper.close();
+    await keeper?.conn.nc.close();
     await this.server.dispose();
     await rm(this.sharedRoot, { recursive: true, force: true });
   }

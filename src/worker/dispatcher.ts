@@ -17,11 +17,11 @@ import { z } from "zod";
 import {
   consumerName,
   decode,
-  isAlreadyExists,
   type JobMessage,
   jobMessageSchema,
   type JobMsg,
   JOBS_STREAM,
+  type LaneAsk,
   laneConsumerName,
   Puller,
   subjects,
@@ -107,7 +107,7 @@ export interface DispatcherDeps {
   workerId: string;
   concurrency: number;
   heartbeatMs: number;
-  /** The queue's own consumer's settings, which every lane consumer copies. */
+  /** The queue's own consumer's settings (its max_ack_pending is the fleet's cap). */
   template: ConsumerConfig;
   rules: RulesFollower;
   slots: SlotTable;
@@ -118,6 +118,8 @@ export interface DispatcherDeps {
   env: AttemptEnv;
   /** How long a lane consumer may go unused before the server removes it (0: kept). */
   laneIdleMs: number;
+  /** Have a lane's consumer made, or given this cap (a keeper does it: broker/keeper.ts). */
+  keepLane: (lane: string, ask: LaneAsk) => Promise<void>;
 }
 
 /** Told when an attempt starts and when it ends (metrics, the registry): they watch, they decide nothing. */
@@ -382,11 +384,13 @@ export class Dispatcher {
     return [];
   }
 
-  /** Give a lane's consumer this cap (`max_ack_pending`; -1: none), and remember it was given. */
+  /**
+   * Have a lane's consumer made, or given this cap (`max_ack_pending`; -1: none) and the idle time,
+   * and remember it was.
+   */
   private async setCap(lane: string, cap: number): Promise<void> {
-    const name = laneConsumerName(this.deps.queue, lane);
     // With the idle threshold too: a lane made by a worker from before it gets one.
-    await this.deps.jsm.consumers.update(JOBS_STREAM, name, { max_ack_pending: cap, ...this.idle() });
+    await this.deps.keepLane(lane, { cap, idleMs: this.deps.laneIdleMs });
     this.consumers.set(lane, cap);
   }
 
@@ -493,30 +497,11 @@ export class Dispatcher {
   private async pull(lane: string, batch: number, waitMs?: number, again = false): Promise<JobMsg[]> {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
     // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
-    // first pulls from it (created by the first worker), again when the rules change its cap, and
+    // first pulls from it (made by a keeper the first worker asked), again when the rules change its cap, and
     // again after the server removed it for being idle (MARS_LANE_IDLE: lanes cost what is active).
     const cap = this.capOf(lane);
-    if (lane !== "" && this.consumers.get(lane) !== cap) {
-      const { template, queue } = this.deps;
-      try {
-        await this.deps.jsm.consumers.add(JOBS_STREAM, {
-          durable_name: name,
-          filter_subject: subjects.lane(queue, lane),
-          ack_policy: template.ack_policy,
-          deliver_policy: template.deliver_policy,
-          ack_wait: template.ack_wait,
-          max_deliver: template.max_deliver,
-          max_ack_pending: cap,
-          ...this.idle(),
-        });
-      } catch (err) {
-        if (!isAlreadyExists(err)) throw err;
-        // Made by another worker. Its cap is the rules' (a limit the lane holds): set it, whoever
-        // made it; its other settings (a different heartbeat) serve as they are.
-        await this.setCap(lane, cap);
-      }
-      this.consumers.set(lane, cap);
-    }
+    // A keeper makes it (workers may make no consumer: broker/keeper.ts), or gives it the cap.
+    if (lane !== "" && this.consumers.get(lane) !== cap) await this.setCap(lane, cap);
     try {
       const mayBeAtCap = cap > 0 && this.board.atMost(lane) >= cap;
       const wait = mayBeAtCap ? Math.max(waitMs ?? 0, CAPPED_PULL_MS) : waitMs;
@@ -532,11 +517,6 @@ export class Dispatcher {
       }
       throw err;
     }
-  }
-
-  /** A lane consumer's inactive threshold (MARS_LANE_IDLE), in nanoseconds; none when 0. */
-  private idle(): { inactive_threshold?: number } {
-    return this.deps.laneIdleMs > 0 ? { inactive_threshold: this.deps.laneIdleMs * 1_000_000 } : {};
   }
 
   /** A message pulled from `lane`: run it now, or park it when one of its limits is full. */

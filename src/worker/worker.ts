@@ -10,6 +10,7 @@ import type { Subscription } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import {
   ACK_WAIT_HEARTBEATS,
+  askForLane,
   type BrokerConnection,
   connectProvisioned,
   consumerName,
@@ -18,6 +19,7 @@ import {
   JobEventPublisher,
   JOBS_STREAM,
   JobStore,
+  LaneKeeper,
   type ProvisionReport,
   subjects,
   TERMINAL_STATES,
@@ -58,6 +60,8 @@ export class Worker {
   private readonly ended: Promise<StopKind>;
   private settleEnded!: { resolve: (kind: StopKind) => void; reject: (err: unknown) => void };
   private dispatcher: Dispatcher | undefined;
+  /** The lane keeper this worker runs on its own connection (MARS_KEEPER), if any. */
+  private keeper: LaneKeeper | undefined;
   private rules: RulesFollower | undefined;
   private slots: SlotTable | undefined;
   private registryTimer: NodeJS.Timeout | undefined;
@@ -184,6 +188,7 @@ export class Worker {
       this.log,
     ));
     const env = this.attemptEnv(store, journal, heartbeatMs);
+    if (this.keepsLanes()) this.keeper = new LaneKeeper(this.conn.nc, this.conn.jsm, this.log);
     if (config.metricsPort > 0) await this.startMetrics(config.metricsPort);
     this.listen(store);
     void this.watchConnection();
@@ -266,6 +271,7 @@ export class Worker {
       log: this.log,
       env,
       laneIdleMs: this.laneIdleMs(heartbeatMs),
+      keepLane: (lane, ask) => askForLane(this.conn.nc, config.queue, lane, ask, config.requestTimeout),
     });
     this.dispatcher.observe({
       started: (running) => this.metrics?.setRunning(running),
@@ -278,6 +284,16 @@ export class Worker {
       parked: () => this.registrySoon(),
     });
     await this.dispatcher.start();
+  }
+
+  /**
+   * Whether this worker answers lane requests itself (MARS_KEEPER). `auto`: on an open server,
+   * where any process may make consumers anyway; not with credentials, where the worker role may
+   * make none and `mars-fleet keeper` runs with the keeper role (docs/SECURITY.md).
+   */
+  private keepsLanes(): boolean {
+    const { keeper } = this.opts.config;
+    return keeper === "on" || (keeper === "auto" && this.conn.identity === undefined);
   }
 
   /**
@@ -440,6 +456,8 @@ export class Worker {
     this.slots?.close();
     this.advisorySub?.unsubscribe();
     this.cancelSub?.unsubscribe();
+    // Requests in flight are answered (or their askers time out and ask another keeper).
+    void this.keeper?.close();
   }
 
   private async shutdown(graceMs: number): Promise<StopKind> {
