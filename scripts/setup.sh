@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `npm run demo`, `npm test` and `npm run bench` need and the machine lacks:
 # nats-server, ecCodes' tools and openssl from Debian, and the npm dependencies. With the argument
-# `test`, also Debian's chromium, in which the dashboard is tested (no browser is downloaded).
+# `test`, also Debian's chromium, in which the dashboard is tested (no browser is downloaded), and
+# iproute2 for the multi-host tests in network namespaces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ command -v grib_ls >/dev/null 2>&1 || missing+=(libeccodes-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${1:-}" = test ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  # The multi-host tests put nodes and hosts in network namespaces (ip netns, veth, tc netem).
+  { command -v ip && command -v tc; } >/dev/null 2>&1 || [ -x /usr/sbin/tc ] || missing+=(iproute2)
 fi
 if ((${#missing[@]} > 0)); then
   echo "setup: installing ${missing[*]} with apt-get" >&2

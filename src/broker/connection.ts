@@ -10,6 +10,13 @@ import { JOBS_BUCKET, QOS_BUCKET, WORKERS_BUCKET } from "./subjects.js";
 export const DEFAULT_SERVER = "nats://127.0.0.1:4222";
 const RECONNECT_WAIT_MS = 250;
 /**
+ * A ping each 5 s, and the connection counts as dead after two go unanswered: a node cut off by
+ * the network (no reset, packets just lost) is left for another within 10–15 s, not the client
+ * library's default of four minutes (test/netns.test.ts, the client cut off from its node).
+ */
+const PING_INTERVAL_MS = 5000;
+const MAX_PINGS_OUT = 2;
+/**
  * Longest wait for the answer to one JetStream request (publish ack, KV read or update). A request
  * lost in a server restart is sent again after this, through withRetry, instead of waiting out the
  * whole request timeout.
@@ -105,6 +112,8 @@ export async function connectBroker(opts: ConnectOptions): Promise<BrokerConnect
       maxReconnectAttempts: -1,
       reconnectTimeWait: RECONNECT_WAIT_MS,
       reconnectJitter: 100,
+      pingInterval: PING_INTERVAL_MS,
+      maxPingOut: MAX_PINGS_OUT,
       waitOnFirstConnect: false,
       // A stack captured up front for every request costs ~0.2 ms of CPU each (docs/PERFORMANCE.md);
       // errors keep their own stacks and, through withRetry, say what was being done.

@@ -10,9 +10,9 @@ import { randomBytes } from "node:crypto";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { Logger } from "pino";
 import { encode } from "./codec.js";
-import { withRetry } from "./transient.js";
+import { streamGoneCheck, withRetry } from "./transient.js";
 import type { LogBatch, ProgressEvent, StateEvent } from "./schemas.js";
-import { subjects } from "./subjects.js";
+import { EVENTS_STREAM, subjects } from "./subjects.js";
 
 const MAX_BATCH_LINES = 16_000;
 /** Batch size budget in encoded bytes: 3/4 of the server's max_payload (default 1 MiB), at most 768 KiB. */
@@ -118,6 +118,7 @@ export class JobEventPublisher {
           {
             deadlineMs: PUBLISH_DEADLINE_MS,
             what: `publish ${subject}`,
+            streamGone: streamGoneCheck(this.js, EVENTS_STREAM),
             onRetry: (err, n) => n === 1 && this.log.warn({ err, subject }, "event publish failed; retrying"),
           },
         );

@@ -91,4 +91,4 @@ export {
   subjects,
   WORKERS_BUCKET,
 } from "./subjects.js";
-export { withRetry } from "./transient.js";
+export { streamGoneCheck, withRetry } from "./transient.js";

@@ -11,7 +11,7 @@ import type { Msg, NatsConnection, Subscription } from "@nats-io/transport-node"
 import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError } from "../core/index.js";
 import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
-import { withRetry } from "./transient.js";
+import { streamGoneCheck, withRetry } from "./transient.js";
 import { bucketKeys, replayStored } from "./stream-reads.js";
 import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
 import { JOBS_BUCKET, RECORD_KEYS, kvSubject } from "./subjects.js";
@@ -176,6 +176,7 @@ export class JobStore {
       return await withRetry(() => this.kv.create(submissionKey(record.id), encode(record)), {
         passThrough: isCasConflict,
         what: `create job record ${record.id}`,
+        streamGone: streamGoneCheck(this.jsm, `KV_${JOBS_BUCKET}`),
       });
     } catch (err) {
       if (isCasConflict(err)) return undefined;
@@ -291,7 +292,11 @@ export class JobStore {
             current.revision === 0
               ? this.kv.create(key, encode(updated))
               : this.kv.update(key, encode(updated), current.revision),
-          { passThrough: isCasConflict, what: `update job record ${id}` },
+          {
+            passThrough: isCasConflict,
+            what: `update job record ${id}`,
+            streamGone: streamGoneCheck(this.jsm, `KV_${JOBS_BUCKET}`),
+          },
         );
         return { record: updated, revision };
       } catch (err) {

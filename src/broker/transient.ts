@@ -4,6 +4,7 @@
  * that is the job's own policy, broker/retry-policy.ts.)
  */
 import { setTimeout as sleep } from "node:timers/promises";
+import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream";
 import { BrokerError, MarsFleetError, PermissionDeniedError, TopologyMissingError } from "../core/index.js";
 import { errorKind, isTopologyMissing, permissionViolation } from "./nats-errors.js";
 
@@ -21,6 +22,29 @@ export interface RetryOptions {
   what?: string;
   /** Abandon the retries when this aborts (the error is the abort reason). */
   signal?: AbortSignal;
+  /**
+   * Whether the stream this operation writes to is gone (streamGoneCheck). A publish no stream
+   * takes is final after a short grace only when this says the stream is gone: in a cluster, a
+   * stream whose leader died takes no publish either until a new leader is elected, which can
+   * take longer than the grace (test/netns.test.ts). Without it, the grace alone decides.
+   */
+  streamGone?: () => Promise<boolean>;
+}
+
+/** A check for RetryOptions.streamGone: the stream's information says it does not exist. */
+export function streamGoneCheck(
+  js: JetStreamClient | JetStreamManager,
+  stream: string,
+): () => Promise<boolean> {
+  return async () => {
+    try {
+      const jsm = "jetstreamManager" in js ? await js.jetstreamManager(false) : js;
+      await jsm.streams.info(stream);
+      return false;
+    } catch (err) {
+      return isTopologyMissing(err); // anything else (no leader yet, a timeout) cannot tell: not gone
+    }
+  };
 }
 
 /**
@@ -41,7 +65,11 @@ export async function withRetry<T>(op: () => Promise<T>, opts: RetryOptions = {}
       if (err instanceof MarsFleetError || opts.passThrough?.(err)) throw err;
       const kind = errorKind(err);
       if (kind === "denied") throw deniedError(err, opts.what);
-      const final = kind === "final" || (kind === "no-stream" && Date.now() - started > NO_STREAM_GRACE_MS);
+      const noStreamFinal =
+        kind === "no-stream" &&
+        Date.now() - started > NO_STREAM_GRACE_MS &&
+        (opts.streamGone ? await opts.streamGone().catch(() => false) : true);
+      const final = kind === "final" || noStreamFinal;
       if (final || Date.now() > deadline) throw brokerError(err, kind, final, opts.what);
       opts.onRetry?.(err, attempt);
       await sleep(Math.min(2000, 50 * 2 ** Math.min(attempt, 6)), undefined, {

@@ -26,6 +26,7 @@ import {
   subjects,
   type Submitter,
   withRetry,
+  streamGoneCheck,
   type WorkerInfo,
   workerInfoSchema,
   WORKERS_BUCKET,
@@ -259,6 +260,7 @@ export class Fleet {
     try {
       await withRetry(() => this.conn.js.publish(subject, encode(message), { msgID: id }), {
         deadlineMs: this.config.requestTimeout,
+        streamGone: streamGoneCheck(this.conn.js, JOBS_STREAM),
       });
     } catch (err) {
       const error = new BrokerError(

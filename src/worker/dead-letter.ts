@@ -19,6 +19,8 @@ import {
   subjects,
   TERMINAL_STATES,
   withRetry,
+  DEAD_STREAM,
+  streamGoneCheck,
 } from "../broker/index.js";
 import { JobFailedError } from "../core/index.js";
 
@@ -61,6 +63,7 @@ export async function publishDeadLetter(
   await withRetry(() => js.publish(subjects.dead(queue), encode(entry)), {
     deadlineMs: DEAD_LETTER_DEADLINE_MS,
     what: "publish a dead letter",
+    streamGone: streamGoneCheck(js, DEAD_STREAM),
   });
 }
 

@@ -17,13 +17,18 @@ export interface WorkerProcess {
   kill(signal?: NodeJS.Signals): void;
 }
 
-/** Start `mars-fleet worker --worker-id <id>` with this environment and wait until it pulls jobs. */
+/**
+ * Start `mars-fleet worker --worker-id <id>` with this environment and wait until it pulls jobs.
+ * `wrap`: a command that runs it, e.g. `["ip", "netns", "exec", "<ns>"]` (which execs it in place).
+ */
 export async function startWorkerProcess(
   id: string,
   env: NodeJS.ProcessEnv,
   onLog?: (line: string) => void,
+  wrap: string[] = [],
 ): Promise<WorkerProcess> {
-  const proc = spawn(process.execPath, [CLI_SCRIPT, "worker", "--worker-id", id], {
+  const argv = [...wrap, process.execPath, CLI_SCRIPT, "worker", "--worker-id", id];
+  const proc = spawn(argv[0]!, argv.slice(1), {
     env,
     stdio: ["ignore", "ignore", "pipe"],
   });
