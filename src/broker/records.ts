@@ -86,6 +86,11 @@ type ReconnectHook = (f: () => void) => () => void;
  * first unless told otherwise, after a reconnect, when the submission changed), or the status only
  * (a worker's write looked final: a final status is the record). Hints only; the bucket decides.
  */
+/** A record read after a nudge that was not final yet is read once more after this. */
+const REREAD_SOON_MS = 250;
+/** A record followed to its end is read at least this often, whatever is heard. */
+const REREAD_EVERY_MS = 10_000;
+
 export class RecordWatch {
   private next: "both" | "status" | undefined;
   private wake: () => void = () => undefined;
@@ -115,8 +120,15 @@ export class RecordWatch {
     return what;
   }
 
-  nudged(): Promise<void> {
-    return new Promise<void>((resolve) => (this.wake = resolve));
+  /** Resolves true when nudged, false when `timeoutMs` passed first. */
+  nudged(timeoutMs: number): Promise<boolean> {
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+    });
   }
 
   close(): void {
@@ -391,6 +403,10 @@ export class JobStore {
     const w = watch ?? this.watch(id, true);
     const all = (): void => w.nudge("both");
     signal?.addEventListener("abort", all, { once: true });
+    // A read after a nudge that finds the record not final is made again soon: in a cluster, the
+    // replica that answers a direct get may not have the write that nudged yet. And the record is
+    // read now and then whatever is heard, in case the nudge itself was lost (test/netns.test.ts).
+    let again = false;
     try {
       for (;;) {
         signal?.throwIfAborted();
@@ -398,13 +414,12 @@ export class JobStore {
         if (what === "status") {
           const status = await this.read(statusKey(id));
           if (status && TERMINAL_STATES.has(status.record.state)) return status.record;
-          w.nudge("both"); // not final after all (a refused write): look at both again
+          w.nudge("both"); // not final after all (a refused write, a lagging replica): look at both again
         } else if (what === "both") {
           const current = await this.require(id);
           if (TERMINAL_STATES.has(current.record.state)) return current.record;
-        } else {
-          await w.nudged();
-        }
+          again = !again;
+        } else if (!(await w.nudged(again ? REREAD_SOON_MS : REREAD_EVERY_MS))) w.nudge("both");
       }
     } finally {
       w.close();

@@ -47,6 +47,9 @@ export interface FleetJobResult {
   object?: string;
 }
 
+/** How often the events of a job that may end without a worker read its record, whatever is heard. */
+const RECORD_REREAD_MS = 10_000;
+
 /** How long a watch started by `submit` waits for `result()` or `events()` to take it over. */
 const EARLY_WATCH_MS = 10_000;
 
@@ -346,7 +349,8 @@ export class JobHandle {
       void (async () => {
         while (!stopped) {
           if (watch.take() === undefined) {
-            await watch.nudged();
+            // Read again now and then, whatever is heard: a lost nudge must not leave it waiting.
+            if (!(await watch.nudged(RECORD_REREAD_MS))) watch.nudge("both");
             continue;
           }
           const ended = await this.store.endedWithoutWorker(this.id);
