@@ -122,16 +122,15 @@ class Setup {
   }
 
   /**
-   * How many times each job's result was recorded, over every worker's log: committed by the
-   * attempt that made it, or adopted by a later one that found it in place (an attempt that lost
-   * its lease after its fence).
+   * How many times each job's output was moved into place ("result committed", logged right after
+   * the rename), over every worker's log. An attempt that renamed and then lost its lease counts
+   * once; the later attempt that adopts that file ("adopted") renames nothing and does not count.
    */
   commits(): Map<string, number> {
     const n = new Map<string, number>();
-    const recorded = new Set(["result committed", "an earlier attempt's result is in place: adopted"]);
     for (const w of this.workers)
       for (const l of w.logs)
-        if (recorded.has(String(l["msg"]))) n.set(String(l["jobId"]), (n.get(String(l["jobId"])) ?? 0) + 1);
+        if (l["msg"] === "result committed") n.set(String(l["jobId"]), (n.get(String(l["jobId"])) ?? 0) + 1);
     return n;
   }
 
@@ -164,7 +163,7 @@ function assertAllSucceeded(setup: Setup, done: Done[], count: number): void {
   const notOnce = done
     .filter((d) => commits.get(d.id) !== 1)
     .map((d) => `${d.id}: ${commits.get(d.id) ?? 0}`);
-  assert.deepEqual(notOnce, [], "results not recorded exactly once");
+  assert.deepEqual(notOnce, [], "results not moved into place exactly once");
 }
 
 /** The longest time with no job completing, from the fault on (ms). */
@@ -228,7 +227,7 @@ describe("several hosts in network namespaces", { skip: unavailable ?? false, ti
     });
   });
 
-  it("a worker host partitioned past the ack wait: another takes its job over, the result is recorded once, and its MARS is stopped", async (t) => {
+  it("a worker host partitioned past the ack wait: another takes its job over, the result is moved into place once, and its MARS is stopped", async (t) => {
     await withSetup(t, async (s) => {
       const stale = await s.worker("w1", { MARS_SIM_FIELD_DELAY_MS: "400" });
       const c = s.client(["one"]);
@@ -261,8 +260,9 @@ describe("several hosts in network namespaces", { skip: unavailable ?? false, ti
       const deadline = Date.now() + 15_000;
       while (childrenMatching(stale.proc.pid!, "sim").length > 0 && Date.now() < deadline) await sleep(200);
       assert.deepEqual(childrenMatching(stale.proc.pid!, "sim"), [], "the stale MARS is still running");
-      assert.equal(stale.logs.filter((l) => l["msg"] === "result committed").length, 0);
-      assert.equal(s.commits().get(done.id), 1, "the result was not recorded exactly once");
+      // Moved into place once: by the taker, or by the stale attempt if it passed its fence before
+      // the taker claimed (the taker then adopts that file, as the record's worker).
+      assert.equal(s.commits().get(done.id), 1, "the result was not moved into place exactly once");
       t.diagnostic(`worker partitioned: the job finished ${done.at - faultAt} ms after the fault`);
     });
   });

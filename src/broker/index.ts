@@ -16,7 +16,14 @@ export { decode, encode } from "./codec.js";
 export { connectBroker, connectWithConfig } from "./connection.js";
 export type { BrokerConnection } from "./connection.js";
 export { JobEventPublisher } from "./events.js";
-export { askForLane, KEEPER_GROUP, keepLane, LaneKeeper, laneConsumerConfig } from "./keeper.js";
+export {
+  askForLane,
+  KEEPER_GROUP,
+  KEEPER_TIMEOUT_MS,
+  keepLane,
+  LaneKeeper,
+  laneConsumerConfig,
+} from "./keeper.js";
 export type { LaneAsk } from "./keeper.js";
 export { isAlreadyExists, isCasConflict } from "./nats-errors.js";
 export {

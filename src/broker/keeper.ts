@@ -36,6 +36,12 @@ export const KEEPER_GROUP = "mars-keepers";
 
 /** The longest idle time a worker may ask for a lane (a day: a longer one keeps idle lanes). */
 const MAX_IDLE_MS = 24 * 3600 * 1000;
+/**
+ * How long a worker waits for a keeper's answer before asking again. Short: keepers answer in a
+ * queue group, and one whose host is cut off still holds its place in the group until its server
+ * notices (minutes), so a request it was given is lost; asked again, another keeper answers.
+ */
+export const KEEPER_TIMEOUT_MS = 2000;
 /** How long a keeper trusts what it read of a queue's own consumer. */
 const TEMPLATE_TTL_MS = 10_000;
 

@@ -19,6 +19,7 @@ import {
   JobEventPublisher,
   JOBS_STREAM,
   JobStore,
+  KEEPER_TIMEOUT_MS,
   LaneKeeper,
   type ProvisionReport,
   subjects,
@@ -271,7 +272,8 @@ export class Worker {
       log: this.log,
       env,
       laneIdleMs: this.laneIdleMs(heartbeatMs),
-      keepLane: (lane, ask) => askForLane(this.conn.nc, config.queue, lane, ask, config.requestTimeout),
+      keepLane: (lane, ask) =>
+        askForLane(this.conn.nc, config.queue, lane, ask, Math.min(config.requestTimeout, KEEPER_TIMEOUT_MS)),
     });
     this.dispatcher.observe({
       started: (running) => this.metrics?.setRunning(running),
