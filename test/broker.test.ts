@@ -94,5 +94,6 @@ describe("submission", () => {
     assert.equal(record.state, "failed");
     assert.equal(record.error?.code, "BROKER_ERROR");
     await fleet.close();
+    await (await import("node:fs/promises")).rm(root, { recursive: true, force: true });
   });
 });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, readdir, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -14,6 +14,7 @@ before(async () => {
   dir = await mkdtemp(join(tmpdir(), "mars-cli-"));
 });
 after(async () => {
+  await rm(dir, { recursive: true, force: true });
   await tf.dispose();
 });
 

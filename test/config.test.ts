@@ -1,13 +1,20 @@
 import assert from "node:assert/strict";
-import { mkdtemp, writeFile } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 import { loadConfig } from "../src/config/load.js";
 import { thrown } from "./helpers/errors.js";
 
+const made: string[] = [];
+after(async () => {
+  for (const d of made) await rm(d, { recursive: true, force: true });
+});
+
 async function yamlFile(text: string): Promise<string> {
-  const path = join(await mkdtemp(join(tmpdir(), "mars-cfg-")), "config.yaml");
+  const dir = await mkdtemp(join(tmpdir(), "mars-cfg-"));
+  made.push(dir);
+  const path = join(dir, "config.yaml");
   await writeFile(path, text);
   return path;
 }

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdir, mkdtemp, readdir, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { before, describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import { executeMarsLocally } from "../src/client/execute.js";
 import { MarsFleetError } from "../src/core/errors.js";
 import { normaliseRequests } from "../src/mars/request.js";
@@ -15,6 +15,9 @@ import { childrenMatching, eventually, groupMembers, helperPids, processAlive } 
 let dir: string;
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), "mars-runner-test-"));
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
 });
 
 const small = { param: "2t", date: "20240101/to/20240104", grid: "5/5" };

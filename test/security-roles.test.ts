@@ -48,13 +48,17 @@ let tf: TestFleet;
 before(async () => {
   tf = await TestFleet.start({ secure: true });
 });
+const otherKeys: string[] = [];
 after(async () => {
   await tf.dispose();
+  for (const d of otherKeys) await rm(d, { recursive: true, force: true });
 });
 
 /** A signing key of someone else's, in a file. */
 async function otherSigningKey(): Promise<string> {
-  const file = join(await mkdtemp(join(tmpdir(), "mars-other-")), "other.nk");
+  const dir = await mkdtemp(join(tmpdir(), "mars-other-"));
+  otherKeys.push(dir);
+  const file = join(dir, "other.nk");
   await writeFile(file, new TextDecoder().decode(createUser().getSeed()), { mode: 0o600 });
   return file;
 }

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { before, describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
 import { gribLs } from "./helpers/grib.js";
 
@@ -35,6 +35,9 @@ async function sim(request: string, env: Record<string, string> = {}, viaStdin =
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), "mars-sim-test-"));
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
 });
 
 describe("MARS simulator", () => {

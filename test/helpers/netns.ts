@@ -13,7 +13,7 @@
  * Namespaces are named `mf<pid>-<host>`. `dispose()` kills every process in them and deletes them,
  * and is called on failure too; a lab whose test process died is swept by the next one.
  */
-import { spawn, execFile, type ChildProcess } from "node:child_process";
+import { spawn, execFile, execFileSync, type ChildProcess } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -107,6 +107,9 @@ export class NetLab {
   static async create(hosts: string[]): Promise<NetLab> {
     await NetLab.sweep();
     const lab = new NetLab(hosts, `${PREFIX}${process.pid}`);
+    // The test runner may end this process (a file over its time limit) before dispose() runs: the
+    // namespaces go with it, synchronously, on the way out.
+    process.on("exit", lab.onExit);
     try {
       const sw = lab.ns("sw");
       await ip("netns", "add", sw);
@@ -213,7 +216,20 @@ export class NetLab {
   async dispose(): Promise<void> {
     for (const p of this.procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
     for (const host of [...this.hosts, "sw"]) await NetLab.deleteNamespace(this.ns(host));
+    process.off("exit", this.onExit);
   }
+
+  private readonly onExit = (): void => {
+    for (const host of [...this.hosts, "sw"]) {
+      try {
+        const pids = execFileSync("ip", ["netns", "pids", this.ns(host)], { encoding: "utf8" });
+        for (const pid of pids.split("\n").filter(Boolean)) process.kill(Number(pid), "SIGKILL");
+        execFileSync("ip", ["netns", "del", this.ns(host)]);
+      } catch {
+        // Deleted already, or never made: nothing left of it.
+      }
+    }
+  };
 }
 
 /** A JetStream cluster with one node per namespace, each behind a delay relay. */
