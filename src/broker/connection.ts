@@ -10,11 +10,12 @@ import { JOBS_BUCKET, QOS_BUCKET, WORKERS_BUCKET } from "./subjects.js";
 export const DEFAULT_SERVER = "nats://127.0.0.1:4222";
 const RECONNECT_WAIT_MS = 250;
 /**
- * A ping each 5 s, and the connection counts as dead after two go unanswered: a node cut off by
- * the network (no reset, packets just lost) is left for another within 10–15 s, not the client
- * library's default of four minutes (test/netns.test.ts, the client cut off from its node).
+ * A ping each 2 s, and the connection counts as dead after two go unanswered: a node cut off by
+ * the network (no reset, packets just lost) is left for another within 4–6 s, not the client
+ * library's default of four minutes, and well inside one request's retries (MARS_REQUEST_TIMEOUT)
+ * so that a submit in flight rides through (test/netns-client-cut.test.ts).
  */
-const PING_INTERVAL_MS = 5000;
+const PING_INTERVAL_MS = 2000;
 const MAX_PINGS_OUT = 2;
 /**
  * Longest wait for the answer to one JetStream request (publish ack, KV read or update). A request

@@ -405,7 +405,7 @@ export class JobStore {
     signal?.addEventListener("abort", all, { once: true });
     // A read after a nudge that finds the record not final is made again soon: in a cluster, the
     // replica that answers a direct get may not have the write that nudged yet. And the record is
-    // read now and then whatever is heard, in case the nudge itself was lost (test/netns.test.ts).
+    // read now and then whatever is heard, in case the nudge itself was lost (test/netns-worker-partitioned.test.ts).
     let again = false;
     try {
       for (;;) {

@@ -26,7 +26,7 @@ export interface RetryOptions {
    * Whether the stream this operation writes to is gone (streamGoneCheck). A publish no stream
    * takes is final after a short grace only when this says the stream is gone: in a cluster, a
    * stream whose leader died takes no publish either until a new leader is elected, which can
-   * take longer than the grace (test/netns.test.ts). Without it, the grace alone decides.
+   * take longer than the grace (test/netns-leader-partitioned.test.ts). Without it, the grace alone decides.
    */
   streamGone?: () => Promise<boolean>;
 }

@@ -58,12 +58,24 @@ async function load(fleet: Fleet, count: number, intervalMs: number): Promise<vo
   })();
   const pending: Array<Promise<void>> = [];
   for (let i = 0; i < count; i++) {
-    const job = await fleet.submit(REQUEST, {
-      targetDir: "netns",
-      environ: { user_id: `u${i % 4}`, request_id: `netns-${process.pid}-${i}` },
-    });
-    out({ t: "submitted", id: job.id, at: Date.now() });
-    pending.push(done(job));
+    const requestId = `netns-${process.pid}-${i}`;
+    try {
+      const job = await fleet.submit(REQUEST, {
+        targetDir: "netns",
+        environ: { user_id: `u${i % 4}`, request_id: requestId },
+      });
+      out({ t: "submitted", id: job.id, at: Date.now() });
+      pending.push(done(job));
+    } catch (err) {
+      // Reported as a job that did not succeed, so that the test says which and why.
+      out({
+        t: "done",
+        id: requestId,
+        at: Date.now(),
+        state: "not submitted",
+        code: (err as { code?: string }).code,
+      });
+    }
     await new Promise((r) => setTimeout(r, intervalMs));
   }
   await Promise.all(pending);

@@ -1,15 +1,16 @@
 /**
- * Several hosts, for real (#26): hosts are cut off. A worker host partitioned past the ack wait, and
- * a client host cut off from its node (helpers/netns-fleet.ts has the set-up). The times are printed
- * as diagnostics (figures, not assertions; docs/PROTOCOL.md, "Faults across hosts").
+ * Several hosts, for real (#26): a worker host partitioned past the ack wait. Three nats-server nodes, two worker hosts and a client
+ * host in network namespaces (helpers/netns-fleet.ts). One fault per file, so that each file stays
+ * inside the suite's per-file time limit. Figures are printed as diagnostics, not asserted
+ * (docs/PROTOCOL.md, "Faults across hosts").
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { childrenMatching } from "./helpers/proc.js";
-import { assertAllSucceeded, type Done, stallAfter, unavailable, withSetup } from "./helpers/netns-fleet.js";
+import { type Done, unavailable, withSetup } from "./helpers/netns-fleet.js";
 
-describe("several hosts: hosts cut off", { skip: unavailable ?? false, timeout: 170_000 }, () => {
+describe("several hosts", { skip: unavailable ?? false, timeout: 175_000 }, () => {
   it("a worker host partitioned past the ack wait: another takes its job over, the result is moved into place once, and its MARS is stopped", async (t) => {
     await withSetup(t, async (s) => {
       const stale = await s.worker("w1", { MARS_SIM_FIELD_DELAY_MS: "400" });
@@ -24,7 +25,7 @@ describe("several hosts: hosts cut off", { skip: unavailable ?? false, timeout: 
       await sleep(5000); // the ack wait is 1.5 s (three heartbeats of 500 ms)
       await s.lab.heal("w1");
       const done = JSON.parse(
-        await c.out.waitFor((l) => l.includes('"t":"done"'), 120_000, "the job done"),
+        await c.out.waitFor((l) => l.includes('"t":"done"'), 110_000, "the job done"),
       ) as Done;
       assert.equal(done.state, "succeeded");
       assert.equal(done.worker, taker.id, "the job was not finished by the other worker");
@@ -47,38 +48,6 @@ describe("several hosts: hosts cut off", { skip: unavailable ?? false, timeout: 
       // the taker claimed (the taker then adopts that file, as the record's worker).
       assert.equal(s.commits().get(done.id), 1, "the result was not moved into place exactly once");
       t.diagnostic(`worker partitioned: the job finished ${done.at - faultAt} ms after the fault`);
-    });
-  });
-
-  it("a client cut off from its node carries on through another", async (t) => {
-    await withSetup(t, async (s) => {
-      await s.worker("w1");
-      await s.worker("w2");
-      const count = 24;
-      const c = s.client(["load", String(count), "300"]);
-      const first = JSON.parse(
-        await c.out.waitFor((l) => l.includes('"t":"server"'), 30_000, "the client's server"),
-      ) as { name: string };
-      await c.out.waitFor(
-        () => c.out.all.filter((x) => x.includes('"t":"done"')).length >= 3,
-        60_000,
-        "3 jobs done",
-      );
-      const faultAt = Date.now();
-      await s.lab.cut("c1", first.name);
-      const moved = JSON.parse(
-        await c.out.waitFor(
-          (l) => l.includes('"t":"server"') && !l.includes(`"name":"${first.name}"`),
-          60_000,
-          "the client on another node",
-        ),
-      ) as { name: string; at: number };
-      await c.out.waitFor((l) => l.includes('"t":"end"'), 150_000, "the load run's end");
-      const done = c.out.json<Done>().filter((d) => d.t === "done");
-      assertAllSucceeded(s, done, count);
-      t.diagnostic(
-        `client cut from ${first.name}: on ${moved.name} after ${moved.at - faultAt} ms; longest wait for a completion ${stallAfter(done, faultAt)} ms`,
-      );
     });
   });
 });
