@@ -34,7 +34,11 @@ describe("several hosts", { skip: unavailable ?? false, timeout: 175_000 }, () =
       const lostAt = Date.now();
       const lost = await (async () => {
         while (Date.now() - lostAt < 30_000) {
-          if (stale.logs.some((l) => String(l["msg"]).startsWith("lost the lease"))) return true;
+          // It learns either at its next write (the lease is a newer attempt's) or when its
+          // heartbeats could not reach the broker past the lease: then it gives the attempt up.
+          const msgs = stale.logs.map((l) => String(l["msg"]));
+          if (msgs.some((m) => m.startsWith("lost the lease") || m.startsWith("attempt abandoned")))
+            return true;
           await sleep(200);
         }
         return false;

@@ -16,6 +16,7 @@ export const JS_CODES = {
   consumerAlreadyExists: 10148,
   wrongLastSequence: 10071,
   wrongLastSequenceUnknown: 10164,
+  clusterNoPeers: 10005,
 } as const;
 
 function apiCode(err: unknown): number | undefined {
@@ -32,6 +33,14 @@ export function isCasConflict(err: unknown): boolean {
 export function isTopologyMissing(err: unknown): boolean {
   const code = apiCode(err);
   return code === JS_CODES.streamNotFound || code === JS_CODES.consumerNotFound;
+}
+
+/**
+ * "No suitable peers for placement": a cluster still forming (its meta leader answers before it
+ * knows every peer) cannot place a replicated stream yet. Passes within seconds of a start.
+ */
+export function isClusterForming(err: unknown): boolean {
+  return apiCode(err) === JS_CODES.clusterNoPeers;
 }
 
 export function isNotFound(err: unknown): boolean {

@@ -14,11 +14,18 @@ import {
   type JetStreamManager,
   type StreamConfig,
 } from "@nats-io/jetstream";
+import { setTimeout as sleep } from "node:timers/promises";
 import { Kvm } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { FleetConfig } from "../config/index.js";
 import { connectWithConfig, type BrokerConnection } from "./connection.js";
-import { isAlreadyExists, isCreatedConcurrently, isNotFound, isPermissionDenied } from "./nats-errors.js";
+import {
+  isAlreadyExists,
+  isClusterForming,
+  isCreatedConcurrently,
+  isNotFound,
+  isPermissionDenied,
+} from "./nats-errors.js";
 import { BrokerError, MINUTE, TopologyMissingError } from "../core/index.js";
 import { RESULTS_MAX_AGE_MS } from "./results.js";
 import {
@@ -169,6 +176,9 @@ function differences(kind: string, wanted: object, actual: object): string[] {
  * (`raced`: nats-server 2.9 may say so as overlapping subjects, before it sees the name). Three
  * rounds: a create that still conflicts after them is a real conflict, and is thrown.
  */
+/** How long provisioning waits for a cluster that is still forming to know its peers. */
+const CLUSTER_FORMING_MS = 30_000;
+
 async function ensureExists(
   what: string,
   report: ProvisionReport,
@@ -176,6 +186,7 @@ async function ensureExists(
   create: () => Promise<unknown>,
   raced: (err: unknown) => boolean,
 ): Promise<void> {
+  const formingUntil = Date.now() + CLUSTER_FORMING_MS;
   for (let round = 1; ; round++) {
     try {
       await look();
@@ -187,6 +198,11 @@ async function ensureExists(
       await createOrNote(what, report, create);
       return;
     } catch (err) {
+      if (isClusterForming(err) && Date.now() < formingUntil) {
+        await sleep(500); // a cluster just started: asked again until it knows its peers
+        round--;
+        continue;
+      }
       if (!raced(err) || round >= 3) throw err;
     }
   }
