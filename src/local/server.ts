@@ -185,8 +185,16 @@ export class LocalNatsServer {
   }
 }
 
-/** Wait until JetStream answers on these servers (a cluster needs its meta leader first). */
-export async function waitForJetStream(servers: string[], timeoutMs = READY_TIMEOUT_MS): Promise<void> {
+/**
+ * Wait until JetStream answers on these servers (a cluster needs its meta leader first). With
+ * `replicas` > 1, also until the cluster knows enough peers to place a stream of that many replicas
+ * (its meta leader answers before it knows them all): a probe stream is made and deleted.
+ */
+export async function waitForJetStream(
+  servers: string[],
+  timeoutMs = READY_TIMEOUT_MS,
+  replicas = 1,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError: unknown;
   while (Date.now() < deadline) {
@@ -195,6 +203,11 @@ export async function waitForJetStream(servers: string[], timeoutMs = READY_TIME
       try {
         const jsm = await jetstreamManager(nc, { timeout: 2000 });
         await jsm.getAccountInfo();
+        if (replicas > 1) {
+          const name = `READY_PROBE_${process.pid}`;
+          await jsm.streams.add({ name, subjects: [`ready-probe.${process.pid}`], num_replicas: replicas });
+          await jsm.streams.delete(name);
+        }
         return;
       } finally {
         await nc.close();
@@ -234,7 +247,7 @@ export class LocalNatsCluster {
       ),
     );
     const cluster = new LocalNatsCluster(nodes, baseDir);
-    await waitForJetStream(cluster.servers);
+    await waitForJetStream(cluster.servers, READY_TIMEOUT_MS, size);
     return cluster;
   }
 

@@ -111,6 +111,8 @@ export class JobAttempt {
   private readonly stopper = new AbortController();
   /** The record as this attempt last wrote it: the revision every later change is checked against. */
   private version: VersionedRecord | undefined;
+  /** The fence an earlier attempt left in the record, as this attempt's fence found it (see commit). */
+  private earlierFence: JobRecord["committing"];
   private heartbeat: NodeJS.Timeout | undefined;
   private pid = -1;
   private bytes = 0;
@@ -295,8 +297,9 @@ export class JobAttempt {
    * reached the record (it lost the broker, or was frozen, past its lease). That output is the
    * result: moving a second copy into place would complete the job twice.
    */
-  private async adoptCommitted(): Promise<Settlement | undefined> {
-    const committing = this.version?.record.committing;
+  private async adoptCommitted(
+    committing = this.version?.record.committing,
+  ): Promise<Settlement | undefined> {
     if (!committing || this.job.deliver !== "share") return undefined;
     const targetPath = resolveInside(this.ctx.sharedRoot, this.job.target);
     const found = await stat(targetPath).catch(() => undefined); // not there: the rename never happened
@@ -353,6 +356,14 @@ export class JobAttempt {
       this.log.warn("lost the lease on this job to a newer attempt; its output is discarded");
       return { abandoned: "lease lost" };
     }
+    // An earlier attempt passed its fence before this one's claim, but its file was not in place
+    // when this attempt looked (adoptCommitted at the start): it may have landed since. Then it is
+    // the result, and this attempt's copy is not moved over it.
+    const landed = this.earlierFence && (await this.adoptCommitted(this.earlierFence));
+    if (landed) {
+      await run.discard();
+      return landed;
+    }
     const result = { target: job.target, bytes: outcome.bytes, elapsedMs: outcome.elapsedMs };
     const elapsedMs = outcome.elapsedMs;
     try {
@@ -391,6 +402,7 @@ export class JobAttempt {
       this.job.id,
       (rec) => {
         verdict = !this.owns(rec) ? "lost" : rec.cancelRequested || requested ? "cancelled" : "owned";
+        this.earlierFence = rec.committing?.attempt === this.attempt ? undefined : rec.committing;
         return verdict === "owned" ? { ...rec, committing } : undefined;
       },
       this.version,

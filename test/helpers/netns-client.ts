@@ -3,7 +3,7 @@
  * netns-client.js <command>`), configured by the environment like any fleet process. It prints
  * one JSON record per line on stdout:
  *
- * - `wait-js`: returns once JetStream answers (a cluster has its meta leader);
+ * - `wait-js`: returns once JetStream answers and can place a stream on every node;
  * - `leader <stream>`: `{"t":"leader","leader":"n2"}`;
  * - `load <count> <intervalMs>`: submits `count` jobs, one each interval, and prints
  *   `{"t":"server","name":"n1"}` when connected and after each reconnect,
@@ -98,7 +98,7 @@ async function one(fleet: Fleet): Promise<void> {
 async function main(): Promise<void> {
   const [command, ...args] = process.argv.slice(2);
   if (command === "wait-js") {
-    await waitForJetStream(config.servers, 30_000);
+    await waitForJetStream(config.servers, 30_000, config.servers.length);
     out({ t: "ready" });
     return;
   }
