@@ -5,6 +5,7 @@
  * only after a fenced check that the attempt still owns the job.
  */
 import { readdir, stat } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import { dirname, join, resolve } from "node:path";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import {
@@ -47,6 +48,12 @@ import {
 } from "../runner/index.js";
 import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
 import type { Journal } from "./journal.js";
+
+/**
+ * How long an attempt that finds an earlier attempt's fence waits for that attempt's file to land
+ * before it runs MARS again (or, past its own fence, before it moves its own copy into place).
+ */
+const LANDING_GRACE_MS = 2000;
 
 /**
  * What an attempt works with: the broker, this host's places and the worker's timings. Plain
@@ -302,8 +309,17 @@ export class JobAttempt {
   ): Promise<Settlement | undefined> {
     if (!committing || this.job.deliver !== "share") return undefined;
     const targetPath = resolveInside(this.ctx.sharedRoot, this.job.target);
-    const found = await stat(targetPath).catch(() => undefined); // not there: the rename never happened
-    if (found?.ino !== committing.ino || found.size !== committing.bytes) return undefined;
+    const inPlace = async (): Promise<boolean> => {
+      const found = await stat(targetPath).catch(() => undefined); // not there: no rename yet
+      return found?.ino === committing.ino && found.size === committing.bytes;
+    };
+    // The earlier attempt passed its fence, so it renames next, unless it died first: give it a
+    // moment (a stalled process, a slow shared filesystem) before running MARS again.
+    const until = Date.now() + LANDING_GRACE_MS;
+    while (!(await inPlace())) {
+      if (Date.now() >= until) return undefined;
+      await sleep(100);
+    }
     this.log.info({ committedBy: committing.attempt }, "an earlier attempt's result is in place: adopted");
     const result = { target: this.job.target, bytes: committing.bytes, elapsedMs: committing.elapsedMs };
     return { state: "succeeded", settle: "ack", elapsedMs: committing.elapsedMs, result };
