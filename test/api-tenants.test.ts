@@ -280,6 +280,17 @@ describe("REST API: tenants", { timeout: 120_000 }, () => {
   });
 
   it("shows a user key its own jobs and counts only, in workers, queues, usage and lists", async () => {
+    // Bob's own jobs of the earlier tests have ended: any running count bob sees below is alice's.
+    const bobBusy = async (): Promise<number> => {
+      const res = await call("/v1/jobs?limit=500", { as: "bob" });
+      const jobs = ((await res.json()) as { jobs: Array<{ state: string }> }).jobs;
+      return jobs.filter((j) => ["queued", "running", "retrying"].includes(j.state)).length;
+    };
+    const deadline = Date.now() + 30_000;
+    while ((await bobBusy()) > 0) {
+      assert.ok(Date.now() < deadline, "bob's earlier jobs did not end within 30 s");
+      await new Promise((r) => setTimeout(r, 100));
+    }
     const running = await submit("alice", { request: { ...REQUEST, date: "20240101/to/20240301" } });
     let seenRunning = false;
     for (let i = 0; i < 100 && !seenRunning; i++) {
