@@ -1,8 +1,8 @@
 /**
- * Several hosts, for real (#26): a worker host partitioned past the ack wait. Three nats-server nodes, two worker hosts and a client
- * host in network namespaces (helpers/netns-fleet.ts). One fault per file, so that each file stays
- * inside the suite's per-file time limit. Figures are printed as diagnostics, not asserted
- * (docs/PROTOCOL.md, "Faults across hosts").
+ * Several hosts, for real (#26): a worker host partitioned past the ack wait. Three nats-server nodes, two worker
+ * hosts and a client host in network namespaces (helpers/netns-fleet.ts). One fault per file, so
+ * that each file stays inside the suite's per-file time limit. Figures are printed as diagnostics,
+ * not asserted (docs/PROTOCOL.md, "Faults across hosts").
  */
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";

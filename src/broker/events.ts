@@ -38,6 +38,7 @@ export class JobEventPublisher {
   private published = 0;
 
   private readonly maxBatchBytes: number;
+  private readonly streamGone: () => Promise<boolean>;
 
   constructor(
     private readonly js: JetStreamClient,
@@ -46,6 +47,7 @@ export class JobEventPublisher {
     /** The server's max_payload, when known. */
     maxPayload?: number,
   ) {
+    this.streamGone = streamGoneCheck(js, EVENTS_STREAM);
     this.maxBatchBytes = Math.min(MAX_BATCH_BYTES, Math.floor((maxPayload ?? 1024 * 1024) * 0.75));
   }
 
@@ -118,7 +120,7 @@ export class JobEventPublisher {
           {
             deadlineMs: PUBLISH_DEADLINE_MS,
             what: `publish ${subject}`,
-            streamGone: streamGoneCheck(this.js, EVENTS_STREAM),
+            streamGone: this.streamGone,
             onRetry: (err, n) => n === 1 && this.log.warn({ err, subject }, "event publish failed; retrying"),
           },
         );

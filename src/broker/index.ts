@@ -89,6 +89,7 @@ export {
   JOBS_BUCKET,
   JOBS_STREAM,
   jsApi,
+  kvStream,
   kvSubject,
   laneConsumerName,
   laneOfConsumer,

@@ -151,9 +151,10 @@ export async function keepLane(
       if (!isAlreadyExists(err)) throw err;
     }
   }
+  const { max_ack_pending, inactive_threshold } = cfg;
   await jsm.consumers.update(JOBS_STREAM, cfg.durable_name, {
-    max_ack_pending: cfg.max_ack_pending,
-    ...(ask.idleMs > 0 && { inactive_threshold: ask.idleMs * 1_000_000 }),
+    max_ack_pending,
+    ...(inactive_threshold !== undefined && { inactive_threshold }),
   });
 }
 

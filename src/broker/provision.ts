@@ -37,6 +37,7 @@ import {
   RESULTS_BUCKET,
   WORKERS_BUCKET,
   consumerName,
+  kvStream,
   subjects,
   API_JOBS_BUCKET,
   API_JOBS_RETENTION_FACTOR,
@@ -170,15 +171,16 @@ function differences(kind: string, wanted: object, actual: object): string[] {
   return out;
 }
 
+/** How long provisioning waits for a cluster that is still forming to know its peers. */
+const CLUSTER_FORMING_MS = 30_000;
+
 /**
  * Look a piece of the topology up (`look` throws not-found when it is missing), create it when
  * missing, and look again when the create says another process made it at the same moment
  * (`raced`: nats-server 2.9 may say so as overlapping subjects, before it sees the name). Three
- * rounds: a create that still conflicts after them is a real conflict, and is thrown.
+ * rounds: a create that still conflicts after them is a real conflict, and is thrown. A cluster
+ * still forming ("no suitable peers") is asked again for up to CLUSTER_FORMING_MS.
  */
-/** How long provisioning waits for a cluster that is still forming to know its peers. */
-const CLUSTER_FORMING_MS = 30_000;
-
 async function ensureExists(
   what: string,
   report: ProvisionReport,
@@ -336,7 +338,7 @@ function ensureBucket(
       history: opts.history,
       ...(opts.ttl !== undefined && { ttl: opts.ttl }),
     });
-  return ensureStore(jsm, `KV_${name}`, `bucket ${name}`, report, create, (config) => {
+  return ensureStore(jsm, kvStream(name), `bucket ${name}`, report, create, (config) => {
     const ttl = config.max_age / 1_000_000;
     return opts.ttl !== undefined && ttl !== opts.ttl
       ? `ttl is ${ttl} ms, this configuration wants ${opts.ttl} ms`

@@ -14,7 +14,7 @@ import { isCasConflict } from "./nats-errors.js";
 import { streamGoneCheck, withRetry } from "./transient.js";
 import { bucketKeys, replayStored } from "./stream-reads.js";
 import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
-import { JOBS_BUCKET, RECORD_KEYS, kvSubject } from "./subjects.js";
+import { JOBS_BUCKET, RECORD_KEYS, kvStream, kvSubject } from "./subjects.js";
 
 export interface VersionedRecord {
   record: JobRecord;
@@ -81,16 +81,16 @@ function mayBeFinal(msg: Msg): boolean {
 /** Call `f` after every reconnect, until the returned function is called (JobStore.afterReconnect). */
 type ReconnectHook = (f: () => void) => () => void;
 
-/**
- * A core subscription to a job's two record keys, remembering what to read next: both keys (at
- * first unless told otherwise, after a reconnect, when the submission changed), or the status only
- * (a worker's write looked final: a final status is the record). Hints only; the bucket decides.
- */
 /** A record read after a nudge that was not final yet is read once more after this. */
 const REREAD_SOON_MS = 250;
 /** A record followed to its end is read at least this often, whatever is heard. */
 const REREAD_EVERY_MS = 10_000;
 
+/**
+ * A core subscription to a job's two record keys, remembering what to read next: both keys (at
+ * first unless told otherwise, after a reconnect, when the submission changed), or the status only
+ * (a worker's write looked final: a final status is the record). Hints only; the bucket decides.
+ */
 export class RecordWatch {
   private next: "both" | "status" | undefined;
   private wake: () => void = () => undefined;
@@ -172,6 +172,8 @@ export class JobStore {
 
   private readonly nc: NatsConnection;
   private readonly jsm: JetStreamManager;
+  /** Whether the records' bucket is gone (a write no stream takes: withRetry's streamGone). */
+  private readonly bucketGone: () => Promise<boolean>;
 
   constructor(
     private readonly kv: KV,
@@ -180,6 +182,7 @@ export class JobStore {
   ) {
     this.nc = conn.nc;
     this.jsm = conn.jsm;
+    this.bucketGone = streamGoneCheck(conn.jsm, kvStream(JOBS_BUCKET));
   }
 
   /** Create the submission; its revision, or undefined when a job with this id already exists. */
@@ -188,7 +191,7 @@ export class JobStore {
       return await withRetry(() => this.kv.create(submissionKey(record.id), encode(record)), {
         passThrough: isCasConflict,
         what: `create job record ${record.id}`,
-        streamGone: streamGoneCheck(this.jsm, `KV_${JOBS_BUCKET}`),
+        streamGone: this.bucketGone,
       });
     } catch (err) {
       if (isCasConflict(err)) return undefined;
@@ -225,7 +228,7 @@ export class JobStore {
   ): Promise<VersionedRecord | undefined> {
     let valid: JobRecord | undefined;
     const subject = kvSubject(JOBS_BUCKET, submissionKey(id));
-    for await (const m of replayStored(this.jsm, `KV_${JOBS_BUCKET}`, subject)) {
+    for await (const m of replayStored(this.jsm, kvStream(JOBS_BUCKET), subject)) {
       if (m.seq >= revision) break;
       try {
         const record = decode(jobRecordSchema, m.data, `job record ${id}`);
@@ -307,7 +310,7 @@ export class JobStore {
           {
             passThrough: isCasConflict,
             what: `update job record ${id}`,
-            streamGone: streamGoneCheck(this.jsm, `KV_${JOBS_BUCKET}`),
+            streamGone: this.bucketGone,
           },
         );
         return { record: updated, revision };
@@ -406,7 +409,8 @@ export class JobStore {
     // A read after a nudge that finds the record not final is made again soon: in a cluster, the
     // replica that answers a direct get may not have the write that nudged yet. And the record is
     // read now and then whatever is heard, in case the nudge itself was lost (test/netns-worker-partitioned.test.ts).
-    let again = false;
+    let nudged = true; // the first read counts as one
+    let soon = false;
     try {
       for (;;) {
         signal?.throwIfAborted();
@@ -418,8 +422,12 @@ export class JobStore {
         } else if (what === "both") {
           const current = await this.require(id);
           if (TERMINAL_STATES.has(current.record.state)) return current.record;
-          again = !again;
-        } else if (!(await w.nudged(again ? REREAD_SOON_MS : REREAD_EVERY_MS))) w.nudge("both");
+          soon = nudged; // once after a nudge; after a timed read, the long wait
+        } else {
+          nudged = await w.nudged(soon ? REREAD_SOON_MS : REREAD_EVERY_MS);
+          soon = false;
+          if (!nudged) w.nudge("both");
+        }
       }
     } finally {
       w.close();

@@ -12,6 +12,7 @@ import {
   RESULTS_BUCKET,
   WORKERS_BUCKET,
   RECORD_KEYS,
+  kvStream,
   API_JOBS_BUCKET,
   API_KEYS_BUCKET,
   CALLBACKS_BUCKET,
@@ -42,7 +43,6 @@ export interface RolePermissions {
   serves?: Permission[];
 }
 
-const kvStream = (bucket: string): string => `KV_${bucket}`;
 const objStream = (bucket: string): string => `OBJ_${bucket}`;
 
 function p(subject: string, why: string, heardAs?: string[]): Permission {

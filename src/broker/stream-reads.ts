@@ -8,7 +8,7 @@
  * all; what they read, they read with these.
  */
 import type { JetStreamManager, MsgRequest, StoredMsg } from "@nats-io/jetstream";
-import { kvSubject } from "./subjects.js";
+import { kvStream, kvSubject } from "./subjects.js";
 import { withRetry } from "./transient.js";
 
 /** The subjects of `stream` matching `filter` that hold a message now (a bucket's live keys). */
@@ -58,6 +58,6 @@ export async function recentStored(
 /** The keys of a KV bucket that hold a value now (or a delete marker), under `prefix` if given. */
 export async function bucketKeys(jsm: JetStreamManager, bucket: string, prefix = ""): Promise<string[]> {
   const base = kvSubject(bucket, "");
-  const subjects = await subjectsOf(jsm, `KV_${bucket}`, `${base}${prefix}>`);
+  const subjects = await subjectsOf(jsm, kvStream(bucket), `${base}${prefix}>`);
   return subjects.map((s) => s.slice(base.length));
 }

@@ -38,6 +38,11 @@ export const API_JOBS_RETENTION_FACTOR = 10;
 /** The API's completion callbacks: `{url, secret, attempts, delivered, gaveUp}` under the job id. */
 export const CALLBACKS_BUCKET = "mars-callbacks";
 
+/** The stream that holds a KV bucket. */
+export function kvStream(bucket: string): string {
+  return `KV_${bucket}`;
+}
+
 /** The subject a KV bucket's key is written on (what a put publishes, what a watch hears). */
 export function kvSubject(bucket: string, key: string): string {
   return `$KV.${bucket}.${key}`;

@@ -136,6 +136,8 @@ export class Fleet {
   private closing: Promise<void> | undefined;
   private liveWorkers: Promise<LiveWorkers> | undefined;
   private rulesFollower: Promise<RulesFollower> | undefined;
+  /** Whether the work queue's stream is gone (a publish no stream takes: withRetry's streamGone). */
+  private readonly queueGone: () => Promise<boolean>;
 
   private constructor(
     private readonly conn: BrokerConnection,
@@ -143,7 +145,9 @@ export class Fleet {
     private readonly store: JobStore,
     readonly provisionReport: ProvisionReport,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.queueGone = streamGoneCheck(conn.js, JOBS_STREAM);
+  }
 
   /** Connect and make sure the topology for the configured queue exists. */
   static async connect(opts: FleetConnectOptions = {}): Promise<Fleet> {
@@ -260,7 +264,7 @@ export class Fleet {
     try {
       await withRetry(() => this.conn.js.publish(subject, encode(message), { msgID: id }), {
         deadlineMs: this.config.requestTimeout,
-        streamGone: streamGoneCheck(this.conn.js, JOBS_STREAM),
+        streamGone: this.queueGone,
       });
     } catch (err) {
       const error = new BrokerError(

@@ -14,6 +14,7 @@ import {
   encode,
   hasValidSignature,
   isCasConflict,
+  kvStream,
   kvSubject,
   QOS_BUCKET,
   QOS_RULES_KEY,
@@ -67,7 +68,7 @@ export async function readRules(src: RulesSource, log: Logger): Promise<StoredRu
   const latest = isLive(entry) ? parseSigned(src.authority, entry.value) : undefined;
   if (latest || entry === null || src.authority.trustKey === undefined) return latest;
   let kept: StoredRules | undefined;
-  for await (const m of replayStored(src.jsm, `KV_${QOS_BUCKET}`, qosSubject(QOS_RULES_KEY))) {
+  for await (const m of replayStored(src.jsm, kvStream(QOS_BUCKET), qosSubject(QOS_RULES_KEY))) {
     if (m.seq >= entry.revision) break;
     kept = parseSigned(src.authority, m.data) ?? kept;
   }

@@ -94,6 +94,24 @@ export class Setup {
     return c;
   }
 
+  /**
+   * A load run: a worker on each worker host, and the client submitting `count` jobs, one each
+   * `intervalMs`. `finished()` waits for the run's end and checks every job succeeded, each moved
+   * into place once; it gives what came back.
+   */
+  async load(count: number, intervalMs: number): Promise<{ out: Lines; finished: () => Promise<Done[]> }> {
+    await this.worker("w1");
+    await this.worker("w2");
+    const c = this.client(["load", String(count), String(intervalMs)]);
+    const finished = async (): Promise<Done[]> => {
+      await c.out.waitFor((l) => l.includes('"t":"end"'), 110_000, "the load run's end");
+      const done = c.out.json<Done>().filter((d) => d.t === "done");
+      assertAllSucceeded(this, done, count);
+      return done;
+    };
+    return { out: c.out, finished };
+  }
+
   async worker(host: string, extra: Record<string, string> = {}): Promise<WorkerProcess> {
     const w = await startWorkerProcess(
       `${host}-worker`,
@@ -145,7 +163,7 @@ function exitOf(proc: ChildProcess): Promise<number | null> {
 }
 
 /** Every job of a load run succeeded, once, with the bytes its record names in its file. */
-export function assertAllSucceeded(setup: Setup, done: Done[], count: number): void {
+function assertAllSucceeded(setup: Setup, done: Done[], count: number): void {
   assert.equal(done.length, count, `${done.length} of ${count} jobs came back`);
   const failed = done.filter((d) => d.state !== "succeeded");
   assert.deepEqual(
