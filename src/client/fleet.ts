@@ -126,6 +126,14 @@ export interface SubmitOptions {
  */
 export const MAX_REQUEST_BYTES = 64 * 1024;
 
+/**
+ * How long a submit keeps trying to reach the queue (and the QoS rules) through transient trouble
+ * before it fails. Each try is bounded by the request timeout; this spans several, because a
+ * stream whose leader was partitioned away takes no publish until a new one is elected, which took
+ * up to 33 s across hosts (docs/PROTOCOL.md, "Faults across hosts").
+ */
+const SUBMIT_DEADLINE_MS = 60_000;
+
 export function jobIdFor(requestId: string | undefined): string {
   if (requestId === undefined) return randomUUID();
   if (isToken(requestId)) return requestId;
@@ -263,7 +271,8 @@ export class Fleet {
     const id = message.id;
     try {
       await withRetry(() => this.conn.js.publish(subject, encode(message), { msgID: id }), {
-        deadlineMs: this.config.requestTimeout,
+        deadlineMs: Math.max(SUBMIT_DEADLINE_MS, this.config.requestTimeout),
+        what: "queue the job",
         streamGone: this.queueGone,
       });
     } catch (err) {
@@ -304,7 +313,7 @@ export class Fleet {
           { kv: await this.conn.qosKv(), jsm: this.conn.jsm, authority: this.conn.authority },
           this.log,
         ),
-      { deadlineMs: this.config.requestTimeout, what: "read the QoS rules" },
+      { deadlineMs: Math.max(SUBMIT_DEADLINE_MS, this.config.requestTimeout), what: "read the QoS rules" },
     ).catch((err: unknown) => {
       this.rulesFollower = undefined; // the next submit tries again
       throw err;

@@ -74,6 +74,7 @@ async function load(fleet: Fleet, count: number, intervalMs: number): Promise<vo
         at: Date.now(),
         state: "not submitted",
         code: (err as { code?: string }).code,
+        message: (err as Error).message,
       });
     }
     await new Promise((r) => setTimeout(r, intervalMs));

@@ -31,6 +31,8 @@ export interface Done {
   bytes?: number;
   fileBytes?: number;
   code?: string;
+  /** Why a job was not submitted. */
+  message?: string;
 }
 
 /** One lab: namespaces, the cluster, the fleet's settings, and what to clean up. */
@@ -167,7 +169,7 @@ function assertAllSucceeded(setup: Setup, done: Done[], count: number): void {
   assert.equal(done.length, count, `${done.length} of ${count} jobs came back`);
   const failed = done.filter((d) => d.state !== "succeeded");
   assert.deepEqual(
-    failed.map((d) => `${d.id}: ${d.state} ${d.code ?? ""}`),
+    failed.map((d) => `${d.id}: ${d.state} ${d.code ?? ""} ${d.message ?? ""}`.trimEnd()),
     [],
     "jobs that did not succeed",
   );
