@@ -277,6 +277,61 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     await page.close();
   });
 
+  it("shows a user key only that user's jobs: not in the list, not by search, not by a job's address", async () => {
+    const base = `http://127.0.0.1:${api.port}`;
+    const nc = await tf.connectAs("admin");
+    const bob = await (async () => {
+      try {
+        return (await (await ApiKeys.open(nc, OPEN_FLEET)).add("bob", "user")).token;
+      } finally {
+        await nc.close();
+      }
+    })();
+    const submit = async (as: string, requestId: string): Promise<string> => {
+      const res = await fetch(`${base}/v1/jobs`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${as}`, "content-type": "application/json" },
+        body: JSON.stringify({ request: { param: "2t", date: "20240101", grid: "10/10" }, requestId }),
+      });
+      const body = (await res.json()) as { id: string };
+      assert.equal(res.status, 202, JSON.stringify(body));
+      return body.id;
+    };
+    const alices = await submit(token, "tenant-alice");
+    const bobs = await submit(bob, "tenant-bob");
+    const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+    page.setDefaultTimeout(45_000);
+    const answers: string[] = [];
+    page.on("response", (r) => void r.text().then((t) => answers.push(t), () => undefined));
+    await page.goto(`${base}/`);
+    await page.getByLabel("API key").fill(bob);
+    await page.getByRole("button", { name: "Open" }).click();
+    await page.locator(`#jobs-body tr[data-key="${bobs}"]`).waitFor();
+    const users = await page.locator("#jobs-body tr td:nth-child(2)").allTextContents();
+    assert.deepEqual([...new Set(users)], ["bob"], "bob's overview lists other users' jobs");
+    // Alice's id and her request id, searched for: nothing.
+    for (const q of [alices, "tenant-alice"]) {
+      await page.getByLabel("id or request id").fill(q);
+      await page.getByRole("button", { name: "Filter" }).click();
+      await page.locator("#status", { hasText: "live, updated" }).waitFor();
+      await sleep(1500); // a second live update, with the filter in force
+      assert.equal(await page.locator("#jobs-body tr").count(), 0, `bob found ${q}`);
+    }
+    // Her job's own address: no request, no details.
+    await page.goto(`${base}/#/job/${alices}`);
+    await page.locator("#job-id").waitFor();
+    await sleep(1500);
+    assert.equal(await page.locator("#request").textContent(), "", "bob was shown alice's request");
+    assert.equal(await page.locator("#details").textContent(), "", "bob was shown alice's job");
+    // Nothing the server sent this page names her job or her user, but for the "no job <id>" that
+    // echoes the id asked for, as for an id no one has (test/api-tenants.test.ts compares the two).
+    const leaked = answers.filter(
+      (a) => (a.includes(alices) && !a.includes('"code":"JOB_NOT_FOUND"')) || a.includes("alice"),
+    );
+    assert.deepEqual(leaked.map((a) => a.slice(0, 200)), [], "answers to bob's page that name alice's job");
+    await page.close();
+  });
+
   it("has no serious or critical accessibility violation (axe-core), on the overview and a job's page, light and dark", async () => {
     const base = `http://127.0.0.1:${api.port}`;
     // A job of this key's, so that the lists and a job's page have something in them.

@@ -209,12 +209,17 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
     assert.equal(shown.code, 0, shown.stderr);
     const after = JSON.parse(shown.stdout) as {
       rules: { rules: Array<{ limit: number }> };
-      limits: Array<{ key: string; running: number }>;
+      limits: Array<{ key: string; running: number; limit: number | null }>;
     };
     assert.equal(after.rules.rules[0]!.limit, 1, "the invalid file changed the rules");
     assert.deepEqual(
       after.limits.filter((l) => l.key === "per-user.alice").map((l) => l.running),
       [1],
+    );
+    assert.deepEqual(
+      after.limits.filter((l) => l.key === "per-user.alice").map((l) => l.limit),
+      [1],
+      "qos show gives each limit's value beside its running count",
     );
     await new Promise((r) => setTimeout(r, 300));
     assert.equal(await inFlight(queue, "alice"), 1, "the invalid file changed the limit");

@@ -236,7 +236,7 @@ async function refreshSlow() {
     return "<li>" + esc(l.lane) + ": " + l.queued + " queued, " + l.running + " running" + (l.heldAside ? ", " + l.heldAside + " held aside" : "") +
       (use ? ", recent use " + Math.round(use.seconds) + " s (priority -" + use.penalty + ")" : "") + "</li>";
   }).join("");
-  const limits = qos.limits.map((l) => "<li>" + esc(l.key) + ": " + l.running + " running</li>").join("");
+  const limits = qos.limits.map((l) => "<li>" + esc(l.key) + ": " + l.running + (l.limit === null ? "" : " of " + l.limit) + " running</li>").join("");
   document.getElementById("qos").innerHTML =
     (qos.rules ? "<p>Rules in force (fair share by " + esc(qos.rules.fairShare) + "):</p><ul>" + (rules || "<li>none</li>") + "</ul>" : "") +
     "<p>Lanes:</p><ul>" + (lanes || "<li>none with jobs</li>") + "</ul><p>Limits held now:</p><ul>" + (limits || "<li>none</li>") + "</ul>";

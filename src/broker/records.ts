@@ -12,6 +12,7 @@ import { BrokerError, JobCancelledError, JobNotFoundError, MessageInvalidError }
 import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
 import { streamGoneCheck, withRetry } from "./transient.js";
+import { RecordIndex } from "./record-index.js";
 import { bucketKeys, replayStored } from "./stream-reads.js";
 import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
 import { JOBS_BUCKET, RECORD_KEYS, kvStream, kvSubject } from "./subjects.js";
@@ -168,6 +169,8 @@ export class SubmissionWatch {
 
 export class JobStore {
   private readonly onReconnect = new Set<() => void>();
+  /** Every record, for list(): made on the first listing. */
+  private index: RecordIndex<JobRecord> | undefined;
   private statusLoop: Promise<void> | undefined;
 
   private readonly nc: NatsConnection;
@@ -355,20 +358,34 @@ export class JobStore {
    * information (its subjects), one request that makes no consumer (stream-reads.ts).
    */
   async list(): Promise<JobRecord[]> {
-    const ids = new Set<string>();
-    for (const key of await bucketKeys(this.jsm, JOBS_BUCKET)) {
-      const dot = key.lastIndexOf(".");
-      if (dot > 0) ids.add(key.slice(0, dot));
-    }
-    const records = await Promise.all(
-      [...ids].map((id) =>
-        this.get(id).catch((err: unknown) => {
+    this.index ??= this.startIndex();
+    return this.index.list();
+  }
+
+  /** The records kept for list(): read whole once, then as their keys are heard to change. */
+  private startIndex(): RecordIndex<JobRecord> {
+    const index = new RecordIndex<JobRecord>({
+      keys: () => bucketKeys(this.jsm, JOBS_BUCKET),
+      read: async (id) => {
+        try {
+          return (await this.get(id))?.record;
+        } catch (err) {
           if (err instanceof MessageInvalidError) return undefined; // from an incompatible version: not listed
           throw err;
-        }),
-      ),
+        }
+      },
+    });
+    const prefix = kvSubject(JOBS_BUCKET, "");
+    const sub = this.nc.subscribe(`${prefix}*.*`, {
+      callback: (err, msg) => (err ? index.dead() : index.changed(msg.subject.slice(prefix.length))),
+    });
+    // Ended (not allowed to this role, or the connection closed): listings read everything.
+    void sub.closed.then(
+      () => index.dead(),
+      () => index.dead(),
     );
-    return records.flatMap((r) => (r ? [r.record] : []));
+    this.afterReconnect(() => index.lost());
+    return index;
   }
 
   /**

@@ -78,12 +78,8 @@ export async function qosShow(json: boolean, config: FleetConfig): Promise<numbe
         for (const r of stored.rules.rules) lines.push(`  ${describeRule(r)}`);
       }
       lines.push(`limits held now (${limits.length}):`);
-      for (const l of limits) {
-        const [name] = l.key.split(".");
-        const rule = stored?.rules.rules.find((r) => r.name === name);
-        const max = rule && isLimit(rule) ? `/${rule.limit}` : "";
-        lines.push(`  ${l.key}: ${l.running}${max} running`);
-      }
+      for (const l of limits)
+        lines.push(`  ${l.key}: ${l.running}${l.limit === null ? "" : `/${l.limit}`} running`);
       lines.push(`lanes of queue ${config.queue} (${laneRows.length}):`);
       for (const l of laneRows)
         lines.push(

@@ -7,6 +7,7 @@ import { silentLogger } from "../core/index.js";
 import {
   activeLanes,
   heldAsideByLane,
+  isLimit,
   laneCounts,
   type LaneRow,
   laneLimits,
@@ -26,8 +27,11 @@ export interface QosState {
   rules: QosRules | null;
   appliedAt: number | null;
   appliedBy: string | null;
-  /** Each limit held now: `<rule>.<value>`, how many run under it, and which jobs (none for a lane-held one). */
-  limits: Array<{ key: string; running: number; jobs: string[] }>;
+  /**
+   * Each limit held now: `<rule>.<value>`, how many run under it, the rule's limit (null when the
+   * rule is no longer in force), and which jobs (none for a lane-held one).
+   */
+  limits: Array<{ key: string; running: number; limit: number | null; jobs: string[] }>;
   /** The queue's lanes holding jobs. */
   lanes: LaneRow[];
   /** Jobs workers hold aside for a limit, and why. */
@@ -67,13 +71,23 @@ export async function qosStateOf(
   const slots = new SlotTable(conn.jsm, kv, () => Promise.resolve(false), silentLogger());
   const held = await slots.all();
   const lanes = activeLanes(await laneCounts(conn.jsm, queue), heldAsideByLane(workers, queue));
-  const limits = [...held]
+  // A slot's key is `<rule>.<value>`, and rule names hold no dot.
+  const limitOf = (key: string): number | null => {
+    const rule = stored?.rules.rules.find((r) => r.name === key.split(".")[0]);
+    return rule && isLimit(rule) ? rule.limit : null;
+  };
+  const limits: QosState["limits"] = [...held]
     .filter(([, holders]) => holders.length > 0)
-    .map(([key, holders]) => ({ key, running: holders.length, jobs: holders.map((h) => h.job) }));
+    .map(([key, holders]) => ({
+      key,
+      running: holders.length,
+      limit: limitOf(key),
+      jobs: holders.map((h) => h.job),
+    }));
   // Limits the lanes' consumers hold: each lane's jobs in flight are its count (no job list).
   for (const rule of stored ? laneLimits(stored.rules, queue) : [])
     for (const l of lanes.filter((row) => row.running > 0 && row.lane !== "(none)"))
-      limits.push({ key: `${rule.name}.${l.lane}`, running: l.running, jobs: [] });
+      limits.push({ key: `${rule.name}.${l.lane}`, running: l.running, limit: rule.limit, jobs: [] });
   const windowMs = stored ? usageWindowMs(stored.rules) : undefined;
   const table = new UsageTable(kv, silentLogger());
   const usage =
