@@ -17,8 +17,14 @@ describe("dashboard, in a real browser, on a busy day", { timeout: 175_000 }, ()
       const seen = await busy.watch(page, WATCH_MS);
       t.diagnostic(JSON.stringify(seen));
       assert.ok(seen.bars.min >= N, `the page showed ${seen.bars.min} of ${N} running jobs at one time`);
-      assert.ok(seen.statusStill <= MAX_STILL_MS, `"updated" stood still for ${Math.round(seen.statusStill)} ms`);
-      assert.ok(seen.progressStill <= MAX_STILL_MS, `progress stood still for ${Math.round(seen.progressStill)} ms`);
+      assert.ok(
+        seen.statusStill <= MAX_STILL_MS,
+        `"updated" stood still for ${Math.round(seen.statusStill)} ms`,
+      );
+      assert.ok(
+        seen.progressStill <= MAX_STILL_MS,
+        `progress stood still for ${Math.round(seen.progressStill)} ms`,
+      );
       assert.match((await page.locator("#status").textContent()) ?? "", /^live, updated/);
       await busy.screenshot(page, "dashboard-busy");
     } finally {

@@ -302,7 +302,14 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
     page.setDefaultTimeout(45_000);
     const answers: string[] = [];
-    page.on("response", (r) => void r.text().then((t) => answers.push(t), () => undefined));
+    page.on(
+      "response",
+      (r) =>
+        void r.text().then(
+          (t) => answers.push(t),
+          () => undefined,
+        ),
+    );
     await page.goto(`${base}/`);
     await page.getByLabel("API key").fill(bob);
     await page.getByRole("button", { name: "Open" }).click();
@@ -328,7 +335,11 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     const leaked = answers.filter(
       (a) => (a.includes(alices) && !a.includes('"code":"JOB_NOT_FOUND"')) || a.includes("alice"),
     );
-    assert.deepEqual(leaked.map((a) => a.slice(0, 200)), [], "answers to bob's page that name alice's job");
+    assert.deepEqual(
+      leaked.map((a) => a.slice(0, 200)),
+      [],
+      "answers to bob's page that name alice's job",
+    );
     await page.close();
   });
 

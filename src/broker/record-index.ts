@@ -81,7 +81,9 @@ export class RecordIndex<R> {
         for (const id of this.records.keys()) if (!ids.has(id)) this.records.delete(id);
         for (const id of ids) if (whole || !this.records.has(id)) toRead.add(id);
       }
-      const read = await Promise.all([...toRead].map(async (id) => [id, await this.source.read(id)] as const));
+      const read = await Promise.all(
+        [...toRead].map(async (id) => [id, await this.source.read(id)] as const),
+      );
       for (const [id, record] of read)
         if (record === undefined) this.records.delete(id);
         else this.records.set(id, record);

@@ -125,7 +125,10 @@ export class BusyConsole {
       });
       return ((await res.json()) as { jobs: unknown[] }).jobs.length;
     };
-    assert.ok(await eventually(async () => (await running()) === n, 60_000), `${await running()} of ${n} running`);
+    assert.ok(
+      await eventually(async () => (await running()) === n, 60_000),
+      `${await running()} of ${n} running`,
+    );
   }
 
   /** The overview, opened with the key, showing `rows` jobs (the page shows 50, then 50 more per "Show more"). */
@@ -191,11 +194,12 @@ export class BusyConsole {
 
   async dispose(): Promise<void> {
     await Promise.all(
-      this.ids.map((id) =>
-        fetch(`${this.base}/v1/jobs/${id}`, {
-          method: "DELETE",
-          headers: { authorization: `Bearer ${this.token}` },
-        }).catch(() => undefined), // the fleet is stopped next: a job not cancelled dies with it
+      this.ids.map(
+        (id) =>
+          fetch(`${this.base}/v1/jobs/${id}`, {
+            method: "DELETE",
+            headers: { authorization: `Bearer ${this.token}` },
+          }).catch(() => undefined), // the fleet is stopped next: a job not cancelled dies with it
       ),
     );
     await this.browser.close();
