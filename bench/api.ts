@@ -105,3 +105,69 @@ export async function restApi(env: BenchEnv, jobs: number): Promise<ScenarioResu
     await api.close();
   }
 }
+
+/**
+ * Scenario 16, the console's listing: `records` jobs queued (no worker), then `GET /v1/jobs` as the
+ * console's live view asks it each second. The first listing reads every record; later ones read
+ * only those heard to change (RecordIndex) and are compared with a fresh client's full read, which
+ * is what each listing cost before.
+ */
+export async function consoleListing(env: BenchEnv, records: number): Promise<ScenarioResult> {
+  const queue = BenchEnv.queue("listing");
+  const settings = { queue };
+  const fleet = await env.client(settings);
+  for (let i = 0; i < records; i += 200)
+    await Promise.all(
+      Array.from({ length: Math.min(200, records - i) }, (_, j) =>
+        fleet.submit(REQUEST, { targetDir: "listing", environ: { user_id: `u${(i + j) % 50}` } }),
+      ),
+    );
+  const api = await startApi({ config: env.config(settings), port: 0, host: "127.0.0.1" });
+  try {
+    const { token } = await (await ApiKeys.open(await env.nc(), OPEN_FLEET)).add("bench", "admin");
+    const agent = new Agent({ keepAlive: true });
+    const list = async (): Promise<number> => {
+      const t0 = performance.now();
+      const res = await call(agent, `http://127.0.0.1:${api.port}/v1/jobs?limit=50`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      if (res.status !== 200) throw new Error(`GET /v1/jobs answered ${res.status}: ${res.text}`);
+      return performance.now() - t0;
+    };
+    const first = await list();
+    const cpu0 = process.cpuUsage();
+    const warm: number[] = [];
+    for (let i = 0; i < 20; i++) warm.push(await list());
+    const cpu = process.cpuUsage(cpu0);
+    const warmCpu = (cpu.user + cpu.system) / 1000 / warm.length;
+    agent.destroy();
+    // Before: every listing read every record, as a fresh client's first listing does.
+    const full: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const fresh = await env.client(settings);
+      const t0 = performance.now();
+      const all = await fresh.jobs();
+      full.push(performance.now() - t0);
+      if (all.length < records) throw new Error(`a full listing found ${all.length} of ${records} records`);
+    }
+    const p50 = percentile(warm, 50);
+    const full50 = percentile(full, 50);
+    return {
+      scenario: "16 console listing",
+      figures: {
+        "listing p50 ms": p50,
+        "first listing ms": first,
+        "API CPU per listing ms": warmCpu,
+      },
+      baseline: { "listing p50 ms": full50 },
+      ratios: { "listing p50 ms": p50 / full50 },
+      targets: [target("listing p50 / full read p50", round(p50 / full50, 3), "x", "<=", 0.1)],
+      notes: [
+        `${records} records in the jobs bucket; 20 listings (GET /v1/jobs?limit=50, admin key) after the first`,
+        "baseline: a fresh client's listing, which reads every record (what each listing did before)",
+      ],
+    };
+  } finally {
+    await api.close();
+  }
+}

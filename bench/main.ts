@@ -12,7 +12,7 @@ import { gatewayScenario, gatewayThroughput } from "./gateway.js";
 import { heavyMars } from "./heavy.js";
 import { brokerCapacity, dispatchLatency, perJobOverhead } from "./throughput.js";
 import { fairShare, heavyWithRules, manyUsers, qosDispatch } from "./qos.js";
-import { restApi } from "./api.js";
+import { consoleListing, restApi } from "./api.js";
 import { killOwnedOnSigterm } from "../src/core/owned.js";
 
 async function main(): Promise<void> {
@@ -20,7 +20,7 @@ async function main(): Promise<void> {
   const args = await yargs(hideBin(process.argv))
     .option("quick", { type: "boolean", default: false, describe: "smaller counts, under a minute" })
     .option("json", { type: "string", describe: "write every figure to this JSON file" })
-    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-15)" })
+    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-16)" })
     .option("peers", {
       type: "boolean",
       default: false,
@@ -47,6 +47,7 @@ async function main(): Promise<void> {
     [13, "heavy MARS with rules", (env) => heavyWithRules(env, q ? 100 : 200)],
     [14, "REST API", (env) => restApi(env, q ? 100 : 200)],
     [15, "many users", (env) => manyUsers(env, q ? 500 : 2000)],
+    [16, "console listing", (env) => consoleListing(env, q ? 2000 : 10_000)],
   ];
   const results: ScenarioResult[] = [];
   const started = Date.now();
