@@ -10,7 +10,8 @@ const N = 10;
 
 describe("dashboard, in a real browser, on a busy day", { timeout: 175_000 }, () => {
   it(`stays live for a minute with ${N} jobs running`, async (t) => {
-    const busy = await BusyConsole.start(N);
+    // A per-user limit that holds none back (at most 2 jobs a user), so that the QoS view has one to show.
+    const busy = await BusyConsole.start(N, "rules:\n  - name: per-user\n    limit: 5\n    per: user\n");
     try {
       await busy.run(N);
       const page = await busy.overview(N);
@@ -26,6 +27,18 @@ describe("dashboard, in a real browser, on a busy day", { timeout: 175_000 }, ()
         `progress stood still for ${Math.round(seen.progressStill)} ms`,
       );
       assert.match((await page.locator("#status").textContent()) ?? "", /^live, updated/);
+      // An admin's view of the fleet: the worker with its CPU and memory, each user's running count
+      // beside the limit, and the dead letters.
+      const worker = page.locator("#workers-body tr").first();
+      assert.equal(await worker.locator("td").nth(3).textContent(), `${N} / ${N}`, "slots used");
+      assert.match((await worker.locator("td").nth(4).textContent()) ?? "", /^\d+(\.\d+)?$/, "CPU %");
+      assert.match((await worker.locator("td").nth(5).textContent()) ?? "", /^\d+(\.\d+)?$/, "RSS MB");
+      await page.locator("#qos", { hasText: "per-user.user0: 2 of 5 running" }).waitFor();
+      assert.equal(
+        await page.locator("#dead-section").isVisible(),
+        true,
+        "an admin key is shown no dead letters",
+      );
     } finally {
       await busy.dispose();
     }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
+import { rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
@@ -277,7 +278,7 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     await page.close();
   });
 
-  it("shows a user key only that user's jobs: not in the list, not by search, not by a job's address", async () => {
+  it("shows a user key only that user's jobs (not in the list, not by search, not by a job's address), and downloads and copies its own", async () => {
     const base = `http://127.0.0.1:${api.port}`;
     const nc = await tf.connectAs("admin");
     const bob = await (async () => {
@@ -299,7 +300,10 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     };
     const alices = await submit(token, "tenant-alice");
     const bobs = await submit(bob, "tenant-bob");
-    const page = await browser.newPage({ viewport: { width: 1200, height: 800 } });
+    const page = await browser.newPage({
+      viewport: { width: 1200, height: 800 },
+      permissions: ["clipboard-read", "clipboard-write"],
+    });
     page.setDefaultTimeout(45_000);
     const answers: string[] = [];
     page.on(
@@ -330,6 +334,23 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     await sleep(1500);
     assert.equal(await page.locator("#request").textContent(), "", "bob was shown alice's request");
     assert.equal(await page.locator("#details").textContent(), "", "bob was shown alice's job");
+    // His own job, finished: its result downloads, and its request copies as MARS text.
+    await page.goto(`${base}/#/job/${bobs}`);
+    await page.locator("#job-state", { hasText: "succeeded" }).waitFor();
+    const [download] = await Promise.all([
+      page.waitForEvent("download"),
+      page.getByRole("button", { name: "Download" }).click(),
+    ]);
+    const saved = `${tmpdir()}/dash-download-${process.pid}.grib`;
+    await download.saveAs(saved);
+    const res = await fetch(`${base}/v1/jobs/${bobs}`, { headers: { authorization: `Bearer ${bob}` } });
+    const record = (await res.json()) as { result: { bytes: number } };
+    const { size } = await stat(saved);
+    await rm(saved, { force: true });
+    assert.equal(size, record.result.bytes, "the download is not the job's result");
+    await page.getByRole("button", { name: "Copy as MARS text" }).click();
+    await page.locator("#answer", { hasText: "request copied" }).waitFor();
+    assert.match(await page.evaluate<string>("navigator.clipboard.readText()"), /^retrieve,/);
     // Nothing the server sent this page names her job or her user, but for the "no job <id>" that
     // echoes the id asked for, as for an id no one has (test/api-tenants.test.ts compares the two).
     const leaked = answers.filter(

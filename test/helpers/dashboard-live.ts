@@ -77,12 +77,14 @@ export class BusyConsole {
     return `http://127.0.0.1:${this.api.port}`;
   }
 
-  static async start(n: number): Promise<BusyConsole> {
+  /** `rules`: QoS rules put in force before the jobs are submitted. */
+  static async start(n: number, rules?: string): Promise<BusyConsole> {
     assert.ok(existsSync(CHROMIUM), `no browser at ${CHROMIUM}: run bash scripts/setup.sh test`);
     const tf = await TestFleet.start();
     const queue = TestFleet.queue(`busy${n}`);
     let api: ApiServer | undefined;
     try {
+      if (rules) await (await tf.client({ queue })).applyQosRules(rules);
       await tf.worker({ queue, concurrency: n, marsCommand: await slowMars(tf.sharedRoot) });
       api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
       const nc = await tf.connectAs("admin");
