@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { BusyConsole, MAX_STILL_MS, WATCH_MS } from "./helpers/dashboard-live.js";
+import { eventually } from "./helpers/proc.js";
 
 const N = 10;
 
@@ -39,6 +40,15 @@ describe("dashboard, in a real browser, on a busy day", { timeout: 175_000 }, ()
         true,
         "an admin key is shown no dead letters",
       );
+      // An admin filters by user (user3 has one of the ten jobs: the fourth).
+      await page.getByLabel("user", { exact: true }).fill("user3");
+      await page.getByRole("button", { name: "Filter" }).click();
+      const rows = page.locator("#jobs-body tr");
+      assert.ok(
+        await eventually(async () => (await rows.count()) === 1, 10_000),
+        `${await rows.count()} rows for user3`,
+      );
+      assert.equal(await rows.first().getAttribute("data-key"), busy.ids[3]);
     } finally {
       await busy.dispose();
     }

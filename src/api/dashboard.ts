@@ -118,7 +118,7 @@ function table(name, title, columns) {
 }
 
 /** The jobs list's filters (the query of /v1/stream and /v1/jobs), kept while the page is open. */
-const filters = { state: "", queue: "", dataset: "", code: "", q: "", from: "", to: "", order: "newest", limit: 50 };
+const filters = { state: "", user: "", queue: "", dataset: "", code: "", q: "", from: "", to: "", order: "newest", limit: 50 };
 const STATES = ["", "queued", "running", "retrying", "succeeded", "failed", "cancelled"];
 
 function filterForm() {
@@ -126,7 +126,7 @@ function filterForm() {
   const input = (name, label, type) => field(name, label, '<input name="' + name + '" type="' + (type || "search") + '" value="' + esc(filters[name]) + '" size="12">');
   return '<form id="filters" role="search" aria-label="filter jobs">' +
     field("state", "state", '<select name="state">' + STATES.map((s) => '<option value="' + s + '"' + (filters.state === s ? " selected" : "") + '>' + (s || "any") + '</option>').join("") + '</select>') +
-    input("q", "id or request id") + input("queue", "queue") + input("dataset", "dataset") + input("code", "error code") +
+    input("q", "id or request id") + input("user", "user") + input("queue", "queue") + input("dataset", "dataset") + input("code", "error code") +
     input("from", "from", "date") + input("to", "to", "date") +
     field("order", "order", '<select name="order"><option value="newest"' + (filters.order === "newest" ? " selected" : "") + '>newest first</option><option value="oldest"' + (filters.order === "oldest" ? " selected" : "") + '>oldest first</option></select>') +
     '<button type="submit">Filter</button> <button type="button" id="clear-filters">Clear</button></form>';
@@ -156,7 +156,7 @@ function overviewSkeleton() {
     setFilters(Object.fromEntries([...new FormData(e.target)].map(([k, v]) => [k, String(v).trim()])));
   });
   document.getElementById("clear-filters").addEventListener("click", () =>
-    setFilters({ state: "", queue: "", dataset: "", code: "", q: "", from: "", to: "", order: "newest" }));
+    setFilters({ state: "", user: "", queue: "", dataset: "", code: "", q: "", from: "", to: "", order: "newest" }));
   document.getElementById("more").addEventListener("click", () => {
     filters.limit = Math.min(200, filters.limit + 50); stopLive(); startLive();
   });
