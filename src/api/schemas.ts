@@ -132,6 +132,10 @@ export const usageSchema = z.object({
       /** Time MARS ran, over all attempts that reached the record. */
       marsSeconds: z.number(),
       bytes: z.number().int(),
+      /** Jobs served from the result cache, their bytes, and the MARS time they saved. */
+      cacheHits: z.number().int(),
+      cacheBytes: z.number().int(),
+      marsSecondsSaved: z.number(),
     }),
   ),
 });

@@ -700,12 +700,31 @@ export function accounting(
     if ((q.user !== undefined && user !== q.user) || (q.from && dayOf < q.from) || (q.to && dayOf > q.to))
       continue;
     const key = `${user}\u0000${dayOf}`;
-    const row = rows.get(key) ?? { user, day: dayOf, jobs: 0, succeeded: 0, marsSeconds: 0, bytes: 0 };
+    const row = rows.get(key) ?? {
+      user,
+      day: dayOf,
+      jobs: 0,
+      succeeded: 0,
+      marsSeconds: 0,
+      bytes: 0,
+      cacheHits: 0,
+      cacheBytes: 0,
+      marsSecondsSaved: 0,
+    };
+    const seconds = (total: number, ms: number): number => Math.round((total + ms / 1000) * 1000) / 1000;
     row.jobs++;
     if (r.state === "succeeded") row.succeeded++;
-    const ran = r.result?.elapsedMs ?? (r.startedAt !== undefined ? r.finishedAt - r.startedAt : 0);
-    row.marsSeconds = Math.round((row.marsSeconds + ran / 1000) * 1000) / 1000;
     row.bytes += r.result?.bytes ?? 0;
+    const cached = r.result?.cached;
+    if (cached) {
+      // No MARS ran: what the cache served, and the MARS time that made it once.
+      row.cacheHits++;
+      row.cacheBytes += r.result?.bytes ?? 0;
+      row.marsSecondsSaved = seconds(row.marsSecondsSaved, cached.savedMs);
+    } else {
+      const ran = r.result?.elapsedMs ?? (r.startedAt !== undefined ? r.finishedAt - r.startedAt : 0);
+      row.marsSeconds = seconds(row.marsSeconds, ran);
+    }
     rows.set(key, row);
   }
   return [...rows.values()].sort((a, b) => a.day.localeCompare(b.day) || a.user.localeCompare(b.user));

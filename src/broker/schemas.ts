@@ -61,6 +61,8 @@ export const jobResultSchema = z.object({
   object: z.string().optional(),
   bytes: z.number().int().min(0),
   elapsedMs: z.number().min(0),
+  /** Served from the result cache (#28): the entry's key, and the MARS time it saved. */
+  cached: z.object({ key: z.string(), savedMs: z.number().min(0) }).optional(),
 });
 export type JobResult = z.infer<typeof jobResultSchema>;
 

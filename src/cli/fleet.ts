@@ -17,12 +17,8 @@ import {
 import type { FleetConfig } from "../config/index.js";
 import { ConfigError, errorFromRecord, formatDuration } from "../core/index.js";
 import { queueSummary } from "../qos/index.js";
-import { EXIT, ProgressDisplay, exitCodeFor, showJobEvent } from "./output.js";
+import { EXIT, ProgressDisplay, exitCodeFor, print, showJobEvent } from "./output.js";
 import { parseEnviron, readRequestFile } from "./request-file.js";
-
-function print(json: boolean, value: unknown, human: () => string): void {
-  process.stdout.write(json ? JSON.stringify(value) + "\n" : human() + "\n");
-}
 
 async function withFleet<T>(config: FleetConfig, fn: (fleet: Fleet) => Promise<T>): Promise<T> {
   const fleet = await Fleet.connect({ config });

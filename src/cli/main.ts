@@ -113,6 +113,8 @@ function workerOptions<T>(y: Argv<T>) {
     "retention",
     "laneIdle",
     "keeper",
+    "cacheMaxBytes",
+    "cacheTtl",
   ])
     .option("concurrency", { type: "number", describe: "job slots (MARS_WORKER_CONCURRENCY, default 2)" })
     .option("mars-command", {
@@ -296,6 +298,35 @@ const COMMANDS: Array<CommandModule<object, Args>> = [
     describe: "list live workers",
     builder: (y) => fleetOptions(y),
     handler: handle(async (a) => (await fleetCli()).workersCommand(a.json === true, configFrom(a))),
+  },
+  {
+    command: "cache <action>",
+    describe:
+      "the result cache under the shared root: stats (entries, bytes, budget); purge [--older-than D] [--key K] (all entries without either)",
+    builder: (y) =>
+      workerOptions(y)
+        .positional("action", { choices: ["stats", "purge"] as const, demandOption: true })
+        .option("older-than", {
+          type: "string",
+          describe: "purge: entries last used longer ago than this (7d, 12h)",
+        })
+        .option("key", {
+          type: "string",
+          describe: "purge: the entry with this key (a job record's result.cached.key)",
+        }),
+    handler: handle(async (a) => {
+      const cli = await import("./cache.js");
+      return a["action"] === "stats"
+        ? cli.cacheStats(a.json === true, configFrom(a))
+        : cli.cachePurge(
+            {
+              ...(a["olderThan"] !== undefined && { olderThan: String(a["olderThan"]) }),
+              ...(a["key"] !== undefined && { key: String(a["key"]) }),
+            },
+            a.json === true,
+            configFrom(a),
+          );
+    }),
   },
   {
     command: "broker <action>",

@@ -44,6 +44,11 @@ const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
   WRONG_STATE: EXIT.usage,
 };
 
+/** A command's answer: JSON with --json, else the human text. */
+export function print(json: boolean, value: unknown, human: () => string): void {
+  process.stdout.write(json ? JSON.stringify(value) + "\n" : human() + "\n");
+}
+
 export function exitCodeFor(err: unknown): number {
   return err instanceof MarsFleetError ? (EXIT_BY_CODE[err.code] ?? EXIT.internal) : EXIT.internal;
 }

@@ -4,11 +4,7 @@ import { Fleet } from "../client/index.js";
 import type { FleetConfig } from "../config/index.js";
 import { ConfigError } from "../core/index.js";
 import { describeUse, isDeny, isLimit, isPriority, parseRules, type Rule } from "../qos/index.js";
-import { EXIT } from "./output.js";
-
-function print(json: boolean, value: unknown, human: () => string): void {
-  process.stdout.write(json ? JSON.stringify(value) + "\n" : human() + "\n");
-}
+import { EXIT, print } from "./output.js";
 
 /** Validate the file whole, then store it: every worker follows the change within a round trip. */
 export async function qosApply(

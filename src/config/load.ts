@@ -61,6 +61,8 @@ export const configSchema = z
     streamReplicas: z.union([z.literal(1), z.literal(3)]),
     eventsMaxAge: durationMs.min(1000),
     retention: durationMs.min(1000),
+    cacheMaxBytes: z.number().int().min(0),
+    cacheTtl: durationMs.min(1000),
     logLevel: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]),
   })
   .strict()

@@ -287,6 +287,20 @@ export const SETTINGS = [
     help: "How long a job record is kept after its last change (the jobs bucket's TTL); then it expires.",
   },
   {
+    key: "cacheMaxBytes",
+    env: "MARS_CACHE_MAX_BYTES",
+    kind: "int",
+    default: 0,
+    help: "Budget of the result cache under the shared root (.cache), in bytes; least recently used entries go first. 0 = no cache.",
+  },
+  {
+    key: "cacheTtl",
+    env: "MARS_CACHE_TTL",
+    kind: "duration",
+    default: 7 * 24 * HOUR,
+    help: "How long a result is served from the cache after MARS made it.",
+  },
+  {
     key: "logLevel",
     env: "MARS_LOG_LEVEL",
     kind: "string",

@@ -5,6 +5,7 @@ export { expandDates, expandIntegers, expandTimes } from "./expand.js";
 export { formatLogLine, isErrorLine, parseLogLine, transferBytes } from "./log.js";
 export type { MarsLogLevel } from "./log.js";
 export { lookupParam, PARAMS } from "./params.js";
+export { requestKey } from "./request-key.js";
 export type { ParamInfo } from "./params.js";
 export {
   canonicalKey,

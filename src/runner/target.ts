@@ -1,7 +1,8 @@
 /** Atomic targets: MARS writes to a temporary name beside the target, renamed only on success. */
 import { unlinkSync } from "node:fs";
 import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from "node:fs/promises";
-import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { CACHE_DIR } from "./result-cache.js";
 import { TargetError } from "../core/index.js";
 
 const PART_SUFFIX = ".mars-part";
@@ -137,7 +138,8 @@ export function checkFileName(name: string): string {
 
 /**
  * Resolve `path` (absolute, or relative to `root`) and require it to lie inside `root`.
- * Anything escaping the root (`..`, another absolute path) is rejected.
+ * Anything escaping the root (`..`, another absolute path) is rejected, and so is anything in the
+ * result cache's folder (`.cache`), which only workers write.
  */
 export function resolveInside(root: string, path: string): string {
   if (/[\u0000-\u001f]/.test(path))
@@ -149,6 +151,8 @@ export function resolveInside(root: string, path: string): string {
     // The root is not named: this message reaches gateway and API clients.
     throw new TargetError(`target ${JSON.stringify(path)} is outside the shared root`, { path });
   }
+  if (rel.split(sep)[0] === CACHE_DIR)
+    throw new TargetError(`target ${JSON.stringify(path)} is in the result cache's folder`, { path });
   return full;
 }
 
@@ -216,6 +220,8 @@ export async function prepareTargetDir(root: string, targetPath: string): Promis
     dirReal = await resolved(dir);
   }
   if (!within(rootReal, dirReal)) throw escape(outside);
+  if (relative(rootReal, dirReal).split(sep)[0] === CACHE_DIR)
+    throw escape("leads into the result cache's folder through a symbolic link");
   const target = await lstat(targetPath).catch(() => undefined); // absent: MARS creates it
   if (target?.isSymbolicLink()) throw escape("is a symbolic link");
   if (target?.isDirectory())

@@ -83,18 +83,29 @@ export function planGrid(req: MarsRequest): LatLonGrid {
   };
 }
 
+/** Each value once, smallest first. */
+function ascending(values: number[]): number[] {
+  return [...new Set(values)].sort((a, b) => a - b);
+}
+
 /** Expand a retrieve request into fields (param × date × time × step × levelist × number). */
 export function planRetrieval(req: MarsRequest, today: Date = new Date()): RetrievalPlan {
   const paramTokens = req.params["param"];
   if (!paramTokens) throw new MarsRequestError(`no "param" given`, { key: "param" });
-  const params = paramTokens.map((t) => {
-    const p = lookupParam(t);
-    if (!p) throw new MarsRequestError(`Ambiguous or unknown parameter: ${t}`, { key: "param" });
-    return p;
-  });
-  const dates = expandDates(req.params["date"] ?? ["-1"], today);
-  const times = expandTimes(req.params["time"] ?? ["0"]);
-  const steps = expandIntegers("step", req.params["step"] ?? ["0"]);
+  // Fields come in MARS's own order, whatever order the lists were given in: each list as a
+  // sorted set (parameters by id). So reordering a list changes no byte (src/mars/request-key.ts).
+  const params = [
+    ...new Map(
+      paramTokens.map((t) => {
+        const p = lookupParam(t);
+        if (!p) throw new MarsRequestError(`Ambiguous or unknown parameter: ${t}`, { key: "param" });
+        return [p.paramId, p] as const;
+      }),
+    ).values(),
+  ].sort((a, b) => a.paramId - b.paramId);
+  const dates = ascending(expandDates(req.params["date"] ?? ["-1"], today));
+  const times = ascending(expandTimes(req.params["time"] ?? ["0"]));
+  const steps = ascending(expandIntegers("step", req.params["step"] ?? ["0"]));
   const levtype = (req.params["levtype"]?.[0] ?? "sfc").toLowerCase();
   if (levtype !== "sfc" && levtype !== "pl") {
     throw new MarsRequestError(`levtype "${levtype}" is not served by the simulator: use sfc or pl`, {
@@ -102,8 +113,12 @@ export function planRetrieval(req: MarsRequest, today: Date = new Date()): Retri
     });
   }
   const levels =
-    levtype === "pl" ? expandIntegers("levelist", req.params["levelist"] ?? ["1000"]) : [undefined];
-  const members = req.params["number"] ? expandIntegers("number", req.params["number"]) : [undefined];
+    levtype === "pl"
+      ? ascending(expandIntegers("levelist", req.params["levelist"] ?? ["1000"]))
+      : [undefined];
+  const members = req.params["number"]
+    ? ascending(expandIntegers("number", req.params["number"]))
+    : [undefined];
   const type = (req.params["type"]?.[0] ?? "an").toLowerCase();
   const typeOfData = type === "an" ? 0 : type === "fc" ? 1 : 2;
   const todayYmd = Number(today.toISOString().slice(0, 10).replaceAll("-", ""));

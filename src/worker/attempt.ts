@@ -35,14 +35,18 @@ import {
   JobNotFoundError,
   type MarsFleetError,
 } from "../core/index.js";
+import { requestKey } from "../mars/index.js";
 import {
   attemptRunId,
+  commitPart,
   discardPart,
   earlierAttemptParts,
   errorForOutcome,
   type MarsRun,
+  partPathFor,
   prepareTargetDir,
   resolveInside,
+  type ResultCache,
   type RunOutcome,
   startMars,
 } from "../runner/index.js";
@@ -75,8 +79,13 @@ export interface AttemptEnv {
   command?: readonly string[];
   /** The results object store (opened on first use). */
   results: () => Promise<ObjectStore>;
+  /** The result cache under the shared root, when one is configured (MARS_CACHE_MAX_BYTES). */
+  cache?: ResultCache;
   log: Logger;
 }
+
+/** What the fenced commit moves into place: a MARS run's part file, or a cache entry linked there. */
+type Output = Pick<MarsRun, "partPath" | "commit" | "discard">;
 
 /** How an attempt ended, for those who observe settlements (metrics, the registry). */
 export interface AttemptEnd {
@@ -275,6 +284,11 @@ export class JobAttempt {
       return this.failure(asFleetError(err), true);
     }
     const runId = attemptRunId(job.id, attempt);
+    const key = ctx.cache?.enabled && job.deliver === "share" ? requestKey(job.requests) : undefined;
+    if (key) {
+      const hit = await this.fromCache(key, targetPath, runId);
+      if (hit) return hit;
+    }
     const run = startMars({
       requests: job.requests,
       targetPath,
@@ -295,8 +309,63 @@ export class JobAttempt {
       { status: outcome.status, exitCode: outcome.exitCode, signal: outcome.signal, bytes: outcome.bytes },
       "MARS finished",
     );
-    if (outcome.status === "succeeded") return this.commit(run, outcome);
-    return this.settlementFor(outcome);
+    if (outcome.status !== "succeeded") return this.settlementFor(outcome);
+    const settled = await this.commit(run, outcome);
+    if (key && "state" in settled && settled.state === "succeeded") await this.keep(key, targetPath, outcome);
+    return settled;
+  }
+
+  /**
+   * The result from the cache, when it holds this job's key: linked into this attempt's part file,
+   * checked, then committed behind the same fence as MARS's output. Undefined: a miss, MARS runs.
+   */
+  private async fromCache(
+    key: string,
+    targetPath: string,
+    runId: string,
+  ): Promise<Settlement | Abandoned | undefined> {
+    const { ctx, attempt } = this;
+    const partPath = partPathFor(targetPath, runId);
+    const started = Date.now();
+    const entry = await ctx.cache!.deliver(key, partPath).catch((err: unknown) => {
+      // The cache is an optimisation: an entry that cannot be read is a miss, and MARS runs.
+      this.log.warn({ err, key }, "could not read the result cache; MARS runs");
+      return undefined;
+    });
+    if (!entry) return undefined;
+    this.log.info({ key, bytes: entry.bytes, savedMs: entry.marsMs }, "served from the result cache");
+    this.events.state({ state: "running", attempt, worker: ctx.workerId, at: Date.now() });
+    this.events.line(
+      attempt,
+      1,
+      `mars-fleet: served from the result cache (${entry.bytes} bytes)`,
+      Date.now(),
+    );
+    this.events.progress({ attempt, bytes: entry.bytes, total: entry.bytes, at: Date.now() });
+    const output: Output = {
+      partPath,
+      commit: () => commitPart(partPath, targetPath),
+      discard: () => discardPart(partPath),
+    };
+    const ino = (await stat(partPath)).ino;
+    const settled = await this.commit(output, {
+      bytes: entry.bytes,
+      elapsedMs: Date.now() - started,
+      partIno: ino,
+    });
+    if ("state" in settled && settled.state === "succeeded" && settled.result)
+      settled.result = { ...settled.result, cached: { key, savedMs: entry.marsMs } };
+    return settled;
+  }
+
+  /** Keep a committed result in the cache (best effort: the job has succeeded either way). */
+  private async keep(key: string, targetPath: string, outcome: RunOutcome): Promise<void> {
+    try {
+      await this.ctx.cache!.store(key, targetPath, { jobId: this.job.id, marsMs: outcome.elapsedMs });
+    } catch (err) {
+      // Not kept: a later job with this key runs MARS again; nothing else depends on the entry.
+      this.log.warn({ err, key }, "could not keep the result in the cache");
+    }
   }
 
   /**
@@ -357,7 +426,10 @@ export class JobAttempt {
    * attempt still owns the job. A stale attempt (frozen past its lease, another attempt took over)
    * discards its output instead.
    */
-  private async commit(run: MarsRun, outcome: RunOutcome): Promise<Settlement | Abandoned> {
+  private async commit(
+    run: Output,
+    outcome: Pick<RunOutcome, "bytes" | "elapsedMs" | "partIno">,
+  ): Promise<Settlement | Abandoned> {
     const { ctx, job } = this;
     const ino = outcome.partIno ?? (await stat(run.partPath)).ino;
     const fence = await this.fence({

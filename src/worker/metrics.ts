@@ -1,6 +1,6 @@
 /**
  * Prometheus metrics of a worker, all in one place, served on `MARS_METRICS_PORT` (off by default):
- * jobs by outcome, job duration, running jobs and slots.
+ * jobs by outcome, job duration, running jobs and slots, and the result cache's events and bytes.
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -14,6 +14,8 @@ export class WorkerMetrics {
   private readonly duration: Histogram<"queue" | "state">;
   private readonly running: Gauge<"queue">;
   private readonly slots: Gauge<"queue">;
+  private readonly cacheEvents: Counter<"event">;
+  private readonly cacheBytes: Counter<"event">;
   private server: Server | undefined;
 
   constructor(
@@ -47,6 +49,24 @@ export class WorkerMetrics {
       labelNames: ["queue"],
       registers: [this.registry],
     });
+    this.cacheEvents = new Counter({
+      name: "mars_fleet_cache_events_total",
+      help: "Result cache lookups and changes by this worker: hit, miss, stored, dropped, evicted",
+      labelNames: ["event"],
+      registers: [this.registry],
+    });
+    this.cacheBytes = new Counter({
+      name: "mars_fleet_cache_bytes_total",
+      help: "Bytes served from the result cache (hit), kept in it (stored) and evicted from it",
+      labelNames: ["event"],
+      registers: [this.registry],
+    });
+  }
+
+  /** What the result cache did: hits, misses, entries stored, dropped (corrupt, expired) and evicted. */
+  cache(event: string, bytes = 0): void {
+    this.cacheEvents.inc({ event });
+    if (bytes > 0) this.cacheBytes.inc({ event }, bytes);
   }
 
   setSlots(n: number): void {

@@ -36,6 +36,7 @@ import { BrokerError, silentLogger, untilAborted, WrongStateError } from "../cor
 import { watchMaxDeliveries } from "./dead-letter.js";
 import type { AttemptEnv, JobAttempt } from "./attempt.js";
 import { Journal } from "./journal.js";
+import { ResultCache } from "../runner/index.js";
 import { preflight } from "./preflight.js";
 
 export const WORKER_VERSION = "0.1.0";
@@ -73,6 +74,7 @@ export class Worker {
   /** CPU time and wall time of the last registry entry, for the CPU share since then. */
   private lastUsage = { cpu: process.cpuUsage(), at: Date.now() };
   private results: Promise<ObjectStore> | undefined;
+  private resultCache: ResultCache | undefined;
   private metrics: WorkerMetrics | undefined;
   private metricsPortValue: number | undefined;
   private stopping: Promise<StopKind> | undefined;
@@ -204,6 +206,23 @@ export class Worker {
     );
   }
 
+  /** The result cache under the shared root (MARS_CACHE_MAX_BYTES > 0). */
+  private cache(): ResultCache {
+    const { config } = this.opts;
+    this.resultCache ??= new ResultCache(config.sharedRoot, {
+      maxBytes: config.cacheMaxBytes,
+      ttlMs: config.cacheTtl,
+      onEvent: (ev) => {
+        if (ev.type === "linked") return;
+        this.metrics?.cache(ev.type, "bytes" in ev ? ev.bytes : 0);
+        if (ev.type === "dropped") this.log.warn({ key: ev.key, why: ev.why }, "result cache entry dropped");
+        else if (ev.type === "evicted")
+          this.log.debug({ key: ev.key, bytes: ev.bytes }, "result cache entry evicted");
+      },
+    });
+    return this.resultCache;
+  }
+
   /** What every attempt of this worker runs with. */
   private attemptEnv(store: JobStore, journal: Journal, heartbeatMs: number): AttemptEnv {
     const { config } = this.opts;
@@ -224,6 +243,7 @@ export class Worker {
       // Loaded on first use: most workers never deliver to the object store.
       results: () =>
         (this.results ??= import("../broker/results.js").then((m) => m.resultsStore(this.conn.nc))),
+      ...(config.cacheMaxBytes > 0 && { cache: this.cache() }),
       log: this.log,
     };
   }

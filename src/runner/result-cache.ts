@@ -1,0 +1,265 @@
+/**
+ * The result cache (#28): finished results kept under the shared root, content-addressed by the
+ * canonical key of their requests (src/mars/request-key.ts), with a size budget and a time to live.
+ *
+ * On disk, in `<root>/.cache/<first two hex digits>/`: `<key>.grib`, a hard link to the committed
+ * result, and `<key>.json`, what was recorded at commit (size, sha256, when, how long MARS took,
+ * when it expires). The JSON file's mtime is the entry's last use: eviction removes the least
+ * recently used entries, expired ones first, until the data fits the budget.
+ *
+ * A hit links the entry's data into the job's part file first and checks that file's size and
+ * sha256 against the record after: an eviction that removes the entry meanwhile cannot take the
+ * file being delivered (the link holds it), and an entry whose bytes changed (a corrupted disk, a
+ * result modified in place through another link) is dropped and MARS runs as usual. The part file
+ * then goes through the job's fenced commit like any MARS output.
+ *
+ * No job target may lie in `.cache` (CACHE_DIR, refused by the target checks), so no
+ * user-supplied path reaches it.
+ */
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { chmod, link, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { z } from "zod";
+
+/** The cache's folder under the shared root (no job target may be inside it). */
+export const CACHE_DIR = ".cache";
+
+const entrySchema = z
+  .object({
+    v: z.literal(1),
+    key: z.string().regex(/^[0-9a-f]{64}$/),
+    bytes: z.number().int().min(1),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    storedAt: z.number(),
+    expiresAt: z.number(),
+    /** MARS's run time for this result: what each hit saves. */
+    marsMs: z.number().min(0),
+    /** The job whose result it is. */
+    jobId: z.string(),
+  })
+  .strict();
+export type CacheEntry = z.infer<typeof entrySchema>;
+
+export interface CacheStats {
+  entries: number;
+  bytes: number;
+  maxBytes: number;
+  oldestUse: number | null;
+}
+
+/** What the cache did, for metrics and logs. */
+export type CacheEvent =
+  | { type: "hit"; key: string; bytes: number; marsMs: number }
+  | { type: "miss"; key: string }
+  /** A hit's data is linked into the part file, not yet checked (what an eviction can no longer take). */
+  | { type: "linked"; key: string; partPath: string }
+  | { type: "dropped"; key: string; why: string }
+  | { type: "stored"; key: string; bytes: number }
+  | { type: "evicted"; key: string; bytes: number };
+
+export interface ResultCacheOptions {
+  /** The budget of the data, in bytes; 0: no cache. */
+  maxBytes: number;
+  /** How long an entry is served after it was stored. */
+  ttlMs: number;
+  /** Told each event; a "linked" event's delivery waits for what it returns. */
+  onEvent?: (ev: CacheEvent) => void | Promise<void>;
+}
+
+export async function sha256Of(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+export class ResultCache {
+  readonly dir: string;
+
+  constructor(
+    root: string,
+    private readonly opts: ResultCacheOptions,
+  ) {
+    this.dir = join(root, CACHE_DIR);
+  }
+
+  get enabled(): boolean {
+    return this.opts.maxBytes > 0;
+  }
+
+  private paths(key: string): { data: string; meta: string; folder: string } {
+    const folder = join(this.dir, key.slice(0, 2));
+    return { folder, data: join(folder, `${key}.grib`), meta: join(folder, `${key}.json`) };
+  }
+
+  private event(ev: CacheEvent): void {
+    void this.opts.onEvent?.(ev);
+  }
+
+  /** The entry under `key`, if it is recorded and not expired (an expired one is removed). */
+  async entry(key: string): Promise<CacheEntry | undefined> {
+    const { meta } = this.paths(key);
+    const text = await readFile(meta, "utf8").catch(() => undefined); // no entry
+    if (text === undefined) return undefined;
+    const parsed = entrySchema.safeParse(JSON.parse(text.trim() || "null"));
+    if (!parsed.success || parsed.data.key !== key) {
+      await this.drop(key, "its record is unreadable");
+      return undefined;
+    }
+    if (parsed.data.expiresAt <= Date.now()) {
+      await this.drop(key, "expired");
+      return undefined;
+    }
+    return parsed.data;
+  }
+
+  /**
+   * Deliver the entry under `key` into `partPath` (a hard link), checked against its record.
+   * Returns the entry, or undefined (a miss: nothing is left at `partPath`).
+   */
+  async deliver(key: string, partPath: string): Promise<CacheEntry | undefined> {
+    const found = await this.entry(key).catch(() => undefined); // an unreadable record: a miss
+    if (!found) {
+      this.event({ type: "miss", key });
+      return undefined;
+    }
+    const { data, meta } = this.paths(key);
+    try {
+      await link(data, partPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+      await this.drop(key, "its data is missing");
+      this.event({ type: "miss", key });
+      return undefined;
+    }
+    await this.opts.onEvent?.({ type: "linked", key, partPath });
+    const size = (await stat(partPath)).size;
+    const why =
+      size !== found.bytes
+        ? `its data is ${size} bytes, not ${found.bytes}`
+        : (await sha256Of(partPath)) !== found.sha256
+          ? "its data's sha256 is not the recorded one"
+          : undefined;
+    if (why) {
+      await rm(partPath, { force: true });
+      await this.drop(key, why);
+      this.event({ type: "miss", key });
+      return undefined;
+    }
+    const now = new Date();
+    await utimes(meta, now, now).catch(() => undefined); // evicted meanwhile: the delivery stands
+    this.event({ type: "hit", key, bytes: found.bytes, marsMs: found.marsMs });
+    return found;
+  }
+
+  /** Keep the committed result at `targetPath` under `key`; then keep the cache inside its budget. */
+  async store(key: string, targetPath: string, facts: { jobId: string; marsMs: number }): Promise<void> {
+    const { folder, data, meta } = this.paths(key);
+    await mkdir(folder, { recursive: true });
+    const tmp = `${data}.${process.pid}.${Date.now()}.tmp`;
+    await link(targetPath, tmp);
+    try {
+      const { size } = await stat(tmp);
+      const entry: CacheEntry = {
+        v: 1,
+        key,
+        bytes: size,
+        sha256: await sha256Of(tmp),
+        storedAt: Date.now(),
+        expiresAt: Date.now() + this.opts.ttlMs,
+        marsMs: facts.marsMs,
+        jobId: facts.jobId,
+      };
+      if (size === 0) return;
+      // Results are read, never written again: read-only (a change through any link is also caught
+      // by the hash at the next hit).
+      await chmod(tmp, 0o444);
+      await rename(tmp, data);
+      await writeFile(`${meta}.tmp`, JSON.stringify(entry) + "\n");
+      await rename(`${meta}.tmp`, meta);
+      this.event({ type: "stored", key, bytes: size });
+    } finally {
+      await rm(tmp, { force: true });
+    }
+    await this.evict();
+  }
+
+  /** Remove an entry (its record first: a reader finding no record finds no entry). */
+  async drop(key: string, why: string): Promise<void> {
+    const { data, meta } = this.paths(key);
+    await rm(meta, { force: true });
+    await rm(data, { force: true });
+    this.event({ type: "dropped", key, why });
+  }
+
+  /** Every entry with its last use, oldest use first. */
+  private async listing(): Promise<Array<{ key: string; bytes: number; usedAt: number; expiresAt: number }>> {
+    const out: Array<{ key: string; bytes: number; usedAt: number; expiresAt: number }> = [];
+    const folders = await readdir(this.dir).catch(() => [] as string[]); // no cache yet
+    for (const folder of folders) {
+      const names = await readdir(join(this.dir, folder)).catch(() => [] as string[]); // removed meanwhile
+      for (const name of names.filter((n) => n.endsWith(".json"))) {
+        const key = name.slice(0, -".json".length);
+        const path = join(this.dir, folder, name);
+        try {
+          const [text, info] = await Promise.all([readFile(path, "utf8"), stat(path)]);
+          const entry = entrySchema.parse(JSON.parse(text));
+          out.push({ key, bytes: entry.bytes, usedAt: info.mtimeMs, expiresAt: entry.expiresAt });
+        } catch {
+          // Removed meanwhile, or unreadable: an unreadable record is dropped at its next lookup.
+        }
+      }
+    }
+    return out.sort((a, b) => a.usedAt - b.usedAt);
+  }
+
+  /** Remove expired entries, then the least recently used until the data fits the budget. */
+  async evict(): Promise<number> {
+    const entries = await this.listing();
+    let total = entries.reduce((sum, e) => sum + e.bytes, 0);
+    let removed = 0;
+    const now = Date.now();
+    for (const e of entries.filter((x) => x.expiresAt <= now)) {
+      await this.remove(e.key, e.bytes);
+      total -= e.bytes;
+      removed++;
+    }
+    for (const e of entries.filter((x) => x.expiresAt > now)) {
+      if (total <= this.opts.maxBytes) break;
+      await this.remove(e.key, e.bytes);
+      total -= e.bytes;
+      removed++;
+    }
+    return removed;
+  }
+
+  private async remove(key: string, bytes: number): Promise<void> {
+    const { data, meta } = this.paths(key);
+    await rm(meta, { force: true });
+    await rm(data, { force: true });
+    this.event({ type: "evicted", key, bytes });
+  }
+
+  async stats(): Promise<CacheStats> {
+    const entries = await this.listing();
+    return {
+      entries: entries.length,
+      bytes: entries.reduce((sum, e) => sum + e.bytes, 0),
+      maxBytes: this.opts.maxBytes,
+      oldestUse: entries[0]?.usedAt ?? null,
+    };
+  }
+
+  /** Remove entries last used before `olderThanMs` ago, or the one under `key`, or all. */
+  async purge(opts: { olderThanMs?: number; key?: string }): Promise<number> {
+    const entries = await this.listing();
+    const cutoff = opts.olderThanMs === undefined ? Infinity : Date.now() - opts.olderThanMs;
+    let removed = 0;
+    for (const e of entries)
+      if ((opts.key === undefined || e.key === opts.key) && e.usedAt < cutoff) {
+        await this.remove(e.key, e.bytes);
+        removed++;
+      }
+    return removed;
+  }
+}

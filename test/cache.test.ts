@@ -1,0 +1,127 @@
+/**
+ * The result cache in a fleet (#28): a job whose request MARS would answer the same way as an
+ * earlier one's completes without MARS, through the same fenced commit, also after every process
+ * restarted; a corrupted entry is dropped and MARS runs; no target reaches the cache's folder.
+ */
+import assert from "node:assert/strict";
+import { chmod, readFile, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import type { Fleet } from "../src/client/fleet.js";
+import { accounting } from "../src/api/server.js";
+import { cli } from "./helpers/cli.js";
+import { TestFleet } from "./helpers/fleet.js";
+
+let tf: TestFleet;
+const queue = TestFleet.queue("cache");
+let settings: Record<string, string | number>;
+
+before(async () => {
+  tf = await TestFleet.start();
+  settings = { queue, concurrency: 2, marsCommand: tf.countingMars, cacheMaxBytes: 50_000_000 };
+});
+after(async () => {
+  await tf?.dispose();
+});
+
+const REQUEST = { param: "2t/msl", date: "20240101/to/20240103", grid: "10/10" };
+/** The same data, written another way. */
+const REWRITTEN = { PARAM: "151/2T", DATE: "2024-01-03/20240102/2024-01-01", grid: "10.0/10", levt: "sfc" };
+
+async function run(fleet: Fleet, request: Record<string, string>, id: string) {
+  const job = await fleet.submit(request, {
+    targetDir: "cache",
+    targetFname: `${id}.grib`,
+    environ: { request_id: id, user_id: "ann" },
+  });
+  const result = await job.result();
+  return { result, record: await job.status(), bytes: await readFile(result.target) };
+}
+
+describe("result cache", { timeout: 120_000 }, () => {
+  it("runs MARS once for the same data asked twice, also after every process restarted", async () => {
+    let worker = await tf.worker(settings);
+    let fleet = await tf.client({ queue });
+    const first = await run(fleet, { ...REQUEST, levtype: "sfc" }, "cache-1");
+    assert.equal(first.record.result?.cached, undefined, "the first job was served from the cache");
+    const second = await run(fleet, REWRITTEN, "cache-2");
+    const runs = await tf.invocations();
+    assert.equal(runs.get("cache-1"), 1);
+    assert.equal(runs.get("cache-2"), undefined, "MARS ran for the same data again");
+    assert.deepEqual(second.bytes, first.bytes);
+    assert.notEqual(second.result.target, first.result.target);
+    assert.equal(second.record.state, "succeeded");
+    assert.match(second.record.result?.cached?.key ?? "", /^[0-9a-f]{64}$/);
+    assert.equal(second.record.result?.cached?.savedMs, first.record.result?.elapsedMs);
+    // Its own file: the target is a link to the entry, not the first job's file itself moved.
+    assert.equal((await stat(first.result.target)).size, first.bytes.length);
+
+    // Every process restarts: the worker, the broker, the client.
+    worker.kill("SIGTERM");
+    await worker.exited;
+    await tf.server.restart();
+    worker = await tf.worker(settings);
+    fleet = await tf.client({ queue });
+    const third = await run(fleet, REQUEST_WITH_SFC, "cache-3");
+    assert.equal((await tf.invocations()).get("cache-3"), undefined, "MARS ran after the restart");
+    assert.deepEqual(third.bytes, first.bytes);
+
+    // Accounting: the hits, the bytes served from the cache and the MARS time saved, per user.
+    const rows = accounting(await fleet.jobs(), { user: "ann" });
+    const hits = rows.reduce((n, r) => n + r.cacheHits, 0);
+    assert.equal(hits, 2);
+    assert.equal(
+      rows.reduce((n, r) => n + r.cacheBytes, 0),
+      2 * first.bytes.length,
+    );
+    assert.ok(rows.reduce((n, r) => n + r.marsSecondsSaved, 0) > 0);
+  });
+
+  it("drops a corrupted entry and runs MARS, then keeps the new result", async () => {
+    await tf.worker(settings);
+    const fleet = await tf.client({ queue });
+    const request = { param: "10u", date: "20240105", grid: "10/10" };
+    const first = await run(fleet, request, "corrupt-1");
+    const key = (await run(fleet, request, "corrupt-2")).record.result?.cached?.key;
+    assert.ok(key, "the second job was not a hit");
+    const data = join(tf.sharedRoot, ".cache", key.slice(0, 2), `${key}.grib`);
+    await chmod(data, 0o644);
+    const bytes = await readFile(data);
+    bytes[bytes.length - 10] = bytes[bytes.length - 10]! ^ 0xff;
+    await writeFile(data, bytes); // in place: the first job's target shares these bytes
+    const third = await run(fleet, request, "corrupt-3");
+    assert.equal((await tf.invocations()).get("corrupt-3"), 1, "MARS did not run for a corrupted entry");
+    assert.equal(third.record.result?.cached, undefined);
+    assert.notDeepEqual(third.bytes, bytes, "the corrupted bytes were delivered");
+    const fourth = await run(fleet, request, "corrupt-4");
+    assert.equal(fourth.record.result?.cached?.key, key, "the new result was not kept");
+    assert.deepEqual(fourth.bytes, third.bytes);
+    assert.equal(first.record.state, "succeeded");
+  });
+
+  it("mars-fleet cache stats counts the entries; purge refuses a bad key and empties the cache", async () => {
+    const env = tf.env({ queue }, "admin");
+    const stats = await cli(["cache", "stats", "--json"], env);
+    assert.equal(stats.code, 0, stats.stderr);
+    const before = JSON.parse(stats.stdout) as { entries: number; bytes: number };
+    assert.ok(before.entries >= 2 && before.bytes > 0, stats.stdout);
+    const bad = await cli(["cache", "purge", "--key", "not-a-key"], env);
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /CONFIG_INVALID/);
+    const purged = await cli(["cache", "purge", "--json"], env);
+    assert.equal(purged.code, 0, purged.stderr);
+    assert.equal((JSON.parse(purged.stdout) as { removed: number }).removed, before.entries);
+    const after = JSON.parse((await cli(["cache", "stats", "--json"], env)).stdout) as { entries: number };
+    assert.equal(after.entries, 0);
+  });
+
+  it("refuses a target in the cache's folder", async () => {
+    const fleet = await tf.client({ queue });
+    await assert.rejects(
+      fleet.submit(REQUEST, { targetDir: ".cache/00", environ: { request_id: "into-cache" } }),
+      (e: { code?: string }) => e.code === "TARGET_INVALID",
+    );
+  });
+});
+
+const REQUEST_WITH_SFC = { ...REQUEST, levtype: "sfc" };
