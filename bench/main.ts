@@ -13,6 +13,7 @@ import { heavyMars } from "./heavy.js";
 import { brokerCapacity, dispatchLatency, perJobOverhead } from "./throughput.js";
 import { fairShare, heavyWithRules, manyUsers, qosDispatch } from "./qos.js";
 import { consoleListing, restApi } from "./api.js";
+import { resultCache } from "./cache.js";
 import { killOwnedOnSigterm } from "../src/core/owned.js";
 
 async function main(): Promise<void> {
@@ -20,7 +21,7 @@ async function main(): Promise<void> {
   const args = await yargs(hideBin(process.argv))
     .option("quick", { type: "boolean", default: false, describe: "smaller counts, under a minute" })
     .option("json", { type: "string", describe: "write every figure to this JSON file" })
-    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-16)" })
+    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-17)" })
     .option("peers", {
       type: "boolean",
       default: false,
@@ -48,6 +49,7 @@ async function main(): Promise<void> {
     [14, "REST API", (env) => restApi(env, q ? 100 : 200)],
     [15, "many users", (env) => manyUsers(env, q ? 500 : 2000)],
     [16, "console listing", (env) => consoleListing(env, q ? 2000 : 10_000)],
+    [17, "result cache", (env) => resultCache(env, q ? 600 : 3000, q ? 60 : 300)],
   ];
   const results: ScenarioResult[] = [];
   const started = Date.now();

@@ -69,7 +69,7 @@ async function checked<S extends z.ZodType>(schema: S, res: Response, status = 2
 const REQUEST = { param: "2t", date: "20240101/to/20240103", grid: "10/10" };
 
 describe("REST API: accounting", () => {
-  it("sums finished jobs per user and UTC day, MARS seconds and bytes, within from/to", () => {
+  it("sums finished jobs per user and UTC day, MARS seconds and bytes, cache hits apart, within from/to", () => {
     const rec = (
       user: string,
       finishedAt: string,
@@ -101,12 +101,28 @@ describe("REST API: accounting", () => {
         rec("a", "2026-11-02T00:01:00Z", "succeeded", 1000, 50),
         rec("b", "2026-11-01T12:00:00Z", "succeeded", 3000, 7),
         { ...rec("b", "2026-11-01T12:00:00Z", "running", 0, 0), finishedAt: undefined } as JobRecord,
+        // Served from the result cache: no MARS time of its own, the time it saved counted apart.
+        (() => {
+          const r = rec("b", "2026-11-01T13:00:00Z", "succeeded", 20, 7);
+          return { ...r, result: { ...r.result!, cached: { key: "k", savedMs: 3000 } } };
+        })(),
       ],
       { from: "2026-11-01", to: "2026-11-01" },
     );
+    const noCache = { cacheHits: 0, cacheBytes: 0, marsSecondsSaved: 0 };
     assert.deepEqual(rows, [
-      { user: "a", day: "2026-11-01", jobs: 2, succeeded: 1, marsSeconds: 2.5, bytes: 100 },
-      { user: "b", day: "2026-11-01", jobs: 1, succeeded: 1, marsSeconds: 3, bytes: 7 },
+      { user: "a", day: "2026-11-01", jobs: 2, succeeded: 1, marsSeconds: 2.5, bytes: 100, ...noCache },
+      {
+        user: "b",
+        day: "2026-11-01",
+        jobs: 2,
+        succeeded: 2,
+        marsSeconds: 3,
+        bytes: 14,
+        cacheHits: 1,
+        cacheBytes: 7,
+        marsSecondsSaved: 3,
+      },
     ]);
   });
 });

@@ -99,6 +99,60 @@ describe("result cache", { timeout: 120_000 }, () => {
     assert.equal(first.record.state, "succeeded");
   });
 
+  it("coalesces 20 identical submissions at once into one MARS run, 20 targets with the same bytes", async () => {
+    const q = TestFleet.queue("coalesce");
+    const slow = { MARS_SIM_FIELD_DELAY_MS: "300" };
+    await tf.worker({ ...settings, queue: q, concurrency: 4 }, slow);
+    await tf.worker({ ...settings, queue: q, concurrency: 4 }, slow);
+    const fleet = await tf.client({ queue: q });
+    const request = { param: "2t", date: "20240110/to/20240114", grid: "10/10" }; // 5 fields, 1.5 s
+    const jobs = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        fleet.submit(request, {
+          targetDir: "coalesce",
+          targetFname: `c${i}.grib`,
+          environ: { request_id: `coalesce-${i}`, user_id: `u${i % 3}` },
+        }),
+      ),
+    );
+    const results = await Promise.all(jobs.map((j) => j.result()));
+    const runs = [...(await tf.invocations())].filter(([id]) => id.startsWith("coalesce-"));
+    assert.equal(runs.length, 1, `MARS ran for ${runs.map(([id]) => id).join(", ")}`);
+    const first = await readFile(results[0]!.target);
+    for (const r of results) assert.deepEqual(await readFile(r.target), first, `${r.target} differs`);
+    const records = await Promise.all(jobs.map((j) => j.status()));
+    assert.equal(records.filter((r) => r.result?.cached).length, 19, "joined jobs not marked as served");
+  });
+
+  it("a coalesced run whose worker dies runs once more, not once per waiting job", async () => {
+    const q = TestFleet.queue("coalesce-die");
+    const doomed = await tf.worker(
+      { ...settings, queue: q, concurrency: 1 },
+      { MARS_SIM_FIELD_DELAY_MS: "1000" },
+    );
+    const fleet = await tf.client({ queue: q });
+    const request = { param: "msl", date: "20240120/to/20240123", grid: "10/10" };
+    const submit = (i: number) =>
+      fleet.submit(request, {
+        targetDir: "coalesce-die",
+        targetFname: `d${i}.grib`,
+        environ: { request_id: `die-${i}`, user_id: "ann" },
+      });
+    const leader = await submit(0);
+    // The leader's MARS runs on the doomed worker; then five more wait on a second worker.
+    for await (const ev of leader.events()) if (ev.type === "state" && ev.state === "running") break;
+    await tf.worker({ ...settings, queue: q, concurrency: 5 }, { MARS_SIM_FIELD_DELAY_MS: "100" });
+    const waiting = await Promise.all([1, 2, 3, 4, 5].map(submit));
+    await new Promise((r) => setTimeout(r, 500));
+    doomed.kill("SIGKILL");
+    const results = await Promise.all([leader, ...waiting].map((j) => j.result()));
+    const runs = [...(await tf.invocations())].filter(([id]) => id.startsWith("die-"));
+    const total = runs.reduce((n, [, c]) => n + c, 0);
+    assert.equal(total, 2, `MARS ran ${total} times: ${JSON.stringify(runs)}`);
+    const first = await readFile(results[0]!.target);
+    for (const r of results) assert.deepEqual(await readFile(r.target), first);
+  });
+
   it("mars-fleet cache stats counts the entries; purge refuses a bad key and empties the cache", async () => {
     const env = tf.env({ queue }, "admin");
     const stats = await cli(["cache", "stats", "--json"], env);

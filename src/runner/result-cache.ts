@@ -18,7 +18,20 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { chmod, link, mkdir, readdir, readFile, rename, rm, stat, utimes, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  link,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  rename,
+  rm,
+  stat,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { z } from "zod";
 
@@ -73,6 +86,21 @@ export async function sha256Of(path: string): Promise<string> {
   return hash.digest("hex");
 }
 
+/**
+ * The right to run MARS for a key while other jobs with the same key wait for its result
+ * (coalescing, #28): a file `<key>.run` made with O_EXCL, naming its owner, touched every
+ * `touchMs` while the run lasts. One left untouched for longer than the waiters' stale time (its
+ * worker died) is taken over by one of them.
+ */
+export interface RunLease {
+  readonly owner: string;
+  /** Give the right up (after the result is kept, or the run failed): a waiter may take it. */
+  release(): Promise<void>;
+}
+
+/** How often a waiter looks for the entry or a free run. */
+const WAIT_POLL_MS = 100;
+
 export class ResultCache {
   readonly dir: string;
 
@@ -94,6 +122,72 @@ export class ResultCache {
 
   private event(ev: CacheEvent): void {
     void this.opts.onEvent?.(ev);
+  }
+
+  /**
+   * Take the right to run MARS for `key`, or undefined when another owner holds it and touched it
+   * within `staleMs`. A stale holder's file is moved aside first (one rename wins), then made anew.
+   */
+  async lead(
+    key: string,
+    owner: string,
+    opts: { touchMs: number; staleMs: number },
+  ): Promise<RunLease | undefined> {
+    const { folder } = this.paths(key);
+    const path = join(folder, `${key}.run`);
+    await mkdir(folder, { recursive: true });
+    for (let tries = 0; tries < 2; tries++) {
+      try {
+        const handle = await open(path, "wx");
+        await handle.writeFile(owner);
+        await handle.close();
+        const timer = setInterval(() => {
+          const now = new Date();
+          // A touch that fails (the file taken over after a long stall) leaves the run to its fence.
+          utimes(path, now, now).catch(() => undefined);
+        }, opts.touchMs);
+        timer.unref();
+        return {
+          owner,
+          release: async () => {
+            clearInterval(timer);
+            const holder = await readFile(path, "utf8").catch(() => undefined); // gone: taken over
+            if (holder === owner) await rm(path, { force: true });
+          },
+        };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      }
+      const held = await stat(path).catch(() => undefined); // released meanwhile: try again
+      if (held && Date.now() - held.mtimeMs < opts.staleMs) return undefined;
+      // Stale (or just released): move it aside; of several waiters, one rename wins.
+      const aside = `${path}.${process.pid}.${Date.now()}.stale`;
+      const moved = await rename(path, aside).then(
+        () => true,
+        () => false,
+      );
+      if (moved) await rm(aside, { force: true });
+    }
+    return undefined;
+  }
+
+  /**
+   * Wait while another job's run holds `key`: resolves when the entry is there or the run is no
+   * longer held (released, or stale past `staleMs`): the caller then looks again. Throws the abort
+   * reason when `signal` aborts.
+   */
+  async awaitRun(key: string, opts: { staleMs: number; signal: AbortSignal }): Promise<void> {
+    const { folder, meta } = this.paths(key);
+    const path = join(folder, `${key}.run`);
+    for (;;) {
+      opts.signal.throwIfAborted();
+      const [entry, held] = await Promise.all([
+        stat(meta).catch(() => undefined), // not kept yet
+        stat(path).catch(() => undefined), // released
+      ]);
+      if (entry || !held || Date.now() - held.mtimeMs >= opts.staleMs) return;
+      await sleep(WAIT_POLL_MS, undefined, { signal: opts.signal });
+    }
   }
 
   /** The entry under `key`, if it is recorded and not expired (an expired one is removed). */

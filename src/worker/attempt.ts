@@ -47,6 +47,7 @@ import {
   prepareTargetDir,
   resolveInside,
   type ResultCache,
+  type RunLease,
   type RunOutcome,
   startMars,
 } from "../runner/index.js";
@@ -82,6 +83,20 @@ export interface AttemptEnv {
   /** The result cache under the shared root, when one is configured (MARS_CACHE_MAX_BYTES). */
   cache?: ResultCache;
   log: Logger;
+}
+
+/** A run that never started because its attempt was stopped first (while waiting for another run). */
+function stoppedOutcome(): RunOutcome {
+  return {
+    status: "cancelled",
+    bytes: 0,
+    elapsedMs: 0,
+    exitCode: null,
+    signal: null,
+    errorLines: [],
+    tail: [],
+    lines: 0,
+  };
 }
 
 /** What the fenced commit moves into place: a MARS run's part file, or a cache entry linked there. */
@@ -285,10 +300,63 @@ export class JobAttempt {
     }
     const runId = attemptRunId(job.id, attempt);
     const key = ctx.cache?.enabled && job.deliver === "share" ? requestKey(job.requests) : undefined;
+    let lease: RunLease | undefined;
     if (key) {
-      const hit = await this.fromCache(key, targetPath, runId);
-      if (hit) return hit;
+      const joined = await this.leadOrJoin(key, targetPath, runId);
+      if ("settled" in joined) return joined.settled;
+      lease = joined.lease;
     }
+    try {
+      return await this.runMars(key, targetPath, runId);
+    } finally {
+      await lease?.release().catch((err: unknown) => {
+        // Left behind, the run file goes stale and a waiter takes over after its stale time.
+        this.log.warn({ err, key }, "could not release the run of this key");
+      });
+    }
+  }
+
+  /**
+   * A job whose key another job is running waits for that run's result instead of running MARS
+   * again (coalescing): a hit from the cache, or else the right to run MARS for the key. Waiting,
+   * it keeps its slot and its heartbeat; when the other run ends without a result (it failed, or
+   * its worker died and its run file went stale) one of the waiters runs MARS.
+   */
+  private async leadOrJoin(
+    key: string,
+    targetPath: string,
+    runId: string,
+  ): Promise<{ settled: Settlement | Abandoned } | { lease: RunLease | undefined }> {
+    const cache = this.ctx.cache!;
+    const timing = { touchMs: this.ctx.heartbeatMs, staleMs: 3 * this.ctx.heartbeatMs };
+    for (let waited = false; ; waited = true) {
+      const hit = await this.fromCache(key, targetPath, runId);
+      if (hit) return { settled: hit };
+      let lease: RunLease | undefined;
+      try {
+        lease = await cache.lead(key, `${this.job.id}/${this.attempt}`, timing);
+      } catch (err) {
+        // The run file could not be made (a read-only cache folder): run MARS without coalescing.
+        this.log.warn({ err, key }, "could not take the run of this key; MARS runs uncoalesced");
+        return { lease: undefined };
+      }
+      if (lease) return { lease };
+      if (!waited) this.log.info({ key }, "an identical request is running: waiting for its result");
+      try {
+        await cache.awaitRun(key, { staleMs: timing.staleMs, signal: this.stopper.signal });
+      } catch {
+        // Stopped while waiting (cancelled, handed back, lease lost): settled as a stopped run.
+        return { settled: this.settlementFor(stoppedOutcome()) };
+      }
+    }
+  }
+
+  private async runMars(
+    key: string | undefined,
+    targetPath: string,
+    runId: string,
+  ): Promise<Settlement | Abandoned> {
+    const { ctx, job } = this;
     const run = startMars({
       requests: job.requests,
       targetPath,

@@ -106,12 +106,34 @@ export class Setup {
     await this.worker("w2");
     const c = this.client(["load", String(count), String(intervalMs)]);
     const finished = async (): Promise<Done[]> => {
-      await c.out.waitFor((l) => l.includes('"t":"end"'), 110_000, "the load run's end");
+      await c.out
+        .waitFor((l) => l.includes('"t":"end"'), 110_000, "the load run's end")
+        .catch((err: unknown) => {
+          throw new Error(`${(err as Error).message}\n${this.outstanding(c.out, count)}`, { cause: err });
+        });
       const done = c.out.json<Done>().filter((d) => d.t === "done");
       assertAllSucceeded(this, done, count);
       return done;
     };
     return { out: c.out, finished };
+  }
+
+  /** What a load run that did not end still waits for: jobs not submitted or not done, and what workers said of them. */
+  private outstanding(out: Lines, count: number): string {
+    const records = out.json<{ t: string; id: string }>();
+    const submitted = records.filter((r) => r.t === "submitted").map((r) => r.id);
+    const done = new Set(records.filter((r) => r.t === "done").map((r) => r.id));
+    const missing = submitted.filter((id) => !done.has(id));
+    const lines = [
+      `${submitted.length} of ${count} submitted, ${done.size} done; not done: ${missing.join(", ") || "none"}`,
+    ];
+    for (const id of missing)
+      for (const w of this.workers)
+        for (const l of w.logs.filter((x) => x["jobId"] === id).slice(-6))
+          lines.push(
+            `  ${w.id} on ${id}: ${String(l["msg"])} ${l["err"] ? JSON.stringify(l["err"]).slice(0, 200) : ""}`,
+          );
+    return lines.join("\n");
   }
 
   async worker(host: string, extra: Record<string, string> = {}): Promise<WorkerProcess> {

@@ -1,0 +1,138 @@
+/**
+ * Scenario 17, the result cache (#28): a skewed workload, submissions drawn from a set of distinct
+ * requests with Zipf(1.1) popularity, 8 in flight, the simulator taking a fixed time per field;
+ * the same submissions with the cache off (the baseline) and on, in the same run.
+ */
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
+import type { Fleet } from "../src/client/fleet.js";
+import { BenchEnv, percentile } from "./env.js";
+import { round, target, type ScenarioResult } from "./report.js";
+
+const IN_FLIGHT = 8;
+/** The simulator's time per field (each request is one field): MARS's own cost, fixed. */
+const FIELD_MS = 200;
+
+/** A seeded generator (mulberry32): the same submissions in both runs. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** `n` draws of request numbers 0..distinct-1 with Zipf(s) popularity. */
+export function zipfDraws(n: number, distinct: number, s: number, seed = 42): number[] {
+  const weights = Array.from({ length: distinct }, (_, k) => 1 / (k + 1) ** s);
+  const total = weights.reduce((a, b) => a + b, 0);
+  const cumulative: number[] = [];
+  let acc = 0;
+  for (const w of weights) cumulative.push((acc += w / total));
+  const next = random(seed);
+  return Array.from({ length: n }, () => {
+    const u = next();
+    const i = cumulative.findIndex((c) => u <= c);
+    return i < 0 ? distinct - 1 : i;
+  });
+}
+
+const requestOf = (i: number): Record<string, string> => ({
+  param: "2t",
+  date: new Date(Date.UTC(2023, 0, 1 + i)).toISOString().slice(0, 10).replaceAll("-", ""),
+  grid: "10/10",
+});
+
+interface Pass {
+  seconds: number;
+  marsRuns: number;
+  hitLatency: number[];
+  missLatency: number[];
+}
+
+async function pass(
+  env: BenchEnv,
+  fleet: Fleet,
+  draws: number[],
+  countFile: string,
+  tag: string,
+): Promise<Pass> {
+  const before = (await readFile(countFile, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
+  const hitLatency: number[] = [];
+  const missLatency: number[] = [];
+  let next = 0;
+  const started = performance.now();
+  const lane = async (): Promise<void> => {
+    while (next < draws.length) {
+      const i = next++;
+      const t0 = performance.now();
+      const job = await fleet.submit(requestOf(draws[i]!), {
+        targetDir: `cache-bench-${tag}`,
+        targetFname: `${i}.grib`,
+        environ: { user_id: `u${i % 20}` },
+      });
+      await job.result();
+      const ms = performance.now() - t0;
+      ((await job.status()).result?.cached ? hitLatency : missLatency).push(ms);
+    }
+  };
+  await Promise.all(Array.from({ length: IN_FLIGHT }, lane));
+  const seconds = (performance.now() - started) / 1000;
+  const after = (await readFile(countFile, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
+  void env;
+  return { seconds, marsRuns: after - before, hitLatency, missLatency };
+}
+
+export async function resultCache(
+  env: BenchEnv,
+  submissions: number,
+  distinct: number,
+): Promise<ScenarioResult> {
+  const countFile = join(env.sharedRoot, ".cache-bench-runs");
+  const mars = join(env.sharedRoot, ".cache-bench-mars.sh");
+  await writeFile(
+    mars,
+    `#!/bin/sh\necho x >> "${countFile}"\nexec "${process.execPath}" "${SIMULATOR_SCRIPT}" "$@"\n`,
+    { mode: 0o755 },
+  );
+  const draws = zipfDraws(submissions, distinct, 1.1);
+  const used = new Set(draws).size;
+  const run = async (name: string, cacheMaxBytes: number): Promise<Pass> => {
+    const queue = BenchEnv.queue(name);
+    const settings = { queue, concurrency: 4, marsCommand: mars, cacheMaxBytes };
+    const extra = { MARS_SIM_FIELD_DELAY_MS: String(FIELD_MS) };
+    await Promise.all([env.worker(settings, extra), env.worker(settings, extra)]);
+    return pass(env, await env.client({ queue }), draws, countFile, name);
+  };
+  const off = await run("cacheoff", 0);
+  const on = await run("cacheon", 1 << 30);
+  const throughputOff = submissions / off.seconds;
+  const throughputOn = submissions / on.seconds;
+  const hitP50 = percentile(on.hitLatency, 50);
+  return {
+    scenario: "17 result cache",
+    figures: {
+      "jobs/s, cache on": throughputOn,
+      "MARS runs, cache on": on.marsRuns,
+      "distinct requests drawn": used,
+      "cache hits": on.hitLatency.length,
+      "hit submit -> result p50 ms": hitP50,
+      "miss submit -> result p50 ms": percentile(on.missLatency, 50),
+    },
+    baseline: { "jobs/s, cache on": throughputOff, "MARS runs, cache on": off.marsRuns },
+    ratios: { "jobs/s, cache on": throughputOn / throughputOff },
+    targets: [
+      target("throughput, cache on / off", round(throughputOn / throughputOff, 2), "x", ">=", 5),
+      target("MARS runs - distinct requests", on.marsRuns - used, "runs", "<=", 0),
+      target("cache hit p50, submit to result", round(hitP50, 1), "ms", "<=", 20),
+    ],
+    notes: [
+      `${submissions} submissions of ${distinct} distinct one-field requests, Zipf(1.1) (${used} drawn), ${IN_FLIGHT} in flight, 2 workers x 4 slots, the simulator at ${FIELD_MS} ms a field; baseline: the same submissions with the cache off`,
+      "MARS runs counted by a wrapper around the simulator; a run may exceed the distinct requests by the retries it needed",
+    ],
+  };
+}
