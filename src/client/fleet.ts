@@ -1,4 +1,5 @@
 /** The fleet client: submit MARS jobs to the work queue, reattach to jobs, list jobs and workers. */
+import { setTimeout as sleep } from "node:timers/promises";
 import { createHash, randomUUID } from "node:crypto";
 import { resolve } from "node:path";
 import type { Logger } from "pino";
@@ -133,6 +134,9 @@ export const MAX_REQUEST_BYTES = 64 * 1024;
  * up to 33 s across hosts (docs/PROTOCOL.md, "Faults across hosts").
  */
 const SUBMIT_DEADLINE_MS = 60_000;
+
+/** How long close() waits for the connection to drain before it closes it. */
+const CLOSE_DRAIN_MS = 5000;
 
 export function jobIdFor(requestId: string | undefined): string {
   if (requestId === undefined) return randomUUID();
@@ -464,7 +468,16 @@ export class Fleet {
       // A registry view that never opened has no watch to stop.
       if (this.liveWorkers) (await this.liveWorkers.catch(() => undefined))?.stop();
       if (this.rulesFollower) (await this.rulesFollower.catch(() => undefined))?.close();
-      await this.conn.nc.drain().catch(() => this.conn.nc.close());
+      // A drain waits for the server to answer its flush: bounded, so that a close never hangs on
+      // a server that went away (then the connection is simply closed).
+      const drained = await Promise.race([
+        this.conn.nc.drain().then(
+          () => true,
+          () => false,
+        ),
+        sleep(CLOSE_DRAIN_MS, false),
+      ]);
+      if (!drained) await this.conn.nc.close();
     })();
     return this.closing;
   }

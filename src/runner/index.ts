@@ -8,7 +8,7 @@ export { CACHE_DIR, ResultCache, sha256Of } from "./result-cache.js";
 export type { CacheEntry, CacheEvent, CacheStats, ResultCacheOptions, RunLease } from "./result-cache.js";
 export {
   attemptRunId,
-  commitPart,
+  commitDurablePart,
   checkFileName,
   discardPart,
   earlierAttemptParts,

@@ -96,6 +96,15 @@ export async function commitPart(part: string, target: string): Promise<void> {
   await fsyncPath(dirname(target), "r");
 }
 
+/**
+ * Move a part file whose data is durable already into place (a result cache entry linked there:
+ * its inode was made durable when MARS's output was committed), and make the rename durable.
+ */
+export async function commitDurablePart(part: string, target: string): Promise<void> {
+  await rename(part, target);
+  await fsyncPath(dirname(target), "r");
+}
+
 export async function discardPart(part: string): Promise<void> {
   await rm(part, { force: true });
 }

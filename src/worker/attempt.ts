@@ -38,7 +38,7 @@ import {
 import { requestKey } from "../mars/index.js";
 import {
   attemptRunId,
-  commitPart,
+  commitDurablePart,
   discardPart,
   earlierAttemptParts,
   errorForOutcome,
@@ -412,7 +412,7 @@ export class JobAttempt {
     this.events.progress({ attempt, bytes: entry.bytes, total: entry.bytes, at: Date.now() });
     const output: Output = {
       partPath,
-      commit: () => commitPart(partPath, targetPath),
+      commit: () => commitDurablePart(partPath, targetPath),
       discard: () => discardPart(partPath),
     };
     const ino = (await stat(partPath)).ino;
