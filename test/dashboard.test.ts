@@ -262,6 +262,10 @@ describe("dashboard, in a real browser", { timeout: TIMEOUT }, () => {
     // The QoS section (a user key: its own lane only), and no dead letters for a user key.
     await page.locator("#qos", { hasText: "Lanes:" }).waitFor();
     assert.equal(await page.locator("#dead-section").isHidden(), true, "a user key was shown dead letters");
+    // Usage by user and day: a user key's own only (earlier tests ended alice's jobs).
+    await page.locator("#usage-body tr").first().waitFor();
+    const usageUsers = await page.locator("#usage-body tr td:nth-child(1)").allTextContents();
+    assert.deepEqual([...new Set(usageUsers)], ["alice"], `usage rows of ${usageUsers.join(", ")}`);
     await page.getByRole("button", { name: "MARS_RUNTIME_ERROR" }).click();
     const jobRows = page.locator("#jobs-body tr");
     await page.locator(`#jobs-body tr[data-key="${id}"]`).waitFor();

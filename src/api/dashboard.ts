@@ -146,6 +146,7 @@ function overviewSkeleton() {
     '<h2 id="qos-h">QoS</h2><div id="qos" aria-labelledby="qos-h"></div>' +
     table("waiting", "Jobs waiting for a limit", ["job", "worker", "why"]) +
     table("failures", "Failed jobs by error code", ["error code", "jobs", "newest"]) +
+    table("usage", "Usage by user and day", ["user", "day", "jobs", "succeeded", "MARS s", "bytes", "cache hits", "MARS s saved"]) +
     '<div id="dead-section" hidden>' + table("dead", "Dead letters", ["when", "queue", "job", "reason", "error"]) + '</div>' +
     '<h2 id="jobs-h">Jobs</h2>' + filterForm() +
     '<div class="scroll" role="region" tabindex="0" aria-labelledby="jobs-h"><table aria-labelledby="jobs-h"><thead><tr>' +
@@ -242,6 +243,10 @@ async function refreshSlow() {
     "<p>Lanes:</p><ul>" + (lanes || "<li>none with jobs</li>") + "</ul><p>Limits held now:</p><ul>" + (limits || "<li>none</li>") + "</ul>";
   syncRows(document.getElementById("waiting-body"), qos.waiting, (x) => x.job, (x) => [
     '<a href="#/job/' + encodeURIComponent(x.job) + '">' + esc(x.job) + "</a>", esc(x.worker), esc(x.reason)]);
+  // Usage (a user key: its own), newest day first: what ran, and what the result cache saved.
+  const usage = (await api("/v1/usage")).usage.slice().reverse().slice(0, 50);
+  syncRows(document.getElementById("usage-body"), usage, (x) => x.user + " " + x.day, (x) => [
+    esc(x.user), esc(x.day), esc(x.jobs), esc(x.succeeded), esc(x.marsSeconds), esc(x.bytes), esc(x.cacheHits), esc(x.marsSecondsSaved)]);
   const res = await fetch("/v1/dead?limit=50", { headers: { authorization: "Bearer " + key() } });
   const section = document.getElementById("dead-section");
   if (res.status === 403) { section.hidden = true; return; } // a user key: dead letters are the operators'
