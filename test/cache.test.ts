@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Fleet } from "../src/client/fleet.js";
 import { accounting } from "../src/api/server.js";
+import { parseRules } from "../src/qos/rules.js";
 import { cli } from "./helpers/cli.js";
 import { TestFleet } from "./helpers/fleet.js";
 
@@ -151,6 +152,46 @@ describe("result cache", { timeout: 120_000 }, () => {
     assert.equal(total, 2, `MARS ran ${total} times: ${JSON.stringify(runs)}`);
     const first = await readFile(results[0]!.target);
     for (const r of results) assert.deepEqual(await readFile(r.target), first);
+  });
+
+  it("a QoS rule that forbids caching: matching jobs run MARS every time, others are still served", async () => {
+    const q = TestFleet.queue("cache-policy");
+    const fleet = await tf.client({ queue: q });
+    await fleet.applyQosRules(
+      "rules:\n  - name: no-cache-tp\n    match: { param: tp }\n    cache: off\n  - name: short\n    match: { param: 10v }\n    cache: 1h\n",
+    );
+    await tf.worker({ ...settings, queue: q });
+    const tp = { param: "tp", date: "20240201", grid: "10/10" };
+    const v = { param: "10v", date: "20240201", grid: "10/10" };
+    const done = [];
+    for (const [i, request] of [tp, tp, v, v].entries()) {
+      const job = await fleet.submit(request, {
+        targetDir: "policy",
+        targetFname: `p${i}.grib`,
+        environ: { request_id: `policy-${i}` },
+      });
+      await job.result();
+      done.push(job);
+    }
+    const runs = await tf.invocations();
+    assert.equal(runs.get("policy-0"), 1);
+    assert.equal(runs.get("policy-1"), 1, "a job the rules keep out of the cache was served from it");
+    assert.equal(runs.get("policy-2"), 1);
+    assert.equal(runs.get("policy-3"), undefined, "a job the rules let the cache keep for 1h ran MARS");
+    // The entry kept under the 1h rule expires within the hour.
+    const key = (await done[3]!.status()).result?.cached?.key;
+    assert.ok(key);
+    const entry = JSON.parse(
+      await readFile(join(tf.sharedRoot, ".cache", key.slice(0, 2), `${key}.json`), "utf8"),
+    ) as {
+      storedAt: number;
+      expiresAt: number;
+    };
+    assert.equal(entry.expiresAt - entry.storedAt, 3_600_000);
+    assert.throws(
+      () => parseRules("rules:\n  - name: x\n    cache: sometimes\n"),
+      (e: { code?: string }) => e.code === "QOS_RULES_INVALID",
+    );
   });
 
   it("mars-fleet cache stats counts the entries; purge refuses a bad key and empties the cache", async () => {

@@ -47,7 +47,7 @@ function describeRule(r: Rule): string {
     return `limit ${r.name}: at most ${r.limit} running${r.per ? ` per ${r.per}` : " in total"}${match}`;
   if (isPriority(r)) return `priority ${r.name}: ${r.priority > 0 ? "+" : ""}${r.priority}${match}`;
   if (isDeny(r)) return `deny ${r.name}${match}: "${r.deny}"`;
-  return "";
+  return `cache ${r.name}${match}: ${r.cache === "off" ? "results neither served from nor kept in the cache" : `results kept ${r.cache}`}`;
 }
 
 /** The rules in force, each limit's running counts per value, queued and running jobs per lane. */

@@ -7,10 +7,13 @@ import { createHash } from "node:crypto";
 import { z } from "zod";
 import { expandDates, expandIntegers, expandTimes } from "../mars/index.js";
 import { environSchema, isToken, marsRequestSchema } from "../broker/index.js";
+import { parseDuration } from "../core/index.js";
 import {
+  isCache,
   isDeny,
   isLimit,
   isPriority,
+  type CacheRule,
   type Condition,
   type DenyRule,
   type LimitRule,
@@ -116,6 +119,16 @@ export function matches(facts: JobFacts, sel: Selector | undefined): boolean {
 }
 
 /** The first deny rule that matches, if any. */
+/**
+ * What the result cache may do for a job: `off` (neither serve nor keep its result, nor coalesce
+ * it), a time to live in ms from the first matching cache rule, or undefined (the worker's default).
+ */
+export function cachePolicy(rules: QosRules, facts: JobFacts): "off" | number | undefined {
+  const rule = rules.rules.find((r): r is CacheRule => isCache(r) && matches(facts, r.match));
+  if (!rule) return undefined;
+  return rule.cache === "off" ? "off" : parseDuration(rule.cache);
+}
+
 export function deniedBy(rules: QosRules, facts: JobFacts): DenyRule | undefined {
   return rules.rules.find((r): r is DenyRule => isDeny(r) && matches(facts, r.match));
 }

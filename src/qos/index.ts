@@ -2,6 +2,7 @@
 export {
   basePriority,
   coversLane,
+  cachePolicy,
   deniedBy,
   effectivePriority,
   factsOf,
@@ -26,7 +27,7 @@ export {
 } from "./lane-counts.js";
 export type { LaneRow, QueueSummary } from "./lane-counts.js";
 export { judged, LaneBoard } from "./lanes.js";
-export { isDeny, isLimit, isPriority, parseRules, usageWindowMs, withFleetCap } from "./rules.js";
+export { isCache, isDeny, isLimit, isPriority, parseRules, usageWindowMs, withFleetCap } from "./rules.js";
 export type { QosRules, Rule } from "./rules.js";
 export { readRules, RulesFollower, SlotTable, writeRules } from "./store.js";
 export type { Holder } from "./store.js";

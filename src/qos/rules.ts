@@ -60,11 +60,23 @@ const limitRule = z
   .strict();
 const priorityRule = z.object({ ...base, priority: z.number().int().min(-1000).max(1000) }).strict();
 const denyRule = z.object({ ...base, deny: z.string().min(1).max(500) }).strict();
+/** Whether the result cache may serve and keep matching jobs' results (`off`), or for how long. */
+const cacheRule = z
+  .object({
+    ...base,
+    cache: z.string().refine((v) => {
+      if (v === "off") return true;
+      const ms = parseDuration(v);
+      return ms !== undefined && ms >= MINUTE && ms <= 365 * 24 * HOUR;
+    }, 'off, or a time to live from 1m to 8760h, such as "1h" or "30d"'),
+  })
+  .strict();
 
 const KINDS = [
   ["limit", limitRule],
   ["priority", priorityRule],
   ["deny", denyRule],
+  ["cache", cacheRule],
 ] as const;
 
 /** A rule is checked against the schema of its kind, so that problems name their own key (and line). */
@@ -75,7 +87,7 @@ const rule = z.unknown().transform((value, ctx): Rule => {
     ctx.issues.push({
       code: "custom",
       input: value,
-      message: "a rule has a name and exactly one of limit (with optional per), priority or deny",
+      message: "a rule has a name and exactly one of limit (with optional per), priority, deny or cache",
     });
     return z.NEVER;
   }
@@ -89,7 +101,8 @@ const rule = z.unknown().transform((value, ctx): Rule => {
 export type LimitRule = z.infer<typeof limitRule>;
 export type PriorityRule = z.infer<typeof priorityRule>;
 export type DenyRule = z.infer<typeof denyRule>;
-export type Rule = LimitRule | PriorityRule | DenyRule;
+export type CacheRule = z.infer<typeof cacheRule>;
+export type Rule = LimitRule | PriorityRule | DenyRule | CacheRule;
 
 export const rulesSchema = z
   .object({
@@ -142,6 +155,10 @@ export function isLimit(r: Rule): r is LimitRule {
 export function isPriority(r: Rule): r is PriorityRule {
   return "priority" in r;
 }
+export function isCache(r: Rule): r is CacheRule {
+  return "cache" in r;
+}
+
 export function isDeny(r: Rule): r is DenyRule {
   return "deny" in r;
 }

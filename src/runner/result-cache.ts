@@ -211,9 +211,11 @@ export class ResultCache {
    * Deliver the entry under `key` into `partPath` (a hard link), checked against its record.
    * Returns the entry, or undefined (a miss: nothing is left at `partPath`).
    */
-  async deliver(key: string, partPath: string): Promise<CacheEntry | undefined> {
+  async deliver(key: string, partPath: string, maxAgeMs?: number): Promise<CacheEntry | undefined> {
     const found = await this.entry(key).catch(() => undefined); // an unreadable record: a miss
-    if (!found) {
+    // Older than the job's rules allow (a rule shortened the time to live): a miss; the new run's
+    // result replaces the entry.
+    if (!found || (maxAgeMs !== undefined && Date.now() - found.storedAt > maxAgeMs)) {
       this.event({ type: "miss", key });
       return undefined;
     }
@@ -247,7 +249,11 @@ export class ResultCache {
   }
 
   /** Keep the committed result at `targetPath` under `key`; then keep the cache inside its budget. */
-  async store(key: string, targetPath: string, facts: { jobId: string; marsMs: number }): Promise<void> {
+  async store(
+    key: string,
+    targetPath: string,
+    facts: { jobId: string; marsMs: number; ttlMs?: number },
+  ): Promise<void> {
     const { folder, data, meta } = this.paths(key);
     await mkdir(folder, { recursive: true });
     const tmp = `${data}.${process.pid}.${Date.now()}.tmp`;
@@ -260,7 +266,7 @@ export class ResultCache {
         bytes: size,
         sha256: await sha256Of(tmp),
         storedAt: Date.now(),
-        expiresAt: Date.now() + this.opts.ttlMs,
+        expiresAt: Date.now() + (facts.ttlMs ?? this.opts.ttlMs),
         marsMs: facts.marsMs,
         jobId: facts.jobId,
       };

@@ -82,6 +82,8 @@ export interface AttemptEnv {
   results: () => Promise<ObjectStore>;
   /** The result cache under the shared root, when one is configured (MARS_CACHE_MAX_BYTES). */
   cache?: ResultCache;
+  /** What the QoS rules in force say of caching a job's result: `off`, a time to live, or nothing. */
+  cachePolicy?: (job: JobMessage) => "off" | number | undefined;
   log: Logger;
 }
 
@@ -146,6 +148,8 @@ export class JobAttempt {
   private earlierFence: JobRecord["committing"];
   private heartbeat: NodeJS.Timeout | undefined;
   private pid = -1;
+  /** The time to live the QoS rules give this job's cached result (undefined: the worker's). */
+  private cacheTtlMs: number | undefined;
   private bytes = 0;
   private submissionWatch: SubmissionWatch | undefined;
   private readonly log: Logger;
@@ -299,7 +303,10 @@ export class JobAttempt {
       return this.failure(asFleetError(err), true);
     }
     const runId = attemptRunId(job.id, attempt);
-    const key = ctx.cache?.enabled && job.deliver === "share" ? requestKey(job.requests) : undefined;
+    const policy = ctx.cache?.enabled ? ctx.cachePolicy?.(job) : undefined;
+    this.cacheTtlMs = typeof policy === "number" ? policy : undefined;
+    const cacheable = ctx.cache?.enabled && job.deliver === "share" && policy !== "off";
+    const key = cacheable ? requestKey(job.requests) : undefined;
     let lease: RunLease | undefined;
     if (key) {
       const joined = await this.leadOrJoin(key, targetPath, runId);
@@ -395,7 +402,7 @@ export class JobAttempt {
     const { ctx, attempt } = this;
     const partPath = partPathFor(targetPath, runId);
     const started = Date.now();
-    const entry = await ctx.cache!.deliver(key, partPath).catch((err: unknown) => {
+    const entry = await ctx.cache!.deliver(key, partPath, this.cacheTtlMs).catch((err: unknown) => {
       // The cache is an optimisation: an entry that cannot be read is a miss, and MARS runs.
       this.log.warn({ err, key }, "could not read the result cache; MARS runs");
       return undefined;
@@ -429,7 +436,11 @@ export class JobAttempt {
   /** Keep a committed result in the cache (best effort: the job has succeeded either way). */
   private async keep(key: string, targetPath: string, outcome: RunOutcome): Promise<void> {
     try {
-      await this.ctx.cache!.store(key, targetPath, { jobId: this.job.id, marsMs: outcome.elapsedMs });
+      await this.ctx.cache!.store(key, targetPath, {
+        jobId: this.job.id,
+        marsMs: outcome.elapsedMs,
+        ...(this.cacheTtlMs !== undefined && { ttlMs: this.cacheTtlMs }),
+      });
     } catch (err) {
       // Not kept: a later job with this key runs MARS again; nothing else depends on the entry.
       this.log.warn({ err, key }, "could not keep the result in the cache");

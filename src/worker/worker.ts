@@ -17,6 +17,7 @@ import {
   encode,
   inboxPrefixFor,
   JobEventPublisher,
+  type JobMessage,
   JOBS_STREAM,
   JobStore,
   KEEPER_TIMEOUT_MS,
@@ -29,7 +30,7 @@ import {
 } from "../broker/index.js";
 import type { ObjectStore } from "@nats-io/obj";
 import type { WorkerMetrics } from "./metrics.js";
-import { RulesFollower, SlotTable, UsageTable } from "../qos/index.js";
+import { cachePolicy, factsOf, RulesFollower, SlotTable, UsageTable } from "../qos/index.js";
 import { Dispatcher } from "./dispatcher.js";
 import { type FleetConfig, marsCommandArgv } from "../config/index.js";
 import { BrokerError, silentLogger, untilAborted, WrongStateError } from "../core/index.js";
@@ -243,7 +244,11 @@ export class Worker {
       // Loaded on first use: most workers never deliver to the object store.
       results: () =>
         (this.results ??= import("../broker/results.js").then((m) => m.resultsStore(this.conn.nc))),
-      ...(config.cacheMaxBytes > 0 && { cache: this.cache() }),
+      ...(config.cacheMaxBytes > 0 && {
+        cache: this.cache(),
+        cachePolicy: (job: JobMessage) =>
+          this.rules ? cachePolicy(this.rules.rules, factsOf(job)) : undefined,
+      }),
       log: this.log,
     };
   }
