@@ -42,7 +42,7 @@ async function processesWith(text: string): Promise<number[]> {
 }
 
 describe("chaos", { timeout: 240_000 }, () => {
-  it("every job succeeds once under kill -9, SIGSTOP past the lease and a server restart", async (t) => {
+  it("every job succeeds once under kill -9, SIGSTOP past the lease, a server restart and duplicate submissions", async (t) => {
     const queue = TestFleet.queue("chaos");
     const settings = { ...SETTINGS, queue, marsCommand: tf.countingMars };
     const slow = { MARS_SIM_FIELD_DELAY_MS: "60" };
@@ -50,14 +50,18 @@ describe("chaos", { timeout: 240_000 }, () => {
     for (let i = 0; i < 3; i++) workers.push(await tf.worker(settings, slow));
     const fleet = await tf.client(settings);
     const ids = Array.from({ length: JOBS }, (_, i) => `${queue}-j${i}`);
-    const jobs = await Promise.all(
-      ids.map((id) =>
-        fleet.submit(
-          { param: "2t", date: "20240101/to/20240104", grid: "10/10" },
-          { targetDir: queue, targetFname: `${id}.grib`, requestId: id, environ: { request_id: id } },
-        ),
-      ),
-    );
+    const submit = (id: string) =>
+      fleet.submit(
+        { param: "2t", date: "20240101/to/20240104", grid: "10/10" },
+        { targetDir: queue, targetFname: `${id}.grib`, requestId: id, environ: { request_id: id } },
+      );
+    const jobs = await Promise.all(ids.map(submit));
+    // Duplicate submissions (a client that retries): the same request ids again, while the chaos
+    // goes on; each must name its first job, and that job must still be committed once.
+    const duplicates: Array<Promise<string>> = [];
+    const resubmit = (): void => {
+      for (const id of ids.slice(0, 5)) duplicates.push(submit(id).then((job) => job.id));
+    };
     const results = Promise.all(jobs.map((job) => job.result({ signal: AbortSignal.timeout(180_000) })));
     let finished = false;
     void results.finally(() => (finished = true));
@@ -68,6 +72,7 @@ describe("chaos", { timeout: 240_000 }, () => {
     let kills = 0;
     for (let round = 0; round < 12 && !finished; round++) {
       await sleep(400);
+      if (round === 1 || round === 7) resubmit();
       if (round === 3) {
         const frozen = pick();
         frozen.kill("SIGSTOP");
@@ -85,6 +90,13 @@ describe("chaos", { timeout: 240_000 }, () => {
     }
     const done = await results;
     assert.equal(done.length, JOBS);
+    const again = await Promise.all(duplicates);
+    assert.ok(again.length >= 5, `${again.length} duplicate submissions made`);
+    assert.deepEqual(
+      again,
+      again.map((_, i) => jobs[i % 5]!.id),
+      "a duplicate submission named a job other than its first",
+    );
     assert.ok(kills >= 3, `only ${kills} kills happened before the jobs were done: make the jobs longer`);
 
     await sleep(1000); // a stale worker, if any, would rename now

@@ -2,7 +2,7 @@
  * The console on a busy day (#29): N jobs running at once for over a minute, the overview open in
  * Debian's Chromium, and the page watched from inside for a minute: its "updated" time and the
  * progress it shows must each move at least every 2 s. The jobs run a light MARS stand-in (a
- * shell loop writing a little every second), so that a hundred of them fit on a CI machine beside
+ * shell loop writing a little every 3 s), so that a hundred of them fit on a CI machine beside
  * the browser; the simulator's Node process each would not.
  */
 import assert from "node:assert/strict";
@@ -26,8 +26,10 @@ export const WATCH_MS = 60_000;
 export const MAX_STILL_MS = 2000;
 
 /**
- * A MARS stand-in: reads the target from the request file, announces its size, then appends 80
- * bytes and prints a line every second for JOB_SECONDS.
+ * A MARS stand-in: reads the target from the request file, announces its size, then appends 240
+ * bytes and prints a line every 3 s for JOB_SECONDS (a hundred jobs, started a little apart, still
+ * move the page's total every second; one `sleep` process per job each 3 s keeps the machine free
+ * for the test file that runs beside this one).
  */
 async function slowMars(root: string): Promise<string> {
   const path = join(root, ".slow-mars.sh");
@@ -39,11 +41,12 @@ async function slowMars(root: string): Promise<string> {
       '  *target=*) target=${line#*target=\\"}; target=${target%%\\"*} ;;',
       'esac; done < "$1"',
       `echo "mars - INFO   - 00000000.000000 - Transfering ${JOB_SECONDS * 80} bytes"`,
+      "sleep $(( $$ % 3 ))", // jobs started together write in turn, not all in the same second
       "i=0",
-      `while [ $i -lt ${JOB_SECONDS} ]; do`,
-      "  printf '%080d' 0 >> \"$target\"",
+      `while [ $i -lt ${JOB_SECONDS / 3} ]; do`,
+      "  printf '%0240d' 0 >> \"$target\"",
       '  echo "mars - INFO   - 00000000.000000 - field $i"',
-      "  sleep 1; i=$((i+1))",
+      "  sleep 3; i=$((i+1))",
       "done",
       "",
     ].join("\n"),
@@ -85,7 +88,14 @@ export class BusyConsole {
     let api: ApiServer | undefined;
     try {
       if (rules) await (await tf.client({ queue })).applyQosRules(rules);
-      await tf.worker({ queue, concurrency: n, marsCommand: await slowMars(tf.sharedRoot) });
+      // Heartbeats every 2 s, not the tests' 250 ms: a hundred jobs beating four times a second would
+      // load a CI machine that runs another test file beside this one.
+      await tf.worker({
+        queue,
+        concurrency: n,
+        marsCommand: await slowMars(tf.sharedRoot),
+        heartbeatInterval: "2s",
+      });
       api = await startApi({ config: tf.config({ queue }), port: 0, host: "127.0.0.1" });
       const nc = await tf.connectAs("admin");
       const token = await (async () => {
