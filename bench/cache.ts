@@ -3,11 +3,13 @@
  * requests with Zipf(1.1) popularity, 8 in flight, the simulator taking a fixed time per field;
  * the same submissions with the cache off (the baseline) and on, in the same run.
  */
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { Gateway } from "../src/gateway/gateway.js";
 import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
 import type { Fleet } from "../src/client/fleet.js";
 import { BenchEnv, percentile } from "./env.js";
+import { sharesJob } from "./gateway.js";
 import { round, target, type ScenarioResult } from "./report.js";
 
 const IN_FLIGHT = 8;
@@ -41,9 +43,9 @@ export function zipfDraws(n: number, distinct: number, s: number, seed = 42): nu
   });
 }
 
-const requestOf = (i: number): Record<string, string> => ({
+const requestOf = (i: number, offset = 0): Record<string, string> => ({
   param: "2t",
-  date: new Date(Date.UTC(2023, 0, 1 + i)).toISOString().slice(0, 10).replaceAll("-", ""),
+  date: new Date(Date.UTC(2020, 0, 1 + i + offset)).toISOString().slice(0, 10).replaceAll("-", ""),
   grid: "10/10",
 });
 
@@ -88,6 +90,38 @@ async function pass(
   return { seconds, marsRuns: after - before, hitLatency, missLatency };
 }
 
+/**
+ * The same draws through the shares gateway, as cads-mars-server's clients send them (on requests
+ * of their own, `offset` days later, so that the library's passes left nothing in the cache).
+ */
+async function sharesPass(env: BenchEnv, queue: string, draws: number[], countFile: string, tag: string): Promise<Pass> {
+  const gateway = await Gateway.start({
+    config: env.config({ queue, pipePort: 0, sharesPort: 0, gatewayHost: "127.0.0.1" }),
+  });
+  try {
+    await mkdir(join(env.sharedRoot, tag), { recursive: true });
+    const before = (await readFile(countFile, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
+    const latency: number[] = [];
+    let next = 0;
+    const started = performance.now();
+    const lane = async (): Promise<void> => {
+      while (next < draws.length) {
+        const i = next++;
+        latency.push(await sharesJob(gateway.sharesPort, `/${tag}/${i}.grib`, requestOf(draws[i]!, SHARES_OFFSET)));
+      }
+    };
+    await Promise.all(Array.from({ length: IN_FLIGHT }, lane));
+    const seconds = (performance.now() - started) / 1000;
+    const after = (await readFile(countFile, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
+    return { seconds, marsRuns: after - before, hitLatency: [], missLatency: latency };
+  } finally {
+    await gateway.close();
+  }
+}
+
+/** Days between the library's requests and the shares gateway's: distinct keys. */
+const SHARES_OFFSET = 1000;
+
 export async function resultCache(
   env: BenchEnv,
   submissions: number,
@@ -103,8 +137,10 @@ export async function resultCache(
   const draws = zipfDraws(submissions, distinct, 1.1);
   const used = new Set(draws).size;
   let onFleet: Fleet | undefined;
+  const queues: Record<string, string> = {};
   const run = async (name: string, cacheMaxBytes: number): Promise<Pass> => {
     const queue = BenchEnv.queue(name);
+    queues[name] = queue;
     const settings = { queue, concurrency: 4, marsCommand: mars, cacheMaxBytes };
     const extra = { MARS_SIM_FIELD_DELAY_MS: String(FIELD_MS) };
     await Promise.all([env.worker(settings, extra), env.worker(settings, extra)]);
@@ -117,6 +153,9 @@ export async function resultCache(
   // A hit on its own: the drawn requests once more, one at a time, with no MARS run beside.
   const alone = await pass(env, onFleet!, [...new Set(draws)].slice(0, 50), countFile, "alone", 1);
   if (alone.missLatency.length > 0) throw new Error(`${alone.missLatency.length} cached requests missed`);
+  const sharesOff = await sharesPass(env, queues["cacheoff"]!, draws, countFile, "cache-shares-off");
+  const sharesOn = await sharesPass(env, queues["cacheon"]!, draws, countFile, "cache-shares-on");
+  const sharesRatio = sharesOff.seconds / sharesOn.seconds;
   const throughputOff = submissions / off.seconds;
   const throughputOn = submissions / on.seconds;
   const hitP50 = percentile(alone.hitLatency, 50);
@@ -130,13 +169,24 @@ export async function resultCache(
       "hit submit -> result p50 ms, alone": hitP50,
       "hit submit -> result p50 ms, under the load": percentile(on.hitLatency, 50),
       "miss submit -> result p50 ms": percentile(on.missLatency, 50),
+      "shares gateway jobs/s, cache on": submissions / sharesOn.seconds,
+      "shares gateway MARS runs, cache on": sharesOn.marsRuns,
     },
-    baseline: { "jobs/s, cache on": throughputOff, "MARS runs, cache on": off.marsRuns },
-    ratios: { "jobs/s, cache on": throughputOn / throughputOff },
+    baseline: {
+      "jobs/s, cache on": throughputOff,
+      "MARS runs, cache on": off.marsRuns,
+      "shares gateway jobs/s, cache on": submissions / sharesOff.seconds,
+      "shares gateway MARS runs, cache on": sharesOff.marsRuns,
+    },
+    ratios: {
+      "jobs/s, cache on": throughputOn / throughputOff,
+      "shares gateway jobs/s, cache on": sharesRatio,
+    },
     targets: [
       target("throughput, cache on / off", round(throughputOn / throughputOff, 2), "x", ">=", 5),
       target("MARS runs - distinct requests", on.marsRuns - used, "runs", "<=", 0),
       target("cache hit p50, submit to result", round(hitP50, 1), "ms", "<=", 20),
+      target("shares gateway throughput, cache on / off", round(sharesRatio, 2), "x", ">=", 4),
     ],
     notes: [
       `${submissions} submissions of ${distinct} distinct one-field requests, Zipf(1.1) (${used} drawn), ${IN_FLIGHT} in flight, 2 workers x 4 slots, the simulator at ${FIELD_MS} ms a field; baseline: the same submissions with the cache off`,

@@ -357,6 +357,7 @@ function jobDetails(rec) {
     ["queue", rec.queue], ["user", rec.environ.user_id], ["attempt", rec.attempt + " of " + rec.maxAttempts],
     ["worker", rec.worker], ["submitted", when(rec.submittedAt)], ["started", when(rec.startedAt)], ["finished", when(rec.finishedAt)],
     ["error", rec.error ? rec.error.code + ": " + rec.error.message : ""], ["waits", (rec.waiting || []).join("; ")],
+    ["from the cache", rec.result && rec.result.cached ? "yes: no MARS run, " + (rec.result.cached.savedMs / 1000).toFixed(1) + " s of MARS saved" : ""],
   ];
   document.getElementById("details").innerHTML = rows.filter(([, v]) => v).map(([k, v]) => "<dt>" + k + "</dt><dd>" + esc(v) + "</dd>").join("") +
     (rec.retryOf ? '<dt>retry of</dt><dd><a href="#/job/' + encodeURIComponent(rec.retryOf) + '">' + esc(rec.retryOf) + "</a></dd>" : "");
