@@ -125,6 +125,40 @@ describe("result cache", { timeout: 120_000 }, () => {
     assert.equal(records.filter((r) => r.result?.cached).length, 19, "joined jobs not marked as served");
   });
 
+  it("a coalesced run that fails for good fails every joined job with its error, MARS running once", async () => {
+    const q = TestFleet.queue("coalesce-fail");
+    await tf.worker(
+      { ...settings, queue: q, concurrency: 5 },
+      { MARS_SIM_FIELD_DELAY_MS: "500", MARS_SIM_FAIL_AFTER_BYTES: "1" },
+    );
+    const fleet = await tf.client({ queue: q });
+    const request = { param: "2t", date: "20240301/to/20240304", grid: "10/10" };
+    const jobs = await Promise.all(
+      Array.from({ length: 5 }, (_, i) =>
+        fleet.submit(request, {
+          targetDir: "coalesce-fail",
+          targetFname: `f${i}.grib`,
+          environ: { request_id: `fail-${i}`, user_id: "ann" },
+        }),
+      ),
+    );
+    const codes = await Promise.all(
+      jobs.map((j) =>
+        j.result().then(
+          () => "succeeded",
+          (e: { code?: string }) => e.code,
+        ),
+      ),
+    );
+    assert.deepEqual(codes, Array(5).fill("MARS_RUNTIME_ERROR"));
+    const runs = [...(await tf.invocations())].filter(([id]) => id.startsWith("fail-"));
+    assert.equal(
+      runs.reduce((n, [, c]) => n + c, 0),
+      1,
+      `MARS ran for ${JSON.stringify(runs)}`,
+    );
+  });
+
   it("a coalesced run whose worker dies runs once more, not once per waiting job", async () => {
     const q = TestFleet.queue("coalesce-die");
     const doomed = await tf.worker(

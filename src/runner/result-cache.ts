@@ -190,6 +190,30 @@ export class ResultCache {
     }
   }
 
+  /**
+   * Tell the jobs waiting on `key`'s run that it failed for good (`<key>.failed`, with `error`): they
+   * fail with it instead of each running MARS in turn into the same error.
+   */
+  async failed(key: string, error: unknown): Promise<void> {
+    const { folder } = this.paths(key);
+    const path = join(folder, `${key}.failed`);
+    await writeFile(`${path}.${process.pid}.tmp`, JSON.stringify({ at: Date.now(), error }) + "\n");
+    await rename(`${path}.${process.pid}.tmp`, path);
+  }
+
+  /** The error a run of `key` failed with at or after `since` (ms), if one was told; the caller checks its shape. */
+  async failureSince(key: string, since: number): Promise<unknown> {
+    const { folder } = this.paths(key);
+    const text = await readFile(join(folder, `${key}.failed`), "utf8").catch(() => undefined); // none told
+    if (text === undefined) return undefined;
+    try {
+      const told = JSON.parse(text) as { at?: unknown; error?: unknown };
+      return typeof told.at === "number" && told.at >= since ? told.error : undefined;
+    } catch {
+      return undefined; // unreadable: as if none was told (the waiter runs MARS itself)
+    }
+  }
+
   /** The entry under `key`, if it is recorded and not expired (an expired one is removed). */
   async entry(key: string): Promise<CacheEntry | undefined> {
     const { meta } = this.paths(key);

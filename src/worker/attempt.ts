@@ -29,6 +29,8 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import {
   asFleetError,
+  errorFromRecord,
+  errorRecordSchema,
   type ErrorRecord,
   JobCancelledError,
   JobFailedError,
@@ -336,7 +338,19 @@ export class JobAttempt {
   ): Promise<{ settled: Settlement | Abandoned } | { lease: RunLease | undefined }> {
     const cache = this.ctx.cache!;
     const timing = { touchMs: this.ctx.heartbeatMs, staleMs: 3 * this.ctx.heartbeatMs };
+    let waitingSince: number | undefined;
     for (let waited = false; ; waited = true) {
+      if (waitingSince !== undefined) {
+        // The run waited on failed for good: the same error, without running MARS into it again.
+        const told = errorRecordSchema.safeParse(await cache.failureSince(key, waitingSince));
+        if (told.success) {
+          this.log.info(
+            { key, code: told.data.code },
+            "the identical request's run failed: so does this job",
+          );
+          return { settled: this.failure(errorFromRecord(told.data), true) };
+        }
+      }
       const hit = await this.fromCache(key, targetPath, runId);
       if (hit) return { settled: hit };
       let lease: RunLease | undefined;
@@ -349,6 +363,7 @@ export class JobAttempt {
       }
       if (lease) return { lease };
       if (!waited) this.log.info({ key }, "an identical request is running: waiting for its result");
+      waitingSince ??= Date.now();
       try {
         await cache.awaitRun(key, { staleMs: timing.staleMs, signal: this.stopper.signal });
       } catch {
@@ -384,7 +399,15 @@ export class JobAttempt {
       { status: outcome.status, exitCode: outcome.exitCode, signal: outcome.signal, bytes: outcome.bytes },
       "MARS finished",
     );
-    if (outcome.status !== "succeeded") return this.settlementFor(outcome);
+    if (outcome.status !== "succeeded") {
+      const settled = this.settlementFor(outcome);
+      if (key && "state" in settled && settled.state === "failed" && settled.error)
+        await ctx.cache!.failed(key, settled.error).catch((err: unknown) => {
+          // Not told: the waiting jobs run MARS themselves, one after another, and fail likewise.
+          this.log.warn({ err, key }, "could not tell the waiting jobs that this run failed");
+        });
+      return settled;
+    }
     const settled = await this.commit(run, outcome);
     if (key && "state" in settled && settled.state === "succeeded") await this.keep(key, targetPath, outcome);
     return settled;
