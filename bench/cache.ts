@@ -94,7 +94,13 @@ async function pass(
  * The same draws through the shares gateway, as cads-mars-server's clients send them (on requests
  * of their own, `offset` days later, so that the library's passes left nothing in the cache).
  */
-async function sharesPass(env: BenchEnv, queue: string, draws: number[], countFile: string, tag: string): Promise<Pass> {
+async function sharesPass(
+  env: BenchEnv,
+  queue: string,
+  draws: number[],
+  countFile: string,
+  tag: string,
+): Promise<Pass> {
   const gateway = await Gateway.start({
     config: env.config({ queue, pipePort: 0, sharesPort: 0, gatewayHost: "127.0.0.1" }),
   });
@@ -107,7 +113,9 @@ async function sharesPass(env: BenchEnv, queue: string, draws: number[], countFi
     const lane = async (): Promise<void> => {
       while (next < draws.length) {
         const i = next++;
-        latency.push(await sharesJob(gateway.sharesPort, `/${tag}/${i}.grib`, requestOf(draws[i]!, SHARES_OFFSET)));
+        latency.push(
+          await sharesJob(gateway.sharesPort, `/${tag}/${i}.grib`, requestOf(draws[i]!, SHARES_OFFSET)),
+        );
       }
     };
     await Promise.all(Array.from({ length: IN_FLIGHT }, lane));

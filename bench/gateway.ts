@@ -41,7 +41,11 @@ async function diskRate(path: string): Promise<number> {
   return bytes / Math.max(1, Date.now() - t0) / 1000; // MB/s
 }
 
-export function sharesJob(port: number, target: string, request: Record<string, string> = SMALL): Promise<number> {
+export function sharesJob(
+  port: number,
+  target: string,
+  request: Record<string, string> = SMALL,
+): Promise<number> {
   return new Promise((resolve, reject) => {
     const t0 = Date.now();
     const ws = new WebSocket(`ws://127.0.0.1:${port}`);
