@@ -9,6 +9,9 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Fleet } from "../src/client/fleet.js";
 import { accounting } from "../src/api/server.js";
+import { existsSync } from "node:fs";
+import { normaliseRequests } from "../src/mars/request.js";
+import { requestKey } from "../src/mars/request-key.js";
 import { parseRules } from "../src/qos/rules.js";
 import { cli } from "./helpers/cli.js";
 import { TestFleet } from "./helpers/fleet.js";
@@ -159,6 +162,52 @@ describe("result cache", { timeout: 120_000 }, () => {
     );
   });
 
+  it("cancelling the job whose run others wait on: the run goes on for them; cancelling all of them stops it", async () => {
+    const scene = async (name: string, request: Record<string, string>) => {
+      const q = TestFleet.queue(name);
+      await tf.worker({ ...settings, queue: q, concurrency: 4 }, { MARS_SIM_FIELD_DELAY_MS: "700" });
+      const fleet = await tf.client({ queue: q });
+      const submit = (i: number) =>
+        fleet.submit(request, {
+          targetDir: name,
+          targetFname: `${i}.grib`,
+          environ: { request_id: `${name}-${i}`, user_id: "ann" },
+        });
+      const leader = await submit(0);
+      for await (const ev of leader.events()) if (ev.type === "state" && ev.state === "running") break;
+      const waiting = [await submit(1), await submit(2)];
+      await new Promise((r) => setTimeout(r, 800)); // both wait on the leader's run
+      return { leader, waiting };
+    };
+    const ended = (j: { result: () => Promise<unknown> }) =>
+      j.result().then(
+        () => "succeeded",
+        (e: { code?: string }) => e.code,
+      );
+
+    // The leader cancelled: its waiters still get the run's result, from one MARS run.
+    const a = await scene("cancel-one", { param: "2t", date: "20240401/to/20240406", grid: "10/10" });
+    await a.leader.cancel();
+    assert.deepEqual(await Promise.all([a.leader, ...a.waiting].map(ended)), [
+      "JOB_CANCELLED",
+      "succeeded",
+      "succeeded",
+    ]);
+    const runsA = [...(await tf.invocations())].filter(([id]) => id.startsWith("cancel-one-"));
+    assert.deepEqual(runsA, [["cancel-one-0", 1]], "MARS ran again after the leader's cancel");
+
+    // Every job cancelled, the leader first: the run is stopped, and nothing is kept from it.
+    const request = { param: "msl", date: "20240410/to/20240420", grid: "10/10" }; // 11 fields, 7.7 s
+    const b = await scene("cancel-all", request);
+    await b.leader.cancel();
+    await new Promise((r) => setTimeout(r, 500));
+    for (const w of b.waiting) await w.cancel();
+    assert.deepEqual(await Promise.all([b.leader, ...b.waiting].map(ended)), Array(3).fill("JOB_CANCELLED"));
+    const key = requestKey(normaliseRequests(request))!;
+    const kept = existsSync(join(tf.sharedRoot, ".cache", key.slice(0, 2), `${key}.json`));
+    assert.equal(kept, false, "the run went on to its end with no job waiting on it");
+  });
+
   it("a coalesced run whose worker dies runs once more, not once per waiting job", async () => {
     const q = TestFleet.queue("coalesce-die");
     const doomed = await tf.worker(
@@ -166,7 +215,8 @@ describe("result cache", { timeout: 120_000 }, () => {
       { MARS_SIM_FIELD_DELAY_MS: "1000" },
     );
     const fleet = await tf.client({ queue: q });
-    const request = { param: "msl", date: "20240120/to/20240123", grid: "10/10" };
+    // 10 fields of 1 s on the doomed worker: still running when it is killed, however slow the start.
+    const request = { param: "msl", date: "20240120/to/20240129", grid: "10/10" };
     const submit = (i: number) =>
       fleet.submit(request, {
         targetDir: "coalesce-die",

@@ -173,21 +173,46 @@ export class ResultCache {
 
   /**
    * Wait while another job's run holds `key`: resolves when the entry is there or the run is no
-   * longer held (released, or stale past `staleMs`): the caller then looks again. Throws the abort
-   * reason when `signal` aborts.
+   * longer held (released, or stale past `staleMs`): the caller then looks again. The waiter is
+   * known meanwhile by a file `<key>.wait.<waiter>`, touched as it waits (see waiting()). Throws the
+   * abort reason when `signal` aborts.
    */
-  async awaitRun(key: string, opts: { staleMs: number; signal: AbortSignal }): Promise<void> {
+  async awaitRun(key: string, opts: { staleMs: number; signal: AbortSignal; waiter: string }): Promise<void> {
     const { folder, meta } = this.paths(key);
     const path = join(folder, `${key}.run`);
-    for (;;) {
-      opts.signal.throwIfAborted();
-      const [entry, held] = await Promise.all([
-        stat(meta).catch(() => undefined), // not kept yet
-        stat(path).catch(() => undefined), // released
-      ]);
-      if (entry || !held || Date.now() - held.mtimeMs >= opts.staleMs) return;
-      await sleep(WAIT_POLL_MS, undefined, { signal: opts.signal });
+    const mark = join(folder, `${key}.wait.${opts.waiter}`);
+    let touchedAt = 0;
+    try {
+      for (;;) {
+        opts.signal.throwIfAborted();
+        if (Date.now() - touchedAt >= opts.staleMs / 3) {
+          await writeFile(mark, "");
+          touchedAt = Date.now();
+        }
+        const [entry, held] = await Promise.all([
+          stat(meta).catch(() => undefined), // not kept yet
+          stat(path).catch(() => undefined), // released
+        ]);
+        if (entry || !held || Date.now() - held.mtimeMs >= opts.staleMs) return;
+        await sleep(WAIT_POLL_MS, undefined, { signal: opts.signal });
+      }
+    } finally {
+      await rm(mark, { force: true });
     }
+  }
+
+  /** How many jobs wait on `key`'s run now (their marks touched within `staleMs`). */
+  async waiting(key: string, staleMs: number): Promise<number> {
+    const { folder } = this.paths(key);
+    const prefix = `${key}.wait.`;
+    const names = (await readdir(folder).catch(() => [] as string[])).filter((n) => n.startsWith(prefix)); // no folder: none
+    const fresh = await Promise.all(
+      names.map(async (n) => {
+        const info = await stat(join(folder, n)).catch(() => undefined); // left meanwhile
+        return info !== undefined && Date.now() - info.mtimeMs < staleMs;
+      }),
+    );
+    return fresh.filter(Boolean).length;
   }
 
   /**
@@ -276,10 +301,16 @@ export class ResultCache {
   async store(
     key: string,
     targetPath: string,
-    facts: { jobId: string; marsMs: number; ttlMs?: number },
+    facts: { jobId: string; marsMs: number; ttlMs?: number; sync?: boolean },
   ): Promise<void> {
     const { folder, data, meta } = this.paths(key);
     await mkdir(folder, { recursive: true });
+    if (facts.sync) {
+      // Not a committed result (a cancelled run's part file, kept for the jobs waiting on it): its
+      // data is made durable here, as a commit would have.
+      const handle = await open(targetPath, "r+");
+      await handle.datasync().finally(() => handle.close());
+    }
     const tmp = `${data}.${process.pid}.${Date.now()}.tmp`;
     await link(targetPath, tmp);
     try {

@@ -152,6 +152,10 @@ export class JobAttempt {
   private pid = -1;
   /** The time to live the QoS rules give this job's cached result (undefined: the worker's). */
   private cacheTtlMs: number | undefined;
+  /** The key whose run this attempt holds (coalescing: other jobs may wait on its result). */
+  private leadingKey: string | undefined;
+  /** Cancelled while other jobs wait on this run: MARS goes on for them until none is left. */
+  private cancelledForOthers = false;
   private bytes = 0;
   private submissionWatch: SubmissionWatch | undefined;
   private readonly log: Logger;
@@ -181,8 +185,34 @@ export class JobAttempt {
   /** Stop the attempt: MARS is stopped (SIGTERM, then SIGKILL), and `reason` decides what follows. */
   stop(reason: StopReason): void {
     if (this.stopper.signal.aborted) return;
+    if (reason === "cancelled" && this.leadingKey !== undefined) {
+      if (!this.cancelledForOthers) void this.cancelShared(this.leadingKey);
+      return;
+    }
     this.log.info({ reason }, "attempt stopping");
     this.stopper.abort(reason);
+  }
+
+  /**
+   * A cancel of the job whose run others wait on (coalescing): the run goes on for them, and this
+   * job ends cancelled when it does (its own target untouched); once no job waits any more, MARS
+   * is stopped as for any cancel.
+   */
+  private async cancelShared(key: string): Promise<void> {
+    this.cancelledForOthers = true;
+    const staleMs = 3 * this.ctx.heartbeatMs;
+    let told = false;
+    while (!this.stopper.signal.aborted && this.leadingKey === key) {
+      const waiting = await this.ctx.cache!.waiting(key, staleMs).catch(() => 0); // unreadable: none known
+      if (waiting === 0) {
+        this.log.info({ reason: "cancelled" }, "attempt stopping");
+        this.stopper.abort("cancelled");
+        return;
+      }
+      if (!told) this.log.info({ key, waiting }, "cancelled; the run goes on for the jobs waiting on it");
+      told = true;
+      await sleep(Math.min(1000, staleMs));
+    }
   }
 
   /**
@@ -314,10 +344,12 @@ export class JobAttempt {
       const joined = await this.leadOrJoin(key, targetPath, runId);
       if ("settled" in joined) return joined.settled;
       lease = joined.lease;
+      if (lease) this.leadingKey = key;
     }
     try {
       return await this.runMars(key, targetPath, runId);
     } finally {
+      this.leadingKey = undefined;
       await lease?.release().catch((err: unknown) => {
         // Left behind, the run file goes stale and a waiter takes over after its stale time.
         this.log.warn({ err, key }, "could not release the run of this key");
@@ -365,7 +397,11 @@ export class JobAttempt {
       if (!waited) this.log.info({ key }, "an identical request is running: waiting for its result");
       waitingSince ??= Date.now();
       try {
-        await cache.awaitRun(key, { staleMs: timing.staleMs, signal: this.stopper.signal });
+        await cache.awaitRun(key, {
+          staleMs: timing.staleMs,
+          signal: this.stopper.signal,
+          waiter: `${this.job.id}.${this.attempt}`,
+        });
       } catch {
         // Stopped while waiting (cancelled, handed back, lease lost): settled as a stopped run.
         return { settled: this.settlementFor(stoppedOutcome()) };
@@ -457,11 +493,17 @@ export class JobAttempt {
   }
 
   /** Keep a committed result in the cache (best effort: the job has succeeded either way). */
-  private async keep(key: string, targetPath: string, outcome: RunOutcome): Promise<void> {
+  private async keep(
+    key: string,
+    targetPath: string,
+    outcome: Pick<RunOutcome, "elapsedMs">,
+    uncommitted = false,
+  ): Promise<void> {
     try {
       await this.ctx.cache!.store(key, targetPath, {
         jobId: this.job.id,
         marsMs: outcome.elapsedMs,
+        sync: uncommitted,
         ...(this.cacheTtlMs !== undefined && { ttlMs: this.cacheTtlMs }),
       });
     } catch (err) {
@@ -541,6 +583,8 @@ export class JobAttempt {
       elapsedMs: outcome.elapsedMs,
     });
     if (fence !== "owned") {
+      if (fence === "cancelled" && this.cancelledForOthers && this.leadingKey)
+        await this.keep(this.leadingKey, run.partPath, outcome, true);
       await run.discard();
       if (fence === "cancelled") return this.failure(new JobCancelledError("the job was cancelled"), true);
       this.log.warn("lost the lease on this job to a newer attempt; its output is discarded");
