@@ -39,7 +39,12 @@ async function run(fleet: Fleet, request: Record<string, string>, id: string) {
     environ: { request_id: id, user_id: "ann" },
   });
   const result = await job.result();
-  return { result, record: await job.status(), bytes: await readFile(result.target) };
+  return {
+    result,
+    record: await job.status(),
+    bytes: await readFile(result.target),
+    log: await job.storedLog(),
+  };
 }
 
 describe("result cache", { timeout: 120_000 }, () => {
@@ -57,6 +62,10 @@ describe("result cache", { timeout: 120_000 }, () => {
     assert.equal(second.record.state, "succeeded");
     assert.match(second.record.result?.cached?.key ?? "", /^[0-9a-f]{64}$/);
     assert.equal(second.record.result?.cached?.savedMs, first.record.result?.elapsedMs);
+    // Its log: the run's that made the result, replayed, then where it came from.
+    assert.ok(first.log.length > 3, `the first job logged ${first.log.length} lines`);
+    assert.deepEqual(second.log.slice(0, -1), first.log);
+    assert.match(second.log.at(-1) ?? "", /served from the result cache/);
     // Its own file: the target is a link to the entry, not the first job's file itself moved.
     assert.equal((await stat(first.result.target)).size, first.bytes.length);
 

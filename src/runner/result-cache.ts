@@ -215,6 +215,13 @@ export class ResultCache {
     return fresh.filter(Boolean).length;
   }
 
+  /** The log of the run that made `key`'s entry (empty when none was kept). */
+  async log(key: string): Promise<string[]> {
+    const { folder } = this.paths(key);
+    const text = await readFile(join(folder, `${key}.log`), "utf8").catch(() => ""); // none kept
+    return text === "" ? [] : text.split("\n");
+  }
+
   /**
    * Tell the jobs waiting on `key`'s run that it failed for good (`<key>.failed`, with `error`): they
    * fail with it instead of each running MARS in turn into the same error.
@@ -301,7 +308,7 @@ export class ResultCache {
   async store(
     key: string,
     targetPath: string,
-    facts: { jobId: string; marsMs: number; ttlMs?: number; sync?: boolean },
+    facts: { jobId: string; marsMs: number; ttlMs?: number; sync?: boolean; log?: readonly string[] },
   ): Promise<void> {
     const { folder, data, meta } = this.paths(key);
     await mkdir(folder, { recursive: true });
@@ -330,6 +337,11 @@ export class ResultCache {
       // by the hash at the next hit).
       await chmod(tmp, 0o444);
       await rename(tmp, data);
+      // The run's log, replayed to the jobs it serves (before the record: a reader finding the
+      // record finds the log).
+      const logPath = join(folder, `${key}.log`);
+      await writeFile(`${logPath}.${process.pid}.tmp`, (facts.log ?? []).join("\n"));
+      await rename(`${logPath}.${process.pid}.tmp`, logPath);
       await writeFile(`${meta}.tmp`, JSON.stringify(entry) + "\n");
       await rename(`${meta}.tmp`, meta);
       this.event({ type: "stored", key, bytes: size });
@@ -341,9 +353,10 @@ export class ResultCache {
 
   /** Remove an entry (its record first: a reader finding no record finds no entry). */
   async drop(key: string, why: string): Promise<void> {
-    const { data, meta } = this.paths(key);
+    const { data, meta, folder } = this.paths(key);
     await rm(meta, { force: true });
     await rm(data, { force: true });
+    await rm(join(folder, `${key}.log`), { force: true });
     this.event({ type: "dropped", key, why });
   }
 
@@ -389,9 +402,10 @@ export class ResultCache {
   }
 
   private async remove(key: string, bytes: number): Promise<void> {
-    const { data, meta } = this.paths(key);
+    const { data, meta, folder } = this.paths(key);
     await rm(meta, { force: true });
     await rm(data, { force: true });
+    await rm(join(folder, `${key}.log`), { force: true });
     this.event({ type: "evicted", key, bytes });
   }
 

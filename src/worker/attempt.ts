@@ -62,6 +62,9 @@ import type { Journal } from "./journal.js";
  */
 const LANDING_GRACE_MS = 2000;
 
+/** The most log lines kept with a cached result (replayed to the jobs it serves). */
+const MAX_KEPT_LINES = 10_000;
+
 /**
  * What an attempt works with: the broker, this host's places and the worker's timings. Plain
  * services and values, the same for every attempt; nothing in it calls back into the worker.
@@ -156,6 +159,8 @@ export class JobAttempt {
   private leadingKey: string | undefined;
   /** Cancelled while other jobs wait on this run: MARS goes on for them until none is left. */
   private cancelledForOthers = false;
+  /** The run's log lines as published (kept with a cached result, replayed to the jobs it serves). */
+  private readonly runLines: string[] = [];
   private bytes = 0;
   private submissionWatch: SubmissionWatch | undefined;
   private readonly log: Logger;
@@ -469,10 +474,13 @@ export class JobAttempt {
     if (!entry) return undefined;
     this.log.info({ key, bytes: entry.bytes, savedMs: entry.marsMs }, "served from the result cache");
     this.events.state({ state: "running", attempt, worker: ctx.workerId, at: Date.now() });
+    // The log of the run that made the result, then a line that says where it came from.
+    const replayed = await ctx.cache!.log(key).catch(() => [] as string[]); // none kept: the note alone
+    for (const [i, line] of replayed.entries()) this.events.line(attempt, i + 1, line, Date.now());
     this.events.line(
       attempt,
-      1,
-      `mars-fleet: served from the result cache (${entry.bytes} bytes)`,
+      replayed.length + 1,
+      `mars-fleet: served from the result cache (${entry.bytes} bytes; the log above is the run that made it)`,
       Date.now(),
     );
     this.events.progress({ attempt, bytes: entry.bytes, total: entry.bytes, at: Date.now() });
@@ -504,6 +512,7 @@ export class JobAttempt {
         jobId: this.job.id,
         marsMs: outcome.elapsedMs,
         sync: uncommitted,
+        log: this.runLines,
         ...(this.cacheTtlMs !== undefined && { ttlMs: this.cacheTtlMs }),
       });
     } catch (err) {
@@ -542,8 +551,11 @@ export class JobAttempt {
   private async follow(run: MarsRun, runId: string): Promise<void> {
     const { ctx, job, attempt } = this;
     for await (const ev of run.events()) {
-      if (ev.type === "log") this.events.line(attempt, ev.seq, this.rootRelative(ev.line), ev.at);
-      else if (ev.type === "progress") {
+      if (ev.type === "log") {
+        const line = this.rootRelative(ev.line);
+        this.events.line(attempt, ev.seq, line, ev.at);
+        if (this.ctx.cache?.enabled && this.runLines.length < MAX_KEPT_LINES) this.runLines.push(line);
+      } else if (ev.type === "progress") {
         this.bytes = ev.bytes;
         this.events.progress({ attempt, bytes: ev.bytes, total: ev.total, at: ev.at });
       } else if (ev.type === "spawned") {
