@@ -14,6 +14,7 @@ import { normaliseRequests } from "../src/mars/request.js";
 import { requestKey } from "../src/mars/request-key.js";
 import { parseRules } from "../src/qos/rules.js";
 import { cli } from "./helpers/cli.js";
+import { freePort } from "../src/local/server.js";
 import { TestFleet } from "./helpers/fleet.js";
 
 let tf: TestFleet;
@@ -115,8 +116,9 @@ describe("result cache", { timeout: 120_000 }, () => {
   it("coalesces 20 identical submissions at once into one MARS run, 20 targets with the same bytes", async () => {
     const q = TestFleet.queue("coalesce");
     const slow = { MARS_SIM_FIELD_DELAY_MS: "300" };
-    await tf.worker({ ...settings, queue: q, concurrency: 4 }, slow);
-    await tf.worker({ ...settings, queue: q, concurrency: 4 }, slow);
+    const ports = [await freePort(), await freePort()];
+    for (const metricsPort of ports)
+      await tf.worker({ ...settings, queue: q, concurrency: 4, metricsPort }, slow);
     const fleet = await tf.client({ queue: q });
     const request = { param: "2t", date: "20240110/to/20240114", grid: "10/10" }; // 5 fields, 1.5 s
     const jobs = await Promise.all(
@@ -135,6 +137,21 @@ describe("result cache", { timeout: 120_000 }, () => {
     for (const r of results) assert.deepEqual(await readFile(r.target), first, `${r.target} differs`);
     const records = await Promise.all(jobs.map((j) => j.status()));
     assert.equal(records.filter((r) => r.result?.cached).length, 19, "joined jobs not marked as served");
+    // The workers' metrics count what the cache did: 19 hits of the result's bytes, one kept.
+    const sum = async (metric: string, event: string): Promise<number> => {
+      let n = 0;
+      for (const port of ports) {
+        const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+        const line = text
+          .split("\n")
+          .find((l) => l.startsWith(`${metric}{`) && l.includes(`event="${event}"`));
+        n += line ? Number(line.split(" ").at(-1)) : 0;
+      }
+      return n;
+    };
+    assert.equal(await sum("mars_fleet_cache_events_total", "hit"), 19);
+    assert.equal(await sum("mars_fleet_cache_events_total", "stored"), 1);
+    assert.equal(await sum("mars_fleet_cache_bytes_total", "hit"), 19 * first.length);
   });
 
   it("a coalesced run that fails for good fails every joined job with its error, MARS running once", async () => {
