@@ -4,7 +4,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { OPEN_FLEET } from "../src/broker/signing.js";
 import { ApiKeys } from "../src/api/keys.js";
-import { accounting, startApi, type ApiServer } from "../src/api/server.js";
+import { startApi, type ApiServer } from "../src/api/server.js";
+import { accounting } from "../src/client/usage.js";
 import {
   acceptedSchema,
   jobListSchema,

@@ -8,7 +8,7 @@ import { chmod, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Fleet } from "../src/client/fleet.js";
-import { accounting } from "../src/api/server.js";
+import { accounting } from "../src/client/usage.js";
 import { existsSync } from "node:fs";
 import { normaliseRequests } from "../src/mars/request.js";
 import { requestKey } from "../src/mars/request-key.js";
@@ -89,6 +89,17 @@ describe("result cache", { timeout: 120_000 }, () => {
       2 * first.bytes.length,
     );
     assert.ok(rows.reduce((n, r) => n + r.marsSecondsSaved, 0) > 0);
+    // The same through the CLI.
+    const shown = await cli(["usage", "--user", "ann", "--json"], tf.env({ queue }));
+    assert.equal(shown.code, 0, shown.stderr);
+    const cliRows = (JSON.parse(shown.stdout) as { usage: Array<{ cacheHits: number }> }).usage;
+    assert.equal(
+      cliRows.reduce((n, r) => n + r.cacheHits, 0),
+      2,
+    );
+    const bad = await cli(["usage", "--from", "yesterday"], tf.env({ queue }));
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, /CONFIG_INVALID/);
   });
 
   it("drops a corrupted entry and runs MARS, then keeps the new result", async () => {

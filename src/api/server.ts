@@ -28,7 +28,7 @@ import {
   decode,
 } from "../broker/index.js";
 import { tokenFor } from "../qos/index.js";
-import { Fleet, type JobHandle, jobIdFor, type MarsRequestInput } from "../client/index.js";
+import { accounting, Fleet, type JobHandle, jobIdFor, type MarsRequestInput } from "../client/index.js";
 import { formatRequests } from "../mars/index.js";
 import type { FleetConfig } from "../config/index.js";
 import { formatDuration, MarsFleetError, silentLogger } from "../core/index.js";
@@ -67,7 +67,6 @@ import {
   submitBodySchema,
   type SubmitBody,
   usageQuerySchema,
-  type usageSchema,
 } from "./schemas.js";
 
 function sendProblem(reply: FastifyReply, err: unknown): void {
@@ -682,50 +681,4 @@ async function streamEvents(req: FastifyRequest, reply: FastifyReply, job: JobHa
   } finally {
     if (!res.writableEnded) res.end();
   }
-}
-
-/**
- * Accounting from the job records: per user and UTC day of finishing, jobs ended, how many
- * succeeded, MARS seconds and result bytes. Jobs not finished yet are not counted.
- */
-export function accounting(
-  records: JobRecord[],
-  q: { user?: string; from?: string; to?: string },
-): z.infer<typeof usageSchema>["usage"] {
-  const rows = new Map<string, z.infer<typeof usageSchema>["usage"][number]>();
-  for (const r of records) {
-    if (r.finishedAt === undefined || !TERMINAL_STATES.has(r.state)) continue;
-    const user = r.environ["user_id"] ?? "(none)";
-    const dayOf = new Date(r.finishedAt).toISOString().slice(0, 10);
-    if ((q.user !== undefined && user !== q.user) || (q.from && dayOf < q.from) || (q.to && dayOf > q.to))
-      continue;
-    const key = `${user}\u0000${dayOf}`;
-    const row = rows.get(key) ?? {
-      user,
-      day: dayOf,
-      jobs: 0,
-      succeeded: 0,
-      marsSeconds: 0,
-      bytes: 0,
-      cacheHits: 0,
-      cacheBytes: 0,
-      marsSecondsSaved: 0,
-    };
-    const seconds = (total: number, ms: number): number => Math.round((total + ms / 1000) * 1000) / 1000;
-    row.jobs++;
-    if (r.state === "succeeded") row.succeeded++;
-    row.bytes += r.result?.bytes ?? 0;
-    const cached = r.result?.cached;
-    if (cached) {
-      // No MARS ran: what the cache served, and the MARS time that made it once.
-      row.cacheHits++;
-      row.cacheBytes += r.result?.bytes ?? 0;
-      row.marsSecondsSaved = seconds(row.marsSecondsSaved, cached.savedMs);
-    } else {
-      const ran = r.result?.elapsedMs ?? (r.startedAt !== undefined ? r.finishedAt - r.startedAt : 0);
-      row.marsSeconds = seconds(row.marsSeconds, ran);
-    }
-    rows.set(key, row);
-  }
-  return [...rows.values()].sort((a, b) => a.day.localeCompare(b.day) || a.user.localeCompare(b.user));
 }

@@ -1,6 +1,6 @@
 /** Fleet commands: submit, status, logs, cancel, jobs, workers, broker init|info|auth. Output for people or --json. */
 import { basename, dirname, resolve } from "node:path";
-import { Fleet, type JobHandle, LogPresenter, workerEntries } from "../client/index.js";
+import { accounting, Fleet, type JobHandle, LogPresenter, workerEntries } from "../client/index.js";
 import {
   connectWithConfig,
   consumerName,
@@ -194,6 +194,43 @@ export async function jobsCommand(
     );
     return EXIT.ok;
   });
+}
+
+/** Finished jobs per user and UTC day: MARS time, bytes, and what the result cache served. */
+export async function usageCommand(
+  q: { user?: string; from?: string; to?: string },
+  json: boolean,
+  config: FleetConfig,
+): Promise<number> {
+  for (const [flag, day] of [
+    ["from", q.from],
+    ["to", q.to],
+  ] as const)
+    if (day !== undefined && !/^\d{4}-\d{2}-\d{2}$/.test(day))
+      throw new ConfigError(`--${flag} must be a day as YYYY-MM-DD, got ${JSON.stringify(day)}`, {
+        setting: flag,
+      });
+  const rows = await withFleet(config, async (fleet) => accounting(await fleet.jobs(), q));
+  print(json, { usage: rows }, () =>
+    rows.length === 0
+      ? "no finished jobs"
+      : [
+          "user  day  jobs  succeeded  MARS s  bytes  cache hits  MARS s saved",
+          ...rows.map((r) =>
+            [
+              r.user,
+              r.day,
+              r.jobs,
+              r.succeeded,
+              r.marsSeconds,
+              r.bytes,
+              r.cacheHits,
+              r.marsSecondsSaved,
+            ].join("  "),
+          ),
+        ].join("\n"),
+  );
+  return EXIT.ok;
 }
 
 export async function workersCommand(json: boolean, config: FleetConfig): Promise<number> {

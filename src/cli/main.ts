@@ -300,6 +300,27 @@ const COMMANDS: Array<CommandModule<object, Args>> = [
     handler: handle(async (a) => (await fleetCli()).workersCommand(a.json === true, configFrom(a))),
   },
   {
+    command: "usage",
+    describe:
+      "finished jobs per user and UTC day: MARS seconds, bytes, cache hits and the MARS time they saved",
+    builder: (y) =>
+      fleetOptions(y)
+        .option("user", { type: "string", describe: "only this user" })
+        .option("from", { type: "string", describe: "from this UTC day (YYYY-MM-DD)" })
+        .option("to", { type: "string", describe: "to this UTC day (YYYY-MM-DD)" }),
+    handler: handle(async (a) =>
+      (await fleetCli()).usageCommand(
+        {
+          ...(a["user"] !== undefined && { user: String(a["user"]) }),
+          ...(a["from"] !== undefined && { from: String(a["from"]) }),
+          ...(a["to"] !== undefined && { to: String(a["to"]) }),
+        },
+        a.json === true,
+        configFrom(a),
+      ),
+    ),
+  },
+  {
     command: "cache <action>",
     describe:
       "the result cache under the shared root: stats (entries, bytes, budget); purge [--older-than D] [--key K] (all entries without either)",

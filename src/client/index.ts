@@ -9,3 +9,5 @@ export { IMPORTANT_LINE, LogFilter, LogPresenter } from "./log-filter.js";
 export type { JobControl, LogHandler, PresenterOptions } from "./log-filter.js";
 export { toRequests } from "./request-input.js";
 export type { MarsRequestInput } from "./request-input.js";
+export { accounting } from "./usage.js";
+export type { UsageRow } from "./usage.js";
