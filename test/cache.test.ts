@@ -148,6 +148,27 @@ describe("result cache", { timeout: 120_000 }, () => {
     for (const r of results) assert.deepEqual(await readFile(r.target), first, `${r.target} differs`);
     const records = await Promise.all(jobs.map((j) => j.status()));
     assert.equal(records.filter((r) => r.result?.cached).length, 19, "joined jobs not marked as served");
+    // Each joined job's log is the run's, once (followed live while it waited, the rest replayed),
+    // then where its result came from; some of it reached them before the run ended.
+    const leaderAt = records.findIndex((r) => !r.result?.cached);
+    const runLog = await jobs[leaderAt]!.storedLog();
+    assert.ok(runLog.length > 3, `the run logged ${runLog.length} lines`);
+    let firstLineAt = Infinity;
+    for (const [i, job] of jobs.entries()) {
+      if (i === leaderAt) continue;
+      const log = await job.storedLog();
+      assert.deepEqual(log.slice(0, -1), runLog, `job ${i}'s log is not the run's`);
+      assert.match(log.at(-1) ?? "", /served from the result cache/);
+      for await (const ev of job.events())
+        if (ev.type === "log") {
+          firstLineAt = Math.min(firstLineAt, ev.at);
+          break;
+        }
+    }
+    assert.ok(
+      firstLineAt < records[leaderAt]!.finishedAt!,
+      "no joined job saw the run's log before it ended",
+    );
     // The workers' metrics count what the cache did: 19 hits of the result's bytes, one kept.
     const sum = async (metric: string, event: string): Promise<number> => {
       let n = 0;

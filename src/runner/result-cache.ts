@@ -177,7 +177,10 @@ export class ResultCache {
    * known meanwhile by a file `<key>.wait.<waiter>`, touched as it waits (see waiting()). Throws the
    * abort reason when `signal` aborts.
    */
-  async awaitRun(key: string, opts: { staleMs: number; signal: AbortSignal; waiter: string }): Promise<void> {
+  async awaitRun(
+    key: string,
+    opts: { staleMs: number; signal: AbortSignal; waiter: string; onPoll?: () => Promise<void> },
+  ): Promise<void> {
     const { folder, meta } = this.paths(key);
     const path = join(folder, `${key}.run`);
     const mark = join(folder, `${key}.wait.${opts.waiter}`);
@@ -193,6 +196,7 @@ export class ResultCache {
           stat(meta).catch(() => undefined), // not kept yet
           stat(path).catch(() => undefined), // released
         ]);
+        await opts.onPoll?.();
         if (entry || !held || Date.now() - held.mtimeMs >= opts.staleMs) return;
         await sleep(WAIT_POLL_MS, undefined, { signal: opts.signal });
       }
@@ -213,6 +217,32 @@ export class ResultCache {
       }),
     );
     return fresh.filter(Boolean).length;
+  }
+
+  /** Where the run holding `key` writes its log as it goes, for the jobs waiting on it to follow. */
+  liveLogPath(key: string): string {
+    return join(this.paths(key).folder, `${key}.live`);
+  }
+
+  /**
+   * The complete lines the run holding `key` wrote to its live log from byte `from` on, and where
+   * the next read starts (a line still being written waits for the next read).
+   */
+  async readLive(key: string, from: number): Promise<{ lines: string[]; next: number }> {
+    const handle = await open(this.liveLogPath(key), "r").catch(() => undefined); // none (yet, or any more)
+    if (!handle) return { lines: [], next: from };
+    try {
+      const { size } = await handle.stat();
+      if (size < from) return { lines: [], next: 0 }; // a new run started the log again
+      if (size === from) return { lines: [], next: from };
+      const buf = Buffer.alloc(size - from);
+      await handle.read(buf, 0, buf.length, from);
+      const end = buf.lastIndexOf(0x0a);
+      if (end < 0) return { lines: [], next: from };
+      return { lines: buf.subarray(0, end).toString("utf8").split("\n"), next: from + end + 1 };
+    } finally {
+      await handle.close();
+    }
   }
 
   /** The log of the run that made `key`'s entry (empty when none was kept). */

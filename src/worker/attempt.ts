@@ -4,7 +4,8 @@
  * MARS run, one way to be stopped (`stop(reason)`), and every effect on the target, which happens
  * only after a fenced check that the attempt still owns the job.
  */
-import { readdir, stat } from "node:fs/promises";
+import { createWriteStream, type WriteStream } from "node:fs";
+import { readdir, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { dirname, join, resolve } from "node:path";
 import type { JetStreamClient } from "@nats-io/jetstream";
@@ -161,6 +162,10 @@ export class JobAttempt {
   private cancelledForOthers = false;
   /** The run's log lines as published (kept with a cached result, replayed to the jobs it serves). */
   private readonly runLines: string[] = [];
+  /** Lines of another job's run this attempt published while it waited on it (coalescing). */
+  private followedLines = 0;
+  /** While this attempt holds a key's run: its live log, which the jobs waiting on it follow. */
+  private liveLog: WriteStream | undefined;
   private bytes = 0;
   private submissionWatch: SubmissionWatch | undefined;
   private readonly log: Logger;
@@ -349,12 +354,23 @@ export class JobAttempt {
       const joined = await this.leadOrJoin(key, targetPath, runId);
       if ("settled" in joined) return joined.settled;
       lease = joined.lease;
-      if (lease) this.leadingKey = key;
+      if (lease) {
+        this.leadingKey = key;
+        this.liveLog = createWriteStream(ctx.cache!.liveLogPath(key));
+        // A live log that cannot be written leaves the waiting jobs the whole log at the end.
+        this.liveLog.on("error", (err) => this.log.debug({ err, key }, "could not write the live log"));
+      }
     }
     try {
       return await this.runMars(key, targetPath, runId);
     } finally {
       this.leadingKey = undefined;
+      if (this.liveLog) {
+        const live = this.liveLog;
+        this.liveLog = undefined;
+        await new Promise<void>((done) => live.end(done));
+        await rm(ctx.cache!.liveLogPath(key!), { force: true });
+      }
       await lease?.release().catch((err: unknown) => {
         // Left behind, the run file goes stale and a waiter takes over after its stale time.
         this.log.warn({ err, key }, "could not release the run of this key");
@@ -376,6 +392,7 @@ export class JobAttempt {
     const cache = this.ctx.cache!;
     const timing = { touchMs: this.ctx.heartbeatMs, staleMs: 3 * this.ctx.heartbeatMs };
     let waitingSince: number | undefined;
+    let liveFrom = 0; // how far this job followed the run's live log
     for (let waited = false; ; waited = true) {
       if (waitingSince !== undefined) {
         // The run waited on failed for good: the same error, without running MARS into it again.
@@ -402,10 +419,19 @@ export class JobAttempt {
       if (!waited) this.log.info({ key }, "an identical request is running: waiting for its result");
       waitingSince ??= Date.now();
       try {
+        // The run's log, live, as this job's own (its first lines too: the live log starts with the run).
         await cache.awaitRun(key, {
           staleMs: timing.staleMs,
           signal: this.stopper.signal,
           waiter: `${this.job.id}.${this.attempt}`,
+          onPoll: async () => {
+            const read = await cache
+              .readLive(key, liveFrom)
+              .catch(() => ({ lines: [] as string[], next: liveFrom }));
+            liveFrom = read.next;
+            for (const line of read.lines)
+              this.events.line(this.attempt, ++this.followedLines, line, Date.now());
+          },
         });
       } catch {
         // Stopped while waiting (cancelled, handed back, lease lost): settled as a stopped run.
@@ -476,10 +502,12 @@ export class JobAttempt {
     this.events.state({ state: "running", attempt, worker: ctx.workerId, at: Date.now() });
     // The log of the run that made the result, then a line that says where it came from.
     const replayed = await ctx.cache!.log(key).catch(() => [] as string[]); // none kept: the note alone
-    for (const [i, line] of replayed.entries()) this.events.line(attempt, i + 1, line, Date.now());
+    // Lines followed live while this job waited on the run are not sent again.
+    for (const [i, line] of replayed.entries())
+      if (i >= this.followedLines) this.events.line(attempt, i + 1, line, Date.now());
     this.events.line(
       attempt,
-      replayed.length + 1,
+      Math.max(replayed.length, this.followedLines) + 1,
       `mars-fleet: served from the result cache (${entry.bytes} bytes; the log above is the run that made it)`,
       Date.now(),
     );
@@ -553,8 +581,10 @@ export class JobAttempt {
     for await (const ev of run.events()) {
       if (ev.type === "log") {
         const line = this.rootRelative(ev.line);
-        this.events.line(attempt, ev.seq, line, ev.at);
+        // After lines followed from another job's run (that then died), this run's own come next.
+        this.events.line(attempt, this.followedLines + ev.seq, line, ev.at);
         if (this.ctx.cache?.enabled && this.runLines.length < MAX_KEPT_LINES) this.runLines.push(line);
+        this.liveLog?.write(line + "\n");
       } else if (ev.type === "progress") {
         this.bytes = ev.bytes;
         this.events.progress({ attempt, bytes: ev.bytes, total: ev.total, at: ev.at });
