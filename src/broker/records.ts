@@ -364,8 +364,14 @@ export class JobStore {
 
   /** The records kept for list(): read whole once, then as their keys are heard to change. */
   private startIndex(): RecordIndex<JobRecord> {
+    // The subscription is made before the first reading, and known to the server (flushed) before
+    // it starts: a write between the two is then heard, not missed for good.
+    let subscribed: Promise<void> | undefined;
     const index = new RecordIndex<JobRecord>({
-      keys: () => bucketKeys(this.jsm, JOBS_BUCKET),
+      keys: async () => {
+        await (subscribed ??= this.nc.flush());
+        return bucketKeys(this.jsm, JOBS_BUCKET);
+      },
       read: async (id) => {
         try {
           return (await this.get(id))?.record;

@@ -475,7 +475,7 @@ export class Fleet {
           () => true,
           () => false,
         ),
-        sleep(CLOSE_DRAIN_MS, false),
+        sleep(CLOSE_DRAIN_MS, false, { ref: false }), // unref: a process exits once drained
       ]);
       if (!drained) await this.conn.nc.close();
     })();
