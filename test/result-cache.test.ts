@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { chmod, mkdtemp, readFile, rm, utimes, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { chmod, mkdir, mkdtemp, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -123,6 +124,27 @@ describe("result cache", { timeout: 30_000 }, () => {
     assert.equal(await sha256Of(part), want);
     assert.equal((await cache.stats()).entries, 0, "the entry was not evicted");
   });
+
+  it(
+    "copies a hit into a target on another filesystem (a mount inside the root)",
+    { skip: process.getuid?.() !== 0 && "needs root to mount a tmpfs" },
+    async () => {
+      const dir = await mkdtemp(join(root, "f-"));
+      const cache = cacheIn(dir, 1 << 20);
+      const target = await result("f-1.grib", 2000);
+      await cache.store(KEY(12), target, { jobId: "j12", marsMs: 1 });
+      const mount = join(dir, "other-fs");
+      await mkdir(mount);
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mount]);
+      try {
+        const part = join(mount, "copied.part");
+        assert.ok(await cache.deliver(KEY(12), part), "no hit across filesystems");
+        assert.deepEqual(await readFile(part), await readFile(target));
+      } finally {
+        execFileSync("umount", [mount]);
+      }
+    },
+  );
 
   it("purges by age and by key", async () => {
     const dir = await mkdtemp(join(root, "e-"));

@@ -7,7 +7,8 @@
  * when it expires). The JSON file's mtime is the entry's last use: eviction removes the least
  * recently used entries, expired ones first, until the data fits the budget.
  *
- * A hit links the entry's data into the job's part file first and checks that file's size and
+ * A hit links the entry's data into the job's part file first (copies it, when the target is on
+ * another filesystem) and checks that file's size and
  * sha256 against the record after: an eviction that removes the entry meanwhile cannot take the
  * file being delivered (the link holds it), and an entry whose bytes changed (a corrupted disk, a
  * result modified in place through another link) is dropped and MARS runs as usual. The part file
@@ -20,6 +21,7 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import {
   chmod,
+  copyFile,
   link,
   mkdir,
   open,
@@ -309,10 +311,23 @@ export class ResultCache {
     try {
       await link(data, partPath);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-      await this.drop(key, "its data is missing");
-      this.event({ type: "miss", key });
-      return undefined;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "EXDEV") {
+        // The target's directory is on another filesystem (a mount inside the root): a copy.
+        // A copy, made durable here: the commit that follows does not sync a hit's data again.
+        try {
+          await copyFile(data, partPath);
+          const handle = await open(partPath, "r+");
+          await handle.datasync().finally(() => handle.close());
+        } catch (copyErr) {
+          await rm(partPath, { force: true });
+          throw copyErr;
+        }
+      } else if (code === "ENOENT") {
+        await this.drop(key, "its data is missing");
+        this.event({ type: "miss", key });
+        return undefined;
+      } else throw err;
     }
     await this.opts.onEvent?.({ type: "linked", key, partPath });
     const size = (await stat(partPath)).size;
