@@ -473,6 +473,8 @@ export class JobAttempt {
           // Not told: the waiting jobs run MARS themselves, one after another, and fail likewise.
           this.log.warn({ err, key }, "could not tell the waiting jobs that this run failed");
         });
+      // Its own job was cancelled while the run went on for others: it ends cancelled, not failed.
+      if (this.cancelledForOthers) return this.failure(new JobCancelledError("the job was cancelled"), true);
       return settled;
     }
     const settled = await this.commit(run, outcome);
