@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { Gateway } from "../src/gateway/gateway.js";
 import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
 import type { Fleet } from "../src/client/fleet.js";
-import { BenchEnv, percentile } from "./env.js";
+import { BenchEnv, percentile, pool } from "./env.js";
 import { sharesJob } from "./gateway.js";
 import { round, target, type ScenarioResult } from "./report.js";
 
@@ -56,38 +56,45 @@ interface Pass {
   missLatency: number[];
 }
 
+/** How many MARS runs the counting wrapper has recorded so far. */
+async function runsSoFar(countFile: string): Promise<number> {
+  return (await readFile(countFile, "utf8").catch(() => "")).split("\n").filter(Boolean).length; // none yet
+}
+
+/** Run `job` for each draw, `inFlight` at a time: the seconds it took and the MARS runs it made. */
+async function timed(
+  draws: number[],
+  countFile: string,
+  inFlight: number,
+  job: (draw: number, i: number) => Promise<void>,
+): Promise<{ seconds: number; marsRuns: number }> {
+  const before = await runsSoFar(countFile);
+  const started = performance.now();
+  await pool(draws, inFlight, job);
+  return { seconds: (performance.now() - started) / 1000, marsRuns: (await runsSoFar(countFile)) - before };
+}
+
 async function pass(
-  env: BenchEnv,
   fleet: Fleet,
   draws: number[],
   countFile: string,
   tag: string,
   inFlight = IN_FLIGHT,
 ): Promise<Pass> {
-  const before = (await readFile(countFile, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
   const hitLatency: number[] = [];
   const missLatency: number[] = [];
-  let next = 0;
-  const started = performance.now();
-  const lane = async (): Promise<void> => {
-    while (next < draws.length) {
-      const i = next++;
-      const t0 = performance.now();
-      const job = await fleet.submit(requestOf(draws[i]!), {
-        targetDir: `cache-bench-${tag}`,
-        targetFname: `${i}.grib`,
-        environ: { user_id: `u${i % 20}` },
-      });
-      await job.result();
-      const ms = performance.now() - t0;
-      ((await job.status()).result?.cached ? hitLatency : missLatency).push(ms);
-    }
-  };
-  await Promise.all(Array.from({ length: inFlight }, lane));
-  const seconds = (performance.now() - started) / 1000;
-  const after = (await readFile(countFile, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
-  void env;
-  return { seconds, marsRuns: after - before, hitLatency, missLatency };
+  const { seconds, marsRuns } = await timed(draws, countFile, inFlight, async (draw, i) => {
+    const t0 = performance.now();
+    const job = await fleet.submit(requestOf(draw), {
+      targetDir: `cache-bench-${tag}`,
+      targetFname: `${i}.grib`,
+      environ: { user_id: `u${i % 20}` },
+    });
+    await job.result();
+    const ms = performance.now() - t0;
+    ((await job.status()).result?.cached ? hitLatency : missLatency).push(ms);
+  });
+  return { seconds, marsRuns, hitLatency, missLatency };
 }
 
 /**
@@ -106,22 +113,11 @@ async function sharesPass(
   });
   try {
     await mkdir(join(env.sharedRoot, tag), { recursive: true });
-    const before = (await readFile(countFile, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
     const latency: number[] = [];
-    let next = 0;
-    const started = performance.now();
-    const lane = async (): Promise<void> => {
-      while (next < draws.length) {
-        const i = next++;
-        latency.push(
-          await sharesJob(gateway.sharesPort, `/${tag}/${i}.grib`, requestOf(draws[i]!, SHARES_OFFSET)),
-        );
-      }
-    };
-    await Promise.all(Array.from({ length: IN_FLIGHT }, lane));
-    const seconds = (performance.now() - started) / 1000;
-    const after = (await readFile(countFile, "utf8").catch(() => "")).split("\n").filter(Boolean).length;
-    return { seconds, marsRuns: after - before, hitLatency: [], missLatency: latency };
+    const { seconds, marsRuns } = await timed(draws, countFile, IN_FLIGHT, async (draw, i) => {
+      latency.push(await sharesJob(gateway.sharesPort, `/${tag}/${i}.grib`, requestOf(draw, SHARES_OFFSET)));
+    });
+    return { seconds, marsRuns, hitLatency: [], missLatency: latency };
   } finally {
     await gateway.close();
   }
@@ -154,12 +150,12 @@ export async function resultCache(
     await Promise.all([env.worker(settings, extra), env.worker(settings, extra)]);
     const fleet = await env.client({ queue });
     if (cacheMaxBytes > 0) onFleet = fleet;
-    return pass(env, fleet, draws, countFile, name);
+    return pass(fleet, draws, countFile, name);
   };
   const off = await run("cacheoff", 0);
   const on = await run("cacheon", 1 << 30);
   // A hit on its own: the drawn requests once more, one at a time, with no MARS run beside.
-  const alone = await pass(env, onFleet!, [...new Set(draws)].slice(0, 50), countFile, "alone", 1);
+  const alone = await pass(onFleet!, [...new Set(draws)].slice(0, 50), countFile, "alone", 1);
   if (alone.missLatency.length > 0) throw new Error(`${alone.missLatency.length} cached requests missed`);
   const sharesOff = await sharesPass(env, queues["cacheoff"]!, draws, countFile, "cache-shares-off");
   const sharesOn = await sharesPass(env, queues["cacheon"]!, draws, countFile, "cache-shares-on");

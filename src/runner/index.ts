@@ -4,10 +4,11 @@ export { errorForOutcome } from "./outcome.js";
 export { signalGroup, startedForRun } from "./process-group.js";
 export { checkEnviron, DEFAULT_KILL_GRACE, MarsRun, REQUEST_FILE_PATTERN, startMars } from "./runner.js";
 export type { RunEvent, RunOptions, RunOutcome, RunStatus } from "./runner.js";
-export { CACHE_DIR, ResultCache, sha256Of } from "./result-cache.js";
+export { ResultCache, sha256Of } from "./result-cache.js";
 export type { CacheEntry, CacheEvent, CacheStats, ResultCacheOptions, RunLease } from "./result-cache.js";
 export {
   attemptRunId,
+  CACHE_DIR,
   commitDurablePart,
   checkFileName,
   discardPart,

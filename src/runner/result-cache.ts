@@ -14,7 +14,7 @@
  * result modified in place through another link) is dropped and MARS runs as usual. The part file
  * then goes through the job's fenced commit like any MARS output.
  *
- * No job target may lie in `.cache` (CACHE_DIR, refused by the target checks), so no
+ * No job target may lie in `.cache` (CACHE_DIR, refused by the target checks in target.ts), so no
  * user-supplied path reaches it.
  */
 import { createHash } from "node:crypto";
@@ -36,9 +36,7 @@ import {
 import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { z } from "zod";
-
-/** The cache's folder under the shared root (no job target may be inside it). */
-export const CACHE_DIR = ".cache";
+import { CACHE_DIR, fsyncPath } from "./target.js";
 
 const entrySchema = z
   .object({
@@ -95,7 +93,6 @@ export async function sha256Of(path: string): Promise<string> {
  * worker died) is taken over by one of them.
  */
 export interface RunLease {
-  readonly owner: string;
   /** Give the right up (after the result is kept, or the run failed): a waiter may take it. */
   release(): Promise<void>;
 }
@@ -117,9 +114,19 @@ export class ResultCache {
     return this.opts.maxBytes > 0;
   }
 
-  private paths(key: string): { data: string; meta: string; folder: string } {
+  /** Every file of `key`'s entry and run, in its folder. */
+  private paths(key: string) {
     const folder = join(this.dir, key.slice(0, 2));
-    return { folder, data: join(folder, `${key}.grib`), meta: join(folder, `${key}.json`) };
+    const file = (suffix: string): string => join(folder, `${key}.${suffix}`);
+    return {
+      folder,
+      data: file("grib"),
+      meta: file("json"),
+      log: file("log"),
+      run: file("run"),
+      live: file("live"),
+      failed: file("failed"),
+    };
   }
 
   private event(ev: CacheEvent): void {
@@ -135,8 +142,7 @@ export class ResultCache {
     owner: string,
     opts: { touchMs: number; staleMs: number },
   ): Promise<RunLease | undefined> {
-    const { folder } = this.paths(key);
-    const path = join(folder, `${key}.run`);
+    const { folder, run: path } = this.paths(key);
     await mkdir(folder, { recursive: true });
     for (let tries = 0; tries < 2; tries++) {
       try {
@@ -150,7 +156,6 @@ export class ResultCache {
         }, opts.touchMs);
         timer.unref();
         return {
-          owner,
           release: async () => {
             clearInterval(timer);
             const holder = await readFile(path, "utf8").catch(() => undefined); // gone: taken over
@@ -183,8 +188,7 @@ export class ResultCache {
     key: string,
     opts: { staleMs: number; signal: AbortSignal; waiter: string; onPoll?: () => Promise<void> },
   ): Promise<void> {
-    const { folder, meta } = this.paths(key);
-    const path = join(folder, `${key}.run`);
+    const { folder, meta, run: path } = this.paths(key);
     const mark = join(folder, `${key}.wait.${opts.waiter}`);
     let touchedAt = 0;
     try {
@@ -223,7 +227,7 @@ export class ResultCache {
 
   /** Where the run holding `key` writes its log as it goes, for the jobs waiting on it to follow. */
   liveLogPath(key: string): string {
-    return join(this.paths(key).folder, `${key}.live`);
+    return this.paths(key).live;
   }
 
   /**
@@ -249,8 +253,7 @@ export class ResultCache {
 
   /** The log of the run that made `key`'s entry (empty when none was kept). */
   async log(key: string): Promise<string[]> {
-    const { folder } = this.paths(key);
-    const text = await readFile(join(folder, `${key}.log`), "utf8").catch(() => ""); // none kept
+    const text = await readFile(this.paths(key).log, "utf8").catch(() => ""); // none kept
     return text === "" ? [] : text.split("\n");
   }
 
@@ -259,16 +262,12 @@ export class ResultCache {
    * fail with it instead of each running MARS in turn into the same error.
    */
   async failed(key: string, error: unknown): Promise<void> {
-    const { folder } = this.paths(key);
-    const path = join(folder, `${key}.failed`);
-    await writeFile(`${path}.${process.pid}.tmp`, JSON.stringify({ at: Date.now(), error }) + "\n");
-    await rename(`${path}.${process.pid}.tmp`, path);
+    await replaceFile(this.paths(key).failed, JSON.stringify({ at: Date.now(), error }) + "\n");
   }
 
   /** The error a run of `key` failed with at or after `since` (ms), if one was told; the caller checks its shape. */
   async failureSince(key: string, since: number): Promise<unknown> {
-    const { folder } = this.paths(key);
-    const text = await readFile(join(folder, `${key}.failed`), "utf8").catch(() => undefined); // none told
+    const text = await readFile(this.paths(key).failed, "utf8").catch(() => undefined); // none told
     if (text === undefined) return undefined;
     try {
       const told = JSON.parse(text) as { at?: unknown; error?: unknown };
@@ -317,8 +316,7 @@ export class ResultCache {
         // A copy, made durable here: the commit that follows does not sync a hit's data again.
         try {
           await copyFile(data, partPath);
-          const handle = await open(partPath, "r+");
-          await handle.datasync().finally(() => handle.close());
+          await fsyncPath(partPath, "r+");
         } catch (copyErr) {
           await rm(partPath, { force: true });
           throw copyErr;
@@ -355,18 +353,16 @@ export class ResultCache {
     targetPath: string,
     facts: { jobId: string; marsMs: number; ttlMs?: number; sync?: boolean; log?: readonly string[] },
   ): Promise<void> {
-    const { folder, data, meta } = this.paths(key);
+    const { folder, data, meta, log } = this.paths(key);
     await mkdir(folder, { recursive: true });
-    if (facts.sync) {
-      // Not a committed result (a cancelled run's part file, kept for the jobs waiting on it): its
-      // data is made durable here, as a commit would have.
-      const handle = await open(targetPath, "r+");
-      await handle.datasync().finally(() => handle.close());
-    }
+    // Not a committed result (a cancelled run's part file, kept for the jobs waiting on it): its
+    // data is made durable here, as a commit would have.
+    if (facts.sync) await fsyncPath(targetPath, "r+");
     const tmp = `${data}.${process.pid}.${Date.now()}.tmp`;
     await link(targetPath, tmp);
     try {
       const { size } = await stat(tmp);
+      if (size === 0) return;
       const entry: CacheEntry = {
         v: 1,
         key,
@@ -377,18 +373,14 @@ export class ResultCache {
         marsMs: facts.marsMs,
         jobId: facts.jobId,
       };
-      if (size === 0) return;
       // Results are read, never written again: read-only (a change through any link is also caught
       // by the hash at the next hit).
       await chmod(tmp, 0o444);
       await rename(tmp, data);
-      // The run's log, replayed to the jobs it serves (before the record: a reader finding the
+      // The run's log, replayed to the jobs it serves, then the record (a reader finding the
       // record finds the log).
-      const logPath = join(folder, `${key}.log`);
-      await writeFile(`${logPath}.${process.pid}.tmp`, (facts.log ?? []).join("\n"));
-      await rename(`${logPath}.${process.pid}.tmp`, logPath);
-      await writeFile(`${meta}.tmp`, JSON.stringify(entry) + "\n");
-      await rename(`${meta}.tmp`, meta);
+      await replaceFile(log, (facts.log ?? []).join("\n"));
+      await replaceFile(meta, JSON.stringify(entry) + "\n");
       this.event({ type: "stored", key, bytes: size });
     } finally {
       await rm(tmp, { force: true });
@@ -396,13 +388,16 @@ export class ResultCache {
     await this.evict();
   }
 
-  /** Remove an entry (its record first: a reader finding no record finds no entry). */
+  /** Remove an entry that cannot be served, saying why. */
   async drop(key: string, why: string): Promise<void> {
-    const { data, meta, folder } = this.paths(key);
-    await rm(meta, { force: true });
-    await rm(data, { force: true });
-    await rm(join(folder, `${key}.log`), { force: true });
+    await this.unlink(key);
     this.event({ type: "dropped", key, why });
+  }
+
+  /** An entry's files, its record first: a reader finding no record finds no entry. */
+  private async unlink(key: string): Promise<void> {
+    const { data, meta, log } = this.paths(key);
+    for (const path of [meta, data, log]) await rm(path, { force: true });
   }
 
   /** Every entry with its last use, oldest use first. */
@@ -447,10 +442,7 @@ export class ResultCache {
   }
 
   private async remove(key: string, bytes: number): Promise<void> {
-    const { data, meta, folder } = this.paths(key);
-    await rm(meta, { force: true });
-    await rm(data, { force: true });
-    await rm(join(folder, `${key}.log`), { force: true });
+    await this.unlink(key);
     this.event({ type: "evicted", key, bytes });
   }
 
@@ -476,4 +468,11 @@ export class ResultCache {
       }
     return removed;
   }
+}
+
+/** Write `path` whole, or leave it as it was: a temporary file of this process, renamed over it. */
+async function replaceFile(path: string, text: string): Promise<void> {
+  const tmp = `${path}.${process.pid}.tmp`;
+  await writeFile(tmp, text);
+  await rename(tmp, path);
 }

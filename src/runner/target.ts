@@ -2,7 +2,6 @@
 import { unlinkSync } from "node:fs";
 import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
-import { CACHE_DIR } from "./result-cache.js";
 import { TargetError } from "../core/index.js";
 
 const PART_SUFFIX = ".mars-part";
@@ -80,7 +79,16 @@ export function removeLocalFile(path: string): void {
   }
 }
 
-async function fsyncPath(path: string, flags: string): Promise<void> {
+/** The result cache's folder under the shared root (src/runner/result-cache.ts): no job target may be inside it. */
+export const CACHE_DIR = ".cache";
+
+/** Whether a path relative to the root lies in the result cache's folder. */
+function inCacheDir(rel: string): boolean {
+  return rel.split(sep)[0] === CACHE_DIR;
+}
+
+/** Make a file's data (flags "r+") or a directory's entries (flags "r") durable. */
+export async function fsyncPath(path: string, flags: string): Promise<void> {
   const handle = await open(path, flags);
   try {
     await handle.sync();
@@ -160,7 +168,7 @@ export function resolveInside(root: string, path: string): string {
     // The root is not named: this message reaches gateway and API clients.
     throw new TargetError(`target ${JSON.stringify(path)} is outside the shared root`, { path });
   }
-  if (rel.split(sep)[0] === CACHE_DIR)
+  if (inCacheDir(rel))
     throw new TargetError(`target ${JSON.stringify(path)} is in the result cache's folder`, { path });
   return full;
 }
@@ -229,7 +237,7 @@ export async function prepareTargetDir(root: string, targetPath: string): Promis
     dirReal = await resolved(dir);
   }
   if (!within(rootReal, dirReal)) throw escape(outside);
-  if (relative(rootReal, dirReal).split(sep)[0] === CACHE_DIR)
+  if (inCacheDir(relative(rootReal, dirReal)))
     throw escape("leads into the result cache's folder through a symbolic link");
   const target = await lstat(targetPath).catch(() => undefined); // absent: MARS creates it
   if (target?.isSymbolicLink()) throw escape("is a symbolic link");

@@ -519,12 +519,8 @@ export class JobAttempt {
       commit: () => commitDurablePart(partPath, targetPath),
       discard: () => discardPart(partPath),
     };
-    const ino = (await stat(partPath)).ino;
-    const settled = await this.commit(output, {
-      bytes: entry.bytes,
-      elapsedMs: Date.now() - started,
-      partIno: ino,
-    });
+    // (The fence reads the part file's inode itself.)
+    const settled = await this.commit(output, { bytes: entry.bytes, elapsedMs: Date.now() - started });
     if ("state" in settled && settled.state === "succeeded" && settled.result)
       settled.result = { ...settled.result, cached: { key, savedMs: entry.marsMs } };
     return settled;

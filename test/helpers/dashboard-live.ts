@@ -21,9 +21,9 @@ const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium";
 /** How long each stand-in job runs, in seconds: well past the minute watched. */
 const JOB_SECONDS = 150;
 /** How long the page is watched. */
-export const WATCH_MS = 60_000;
+const WATCH_MS = 60_000;
 /** The longest the page may go without its time or its progress moving. */
-export const MAX_STILL_MS = 2000;
+const MAX_STILL_MS = 2000;
 
 /**
  * A MARS stand-in: reads the target from the request file, announces its size, then appends 240
@@ -165,7 +165,7 @@ export class BusyConsole {
    * Watch the page from inside for `ms`: every 100 ms a sampler in the page reads the status line
    * and the progress bars, and keeps how long each stood still at most.
    */
-  async watch(page: Page, ms: number): Promise<Watched> {
+  private async watch(page: Page, ms: number): Promise<Watched> {
     // (Evaluated in the page as text: this test is compiled without the DOM's types.)
     return page.evaluate<Watched>(`new Promise((resolve) => {
       const read = () => {
@@ -194,6 +194,25 @@ export class BusyConsole {
         if (now - start >= ${ms}) { clearInterval(timer); resolve(out); }
       }, 100);
     })`);
+  }
+
+  /**
+   * Watch the overview for WATCH_MS with `n` jobs running, and fail unless every one was shown and
+   * the page's "updated" time and progress each moved at least every MAX_STILL_MS.
+   */
+  async assertStaysLive(page: Page, n: number, t: { diagnostic: (message: string) => void }): Promise<void> {
+    const seen = await this.watch(page, WATCH_MS);
+    t.diagnostic(JSON.stringify(seen));
+    assert.ok(seen.bars.min >= n, `the page showed ${seen.bars.min} of ${n} running jobs at one time`);
+    assert.ok(
+      seen.statusStill <= MAX_STILL_MS,
+      `"updated" stood still for ${Math.round(seen.statusStill)} ms`,
+    );
+    assert.ok(
+      seen.progressStill <= MAX_STILL_MS,
+      `progress stood still for ${Math.round(seen.progressStill)} ms`,
+    );
+    assert.match((await page.locator("#status").textContent()) ?? "", /^live, updated/);
   }
 
   /** With MARS_SCREENSHOTS=1, the page as it is now into docs/ (the README links it). */
