@@ -181,7 +181,8 @@ describe("ownership: the stale attempt never touches the target", { timeout: TIM
         `if [ ! -e "${marker}" ]; then touch "${marker}"; kill -STOP $PPID; fi\n`,
       { mode: 0o755 },
     );
-    const stale = await tf.worker({ ...settings, marsCommand: freezing });
+    // Debug: "result committed" is a debug line, and the stale worker must be seen not to log it.
+    const stale = await tf.worker({ ...settings, marsCommand: freezing }, { MARS_LOG_LEVEL: "debug" });
     const fleet = await tf.client(settings);
     const job = await fleet.submit(SMALL, { targetDir: "own", targetFname: "stale.grib" });
     await eventually(
@@ -218,6 +219,43 @@ describe("ownership: the stale attempt never touches the target", { timeout: TIM
     assert.deepEqual(
       (await readdir(join(tf.sharedRoot, "own"))).filter((n) => n.startsWith(".stale.grib")),
       [],
+    );
+  });
+});
+
+describe("ownership: a message delivered again to the worker that runs it", { timeout: TIMEOUT }, () => {
+  // After a consumer leader change (seen in a partitioned cluster) the server may deliver a message
+  // again, even with the same delivery count, to the worker that still runs it. A second attempt
+  // there would own the same record (same worker, attempt, sequence): two commits. A worker frozen
+  // past the ack wait while its MARS runs on makes the server deliver again to the same worker.
+  it("keeps the attempt that runs: one MARS run, one commit, attempt 1", async () => {
+    const queue = TestFleet.queue("again");
+    const worker = await tf.worker(
+      { queue, concurrency: 2 },
+      { MARS_SIM_FIELD_DELAY_MS: "300", MARS_LOG_LEVEL: "debug" }, // "result committed" is a debug line
+    );
+    const fleet = await tf.client({ queue });
+    const job = await fleet.submit(
+      { ...SMALL, param: "2t/10u/10v/msl", step: "0/6/12/18" },
+      { targetDir: "own", targetFname: "again.grib" },
+    );
+    const of = (msg: string) => worker.logs.filter((l) => l["msg"] === msg && l["jobId"] === job.id);
+    assert.ok(await eventually(() => of("job started").length > 0, 20_000), "the job did not start");
+    worker.kill("SIGSTOP");
+    // Past the ack wait (750 ms here); a second job makes the worker pull again when it wakes, and
+    // the server hands out the expired message first.
+    const second = await fleet.submit(SMALL, { targetDir: "own", targetFname: "again-2.grib" });
+    await new Promise((r) => setTimeout(r, 2500));
+    worker.kill("SIGCONT");
+    const result = await job.result({ signal: AbortSignal.timeout(40_000) });
+    await second.result({ signal: AbortSignal.timeout(40_000) });
+    assert.equal((await job.status()).attempt, 1, "a second attempt took the job over");
+    assert.equal(of("job started").length, 1, "MARS ran again");
+    assert.equal(of("result committed").length, 1);
+    assert.equal((await stat(result.target)).size, result.bytes);
+    assert.ok(
+      worker.logs.some((l) => String(l["msg"]).startsWith("delivered again while this worker has it")),
+      "the server did not deliver the job again, so this test showed nothing",
     );
   });
 });

@@ -134,6 +134,14 @@ export class Dispatcher {
   private readonly board = new LaneBoard();
   private readonly parkedJobs: Parked[] = [];
   private readonly running = new Set<Promise<void>>();
+  /**
+   * Stream sequences of the messages this worker runs or holds aside. After a consumer leader
+   * change the server may deliver one of them again, even with the same delivery count: a second
+   * attempt here would then own the same record (same worker, attempt and sequence) and both would
+   * pass the commit fence. The running attempt keeps the message instead (its acks name the same
+   * sequence).
+   */
+  private readonly holding = new Set<number>();
   /** The attempts running now: the one route by which cancels and hand-backs reach them. */
   readonly attempts = new Set<JobAttempt>();
   private readonly observers: DispatchObserver[] = [];
@@ -521,6 +529,15 @@ export class Dispatcher {
 
   /** A message pulled from `lane`: run it now, or park it when one of its limits is full. */
   private async admit(lane: string, msg: JobMsg): Promise<void> {
+    const seq = msg.info.streamSequence;
+    if (this.holding.has(seq)) {
+      this.deps.log.warn(
+        { streamSeq: seq, deliveries: msg.info.deliveryCount },
+        "delivered again while this worker has it: the attempt running here keeps it",
+      );
+      return;
+    }
+    this.holding.add(seq);
     let job: JobMessage | undefined;
     try {
       job = decode(jobMessageSchema, msg.data, "job message");
@@ -662,6 +679,7 @@ export class Dispatcher {
         // now rather than at their next count (up to a second later).
         if (this.capOf(lane) > 0) this.deps.nc.publish(subjects.laneFreed(this.deps.queue, lane));
         this.running.delete(done);
+        this.holding.delete(msg.info.streamSequence);
         this.free++;
         this.syncWakeBell();
         this.wake();
@@ -683,6 +701,7 @@ export class Dispatcher {
     clearInterval(this.parkTimer);
     for (const p of this.parkedJobs.splice(0)) {
       p.msg.nak();
+      this.holding.delete(p.msg.info.streamSequence);
       this.board.settled(p.lane);
     }
   }
