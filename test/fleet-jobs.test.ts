@@ -415,7 +415,7 @@ describe("fleet: an idle fleet", () => {
   it(
     "wakes one worker per new job, not all of them: about one pull per job",
     { timeout: 90_000 },
-    async () => {
+    async (t) => {
       const queue = TestFleet.queue("herd");
       await Promise.all([tf.worker({ queue }), tf.worker({ queue }), tf.worker({ queue })]);
       const fleet = await tf.client({ queue });
@@ -438,8 +438,10 @@ describe("fleet: an idle fleet", () => {
       await nc.flush();
       sub.unsubscribe();
       await nc.close();
-      // Every free worker pulling for every job would make 3 per job; the counts each second add a
-      // few (a job running elsewhere looks like one to pull).
+      // Every free worker pulling for every job would make 3 per job. The counts each second used
+      // to add one for each job they found running elsewhere (CI: up to 49); a job whose wake-up
+      // went to another worker is left to it now.
+      t.diagnostic(`${pulls} pulls for ${jobs} jobs`);
       assert.ok(pulls <= 2 * jobs, `${pulls} pulls for ${jobs} jobs`);
     },
   );

@@ -254,6 +254,32 @@ describe("QoS lanes: which lane a free slot serves", () => {
     blocked: (h: Heard) => boolean = () => false,
   ) => board.pick({ now, rules, blocked, unknownHeads: true });
 
+  it("leaves a lane whose pull found nothing quiet while its count holds, for one interval", () => {
+    const board = new LaneBoard(5000);
+    board.counted("a", 2, 1000); // two jobs running on other workers: looks like two to pull
+    assert.equal(pick(board), "a");
+    board.empty("a", 1100);
+    board.counted("a", 2, 2000);
+    assert.equal(pick(board, NO_RULES, 2000), undefined, "pulled again for jobs running elsewhere");
+    board.counted("a", 1, 3000); // one ended
+    board.counted("a", 2, 4000); // a new one, its doorbell missed: the count rose above the fewest
+    assert.equal(pick(board, NO_RULES, 4000), "a");
+    board.empty("a", 4100);
+    board.counted("a", 2, 4200);
+    assert.equal(pick(board, NO_RULES, 4200), undefined);
+    board.freed("a"); // a worker handed one back
+    board.counted("a", 2, 4300);
+    assert.equal(pick(board, NO_RULES, 4300), "a");
+    board.empty("a", 4400);
+    board.counted("a", 2, 9000);
+    assert.equal(pick(board, NO_RULES, 9000), undefined);
+    board.counted("a", 2, 9500); // an interval on: a dead worker's job may be back
+    assert.equal(pick(board, NO_RULES, 9500), "a");
+    board.empty("a", 9600);
+    board.heard("a", heard("new", "a", 9700)); // heard of: pulled whatever the count
+    assert.equal(pick(board, NO_RULES, 9700), "a");
+  });
+
   it("goes round-robin across users, not in arrival order", () => {
     const board = new LaneBoard();
     for (let i = 0; i < 100; i++) board.heard("a", heard(`a${i}`, "a", i));

@@ -122,7 +122,10 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           p(subjects.progress("*"), "publish job progress"),
           p(subjects.state("*"), "publish job state changes"),
           p(subjects.allHeartbeats, "heartbeats of running jobs"),
-          p(subjects.allLanesFreed, "tell the queue's other workers that a capped lane has room again"),
+          p(
+            subjects.allLanesFreed,
+            "tell the queue's other workers that a capped lane has room again, or that a job was handed back",
+          ),
           p(subjects.allDead, "dead-letter jobs"),
           ...directReads(objStream(RESULTS_BUCKET)),
           p(`$O.${RESULTS_BUCKET}.>`, "upload results for gateways without the shared filesystem"),
@@ -137,7 +140,10 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
             p(s, "hear new jobs on its queue's lanes (to choose whom to serve)"),
           ),
           p(`$KV.${QOS_BUCKET}.${QOS_RULES_KEY}`, "hear the QoS rules change (re-read at once)"),
-          p(subjects.allLanesFreed, "hear that a capped lane has room again (pull from it at once)"),
+          p(
+            subjects.allLanesFreed,
+            "hear that a capped lane has room again, or a job was handed back (pull from it at once)",
+          ),
         ],
       };
     case "keeper":

@@ -30,6 +30,12 @@ export interface Heard {
   judged?: { rules: QosRules; limits: LimitSlot[]; base: number };
   /** When this worker heard of it, in the board's own order (see `LaneBoard.mark`). */
   heardAt?: number;
+  /**
+   * Not this worker's to pull before then (ms): it was free when the job was published, and the
+   * server woke another free worker for it, which takes it. Past this time (that worker filled up
+   * meanwhile), any worker may.
+   */
+  elsewhereUntil?: number;
 }
 
 /** The limits and base priority the rules give a heard job, computed once for each rules version. */
@@ -62,6 +68,15 @@ interface Lane {
   /** Messages the server held in the lane at the last count, and jobs heard since: at most that many now. */
   counted: number;
   heardSince: number;
+  /**
+   * After a pull found nothing: every message counted then was in flight on some worker, and stays
+   * unpullable until the server redelivers it (ack wait), a worker hands it back (which rings
+   * `freed`), or a new one arrives (the count rises above `quietFloor`, the fewest counted since).
+   * Until `quietUntil` such messages are not worth a pull: without this every free worker pulls
+   * once per count for every job running elsewhere.
+   */
+  quietUntil: number;
+  quietFloor: number;
 }
 
 /** The next job of a lane, as far as this worker knows it. */
@@ -90,10 +105,27 @@ export class LaneBoard {
   private served = 0;
   private hearings = 0;
 
+  /**
+   * @param quietMs how long a lane whose pull found nothing is not pulled again for messages it
+   *   only counted (a job that ran on a worker that died comes back at most this much later than
+   *   its ack wait); a job heard of, a rising count or `freed` ends it sooner.
+   */
+  constructor(private readonly quietMs = 0) {}
+
   private lane(name: string, now: number): Lane {
     let l = this.lanes.get(name);
     if (!l) {
-      l = { heard: [], unheard: 0, unheardSince: now, mine: 0, servedAt: 0, counted: 0, heardSince: 0 };
+      l = {
+        heard: [],
+        unheard: 0,
+        unheardSince: now,
+        mine: 0,
+        servedAt: 0,
+        counted: 0,
+        heardSince: 0,
+        quietUntil: 0,
+        quietFloor: 0,
+      };
       this.lanes.set(name, l);
     }
     return l;
@@ -102,10 +134,11 @@ export class LaneBoard {
   /** A job was published on the lane. */
   heard(name: string, job: Heard): void {
     const l = this.lane(name, job.submittedAt);
-    if (!l.heard.some((h) => h.id === job.id)) {
+    const known = l.heard.find((h) => h.id === job.id);
+    if (!known) {
       l.heard.push({ ...job, heardAt: ++this.hearings });
       l.heardSince++;
-    }
+    } else if (job.elsewhereUntil === undefined) delete known.elsewhereUntil; // woken for it after all
   }
 
   /** The point reached in what this worker heard: taken before a pull, given to `empty` after it. */
@@ -143,6 +176,14 @@ export class LaneBoard {
     const l = this.lane(name, now);
     l.heard = l.heard.filter((h) => (h.heardAt ?? 0) > mark);
     l.unheard = 0;
+    l.quietUntil = now + this.quietMs;
+    l.quietFloor = l.counted;
+  }
+
+  /** A worker handed a message of the lane back (or its retry delay ran out): worth a pull again. */
+  freed(name: string): void {
+    const l = this.lanes.get(name);
+    if (l) l.quietUntil = 0;
   }
 
   /**
@@ -159,7 +200,11 @@ export class LaneBoard {
     l.counted = messages;
     l.heardSince = since;
     if (before.length > waiting) l.heard.splice(0, before.length - waiting);
-    const unheard = waiting - Math.min(before.length, waiting);
+    let unheard = waiting - Math.min(before.length, waiting);
+    if (now < l.quietUntil && messages <= l.quietFloor) {
+      l.quietFloor = messages; // fewer now: one more later is a new message
+      unheard = 0; // all in flight when a pull last found nothing, and none new since
+    } else l.quietUntil = 0;
     if (unheard > 0 && l.unheard === 0) l.unheardSince = now;
     l.unheard = unheard;
     if (messages === 0 && l.mine === 0 && since === 0) this.lanes.delete(name);
@@ -184,9 +229,10 @@ export class LaneBoard {
     return this.lanes.size;
   }
 
-  private head(name: string, l: Lane): Head | undefined {
+  private head(name: string, l: Lane, now: number): Head | undefined {
     if (l.unheard > 0) return { lane: name, job: undefined, since: l.unheardSince };
     const job = l.heard[0];
+    if (job?.elsewhereUntil !== undefined && job.elsewhereUntil > now) return undefined;
     return job ? { lane: name, job, since: job.submittedAt } : undefined;
   }
 
@@ -198,7 +244,7 @@ export class LaneBoard {
   pick(opts: PickOptions): string | undefined {
     let best: { lane: string; priority: number; servedAt: number } | undefined;
     for (const [name, l] of this.lanes) {
-      const head = this.head(name, l);
+      const head = this.head(name, l, opts.now);
       if (!head) continue;
       if (!head.job && !opts.unknownHeads) continue;
       if (opts.skip?.(name)) continue;

@@ -115,6 +115,8 @@ export interface AttemptEnd {
   state: JobState;
   /** How long MARS ran, when it did. */
   elapsedMs: number | undefined;
+  /** Handed back (nak): pullable again after this long (its retry delay; 0 at once). */
+  againAfterMs?: number;
 }
 
 /**
@@ -794,7 +796,11 @@ export class JobAttempt {
       },
       "job settled",
     );
-    return { state: s.state, elapsedMs: s.elapsedMs };
+    return {
+      state: s.state,
+      elapsedMs: s.elapsedMs,
+      ...(s.settle === "nak" && { againAfterMs: s.nakDelayMs ?? 0 }),
+    };
   }
 }
 

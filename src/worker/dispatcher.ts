@@ -59,6 +59,12 @@ import { handleDelivery } from "./delivery.js";
 
 /** How often the worker counts what the server holds per lane (catches jobs it did not hear of). */
 export const COUNT_EVERY_MS = 1000;
+/**
+ * How long a job whose wake-up went to another free worker is left to that worker: it pulls at
+ * once, so the others' counts meanwhile would only pull in vain (it runs there). Should it have
+ * filled up before pulling, another worker takes the job this much later.
+ */
+const WOKEN_ELSEWHERE_MS = 2000;
 /** The lane-less subject is counted at least once in this many counts (see Dispatcher.count). */
 const LANELESS_RECOUNT = 10;
 const PULL_TIMEOUT_MS = 5000;
@@ -131,7 +137,7 @@ export interface DispatchObserver {
 }
 
 export class Dispatcher {
-  private readonly board = new LaneBoard();
+  private readonly board: LaneBoard;
   private readonly parkedJobs: Parked[] = [];
   private readonly running = new Set<Promise<void>>();
   /**
@@ -160,7 +166,7 @@ export class Dispatcher {
   /** Lanes whose new job woke this worker, and when: a first empty pull there is tried again. */
   private readonly rung = new Map<string, number>();
   private laneless: Subscription | undefined;
-  /** Other workers' word that a capped lane has room again (see launch). */
+  /** Other workers' word that a capped lane has room again, or a job of a lane was handed back (see launch, ringFreed). */
   private freed: Subscription | undefined;
   private unreadable = 0;
   /** The last choice passed over a lane because its next job's limit was full. */
@@ -184,6 +190,9 @@ export class Dispatcher {
 
   constructor(private readonly deps: DispatcherDeps) {
     this.puller = new Puller(deps.nc, deps.inboxPrefix);
+    // A lane whose pull found nothing is pulled again for what it only counted after a heartbeat
+    // interval: a dead worker's job, back after its ack wait, waits at most that much longer.
+    this.board = new LaneBoard(deps.heartbeatMs);
     this.free = deps.concurrency;
     this.fleetCap = Math.max(0, deps.template.max_ack_pending ?? 0);
     this.rulesNow = withFleetCap(deps.rules.rules, this.fleetCap);
@@ -211,10 +220,12 @@ export class Dispatcher {
       callback: (_err, msg) => this.hear(this.laneOf(msg.subject), msg.data, false),
     });
     this.syncWakeBell();
-    // A job of a capped lane settled on another worker: the lane is no longer at its cap.
+    // A job of a capped lane settled on another worker: the lane is no longer at its cap. Or a
+    // worker handed a job back: it may be pulled again now, quiet lane or not.
     this.freed = deps.nc.subscribe(subjects.lanesFreed(deps.queue), {
       callback: (_err, msg) => {
         const lane = msg.subject.slice(subjects.lanesFreed(deps.queue).length - 1);
+        this.board.freed(lane);
         if (this.atCap.delete(lane) && this.free > 0) this.wake();
       },
     });
@@ -314,7 +325,14 @@ export class Dispatcher {
     }
     const shape = job ?? { queue: this.deps.queue, environ: {}, requests: [] };
     const id = job?.id ?? `unreadable-${++this.unreadable}`;
-    this.board.heard(lane, { id, submittedAt: job?.submittedAt ?? Date.now(), shape });
+    // Heard but not woken while in the wake group: the server woke another free worker for it.
+    const elsewhere = !wake && this.wakeBell !== undefined;
+    this.board.heard(lane, {
+      id,
+      submittedAt: job?.submittedAt ?? Date.now(),
+      shape,
+      ...(elsewhere && { elsewhereUntil: Date.now() + WOKEN_ELSEWHERE_MS }),
+    });
     if (wake && this.free > 0) this.wake();
   }
 
@@ -463,6 +481,7 @@ export class Dispatcher {
         failures = 0;
         if (!this.pulling) {
           for (const m of msgs) m.nak(); // arrived as we began to stop: let another worker have it
+          if (msgs.length > 0) this.ringFreed(lane);
           break;
         }
         if (msgs.length === 0) {
@@ -665,6 +684,7 @@ export class Dispatcher {
     })
       .then(async (end) => {
         for (const o of this.observers) o.settled?.(end, this.attempts.size);
+        if (end?.againAfterMs !== undefined) this.ringFreed(lane, end.againAfterMs);
         this.recordUsage(job, end);
         if (holder) await this.deps.slots.releaseSettled(this.deps.nc, limits, holder);
       })
@@ -703,7 +723,18 @@ export class Dispatcher {
       p.msg.nak();
       this.holding.delete(p.msg.info.streamSequence);
       this.board.settled(p.lane);
+      this.ringFreed(p.lane);
     }
+  }
+
+  /**
+   * A message of the lane was handed back (or will be pullable after `afterMs`, its retry delay):
+   * the queue's other workers, which may have found the lane empty and left it quiet, pull again.
+   */
+  private ringFreed(lane: string, afterMs = 0): void {
+    const ring = (): void => this.deps.nc.publish(subjects.laneFreed(this.deps.queue, lane));
+    if (afterMs <= 0) ring();
+    else setTimeout(ring, afterMs).unref(); // a worker that stops first: the lane's quiet ends by itself
   }
 
   /** Resolves when every job this dispatcher started has been settled. */
