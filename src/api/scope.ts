@@ -29,6 +29,7 @@ export class HttpProblem extends MarsFleetError {
 /** The HTTP status of each error code the API answers with (500 for the rest). */
 const STATUS_BY_CODE: Partial<Record<ErrorCode, number>> = {
   MARS_REQUEST_INVALID: 400,
+  SPLIT_INVALID: 400,
   TARGET_INVALID: 400,
   ENVIRON_INVALID: 400,
   MESSAGE_INVALID: 400,

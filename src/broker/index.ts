@@ -67,6 +67,7 @@ export type {
   JobResult,
   JobState,
   LogBatch,
+  PartOf,
   ProgressEvent,
   StateEvent,
   Submitter,

@@ -1,7 +1,7 @@
 /** Message schemas of the wire contract. Every body is validated with these on receipt. */
 import { z } from "zod";
 import { errorRecordSchema } from "../core/index.js";
-import { jobMarsEnvSchema, MARS_VERBS } from "../mars/index.js";
+import { jobMarsEnvSchema, MARS_VERBS, MAX_SPLIT_PARTS } from "../mars/index.js";
 import { isToken } from "./subjects.js";
 
 export const PROTOCOL_VERSION = 1;
@@ -29,6 +29,14 @@ export const submitterSchema = z.object({
 });
 export type Submitter = z.infer<typeof submitterSchema>;
 
+/** Where a part of a split job belongs (#27). */
+export const partOfSchema = z.object({
+  parent: token,
+  index: z.number().int().min(1),
+  total: z.number().int().min(2).max(MAX_SPLIT_PARTS),
+});
+export type PartOf = z.infer<typeof partOfSchema>;
+
 /** The work-queue message: everything a worker needs to run the job. */
 export const jobMessageSchema = z.object({
   v: z.literal(PROTOCOL_VERSION),
@@ -48,6 +56,8 @@ export const jobMessageSchema = z.object({
   /** MARS settings for this job, from a short allow-list (e.g. `MARS_AUTO_SPLIT_BY_DATES`). */
   marsEnv: jobMarsEnvSchema.optional(),
   submittedBy: submitterSchema.optional(),
+  /** A part of a split job (#27): its parent's id, its place (1-based) and how many parts there are. */
+  part: partOfSchema.optional(),
 });
 export type JobMessage = z.infer<typeof jobMessageSchema>;
 
@@ -97,6 +107,17 @@ export const jobRecordSchema = z.object({
    */
   committing: z
     .object({ attempt: z.number().int(), ino: z.number(), bytes: z.number().int(), elapsedMs: z.number() })
+    .optional(),
+  /** A split job (#27): how it was split and into how many parts (`<id>-p1` ... `<id>-pN`). */
+  split: z.object({ by: z.array(z.string()).min(1), parts: z.number().int().min(2) }).optional(),
+  /** A part of a split job. */
+  part: partOfSchema.optional(),
+  /**
+   * A split job's fan-in, held by the attempt of its last part that assembles the parts (fenced
+   * like a commit: it holds while the record names that attempt).
+   */
+  fanIn: z
+    .object({ by: token, attempt: z.number().int(), worker: z.string(), seq: z.number().int() })
     .optional(),
 });
 export type JobRecord = z.infer<typeof jobRecordSchema>;
@@ -198,5 +219,6 @@ export function initialRecord(message: JobMessage, maxAttempts: number): JobReco
     submittedAt: message.submittedAt,
     updatedAt: message.submittedAt,
     ...(message.submittedBy && { submittedBy: message.submittedBy }),
+    ...(message.part && { part: message.part }),
   };
 }

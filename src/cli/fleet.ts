@@ -76,6 +76,7 @@ export interface SubmitArgs {
   follow: boolean;
   requestId?: string;
   environ?: string[];
+  split?: string[];
   callback?: string;
   callbackSecret?: string;
   json: boolean;
@@ -91,6 +92,7 @@ export async function submitCommand(args: SubmitArgs, config: FleetConfig): Prom
       environ: parseEnviron(args.environ),
       ...(args.queue !== undefined && { queue: args.queue }),
       ...(args.requestId !== undefined && { requestId: args.requestId }),
+      ...(args.split !== undefined && args.split.length > 0 && { split: args.split }),
       watchResult: false, // followed by its events, or not at all
       watchEvents: args.follow,
       ...(args.callback !== undefined && {
@@ -117,11 +119,25 @@ export async function submitCommand(args: SubmitArgs, config: FleetConfig): Prom
   });
 }
 
+/** A split job's parts in a line: how many are done, running, waiting, and any that ended without a result. */
+function describeParts(parts: JobRecord[]): string {
+  const count = (states: JobState[]) => parts.filter((p) => states.includes(p.state)).length;
+  const bad = parts.filter((p) => p.state === "failed" || p.state === "cancelled");
+  return [
+    `${count(["succeeded"])}/${parts.length} done`,
+    `${count(["running"])} running`,
+    `${count(["queued", "retrying"])} waiting`,
+    ...bad.map((p) => `part ${p.part?.index ?? "?"} ${p.state}${p.error ? ` (${p.error.code})` : ""}`),
+  ].join(", ");
+}
+
 function describeRecord(r: JobRecord, config: FleetConfig): string {
   const lines = [
     `${r.id}: ${r.state} (attempt ${r.attempt}/${r.maxAttempts}${r.worker ? `, worker ${r.worker}` : ""})`,
   ];
   lines.push(`  target: ${resolve(config.sharedRoot, r.target)}`);
+  if (r.split) lines.push(`  split: ${r.split.by.join(", ")} into ${r.split.parts} parts`);
+  if (r.part) lines.push(`  part ${r.part.index} of ${r.part.total} of ${r.part.parent}`);
   if (r.result) lines.push(`  result: ${r.result.bytes} bytes in ${formatDuration(r.result.elapsedMs)}`);
   if (r.error) lines.push(`  error: ${r.error.code}: ${r.error.message}`);
   return lines.join("\n");
@@ -129,10 +145,21 @@ function describeRecord(r: JobRecord, config: FleetConfig): string {
 
 export async function statusCommand(id: string, json: boolean, config: FleetConfig): Promise<number> {
   return withFleet(config, async (fleet) => {
-    const record = await (await fleet.job(id)).status();
+    const job = await fleet.job(id);
+    const record = await job.status();
     const waiting = await fleet.explain(id);
-    print(json, waiting.length > 0 ? { ...record, waiting } : record, () =>
-      [describeRecord(record, config), ...waiting.map((w) => `  waits: ${w}`)].join("\n"),
+    const parts = record.split ? await job.parts() : undefined;
+    const shown = {
+      ...record,
+      ...(waiting.length > 0 && { waiting }),
+      ...(parts && { parts: parts.map((p) => ({ id: p.id, state: p.state, bytes: p.result?.bytes })) }),
+    };
+    print(json, shown, () =>
+      [
+        describeRecord(record, config),
+        ...(parts ? [`  parts: ${describeParts(parts)}`] : []),
+        ...waiting.map((w) => `  waits: ${w}`),
+      ].join("\n"),
     );
     return EXIT.ok;
   });

@@ -239,6 +239,12 @@ const COMMANDS: Array<CommandModule<object, Args>> = [
           describe: "idempotency key: resubmitting returns the same job",
         })
         .option("environ", { type: "string", array: true, describe: "client environ as key=value" })
+        .option("split", {
+          type: "string",
+          array: true,
+          describe:
+            "run in parts on many workers at once, assembled into one target: date:month, date:N (days), param, step, levelist, number, time (repeat to combine)",
+        })
         .option("callback", {
           type: "string",
           describe: "POST the job's record to this URL when it ends (signed; sent by `mars-fleet api`)",

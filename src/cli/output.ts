@@ -21,6 +21,7 @@ export const EXIT = {
 const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
   MARS_REQUEST_INVALID: EXIT.requestInvalid,
   REQUEST_TOO_LARGE: EXIT.requestInvalid,
+  SPLIT_INVALID: EXIT.requestInvalid,
   TARGET_INVALID: EXIT.requestInvalid,
   ENVIRON_INVALID: EXIT.requestInvalid,
   MESSAGE_INVALID: EXIT.requestInvalid,

@@ -66,7 +66,19 @@ import { applyQosRules, qosStateOf, type QosState } from "./qos.js";
 import { checkEnviron, jobTarget } from "../runner/index.js";
 import { JobHandle, LiveEvents } from "./job.js";
 import { toRequests, type MarsRequestInput } from "./request-input.js";
-import { checkJobMarsEnv, type JobMarsEnv } from "../mars/index.js";
+import {
+  checkJobMarsEnv,
+  type JobMarsEnv,
+  MAX_SPLIT_PARTS,
+  parseSplit,
+  partId,
+  partTarget,
+  planSplit,
+  SplitInvalidError,
+  type SplitSpec,
+  splitSpecSchema,
+  splitWords,
+} from "../mars/index.js";
 
 export interface FleetConnectOptions {
   /** A loaded configuration; default: loadConfig() with `overrides`. */
@@ -94,6 +106,12 @@ export interface SubmitOptions {
    * is; once that is being written, submit completes, so that no half-made job is left behind.
    */
   signal?: AbortSignal;
+  /**
+   * Split the job (#27): its parts run on the fleet's workers at once, and are assembled into this
+   * job's target when the last one ends (`["date:month", "param"]`, or a spec). The job keeps one
+   * id, one record and one target; `<id>-p1`... are its parts.
+   */
+  split?: readonly string[] | SplitSpec;
   /**
    * Where the worker puts the result: the shared root (default), or the results object store for a
    * client without the shared filesystem (then targetDir/targetFname are ignored).
@@ -187,6 +205,7 @@ export class Fleet {
   async submit(request: MarsRequestInput, opts: SubmitOptions = {}): Promise<JobHandle> {
     opts.signal?.throwIfAborted();
     const message = this.jobMessage(request, opts);
+    const split = opts.split && this.splitOf(message, opts.split);
     const { id, queue } = message;
     const rules = (await this.qosRules()).rules;
     const facts = factsOf(message);
@@ -198,6 +217,7 @@ export class Fleet {
     // Registered before the job exists, so that its end cannot come first.
     const callbackSecret = opts.callback && (await this.registerCallback(id, opts.callback));
     let submitted = initialRecord(message, this.config.maxRetries);
+    if (split) submitted = { ...submitted, split: { by: splitWords(split.spec), parts: split.parts.length } };
     // Followed from before the job exists: result() then reads nothing until a write looks final.
     const watch = opts.watchResult === false ? undefined : this.store.watch(id, false);
     const live = opts.watchEvents === true ? new LiveEvents(this.conn.nc, id, this.store) : undefined;
@@ -221,7 +241,9 @@ export class Fleet {
       if (existing.record.state !== "queued") return this.handle(id, submitted);
     }
     try {
-      await this.publishJob(subject, message);
+      // A split job is never queued itself: its parts are, and the last one's worker assembles it.
+      if (split) await this.submitParts(split.parts, subject);
+      else await this.publishJob(subject, message);
     } catch (err) {
       if (revision !== undefined) unwatch();
       throw err;
@@ -231,6 +253,48 @@ export class Fleet {
     if (revision !== undefined && live) handle.followEventsFromSubmit(live);
     if (callbackSecret !== undefined) handle.callbackSecret = callbackSecret;
     return handle;
+  }
+
+  /** A split job's parts, planned and checked before anything is written. */
+  private splitOf(
+    parent: JobMessage,
+    given: readonly string[] | SplitSpec,
+  ): { spec: SplitSpec; parts: JobMessage[] } {
+    const spec = Array.isArray(given)
+      ? parseSplit(given as readonly string[])
+      : (() => {
+          const parsed = splitSpecSchema.safeParse(given);
+          if (!parsed.success)
+            throw new SplitInvalidError(`invalid split: ${describeZodError(parsed.error)}`, {});
+          return parsed.data;
+        })();
+    if (parent.deliver !== "share")
+      throw new SplitInvalidError("a split job delivers to the shared root, not the object store", {});
+    if (!isToken(partId(parent.id, MAX_SPLIT_PARTS)))
+      throw new SplitInvalidError(
+        "the job id leaves no room for its parts' ids (-pN): use a shorter request id",
+        {
+          jobId: parent.id,
+        },
+      );
+    const parts = planSplit(parent.requests, spec).map((requests, i): JobMessage => ({
+      ...parent,
+      id: partId(parent.id, i + 1),
+      requests,
+      target: partTarget(parent.target, parent.id, i + 1),
+      part: { parent: parent.id, index: i + 1, total: 0 },
+    }));
+    for (const p of parts) p.part!.total = parts.length;
+    return { spec, parts };
+  }
+
+  /** Create and queue each part of a split job (each idempotent, like any job, by its id). */
+  private async submitParts(parts: readonly JobMessage[], subject: string): Promise<void> {
+    for (const part of parts) {
+      const created = await this.store.create(initialRecord(part, this.config.maxRetries));
+      if (created === undefined && (await this.store.require(part.id)).record.state !== "queued") continue;
+      await this.publishJob(subject, part);
+    }
   }
 
   /** The job message for a request, every part of it checked (size, target, environ, retry policy). */

@@ -18,7 +18,7 @@ import {
   subjects,
   TERMINAL_STATES,
 } from "../broker/index.js";
-import { formatLogLine } from "../mars/index.js";
+import { formatLogLine, partId } from "../mars/index.js";
 import { Channel, errorFromRecord, JobFailedError } from "../core/index.js";
 import { resolveInside } from "../runner/index.js";
 
@@ -223,7 +223,14 @@ export class JobHandle {
     const readerGone = new AbortController();
     const signal = opts.signal ? AbortSignal.any([opts.signal, readerGone.signal]) : readerGone.signal;
     const live = this.live?.take();
-    const pump = live ? this.pumpLive(out, live, signal, "submit") : this.pumpEvents(out, signal);
+    const pump = (async () => {
+      const split = (this.submitted ?? (await this.store.get(this.id))?.record)?.split;
+      if (split) {
+        live?.close(); // a split job's own events are the fan-in's few: read from the stream
+        return this.pumpSplit(out, split.parts, signal);
+      }
+      return live ? this.pumpLive(out, live, signal, "submit") : this.pumpEvents(out, signal);
+    })();
     void pump.catch((err: unknown) => out.fail(err));
     return (async function* () {
       try {
@@ -232,6 +239,41 @@ export class JobHandle {
         readerGone.abort();
       }
     })();
+  }
+
+  /** The parts of a split job (#27), in part order, as their records are now (missing ones left out). */
+  async parts(): Promise<JobRecord[]> {
+    const split = (await this.status()).split;
+    if (!split) return [];
+    const found = await Promise.all(
+      Array.from({ length: split.parts }, (_, i) => this.store.get(partId(this.id, i + 1))),
+    );
+    return found.flatMap((f) => (f ? [f.record] : []));
+  }
+
+  /**
+   * A split job's events: each part's log in part order, every line marked `[part i/n]`, progress as
+   * the bytes of the parts so far, then the job's own (the fan-in's state, its end). A part's own
+   * states are left out: the job's state is its own. Stops following parts once the job has ended
+   * without a result.
+   */
+  private async pumpSplit(out: Channel<JobEvent>, total: number, signal: AbortSignal): Promise<void> {
+    let before = 0;
+    for (let i = 1; i <= total && !signal.aborted; i++) {
+      const part = new JobHandle(partId(this.id, i), this.conn, this.store, this.sharedRoot);
+      let bytes = 0;
+      for await (const ev of part.events({ signal })) {
+        if (ev.type === "log") out.push({ ...ev, line: `[part ${i}/${total}] ${ev.line}` });
+        else if (ev.type === "progress") {
+          bytes = ev.bytes;
+          out.push({ ...ev, bytes: before + ev.bytes, total: 0 });
+        }
+      }
+      before += bytes;
+      const now = (await this.store.get(this.id))?.record;
+      if (now && TERMINAL_STATES.has(now.state) && now.state !== "succeeded") break;
+    }
+    await this.pumpEvents(out, signal);
   }
 
   /** Heartbeats are live only (never stored): pushed as they come, until unsubscribed. */
@@ -410,13 +452,20 @@ export class JobHandle {
     let requested = false;
     // The request goes into the submission, the one key a submitter writes: a queued job then reads
     // as cancelled (and is dropped when delivered), and a running one is stopped by its worker.
-    await this.store.mutateSubmission(this.id, (sub, current) => {
+    const after = await this.store.mutateSubmission(this.id, (sub, current) => {
       requested = false;
       if (TERMINAL_STATES.has(current.state) || current.cancelRequested) return undefined;
       requested = true;
       return { ...sub, cancelRequested: true };
     });
     if (!requested) return false;
+    // A split job: each of its parts too (queued ones never run, running ones are stopped).
+    if (after.split)
+      await Promise.all(
+        Array.from({ length: after.split.parts }, (_, i) =>
+          new JobHandle(partId(this.id, i + 1), this.conn, this.store, this.sharedRoot).cancel(),
+        ),
+      );
     // Always, even for a queued job: a worker may have claimed it since the record was read. One
     // that misses this (reconnecting) finds the request in the record when it checks again. A job
     // cancelled while it waited gets no event (only workers write events): its record says it.

@@ -4,6 +4,7 @@ import { z } from "zod";
 export const ERROR_CODES = [
   "MARS_REQUEST_INVALID",
   "REQUEST_TOO_LARGE",
+  "SPLIT_INVALID",
   "MARS_RUNTIME_ERROR",
   "MARS_NO_DATA",
   "MARS_KILLED",

@@ -6,6 +6,17 @@ export { formatLogLine, isErrorLine, parseLogLine, transferBytes } from "./log.j
 export type { MarsLogLevel } from "./log.js";
 export { lookupParam, PARAMS } from "./params.js";
 export { requestKey } from "./request-key.js";
+export {
+  MAX_SPLIT_PARTS,
+  parseSplit,
+  partId,
+  partTarget,
+  planSplit,
+  SplitInvalidError,
+  splitSpecSchema,
+  splitWords,
+} from "./split.js";
+export type { SplitSpec } from "./split.js";
 export type { ParamInfo } from "./params.js";
 export {
   canonicalKey,

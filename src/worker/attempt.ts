@@ -56,6 +56,7 @@ import {
 } from "../runner/index.js";
 import { DEFAULT_MAX_PAYLOAD, deadLetterPayload, publishDeadLetter } from "./dead-letter.js";
 import type { Journal } from "./journal.js";
+import { afterPart, checkPart, isPart } from "./fan-in.js";
 
 /**
  * How long an attempt that finds an earlier attempt's fence waits for that attempt's file to land
@@ -92,6 +93,9 @@ export interface AttemptEnv {
   cachePolicy?: (job: JobMessage) => "off" | number | undefined;
   log: Logger;
 }
+
+/** After a part's end could not be followed up (the broker): its message comes back after this. */
+const PART_RETRY_MS = 1000;
 
 /** A run that never started because its attempt was stopped first (while waiting for another run). */
 function stoppedOutcome(): RunOutcome {
@@ -321,7 +325,35 @@ export class JobAttempt {
       this.events.state({ state: "cancelled", attempt: claim.record.attempt, at: Date.now() });
       await this.events.flush();
     }
+    // A part that ended before its worker could finish what follows (the fan-in, or ending its
+    // split job): done now, under a heartbeat, before the message goes.
+    const partEnd = claim.why === "terminal" || claim.why === "cancelled";
+    if (partEnd && isPart(this.job)) {
+      this.startHeartbeat();
+      try {
+        if (!(await this.partEnded(claim.record.state, claim.record.error))) return;
+      } finally {
+        clearInterval(this.heartbeat);
+      }
+    }
     this.msg.term();
+  }
+
+  /**
+   * What a part's end starts (fan-in.ts); false when the broker stood in the way and the message was
+   * handed back for a later attempt to do it.
+   */
+  private async partEnded(state: JobState, error: ErrorRecord | undefined): Promise<boolean> {
+    const owner = { attempt: this.attempt, seq: this.msg.info.streamSequence };
+    if (!isPart(this.job)) return true;
+    try {
+      await afterPart(this.ctx, this.job, { state, ...(error && { error }) }, owner, this.log);
+      return true;
+    } catch (err) {
+      this.log.warn({ err }, "could not finish the part's split job; the message comes back for it");
+      this.msg.nak(PART_RETRY_MS);
+      return false;
+    }
   }
 
   /** `working()` and a heartbeat every interval, from the claim until the message is settled. */
@@ -340,6 +372,8 @@ export class JobAttempt {
     let targetPath: string;
     try {
       if (this.denied) throw this.denied;
+      if (isPart(job) && (await checkPart(ctx, job)) === "ended")
+        throw new JobCancelledError("its split job has ended; the part is not run");
       targetPath = resolveInside(ctx.sharedRoot, job.target);
       await prepareTargetDir(ctx.sharedRoot, targetPath);
       if (attempt > 1) await removeEarlierParts(targetPath, job.id, attempt);
@@ -782,6 +816,9 @@ export class JobAttempt {
       }).catch((err: unknown) =>
         this.log.error({ err }, "could not dead-letter the job; it is recorded failed"),
       );
+    }
+    if (terminal && isPart(job) && !(await this.partEnded(s.state, s.error))) {
+      return { state: s.state, elapsedMs: s.elapsedMs, againAfterMs: PART_RETRY_MS };
     }
     if (s.settle === "ack") msg.ack();
     else if (s.settle === "term") msg.term();

@@ -1,0 +1,287 @@
+/**
+ * A split job's parts, seen from the worker (#27). A part is an ordinary job on the queue; this
+ * module checks it belongs to the parent it names, ends the parent when a part ends for good
+ * without a result, and, for the attempt whose part was the last to succeed, assembles the parts
+ * into the parent's target.
+ *
+ * There is no coordinator: the last part to record its success sees every other part succeeded
+ * (each reads the others after its own write), takes the parent's record by compare-and-set
+ * (`fanIn`), assembles, fences like any commit, renames once and records the parent's success.
+ * Its part's message stays unacknowledged meanwhile: if its worker dies, the message comes back,
+ * and the new attempt of the same part takes the fan-in over (a part's own later attempt may; a
+ * sibling may not, while another holds it).
+ */
+import { rm, stat } from "node:fs/promises";
+import type { Logger } from "pino";
+import {
+  type JobMessage,
+  type JobRecord,
+  JobEventPublisher,
+  type PartOf,
+  TERMINAL_STATES,
+  type VersionedRecord,
+} from "../broker/index.js";
+import { asFleetError, type ErrorRecord, JobCancelledError, MarsFleetError } from "../core/index.js";
+import { partId, partTarget, SplitInvalidError } from "../mars/index.js";
+import { assembleParts } from "../runner/fan-in.js";
+import { commitPart, discardPart, partPathFor, prepareTargetDir, resolveInside } from "../runner/target.js";
+import type { AttemptEnv } from "./attempt.js";
+
+/** The attempt that may hold a fan-in: a part's attempt, named as the record names its owner. */
+export interface FanInOwner {
+  attempt: number;
+  seq: number;
+}
+
+type Part = JobMessage & { part: PartOf };
+
+export function isPart(job: JobMessage): job is Part {
+  return job.part !== undefined;
+}
+
+/**
+ * Check that a part is the part it says of a split job that exists (same id, target and submitter
+ * as its parent makes them): nothing on the wire decides where a part writes or what a fan-in
+ * reads. Returns `ended` when the parent has ended already (the part is not worth running).
+ */
+export async function checkPart(ctx: AttemptEnv, job: Part): Promise<"run" | "ended"> {
+  const { parent, index, total } = job.part;
+  const found = await ctx.store.get(parent);
+  const rec = found?.record;
+  const fits =
+    rec?.split !== undefined &&
+    rec.split.parts === total &&
+    index <= total &&
+    job.id === partId(parent, index) &&
+    job.target === partTarget(rec.target, parent, index) &&
+    rec.queue === job.queue &&
+    JSON.stringify(rec.submittedBy ?? {}) === JSON.stringify(job.submittedBy ?? {});
+  if (!fits)
+    throw new SplitInvalidError(`job ${job.id} is no part ${index} of ${total} of a split job ${parent}`, {
+      parent,
+      index,
+    });
+  return TERMINAL_STATES.has(rec.state) || rec.cancelRequested ? "ended" : "run";
+}
+
+/** The shared-root paths of a parent's target and of its parts' outputs. */
+function paths(ctx: AttemptEnv, parentId: string, parent: JobRecord) {
+  const total = parent.split?.parts ?? 0;
+  return {
+    target: resolveInside(ctx.sharedRoot, parent.target),
+    parts: Array.from({ length: total }, (_, i) =>
+      resolveInside(ctx.sharedRoot, partTarget(parent.target, parentId, i + 1)),
+    ),
+  };
+}
+
+/**
+ * After a part's attempt recorded how it ended: the last success assembles the parent; a part
+ * that failed or was cancelled for good ends the parent with its error, naming the part. Throws
+ * only what a later attempt of this part may get past (the broker): the caller then leaves its
+ * message to come back.
+ */
+export async function afterPart(
+  ctx: AttemptEnv,
+  job: Part,
+  end: { state: JobRecord["state"]; error?: ErrorRecord },
+  owner: FanInOwner,
+  log: Logger,
+): Promise<void> {
+  const { parent, total } = job.part;
+  if (end.state !== "succeeded") {
+    await endParent(ctx, job, end.state === "cancelled" ? "cancelled" : "failed", end.error, log);
+    return;
+  }
+  const [parentNow, ...parts] = await Promise.all([
+    ctx.store.require(parent),
+    ...Array.from({ length: total }, (_, i) => ctx.store.get(partId(parent, i + 1))),
+  ]);
+  if (TERMINAL_STATES.has(parentNow!.record.state)) {
+    // Ended while this part ran (another part failed, or it was cancelled): its output is not wanted.
+    if (parentNow!.record.state !== "succeeded")
+      await rm(resolveInside(ctx.sharedRoot, job.target), { force: true });
+    return;
+  }
+  const done = parts.filter((p) => p?.record.state === "succeeded").length;
+  log.info({ parent, done, total }, "part done");
+  if (done < total) return;
+  try {
+    await fanIn(ctx, job, owner, parts as VersionedRecord[], log);
+  } catch (err) {
+    const error = asFleetError(err);
+    // The broker: a later attempt of this part (its message comes back) tries the fan-in again.
+    if (error.code === "BROKER_ERROR") throw error;
+    log.error({ err, parent }, "the fan-in failed");
+    await endParent(ctx, job, "failed", error.toRecord(), log);
+  }
+}
+
+/** End the parent for a part that ended without a result; the parts' outputs so far are removed. */
+async function endParent(
+  ctx: AttemptEnv,
+  job: Part,
+  state: "failed" | "cancelled",
+  error: ErrorRecord | undefined,
+  log: Logger,
+): Promise<void> {
+  const { parent, index, total } = job.part;
+  let ended: JobRecord | undefined;
+  const cause = error ?? new JobCancelledError(`part ${index} was cancelled`, { jobId: job.id }).toRecord();
+  const updated = await ctx.store.mutate(parent, (rec) => {
+    ended = undefined;
+    if (TERMINAL_STATES.has(rec.state)) return undefined;
+    ended = {
+      ...rec,
+      state,
+      error: {
+        ...cause,
+        message: `part ${index} of ${total} (${job.id}): ${cause.message}`,
+        details: { ...cause.details, part: index, partJob: job.id },
+      },
+      finishedAt: Date.now(),
+    };
+    return ended;
+  });
+  if (ended) {
+    log.warn({ parent, part: index, code: cause.code }, "a part ended without a result: its split job ends");
+    const events = new JobEventPublisher(ctx.js, parent, log, ctx.nc.info?.max_payload);
+    events.state({
+      state,
+      attempt: ended.attempt,
+      worker: ctx.workerId,
+      at: Date.now(),
+      error: ended.error!,
+    });
+    await events.flush();
+  }
+  // Whoever ended it, the parts' outputs are no longer wanted (later ones are removed as they end).
+  await Promise.all(paths(ctx, parent, updated.record).parts.map((p) => rm(p, { force: true })));
+}
+
+/**
+ * Whether the parent's record names this attempt as its fan-in and is not final; before the
+ * rename, also not cancelled (after it, the result is in place: a cancel comes too late).
+ */
+function holds(
+  rec: JobRecord,
+  job: Part,
+  owner: FanInOwner,
+  workerId: string,
+  beforeRename: boolean,
+): boolean {
+  const f = rec.fanIn;
+  return (
+    f !== undefined &&
+    f.by === job.id &&
+    f.attempt === owner.attempt &&
+    f.seq === owner.seq &&
+    f.worker === workerId &&
+    !TERMINAL_STATES.has(rec.state) &&
+    !(beforeRename && rec.cancelRequested)
+  );
+}
+
+async function fanIn(
+  ctx: AttemptEnv,
+  job: Part,
+  owner: FanInOwner,
+  parts: VersionedRecord[],
+  log: Logger,
+): Promise<void> {
+  const parentId = job.part.parent;
+  const me = { by: job.id, attempt: owner.attempt, worker: ctx.workerId, seq: owner.seq };
+  let taken = false;
+  let version = await ctx.store.mutate(parentId, (rec) => {
+    taken = false;
+    if (TERMINAL_STATES.has(rec.state) || rec.cancelRequested) return undefined;
+    // Another part's attempt holds it (both saw every part done): that one assembles. This part's
+    // own earlier attempt may have died doing it: this one takes it over.
+    if (rec.fanIn && rec.fanIn.by !== job.id) return undefined;
+    taken = true;
+    return {
+      ...rec,
+      state: "running",
+      attempt: Math.max(rec.attempt, 1),
+      worker: ctx.workerId,
+      startedAt: rec.startedAt ?? Date.now(),
+      fanIn: me,
+    };
+  });
+  if (!taken) {
+    if (TERMINAL_STATES.has(version.record.state) && version.record.state !== "succeeded")
+      await Promise.all(paths(ctx, parentId, version.record).parts.map((p) => rm(p, { force: true })));
+    return;
+  }
+  const parent = version.record;
+  const where = paths(ctx, parentId, parent);
+  const events = new JobEventPublisher(ctx.js, parentId, log, ctx.nc.info?.max_payload);
+  const started = Date.now();
+  const marsMs = parts.reduce((sum, p) => sum + (p.record.result?.elapsedMs ?? 0), 0);
+  // An earlier attempt of this part fenced and renamed, then died before recording: its file is it.
+  const landed = parent.committing && (await stat(where.target).catch(() => undefined));
+  let bytes: number;
+  if (landed && landed.ino === parent.committing!.ino && landed.size === parent.committing!.bytes) {
+    bytes = landed.size;
+    log.info({ parent: parentId }, "an earlier fan-in's result is in place: adopted");
+  } else {
+    events.state({ state: "running", attempt: parent.attempt, worker: ctx.workerId, at: started });
+    await prepareTargetDir(ctx.sharedRoot, where.target);
+    const tmp = partPathFor(where.target, `${parentId}-fanin-${owner.attempt}`);
+    let assembled;
+    try {
+      assembled = await assembleParts(where.parts, tmp);
+    } catch (err) {
+      await discardPart(tmp);
+      // A part's output gone or unreadable: the split job cannot be assembled, whoever tries.
+      const error = new MarsFleetError(
+        "INTERNAL",
+        `could not assemble the parts: ${(err as Error).message}`,
+        {
+          details: { parent: parentId },
+          cause: err,
+        },
+      ).toRecord();
+      await endParent(ctx, job, "failed", error, log);
+      return;
+    }
+    const ino = (await stat(tmp)).ino;
+    let owned = false;
+    version = await ctx.store.mutate(parentId, (rec) => {
+      owned = holds(rec, job, owner, ctx.workerId, true);
+      if (!owned) return undefined;
+      return {
+        ...rec,
+        committing: { attempt: owner.attempt, ino, bytes: assembled.bytes, elapsedMs: marsMs },
+      };
+    });
+    if (!owned) {
+      await discardPart(tmp);
+      log.warn({ parent: parentId }, "lost the fan-in (cancelled, or taken over): nothing committed");
+      return;
+    }
+    await commitPart(tmp, where.target);
+    bytes = assembled.bytes;
+    log.info(
+      {
+        parent: parentId,
+        bytes,
+        messages: assembled.messages,
+        reordered: assembled.reordered,
+        fanInMs: Date.now() - started,
+      },
+      "split job assembled",
+    );
+  }
+  const result = { target: parent.target, bytes, elapsedMs: marsMs };
+  let recorded = false;
+  await ctx.store.mutate(parentId, (rec) => {
+    recorded = holds(rec, job, owner, ctx.workerId, false);
+    if (!recorded) return undefined;
+    return { ...rec, state: "succeeded", result, finishedAt: Date.now() };
+  });
+  if (!recorded) return;
+  events.state({ state: "succeeded", attempt: parent.attempt, worker: ctx.workerId, at: Date.now(), result });
+  await events.flush();
+  await Promise.all(where.parts.map((p) => rm(p, { force: true })));
+}
