@@ -10,6 +10,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Fleet } from "../src/client/fleet.js";
 import type { JobEvent } from "../src/client/job.js";
+import { jobRecordSchema } from "../src/broker/schemas.js";
+import { JOBS_BUCKET, RECORD_KEYS } from "../src/broker/subjects.js";
 import { normaliseRequests } from "../src/mars/request.js";
 import { parseSplit, planSplit, partTarget } from "../src/mars/split.js";
 import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
@@ -269,6 +271,59 @@ describe("split jobs on a fleet", { timeout: 150_000 }, () => {
       ),
       "the target or a part's output is there",
     );
+  });
+
+  it("a worker killed (-9) in the middle of a fan-in: another finishes it, nothing half-written stays", async (t) => {
+    // Two workers of their own, one slot each; parts big enough (2 × 31 MB) that assembling them
+    // takes a while. The worker that takes the fan-in (its record says which) is killed at once.
+    const own = TestFleet.queue("fanin-kill");
+    const workers = await Promise.all([
+      tf.worker({ queue: own, concurrency: 1 }),
+      tf.worker({ queue: own, concurrency: 1 }),
+    ]);
+    const client = await tf.client({ queue: own });
+    const big = { param: "2t", date: "20240101/to/20240229", grid: "0.5/0.5" };
+    const job = await client.submit(big, {
+      targetDir: "split",
+      targetFname: "killed.grib",
+      split: ["date:month"],
+    });
+    const nc = await tf.connectAs("admin");
+    let killedAt: string | undefined;
+    const sub = nc.subscribe(`$KV.${JOBS_BUCKET}.${job.id}.${RECORD_KEYS.status}`, {
+      callback: (_err, msg) => {
+        const rec = jobRecordSchema.safeParse(JSON.parse(new TextDecoder().decode(msg.data)));
+        if (!rec.success || killedAt !== undefined || rec.data.state !== "running") return;
+        const holder = rec.data.fanIn?.worker;
+        const w = workers.find((x) => x.id === holder);
+        if (!w) return;
+        w.kill("SIGKILL");
+        killedAt = holder;
+      },
+    });
+    try {
+      const result = await job.result({ signal: AbortSignal.timeout(90_000) });
+      assert.ok(killedAt, "no fan-in was seen to start");
+      const record = await job.status();
+      assert.notEqual(record.fanIn?.worker, killedAt, "the killed worker is recorded as having assembled it");
+      const killed = workers.find((w) => w.id === killedAt)!;
+      assert.equal(
+        killed.logs.filter((l) => l["msg"] === "split job assembled").length,
+        0,
+        "the fan-in ended before the kill: this test showed nothing",
+      );
+      const expected = await (async () => {
+        const one = await client.submit(big, { targetDir: "split", targetFname: "killed-whole.grib" });
+        return readFile((await one.result({ signal: AbortSignal.timeout(90_000) })).target);
+      })();
+      assert.ok((await readFile(result.target)).equals(expected), "the assembled file is not one run's");
+      const left = (await readdir(join(tf.sharedRoot, "split"))).filter((n) => n.includes(job.id));
+      assert.deepEqual(left, [], "a part's output or a half-made file is left");
+      t.diagnostic(`fan-in holder ${killedAt} killed; finished by ${record.fanIn?.worker}`);
+    } finally {
+      sub.unsubscribe();
+      await nc.close();
+    }
   });
 
   it("refuses a split the request cannot take, at submit, with SPLIT_INVALID", async () => {

@@ -11,21 +11,40 @@
  * and the new attempt of the same part takes the fan-in over (a part's own later attempt may; a
  * sibling may not, while another holds it).
  */
-import { rm, stat } from "node:fs/promises";
+import { readdir, rm, stat } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import type { JetStreamClient } from "@nats-io/jetstream";
+import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import {
   type JobMessage,
   type JobRecord,
   JobEventPublisher,
+  type JobStore,
   type PartOf,
   TERMINAL_STATES,
   type VersionedRecord,
 } from "../broker/index.js";
 import { asFleetError, type ErrorRecord, JobCancelledError, MarsFleetError } from "../core/index.js";
 import { partId, partTarget, SplitInvalidError } from "../mars/index.js";
-import { assembleParts } from "../runner/fan-in.js";
-import { commitPart, discardPart, partPathFor, prepareTargetDir, resolveInside } from "../runner/target.js";
-import type { AttemptEnv } from "./attempt.js";
+import {
+  assembleParts,
+  commitPart,
+  discardPart,
+  isPartFile,
+  partPathFor,
+  prepareTargetDir,
+  resolveInside,
+} from "../runner/index.js";
+
+/** What the fan-in needs of the worker (a part of the attempt's environment). */
+export interface FanInEnv {
+  nc: NatsConnection;
+  js: JetStreamClient;
+  store: JobStore;
+  workerId: string;
+  sharedRoot: string;
+}
 
 /** The attempt that may hold a fan-in: a part's attempt, named as the record names its owner. */
 export interface FanInOwner {
@@ -44,7 +63,7 @@ export function isPart(job: JobMessage): job is Part {
  * as its parent makes them): nothing on the wire decides where a part writes or what a fan-in
  * reads. Returns `ended` when the parent has ended already (the part is not worth running).
  */
-export async function checkPart(ctx: AttemptEnv, job: Part): Promise<"run" | "ended"> {
+export async function checkPart(ctx: FanInEnv, job: Part): Promise<"run" | "ended"> {
   const { parent, index, total } = job.part;
   const found = await ctx.store.get(parent);
   const rec = found?.record;
@@ -65,7 +84,7 @@ export async function checkPart(ctx: AttemptEnv, job: Part): Promise<"run" | "en
 }
 
 /** The shared-root paths of a parent's target and of its parts' outputs. */
-function paths(ctx: AttemptEnv, parentId: string, parent: JobRecord) {
+function paths(ctx: FanInEnv, parentId: string, parent: JobRecord) {
   const total = parent.split?.parts ?? 0;
   return {
     target: resolveInside(ctx.sharedRoot, parent.target),
@@ -82,7 +101,7 @@ function paths(ctx: AttemptEnv, parentId: string, parent: JobRecord) {
  * message to come back.
  */
 export async function afterPart(
-  ctx: AttemptEnv,
+  ctx: FanInEnv,
   job: Part,
   end: { state: JobRecord["state"]; error?: ErrorRecord },
   owner: FanInOwner,
@@ -119,7 +138,7 @@ export async function afterPart(
 
 /** End the parent for a part that ended without a result; the parts' outputs so far are removed. */
 async function endParent(
-  ctx: AttemptEnv,
+  ctx: FanInEnv,
   job: Part,
   state: "failed" | "cancelled",
   error: ErrorRecord | undefined,
@@ -183,7 +202,7 @@ function holds(
 }
 
 async function fanIn(
-  ctx: AttemptEnv,
+  ctx: FanInEnv,
   job: Part,
   owner: FanInOwner,
   parts: VersionedRecord[],
@@ -227,7 +246,11 @@ async function fanIn(
   } else {
     events.state({ state: "running", attempt: parent.attempt, worker: ctx.workerId, at: started });
     await prepareTargetDir(ctx.sharedRoot, where.target);
-    const tmp = partPathFor(where.target, `${parentId}-fanin-${owner.attempt}`);
+    // What an earlier holder (killed, or fenced out since) left half-written goes first.
+    const mark = `.${basename(where.target)}.${parentId}-fanin-`;
+    for (const name of await readdir(dirname(where.target)))
+      if (name.startsWith(mark) && isPartFile(name)) await rm(join(dirname(where.target), name), { force: true });
+    const tmp = partPathFor(where.target, `${parentId}-fanin-${owner.attempt}-${owner.seq}`);
     let assembled;
     try {
       assembled = await assembleParts(where.parts, tmp);
