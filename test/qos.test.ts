@@ -132,6 +132,23 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
       );
     });
 
+  it("a split job's parts are the user's jobs: held to her per-user limit, while the job succeeds", async () => {
+    const queue = TestFleet.queue("splitlimit");
+    await apply(`rules:\n  - name: per-user\n    match: { queue: ${queue} }\n    limit: 2\n    per: user\n`);
+    const settings = { queue, concurrency: 4 };
+    await Promise.all([0, 1].map(() => tf.worker(settings, SLOW)));
+    const fleet = await tf.client(settings);
+    const job = await fleet.submit(
+      { param: "2t/msl/10u/10v", date: "20240130/to/20240202", grid: "10/10" },
+      { targetDir: "splitlimit", environ: { user_id: "alice" }, split: ["date:month", "param"] },
+    );
+    await job.result();
+    const parts = await job.parts();
+    assert.equal(parts.length, 8);
+    assert.ok(parts.every((p) => p.state === "succeeded" && p.environ["user_id"] === "alice"));
+    assert.equal(maxOverlap(parts), 2, `alice's parts ran ${maxOverlap(parts)} at once (limit 2)`);
+  });
+
   it("a kill -9 leaks no place under a limit: the user's next job starts after the killed one was redelivered and finished", async () => {
     const queue = TestFleet.queue("qoskill");
     await apply(`rules:\n  - name: per-user\n    match: { queue: ${queue} }\n    limit: 1\n    per: user\n`);
