@@ -254,6 +254,28 @@ describe("QoS lanes: which lane a free slot serves", () => {
     blocked: (h: Heard) => boolean = () => false,
   ) => board.pick({ now, rules, blocked, unknownHeads: true });
 
+  it("leaves a job another free worker was woken for to it, unless woken for a later one or a slot came free", () => {
+    const board = new LaneBoard();
+    board.heard("a", { ...heard("j1", "a", 1000), elsewhereUntil: 3000 });
+    assert.equal(pick(board, NO_RULES, 1000), undefined, "pulled for a job another worker was woken for");
+    assert.equal(
+      pick(board, NO_RULES, 3000),
+      "a",
+      "the other worker may have filled up: taken after the wait",
+    );
+    board.heard("a", { ...heard("j2", "a", 1001), elsewhereUntil: 3001 });
+    board.heard("b", { ...heard("k1", "b", 1002), elsewhereUntil: 3002 });
+    board.heard("b", heard("k2", "b", 1003)); // woken for this one: the lane's oldest goes to this pull
+    assert.equal(pick(board, NO_RULES, 1100), "b");
+    assert.ok(board.knows("b", "k2") && !board.knows("b", "zz"));
+    board.heard("a", heard("j1", "a", 1000)); // then woken for a job heard before: its wait ends
+    assert.equal(pick(board, NO_RULES, 1100) !== undefined, true);
+    const other = new LaneBoard();
+    other.heard("c", { ...heard("m1", "c", 1000), elsewhereUntil: 9000 });
+    other.slotFreed(); // a slot of this worker came free: it may pull them now
+    assert.equal(pick(other, NO_RULES, 1000), "c");
+  });
+
   it("leaves a lane whose pull found nothing quiet while its count holds, for one interval", () => {
     const board = new LaneBoard(5000);
     board.counted("a", 2, 1000); // two jobs running on other workers: looks like two to pull

@@ -126,6 +126,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
             subjects.allLanesFreed,
             "tell the queue's other workers that a capped lane has room again, or that a job was handed back",
           ),
+          p(subjects.allLanesWake, "pass on a wake-up for a job it had no free slot for"),
           p(subjects.allDead, "dead-letter jobs"),
           ...directReads(objStream(RESULTS_BUCKET)),
           p(`$O.${RESULTS_BUCKET}.>`, "upload results for gateways without the shared filesystem"),
@@ -140,6 +141,7 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
             p(s, "hear new jobs on its queue's lanes (to choose whom to serve)"),
           ),
           p(`$KV.${QOS_BUCKET}.${QOS_RULES_KEY}`, "hear the QoS rules change (re-read at once)"),
+          p(subjects.allLanesWake, "be woken for a job another worker had no free slot for"),
           p(
             subjects.allLanesFreed,
             "hear that a capped lane has room again, or a job was handed back (pull from it at once)",

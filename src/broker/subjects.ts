@@ -105,6 +105,13 @@ export const subjects = {
   lanesFreed: (queue: string): string => `mars.freed.${queue}.*`,
   allLanesFreed: "mars.freed.*.*",
   /**
+   * Core NATS, to a queue's free workers (their wake group): a wake-up passed on. A worker woken
+   * for more jobs than it had free slots passes the rest to another free worker.
+   */
+  laneWake: (queue: string, lane: string): string => `mars.wake.${queue}.${lane}`,
+  lanesWake: (queue: string): string => `mars.wake.${queue}.*`,
+  allLanesWake: "mars.wake.*.*",
+  /**
    * Core NATS request to the lane keepers (broker/keeper.ts): make this lane's consumer, or give it
    * the cap and idle time asked for. Workers ask; only keepers make lane consumers.
    */

@@ -162,6 +162,19 @@ export class LaneBoard {
     l.servedAt = ++this.served;
   }
 
+  /**
+   * A slot of this worker came free: jobs it left to the workers woken for them are its to pull
+   * again. Those workers may be full by now (a backlog), and this one is free.
+   */
+  slotFreed(): void {
+    for (const l of this.lanes.values()) for (const h of l.heard) delete h.elsewhereUntil;
+  }
+
+  /** Whether the board has `id` as queued in the lane (heard of, not taken here, not found gone). */
+  knows(name: string, id: string): boolean {
+    return this.lanes.get(name)?.heard.some((h) => h.id === id) ?? false;
+  }
+
   /** A job this worker took from the lane was settled (acknowledged, terminated or handed back). */
   settled(name: string): void {
     const l = this.lanes.get(name);
@@ -231,9 +244,12 @@ export class LaneBoard {
 
   private head(name: string, l: Lane, now: number): Head | undefined {
     if (l.unheard > 0) return { lane: name, job: undefined, since: l.unheardSince };
+    // The lane is FIFO: a pull takes its oldest job, whichever this worker was woken for. Jobs left
+    // to the workers woken for them do not count, unless this worker was woken for a later one.
     const job = l.heard[0];
-    if (job?.elsewhereUntil !== undefined && job.elsewhereUntil > now) return undefined;
-    return job ? { lane: name, job, since: job.submittedAt } : undefined;
+    const mine = l.heard.some((h) => h.elsewhereUntil === undefined || h.elsewhereUntil <= now);
+    if (!job || !mine) return undefined;
+    return { lane: name, job, since: job.submittedAt };
   }
 
   /**

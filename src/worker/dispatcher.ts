@@ -163,8 +163,12 @@ export class Dispatcher {
   private doorbell: Subscription | undefined;
   /** The queue group that wakes one free worker per new job (see syncWakeBell). */
   private wakeBell: Subscription | undefined;
+  /** The same group, for wake-ups other workers pass on (a job they were woken for when full). */
+  private passBell: Subscription | undefined;
   /** Lanes whose new job woke this worker, and when: a first empty pull there is tried again. */
   private readonly rung = new Map<string, number>();
+  /** Jobs this worker was woken for and has not taken: passed on if it fills up first. */
+  private readonly wokenFor = new Map<string, { lane: string; data: Uint8Array }>();
   private laneless: Subscription | undefined;
   /** Other workers' word that a capped lane has room again, or a job of a lane was handed back (see launch, ringFreed). */
   private freed: Subscription | undefined;
@@ -217,7 +221,9 @@ export class Dispatcher {
     // Every worker hears every job (it knows each lane's queue), but only one free worker is woken
     // to pull it: the wake bell's queue group, which a worker joins while it has a free slot.
     this.doorbell = deps.nc.subscribe(subjects.lanes(deps.queue), {
-      callback: (_err, msg) => this.hear(this.laneOf(msg.subject), msg.data, false),
+      callback: (_err, msg) => {
+        this.hear(this.laneOf(msg.subject), msg.data, false);
+      },
     });
     this.syncWakeBell();
     // A job of a capped lane settled on another worker: the lane is no longer at its cap. Or a
@@ -296,27 +302,46 @@ export class Dispatcher {
   /**
    * In the wake bell's queue group while there is a free slot, out of it while there is none: the
    * server hands each new job's wake-up to one free worker, instead of every free worker pulling
-   * for it (all but one in vain). A wake-up that reaches a worker as it fills up is lost; the job
-   * is still on every worker's board, and goes at the next free slot or count.
+   * for it (all but one in vain). A burst of jobs may wake one worker for more jobs than it has
+   * free slots: once full, it passes the other wake-ups on to the group (`mars.wake.<queue>.<lane>`).
    */
   private syncWakeBell(): void {
     const want = this.pulling && this.free > 0;
     if (want && !this.wakeBell) {
+      const woken = (prefix: string) => (_err: Error | null, msg: { subject: string; data: Uint8Array }) => {
+        const lane = msg.subject.slice(prefix.length - 1);
+        this.rung.set(lane, Date.now());
+        const id = this.hear(lane, msg.data, true);
+        if (id !== undefined) this.wokenFor.set(id, { lane, data: msg.data });
+      };
+      const queue = wakeGroup(this.deps.queue);
       this.wakeBell = this.deps.nc.subscribe(subjects.lanes(this.deps.queue), {
-        queue: wakeGroup(this.deps.queue),
-        callback: (_err, msg) => {
-          const lane = this.laneOf(msg.subject);
-          this.rung.set(lane, Date.now());
-          this.hear(lane, msg.data, true);
-        },
+        queue,
+        callback: woken(subjects.lanes(this.deps.queue)),
+      });
+      this.passBell = this.deps.nc.subscribe(subjects.lanesWake(this.deps.queue), {
+        queue,
+        callback: woken(subjects.lanesWake(this.deps.queue)),
       });
     } else if (!want && this.wakeBell) {
       this.wakeBell.unsubscribe();
+      this.passBell?.unsubscribe();
       this.wakeBell = undefined;
+      this.passBell = undefined;
+      this.passOnWakes();
     }
   }
 
-  private hear(lane: string, data: Uint8Array, wake: boolean): void {
+  /** Full: the jobs it was woken for and did not take go to another free worker, if there is one. */
+  private passOnWakes(): void {
+    for (const [id, { lane, data }] of this.wokenFor)
+      if (this.pulling && this.board.knows(lane, id))
+        this.deps.nc.publish(subjects.laneWake(this.deps.queue, lane), data);
+    this.wokenFor.clear();
+  }
+
+  /** Put a job heard of on the board; its id, when it is one. */
+  private hear(lane: string, data: Uint8Array, wake: boolean): string | undefined {
     let job: z.infer<typeof queuedJobSchema> | undefined;
     try {
       job = queuedJobSchema.parse(JSON.parse(new TextDecoder().decode(data)));
@@ -334,6 +359,7 @@ export class Dispatcher {
       ...(elsewhere && { elsewhereUntil: Date.now() + WOKEN_ELSEWHERE_MS }),
     });
     if (wake && this.free > 0) this.wake();
+    return job?.id;
   }
 
   /**
@@ -565,6 +591,7 @@ export class Dispatcher {
     }
     const now = Date.now();
     this.board.took(lane, job?.id, now);
+    if (job) this.wokenFor.delete(job.id);
     if (!job || this.rulesNow.rules.length === 0) return this.launch(lane, msg, job, [], undefined);
     const facts = factsOf(job); // from the message as validated, not as heard
     const denied = this.refusal(facts);
@@ -701,6 +728,7 @@ export class Dispatcher {
         this.running.delete(done);
         this.holding.delete(msg.info.streamSequence);
         this.free++;
+        this.board.slotFreed();
         this.syncWakeBell();
         this.wake();
       });

@@ -249,7 +249,8 @@ async function fanIn(
     // What an earlier holder (killed, or fenced out since) left half-written goes first.
     const mark = `.${basename(where.target)}.${parentId}-fanin-`;
     for (const name of await readdir(dirname(where.target)))
-      if (name.startsWith(mark) && isPartFile(name)) await rm(join(dirname(where.target), name), { force: true });
+      if (name.startsWith(mark) && isPartFile(name))
+        await rm(join(dirname(where.target), name), { force: true });
     const tmp = partPathFor(where.target, `${parentId}-fanin-${owner.attempt}-${owner.seq}`);
     let assembled;
     try {
