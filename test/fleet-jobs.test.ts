@@ -168,7 +168,9 @@ describe("fleet: jobs", () => {
 
     const slow = await fleet.submit(
       { param: "2t", date: "20240101/to/20240110", grid: "10/10" },
-      { targetDir: "errors", timeoutMs: 700 },
+      // Long enough for the simulator to start and print its helper on a loaded machine; far shorter
+      // than its 10 fields x 400 ms.
+      { targetDir: "errors", timeoutMs: 2000 },
     );
     const events = await collect(slow.events());
     assert.equal((await rejection(slow.result())).code, "JOB_TIMEOUT");

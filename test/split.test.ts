@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Fleet } from "../src/client/fleet.js";
 import type { JobEvent } from "../src/client/job.js";
+import { accounting } from "../src/client/usage.js";
 import { jobRecordSchema } from "../src/broker/schemas.js";
 import { JOBS_BUCKET, RECORD_KEYS } from "../src/broker/subjects.js";
 import { normaliseRequests } from "../src/mars/request.js";
@@ -102,6 +103,46 @@ describe("split planning", () => {
       "SPLIT_INVALID",
     );
     assert.equal(plan(req, ["param", "date:1"]).length, 6);
+  });
+
+  it("counts a split job once in a user's usage, with its parts' MARS time", () => {
+    const base = {
+      queue: "q",
+      maxAttempts: 3,
+      target: "t",
+      requests: [],
+      environ: { user_id: "ann" },
+      timeoutMs: 0,
+      cancelRequested: false,
+      submittedAt: 0,
+      updatedAt: 0,
+      finishedAt: Date.UTC(2026, 0, 1),
+      state: "succeeded" as const,
+      attempt: 1,
+    };
+    const part = (i: number, ms: number) => ({
+      ...base,
+      id: `j-p${i}`,
+      part: { parent: "j", index: i, total: 2 },
+      result: { target: "x", bytes: 50, elapsedMs: ms },
+    });
+    const rows = accounting(
+      [
+        {
+          ...base,
+          id: "j",
+          split: { by: ["param"], parts: 2 },
+          result: { target: "t", bytes: 100, elapsedMs: 5000 },
+        },
+        part(1, 2000),
+        part(2, 3000),
+      ],
+      {},
+    );
+    assert.deepEqual(
+      rows.map((r) => [r.user, r.jobs, r.succeeded, r.bytes, r.marsSeconds]),
+      [["ann", 1, 1, 100, 5]],
+    );
   });
 
   it("puts a part's output beside the target, hidden, named by the job and the part", () => {

@@ -21,6 +21,8 @@ export interface JobFilter {
   from?: string;
   /** Submitted on or before this UTC day. */
   to?: string;
+  /** Show the parts of split jobs too (#27); by default a split job is one job, its parts hidden. */
+  parts?: boolean;
 }
 
 const DAY_MS = 86_400_000;
@@ -32,6 +34,7 @@ export function jobMatcher(f: JobFilter): (r: JobRecord) => boolean {
   const dataset = f.dataset?.toLowerCase();
   const q = f.q?.toLowerCase();
   return (r) =>
+    (f.parts === true || r.part === undefined) &&
     (f.state === undefined || r.state === f.state) &&
     (f.user === undefined || r.environ["user_id"] === f.user) &&
     (f.queue === undefined || r.queue === f.queue) &&

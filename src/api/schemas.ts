@@ -29,6 +29,8 @@ export const submitBodySchema = z
     requestId: z.string().min(1).max(256).optional(),
     /** POST the job's record here when it ends, signed with `secret` (see the docs). */
     callback: callbackRequestSchema.optional(),
+    /** Run in parts on many workers at once (#27): `["date:month", "param"]`. */
+    split: z.array(z.string().min(1).max(32)).min(1).max(8).optional(),
   })
   .strict()
   .refine((b) => (b.request === undefined) !== (b.requests === undefined), {
@@ -60,6 +62,8 @@ const jobFilterQuery = {
   /** Submitted between these UTC days, both included. */
   from: day.optional(),
   to: day.optional(),
+  /** Also list the parts of split jobs (hidden by default: a split job is one job). */
+  parts: z.enum(["true", "false"]).transform((v) => v === "true").optional(),
 };
 
 export const listQuerySchema = z

@@ -297,6 +297,7 @@ interface ApiSubmit {
   target?: string;
   requestId?: string;
   callback?: SubmitBody["callback"];
+  split?: string[];
   /** The job this one retries (kept in the API's own records). */
   retryOf?: string;
 }
@@ -323,6 +324,7 @@ function apiSubmitter({ fleet, buckets, sharedRoot }: Deps) {
       targetDir: target.dir,
       targetFname: target.file,
       ...(body.callback && { callback: body.callback }),
+      ...(body.split && { split: body.split }),
       watchResult: false, // its clients follow it, not this request
     });
     // A fresh request id makes a new job of this environ's user: remembered beside the submit.
@@ -370,6 +372,7 @@ function submitRoute(app: FastifyInstance, deps: Deps, { visibleJob }: Access): 
       // As MARS text: the client reads it back exactly as it validated the original.
       requests: formatRequests(record.requests),
       environ,
+      ...(record.split && { split: record.split.by }),
       retryOf: record.id,
     });
     void reply.code(202).header("Location", `/v1/jobs/${job.id}`);
@@ -384,7 +387,7 @@ function readRoutes(
 ): void {
   const callbacksKv = buckets.callbacks;
   app.get<{ Params: { id: string } }>("/v1/jobs/:id", async (req) => {
-    const { record } = await visibleJob(req, req.params.id);
+    const { job, record } = await visibleJob(req, req.params.id);
     const waiting =
       record.state === "queued" || record.state === "retrying" ? await fleet.explain(record.id) : [];
     const [callback, took] = await Promise.all([
@@ -395,10 +398,22 @@ function readRoutes(
       took && took.operation === "PUT" && took.length > 0
         ? took.json<{ retryOf?: string }>().retryOf
         : undefined;
+    const parts = record.split ? await job.parts() : undefined;
     return {
       ...record,
       // The request as MARS reads it (what `mars-fleet run` takes), for people to read and copy.
       requestText: formatRequests(record.requests),
+      ...(parts && {
+        parts: parts.map((r) => ({
+          id: r.id,
+          index: r.part?.index,
+          state: r.state,
+          attempt: r.attempt,
+          worker: r.worker,
+          bytes: r.result?.bytes,
+          error: r.error,
+        })),
+      }),
       ...(retryOf && { retryOf }),
       ...(waiting.length > 0 && { waiting }),
       ...(callback && { callback: publicCallback(callback) }),

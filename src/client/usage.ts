@@ -47,9 +47,14 @@ export function accounting(
       marsSecondsSaved: 0,
     };
     const seconds = (total: number, ms: number): number => Math.round((total + ms / 1000) * 1000) / 1000;
-    row.jobs++;
-    if (r.state === "succeeded") row.succeeded++;
-    row.bytes += r.result?.bytes ?? 0;
+    rows.set(key, row);
+    // A split job (#27) is one job and its file; its parts are where MARS ran (or the cache served).
+    if (!r.part) {
+      row.jobs++;
+      if (r.state === "succeeded") row.succeeded++;
+      row.bytes += r.result?.bytes ?? 0;
+    }
+    if (r.split) continue;
     const cached = r.result?.cached;
     if (cached) {
       // No MARS ran: what the cache served, and the MARS time that made it once.
@@ -60,7 +65,6 @@ export function accounting(
       const ran = r.result?.elapsedMs ?? (r.startedAt !== undefined ? r.finishedAt - r.startedAt : 0);
       row.marsSeconds = seconds(row.marsSeconds, ran);
     }
-    rows.set(key, row);
   }
   return [...rows.values()].sort((a, b) => a.day.localeCompare(b.day) || a.user.localeCompare(b.user));
 }
