@@ -193,6 +193,40 @@ describe("REST API", { timeout: TIMEOUT }, () => {
     assert.match(log, /No errors reported/);
   });
 
+  it("submits a split job (#27): one job in the list, its parts in its record; a split it cannot take is a 400", async () => {
+    const res = await call("/v1/jobs", {
+      as: "alice",
+      method: "POST",
+      body: { request: { ...REQUEST, param: "2t/msl" }, split: ["param"] },
+    });
+    const { id } = await checked(acceptedSchema, res, 202);
+    const rec = await finished(id, "alice");
+    assert.equal(rec["state"], "succeeded");
+    const view = await checked(jobSchema, await call(`/v1/jobs/${id}`, { as: "alice" }));
+    assert.deepEqual(
+      view.parts?.map((p) => [p.index, p.state]),
+      [
+        [1, "succeeded"],
+        [2, "succeeded"],
+      ],
+    );
+    const bytes = Buffer.from(await (await call(`/v1/jobs/${id}/result`, { as: "alice" })).arrayBuffer());
+    assert.equal(bytes.length, view.result?.bytes);
+    const ids = async (query: string) =>
+      (await checked(jobListSchema, await call(`/v1/jobs?limit=500${query}`, { as: "alice" }))).jobs.map(
+        (j) => j.id,
+      );
+    const listed = await ids("");
+    assert.ok(listed.includes(id) && !listed.some((j) => j.startsWith(`${id}-p`)), "parts listed as jobs");
+    assert.ok((await ids("&parts=true")).includes(`${id}-p1`), "parts=true does not list the parts");
+    const bad = await call("/v1/jobs", {
+      as: "alice",
+      method: "POST",
+      body: { request: REQUEST, split: ["levelist"] },
+    });
+    assert.equal((await problem(bad, 400)).code, "SPLIT_INVALID");
+  });
+
   it("says which field is wrong (400), and hides other users' jobs (404) from user keys, not from admin", async () => {
     const bad = await call("/v1/jobs", {
       as: "alice",

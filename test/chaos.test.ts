@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { readdir, readFileSync } from "node:fs";
-import { readdir as readdirP, stat } from "node:fs/promises";
+import { readFile, readdir as readdirP, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -56,13 +56,26 @@ describe("chaos", { timeout: 240_000 }, () => {
         { targetDir: queue, targetFname: `${id}.grib`, requestId: id, environ: { request_id: id } },
       );
     const jobs = await Promise.all(ids.map(submit));
+    // A split job (#27) in the same storm: four parts, and a fan-in that any worker may be doing
+    // when it is killed.
+    const SPLIT_REQUEST = { param: "2t/msl", date: "20240101/to/20240104", grid: "10/10" };
+    const splitJob = await fleet.submit(SPLIT_REQUEST, {
+      targetDir: queue,
+      targetFname: "split.grib",
+      requestId: `${queue}-split`,
+      split: ["param", "date:2"],
+    });
+    const splitResult = splitJob.result({ signal: AbortSignal.timeout(180_000) });
     // Duplicate submissions (a client that retries): the same request ids again, while the chaos
     // goes on; each must name its first job, and that job must still be committed once.
     const duplicates: Array<Promise<string>> = [];
     const resubmit = (): void => {
       for (const id of ids.slice(0, 5)) duplicates.push(submit(id).then((job) => job.id));
     };
-    const results = Promise.all(jobs.map((job) => job.result({ signal: AbortSignal.timeout(180_000) })));
+    const results = Promise.all([
+      ...jobs.map((job) => job.result({ signal: AbortSignal.timeout(180_000) })),
+      splitResult,
+    ]).then((all) => all.slice(0, JOBS));
     let finished = false;
     void results.finally(() => (finished = true));
 
@@ -124,6 +137,22 @@ describe("chaos", { timeout: 240_000 }, () => {
         `${job.id}: target written ${written.ctimeMs - rec.finishedAt!} ms after its success was recorded`,
       );
     }
+    // The split job: assembled once, the same bytes as one run of its request, no part left.
+    const split = await splitJob.status();
+    assert.equal(split.state, "succeeded", `split job: ${split.state} ${split.error?.message ?? ""}`);
+    const assembled = workers.flatMap((w) => w.logs.filter((l) => l["msg"] === "split job assembled"));
+    assert.ok(assembled.length <= 1, `the split job was assembled ${assembled.length} times`);
+    const whole = await fleet.submit(SPLIT_REQUEST, { targetDir: queue, targetFname: "split-whole.grib" });
+    const wholeBytes = await readFile((await whole.result({ signal: AbortSignal.timeout(60_000) })).target);
+    assert.ok(
+      (await readFile((await splitResult).target)).equals(wholeBytes),
+      "the split job's file is not one run's",
+    );
+    assert.deepEqual(
+      (await readdirP(join(tf.sharedRoot, queue))).filter((n) => n.startsWith(".split.grib.")),
+      [],
+      "a part's output was left behind",
+    );
     t.diagnostic(`${kills} workers killed, ${retried} jobs needed more than one attempt`);
     assert.ok(retried > 0, "the chaos hit no running job");
     assert.deepEqual(

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { KV } from "@nats-io/kv";
@@ -12,6 +12,7 @@ import { rejection } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
 import { QosLab } from "./helpers/qos-lab.js";
+import { RawWebSocket } from "./helpers/ws-client.js";
 
 const TIMEOUT = 120_000;
 let lab: QosLab;
@@ -131,6 +132,53 @@ describe("QoS: limits, fair share, hot reload, deny", { timeout: TIMEOUT }, () =
         `still counted: ${JSON.stringify(await counted())}`,
       );
     });
+
+  it("a split rule splits big requests for everyone, through the shares gateway too; others run whole", async () => {
+    const queue = TestFleet.queue("splitrule");
+    await apply(
+      `rules:\n  - name: by-month\n    match: { queue: ${queue}, fields: { min: 40 } }\n    split: [date:month]\n`,
+    );
+    await Promise.all([0, 1].map(() => tf.worker({ queue, concurrency: 2 })));
+    const fleet = await tf.client({ queue });
+    const big = await fleet.submit(
+      { param: "2t", date: "20240115/to/20240310", grid: "10/10" },
+      { targetDir: "splitrule", targetFname: "big.grib" },
+    );
+    await big.result();
+    assert.deepEqual((await big.status()).split, { by: ["date:month"], parts: 3 });
+    const small = await fleet.submit(
+      { param: "2t", date: "20240101/to/20240110", grid: "10/10" },
+      { targetDir: "splitrule", targetFname: "small.grib" },
+    );
+    await small.result();
+    assert.equal((await small.status()).split, undefined, "a request under the rule's size was split");
+    // Over the size, but one month: the split does not fit, and the job runs whole.
+    const oneMonth = await fleet.submit(
+      { param: "2t/msl", date: "20240101/to/20240131", grid: "10/10" },
+      { targetDir: "splitrule", targetFname: "one-month.grib" },
+    );
+    await oneMonth.result();
+    assert.equal((await oneMonth.status()).split, undefined);
+    // A cads-mars-server client, unchanged: the same answer, from parts.
+    const g = await tf.gateway({ queue });
+    await mkdir(join(tf.sharedRoot, "splitrule"), { recursive: true });
+    const ws = await RawWebSocket.open(g.sharesPort);
+    ws.send(
+      JSON.stringify({
+        cmd: "start",
+        requests: [{ param: "2t", date: "20240115/to/20240310", grid: "10/10" }],
+        environ: { request_id: "split-ws", user_id: "u1", namespace: "n", host: null, username: "u1" },
+        target: "/splitrule/ws.grib",
+      }),
+    );
+    const finished = await ws.waitFor((f) => f["status"] === "finished");
+    assert.equal(finished?.["returncode"], 0);
+    assert.ok(ws.frames.some((f) => f["type"] === "log" && String(f["line"]).includes("No errors reported")));
+    const viaGateway = (await fleet.jobs()).find((r) => r.target === "splitrule/ws.grib");
+    assert.equal(viaGateway?.split?.parts, 3, "the gateway's job was not split");
+    const whole = await readFile((await big.result()).target);
+    assert.ok((await readFile(join(tf.sharedRoot, "splitrule", "ws.grib"))).equals(whole));
+  });
 
   it("a split job's parts are the user's jobs: held to her per-user limit, while the job succeeds", async () => {
     const queue = TestFleet.queue("splitlimit");

@@ -12,7 +12,7 @@ import type { Fleet } from "../src/client/fleet.js";
 import type { JobEvent } from "../src/client/job.js";
 import { accounting } from "../src/client/usage.js";
 import { jobRecordSchema } from "../src/broker/schemas.js";
-import { JOBS_BUCKET, RECORD_KEYS } from "../src/broker/subjects.js";
+import { JOBS_BUCKET, RECORD_KEYS, subjects } from "../src/broker/subjects.js";
 import { normaliseRequests } from "../src/mars/request.js";
 import { parseSplit, planSplit, partTarget } from "../src/mars/split.js";
 import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
@@ -261,7 +261,8 @@ describe("split jobs on a fleet", { timeout: 150_000 }, () => {
 
   it("a part that fails for good fails the job with its code and names the part", async () => {
     const job = await fleet.submit(
-      { param: "2t/nosuchparam", date: "20240101", grid: "10/10" },
+      // Part 1 (2t) takes seconds; part 2 fails at once: part 1 does not run on to its end.
+      { param: "2t/nosuchparam", date: "20230101/to/20230720", grid: "10/10" },
       { targetDir: "split", targetFname: "failed.grib", split: ["param"] },
     );
     const err = await rejection(job.result({ signal: AbortSignal.timeout(60_000) }));
@@ -272,6 +273,10 @@ describe("split jobs on a fleet", { timeout: 150_000 }, () => {
     assert.equal(err.code, part.error?.code, "not the part's error code");
     assert.match(record.error?.message ?? "", /^part 2 of 2/);
     assert.equal(record.error?.details["part"], 2);
+    assert.ok(
+      await eventually(async () => (await job.parts())[0]!.state === "cancelled", 10_000),
+      "the other part ran on after the job failed",
+    );
     assert.ok(
       await eventually(
         async () => (await readdir(join(tf.sharedRoot, "split"))).every((n) => !n.includes(job.id)),
@@ -365,6 +370,27 @@ describe("split jobs on a fleet", { timeout: 150_000 }, () => {
       sub.unsubscribe();
       await nc.close();
     }
+  });
+
+  it("a cancel announced with no record asking for it stops nothing", async () => {
+    const job = await fleet.submit(
+      { param: "2t", date: "20230101/to/20230220", grid: "10/10" },
+      { targetDir: "split", targetFname: "not-cancelled.grib" },
+    );
+    assert.ok(
+      await eventually(async () => (await job.status()).state === "running", 20_000),
+      "the job did not start",
+    );
+    const nc = await tf.connectAs("worker");
+    try {
+      nc.publish(subjects.cancel(job.id)); // as a worker announcing a split job's end would
+      await nc.flush();
+    } finally {
+      await nc.close();
+    }
+    const result = await job.result({ signal: AbortSignal.timeout(60_000) });
+    assert.ok(result.bytes > 0);
+    assert.equal((await job.status()).state, "succeeded");
   });
 
   it("refuses a split the request cannot take, at submit, with SPLIT_INVALID", async () => {

@@ -300,6 +300,7 @@ function jobLayout(id) {
     '<h2 id="details-h">Details</h2><dl id="details" aria-labelledby="details-h"></dl>' +
     '<h2 id="request-h">Request</h2><pre id="request" aria-labelledby="request-h"></pre><button id="copy" type="button">Copy as MARS text</button>' +
     '<h2 id="result-h">Result</h2><p id="result"></p>' +
+    '<div id="parts-box" hidden><h2 id="parts-h">Parts</h2><p id="parts-sum"></p><div class="scroll" role="region" tabindex="0" aria-labelledby="parts-h"><table aria-labelledby="parts-h"><thead><tr><th scope="col">part</th><th scope="col">state</th><th scope="col">attempt</th><th scope="col">worker</th><th scope="col">bytes</th><th scope="col">error</th></tr></thead><tbody id="parts"></tbody></table></div></div>' +
     '<h2 id="history-h">History</h2><ol id="history" aria-labelledby="history-h"></ol>' +
     '<h2 id="log-h">Log</h2><pre id="log" tabindex="0" aria-labelledby="log-h" aria-live="polite"></pre>';
   document.getElementById("job-id").textContent = id;
@@ -361,6 +362,14 @@ function jobDetails(rec) {
   ];
   document.getElementById("details").innerHTML = rows.filter(([, v]) => v).map(([k, v]) => "<dt>" + k + "</dt><dd>" + esc(v) + "</dd>").join("") +
     (rec.retryOf ? '<dt>retry of</dt><dd><a href="#/job/' + encodeURIComponent(rec.retryOf) + '">' + esc(rec.retryOf) + "</a></dd>" : "");
+  if (rec.split && rec.parts) {
+    // A split job (#27): its parts, each a job of its own, and how far they are.
+    document.getElementById("parts-box").hidden = false;
+    const done = rec.parts.filter((p) => p.state === "succeeded").length;
+    const running = rec.parts.filter((p) => p.state === "running").length;
+    document.getElementById("parts-sum").textContent = "split by " + rec.split.by.join(", ") + ": " + done + " of " + rec.parts.length + " done, " + running + " running";
+    document.getElementById("parts").innerHTML = rec.parts.map((p) => "<tr><td><a href=\"#/job/" + encodeURIComponent(p.id) + "\">" + esc(p.index) + "</a></td><td class=\"state-" + esc(p.state) + "\">" + esc(p.state) + "</td><td>" + esc(p.attempt) + "</td><td>" + esc(p.worker || "") + "</td><td>" + esc(p.bytes ?? "") + "</td><td>" + esc(p.error ? p.error.code : "") + "</td></tr>").join("");
+  }
   const request = document.getElementById("request");
   if (request.textContent !== rec.requestText) request.textContent = rec.requestText || "";
   const result = document.getElementById("result");

@@ -10,6 +10,7 @@ import {
   jobRecordSchema,
   workerInfoSchema,
 } from "../broker/index.js";
+import { errorRecordSchema } from "../core/index.js";
 
 const requestObject = z.record(
   z.string(),
@@ -63,7 +64,10 @@ const jobFilterQuery = {
   from: day.optional(),
   to: day.optional(),
   /** Also list the parts of split jobs (hidden by default: a split job is one job). */
-  parts: z.enum(["true", "false"]).transform((v) => v === "true").optional(),
+  parts: z
+    .enum(["true", "false"])
+    .transform((v) => v === "true")
+    .optional(),
 };
 
 export const listQuerySchema = z
@@ -102,6 +106,20 @@ export const jobSchema = jobRecordSchema.extend({
   requestText: z.string().optional(),
   /** The job this one retries (POST /v1/jobs/{id}/retry). */
   retryOf: z.string().optional(),
+  /** A split job's parts (#27), in part order. */
+  parts: z
+    .array(
+      z.object({
+        id: z.string(),
+        index: z.number().int().optional(),
+        state: z.enum(JOB_STATES),
+        attempt: z.number().int(),
+        worker: z.string().optional(),
+        bytes: z.number().int().optional(),
+        error: errorRecordSchema.optional(),
+      }),
+    )
+    .optional(),
 });
 export const retriedSchema = acceptedSchema.extend({ retryOf: z.string() });
 export const jobListSchema = z.object({ jobs: z.array(jobRecordSchema), next: z.string().optional() });

@@ -127,6 +127,10 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
             "tell the queue's other workers that a capped lane has room again, or that a job was handed back",
           ),
           p(subjects.allLanesWake, "pass on a wake-up for a job it had no free slot for"),
+          p(
+            subjects.allCancels,
+            "stop the other parts of a split job that ended (the workers running them check the records first)",
+          ),
           p(subjects.allDead, "dead-letter jobs"),
           ...directReads(objStream(RESULTS_BUCKET)),
           p(`$O.${RESULTS_BUCKET}.>`, "upload results for gateways without the shared filesystem"),

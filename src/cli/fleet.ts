@@ -206,9 +206,10 @@ export async function jobsCommand(
   state: JobState | undefined,
   json: boolean,
   config: FleetConfig,
+  parts = false,
 ): Promise<number> {
   return withFleet(config, async (fleet) => {
-    const jobs = await fleet.jobs(state ? { state } : {});
+    const jobs = (await fleet.jobs(state ? { state } : {})).filter((j) => parts || j.part === undefined);
     print(json, jobs, () =>
       jobs.length === 0
         ? "no jobs"

@@ -294,9 +294,20 @@ const COMMANDS: Array<CommandModule<object, Args>> = [
     command: "jobs",
     describe: "list jobs",
     builder: (y) =>
-      fleetOptions(y).option("state", { choices: JOB_STATES, describe: "only jobs in this state" }),
+      fleetOptions(y)
+        .option("state", { choices: JOB_STATES, describe: "only jobs in this state" })
+        .option("parts", {
+          type: "boolean",
+          default: false,
+          describe: "also list the parts of split jobs (hidden: a split job is one job)",
+        }),
     handler: handle(async (a) =>
-      (await fleetCli()).jobsCommand(a["state"] as JobState | undefined, a.json === true, configFrom(a)),
+      (await fleetCli()).jobsCommand(
+        a["state"] as JobState | undefined,
+        a.json === true,
+        configFrom(a),
+        a["parts"] === true,
+      ),
     ),
   },
   {

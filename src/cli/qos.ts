@@ -3,7 +3,7 @@ import { readFile } from "node:fs/promises";
 import { Fleet } from "../client/index.js";
 import type { FleetConfig } from "../config/index.js";
 import { ConfigError } from "../core/index.js";
-import { describeUse, isDeny, isLimit, isPriority, parseRules, type Rule } from "../qos/index.js";
+import { describeUse, isDeny, isLimit, isPriority, isSplit, parseRules, type Rule } from "../qos/index.js";
 import { EXIT, print } from "./output.js";
 
 /** Validate the file whole, then store it: every worker follows the change within a round trip. */
@@ -47,6 +47,7 @@ function describeRule(r: Rule): string {
     return `limit ${r.name}: at most ${r.limit} running${r.per ? ` per ${r.per}` : " in total"}${match}`;
   if (isPriority(r)) return `priority ${r.name}: ${r.priority > 0 ? "+" : ""}${r.priority}${match}`;
   if (isDeny(r)) return `deny ${r.name}${match}: "${r.deny}"`;
+  if (isSplit(r)) return `split ${r.name}${match}: into parts by ${r.split.join(", ")}`;
   return `cache ${r.name}${match}: ${r.cache === "off" ? "results neither served from nor kept in the cache" : `results kept ${r.cache}`}`;
 }
 

@@ -46,6 +46,7 @@ import {
 import { Kvm } from "@nats-io/kv";
 import {
   deniedBy,
+  splitBy,
   explainWait,
   factsOf,
   laneCounts,
@@ -205,12 +206,26 @@ export class Fleet {
   async submit(request: MarsRequestInput, opts: SubmitOptions = {}): Promise<JobHandle> {
     opts.signal?.throwIfAborted();
     const message = this.jobMessage(request, opts);
-    const split = opts.split && this.splitOf(message, opts.split);
+    let split = opts.split && this.splitOf(message, opts.split);
     const { id, queue } = message;
     const rules = (await this.qosRules()).rules;
     const facts = factsOf(message);
     const denied = deniedBy(rules, facts);
     if (denied) throw new QosDeniedError(denied.deny, { rule: denied.name });
+    // A split rule splits a job submitted without one (the gateways' clients get it unchanged),
+    // when its request can take that split; one that cannot (a single month) runs whole.
+    const ruled = opts.split === undefined ? splitBy(rules, facts) : undefined;
+    if (ruled) {
+      try {
+        split = this.splitOf(message, ruled.split);
+      } catch (err) {
+        if (!(err instanceof SplitInvalidError)) throw err;
+        this.log.debug(
+          { jobId: id, rule: ruled.name, why: err.message },
+          "the split rule does not fit: run whole",
+        );
+      }
+    }
     const subject = subjects.lane(queue, laneOf(rules, facts));
     // The last moment to give up: from here on the job is made whole.
     opts.signal?.throwIfAborted();

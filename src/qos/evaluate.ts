@@ -10,10 +10,12 @@ import { environSchema, isToken, marsRequestSchema } from "../broker/index.js";
 import { parseDuration } from "../core/index.js";
 import {
   isCache,
+  isSplit,
   isDeny,
   isLimit,
   isPriority,
   type CacheRule,
+  type SplitRule,
   type Condition,
   type DenyRule,
   type LimitRule,
@@ -127,6 +129,11 @@ export function cachePolicy(rules: QosRules, facts: JobFacts): "off" | number | 
   const rule = rules.rules.find((r): r is CacheRule => isCache(r) && matches(facts, r.match));
   if (!rule) return undefined;
   return rule.cache === "off" ? "off" : parseDuration(rule.cache);
+}
+
+/** The split the first matching `split` rule gives a job submitted without one (#27). */
+export function splitBy(rules: QosRules, facts: JobFacts): SplitRule | undefined {
+  return rules.rules.find((r): r is SplitRule => isSplit(r) && matches(facts, r.match));
 }
 
 export function deniedBy(rules: QosRules, facts: JobFacts): DenyRule | undefined {

@@ -4,6 +4,7 @@ export {
   coversLane,
   cachePolicy,
   deniedBy,
+  splitBy,
   effectivePriority,
   factsOf,
   laneCap,
@@ -27,7 +28,16 @@ export {
 } from "./lane-counts.js";
 export type { LaneRow, QueueSummary } from "./lane-counts.js";
 export { judged, LaneBoard } from "./lanes.js";
-export { isCache, isDeny, isLimit, isPriority, parseRules, usageWindowMs, withFleetCap } from "./rules.js";
+export {
+  isCache,
+  isDeny,
+  isLimit,
+  isPriority,
+  isSplit,
+  parseRules,
+  usageWindowMs,
+  withFleetCap,
+} from "./rules.js";
 export type { QosRules, Rule } from "./rules.js";
 export { readRules, RulesFollower, SlotTable, writeRules } from "./store.js";
 export type { Holder } from "./store.js";

@@ -6,6 +6,7 @@
 import { z } from "zod";
 import type { Document } from "yaml";
 import { HOUR, MINUTE, parseDuration, QosRulesError, yaml } from "../core/index.js";
+import { parseSplit } from "../mars/index.js";
 
 const SELECTOR_KEY = /^(user|queue|fields|environ\.[A-Za-z_][A-Za-z0-9_]*|[a-z][a-z0-9_]*)$/;
 const RULE_NAME = /^[a-z0-9][a-z0-9-]{0,47}$/;
@@ -72,11 +73,31 @@ const cacheRule = z
   })
   .strict();
 
+/** Split matching jobs into parts (#27) for everyone, as `--split` would: `[date:month]`. */
+const splitRule = z
+  .object({
+    ...base,
+    split: z
+      .array(z.string().min(1).max(32))
+      .min(1)
+      .max(8)
+      .refine((words) => {
+        try {
+          parseSplit(words);
+          return true;
+        } catch {
+          return false; // not a split: the refinement's message says what is
+        }
+      }, "a split is date:month, date:N, param, step, levelist, number or time, each once"),
+  })
+  .strict();
+
 const KINDS = [
   ["limit", limitRule],
   ["priority", priorityRule],
   ["deny", denyRule],
   ["cache", cacheRule],
+  ["split", splitRule],
 ] as const;
 
 /** A rule is checked against the schema of its kind, so that problems name their own key (and line). */
@@ -87,7 +108,8 @@ const rule = z.unknown().transform((value, ctx): Rule => {
     ctx.issues.push({
       code: "custom",
       input: value,
-      message: "a rule has a name and exactly one of limit (with optional per), priority, deny or cache",
+      message:
+        "a rule has a name and exactly one of limit (with optional per), priority, deny, cache or split",
     });
     return z.NEVER;
   }
@@ -102,7 +124,8 @@ export type LimitRule = z.infer<typeof limitRule>;
 export type PriorityRule = z.infer<typeof priorityRule>;
 export type DenyRule = z.infer<typeof denyRule>;
 export type CacheRule = z.infer<typeof cacheRule>;
-export type Rule = LimitRule | PriorityRule | DenyRule | CacheRule;
+export type SplitRule = z.infer<typeof splitRule>;
+export type Rule = LimitRule | PriorityRule | DenyRule | CacheRule | SplitRule;
 
 export const rulesSchema = z
   .object({
@@ -157,6 +180,9 @@ export function isPriority(r: Rule): r is PriorityRule {
 }
 export function isCache(r: Rule): r is CacheRule {
   return "cache" in r;
+}
+export function isSplit(r: Rule): r is SplitRule {
+  return "split" in r;
 }
 
 export function isDeny(r: Rule): r is DenyRule {

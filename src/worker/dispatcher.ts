@@ -65,6 +65,8 @@ export const COUNT_EVERY_MS = 1000;
  * filled up before pulling, another worker takes the job this much later.
  */
 const WOKEN_ELSEWHERE_MS = 2000;
+/** The longest a lane whose pull found nothing goes without a pull for messages it only counted. */
+const QUIET_MAX_MS = 5000;
 /** The lane-less subject is counted at least once in this many counts (see Dispatcher.count). */
 const LANELESS_RECOUNT = 10;
 const PULL_TIMEOUT_MS = 5000;
@@ -195,8 +197,9 @@ export class Dispatcher {
   constructor(private readonly deps: DispatcherDeps) {
     this.puller = new Puller(deps.nc, deps.inboxPrefix);
     // A lane whose pull found nothing is pulled again for what it only counted after a heartbeat
-    // interval: a dead worker's job, back after its ack wait, waits at most that much longer.
-    this.board = new LaneBoard(deps.heartbeatMs);
+    // interval, at most QUIET_MAX_MS: a dead worker's job, back after its ack wait, waits at most
+    // that much longer (5 s on the default 60 s ack wait).
+    this.board = new LaneBoard(Math.min(deps.heartbeatMs, QUIET_MAX_MS));
     this.free = deps.concurrency;
     this.fleetCap = Math.max(0, deps.template.max_ack_pending ?? 0);
     this.rulesNow = withFleetCap(deps.rules.rules, this.fleetCap);

@@ -22,6 +22,7 @@ import {
   JobEventPublisher,
   type JobStore,
   type PartOf,
+  subjects,
   TERMINAL_STATES,
   type VersionedRecord,
 } from "../broker/index.js";
@@ -164,6 +165,9 @@ async function endParent(
   });
   if (ended) {
     log.warn({ parent, part: index, code: cause.code }, "a part ended without a result: its split job ends");
+    // The other parts stop now (their workers check the parent's record first); queued ones are
+    // not run when they come up (checkPart).
+    for (let i = 1; i <= total; i++) if (i !== index) ctx.nc.publish(subjects.cancel(partId(parent, i)));
     const events = new JobEventPublisher(ctx.js, parent, log, ctx.nc.info?.max_payload);
     events.state({
       state,

@@ -266,11 +266,22 @@ export class Worker {
       events: (jobId) =>
         new JobEventPublisher(this.conn.js, jobId, this.log.child({ jobId }), this.conn.nc.info?.max_payload),
     });
-    // One subscription for all cancels: find the job among ours.
+    // One subscription for all cancels: find the job among ours, and stop it if its records ask
+    // for that (a cancel request, or the end of its split job): the announcement alone is not enough.
     this.cancelSub = this.conn.nc.subscribe(subjects.allCancels, {
       callback: (_err, msg) => {
         const jobId = msg.subject.slice(subjects.allCancels.length - 1);
-        for (const a of this.attempts) if (a.job.id === jobId) a.stop("cancelled");
+        const ours = [...this.attempts].filter((a) => a.job.id === jobId);
+        if (ours.length === 0) return;
+        void cancelWanted(store, ours[0]!.job)
+          .then((wanted) => {
+            if (wanted) for (const a of ours) a.stop("cancelled");
+            else this.log.warn({ jobId }, "a cancel that no record asks for: ignored");
+          })
+          .catch((err: unknown) =>
+            // The record could not be read: the fence reads it again before anything is committed.
+            this.log.warn({ err, jobId }, "could not read the record of a cancelled job"),
+          );
       },
     });
   }
@@ -521,4 +532,16 @@ export class Worker {
   async [Symbol.asyncDispose](): Promise<void> {
     await this.stop();
   }
+}
+
+/** Whether a job's records ask for it to stop: its cancel request, or its split job's end (#27). */
+async function cancelWanted(store: JobStore, job: JobMessage): Promise<boolean> {
+  const own = await store.get(job.id);
+  if (own?.record.cancelRequested) return true;
+  if (!job.part) return false;
+  const parent = (await store.get(job.part.parent))?.record;
+  return (
+    parent !== undefined &&
+    (parent.cancelRequested || (TERMINAL_STATES.has(parent.state) && parent.state !== "succeeded"))
+  );
 }
