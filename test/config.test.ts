@@ -73,6 +73,17 @@ describe("configuration", () => {
   });
 });
 
+describe("dashboard page", () => {
+  it("has inline scripts that parse (a syntax error would leave the page blank in every browser)", async () => {
+    const { Script } = await import("node:vm");
+    const { dashboardPage } = await import("../src/api/dashboard.js");
+    const scripts = [...dashboardPage().matchAll(/<script>([\s\S]*?)<\/script>/g)].map((m) => m[1]!);
+    assert.ok(scripts.length > 0, "no inline script found");
+    for (const code of scripts)
+      assert.doesNotThrow(() => new Script(code), "an inline script does not parse");
+  });
+});
+
 describe("documentation", () => {
   it("the README's configuration table lists every setting with its environment name and default", async () => {
     const { readFile } = await import("node:fs/promises");

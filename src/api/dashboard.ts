@@ -368,7 +368,7 @@ function jobDetails(rec) {
     const done = rec.parts.filter((p) => p.state === "succeeded").length;
     const running = rec.parts.filter((p) => p.state === "running").length;
     document.getElementById("parts-sum").textContent = "split by " + rec.split.by.join(", ") + ": " + done + " of " + rec.parts.length + " done, " + running + " running";
-    document.getElementById("parts").innerHTML = rec.parts.map((p) => "<tr><td><a href=\"#/job/" + encodeURIComponent(p.id) + "\">" + esc(p.index) + "</a></td><td class=\"state-" + esc(p.state) + "\">" + esc(p.state) + "</td><td>" + esc(p.attempt) + "</td><td>" + esc(p.worker || "") + "</td><td>" + esc(p.bytes ?? "") + "</td><td>" + esc(p.error ? p.error.code : "") + "</td></tr>").join("");
+    document.getElementById("parts").innerHTML = rec.parts.map((p) => '<tr><td><a href="#/job/' + encodeURIComponent(p.id) + '">' + esc(p.index) + '</a></td><td class="state-' + esc(p.state) + '">' + esc(p.state) + "</td><td>" + esc(p.attempt) + "</td><td>" + esc(p.worker || "") + "</td><td>" + esc(p.bytes ?? "") + "</td><td>" + esc(p.error ? p.error.code : "") + "</td></tr>").join("");
   }
   const request = document.getElementById("request");
   if (request.textContent !== rec.requestText) request.textContent = rec.requestText || "";
