@@ -5,7 +5,8 @@
  * message). Planning and its refusals are pure and tested first.
  */
 import assert from "node:assert/strict";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { Fleet } from "../src/client/fleet.js";
@@ -15,7 +16,11 @@ import { jobRecordSchema } from "../src/broker/schemas.js";
 import { JOBS_BUCKET, RECORD_KEYS, subjects } from "../src/broker/subjects.js";
 import { normaliseRequests } from "../src/mars/request.js";
 import { parseSplit, planSplit, partTarget } from "../src/mars/split.js";
+import { lookupParam } from "../src/mars/params.js";
+import { assembleParts } from "../src/runner/fan-in.js";
 import { SIMULATOR_SCRIPT } from "../src/sim/command.js";
+import { planGrid } from "../src/sim/fields.js";
+import { encodeGrib2 } from "../src/sim/grib.js";
 import { rejection } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
@@ -103,6 +108,45 @@ describe("split planning", () => {
       "SPLIT_INVALID",
     );
     assert.equal(plan(req, ["param", "date:1"]).length, 6);
+  });
+
+  it("assembles parts in the field order (parameter, then date...), and takes what is not GRIB2 whole, in part order", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "fan-in-"));
+    try {
+      const grid = planGrid({ verb: "retrieve", params: { grid: ["30", "30"] } });
+      const field = (short: string, date: number) =>
+        encodeGrib2({
+          param: lookupParam(short)!,
+          date,
+          time: 0,
+          step: 0,
+          typeOfData: 0,
+          grid,
+          values: new Float64Array(grid.ni * grid.nj).fill(1),
+        });
+      // Split by date: each part holds both parameters of its day, as a run of that day writes them.
+      const [t1, m1, t2, m2] = [
+        field("2t", 20240101),
+        field("msl", 20240101),
+        field("2t", 20240102),
+        field("msl", 20240102),
+      ];
+      await writeFile(join(dir, "p1"), Buffer.concat([m1, t1]));
+      await writeFile(join(dir, "p2"), Buffer.concat([m2, t2]));
+      const out = join(dir, "out");
+      const done = await assembleParts([join(dir, "p1"), join(dir, "p2")], out);
+      assert.equal(done.messages, 4);
+      assert.equal(done.reordered, true);
+      // msl (151) before 2t (167), each by date: one run's order.
+      assert.ok((await readFile(out)).equals(Buffer.concat([m1, m2, t1, t2])));
+      await writeFile(join(dir, "x1"), "not GRIB at all");
+      await writeFile(join(dir, "x2"), "nor this");
+      const whole = await assembleParts([join(dir, "x1"), join(dir, "x2")], out);
+      assert.equal(whole.reordered, false);
+      assert.equal(await readFile(out, "utf8"), "not GRIB at allnor this");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it("counts a split job once in a user's usage, with its parts' MARS time", () => {

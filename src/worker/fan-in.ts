@@ -261,31 +261,52 @@ async function fanIn(
       assembled = await assembleParts(where.parts, tmp);
     } catch (err) {
       await discardPart(tmp);
-      // A part's output gone or unreadable: the split job cannot be assembled, whoever tries.
-      const error = new MarsFleetError(
-        "INTERNAL",
-        `could not assemble the parts: ${(err as Error).message}`,
-        {
-          details: { parent: parentId },
-          cause: err,
-        },
-      ).toRecord();
+      // A part's output gone or unreadable: the split job cannot be assembled, whoever tries. The
+      // record says why by the system's code, not by a message that names this server's paths.
+      log.error({ err, parent: parentId }, "could not assemble the parts");
+      const why = (err as NodeJS.ErrnoException).code ?? "unreadable";
+      const error = new MarsFleetError("INTERNAL", `could not assemble the parts (${why})`, {
+        details: { parent: parentId },
+      }).toRecord();
       await endParent(ctx, job, "failed", error, log);
       return;
     }
     const ino = (await stat(tmp)).ino;
-    let owned = false;
+    // The fence: still this attempt's fan-in, and not cancelled. A cancel that came while it
+    // assembled ends the job here (no part is left to do it).
+    let verdict = "lost" as "owned" | "cancelled" | "lost";
     version = await ctx.store.mutate(parentId, (rec) => {
-      owned = holds(rec, job, owner, ctx.workerId, true);
-      if (!owned) return undefined;
-      return {
-        ...rec,
-        committing: { attempt: owner.attempt, ino, bytes: assembled.bytes, elapsedMs: marsMs },
-      };
+      verdict = !holds(rec, job, owner, ctx.workerId, false)
+        ? "lost"
+        : rec.cancelRequested
+          ? "cancelled"
+          : "owned";
+      if (verdict === "owned")
+        return {
+          ...rec,
+          committing: { attempt: owner.attempt, ino, bytes: assembled.bytes, elapsedMs: marsMs },
+        };
+      if (verdict === "cancelled") {
+        const error = new JobCancelledError("the job was cancelled", { jobId: parentId }).toRecord();
+        return { ...rec, state: "cancelled", error, finishedAt: Date.now() };
+      }
+      return undefined;
     });
-    if (!owned) {
+    if (verdict !== "owned") {
       await discardPart(tmp);
-      log.warn({ parent: parentId }, "lost the fan-in (cancelled, or taken over): nothing committed");
+      if (verdict === "cancelled") {
+        const rec = version.record;
+        events.state({
+          state: "cancelled",
+          attempt: rec.attempt,
+          worker: ctx.workerId,
+          at: Date.now(),
+          error: rec.error!,
+        });
+        await events.flush();
+        await Promise.all(where.parts.map((p) => rm(p, { force: true })));
+      }
+      log.warn({ parent: parentId, verdict }, "the fan-in ends without committing");
       return;
     }
     await commitPart(tmp, where.target);
