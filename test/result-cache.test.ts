@@ -146,6 +146,30 @@ describe("result cache", { timeout: 30_000 }, () => {
     },
   );
 
+  it("lets one waiter take a stale run over, however many try at once (in several processes' place)", async () => {
+    const dir = join(root, "takeover");
+    for (let round = 0; round < 20; round++) {
+      const key = KEY(9000 + round);
+      const caches = Array.from({ length: 8 }, () => cacheIn(dir, 1 << 20));
+      // A run whose holder died a while ago: its file is older than the waiters' stale time.
+      const first = await caches[0]!.lead(key, "dead", { touchMs: 60_000, staleMs: 500 });
+      assert.ok(first);
+      const runFile = join(dir, ".cache", key.slice(0, 2), `${key}.run`);
+      const past = new Date(Date.now() - 10_000);
+      await utimes(runFile, past, past);
+      const leases = await Promise.all(
+        caches.map((c, i) => c.lead(key, `waiter-${i}`, { touchMs: 60_000, staleMs: 500 })),
+      );
+      const won = leases.filter((l) => l !== undefined);
+      assert.equal(won.length, 1, `round ${round}: ${won.length} waiters took the run over`);
+      const holder = await readFile(runFile, "utf8");
+      assert.match(holder, /^waiter-\d$/);
+      await Promise.all(won.map((l) => l!.release()));
+      assert.equal(existsSync(runFile), false, "the run file outlived its lease");
+      assert.equal(existsSync(`${runFile.slice(0, -4)}.takeover`), false, "the takeover lock was left");
+    }
+  });
+
   it("purges by age and by key", async () => {
     const dir = await mkdtemp(join(root, "e-"));
     const cache = cacheIn(dir, 1 << 20);

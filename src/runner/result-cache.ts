@@ -124,6 +124,7 @@ export class ResultCache {
       meta: file("json"),
       log: file("log"),
       run: file("run"),
+      takeover: file("takeover"),
       live: file("live"),
       failed: file("failed"),
     };
@@ -135,47 +136,68 @@ export class ResultCache {
 
   /**
    * Take the right to run MARS for `key`, or undefined when another owner holds it and touched it
-   * within `staleMs`. A stale holder's file is moved aside first (one rename wins), then made anew.
+   * within `staleMs`. A stale holder's file is replaced under a takeover lock (`<key>.takeover`,
+   * made with O_EXCL): one waiter checks it is still stale, removes it and makes its own, while the
+   * others wait. Without the lock, a waiter that judged the old file stale could remove the file
+   * another waiter had just made in its place, and both would run MARS.
    */
   async lead(
     key: string,
     owner: string,
     opts: { touchMs: number; staleMs: number },
   ): Promise<RunLease | undefined> {
-    const { folder, run: path } = this.paths(key);
+    const { folder, run: path, takeover } = this.paths(key);
     await mkdir(folder, { recursive: true });
-    for (let tries = 0; tries < 2; tries++) {
-      try {
-        const handle = await open(path, "wx");
-        await handle.writeFile(owner);
-        await handle.close();
-        const timer = setInterval(() => {
-          const now = new Date();
-          // A touch that fails (the file taken over after a long stall) leaves the run to its fence.
-          utimes(path, now, now).catch(() => undefined);
-        }, opts.touchMs);
-        timer.unref();
-        return {
-          release: async () => {
-            clearInterval(timer);
-            const holder = await readFile(path, "utf8").catch(() => undefined); // gone: taken over
-            if (holder === owner) await rm(path, { force: true });
-          },
-        };
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
-      }
-      const held = await stat(path).catch(() => undefined); // released meanwhile: try again
-      if (held && Date.now() - held.mtimeMs < opts.staleMs) return undefined;
-      // Stale (or just released): move it aside; of several waiters, one rename wins.
-      const aside = `${path}.${process.pid}.${Date.now()}.stale`;
-      const moved = await rename(path, aside).then(
-        () => true,
-        () => false,
-      );
-      if (moved) await rm(aside, { force: true });
+    const fresh = (mtimeMs: number): boolean => Date.now() - mtimeMs < opts.staleMs;
+    const made = await this.makeRun(path, owner, opts.touchMs);
+    if (made) return made;
+    const held = await stat(path).catch(() => undefined); // released meanwhile: take it below
+    if (held && fresh(held.mtimeMs)) return undefined;
+    let lock;
+    try {
+      lock = await open(takeover, "wx");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+      // Another waiter is taking over; a lock its maker died holding is cleared for the next look.
+      const taking = await stat(takeover).catch(() => undefined); // gone: done meanwhile
+      if (taking && !fresh(taking.mtimeMs)) await rm(takeover, { force: true });
+      return undefined;
     }
-    return undefined;
+    try {
+      await lock.close();
+      const again = await stat(path).catch(() => undefined); // gone: released, or taken over and done
+      if (again && fresh(again.mtimeMs)) return undefined;
+      await rm(path, { force: true });
+      return await this.makeRun(path, owner, opts.touchMs);
+    } finally {
+      await rm(takeover, { force: true });
+    }
+  }
+
+  /** Make the run file (O_EXCL) and keep it touched: the lease, or undefined when it exists. */
+  private async makeRun(path: string, owner: string, touchMs: number): Promise<RunLease | undefined> {
+    let handle;
+    try {
+      handle = await open(path, "wx");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "EEXIST") return undefined;
+      throw err;
+    }
+    await handle.writeFile(owner);
+    await handle.close();
+    const timer = setInterval(() => {
+      const now = new Date();
+      // A touch that fails (the file taken over after a long stall) leaves the run to its fence.
+      utimes(path, now, now).catch(() => undefined);
+    }, touchMs);
+    timer.unref();
+    return {
+      release: async () => {
+        clearInterval(timer);
+        const holder = await readFile(path, "utf8").catch(() => undefined); // gone: taken over
+        if (holder === owner) await rm(path, { force: true });
+      },
+    };
   }
 
   /**
