@@ -106,8 +106,21 @@ export const jobRecordSchema = z.object({
    * size. A later attempt that finds this inode at the target adopts it instead of running again.
    */
   committing: z
-    .object({ attempt: z.number().int(), ino: z.number(), bytes: z.number().int(), elapsedMs: z.number() })
+    .object({
+      attempt: z.number().int(),
+      ino: z.number(),
+      bytes: z.number().int(),
+      elapsedMs: z.number(),
+      /** The claim of the attempt that fenced (see `claim`). */
+      claim: z.string().optional(),
+    })
     .optional(),
+  /**
+   * A token of the attempt that claimed the record, unique to it: two deliveries of one message
+   * may carry the same delivery count (after a consumer leader change), so the attempt number
+   * alone does not tell two attempts apart.
+   */
+  claim: z.string().max(64).optional(),
   /** A split job (#27): how it was split and into how many parts (`<id>-p1` ... `<id>-pN`). */
   split: z.object({ by: z.array(z.string()).min(1), parts: z.number().int().min(2) }).optional(),
   /** A part of a split job. */

@@ -7,6 +7,7 @@
 import { createWriteStream, type WriteStream } from "node:fs";
 import { readdir, rm, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
+import { randomUUID } from "node:crypto";
 import { dirname, join, resolve } from "node:path";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import {
@@ -80,6 +81,8 @@ export interface AttemptEnv {
   queue: string;
   sharedRoot: string;
   heartbeatMs: number;
+  /** How long a request to the broker may take before the client gives up on it (the fence's bound). */
+  requestTimeoutMs: number;
   killGraceMs: number;
   /** The retry policy of a job that carries none (from before jobs carried theirs). */
   maxAttempts: number;
@@ -158,6 +161,9 @@ export class JobAttempt {
   private version: VersionedRecord | undefined;
   /** The fence an earlier attempt left in the record, as this attempt's fence found it (see commit). */
   private earlierFence: JobRecord["committing"];
+  /** This attempt's claim token (the record's `claim` while it owns the job), and when it claimed. */
+  private readonly claimId = randomUUID();
+  private claimedAt = 0;
   private heartbeat: NodeJS.Timeout | undefined;
   private pid = -1;
   /** The time to live the QoS rules give this job's cached result (undefined: the worker's). */
@@ -277,6 +283,7 @@ export class JobAttempt {
 
   private owns(record: JobRecord): boolean {
     return (
+      record.claim === this.claimId &&
       record.attempt === this.attempt &&
       record.worker === this.ctx.workerId &&
       record.seq === this.msg.info.streamSequence &&
@@ -301,7 +308,16 @@ export class JobAttempt {
         return cancelled;
       }
       const startedAt = Date.now();
-      return { ...rec, state: "running", attempt: this.attempt, seq, worker: ctx.workerId, startedAt };
+      this.claimedAt = startedAt;
+      return {
+        ...rec,
+        state: "running",
+        attempt: this.attempt,
+        seq,
+        worker: ctx.workerId,
+        startedAt,
+        claim: this.claimId,
+      };
     };
     // A first delivery finds no status yet, so the submission alone is read (one read, not two).
     const known = this.attempt === 1 ? await ctx.store.submission(job.id) : undefined;
@@ -590,6 +606,8 @@ export class JobAttempt {
    */
   private async adoptCommitted(
     committing = this.version?.record.committing,
+    /** How long to give the earlier attempt's rename: by default a moment, at the fence longer. */
+    until = Date.now() + LANDING_GRACE_MS,
   ): Promise<Settlement | undefined> {
     if (!committing || this.job.deliver !== "share") return undefined;
     const targetPath = resolveInside(this.ctx.sharedRoot, this.job.target);
@@ -599,7 +617,6 @@ export class JobAttempt {
     };
     // The earlier attempt passed its fence, so it renames next, unless it died first: give it a
     // moment (a stalled process, a slow shared filesystem) before running MARS again.
-    const until = Date.now() + LANDING_GRACE_MS;
     while (!(await inPlace())) {
       if (Date.now() >= until) return undefined;
       await sleep(100);
@@ -669,7 +686,12 @@ export class JobAttempt {
     // An earlier attempt passed its fence before this one's claim, but its file was not in place
     // when this attempt looked (adoptCommitted at the start): it may have landed since. Then it is
     // the result, and this attempt's copy is not moved over it.
-    const landed = this.earlierFence && (await this.adoptCommitted(this.earlierFence));
+    // Before moving its own output over that place, it waits as long as the earlier attempt could
+    // still learn that its fence held: a response comes within the request timeout of its request,
+    // which was sent before this attempt's claim (its write came first), or never (then that
+    // attempt reads the record again, finds this claim and discards its output).
+    const until = Math.max(Date.now(), this.claimedAt + this.ctx.requestTimeoutMs) + LANDING_GRACE_MS;
+    const landed = this.earlierFence && (await this.adoptCommitted(this.earlierFence, until));
     if (landed) {
       await run.discard();
       return landed;
@@ -712,8 +734,10 @@ export class JobAttempt {
       this.job.id,
       (rec) => {
         verdict = !this.owns(rec) ? "lost" : rec.cancelRequested || requested ? "cancelled" : "owned";
-        this.earlierFence = rec.committing?.attempt === this.attempt ? undefined : rec.committing;
-        return verdict === "owned" ? { ...rec, committing } : undefined;
+        this.earlierFence = rec.committing?.claim === this.claimId ? undefined : rec.committing;
+        return verdict === "owned"
+          ? { ...rec, committing: { ...committing, claim: this.claimId } }
+          : undefined;
       },
       this.version,
     );

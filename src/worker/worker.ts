@@ -237,6 +237,7 @@ export class Worker {
       queue: config.queue,
       sharedRoot: config.sharedRoot,
       heartbeatMs,
+      requestTimeoutMs: config.requestTimeout,
       killGraceMs: config.killGrace,
       maxAttempts: config.maxRetries,
       retryDelayMs: config.retryDelay,
