@@ -170,6 +170,8 @@ export class JobHandle {
   /** From `submit`: the record as it was then (new, or the existing job's for a known requestId). */
   submitted: JobRecord | undefined;
   private early: Unclaimed<RecordWatch> | undefined;
+  /** The final record this handle has read, once it has (status() never goes back before it). */
+  private final: JobRecord | undefined;
   private live: Unclaimed<LiveEvents> | undefined;
   private readonly nc: NatsConnection;
 
@@ -208,9 +210,24 @@ export class JobHandle {
     );
   }
 
-  /** The job record as it is now. */
+  /**
+   * The job record as it is now; once this handle has seen the job end, never a record of it still
+   * running: in a cluster, a read may be answered by a replica that lags (direct gets), and a job
+   * that `result()` saw end must not read as running again.
+   */
   async status(): Promise<JobRecord> {
-    return (await this.store.require(this.id)).record;
+    return this.seen((await this.store.require(this.id)).record);
+  }
+
+  /**
+   * `record`, unless this handle saw the job final already and `record` is not (a lagging
+   * replica's answer): then the final one. (Times are not compared: writers' clocks differ.)
+   */
+  private seen(record: JobRecord): JobRecord {
+    const final = this.final;
+    if (final && !TERMINAL_STATES.has(record.state)) return final;
+    if (TERMINAL_STATES.has(record.state)) this.final = record;
+    return record;
   }
 
   /**
@@ -428,7 +445,7 @@ export class JobHandle {
 
   /** Wait for the end; the result, or the typed error the job failed with. */
   async result(opts: { signal?: AbortSignal } = {}): Promise<FleetJobResult> {
-    const record = await this.store.finalRecord(this.id, opts.signal, this.early?.take());
+    const record = this.seen(await this.store.finalRecord(this.id, opts.signal, this.early?.take()));
     if (record.state === "succeeded" && record.result) {
       const { target, bytes, elapsedMs, object } = record.result;
       return {
