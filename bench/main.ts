@@ -15,6 +15,7 @@ import { fairShare, heavyWithRules, manyUsers, qosDispatch } from "./qos.js";
 import { consoleListing, restApi } from "./api.js";
 import { resultCache } from "./cache.js";
 import { splitScenario } from "./split.js";
+import { manyUsersAcrossHosts } from "./cluster.js";
 import { killOwnedOnSigterm } from "../src/core/owned.js";
 
 async function main(): Promise<void> {
@@ -22,7 +23,7 @@ async function main(): Promise<void> {
   const args = await yargs(hideBin(process.argv))
     .option("quick", { type: "boolean", default: false, describe: "smaller counts, under a minute" })
     .option("json", { type: "string", describe: "write every figure to this JSON file" })
-    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-18)" })
+    .option("only", { type: "string", describe: "comma-separated scenario numbers (1-19)" })
     .option("peers", {
       type: "boolean",
       default: false,
@@ -52,6 +53,7 @@ async function main(): Promise<void> {
     [16, "console listing", (env) => consoleListing(env, q ? 2000 : 10_000)],
     [17, "result cache", (env) => resultCache(env, q ? 600 : 3000, q ? 60 : 300)],
     [18, "split fan-out and fan-in", (env) => splitScenario(env, q)],
+    [19, "many users across hosts", (env) => manyUsersAcrossHosts(env, q ? 300 : 1000)],
   ];
   const results: ScenarioResult[] = [];
   const started = Date.now();

@@ -5,7 +5,8 @@
  *
  * - `wait-js`: returns once JetStream answers and can place a stream on every node;
  * - `leader <stream>`: `{"t":"leader","leader":"n2"}`;
- * - `load <count> <intervalMs>`: submits `count` jobs, one each interval, and prints
+ * - `load <count> <intervalMs> [users] [inFlight]`: submits `count` jobs (from `users` users, 4 by
+ *   default; `inFlight` at once, 1 by default), one each interval, and prints
  *   `{"t":"server","name":"n1"}` when connected and after each reconnect,
  *   `{"t":"submitted","id","at"}`, then `{"t":"done","id","at","state","attempt","worker","bytes",
  *   "fileBytes","code"}` for each, and `{"t":"end"}`;
@@ -49,7 +50,7 @@ async function done(job: JobHandle): Promise<void> {
   });
 }
 
-async function load(fleet: Fleet, count: number, intervalMs: number): Promise<void> {
+async function load(fleet: Fleet, count: number, intervalMs: number, users = 4, inFlight = 1): Promise<void> {
   const nc = fleet.connection.nc;
   out({ t: "server", name: nc.info?.server_name, at: Date.now() });
   void (async () => {
@@ -57,12 +58,12 @@ async function load(fleet: Fleet, count: number, intervalMs: number): Promise<vo
       if (s.type === "reconnect") out({ t: "server", name: nc.info?.server_name, at: Date.now() });
   })();
   const pending: Array<Promise<void>> = [];
-  for (let i = 0; i < count; i++) {
+  const submitOne = async (i: number): Promise<void> => {
     const requestId = `netns-${process.pid}-${i}`;
     try {
       const job = await fleet.submit(REQUEST, {
         targetDir: "netns",
-        environ: { user_id: `u${i % 4}`, request_id: requestId },
+        environ: { user_id: `u${i % users}`, request_id: requestId },
       });
       out({ t: "submitted", id: job.id, at: Date.now() });
       pending.push(done(job));
@@ -77,8 +78,17 @@ async function load(fleet: Fleet, count: number, intervalMs: number): Promise<vo
         message: (err as Error).message,
       });
     }
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
+  };
+  // `inFlight` submits at once (a bench's open loop), or one each `intervalMs` (the fault tests).
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: Math.max(1, inFlight) }, async () => {
+      while (next < count) {
+        await submitOne(next++);
+        if (intervalMs > 0) await new Promise((r) => setTimeout(r, intervalMs));
+      }
+    }),
+  );
   await Promise.all(pending);
 }
 
@@ -112,7 +122,8 @@ async function main(): Promise<void> {
   }
   const fleet = await Fleet.connect({ config });
   try {
-    if (command === "load") await load(fleet, Number(args[0]), Number(args[1]));
+    if (command === "load")
+      await load(fleet, Number(args[0]), Number(args[1]), Number(args[2] ?? 4), Number(args[3] ?? 1));
     else if (command === "one") await one(fleet);
     else throw new Error(`unknown command ${command}`);
   } finally {

@@ -101,13 +101,23 @@ export class Setup {
    * `intervalMs`. `finished()` waits for the run's end and checks every job succeeded, each moved
    * into place once; it gives what came back.
    */
-  async load(count: number, intervalMs: number): Promise<{ out: Lines; finished: () => Promise<Done[]> }> {
-    await this.worker("w1");
-    await this.worker("w2");
-    const c = this.client(["load", String(count), String(intervalMs)]);
+  async load(
+    count: number,
+    intervalMs: number,
+    opts: { users?: number; inFlight?: number; worker?: Record<string, string>; timeoutMs?: number } = {},
+  ): Promise<{ out: Lines; finished: () => Promise<Done[]> }> {
+    await this.worker("w1", opts.worker);
+    await this.worker("w2", opts.worker);
+    const c = this.client([
+      "load",
+      String(count),
+      String(intervalMs),
+      String(opts.users ?? 4),
+      String(opts.inFlight ?? 1),
+    ]);
     const finished = async (): Promise<Done[]> => {
       await c.out
-        .waitFor((l) => l.includes('"t":"end"'), 110_000, "the load run's end")
+        .waitFor((l) => l.includes('"t":"end"'), opts.timeoutMs ?? 110_000, "the load run's end")
         .catch((err: unknown) => {
           throw new Error(`${(err as Error).message}\n${this.outstanding(c.out, count)}`, { cause: err });
         });
