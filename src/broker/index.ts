@@ -45,6 +45,7 @@ export type { RetryPolicy } from "./retry-policy.js";
 export type { Role } from "./roles.js";
 export {
   deadLetterSchema,
+  endedWithoutResult,
   environSchema,
   heartbeatSchema,
   initialRecord,

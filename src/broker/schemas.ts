@@ -65,6 +65,11 @@ export const JOB_STATES = ["queued", "running", "retrying", "succeeded", "failed
 export type JobState = (typeof JOB_STATES)[number];
 export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(["succeeded", "failed", "cancelled"]);
 
+/** Whether a job has ended with no result (failed or cancelled): a split job's parts are then not wanted. */
+export function endedWithoutResult(record: Pick<JobRecord, "state">): boolean {
+  return TERMINAL_STATES.has(record.state) && record.state !== "succeeded";
+}
+
 export const jobResultSchema = z.object({
   target: z.string(),
   /** Name in the results object store, when the job delivered there. */

@@ -3,6 +3,7 @@ import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import {
   type BrokerConnection,
   decode,
+  endedWithoutResult,
   eventKind,
   EVENTS_STREAM,
   heartbeatSchema,
@@ -18,7 +19,7 @@ import {
   subjects,
   TERMINAL_STATES,
 } from "../broker/index.js";
-import { formatLogLine, partId } from "../mars/index.js";
+import { formatLogLine, partIds } from "../mars/index.js";
 import { Channel, errorFromRecord, JobFailedError } from "../core/index.js";
 import { resolveInside } from "../runner/index.js";
 
@@ -262,10 +263,13 @@ export class JobHandle {
   async parts(): Promise<JobRecord[]> {
     const split = (await this.status()).split;
     if (!split) return [];
-    const found = await Promise.all(
-      Array.from({ length: split.parts }, (_, i) => this.store.get(partId(this.id, i + 1))),
-    );
+    const found = await Promise.all(partIds(this.id, split.parts).map((id) => this.store.get(id)));
     return found.flatMap((f) => (f ? [f.record] : []));
+  }
+
+  /** A handle on each part of a split job of `total` parts, in part order. */
+  private partHandles(total: number): JobHandle[] {
+    return partIds(this.id, total).map((id) => new JobHandle(id, this.conn, this.store, this.sharedRoot));
   }
 
   /**
@@ -276,8 +280,9 @@ export class JobHandle {
    */
   private async pumpSplit(out: Channel<JobEvent>, total: number, signal: AbortSignal): Promise<void> {
     let before = 0;
-    for (let i = 1; i <= total && !signal.aborted; i++) {
-      const part = new JobHandle(partId(this.id, i), this.conn, this.store, this.sharedRoot);
+    for (const [at, part] of this.partHandles(total).entries()) {
+      if (signal.aborted) break;
+      const i = at + 1;
       let bytes = 0;
       for await (const ev of part.events({ signal })) {
         if (ev.type === "log") out.push({ ...ev, line: `[part ${i}/${total}] ${ev.line}` });
@@ -288,7 +293,7 @@ export class JobHandle {
       }
       before += bytes;
       const now = (await this.store.get(this.id))?.record;
-      if (now && TERMINAL_STATES.has(now.state) && now.state !== "succeeded") break;
+      if (now && endedWithoutResult(now)) break;
     }
     await this.pumpEvents(out, signal);
   }
@@ -477,12 +482,7 @@ export class JobHandle {
     });
     if (!requested) return false;
     // A split job: each of its parts too (queued ones never run, running ones are stopped).
-    if (after.split)
-      await Promise.all(
-        Array.from({ length: after.split.parts }, (_, i) =>
-          new JobHandle(partId(this.id, i + 1), this.conn, this.store, this.sharedRoot).cancel(),
-        ),
-      );
+    if (after.split) await Promise.all(this.partHandles(after.split.parts).map((part) => part.cancel()));
     // Always, even for a queued job: a worker may have claimed it since the record was read. One
     // that misses this (reconnecting) finds the request in the record when it checks again. A job
     // cancelled while it waited gets no event (only workers write events): its record says it.

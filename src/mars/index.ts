@@ -10,6 +10,7 @@ export {
   MAX_SPLIT_PARTS,
   parseSplit,
   partId,
+  partIds,
   partTarget,
   planSplit,
   SplitInvalidError,

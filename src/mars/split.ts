@@ -17,10 +17,14 @@ export type SplitKeyword = (typeof SPLIT_KEYWORDS)[number];
 
 /** The most parts one job may be split into, unless the split says fewer. */
 export const MAX_SPLIT_PARTS = 64;
+/** The longest `date:N` (days): ten years. */
+const MAX_SPLIT_DAYS = 3660;
 
 /** How to split: `date` by `days` or by calendar `month`, and keywords one value per part. */
 export const splitSpecSchema = z.object({
-  date: z.union([z.object({ days: z.number().int().min(1).max(3660) }), z.literal("month")]).optional(),
+  date: z
+    .union([z.object({ days: z.number().int().min(1).max(MAX_SPLIT_DAYS) }), z.literal("month")])
+    .optional(),
   keywords: z.array(z.enum(SPLIT_KEYWORDS)).default([]),
   maxParts: z.number().int().min(2).max(MAX_SPLIT_PARTS).default(MAX_SPLIT_PARTS),
 });
@@ -52,7 +56,7 @@ export function parseSplit(words: readonly string[], maxParts?: number): SplitSp
           extra === undefined &&
           Number.isInteger(days) &&
           days >= 1 &&
-          days <= 3660
+          days <= MAX_SPLIT_DAYS
         )
           spec.date = { days };
         else throw new SplitInvalidError(`split "${word}": use date:month or date:N (days)`, { split: word });
@@ -155,6 +159,11 @@ export function planSplit(
 /** A part's job id: the parent's with `-p<N>` (1-based); the parent's id leaves room for it. */
 export function partId(parentId: string, index: number): string {
   return `${parentId}-p${index}`;
+}
+
+/** The ids of a split job's parts, in part order. */
+export function partIds(parentId: string, total: number): string[] {
+  return Array.from({ length: total }, (_, i) => partId(parentId, i + 1));
 }
 
 /** Where a part writes: a hidden file beside the parent's target, named by the parent and the part. */

@@ -727,7 +727,7 @@ export class Dispatcher {
         this.atCap.delete(lane); // this job's place under the lane's cap is free
         // ...and the queue's other workers, which may have passed the lane over at its cap, hear it
         // now rather than at their next count (up to a second later).
-        if (this.capOf(lane) > 0) this.deps.nc.publish(subjects.laneFreed(this.deps.queue, lane));
+        if (this.capOf(lane) > 0) this.ringFreed(lane);
         this.running.delete(done);
         this.holding.delete(msg.info.streamSequence);
         this.free++;

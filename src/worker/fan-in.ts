@@ -17,6 +17,7 @@ import type { JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
 import {
+  endedWithoutResult,
   type JobMessage,
   type JobRecord,
   JobEventPublisher,
@@ -27,7 +28,7 @@ import {
   type VersionedRecord,
 } from "../broker/index.js";
 import { asFleetError, type ErrorRecord, JobCancelledError, MarsFleetError } from "../core/index.js";
-import { partId, partTarget, SplitInvalidError } from "../mars/index.js";
+import { partId, partIds, partTarget, SplitInvalidError } from "../mars/index.js";
 import {
   assembleParts,
   commitPart,
@@ -95,6 +96,25 @@ function paths(ctx: FanInEnv, parentId: string, parent: JobRecord) {
   };
 }
 
+/** Remove the parts' outputs (those not there yet are removed as their parts end). */
+async function removeParts(parts: string[]): Promise<void> {
+  await Promise.all(parts.map((p) => rm(p, { force: true })));
+}
+
+/** Publish the parent's final state as its record now says it (its events' last). */
+async function announceEnd(ctx: FanInEnv, parentId: string, rec: JobRecord, log: Logger): Promise<void> {
+  const events = new JobEventPublisher(ctx.js, parentId, log, ctx.nc.info?.max_payload);
+  events.state({
+    state: rec.state,
+    attempt: rec.attempt,
+    worker: ctx.workerId,
+    at: Date.now(),
+    ...(rec.error && { error: rec.error }),
+    ...(rec.result && { result: rec.result }),
+  });
+  await events.flush();
+}
+
 /**
  * After a part's attempt recorded how it ended: the last success assembles the parent; a part
  * that failed or was cancelled for good ends the parent with its error, naming the part. Throws
@@ -115,12 +135,11 @@ export async function afterPart(
   }
   const [parentNow, ...parts] = await Promise.all([
     ctx.store.require(parent),
-    ...Array.from({ length: total }, (_, i) => ctx.store.get(partId(parent, i + 1))),
+    ...partIds(parent, total).map((id) => ctx.store.get(id)),
   ]);
   if (TERMINAL_STATES.has(parentNow!.record.state)) {
     // Ended while this part ran (another part failed, or it was cancelled): its output is not wanted.
-    if (parentNow!.record.state !== "succeeded")
-      await rm(resolveInside(ctx.sharedRoot, job.target), { force: true });
+    if (endedWithoutResult(parentNow!.record)) await removeParts([resolveInside(ctx.sharedRoot, job.target)]);
     return;
   }
   const done = parts.filter((p) => p?.record.state === "succeeded").length;
@@ -167,32 +186,18 @@ async function endParent(
     log.warn({ parent, part: index, code: cause.code }, "a part ended without a result: its split job ends");
     // The other parts stop now (their workers check the parent's record first); queued ones are
     // not run when they come up (checkPart).
-    for (let i = 1; i <= total; i++) if (i !== index) ctx.nc.publish(subjects.cancel(partId(parent, i)));
-    const events = new JobEventPublisher(ctx.js, parent, log, ctx.nc.info?.max_payload);
-    events.state({
-      state,
-      attempt: ended.attempt,
-      worker: ctx.workerId,
-      at: Date.now(),
-      error: ended.error!,
-    });
-    await events.flush();
+    for (const id of partIds(parent, total)) if (id !== job.id) ctx.nc.publish(subjects.cancel(id));
+    await announceEnd(ctx, parent, ended, log);
   }
   // Whoever ended it, the parts' outputs are no longer wanted (later ones are removed as they end).
-  await Promise.all(paths(ctx, parent, updated.record).parts.map((p) => rm(p, { force: true })));
+  await removeParts(paths(ctx, parent, updated.record).parts);
 }
 
 /**
- * Whether the parent's record names this attempt as its fan-in and is not final; before the
- * rename, also not cancelled (after it, the result is in place: a cancel comes too late).
+ * Whether the parent's record names this attempt as its fan-in and is not final (a cancel is the
+ * fence's to judge: after the rename the result is in place, and a cancel comes too late).
  */
-function holds(
-  rec: JobRecord,
-  job: Part,
-  owner: FanInOwner,
-  workerId: string,
-  beforeRename: boolean,
-): boolean {
+function holds(rec: JobRecord, job: Part, owner: FanInOwner, workerId: string): boolean {
   const f = rec.fanIn;
   return (
     f !== undefined &&
@@ -200,8 +205,7 @@ function holds(
     f.attempt === owner.attempt &&
     f.seq === owner.seq &&
     f.worker === workerId &&
-    !TERMINAL_STATES.has(rec.state) &&
-    !(beforeRename && rec.cancelRequested)
+    !TERMINAL_STATES.has(rec.state)
   );
 }
 
@@ -232,13 +236,11 @@ async function fanIn(
     };
   });
   if (!taken) {
-    if (TERMINAL_STATES.has(version.record.state) && version.record.state !== "succeeded")
-      await Promise.all(paths(ctx, parentId, version.record).parts.map((p) => rm(p, { force: true })));
+    if (endedWithoutResult(version.record)) await removeParts(paths(ctx, parentId, version.record).parts);
     return;
   }
   const parent = version.record;
   const where = paths(ctx, parentId, parent);
-  const events = new JobEventPublisher(ctx.js, parentId, log, ctx.nc.info?.max_payload);
   const started = Date.now();
   const marsMs = parts.reduce((sum, p) => sum + (p.record.result?.elapsedMs ?? 0), 0);
   // An earlier attempt of this part fenced and renamed, then died before recording: its file is it.
@@ -248,6 +250,7 @@ async function fanIn(
     bytes = landed.size;
     log.info({ parent: parentId }, "an earlier fan-in's result is in place: adopted");
   } else {
+    const events = new JobEventPublisher(ctx.js, parentId, log, ctx.nc.info?.max_payload);
     events.state({ state: "running", attempt: parent.attempt, worker: ctx.workerId, at: started });
     await prepareTargetDir(ctx.sharedRoot, where.target);
     // What an earlier holder (killed, or fenced out since) left half-written goes first.
@@ -276,11 +279,7 @@ async function fanIn(
     // assembled ends the job here (no part is left to do it).
     let verdict = "lost" as "owned" | "cancelled" | "lost";
     version = await ctx.store.mutate(parentId, (rec) => {
-      verdict = !holds(rec, job, owner, ctx.workerId, false)
-        ? "lost"
-        : rec.cancelRequested
-          ? "cancelled"
-          : "owned";
+      verdict = !holds(rec, job, owner, ctx.workerId) ? "lost" : rec.cancelRequested ? "cancelled" : "owned";
       if (verdict === "owned")
         return {
           ...rec,
@@ -295,16 +294,8 @@ async function fanIn(
     if (verdict !== "owned") {
       await discardPart(tmp);
       if (verdict === "cancelled") {
-        const rec = version.record;
-        events.state({
-          state: "cancelled",
-          attempt: rec.attempt,
-          worker: ctx.workerId,
-          at: Date.now(),
-          error: rec.error!,
-        });
-        await events.flush();
-        await Promise.all(where.parts.map((p) => rm(p, { force: true })));
+        await announceEnd(ctx, parentId, version.record, log);
+        await removeParts(where.parts);
       }
       log.warn({ parent: parentId, verdict }, "the fan-in ends without committing");
       return;
@@ -324,13 +315,12 @@ async function fanIn(
   }
   const result = { target: parent.target, bytes, elapsedMs: marsMs };
   let recorded = false;
-  await ctx.store.mutate(parentId, (rec) => {
-    recorded = holds(rec, job, owner, ctx.workerId, false);
+  const done = await ctx.store.mutate(parentId, (rec) => {
+    recorded = holds(rec, job, owner, ctx.workerId);
     if (!recorded) return undefined;
     return { ...rec, state: "succeeded", result, finishedAt: Date.now() };
   });
   if (!recorded) return;
-  events.state({ state: "succeeded", attempt: parent.attempt, worker: ctx.workerId, at: Date.now(), result });
-  await events.flush();
-  await Promise.all(where.parts.map((p) => rm(p, { force: true })));
+  await announceEnd(ctx, parentId, done.record, log);
+  await removeParts(where.parts);
 }

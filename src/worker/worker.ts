@@ -15,6 +15,7 @@ import {
   connectProvisioned,
   consumerName,
   encode,
+  endedWithoutResult,
   inboxPrefixFor,
   JobEventPublisher,
   type JobMessage,
@@ -541,8 +542,5 @@ async function cancelWanted(store: JobStore, job: JobMessage): Promise<boolean> 
   if (own?.record.cancelRequested) return true;
   if (!job.part) return false;
   const parent = (await store.get(job.part.parent))?.record;
-  return (
-    parent !== undefined &&
-    (parent.cancelRequested || (TERMINAL_STATES.has(parent.state) && parent.state !== "succeeded"))
-  );
+  return parent !== undefined && (parent.cancelRequested || endedWithoutResult(parent));
 }
