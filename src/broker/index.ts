@@ -25,7 +25,7 @@ export {
   laneConsumerConfig,
 } from "./keeper.js";
 export type { LaneAsk } from "./keeper.js";
-export { isAlreadyExists, isCasConflict } from "./nats-errors.js";
+export { isAlreadyExists, isCasConflict, isTopologyMissing } from "./nats-errors.js";
 export {
   ACK_WAIT_HEARTBEATS,
   ackWaitMs,

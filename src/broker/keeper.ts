@@ -161,6 +161,11 @@ export async function keepLane(
 /** A keeper: answers lane requests on its connection until closed. */
 export class LaneKeeper {
   private readonly templates = new Map<string, { cfg: ConsumerConfig; at: number }>();
+  /**
+   * The asks being carried out, by lane and ask: the same ask again meanwhile (another worker's, for
+   * the same new user's jobs) waits for that one instead of making the consumer a second time.
+   */
+  private readonly inFlight = new Map<string, Promise<void>>();
   private readonly sub: Subscription;
   private served = 0;
 
@@ -184,7 +189,15 @@ export class LaneKeeper {
     const [, , , queue = "", lane = ""] = msg.subject.split(".");
     try {
       const ask = decode(laneAskSchema, msg.data, "lane request");
-      await keepLane(this.jsm, (q) => this.templateOf(q), queue, lane, ask);
+      const key = `${queue}.${lane}.${ask.cap}.${ask.idleMs}`;
+      let done = this.inFlight.get(key);
+      if (!done) {
+        done = keepLane(this.jsm, (q) => this.templateOf(q), queue, lane, ask).finally(() =>
+          this.inFlight.delete(key),
+        );
+        this.inFlight.set(key, done);
+      }
+      await done;
       msg.respond(encode({ ok: true }));
     } catch (err) {
       const e = asFleetError(err);

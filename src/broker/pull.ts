@@ -59,6 +59,13 @@ class PulledMsg implements JobMsg {
  * Delivery info from the ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.
  * <consumer seq>.<time>.<pending>`, or the newer form with domain and account hash before the stream.
  */
+/** The consumer an ack subject names (see parseAckSubject). */
+function ackConsumer(reply: string): string | undefined {
+  const t = ackTokens(reply);
+  const at = t?.length === 9 ? 3 : (t?.length ?? 0) >= 11 ? 5 : -1;
+  return at < 0 ? undefined : t![at];
+}
+
 export function parseAckSubject(reply: string): JobMsg["info"] | undefined {
   const t = ackTokens(reply);
   if (!t) return undefined;
@@ -75,7 +82,8 @@ export function parseAckSubject(reply: string): JobMsg["info"] | undefined {
  * time is up). Answers come to one inbox
  * subscription for the worker's life (`<inbox>.<n>`, n per pull): a delivered message carries its
  * own subject, not the inbox's, so a status is matched to its pull by subject, and messages belong
- * to the pull in progress. A message that arrives after its pull gave up goes straight back (`nak`).
+ * to the pull in progress when its ack subject names that pull's consumer. Any other is a stray
+ * (see the constructor).
  */
 export class Puller {
   private readonly inbox: string;
@@ -91,9 +99,15 @@ export class Puller {
       }
     | undefined;
 
+  /**
+   * @param stray a message delivered to a pull that is over: one that gave up waiting, or one the
+   *   server kept (nats-server 2.9 never answers a `no_wait` pull whose messages another pull took,
+   *   and delivers the lane's next message to it later). Without one, such a message is given back.
+   */
   constructor(
     private readonly nc: NatsConnection,
     inboxPrefix: string | undefined,
+    private readonly stray: (job: JobMsg) => void = (job) => job.nak(),
   ) {
     this.inbox = createInbox(inboxPrefix);
     this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, msg) => this.receive(err, msg) });
@@ -102,13 +116,22 @@ export class Puller {
   /**
    * Up to `batch` messages of `consumer`; none when it has none to give now, or, with `waitMs`,
    * none within that time (the server waits for a message to arrive, instead of `no_wait`).
+   * A pull not answered within `timeoutMs` fails with `details.unanswered`: its consumer is gone
+   * (nobody answers), or, on nats-server 2.9, a `no_wait` pull's messages were taken by another
+   * pull (never answered; what the server later delivers to it goes to `stray`).
    */
   pull(consumer: string, batch: number, timeoutMs: number, waitMs?: number): Promise<JobMsg[]> {
     if (this.current) return Promise.reject(new BrokerError("a pull is already in progress", { consumer }));
     const token = String(++this.seq);
     return new Promise<JobMsg[]>((resolve, reject) => {
       const timer = setTimeout(
-        () => end(new BrokerError(`pull from ${consumer}: no answer within ${timeoutMs} ms`, { consumer })),
+        () =>
+          end(
+            new BrokerError(`pull from ${consumer}: no answer within ${timeoutMs} ms`, {
+              consumer,
+              unanswered: true,
+            }),
+          ),
         timeoutMs,
       );
       const end = (result: JobMsg[] | Error): void => {
@@ -146,7 +169,9 @@ export class Puller {
     const info = parseAckSubject(msg.reply);
     if (!info) return cur?.done(new BrokerError(`unexpected ack subject ${msg.reply}`, {}));
     const job = new PulledMsg(this.nc, msg.subject, msg.data, msg.headers, msg.reply, info);
-    if (!cur) return job.nak(); // its pull gave up: back to the queue for whoever asks next
+    // Delivered to a pull that is over (see the constructor), or, by the consumer its ack subject
+    // names, to an earlier pull from another lane that the server kept.
+    if (!cur || ackConsumer(msg.reply) !== cur.consumer) return this.stray(job);
     cur.got.push(job);
     if (cur.got.length >= cur.want) cur.done(cur.got);
   }

@@ -98,6 +98,12 @@ export interface PickOptions {
   skip?: (lane: string) => boolean;
   /** Priority points a lane loses (fair share by recent use: its value's MARS time lately). */
   penalty?: (lane: string) => number;
+  /**
+   * Lanes this worker was given a job of (one worker per job, see Dispatcher.makeAhead): among
+   * lanes equal in priority and turn, these go first, so that workers freeing slots at once
+   * take different lanes instead of racing for the same new user's one job.
+   */
+  mine?: (lane: string) => boolean;
 }
 
 export class LaneBoard {
@@ -258,7 +264,7 @@ export class LaneBoard {
    * found so far.
    */
   pick(opts: PickOptions): string | undefined {
-    let best: { lane: string; priority: number; servedAt: number } | undefined;
+    let best: { lane: string; priority: number; servedAt: number; mine: boolean; since: number } | undefined;
     for (const [name, l] of this.lanes) {
       const head = this.head(name, l, opts.now);
       if (!head) continue;
@@ -267,13 +273,19 @@ export class LaneBoard {
       const base = head.job ? judged(head.job, opts.rules).base : 0;
       const priority =
         effectivePriority(opts.rules, base, opts.now - head.since) - (opts.penalty?.(name) ?? 0);
+      const mine = opts.mine?.(name) ?? false;
+      // Then, among equals, the older next job, and the name, so that the choice is the same each time.
       const better =
         !best ||
         priority > best.priority ||
-        (priority === best.priority && l.servedAt < best.servedAt) ||
-        (priority === best.priority && l.servedAt === best.servedAt && name < best.lane);
+        (priority === best.priority &&
+          (l.servedAt < best.servedAt ||
+            (l.servedAt === best.servedAt &&
+              ((mine && !best.mine) ||
+                (mine === best.mine &&
+                  (head.since < best.since || (head.since === best.since && name < best.lane)))))));
       if (better && !(head.job && opts.blocked(head.job)))
-        best = { lane: name, priority, servedAt: l.servedAt };
+        best = { lane: name, priority, servedAt: l.servedAt, mine, since: head.since };
     }
     return best?.lane;
   }

@@ -23,6 +23,7 @@ import {
   JOBS_STREAM,
   type LaneAsk,
   laneConsumerName,
+  isTopologyMissing,
   Puller,
   subjects,
 } from "../broker/index.js";
@@ -70,6 +71,13 @@ const QUIET_MAX_MS = 5000;
 /** The lane-less subject is counted at least once in this many counts (see Dispatcher.count). */
 const LANELESS_RECOUNT = 10;
 const PULL_TIMEOUT_MS = 5000;
+/**
+ * A `no_wait` pull the server has not answered in this time is taken as empty, and the loop goes
+ * on: nats-server 2.9 never answers one whose messages another worker's pull took (two workers
+ * after a new user's one job). Waiting PULL_TIMEOUT_MS for it stalled every free slot of the
+ * worker (two such pulls in a run of 1,000 users' jobs took half of one worker's time).
+ */
+const NO_WAIT_PULL_TIMEOUT_MS = 500;
 
 /**
  * How long a pull from a lane with a cap (`max_ack_pending`) waits on the server, when the lane may
@@ -87,12 +95,29 @@ const CAP_HOLD_MAX_MS = 8000;
 const FRESH_MS = 50;
 const STORE_LAG_MS = 20;
 
+/**
+ * How many lane consumers a worker has made at once, in the background, while it pulls from the
+ * lanes that have one: on a cluster each is a replicated group that takes about a second to form,
+ * which one at a time in the dispatch loop would cost every new user's first job that second.
+ */
+const MAKING_MAX = 16;
+/** How long a lane the ahead group gave this worker a job of is preferred (at most; see pick). */
+const GIVEN_MS = 10_000;
+/** After a failed ask for a lane's consumer, the lane is passed over this long, doubling (to 2 s). */
+const MAKE_RETRY_MS = 100;
+const MAKE_RETRY_MAX_MS = 2000;
+
 /** The queue group of a queue's free workers, woken one per new job (`nats sub` shows it). */
 const wakeGroup = (queue: string): string => `mars-free-workers-${queue}`;
+/** The queue group of all of a queue's workers, one of which makes each new job's lane ahead. */
+const aheadGroup = (queue: string): string => `mars-lane-makers-${queue}`;
 
-/** A pull nobody answered (503): its consumer does not exist. */
-function isNoResponders(err: unknown): boolean {
-  return err instanceof BrokerError && err.details["status"] === 503;
+/**
+ * A pull nobody answered (503), or not within its time: its consumer may be gone (the server
+ * removed an idle lane's), or, on nats-server 2.9, another pull took its messages (Puller).
+ */
+function isUnanswered(err: unknown): boolean {
+  return err instanceof BrokerError && (err.details["status"] === 503 || err.details["unanswered"] === true);
 }
 
 export interface Parked {
@@ -156,6 +181,8 @@ export class Dispatcher {
   /** Lanes whose consumer this worker made sure exists, with the `max_ack_pending` it gave it (-1: none). */
   private readonly consumers = new Map<string, number>();
   private free: number;
+  /** Messages delivered to pulls that were over, to run when the loop comes round (see stray). */
+  private readonly strays: JobMsg[] = [];
   /** A lane-less job heard, or found by the last count, since that count: count that subject. */
   private lanelessSeen = false;
   private countsSinceLaneless = 0;
@@ -172,6 +199,10 @@ export class Dispatcher {
   /** Jobs this worker was woken for and has not taken: passed on if it fills up first. */
   private readonly wokenFor = new Map<string, { lane: string; data: Uint8Array }>();
   private laneless: Subscription | undefined;
+  /** The queue group that has one worker make each new job's lane ahead (see makeAhead). */
+  private aheadBell: Subscription | undefined;
+  /** Lanes the ahead group gave this worker a job of, and when: preferred among equals (pick). */
+  private readonly given = new Map<string, number>();
   /** Other workers' word that a capped lane has room again, or a job of a lane was handed back (see launch, ringFreed). */
   private freed: Subscription | undefined;
   private unreadable = 0;
@@ -189,13 +220,19 @@ export class Dispatcher {
    * redelivered only to a pull, and still counts as in flight until then.
    */
   private readonly atCap = new Map<string, { until: number; strikes: number }>();
+  /**
+   * Lanes whose consumer is being made (or given its cap) in the background, and lanes whose last
+   * ask failed, passed over until `until` (see makeLane).
+   */
+  private readonly making = new Set<string>();
+  private readonly makeFailed = new Map<string, { until: number; strikes: number }>();
   /** How many counts read a known lane consumer back in turn (see readBack). */
   private verified = 0;
 
   private readonly puller: Puller;
 
   constructor(private readonly deps: DispatcherDeps) {
-    this.puller = new Puller(deps.nc, deps.inboxPrefix);
+    this.puller = new Puller(deps.nc, deps.inboxPrefix, (msg) => this.stray(msg));
     // A lane whose pull found nothing is pulled again for what it only counted after a heartbeat
     // interval, at most QUIET_MAX_MS: a dead worker's job, back after its ack wait, waits at most
     // that much longer (5 s on the default 60 s ack wait).
@@ -229,6 +266,15 @@ export class Dispatcher {
       },
     });
     this.syncWakeBell();
+    // One worker per new job, full or not, has its lane's consumer made ahead (see makeAhead).
+    this.aheadBell = deps.nc.subscribe(subjects.lanes(deps.queue), {
+      queue: aheadGroup(deps.queue),
+      callback: (_err, msg) => {
+        const lane = this.laneOf(msg.subject);
+        this.given.set(lane, Date.now());
+        this.makeAhead(lane);
+      },
+    });
     // A job of a capped lane settled on another worker: the lane is no longer at its cap. Or a
     // worker handed a job back: it may be pulled again now, quiet lane or not.
     this.freed = deps.nc.subscribe(subjects.lanesFreed(deps.queue), {
@@ -386,6 +432,8 @@ export class Dispatcher {
     for (const lane of this.board.queued().keys())
       if (!counts.has(lane) && (lane !== "" || laneless)) counts.set(lane, 0);
     for (const [lane, n] of counts) this.board.counted(lane, n, now, mark);
+    for (const [lane, at] of this.given)
+      if (now - at > GIVEN_MS || !counts.get(lane)) this.given.delete(lane);
     await this.readBack([...this.atCap.keys(), ...this.nextToVerify()]);
     if (this.free > 0) this.wake();
   }
@@ -449,6 +497,27 @@ export class Dispatcher {
     this.consumers.set(lane, cap);
   }
 
+  /**
+   * Make sure a lane's consumer is there with this cap: read it (one request), and ask a keeper
+   * only when it is missing or differs (another worker may have had it made: see makeAhead).
+   */
+  private async ensureLane(lane: string, cap: number): Promise<void> {
+    const name = laneConsumerName(this.deps.queue, lane);
+    const found = await this.deps.jsm.consumers.info(JOBS_STREAM, name).catch((err: unknown) => {
+      if (isTopologyMissing(err)) return undefined; // not there: a keeper makes it
+      throw err;
+    });
+    const { queue } = this.deps;
+    if (
+      found &&
+      found.config.filter_subject === subjects.lane(queue, lane) &&
+      (found.config.max_ack_pending ?? -1) === cap &&
+      (this.deps.laneIdleMs === 0) === (found.config.inactive_threshold === undefined)
+    )
+      this.consumers.set(lane, cap);
+    else await this.setCap(lane, cap);
+  }
+
   /** The `max_ack_pending` a lane's consumer gets under the rules in force (-1: no cap; see laneCapOf). */
   private capOf(lane: string): number {
     return lane === "" ? -1 : (laneCapOf(this.rulesNow, this.deps.queue, lane) ?? -1);
@@ -465,6 +534,7 @@ export class Dispatcher {
   private async loop(): Promise<void> {
     let failures = 0;
     while (this.pulling) {
+      if (this.strays.length > 0) await this.takeStrays();
       if (this.free === 0) {
         await this.sleepUntilWoken(COUNT_EVERY_MS);
         continue;
@@ -491,11 +561,17 @@ export class Dispatcher {
             return true;
           },
           unknownHeads: parkRoom,
-          skip: (name) => (this.atCap.get(name)?.until ?? 0) > Date.now(),
+          skip: (name) => (this.atCap.get(name)?.until ?? 0) > Date.now() || !this.mayPull(name),
+          mine: (name) => this.given.has(name),
           ...this.usagePenalty(),
         });
         if (lane === undefined) {
           await this.sleepUntilWoken(COUNT_EVERY_MS);
+          continue;
+        }
+        if (lane !== "" && !this.consumers.has(lane)) {
+          // Its consumer is made in the background; the loop goes on with the lanes that have one.
+          this.makeLane(lane);
           continue;
         }
         const mark = this.board.mark();
@@ -536,6 +612,50 @@ export class Dispatcher {
   }
 
   /**
+   * Whether a lane may be pulled from now: it has a consumer this worker made sure of, or one may be
+   * asked for now (fewer than MAKING_MAX asks in flight, none for this lane, no failure to wait out).
+   */
+  private mayPull(lane: string): boolean {
+    if (lane === "" || this.consumers.has(lane)) return true;
+    if (this.making.has(lane) || this.making.size >= MAKING_MAX) return false;
+    return (this.makeFailed.get(lane)?.until ?? 0) <= Date.now();
+  }
+
+  /**
+   * A new job's lane: have its consumer made now, in the background, by this worker alone (the
+   * server hands each job to one worker of the group), so that whichever worker pulls it later
+   * finds it made. A new user's first job would otherwise wait for it with a slot free: a request
+   * round trip on one server, about a second for a replicated consumer on a cluster. Not beyond
+   * MAKING_MAX at once: a lane not made ahead is made when picked, as before.
+   */
+  private makeAhead(lane: string): void {
+    if (!this.pulling || lane === "" || this.consumers.has(lane) || !this.mayPull(lane)) return;
+    this.makeLane(lane);
+  }
+
+  /**
+   * Have a lane's consumer made in the background (asked of a keeper: broker/keeper.ts), then wake
+   * the loop to pull from it. A failed ask passes the lane over for a while, then asks again.
+   */
+  private makeLane(lane: string): void {
+    this.making.add(lane);
+    this.ensureLane(lane, this.capOf(lane))
+      .then(() => this.makeFailed.delete(lane))
+      .catch((err: unknown) => {
+        const strikes = (this.makeFailed.get(lane)?.strikes ?? 0) + 1;
+        const wait = Math.min(MAKE_RETRY_MAX_MS, MAKE_RETRY_MS * 2 ** (strikes - 1));
+        this.makeFailed.set(lane, { until: Date.now() + wait, strikes });
+        // Said once per lane and failure run; while stopping, a closed connection is expected.
+        if (strikes === 1 && this.pulling)
+          this.deps.log.warn({ err, lane }, "could not have a lane's consumer made; asking again");
+      })
+      .finally(() => {
+        this.making.delete(lane);
+        this.wake();
+      });
+  }
+
+  /**
    * How many messages to pull at once: one when several lanes have work (each pick is a turn of the
    * round-robin), else as many as there are free slots and known jobs in the lane. Under limits,
    * no more than there is room to hold aside: every job pulled may have to wait, and a worker holds
@@ -557,21 +677,46 @@ export class Dispatcher {
     // again after the server removed it for being idle (MARS_LANE_IDLE: lanes cost what is active).
     const cap = this.capOf(lane);
     // A keeper makes it (workers may make no consumer: broker/keeper.ts), or gives it the cap.
-    if (lane !== "" && this.consumers.get(lane) !== cap) await this.setCap(lane, cap);
+    if (lane !== "" && this.consumers.get(lane) !== cap) await this.ensureLane(lane, cap);
     try {
       const mayBeAtCap = cap > 0 && this.board.atMost(lane) >= cap;
       const wait = mayBeAtCap ? Math.max(waitMs ?? 0, CAPPED_PULL_MS) : waitMs;
-      return await this.puller.pull(name, batch, PULL_TIMEOUT_MS, wait);
+      const timeout = wait === undefined ? NO_WAIT_PULL_TIMEOUT_MS : PULL_TIMEOUT_MS;
+      return await this.puller.pull(name, batch, timeout, wait);
     } catch (err) {
       this.consumers.delete(lane); // deleted meanwhile, perhaps: made again before the next pull
       // Nobody answers a pull from a consumer that is gone: the server removed an idle lane's
       // consumer after this worker last made sure of it. Made again now, and pulled once more:
       // its jobs wait in the stream meanwhile (deliver all), none is lost.
-      if (lane !== "" && !again && isNoResponders(err)) {
-        this.deps.log.debug({ lane }, "a lane's consumer was removed while idle: made again");
-        return this.pull(lane, batch, waitMs, true);
+      if (isUnanswered(err)) {
+        if (lane !== "" && !again) {
+          this.deps.log.debug({ lane }, "a pull went unanswered: the lane's consumer is made again if gone");
+          return this.pull(lane, batch, waitMs, true);
+        }
+        // Twice: its messages went to other pulls (nats-server 2.9), or the server is slow. The
+        // lane is taken as empty until the next count; the loop goes on with the others.
+        if (waitMs === undefined) return [];
       }
       throw err;
+    }
+  }
+
+  /**
+   * A message delivered to a pull that was over (Puller): run here when there is a slot for it, as
+   * if pulled now (its lane is its subject's), else given back at once for another pull.
+   */
+  private stray(msg: JobMsg): void {
+    if (!this.pulling || this.free <= 0) return msg.nak();
+    this.strays.push(msg);
+    this.wake();
+  }
+
+  /** Admit the strays there are slots for, the loop's own pulls being over; give the others back. */
+  private async takeStrays(): Promise<void> {
+    const prefix = subjects.lanes(this.deps.queue).slice(0, -1);
+    for (let msg = this.strays.shift(); msg; msg = this.strays.shift()) {
+      if (!this.pulling || this.free <= 0) msg.nak();
+      else await this.admit(msg.subject.startsWith(prefix) ? this.laneOf(msg.subject) : "", msg);
     }
   }
 
@@ -744,11 +889,13 @@ export class Dispatcher {
     this.wake();
     clearInterval(this.countTimer);
     this.doorbell?.unsubscribe();
+    this.aheadBell?.unsubscribe();
     this.syncWakeBell();
     this.laneless?.unsubscribe();
     this.freed?.unsubscribe();
     await this.loopDone;
     this.puller.close();
+    for (const m of this.strays.splice(0)) m.nak();
     clearInterval(this.parkTimer);
     for (const p of this.parkedJobs.splice(0)) {
       p.msg.nak();
