@@ -49,7 +49,11 @@ async function main(): Promise<void> {
     [12, "fair share", (env) => fairShare(env, q ? 300 : 1000)],
     [13, "heavy MARS with rules", (env) => heavyWithRules(env, q ? 100 : 200)],
     [14, "REST API", (env) => restApi(env, q ? 100 : 200)],
-    [15, "many users", (env) => manyUsers(env, q ? 500 : 2000)],
+    [
+      15,
+      "many users",
+      (env) => (q ? manyUsers(env, 1000, [1, 100, 1000]) : manyUsers(env, 20_000, [1, 1000, 20_000])),
+    ],
     [16, "console listing", (env) => consoleListing(env, q ? 2000 : 10_000)],
     [17, "result cache", (env) => resultCache(env, q ? 600 : 3000, q ? 60 : 300)],
     [18, "split fan-out and fan-in", (env) => splitScenario(env, q)],
