@@ -141,6 +141,10 @@ export function rolePermissions(role: Role, inbox: string): RolePermissions {
           p(subjects.cancel("*"), "stop a running job at once when it is cancelled"),
           p(status(RECORD_KEYS.submitted), "see a running job's submission change (a cancel: then read it)"),
           p(subjects.maxDeliveries("*"), "fail jobs that ran out of deliveries"),
+          p(
+            subjects.consumersDeleted,
+            "learn that the server removed an idle lane's consumer (made again before its next pull)",
+          ),
           ...subjects.allJobs.map((s) =>
             p(s, "hear new jobs on its queue's lanes (to choose whom to serve)"),
           ),

@@ -119,6 +119,8 @@ export const subjects = {
   allKeeper: "mars.keeper.lane.*.*",
   dead: (queue: string): string => `mars.dead.${queue}`,
   allDead: "mars.dead.>",
+  /** Server advisories when a consumer of the work queue is removed (a lane's, idle: MARS_LANE_IDLE). */
+  consumersDeleted: `$JS.EVENT.ADVISORY.CONSUMER.DELETED.${JOBS_STREAM}.*`,
   /** Server advisory when a job message ran out of deliveries. */
   maxDeliveries: (consumer: string): string =>
     `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${JOBS_STREAM}.${consumer}`,

@@ -23,6 +23,7 @@ import {
   JOBS_STREAM,
   type LaneAsk,
   laneConsumerName,
+  laneOfConsumer,
   isTopologyMissing,
   Puller,
   subjects,
@@ -201,6 +202,8 @@ export class Dispatcher {
   private laneless: Subscription | undefined;
   /** The queue group that has one worker make each new job's lane ahead (see makeAhead). */
   private aheadBell: Subscription | undefined;
+  /** Advisories of lane consumers the server removed. */
+  private gone: Subscription | undefined;
   /** Lanes the ahead group gave this worker a job of, and when: preferred among equals (pick). */
   private readonly given = new Map<string, number>();
   /** Other workers' word that a capped lane has room again, or a job of a lane was handed back (see launch, ringFreed). */
@@ -273,6 +276,14 @@ export class Dispatcher {
         const lane = this.laneOf(msg.subject);
         this.given.set(lane, Date.now());
         this.makeAhead(lane);
+      },
+    });
+    // The server removed an idle lane's consumer: made again before the lane's next pull, instead
+    // of that pull going unanswered first (NO_WAIT_PULL_TIMEOUT_MS).
+    this.gone = deps.nc.subscribe(subjects.consumersDeleted, {
+      callback: (_err, msg) => {
+        const lane = laneOfConsumer(deps.queue, msg.subject.slice(msg.subject.lastIndexOf(".") + 1));
+        if (lane) this.consumers.delete(lane);
       },
     });
     // A job of a capped lane settled on another worker: the lane is no longer at its cap. Or a
@@ -890,6 +901,7 @@ export class Dispatcher {
     clearInterval(this.countTimer);
     this.doorbell?.unsubscribe();
     this.aheadBell?.unsubscribe();
+    this.gone?.unsubscribe();
     this.syncWakeBell();
     this.laneless?.unsubscribe();
     this.freed?.unsubscribe();
