@@ -8,7 +8,7 @@ import { JOBS_STREAM, QOS_BUCKET, laneOfConsumer } from "../src/broker/subjects.
 import { parseRules } from "../src/qos/rules.js";
 import { writeRules } from "../src/qos/store.js";
 import { OPEN_FLEET } from "../src/broker/signing.js";
-import { BenchEnv, FleetObserver, percentile, pool, rssMb } from "./env.js";
+import { BenchEnv, CpuMeter, FleetObserver, percentile, pool, rssMb } from "./env.js";
 import { round, target, type ScenarioResult } from "./report.js";
 import { fleetVsPool, spawnedAt } from "./throughput.js";
 
@@ -257,8 +257,12 @@ export async function manyUsers(env: BenchEnv, jobs: number, counts: number[]): 
       // BENCH_LANE_IDLE=0: lanes kept for ever, as before MARS_LANE_IDLE (the comparison in PERFORMANCE.md).
       laneIdle: process.env["BENCH_LANE_IDLE"] ?? `${idleMs}ms`,
     };
-    await Promise.all([0, 1].map(() => env.worker(settings)));
+    const workers = await Promise.all([0, 1].map(() => env.worker(settings)));
     const fleet = await env.client(settings);
+    const meter = await CpuMeter.start(
+      workers.map((w) => w.proc.pid!),
+      env.server.pid!,
+    );
     const t0 = Date.now();
     const handles = await pool(
       Array.from({ length: jobs }, (_, i) => i),
@@ -272,6 +276,7 @@ export async function manyUsers(env: BenchEnv, jobs: number, counts: number[]): 
     );
     await Promise.all(handles.map((h) => h.result()));
     const rate = jobs / ((Date.now() - t0) / 1000);
+    const cpu = await meter.perJob(jobs);
     const after = await laneConsumerCount(env, queue);
     const rss = await rssMb(env.server.pid!);
     const deadline = Date.now() + idleMs + 10_000;
@@ -290,7 +295,7 @@ export async function manyUsers(env: BenchEnv, jobs: number, counts: number[]): 
       dispatch.push(spawnedAt(observer.firstLine.get(job.id)) - t);
     }
     await env.killWorkers();
-    return { users, rate, after, idle, rss, dispatch: percentile(dispatch, 50) };
+    return { users, rate, after, idle, rss, cpu, dispatch: percentile(dispatch, 50) };
   };
   const results = [];
   for (const users of counts) results.push(await run(users));
@@ -305,6 +310,9 @@ export async function manyUsers(env: BenchEnv, jobs: number, counts: number[]): 
     figures[`lane consumers after the run, ${r.users} users`] = r.after;
     figures[`nats-server RSS MB after the run, ${r.users} users`] = r.rss;
     figures[`dispatch p50 ms (a new user's job), after ${r.users} users`] = r.dispatch;
+    figures[`fleet CPU ms/job, ${r.users} users`] = r.cpu.total;
+    figures[`nats-server CPU ms/job, ${r.users} users`] = r.cpu.server;
+    ratios[`fleet CPU ms/job, ${r.users} users`] = r.cpu.total / one.cpu.total;
   }
   return {
     scenario: "15 many users",
@@ -313,6 +321,8 @@ export async function manyUsers(env: BenchEnv, jobs: number, counts: number[]): 
       "jobs/s, one user": one.rate,
       "nats-server RSS MB after the run, one user": one.rss,
       "dispatch p50 ms (a new user's job), after one user": one.dispatch,
+      "fleet CPU ms/job, one user": one.cpu.total,
+      "nats-server CPU ms/job, one user": one.cpu.server,
     },
     ratios,
     targets: [
