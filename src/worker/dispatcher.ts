@@ -73,10 +73,10 @@ const QUIET_MAX_MS = 5000;
 const LANELESS_RECOUNT = 10;
 const PULL_TIMEOUT_MS = 5000;
 /**
- * A `no_wait` pull the server has not answered in this time is taken as empty, and the loop goes
- * on: nats-server 2.9 never answers one whose messages another worker's pull took (two workers
- * after a new user's one job). Waiting PULL_TIMEOUT_MS for it stalled every free slot of the
- * worker (two such pulls in a run of 1,000 users' jobs took half of one worker's time).
+ * A `no_wait` pull the server has not answered in this time is given up (see pull): nats-server
+ * never answers one whose messages another worker's pull took (two workers after a new user's one
+ * job; test/pull.test.ts). Waiting PULL_TIMEOUT_MS for it stalled every free slot of the worker
+ * (two such pulls in a run of 1,000 users' jobs took most of one worker's time).
  */
 const NO_WAIT_PULL_TIMEOUT_MS = 500;
 
