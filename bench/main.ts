@@ -52,7 +52,14 @@ async function main(): Promise<void> {
     [
       15,
       "many users",
-      (env) => (q ? manyUsers(env, 1000, [1, 100, 1000]) : manyUsers(env, 20_000, [1, 1000, 20_000])),
+      (env) =>
+        q
+          ? manyUsers(
+              env,
+              Number(process.env["BENCH_MANY"] ?? 1000),
+              process.env["BENCH_MANY"] ? [1, Number(process.env["BENCH_MANY"])] : [1, 100, 1000],
+            )
+          : manyUsers(env, 20_000, [1, 1000, 20_000]),
     ],
     [16, "console listing", (env) => consoleListing(env, q ? 2000 : 10_000)],
     [17, "result cache", (env) => resultCache(env, q ? 600 : 3000, q ? 60 : 300)],

@@ -108,6 +108,8 @@ export interface PickOptions {
 
 export class LaneBoard {
   private readonly lanes = new Map<string, Lane>();
+  /** Lanes with a job left to the worker woken for it (elsewhereUntil): what slotFreed clears. */
+  private readonly deferred = new Set<Lane>();
   private served = 0;
   private hearings = 0;
 
@@ -144,6 +146,7 @@ export class LaneBoard {
     if (!known) {
       l.heard.push({ ...job, heardAt: ++this.hearings });
       l.heardSince++;
+      if (job.elsewhereUntil !== undefined) this.deferred.add(l);
     } else if (job.elsewhereUntil === undefined) delete known.elsewhereUntil; // woken for it after all
   }
 
@@ -173,7 +176,10 @@ export class LaneBoard {
    * again. Those workers may be full by now (a backlog), and this one is free.
    */
   slotFreed(): void {
-    for (const l of this.lanes.values()) for (const h of l.heard) delete h.elsewhereUntil;
+    // Only the lanes that had such a job: with thousands of lanes, all of them at each freed slot
+    // made this the worker's main cost.
+    for (const l of this.deferred) for (const h of l.heard) delete h.elsewhereUntil;
+    this.deferred.clear();
   }
 
   /** Whether the board has `id` as queued in the lane (heard of, not taken here, not found gone). */
@@ -226,7 +232,16 @@ export class LaneBoard {
     } else l.quietUntil = 0;
     if (unheard > 0 && l.unheard === 0) l.unheardSince = now;
     l.unheard = unheard;
-    if (messages === 0 && l.mine === 0 && since === 0) this.lanes.delete(name);
+    if (messages === 0 && l.mine === 0 && since === 0) {
+      this.lanes.delete(name);
+      this.deferred.delete(l);
+    }
+  }
+
+  /** How many jobs the board has queued in the lane (heard of, or counted beyond those). */
+  queuedIn(name: string): number {
+    const l = this.lanes.get(name);
+    return l ? l.heard.length + l.unheard : 0;
   }
 
   /**

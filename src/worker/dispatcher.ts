@@ -673,12 +673,12 @@ export class Dispatcher {
    * at most as many aside as it has slots.
    */
   private batchFor(lane: string): number {
-    const queued = this.board.queued();
-    if (queued.size > 1) return 1;
+    // The board's size, not its queue map: that is built anew, lane by lane, at each call.
+    if (this.board.size > 1) return 1;
     const room = this.rulesNow.rules.some(isLimit)
       ? this.deps.concurrency - this.parkedJobs.length
       : this.deps.concurrency;
-    return Math.max(1, Math.min(this.free, room, queued.get(lane) ?? 1));
+    return Math.max(1, Math.min(this.free, room, this.board.queuedIn(lane) || 1));
   }
 
   private async pull(lane: string, batch: number, waitMs?: number, again = false): Promise<JobMsg[]> {
