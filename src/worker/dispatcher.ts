@@ -683,9 +683,10 @@ export class Dispatcher {
 
   private async pull(lane: string, batch: number, waitMs?: number, again = false): Promise<JobMsg[]> {
     const name = lane === "" ? consumerName(this.deps.queue) : laneConsumerName(this.deps.queue, lane);
-    // The lane-less consumer is the queue's own, made by provisioning; a lane's, before this worker
-    // first pulls from it (made by a keeper the first worker asked), again when the rules change its cap, and
-    // again after the server removed it for being idle (MARS_LANE_IDLE: lanes cost what is active).
+    // The lane-less consumer is the queue's own, made by provisioning. A lane's is made by a keeper
+    // before this worker first pulls from it (asked ahead, or in the background: makeLane), again
+    // when the rules change its cap, and again after the server removed it for being idle
+    // (MARS_LANE_IDLE: lanes cost what is active).
     const cap = this.capOf(lane);
     // A keeper makes it (workers may make no consumer: broker/keeper.ts), or gives it the cap.
     if (lane !== "" && this.consumers.get(lane) !== cap) await this.ensureLane(lane, cap);
