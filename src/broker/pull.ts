@@ -56,24 +56,18 @@ class PulledMsg implements JobMsg {
 }
 
 /**
- * Delivery info from the ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.
- * <consumer seq>.<time>.<pending>`, or the newer form with domain and account hash before the stream.
+ * The consumer and the delivery info an ack subject names: `$JS.ACK.<stream>.<consumer>.<delivered>.
+ * <stream seq>.<consumer seq>.<time>.<pending>`, or the newer form with domain and account hash
+ * before the stream.
  */
-/** The consumer an ack subject names (see parseAckSubject). */
-function ackConsumer(reply: string): string | undefined {
-  const t = ackTokens(reply);
-  const at = t?.length === 9 ? 3 : (t?.length ?? 0) >= 11 ? 5 : -1;
-  return at < 0 ? undefined : t![at];
-}
-
-export function parseAckSubject(reply: string): JobMsg["info"] | undefined {
+function readAckSubject(reply: string): { consumer: string; info: JobMsg["info"] } | undefined {
   const t = ackTokens(reply);
   if (!t) return undefined;
   const at = t.length === 9 ? 4 : t.length >= 11 ? 6 : -1;
   if (at < 0) return undefined;
   const n = (i: number): number => Number(t[at + i]);
   const info = { deliveryCount: n(0), streamSequence: n(1), pending: n(4) };
-  return Object.values(info).every(Number.isInteger) ? info : undefined;
+  return Object.values(info).every(Number.isInteger) ? { consumer: t[at - 1]!, info } : undefined;
 }
 
 /**
@@ -166,12 +160,12 @@ export class Puller {
       const what = `${status} ${msg.headers?.description ?? ""}`.trim();
       return cur.done(new BrokerError(`pull from ${cur.consumer} answered ${what}`, { status }));
     }
-    const info = parseAckSubject(msg.reply);
-    if (!info) return cur?.done(new BrokerError(`unexpected ack subject ${msg.reply}`, {}));
-    const job = new PulledMsg(this.nc, msg.subject, msg.data, msg.headers, msg.reply, info);
+    const ack = readAckSubject(msg.reply);
+    if (!ack) return cur?.done(new BrokerError(`unexpected ack subject ${msg.reply}`, {}));
+    const job = new PulledMsg(this.nc, msg.subject, msg.data, msg.headers, msg.reply, ack.info);
     // Delivered to a pull that is over (see the constructor), or, by the consumer its ack subject
     // names, to an earlier pull from another lane that the server kept.
-    if (!cur || ackConsumer(msg.reply) !== cur.consumer) return this.stray(job);
+    if (!cur || ack.consumer !== cur.consumer) return this.stray(job);
     cur.got.push(job);
     if (cur.got.length >= cur.want) cur.done(cur.got);
   }
