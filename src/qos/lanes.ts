@@ -106,6 +106,35 @@ export interface PickOptions {
   mine?: (lane: string) => boolean;
 }
 
+/** A lane as a choice of `pick`: what orders it against the others. */
+interface Choice {
+  lane: string;
+  priority: number;
+  servedAt: number;
+  mine: boolean;
+  since: number;
+}
+
+/**
+ * Whether a lane goes before `best`: the higher priority; then the lane served longest ago (the
+ * round-robin); then a lane this worker was given a job of; then the older next job; then the
+ * name, so that the choice is the same each time.
+ */
+function ahead(
+  priority: number,
+  servedAt: number,
+  mine: boolean,
+  since: number,
+  lane: string,
+  best: Choice,
+): boolean {
+  if (priority !== best.priority) return priority > best.priority;
+  if (servedAt !== best.servedAt) return servedAt < best.servedAt;
+  if (mine !== best.mine) return mine;
+  if (since !== best.since) return since < best.since;
+  return lane < best.lane;
+}
+
 export class LaneBoard {
   private readonly lanes = new Map<string, Lane>();
   /** Lanes with a job left to the worker woken for it (elsewhereUntil): what slotFreed clears. */
@@ -279,7 +308,7 @@ export class LaneBoard {
    * found so far.
    */
   pick(opts: PickOptions): string | undefined {
-    let best: { lane: string; priority: number; servedAt: number; mine: boolean; since: number } | undefined;
+    let best: Choice | undefined;
     for (const [name, l] of this.lanes) {
       const head = this.head(name, l, opts.now);
       if (!head) continue;
@@ -289,16 +318,7 @@ export class LaneBoard {
       const priority =
         effectivePriority(opts.rules, base, opts.now - head.since) - (opts.penalty?.(name) ?? 0);
       const mine = opts.mine?.(name) ?? false;
-      // Then, among equals, the older next job, and the name, so that the choice is the same each time.
-      const better =
-        !best ||
-        priority > best.priority ||
-        (priority === best.priority &&
-          (l.servedAt < best.servedAt ||
-            (l.servedAt === best.servedAt &&
-              ((mine && !best.mine) ||
-                (mine === best.mine &&
-                  (head.since < best.since || (head.since === best.since && name < best.lane)))))));
+      const better = !best || ahead(priority, l.servedAt, mine, head.since, name, best);
       if (better && !(head.job && opts.blocked(head.job)))
         best = { lane: name, priority, servedAt: l.servedAt, mine, since: head.since };
     }
