@@ -28,6 +28,7 @@ export {
 } from "./lane-counts.js";
 export type { LaneRow, QueueSummary } from "./lane-counts.js";
 export { judged, LaneBoard } from "./lanes.js";
+export type { PickOptions } from "./lanes.js";
 export {
   isCache,
   isDeny,

@@ -22,6 +22,7 @@ import {
   type JobMsg,
   JOBS_STREAM,
   type LaneAsk,
+  laneConsumerConfig,
   laneConsumerName,
   laneOfConsumer,
   isTopologyMissing,
@@ -40,6 +41,7 @@ import {
   type JobFacts,
   judged,
   LaneBoard,
+  type PickOptions,
   laneCapOf,
   laneMessages,
   laneOf,
@@ -355,8 +357,11 @@ export class Dispatcher {
     });
   }
 
+  /** The lane of a job subject of this queue: "" for the lane-less one of earlier clients. */
   private laneOf(subject: string): string {
-    return subject.slice(subjects.lanes(this.deps.queue).length - 1);
+    return subject === subjects.jobs(this.deps.queue)
+      ? ""
+      : subject.slice(subjects.lanes(this.deps.queue).length - 1);
   }
 
   /**
@@ -513,17 +518,20 @@ export class Dispatcher {
    * only when it is missing or differs (another worker may have had it made: see makeAhead).
    */
   private async ensureLane(lane: string, cap: number): Promise<void> {
-    const name = laneConsumerName(this.deps.queue, lane);
-    const found = await this.deps.jsm.consumers.info(JOBS_STREAM, name).catch((err: unknown) => {
+    // As the keeper would make it (the one definition of a lane consumer).
+    const want = laneConsumerConfig(this.deps.template, this.deps.queue, lane, {
+      cap,
+      idleMs: this.deps.laneIdleMs,
+    });
+    const found = await this.deps.jsm.consumers.info(JOBS_STREAM, want.durable_name).catch((err: unknown) => {
       if (isTopologyMissing(err)) return undefined; // not there: a keeper makes it
       throw err;
     });
-    const { queue } = this.deps;
     if (
       found &&
-      found.config.filter_subject === subjects.lane(queue, lane) &&
-      (found.config.max_ack_pending ?? -1) === cap &&
-      (this.deps.laneIdleMs === 0) === (found.config.inactive_threshold === undefined)
+      found.config.filter_subject === want.filter_subject &&
+      found.config.max_ack_pending === want.max_ack_pending &&
+      found.config.inactive_threshold === want.inactive_threshold
     )
       this.consumers.set(lane, cap);
     else await this.setCap(lane, cap);
@@ -554,7 +562,9 @@ export class Dispatcher {
         if (await this.unpark()) continue;
         this.skippedBlocked = false;
         const parkRoom = this.parkedJobs.length < this.deps.concurrency;
-        const lane = this.board.pick({
+        const passedOver = (name: string): boolean =>
+          (this.atCap.get(name)?.until ?? 0) > Date.now() || this.makeFailing(name);
+        const choice: PickOptions = {
           now: Date.now(),
           rules: this.rulesNow,
           blocked: (job) => {
@@ -572,17 +582,24 @@ export class Dispatcher {
             return true;
           },
           unknownHeads: parkRoom,
-          skip: (name) => (this.atCap.get(name)?.until ?? 0) > Date.now() || !this.mayPull(name),
+          skip: passedOver,
           mine: (name) => this.given.has(name),
           ...this.usagePenalty(),
-        });
+        };
+        const lane = this.board.pick(choice);
         if (lane === undefined) {
           await this.sleepUntilWoken(COUNT_EVERY_MS);
           continue;
         }
         if (lane !== "" && !this.consumers.has(lane)) {
-          // Its consumer is made in the background; the loop goes on with the lanes that have one.
-          this.makeLane(lane);
+          // The lane that goes next has no consumer yet. It is made in the background, with the
+          // next lanes in order that have none (a replicated consumer takes about a second to
+          // form), and no lane after it is pulled from meanwhile: the order stays as chosen.
+          if (this.mayMake(lane)) this.makeLane(lane);
+          const unmade: PickOptions = { ...choice, skip: (name) => passedOver(name) || !this.mayMake(name) };
+          for (let next = this.board.pick(unmade); next !== undefined; next = this.board.pick(unmade))
+            this.makeLane(next);
+          await this.sleepUntilWoken(COUNT_EVERY_MS);
           continue;
         }
         const mark = this.board.mark();
@@ -622,14 +639,23 @@ export class Dispatcher {
     }
   }
 
+  /** Whether the last ask for a lane's consumer failed, and the lane is passed over a while yet. */
+  private makeFailing(lane: string): boolean {
+    return (this.makeFailed.get(lane)?.until ?? 0) > Date.now();
+  }
+
   /**
-   * Whether a lane may be pulled from now: it has a consumer this worker made sure of, or one may be
-   * asked for now (fewer than MAKING_MAX asks in flight, none for this lane, no failure to wait out).
+   * Whether a lane's consumer may be asked for now: the lane has none this worker knows of, none
+   * is being asked for, fewer than MAKING_MAX asks are in flight, and no failure is waited out.
    */
-  private mayPull(lane: string): boolean {
-    if (lane === "" || this.consumers.has(lane)) return true;
-    if (this.making.has(lane) || this.making.size >= MAKING_MAX) return false;
-    return (this.makeFailed.get(lane)?.until ?? 0) <= Date.now();
+  private mayMake(lane: string): boolean {
+    return (
+      lane !== "" &&
+      !this.consumers.has(lane) &&
+      !this.making.has(lane) &&
+      this.making.size < MAKING_MAX &&
+      !this.makeFailing(lane)
+    );
   }
 
   /**
@@ -640,8 +666,7 @@ export class Dispatcher {
    * MAKING_MAX at once: a lane not made ahead is made when picked, as before.
    */
   private makeAhead(lane: string): void {
-    if (!this.pulling || lane === "" || this.consumers.has(lane) || !this.mayPull(lane)) return;
-    this.makeLane(lane);
+    if (this.pulling && this.mayMake(lane)) this.makeLane(lane);
   }
 
   /**
@@ -725,10 +750,9 @@ export class Dispatcher {
 
   /** Admit the strays there are slots for, the loop's own pulls being over; give the others back. */
   private async takeStrays(): Promise<void> {
-    const prefix = subjects.lanes(this.deps.queue).slice(0, -1);
     for (let msg = this.strays.shift(); msg; msg = this.strays.shift()) {
       if (!this.pulling || this.free <= 0) msg.nak();
-      else await this.admit(msg.subject.startsWith(prefix) ? this.laneOf(msg.subject) : "", msg);
+      else await this.admit(this.laneOf(msg.subject), msg);
     }
   }
 
