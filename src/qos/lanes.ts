@@ -17,6 +17,7 @@ import {
   type JobShape,
   type LimitSlot,
 } from "./evaluate.js";
+import { compare, LaneOrder, type Place, type Standing } from "./lane-order.js";
 import type { QosRules } from "./rules.js";
 
 /** A queued job the worker heard about: its id, when it was submitted, and what the rules look at. */
@@ -98,47 +99,19 @@ export interface PickOptions {
   skip?: (lane: string) => boolean;
   /** Priority points a lane loses (fair share by recent use: its value's MARS time lately). */
   penalty?: (lane: string) => number;
-  /**
-   * Lanes this worker was given a job of (one worker per job, see Dispatcher.makeAhead): among
-   * lanes equal in priority and turn, these go first, so that workers freeing slots at once
-   * take different lanes instead of racing for the same new user's one job.
-   */
-  mine?: (lane: string) => boolean;
-}
-
-/** A lane as a choice of `pick`: what orders it against the others. */
-interface Choice {
-  lane: string;
-  priority: number;
-  servedAt: number;
-  mine: boolean;
-  since: number;
-}
-
-/**
- * Whether a lane goes before `best`: the higher priority; then the lane served longest ago (the
- * round-robin); then a lane this worker was given a job of; then the older next job; then the
- * name, so that the choice is the same each time.
- */
-function ahead(
-  priority: number,
-  servedAt: number,
-  mine: boolean,
-  since: number,
-  lane: string,
-  best: Choice,
-): boolean {
-  if (priority !== best.priority) return priority > best.priority;
-  if (servedAt !== best.servedAt) return servedAt < best.servedAt;
-  if (mine !== best.mine) return mine;
-  if (since !== best.since) return since < best.since;
-  return lane < best.lane;
 }
 
 export class LaneBoard {
   private readonly lanes = new Map<string, Lane>();
   /** Lanes with a job left to the worker woken for it (elsewhereUntil): what slotFreed clears. */
   private readonly deferred = new Set<Lane>();
+  /**
+   * Lanes this worker was given a job of (one worker per job, see Dispatcher.makeAhead), and when:
+   * among lanes equal in priority and turn, these go first (see `compare`).
+   */
+  private readonly given = new Map<string, number>();
+  /** The lanes in the order they are served, kept as they change (see `inOrder`); none under a penalty. */
+  private order: LaneOrder | undefined;
   private served = 0;
   private hearings = 0;
 
@@ -176,6 +149,7 @@ export class LaneBoard {
       l.heard.push({ ...job, heardAt: ++this.hearings });
       l.heardSince++;
       if (job.elsewhereUntil !== undefined) this.deferred.add(l);
+      if (l.heard.length === 1) this.place(name);
     } else if (job.elsewhereUntil === undefined) delete known.elsewhereUntil; // woken for it after all
   }
 
@@ -198,6 +172,7 @@ export class LaneBoard {
     } else if (l.unheard > 0) l.unheard--;
     else l.heard.shift(); // one we did not hear of after all (or garbage): the head is gone either way
     l.servedAt = ++this.served;
+    this.place(name);
   }
 
   /**
@@ -232,6 +207,7 @@ export class LaneBoard {
     l.unheard = 0;
     l.quietUntil = now + this.quietMs;
     l.quietFloor = l.counted;
+    this.place(name);
   }
 
   /** A worker handed a message of the lane back (or its retry delay ran out): worth a pull again. */
@@ -265,6 +241,22 @@ export class LaneBoard {
       this.lanes.delete(name);
       this.deferred.delete(l);
     }
+    this.place(name);
+  }
+
+  /** The ahead group gave this worker a job of the lane (see `compare`: preferred among equals). */
+  give(name: string, at: number): void {
+    this.given.set(name, at);
+    this.place(name);
+  }
+
+  /** Forget the lanes given to this worker that `keep` no longer keeps. */
+  forgetGiven(keep: (name: string, at: number) => boolean): void {
+    for (const [name, at] of this.given)
+      if (!keep(name, at)) {
+        this.given.delete(name);
+        this.place(name);
+      }
   }
 
   /** How many jobs the board has queued in the lane (heard of, or counted beyond those). */
@@ -302,25 +294,90 @@ export class LaneBoard {
     return { lane: name, job, since: job.submittedAt };
   }
 
-  /**
-   * The lane to pull from next, or undefined when none has a job this worker may take. `blocked`
-   * (the costly test: it looks up limit slots) is asked only of a lane that would beat the best
-   * found so far.
-   */
+  /** What places a lane in the order (undefined: nothing this worker knows is queued there). */
+  private standing(name: string, l: Lane, rules: QosRules): Standing | undefined {
+    const mine = this.given.has(name);
+    if (l.unheard > 0) return { base: 0, since: l.unheardSince, servedAt: l.servedAt, mine };
+    const job = l.heard[0];
+    if (!job) return undefined;
+    return { base: judged(job, rules).base, since: job.submittedAt, servedAt: l.servedAt, mine };
+  }
+
+  /** Put a lane that changed in its place in the order (when there is one). */
+  private place(name: string): void {
+    if (!this.order) return;
+    const l = this.lanes.get(name);
+    this.order.set(name, l && this.standing(name, l, this.order.rules));
+  }
+
+  /** The order for these rules at `now`: kept from the last choice, made anew when the rules changed. */
+  private orderAt(rules: QosRules, now: number): LaneOrder {
+    if (!this.order || this.order.rules !== rules || now < this.order.time) {
+      this.order = new LaneOrder(rules, now);
+      for (const [name, l] of this.lanes) this.order.set(name, this.standing(name, l, rules));
+    } else this.order.advance(now);
+    return this.order;
+  }
+
+  /** Whether a slot may pull from the lane now, by `opts` (`blocked` last: the costly test). */
+  private eligible(name: string, l: Lane, opts: PickOptions): boolean {
+    const head = this.head(name, l, opts.now);
+    if (!head || (!head.job && !opts.unknownHeads) || opts.skip?.(name)) return false;
+    return !(head.job && opts.blocked(head.job));
+  }
+
+  /** The lane to pull from next (the first of `inOrder`), or undefined when none has a job this worker may take. */
   pick(opts: PickOptions): string | undefined {
-    let best: Choice | undefined;
+    if (opts.penalty) return this.scan(opts);
+    for (const name of this.inOrder(opts)) return name;
+    return undefined;
+  }
+
+  /**
+   * The lanes a slot may pull from, in the order it takes them (`compare`), looking at no more
+   * than `within` lanes. The order is kept as lanes change, so the first costs a few steps however
+   * many lanes there are; under a penalty for recent use, every lane is read and sorted.
+   */
+  *inOrder(opts: PickOptions, within = Infinity): Generator<string, void, undefined> {
+    let looked = 0;
+    if (opts.penalty) {
+      this.order = undefined; // a penalty moves lanes as usage and time go: not kept in order
+      const places = [...this.lanes].flatMap(([name, l]) => {
+        const place = this.placeAt(name, l, opts);
+        return place ? [place] : [];
+      });
+      for (const place of places.sort(compare)) {
+        if (++looked > within) return;
+        if (this.eligible(place.lane, this.lanes.get(place.lane)!, opts)) yield place.lane;
+      }
+      return;
+    }
+    for (const name of this.orderAt(opts.rules, opts.now).lanes()) {
+      if (++looked > within) return;
+      if (this.eligible(name, this.lanes.get(name)!, opts)) yield name;
+    }
+  }
+
+  /** A lane's place at `opts.now`, read afresh (the penalty included). */
+  private placeAt(name: string, l: Lane, opts: PickOptions): Place | undefined {
+    const s = this.standing(name, l, opts.rules);
+    if (!s) return undefined;
+    const priority = effectivePriority(opts.rules, s.base, opts.now - s.since) - (opts.penalty?.(name) ?? 0);
+    return { lane: name, priority, servedAt: s.servedAt, mine: s.mine, since: s.since };
+  }
+
+  /**
+   * The choice by reading every lane: the best lane of `compare` that a slot may pull from.
+   * `blocked` (the costly test: it looks up limit slots) is asked only of a lane that would beat
+   * the best found so far.
+   */
+  scan(opts: PickOptions): string | undefined {
+    let best: Place | undefined;
     for (const [name, l] of this.lanes) {
       const head = this.head(name, l, opts.now);
-      if (!head) continue;
-      if (!head.job && !opts.unknownHeads) continue;
-      if (opts.skip?.(name)) continue;
-      const base = head.job ? judged(head.job, opts.rules).base : 0;
-      const priority =
-        effectivePriority(opts.rules, base, opts.now - head.since) - (opts.penalty?.(name) ?? 0);
-      const mine = opts.mine?.(name) ?? false;
-      const better = !best || ahead(priority, l.servedAt, mine, head.since, name, best);
-      if (better && !(head.job && opts.blocked(head.job)))
-        best = { lane: name, priority, servedAt: l.servedAt, mine, since: head.since };
+      if (!head || (!head.job && !opts.unknownHeads) || opts.skip?.(name)) continue;
+      const place = this.placeAt(name, l, opts)!;
+      if ((!best || compare(place, best) < 0) && !(head.job && opts.blocked(head.job))) best = place;
     }
     return best?.lane;
   }

@@ -104,6 +104,12 @@ const STORE_LAG_MS = 20;
  * which one at a time in the dispatch loop would cost every new user's first job that second.
  */
 const MAKING_MAX = 16;
+/**
+ * How far down the order a worker looks for lanes to have made beside the one it waits for: the
+ * lanes in front may all have their consumers (made ahead), and reading past them all would cost
+ * what keeping the lanes in order saves. A lane further back is made when its turn comes.
+ */
+const LOOK_AHEAD = 4 * MAKING_MAX;
 /** How long a lane the ahead group gave this worker a job of is preferred (at most; see pick). */
 const GIVEN_MS = 10_000;
 /** After a failed ask for a lane's consumer, the lane is passed over this long, doubling (to 2 s). */
@@ -206,8 +212,6 @@ export class Dispatcher {
   private aheadBell: Subscription | undefined;
   /** Advisories of lane consumers the server removed. */
   private gone: Subscription | undefined;
-  /** Lanes the ahead group gave this worker a job of, and when: preferred among equals (pick). */
-  private readonly given = new Map<string, number>();
   /** Other workers' word that a capped lane has room again, or a job of a lane was handed back (see launch, ringFreed). */
   private freed: Subscription | undefined;
   private unreadable = 0;
@@ -276,7 +280,7 @@ export class Dispatcher {
       queue: aheadGroup(deps.queue),
       callback: (_err, msg) => {
         const lane = this.laneOf(msg.subject);
-        this.given.set(lane, Date.now());
+        this.board.give(lane, Date.now());
         this.makeAhead(lane);
       },
     });
@@ -448,8 +452,7 @@ export class Dispatcher {
     for (const lane of this.board.queued().keys())
       if (!counts.has(lane) && (lane !== "" || laneless)) counts.set(lane, 0);
     for (const [lane, n] of counts) this.board.counted(lane, n, now, mark);
-    for (const [lane, at] of this.given)
-      if (now - at > GIVEN_MS || !counts.get(lane)) this.given.delete(lane);
+    this.board.forgetGiven((lane, at) => now - at <= GIVEN_MS && (counts.get(lane) ?? 0) > 0);
     await this.readBack([...this.atCap.keys(), ...this.nextToVerify()]);
     if (this.free > 0) this.wake();
   }
@@ -583,7 +586,6 @@ export class Dispatcher {
           },
           unknownHeads: parkRoom,
           skip: passedOver,
-          mine: (name) => this.given.has(name),
           ...this.usagePenalty(),
         };
         const lane = this.board.pick(choice);
@@ -593,12 +595,17 @@ export class Dispatcher {
         }
         if (lane !== "" && !this.consumers.has(lane)) {
           // The lane that goes next has no consumer yet. It is made in the background, with the
-          // next lanes in order that have none (a replicated consumer takes about a second to
-          // form), and no lane after it is pulled from meanwhile: the order stays as chosen.
+          // next lanes in order that have none, among the next LOOK_AHEAD (a replicated consumer
+          // takes about a second to form), and no lane after it is pulled from meanwhile: the
+          // order stays as chosen.
           if (this.mayMake(lane)) this.makeLane(lane);
           const unmade: PickOptions = { ...choice, skip: (name) => passedOver(name) || !this.mayMake(name) };
-          for (let next = this.board.pick(unmade); next !== undefined; next = this.board.pick(unmade))
-            this.makeLane(next);
+          const next: string[] = [];
+          for (const name of this.board.inOrder(unmade, LOOK_AHEAD)) {
+            next.push(name);
+            if (this.making.size + next.length >= MAKING_MAX) break;
+          }
+          for (const name of next) this.makeLane(name);
           await this.sleepUntilWoken(COUNT_EVERY_MS);
           continue;
         }
