@@ -22,6 +22,7 @@ export {
   KEEPER_TIMEOUT_MS,
   keepLane,
   LaneKeeper,
+  isLaneAsWanted,
   laneConsumerConfig,
 } from "./keeper.js";
 export type { LaneAsk } from "./keeper.js";

@@ -113,6 +113,15 @@ export function laneConsumerConfig(
   };
 }
 
+/** Whether a consumer found is a lane's as `want` defines it (filter, cap, idle time). */
+export function isLaneAsWanted(found: ConsumerConfig, want: Partial<ConsumerConfig>): boolean {
+  return (
+    found.filter_subject === want.filter_subject &&
+    found.max_ack_pending === want.max_ack_pending &&
+    found.inactive_threshold === want.inactive_threshold
+  );
+}
+
 /**
  * Make or edit a lane's consumer as asked: the one place a lane consumer is configured. Throws
  * MessageInvalidError for a queue or lane that is not one literal token, TopologyMissingError for
@@ -142,6 +151,7 @@ export async function keepLane(
       consumer: cfg.durable_name,
       filter: found.config.filter_subject,
     });
+  if (found && isLaneAsWanted(found.config, cfg)) return; // as asked already: another worker's ask
   if (!found) {
     try {
       await jsm.consumers.add(JOBS_STREAM, cfg);

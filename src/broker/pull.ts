@@ -74,14 +74,20 @@ function readAckSubject(reply: string): { consumer: string; info: JobMsg["info"]
  * Pulls, one at a time, each for up to `batch` messages with `no_wait`: the server answers at once
  * with what it has, ending with a status when it has fewer than asked (or, with `waitMs`, when that
  * time is up). Answers come to one inbox
- * subscription for the worker's life (`<inbox>.<n>`, n per pull): a delivered message carries its
- * own subject, not the inbox's, so a status is matched to its pull by subject, and messages belong
- * to the pull in progress when its ack subject names that pull's consumer. Any other is a stray
- * (see the constructor).
+ * subscription (`<inbox>.<n>`, n per pull): a delivered message carries its own subject, not the
+ * inbox's, so a status is matched to its pull by subject, and messages belong to the pull in
+ * progress when its ack subject names that pull's consumer. Any other is a stray (see the
+ * constructor).
+ *
+ * A pull given up unanswered moves the inbox: the old subscription is drained and a new one made.
+ * The server keeps a `no_wait` pull it forgot (nats-server 2.9) as long as its reply subject has a
+ * subscriber, and a pull consumer with a request waiting is never idle, so a lane's consumer would
+ * outlive its inactive threshold for as long as the worker. With nobody behind the old inbox, the
+ * server drops the request (at its next look at the consumer's waiting pulls).
  */
 export class Puller {
-  private readonly inbox: string;
-  private readonly sub: Subscription;
+  private inbox: string;
+  private sub: Subscription;
   private seq = 0;
   private current:
     | {
@@ -100,11 +106,29 @@ export class Puller {
    */
   constructor(
     private readonly nc: NatsConnection,
-    inboxPrefix: string | undefined,
+    private readonly inboxPrefix: string | undefined,
     private readonly stray: (job: JobMsg) => void = (job) => job.nak(),
   ) {
     this.inbox = createInbox(inboxPrefix);
-    this.sub = nc.subscribe(`${this.inbox}.*`, { callback: (err, msg) => this.receive(err, msg) });
+    this.sub = this.listen(this.inbox);
+  }
+
+  private listen(inbox: string): Subscription {
+    return this.nc.subscribe(`${inbox}.*`, { callback: (err, msg) => this.receive(err, msg) });
+  }
+
+  /**
+   * Move to a new inbox, and drain the old one: what the server sent there before it heard the
+   * unsubscribe still arrives (to `receive`: a stray, or the next pull's), and the pulls it kept
+   * for that inbox lose their subscriber, which makes the server drop them.
+   */
+  private moveInbox(): void {
+    const old = this.sub;
+    this.inbox = createInbox(this.inboxPrefix);
+    this.sub = this.listen(this.inbox);
+    // A drain that fails leaves the old inbox unsubscribed or the connection closing: either way
+    // nothing more is received there, which is what moving meant.
+    old.drain().catch(() => undefined);
   }
 
   /**
@@ -118,16 +142,15 @@ export class Puller {
     if (this.current) return Promise.reject(new BrokerError("a pull is already in progress", { consumer }));
     const token = String(++this.seq);
     return new Promise<JobMsg[]>((resolve, reject) => {
-      const timer = setTimeout(
-        () =>
-          end(
-            new BrokerError(`pull from ${consumer}: no answer within ${timeoutMs} ms`, {
-              consumer,
-              unanswered: true,
-            }),
-          ),
-        timeoutMs,
-      );
+      const timer = setTimeout(() => {
+        end(
+          new BrokerError(`pull from ${consumer}: no answer within ${timeoutMs} ms`, {
+            consumer,
+            unanswered: true,
+          }),
+        );
+        this.moveInbox(); // the server may keep the request: leave it nobody to answer
+      }, timeoutMs);
       const end = (result: JobMsg[] | Error): void => {
         clearTimeout(timer);
         this.current = undefined;

@@ -22,6 +22,7 @@ import {
   type JobMsg,
   JOBS_STREAM,
   type LaneAsk,
+  isLaneAsWanted,
   laneConsumerConfig,
   laneConsumerName,
   laneOfConsumer,
@@ -530,13 +531,7 @@ export class Dispatcher {
       if (isTopologyMissing(err)) return undefined; // not there: a keeper makes it
       throw err;
     });
-    if (
-      found &&
-      found.config.filter_subject === want.filter_subject &&
-      found.config.max_ack_pending === want.max_ack_pending &&
-      found.config.inactive_threshold === want.inactive_threshold
-    )
-      this.consumers.set(lane, cap);
+    if (found && isLaneAsWanted(found.config, want)) this.consumers.set(lane, cap);
     else await this.setCap(lane, cap);
   }
 
@@ -599,13 +594,7 @@ export class Dispatcher {
           // takes about a second to form), and no lane after it is pulled from meanwhile: the
           // order stays as chosen.
           if (this.mayMake(lane)) this.makeLane(lane);
-          const unmade: PickOptions = { ...choice, skip: (name) => passedOver(name) || !this.mayMake(name) };
-          const next: string[] = [];
-          for (const name of this.board.inOrder(unmade, LOOK_AHEAD)) {
-            next.push(name);
-            if (this.making.size + next.length >= MAKING_MAX) break;
-          }
-          for (const name of next) this.makeLane(name);
+          this.makeNext(choice, passedOver);
           await this.sleepUntilWoken(COUNT_EVERY_MS);
           continue;
         }
@@ -677,12 +666,28 @@ export class Dispatcher {
   }
 
   /**
+   * Have the lanes next in order that have no consumer made, among the next LOOK_AHEAD, up to
+   * MAKING_MAX asks at once.
+   */
+  private makeNext(choice: PickOptions, passedOver: (lane: string) => boolean): void {
+    const unmade: PickOptions = { ...choice, skip: (name) => passedOver(name) || !this.mayMake(name) };
+    const next: string[] = [];
+    for (const name of this.board.inOrder(unmade, LOOK_AHEAD)) {
+      if (this.making.size + next.length >= MAKING_MAX) break;
+      next.push(name);
+    }
+    for (const name of next) this.makeLane(name);
+  }
+
+  /**
    * Have a lane's consumer made in the background (asked of a keeper: broker/keeper.ts), then wake
    * the loop to pull from it. A failed ask passes the lane over for a while, then asks again.
    */
   private makeLane(lane: string): void {
     this.making.add(lane);
-    this.ensureLane(lane, this.capOf(lane))
+    // Asked of a keeper straight away, not read first: a lane this worker has not seen is most often
+    // a new user's, and a keeper finds one made by another worker as asked in the same one read.
+    this.setCap(lane, this.capOf(lane))
       .then(() => this.makeFailed.delete(lane))
       .catch((err: unknown) => {
         const strikes = (this.makeFailed.get(lane)?.strikes ?? 0) + 1;
