@@ -355,8 +355,8 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
         "<=",
         10,
       ),
-      // At most 10: a lane whose last pull lost a race on nats-server 2.9 keeps its consumer until
-      // its next job (PROTOCOL.md, pulls); none of these users has work any more.
+      // At most 10 plus the active users (#26), and none of these users has work any more. A pull
+      // the server forgot no longer keeps a lane's consumer (PROTOCOL.md, pulls).
       target(`lane consumers left once idle, ${last.users} users`, last.idle, "", "<=", 10),
       target(`nats-server RSS, ${last.users} users / one user`, round(last.rss / one.rss, 2), "x", "<=", 1.5),
     ],
