@@ -328,7 +328,10 @@ export class LaneBoard {
 
   /** The lane to pull from next (the first of `inOrder`), or undefined when none has a job this worker may take. */
   pick(opts: PickOptions): string | undefined {
-    if (opts.penalty) return this.scan(opts);
+    if (opts.penalty) {
+      this.order = undefined; // a penalty moves lanes as usage and time go: not kept in order
+      return this.scan(opts);
+    }
     for (const name of this.inOrder(opts)) return name;
     return undefined;
   }
