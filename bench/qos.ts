@@ -248,6 +248,7 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
   const idleMs = 3000;
   const run = async (env: BenchEnv, users: number) => {
     const observer = await FleetObserver.start(await env.nc());
+
     const queue = BenchEnv.queue(`users${users}`);
     const settings = {
       queue,
@@ -258,6 +259,10 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
       laneIdle: process.env["BENCH_LANE_IDLE"] ?? `${idleMs}ms`,
     };
     const workers = await Promise.all([0, 1].map(() => env.worker(settings)));
+    // BENCH_MANY_RULES: QoS rules in force during the runs (for example `usage: {window: 24h,
+    // weight: 1}`: fair share by recent use, whose every user's record the workers follow).
+    const rulesText = process.env["BENCH_MANY_RULES"];
+    if (rulesText) await applyRules(env, rulesText);
     const fleet = await env.client(settings);
     const meter = await CpuMeter.start(
       workers.map((w) => w.proc.pid!),

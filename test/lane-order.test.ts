@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import fc from "fast-check";
 import { LaneBoard, type Heard, type PickOptions } from "../src/qos/lanes.js";
 import { parseRules, type QosRules } from "../src/qos/rules.js";
+import { addUsage, usageChangesAt, usagePenalty, usedWithin, type UsageRecord } from "../src/qos/usage.js";
 
 /**
  * The kept order of lanes (LaneBoard.inOrder, src/qos/lane-order.ts) against reading every lane
@@ -12,9 +13,11 @@ import { parseRules, type QosRules } from "../src/qos/rules.js";
 
 const LANES = ["a", "b", "c", "d", "e", "f", "g", "h"];
 
-function rulesWith(aging: number): QosRules {
+/** Rules with aging, priorities and (`usage`) a point of priority lost per second of MARS time in the last minute. */
+function rulesWith(aging: number, usage = false): QosRules {
   return parseRules(`fairShare: user
 agingPerMinute: ${aging}
+${usage ? "usage: { window: 1m, weight: 3600 }" : ""}
 rules:
   - { name: vip, match: { user: a }, priority: 6 }
   - { name: low, match: { user: b }, priority: -3 }
@@ -34,10 +37,19 @@ type Op =
   | { kind: "settled"; lane: number }
   | { kind: "time"; ms: number }
   | { kind: "rules"; which: number }
+  | { kind: "use"; lane: number; seconds: number }
   | { kind: "check"; unknownHeads: boolean; blockSeed: number; skipSeed: number };
 
 const lane = fc.integer({ min: 0, max: LANES.length - 1 });
 const op: fc.Arbitrary<Op> = fc.oneof(
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant("use" as const),
+      lane,
+      seconds: fc.double({ min: 0.05, max: 4, noNaN: true }),
+    }),
+  },
   {
     weight: 5,
     arbitrary: fc.record({
@@ -81,7 +93,7 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   },
   {
     weight: 1,
-    arbitrary: fc.record({ kind: fc.constant("rules" as const), which: fc.integer({ min: 0, max: 3 }) }),
+    arbitrary: fc.record({ kind: fc.constant("rules" as const), which: fc.integer({ min: 0, max: 5 }) }),
   },
   {
     weight: 4,
@@ -132,17 +144,40 @@ describe("QoS lanes: the kept order", () => {
   it("chooses as reading every lane does, whatever lanes hear, take, count and give, as time goes", () => {
     // Aging of 0 (priorities fixed), a fraction of a point a minute, and 30 a minute (a step every
     // 2 s, so that lanes move within the runs of time below), with and without priority rules.
-    const ruleSets = [rulesWith(0), rulesWith(6), rulesWith(30), parseRules("fairShare: user\n")];
+    // Then the same two with fair share by recent use: a user's penalty rises as her jobs end
+    // (told to the kept board, as the usage table's watch does) and falls as her use leaves the
+    // minute's window (by time alone).
+    const ruleSets = [
+      rulesWith(0),
+      rulesWith(6),
+      rulesWith(30),
+      parseRules("fairShare: user\n"),
+      rulesWith(6, true),
+      rulesWith(30, true),
+    ];
+    const windowMs = 60_000;
     fc.assert(
-      fc.property(fc.nat(3), fc.array(op, { minLength: 20, maxLength: 150, size: "max" }), (first, ops) => {
+      fc.property(fc.nat(5), fc.array(op, { minLength: 20, maxLength: 150, size: "max" }), (first, ops) => {
         const kept = new LaneBoard(3000);
         const read = new LaneBoard(3000);
         let now = 1_000_000;
         let rules = ruleSets[first]!;
         let n = 0;
         const heardIds = new Map<string, string[]>();
+        const used = new Map<string, UsageRecord>();
+        // The penalty under the rules of a choice (as the dispatcher makes it at each choice).
+        const penaltyUnder =
+          (r: QosRules) =>
+          (name: string, at: number): number =>
+            usagePenalty(r, usedWithin(used.get(name), at, windowMs));
         for (const o of ops) {
           switch (o.kind) {
+            case "use": {
+              const name = LANES[o.lane]!;
+              used.set(name, addUsage(used.get(name), now, o.seconds, windowMs));
+              kept.penaltyChanged(name);
+              break;
+            }
             case "heard": {
               const name = LANES[o.lane]!;
               const id = `j${++n}`;
@@ -197,8 +232,17 @@ describe("QoS lanes: the kept order", () => {
                 unknownHeads: o.unknownHeads,
                 blocked: (job) => hit(o.blockSeed, job.id, 3),
                 skip: (name) => hit(o.skipSeed, name, 4),
+                ...(rules.usage && { penalty: penaltyUnder(rules) }),
               };
-              const order = [...kept.inOrder(opts)];
+              const order = [
+                ...kept.inOrder({
+                  ...opts,
+                  ...(rules.usage && {
+                    penaltyChangesAt: (name: string, at: number) =>
+                      usageChangesAt(used.get(name), at, windowMs),
+                  }),
+                }),
+              ];
               // The reference order: read every lane, again and again, leaving out those listed.
               const expected: string[] = [];
               for (;;) {
@@ -210,9 +254,16 @@ describe("QoS lanes: the kept order", () => {
                 expected.push(next);
               }
               assert.deepEqual(order, expected, `at ${now}, rules ${ruleSets.indexOf(rules)}`);
-              assert.equal(kept.pick(opts), expected[0]);
+              const keptOpts: PickOptions = {
+                ...opts,
+                ...(rules.usage && {
+                  penaltyChangesAt: (name: string, at: number) =>
+                    usageChangesAt(used.get(name), at, windowMs),
+                }),
+              };
+              assert.equal(kept.pick(keptOpts), expected[0]);
               // Looking at no more than k lanes: a beginning of the order, of at most k.
-              const some = [...kept.inOrder(opts, 2)];
+              const some = [...kept.inOrder(keptOpts, 2)];
               assert.ok(some.length <= 2);
               assert.deepEqual(some, order.slice(0, some.length));
               break;
@@ -220,7 +271,7 @@ describe("QoS lanes: the kept order", () => {
           }
         }
       }),
-      { numRuns: 400 },
+      { numRuns: 1000 },
     );
   });
 });

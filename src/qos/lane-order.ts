@@ -4,11 +4,11 @@
  * lane was most of a worker's own CPU (PERFORMANCE.md, "Many users").
  *
  * A lane's place depends on time as well as on its jobs: a waiting job's priority rises with aging
- * (`effectivePriority`). Each lane whose priority will still rise has the moment of its next step
- * on a second sorted list, and is moved when the board's clock passes it, so the order is the one
- * a full reading would give at that moment. What does not fit this (a penalty for recent use,
- * which changes as the usage table and its window move) is chosen by reading every lane, as before
- * (LaneBoard.pick).
+ * (`effectivePriority`), and a penalty for recent use falls as that use leaves its window. Each
+ * lane whose place will still change by time has the moment of its next change on a second sorted
+ * list, and is placed again when the board's clock passes it, so the order is the one a full
+ * reading would give at that moment. Other changes of a penalty (a user's job ended) are told to
+ * the board (LaneBoard.penaltyChanged).
  */
 import btree from "sorted-btree";
 import { effectivePriority, topPriority } from "./evaluate.js";
@@ -17,7 +17,7 @@ import type { QosRules } from "./rules.js";
 /** What orders a lane among the others. */
 export interface Place {
   lane: string;
-  /** Its next job's priority now: base, aging, less any penalty. */
+  /** Its next job's priority now: base, aging, less the penalty. */
   priority: number;
   /** Order of the last pull that returned a job from this lane (0: none yet). */
   servedAt: number;
@@ -47,10 +47,14 @@ export interface Standing {
   since: number;
   servedAt: number;
   mine: boolean;
+  /** Priority points it loses for recent use (0 without `usage` rules). */
+  penalty: number;
+  /** When that penalty changes next by time alone; undefined for never. */
+  penaltyUntil: number | undefined;
 }
 
 interface Entry extends Place, Standing {
-  /** When its priority rises next by aging; undefined when it no longer will. */
+  /** When its place changes next by time (aging, or its penalty); undefined when it no longer will. */
   stepAt: number | undefined;
 }
 
@@ -90,10 +94,14 @@ export class LaneOrder {
     if (e && standing && same(e, standing)) return;
     if (e) this.remove(lane, e);
     if (!standing) return;
-    const priority = effectivePriority(this.rules, standing.base, this.now - standing.since);
-    const { base, since, servedAt, mine } = standing;
-    const stepAt = this.stepAfter(standing, priority);
-    const entry: Entry = { lane, priority, base, since, servedAt, mine, stepAt };
+    const aged = effectivePriority(this.rules, standing.base, this.now - standing.since);
+    const priority = aged - standing.penalty;
+    const { base, since, servedAt, mine, penalty, penaltyUntil } = standing;
+    const stepAt = earliest(
+      this.stepAfter(standing, aged),
+      penaltyUntil === undefined ? undefined : Math.max(this.now + 1, penaltyUntil),
+    );
+    const entry: Entry = { lane, priority, base, since, servedAt, mine, penalty, penaltyUntil, stepAt };
     this.order.set(entry, undefined);
     this.entries.set(lane, entry);
     if (entry.stepAt !== undefined) this.steps.set({ at: entry.stepAt, lane }, undefined);
@@ -101,15 +109,15 @@ export class LaneOrder {
 
   /**
    * Move the clock on to `now` (never back: a board whose clock went back makes a new order), and
-   * every lane whose priority rose meanwhile to its new place.
+   * every lane whose place changed meanwhile to its new place, with its standing read again by
+   * `restand` at that time.
    */
-  advance(now: number): void {
+  advance(now: number, restand: (lane: string) => Standing | undefined): void {
     if (now <= this.now) return;
     this.now = now;
     for (let step = this.steps.minKey(); step !== undefined && step.at <= now; step = this.steps.minKey()) {
-      const e = this.entries.get(step.lane)!;
-      this.remove(step.lane, e);
-      this.set(step.lane, e);
+      this.remove(step.lane, this.entries.get(step.lane)!);
+      this.set(step.lane, restand(step.lane));
     }
   }
 
@@ -129,14 +137,25 @@ export class LaneOrder {
    * reaches a further multiple of a minute ÷ agingPerMinute, until the top rule priority. Never
    * before the next millisecond (a rounding that makes the step late by one is corrected then).
    */
-  private stepAfter(s: Standing, priority: number): number | undefined {
+  private stepAfter(s: Standing, aged: number): number | undefined {
     const perMinute = this.rules.agingPerMinute;
-    if (perMinute <= 0 || s.base >= this.top || priority >= this.top) return undefined;
-    const steps = priority - s.base + 1;
+    if (perMinute <= 0 || s.base >= this.top || aged >= this.top) return undefined;
+    const steps = aged - s.base + 1;
     return Math.max(this.now + 1, s.since + Math.ceil((steps * 60_000) / perMinute));
   }
 }
 
+function earliest(a: number | undefined, b: number | undefined): number | undefined {
+  return a === undefined ? b : b === undefined ? a : Math.min(a, b);
+}
+
 function same(e: Standing, s: Standing): boolean {
-  return e.base === s.base && e.since === s.since && e.servedAt === s.servedAt && e.mine === s.mine;
+  return (
+    e.base === s.base &&
+    e.since === s.since &&
+    e.servedAt === s.servedAt &&
+    e.mine === s.mine &&
+    e.penalty === s.penalty &&
+    e.penaltyUntil === s.penaltyUntil
+  );
 }

@@ -80,6 +80,9 @@ interface Lane {
   quietFloor: number;
 }
 
+/** A penalty for recent use, and when it changes by time (see PickOptions). */
+type Penalties = Pick<PickOptions, "penalty" | "penaltyChangesAt">;
+
 /** The next job of a lane, as far as this worker knows it. */
 export interface Head {
   lane: string;
@@ -97,8 +100,15 @@ export interface PickOptions {
   unknownHeads: boolean;
   /** Lanes to pass over whatever their jobs (a lane consumer at its cap). */
   skip?: (lane: string) => boolean;
-  /** Priority points a lane loses (fair share by recent use: its value's MARS time lately). */
-  penalty?: (lane: string) => number;
+  /** Priority points a lane loses at `now` (fair share by recent use: its value's MARS time lately). */
+  penalty?: (lane: string, now: number) => number;
+  /**
+   * When a lane's penalty next changes by time alone (use leaving its window), undefined for
+   * never. Given with `penalty`, the lanes are kept in order under it too, and the board must be
+   * told of every other change of a penalty (`penaltyChanged`); without it, every lane is read at
+   * each choice.
+   */
+  penaltyChangesAt?: (lane: string, now: number) => number | undefined;
 }
 
 export class LaneBoard {
@@ -110,8 +120,10 @@ export class LaneBoard {
    * among lanes equal in priority and turn, these go first (see `compare`).
    */
   private readonly given = new Map<string, number>();
-  /** The lanes in the order they are served, kept as they change (see `inOrder`); none under a penalty. */
+  /** The lanes in the order they are served, kept as they change (see `inOrder`). */
   private order: LaneOrder | undefined;
+  /** The penalty the order is kept under (the last choice's), if any. */
+  private penalties: Penalties | undefined;
   private served = 0;
   private hearings = 0;
 
@@ -294,29 +306,61 @@ export class LaneBoard {
     return { lane: name, job, since: job.submittedAt };
   }
 
-  /** What places a lane in the order (undefined: nothing this worker knows is queued there). */
-  private standing(name: string, l: Lane, rules: QosRules): Standing | undefined {
-    const mine = this.given.has(name);
-    if (l.unheard > 0) return { base: 0, since: l.unheardSince, servedAt: l.servedAt, mine };
-    const job = l.heard[0];
-    if (!job) return undefined;
-    return { base: judged(job, rules).base, since: job.submittedAt, servedAt: l.servedAt, mine };
+  /** What places a lane in the order at `now` (undefined: nothing this worker knows is queued there). */
+  private standing(
+    name: string,
+    l: Lane,
+    rules: QosRules,
+    now: number,
+    pen: Penalties | undefined,
+  ): Standing | undefined {
+    const head: { base: number; since: number } | undefined =
+      l.unheard > 0
+        ? { base: 0, since: l.unheardSince }
+        : l.heard[0] && { base: judged(l.heard[0], rules).base, since: l.heard[0].submittedAt };
+    if (!head) return undefined;
+    return {
+      ...head,
+      servedAt: l.servedAt,
+      mine: this.given.has(name),
+      penalty: pen?.penalty?.(name, now) ?? 0,
+      penaltyUntil: pen?.penaltyChangesAt?.(name, now),
+    };
+  }
+
+  /** A lane's standing for the order as it is kept (its rules, its clock, its penalty). */
+  private standingInOrder(name: string): Standing | undefined {
+    const l = this.lanes.get(name);
+    return l && this.order && this.standing(name, l, this.order.rules, this.order.time, this.penalties);
   }
 
   /** Put a lane that changed in its place in the order (when there is one). */
   private place(name: string): void {
-    if (!this.order) return;
-    const l = this.lanes.get(name);
-    this.order.set(name, l && this.standing(name, l, this.order.rules));
+    this.order?.set(name, this.standingInOrder(name));
   }
 
-  /** The order for these rules at `now`: kept from the last choice, made anew when the rules changed. */
-  private orderAt(rules: QosRules, now: number): LaneOrder {
-    if (!this.order || this.order.rules !== rules || now < this.order.time) {
-      this.order = new LaneOrder(rules, now);
-      for (const [name, l] of this.lanes) this.order.set(name, this.standing(name, l, rules));
-    } else this.order.advance(now);
-    return this.order;
+  /** A lane's penalty changed (its user's recent use): it moves in the order. */
+  penaltyChanged(name: string): void {
+    if (this.penalties) this.place(name);
+  }
+
+  /**
+   * The order for these rules and penalty at `now`: kept from the last choice, made anew when the
+   * rules changed, a penalty came or went, or the clock went back.
+   */
+  private orderAt(opts: PickOptions): LaneOrder {
+    const pen = opts.penalty && opts.penaltyChangesAt ? opts : undefined;
+    const stale =
+      !this.order ||
+      this.order.rules !== opts.rules ||
+      opts.now < this.order.time ||
+      !pen !== !this.penalties;
+    this.penalties = pen && { penalty: pen.penalty, penaltyChangesAt: pen.penaltyChangesAt };
+    if (stale) {
+      this.order = new LaneOrder(opts.rules, opts.now);
+      for (const name of this.lanes.keys()) this.place(name);
+    } else this.order!.advance(opts.now, (name) => this.standingInOrder(name));
+    return this.order!;
   }
 
   /** Whether a slot may pull from the lane now, by `opts` (`blocked` last: the costly test). */
@@ -326,10 +370,15 @@ export class LaneBoard {
     return !(head.job && opts.blocked(head.job));
   }
 
+  /** Whether a choice under `opts` reads every lane: a penalty that may change unheard of. */
+  private readsAll(opts: PickOptions): boolean {
+    return opts.penalty !== undefined && opts.penaltyChangesAt === undefined;
+  }
+
   /** The lane to pull from next (the first of `inOrder`), or undefined when none has a job this worker may take. */
   pick(opts: PickOptions): string | undefined {
-    if (opts.penalty) {
-      this.order = undefined; // a penalty moves lanes as usage and time go: not kept in order
+    if (this.readsAll(opts)) {
+      this.order = undefined; // not kept up while every lane is read
       return this.scan(opts);
     }
     for (const name of this.inOrder(opts)) return name;
@@ -339,12 +388,12 @@ export class LaneBoard {
   /**
    * The lanes a slot may pull from, in the order it takes them (`compare`), looking at no more
    * than `within` lanes. The order is kept as lanes change, so the first costs a few steps however
-   * many lanes there are; under a penalty for recent use, every lane is read and sorted.
+   * many lanes there are; under a penalty the board is not told of, every lane is read and sorted.
    */
   *inOrder(opts: PickOptions, within = Infinity): Generator<string, void, undefined> {
     let looked = 0;
-    if (opts.penalty) {
-      this.order = undefined; // a penalty moves lanes as usage and time go: not kept in order
+    if (this.readsAll(opts)) {
+      this.order = undefined;
       const places = [...this.lanes].flatMap(([name, l]) => {
         const place = this.placeAt(name, l, opts);
         return place ? [place] : [];
@@ -355,7 +404,7 @@ export class LaneBoard {
       }
       return;
     }
-    for (const name of this.orderAt(opts.rules, opts.now).lanes()) {
+    for (const name of this.orderAt(opts).lanes()) {
       if (++looked > within) return;
       if (this.eligible(name, this.lanes.get(name)!, opts)) yield name;
     }
@@ -363,9 +412,9 @@ export class LaneBoard {
 
   /** A lane's place at `opts.now`, read afresh (the penalty included). */
   private placeAt(name: string, l: Lane, opts: PickOptions): Place | undefined {
-    const s = this.standing(name, l, opts.rules);
+    const s = this.standing(name, l, opts.rules, opts.now, opts);
     if (!s) return undefined;
-    const priority = effectivePriority(opts.rules, s.base, opts.now - s.since) - (opts.penalty?.(name) ?? 0);
+    const priority = effectivePriority(opts.rules, s.base, opts.now - s.since) - s.penalty;
     return { lane: name, priority, servedAt: s.servedAt, mine: s.mine, since: s.since };
   }
 

@@ -41,6 +41,22 @@ export function usedWithin(rec: UsageRecord | undefined, now: number, windowMs: 
   return rec.periods.reduce((sum, [start, seconds]) => (start > from ? sum + seconds : sum), 0);
 }
 
+/**
+ * When the use `usedWithin` reads from `rec` next changes by itself, as its oldest counted period
+ * leaves the window; undefined when nothing is counted.
+ */
+export function usageChangesAt(
+  rec: UsageRecord | undefined,
+  now: number,
+  windowMs: number,
+): number | undefined {
+  const from = now - windowMs;
+  let at: number | undefined;
+  for (const [start] of rec?.periods ?? [])
+    if (start > from && (at === undefined || start + windowMs < at)) at = start + windowMs;
+  return at;
+}
+
 /** `rec` with `seconds` more used at `now`; periods that left the window are dropped. */
 export function addUsage(
   rec: UsageRecord | undefined,
@@ -75,17 +91,74 @@ export function describeUse(seconds: number): string {
 export class UsageTable {
   private readonly cache = new Map<string, { rec: UsageRecord | undefined; at: number }>();
   private readonly reading = new Set<string>();
+  private readonly listeners: Array<(token: string) => void> = [];
+  private watching: Promise<void> | undefined;
+  private stopWatch: (() => void) | undefined;
+  /** Whether every record's changes arrive as they happen (see `follow`). */
+  private followed = false;
 
   constructor(
     private readonly kv: KV,
     private readonly log: Logger,
   ) {}
 
+  /**
+   * Keep every record at hand as it changes (a watch of the bucket's `usage.*` keys: one message
+   * per job that ends, whatever the number of users), instead of reading each value again when it
+   * is a few seconds old (one read per queued user every few seconds). Listeners hear each change.
+   */
+  follow(): void {
+    this.watching ??= (async () => {
+      const watch = await this.kv.watch({ key: usageKey("*") });
+      this.stopWatch = () => watch.stop();
+      this.followed = true;
+      for await (const e of watch) {
+        const token = e.key.slice(usageKey("").length);
+        let rec: UsageRecord | undefined;
+        try {
+          rec =
+            e.operation === "PUT" && e.length > 0
+              ? decode(usageRecordSchema, e.value, "usage record")
+              : undefined;
+        } catch (err) {
+          // Counted as unused until a readable one comes: it costs that user's history, never a job.
+          this.log.warn({ err, token }, "unreadable usage record");
+        }
+        this.cache.set(token, { rec, at: Date.now() });
+        for (const l of this.listeners) l(token);
+      }
+    })()
+      .catch((err: unknown) => this.log.warn({ err }, "stopped following usage; reading values as they age"))
+      .finally(() => {
+        this.followed = false;
+        this.watching = undefined;
+      });
+  }
+
+  /** Whether the records are followed (`follow`): a value changes only when a listener hears it, or by time (`changesAt`). */
+  get following(): boolean {
+    return this.followed;
+  }
+
+  /** Hear each record that changed (followed, or added by this worker). */
+  onChange(listener: (token: string) => void): void {
+    this.listeners.push(listener);
+  }
+
+  stop(): void {
+    this.stopWatch?.();
+  }
+
   /** Seconds `token` used in the window, as far as known now (0 until first read). */
   used(token: string, windowMs: number, now = Date.now()): number {
     const known = this.cache.get(token);
-    if (!known || now - known.at > FRESH_MS) this.refresh(token);
+    if (!this.followed && (!known || now - known.at > FRESH_MS)) this.refresh(token);
     return usedWithin(known?.rec, now, windowMs);
+  }
+
+  /** When `used` for `token` next changes by time alone (a period leaving the window). */
+  changesAt(token: string, windowMs: number, now: number): number | undefined {
+    return usageChangesAt(this.cache.get(token)?.rec, now, windowMs);
   }
 
   /** Read the record now (for explanations). */
@@ -128,6 +201,7 @@ export class UsageTable {
         if (entry) await this.kv.update(key, encode(next), entry.revision);
         else await this.kv.create(key, encode(next));
         this.cache.set(token, { rec: next, at: Date.now() });
+        for (const l of this.listeners) l(token);
         return;
       } catch (err) {
         if (!isCasConflict(err)) throw err;

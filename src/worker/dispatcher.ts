@@ -264,6 +264,8 @@ export class Dispatcher {
       this.wake();
     });
     this.followSlots();
+    // A user's recent use changed: her lane moves in the order (under `usage` rules).
+    deps.usage.onChange((token) => this.board.penaltyChanged(token));
     // A slot given back matters only to a job held back by a full limit.
     deps.slots.onChange(() => {
       if (this.parkedJobs.length > 0 || (this.skippedBlocked && this.free > 0)) this.wake();
@@ -322,9 +324,13 @@ export class Dispatcher {
     this.loopDone = this.loop();
   }
 
-  /** Once the rules have limits, keep every slot's holders at hand (see SlotTable.follow). */
+  /**
+   * Once the rules have limits, keep every slot's holders at hand (see SlotTable.follow); once they
+   * have `usage`, every user's recent use (UsageTable.follow).
+   */
   private followSlots(): void {
     if (this.rulesNow.rules.some(isLimit)) this.deps.slots.follow();
+    if (usageWindowMs(this.rulesNow) !== undefined) this.deps.usage.follow();
   }
 
   observe(observer: DispatchObserver): void {
@@ -863,12 +869,19 @@ export class Dispatcher {
   }
 
   /** Under `usage` rules, what a lane's recent MARS time costs its next job (read from the usage table). */
-  private usagePenalty(): { penalty?: (lane: string) => number } {
+  private usagePenalty(): Pick<PickOptions, "penalty" | "penaltyChangesAt"> {
     const rules = this.rulesNow;
     const windowMs = usageWindowMs(rules);
     if (windowMs === undefined) return {};
+    const { usage } = this.deps;
     return {
-      penalty: (lane) => (lane === "" ? 0 : usagePenalty(rules, this.deps.usage.used(lane, windowMs))),
+      penalty: (lane, now) => (lane === "" ? 0 : usagePenalty(rules, usage.used(lane, windowMs, now))),
+      // Followed, a value changes only as the board hears (penaltyChanged) or by time: the lanes
+      // are kept in order under it too. Not followed (yet), every lane is read at each choice.
+      ...(usage.following && {
+        penaltyChangesAt: (lane: string, now: number) =>
+          lane === "" ? undefined : usage.changesAt(lane, windowMs, now),
+      }),
     };
   }
 
@@ -944,6 +957,7 @@ export class Dispatcher {
     this.freed?.unsubscribe();
     await this.loopDone;
     this.puller.close();
+    this.deps.usage.stop();
     for (const m of this.strays.splice(0)) m.nak();
     clearInterval(this.parkTimer);
     for (const p of this.parkedJobs.splice(0)) {
