@@ -7,7 +7,17 @@ import { after, before, describe, it } from "node:test";
 import type { JobHandle } from "../src/client/job.js";
 import { LaneBoard } from "../src/qos/lanes.js";
 import { NO_RULES, parseRules, usageWindowMs } from "../src/qos/rules.js";
-import { USAGE_PERIODS, addUsage, usagePenalty, usedWithin } from "../src/qos/usage.js";
+import {
+  USAGE_PERIODS,
+  UsageTable,
+  addUsage,
+  usageChangesAt,
+  usageKey,
+  usagePenalty,
+  usedWithin,
+} from "../src/qos/usage.js";
+import { silentLogger } from "../src/core/logging.js";
+import { eventually } from "./helpers/proc.js";
 import { thrown } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { QosLab } from "./helpers/qos-lab.js";
@@ -91,6 +101,37 @@ describe("QoS usage: a fleet", { timeout: 120_000 }, () => {
   });
   after(async () => {
     await lab?.dispose();
+  });
+
+  it("a worker follows every user's record: another worker's addition arrives and is heard, an unreadable record counts as unused", async () => {
+    const follower = new UsageTable(lab.qos, silentLogger());
+    const writer = new UsageTable(lab.qos, silentLogger());
+    const heard: string[] = [];
+    follower.onChange((token) => heard.push(token));
+    follower.follow();
+    try {
+      assert.ok(await eventually(() => follower.following, 5000), "the usage watch never started");
+      await writer.add("ufollow", 120, HOUR);
+      assert.ok(
+        await eventually(() => follower.used("ufollow", HOUR) === 120, 5000),
+        "another worker's addition never reached the follower",
+      );
+      assert.ok(heard.includes("ufollow"), "the follower's listeners were not told");
+      // Its use leaves the window by time alone, an hour after its period began.
+      const now = Date.now();
+      const at = follower.changesAt("ufollow", HOUR, now);
+      assert.ok(at !== undefined && at > now && at <= now + HOUR, `changes at ${at}`);
+      assert.equal(at, usageChangesAt(await writer.read("ufollow"), now, HOUR));
+      await lab.qos.put(usageKey("ugarbage"), new TextEncoder().encode("not a record"));
+      assert.ok(
+        await eventually(() => heard.includes("ugarbage"), 5000),
+        "the unreadable record was not heard",
+      );
+      assert.equal(follower.used("ugarbage", HOUR), 0);
+      assert.equal(follower.changesAt("ugarbage", HOUR, Date.now()), undefined);
+    } finally {
+      follower.stop();
+    }
   });
 
   it("a user who used much MARS time lately yields to one who used little, and status and qos show say why", async () => {

@@ -88,8 +88,15 @@ export function describeUse(seconds: number): string {
  * The records a worker reads: each value's use as last read, read again in the background when
  * older than a few seconds (choosing a lane never waits for the broker), and its own additions.
  */
+/** A value's record as known: decoded, or (followed) as it came, decoded when first needed. */
+interface Known {
+  rec?: UsageRecord | undefined;
+  raw?: Uint8Array;
+  at: number;
+}
+
 export class UsageTable {
-  private readonly cache = new Map<string, { rec: UsageRecord | undefined; at: number }>();
+  private readonly cache = new Map<string, Known>();
   private readonly reading = new Set<string>();
   private readonly listeners: Array<(token: string) => void> = [];
   private watching: Promise<void> | undefined;
@@ -114,17 +121,14 @@ export class UsageTable {
       this.followed = true;
       for await (const e of watch) {
         const token = e.key.slice(usageKey("").length);
-        let rec: UsageRecord | undefined;
-        try {
-          rec =
-            e.operation === "PUT" && e.length > 0
-              ? decode(usageRecordSchema, e.value, "usage record")
-              : undefined;
-        } catch (err) {
-          // Counted as unused until a readable one comes: it costs that user's history, never a job.
-          this.log.warn({ err, token }, "unreadable usage record");
-        }
-        this.cache.set(token, { rec, at: Date.now() });
+        // Kept as it came: decoded only when a lane of that value is placed (every user who ever
+        // ran a job has a record; most have none queued).
+        const live = e.operation === "PUT" && e.length > 0;
+        // A copy: the entry's bytes may be a view of a larger buffer the client reads into.
+        this.cache.set(
+          token,
+          live ? { raw: e.value.slice(), at: Date.now() } : { rec: undefined, at: Date.now() },
+        );
         for (const l of this.listeners) l(token);
       }
     })()
@@ -153,12 +157,26 @@ export class UsageTable {
   used(token: string, windowMs: number, now = Date.now()): number {
     const known = this.cache.get(token);
     if (!this.followed && (!known || now - known.at > FRESH_MS)) this.refresh(token);
-    return usedWithin(known?.rec, now, windowMs);
+    return usedWithin(this.record(token, known), now, windowMs);
   }
 
   /** When `used` for `token` next changes by time alone (a period leaving the window). */
   changesAt(token: string, windowMs: number, now: number): number | undefined {
-    return usageChangesAt(this.cache.get(token)?.rec, now, windowMs);
+    return usageChangesAt(this.record(token, this.cache.get(token)), now, windowMs);
+  }
+
+  /** A known record, decoded on first use; an unreadable one counts as none. */
+  private record(token: string, known: Known | undefined): UsageRecord | undefined {
+    if (!known?.raw) return known?.rec;
+    let rec: UsageRecord | undefined;
+    try {
+      rec = decode(usageRecordSchema, known.raw, "usage record");
+    } catch (err) {
+      // Counted as unused until a readable one comes: it costs that user's history, never a job.
+      this.log.warn({ err, token }, "unreadable usage record");
+    }
+    this.cache.set(token, { rec, at: known.at });
+    return rec;
   }
 
   /** Read the record now (for explanations). */
