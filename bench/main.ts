@@ -33,6 +33,8 @@ async function main(): Promise<void> {
     .strict()
     .parseAsync();
   const q = args.quick;
+  // BENCH_MANY=N: scenario 15, quick, with N jobs from one user and from N users.
+  const many = Number(process.env["BENCH_MANY"] ?? 0);
   const only = args.only ? new Set(args.only.split(",").map(Number)) : undefined;
   const scenarios: Array<[number, string, (env: BenchEnv) => Promise<ScenarioResult>]> = [
     [1, "dispatch latency", (env) => dispatchLatency(env, q ? 60 : 300)],
@@ -54,11 +56,9 @@ async function main(): Promise<void> {
       "many users",
       (env) =>
         q
-          ? manyUsers(
-              env,
-              Number(process.env["BENCH_MANY"] ?? 1000),
-              process.env["BENCH_MANY"] ? [1, Number(process.env["BENCH_MANY"])] : [1, 100, 1000],
-            )
+          ? many
+            ? manyUsers(env, many, [1, many])
+            : manyUsers(env, 1000, [1, 100, 1000])
           : manyUsers(env, 20_000, [1, 1000, 20_000]),
     ],
     [16, "console listing", (env) => consoleListing(env, q ? 2000 : 10_000)],

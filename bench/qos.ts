@@ -4,7 +4,7 @@
  */
 import { Kvm } from "@nats-io/kv";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { JOBS_STREAM, QOS_BUCKET, laneOfConsumer } from "../src/broker/subjects.js";
+import { JOBS_STREAM, QOS_BUCKET, laneOfAdvisory, laneOfConsumer, subjects } from "../src/broker/subjects.js";
 import { parseRules } from "../src/qos/rules.js";
 import { writeRules } from "../src/qos/store.js";
 import { OPEN_FLEET } from "../src/broker/signing.js";
@@ -248,7 +248,6 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
   const idleMs = 3000;
   const run = async (env: BenchEnv, users: number) => {
     const observer = await FleetObserver.start(await env.nc());
-
     const queue = BenchEnv.queue(`users${users}`);
     const settings = {
       queue,
@@ -272,9 +271,9 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
     // when a lane made ahead went idle before its job was reached, and was made again.
     const nc = await env.nc();
     let made = 0;
-    const madeSub = nc.subscribe(`$JS.EVENT.ADVISORY.CONSUMER.CREATED.${JOBS_STREAM}.*`, {
+    const madeSub = nc.subscribe(subjects.consumersCreated, {
       callback: (_err, msg) => {
-        const lane = laneOfConsumer(queue, msg.subject.slice(msg.subject.lastIndexOf(".") + 1));
+        const lane = laneOfAdvisory(queue, msg.subject);
         if (lane !== undefined && lane !== "") made++;
       },
     });

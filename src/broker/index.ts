@@ -95,6 +95,7 @@ export {
   kvStream,
   kvSubject,
   laneConsumerName,
+  laneOfAdvisory,
   laneOfConsumer,
   QOS_BUCKET,
   QOS_RULES_KEY,

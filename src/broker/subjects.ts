@@ -121,6 +121,8 @@ export const subjects = {
   allDead: "mars.dead.>",
   /** Server advisories when a consumer of the work queue is removed (a lane's, idle: MARS_LANE_IDLE). */
   consumersDeleted: `$JS.EVENT.ADVISORY.CONSUMER.DELETED.${JOBS_STREAM}.*`,
+  /** Server advisories when a consumer of the work queue is made (what the bench counts). */
+  consumersCreated: `$JS.EVENT.ADVISORY.CONSUMER.CREATED.${JOBS_STREAM}.*`,
   /** Server advisory when a job message ran out of deliveries. */
   maxDeliveries: (consumer: string): string =>
     `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.${JOBS_STREAM}.${consumer}`,
@@ -144,6 +146,11 @@ export function laneOfConsumer(queue: string, name: string): string | undefined 
   if (name === consumerName(queue)) return "";
   const prefix = `${consumerName(queue)}=`;
   return name.startsWith(prefix) ? name.slice(prefix.length) : undefined;
+}
+
+/** The lane of the consumer a work-queue advisory (`consumersDeleted`, `consumersCreated`) is about. */
+export function laneOfAdvisory(queue: string, subject: string): string | undefined {
+  return laneOfConsumer(queue, subject.slice(subject.lastIndexOf(".") + 1));
 }
 
 /** The queue a job message's subject belongs to. */

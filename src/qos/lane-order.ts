@@ -84,10 +84,6 @@ export class LaneOrder {
     return this.now;
   }
 
-  get size(): number {
-    return this.entries.size;
-  }
-
   /** Put a lane in its place for this standing, or take it out (undefined: nothing to pull there). */
   set(lane: string, standing: Standing | undefined): void {
     const e = this.entries.get(lane);

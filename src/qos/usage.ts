@@ -84,16 +84,18 @@ export function describeUse(seconds: number): string {
   return min < 60 ? `${min} min` : `${Math.floor(min / 60)} h ${min % 60} min`;
 }
 
-/**
- * The records a worker reads: each value's use as last read, read again in the background when
- * older than a few seconds (choosing a lane never waits for the broker), and its own additions.
- */
 /** A value's record as known: decoded, or (followed) as it came, decoded when first needed. */
 interface Known {
   rec?: UsageRecord | undefined;
   raw?: Uint8Array;
   at: number;
 }
+
+/**
+ * The records a worker reads: every value's, followed as they change (`follow`), or else each
+ * value's as last read, read again in the background when older than a few seconds; and its own
+ * additions. Choosing a lane never waits for the broker.
+ */
 
 export class UsageTable {
   private readonly cache = new Map<string, Known>();

@@ -25,7 +25,7 @@ import {
   isLaneAsWanted,
   laneConsumerConfig,
   laneConsumerName,
-  laneOfConsumer,
+  laneOfAdvisory,
   isTopologyMissing,
   Puller,
   subjects,
@@ -256,14 +256,14 @@ export class Dispatcher {
     const { deps } = this;
     deps.rules.onChange((r) => {
       this.rulesNow = withFleetCap(r, this.fleetCap);
-      this.followSlots();
+      this.followTables();
       this.atCap.clear();
       void this.recap()
         .then(() => this.count())
         .catch((err: unknown) => deps.log.warn({ err }, "could not apply the rules' lane cap"));
       this.wake();
     });
-    this.followSlots();
+    this.followTables();
     // A user's recent use changed: her lane moves in the order (under `usage` rules).
     deps.usage.onChange((token) => this.board.penaltyChanged(token));
     // A slot given back matters only to a job held back by a full limit.
@@ -291,7 +291,7 @@ export class Dispatcher {
     // of that pull going unanswered first (NO_WAIT_PULL_TIMEOUT_MS).
     this.gone = deps.nc.subscribe(subjects.consumersDeleted, {
       callback: (_err, msg) => {
-        const lane = laneOfConsumer(deps.queue, msg.subject.slice(msg.subject.lastIndexOf(".") + 1));
+        const lane = laneOfAdvisory(deps.queue, msg.subject);
         if (lane) this.consumers.delete(lane);
       },
     });
@@ -328,7 +328,7 @@ export class Dispatcher {
    * Once the rules have limits, keep every slot's holders at hand (see SlotTable.follow); once they
    * have `usage`, every user's recent use (UsageTable.follow).
    */
-  private followSlots(): void {
+  private followTables(): void {
     if (this.rulesNow.rules.some(isLimit)) this.deps.slots.follow();
     if (usageWindowMs(this.rulesNow) !== undefined) this.deps.usage.follow();
   }
