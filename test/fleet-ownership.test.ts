@@ -101,7 +101,11 @@ describe("ownership: one bad message does not stall the fleet", { timeout: TIMEO
     const nc = await connect({ servers: tf.server.url });
     try {
       const jsm = await jetstreamManager(nc);
-      const stored = await jsm.streams.getMessage(DEAD_STREAM, { last_by_subj: subjects.dead(queue) });
+      // The job and the garbage sit in different lanes, so either may be taken first: the letter
+      // may still be on its way when the job's result is in.
+      const read = () => jsm.streams.getMessage(DEAD_STREAM, { last_by_subj: subjects.dead(queue) });
+      assert.ok(await eventually(async () => (await read()) !== null, 10_000), "no dead letter after 10 s");
+      const stored = await read();
       assert.ok(stored, "no dead letter");
       const letter = deadLetterSchema.parse(stored.json());
       assert.equal(letter.size, garbage.length);
