@@ -137,13 +137,21 @@ export class Setup {
     const lines = [
       `${submitted.length} of ${count} submitted, ${done.size} done; not done: ${missing.join(", ") || "none"}`,
     ];
-    for (const id of missing)
-      for (const w of this.workers)
-        for (const l of w.logs.filter((x) => x["jobId"] === id).slice(-6))
-          lines.push(
-            `  ${w.id} on ${id}: ${String(l["msg"])} ${l["err"] ? JSON.stringify(l["err"]).slice(0, 200) : ""}`,
-          );
+    for (const id of missing) lines.push(...this.trail(id, 6));
     return lines.join("\n");
+  }
+
+  /** The last `n` lines each worker logged of job `id`, with their time, attempt and error. */
+  trail(id: string, n: number): string[] {
+    return this.workers.flatMap((w) =>
+      w.logs
+        .filter((x) => x["jobId"] === id)
+        .slice(-n)
+        .map(
+          (l) =>
+            `  ${w.id} on ${id} #${String(l["attempt"] ?? "?")} at ${String(l["time"])}: ${String(l["msg"])} ${l["err"] ? JSON.stringify(l["err"]).slice(0, 200) : ""}`,
+        ),
+    );
   }
 
   async worker(host: string, extra: Record<string, string> = {}): Promise<WorkerProcess> {
@@ -211,7 +219,14 @@ function assertAllSucceeded(setup: Setup, done: Done[], count: number): void {
   const notOnce = done
     .filter((d) => commits.get(d.id) !== 1)
     .map((d) => `${d.id}: ${commits.get(d.id) ?? 0}`);
-  assert.deepEqual(notOnce, [], "results not moved into place exactly once");
+  assert.deepEqual(
+    notOnce,
+    [],
+    `results not moved into place exactly once:\n${done
+      .filter((d) => commits.get(d.id) !== 1)
+      .flatMap((d) => setup.trail(d.id, 20))
+      .join("\n")}`,
+  );
 }
 
 /** The longest time with no job completing, from the fault on (ms). */
