@@ -11,6 +11,7 @@ import { Fleet } from "../src/client/fleet.js";
 import { loadConfig } from "../src/config/load.js";
 import { startWorkerProcess, type WorkerProcess } from "../src/worker/process.js";
 import { gribLs } from "./helpers/grib.js";
+import { writesAround } from "./helpers/unseen-writes.js";
 
 let cluster: LocalNatsCluster;
 let sharedRoot: string;
@@ -60,5 +61,21 @@ describe("fleet on a 3-node JetStream cluster", () => {
     } finally {
       await fleet.close();
     }
+  });
+});
+
+describe("job records on a cluster", { timeout: 60_000 }, () => {
+  it("a fence reads the writes stored between its claim and itself, oldest first (what a cluster may let through unseen)", async () => {
+    const env = { MARS_NATS_SERVERS: cluster.servers.join(","), MARS_CONFIG_FILE: "" };
+    await (await Fleet.connect({ config: loadConfig({ env }) })).close(); // the topology, if not there yet
+    const found = await writesAround(cluster.servers);
+    const [first, second, third] = found.writes;
+    assert.equal(third.base, second.revision);
+    assert.deepEqual(
+      found.between.map((w) => [w.revision, w.record.claim, w.record.committing?.claim]),
+      [[second.revision, "b", "b"]],
+    );
+    assert.ok(first.revision < second.revision && second.revision < third.revision);
+    assert.deepEqual(found.adjacent, [], "nothing lies between two writes of the key");
   });
 });

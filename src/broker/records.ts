@@ -21,6 +21,8 @@ export interface VersionedRecord {
   record: JobRecord;
   /** Revision of the key it was read from; for a job's record, its status key's (0: none yet). */
   revision: number;
+  /** For a record a write returned (mutate): the revision that write was compared against. */
+  base?: number;
 }
 
 const MAX_CAS_TRIES = 50;
@@ -177,6 +179,8 @@ export class JobStore {
   private readonly jsm: JetStreamManager;
   /** Whether the records' bucket is gone (a write no stream takes: withRetry's streamGone). */
   private readonly bucketGone: () => Promise<boolean>;
+  /** Whether the bucket is kept by a cluster (see writesBetween); asked once. */
+  private clustered: Promise<boolean> | undefined;
 
   constructor(
     private readonly kv: KV,
@@ -316,12 +320,52 @@ export class JobStore {
             streamGone: this.bucketGone,
           },
         );
-        return { record: updated, revision };
+        return { record: updated, revision, base: current.revision };
       } catch (err) {
         if (!isCasConflict(err)) throw err;
       }
     }
     throw new BrokerError(`job ${id}: too many concurrent changes to its record`, { jobId: id });
+  }
+
+  /**
+   * The writes to a job's status stored after revision `after` and before revision `before`,
+   * oldest first: on a cluster, the writes a compare-and-set may have let through unseen.
+   *
+   * A clustered stream's leader checks a write's expected revision against the writes it has
+   * applied, not against those it has accepted and not applied yet (nats-server before 2.11, fixed
+   * in its commit 469f834b): two writes compared against the same revision can then both be
+   * stored, typically just after the leader changed. A single server checks each write as it
+   * stores it, so there this reads nothing and gives none. Read from the stream's leader, one
+   * message get each, over the key's short history (the bucket keeps 5 revisions of a key).
+   */
+  async writesBetween(id: string, after: number, before: number): Promise<VersionedRecord[]> {
+    if (before <= after + 1 || !(await this.isClustered())) return [];
+    const found: VersionedRecord[] = [];
+    const subject = kvSubject(JOBS_BUCKET, statusKey(id));
+    for await (const m of replayStored(this.jsm, kvStream(JOBS_BUCKET), subject, after + 1)) {
+      if (m.seq >= before) break;
+      try {
+        found.push({ record: decode(jobRecordSchema, m.data, `job record ${id}`), revision: m.seq });
+      } catch {
+        // A delete marker or an unreadable write: nothing of an attempt's in it.
+      }
+    }
+    return found;
+  }
+
+  private isClustered(): Promise<boolean> {
+    this.clustered ??= withRetry(() => this.jsm.streams.info(kvStream(JOBS_BUCKET)), {
+      what: "read the job records' bucket",
+    }).then(
+      // A single server answers with no cluster name; a cluster's members always have one.
+      (info) => Boolean(info.cluster?.name),
+      (err: unknown) => {
+        this.clustered = undefined; // asked again next time
+        throw err;
+      },
+    );
+    return this.clustered;
   }
 
   /**

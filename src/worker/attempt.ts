@@ -161,9 +161,17 @@ export class JobAttempt {
   private version: VersionedRecord | undefined;
   /** The fence an earlier attempt left in the record, as this attempt's fence found it (see commit). */
   private earlierFence: JobRecord["committing"];
-  /** This attempt's claim token (the record's `claim` while it owns the job), and when it claimed. */
+  /**
+   * This attempt's claim token (the record's `claim` while it owns the job), and when the claim's
+   * write was answered: any write ordered before it was answered before it, or not at all, within
+   * one JetStream request's wait (see commit).
+   */
   private readonly claimId = randomUUID();
   private claimedAt = 0;
+  /** The revision of the record this attempt's claim was compared against (see fence). */
+  private claimBase: number | undefined;
+  /** The earlier fence was found among writes this attempt's fence did not see (see fence). */
+  private earlierFenceUnseen = false;
   private heartbeat: NodeJS.Timeout | undefined;
   private pid = -1;
   /** The time to live the QoS rules give this job's cached result (undefined: the worker's). */
@@ -308,7 +316,6 @@ export class JobAttempt {
         return cancelled;
       }
       const startedAt = Date.now();
-      this.claimedAt = startedAt;
       return {
         ...rec,
         state: "running",
@@ -332,6 +339,9 @@ export class JobAttempt {
         revision: 0,
       });
     }
+    this.claimedAt = Date.now();
+    // A first claim creates the status key, which even a cluster checks as it stores it.
+    this.claimBase = claimed.base === 0 ? claimed.revision : claimed.base;
     return skip ?? { kind: "run", version: claimed };
   }
 
@@ -687,10 +697,15 @@ export class JobAttempt {
     // when this attempt looked (adoptCommitted at the start): it may have landed since. Then it is
     // the result, and this attempt's copy is not moved over it.
     // Before moving its own output over that place, it waits as long as the earlier attempt could
-    // still learn that its fence held: a response comes within the request timeout of its request,
-    // which was sent before this attempt's claim (its write came first), or never (then that
-    // attempt reads the record again, finds this claim and discards its output).
-    const until = Math.max(Date.now(), this.claimedAt + this.ctx.requestTimeoutMs) + LANDING_GRACE_MS;
+    // still learn that its fence held. That fence's write was applied before this attempt's claim,
+    // so it was sent before the claim was answered (claimedAt), and its answer is taken within one
+    // request's wait of being sent, or never (then that attempt reads the record again, finds this
+    // claim and discards its output). The claim's own sending time is no bound: a claim resent
+    // after a timeout may be applied long after it was first sent, and an earlier fence just before.
+    // An earlier fence this attempt's own did not see was stored before it: sent before this
+    // fence was answered, which is now.
+    const since = this.earlierFenceUnseen ? Date.now() : this.claimedAt;
+    const until = Math.max(Date.now(), since + this.ctx.requestTimeoutMs) + LANDING_GRACE_MS;
     const landed = this.earlierFence && (await this.adoptCommitted(this.earlierFence, until));
     if (landed) {
       await run.discard();
@@ -741,7 +756,30 @@ export class JobAttempt {
       },
       this.version,
     );
-    return verdict;
+    const found = verdict as "owned" | "cancelled" | "lost"; // set in the change above
+    return found === "owned" ? this.unseenWrites() : found;
+  }
+
+  /**
+   * After a fence that held: writes to the record stored between this attempt's claim and its
+   * fence that neither compare-and-set saw (a cluster can let them through, see
+   * JobStore.writesBetween). Another attempt's fence among them came first: its output is the
+   * result, as with an earlier fence found in the record. Another attempt's claim alone: that
+   * attempt owns the job, and this one has lost it.
+   */
+  private async unseenWrites(): Promise<"owned" | "lost"> {
+    if (this.claimBase === undefined || !this.version) return "owned";
+    const between = await this.ctx.store.writesBetween(this.job.id, this.claimBase, this.version.revision);
+    const found = othersUnseen(between, this.claimId);
+    if (!found) return "owned";
+    this.log.warn(
+      { revisions: found.revisions, fence: found.fence?.revision },
+      "the record holds writes of another attempt that this attempt's compare-and-set did not see",
+    );
+    if (!found.fence) return "lost";
+    this.earlierFence = found.fence.record.committing;
+    this.earlierFenceUnseen = true;
+    return "owned";
   }
 
   private settlementFor(outcome: RunOutcome): Settlement | Abandoned {
@@ -863,6 +901,22 @@ export class JobAttempt {
       ...(s.settle === "nak" && { againAfterMs: s.nakDelayMs ?? 0 }),
     };
   }
+}
+
+/**
+ * Of the writes stored between an attempt's claim and its fence, those of other attempts (none:
+ * undefined), and the first of their fences: an attempt's own writes carry its claim.
+ */
+export function othersUnseen(
+  between: readonly VersionedRecord[],
+  claimId: string,
+): { revisions: number[]; fence: VersionedRecord | undefined } | undefined {
+  const others = between.filter((w) => w.record.claim !== claimId);
+  if (others.length === 0) return undefined;
+  return {
+    revisions: others.map((w) => w.revision),
+    fence: others.find((w) => w.record.committing !== undefined && w.record.committing.claim !== claimId),
+  };
 }
 
 /** Remove part files of earlier attempts of this job (a dead worker's leftovers) beside the target. */
