@@ -267,5 +267,7 @@ export async function withSetup(t: TestContext, body: (s: Setup) => Promise<void
   } finally {
     await setup.dispose();
   }
+  const unseen = setup.workers.flatMap((w) => w.logs.filter((l) => String(l["msg"]).includes("did not see")));
+  t.diagnostic(`fences that found writes their compare-and-set did not see: ${unseen.length}`);
   t.diagnostic(`namespaces removed: ${HOSTS.length + 1}`);
 }
