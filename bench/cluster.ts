@@ -6,7 +6,7 @@
  * the scenario says so and measures nothing.
  */
 import { Setup, unavailable } from "../test/helpers/netns-fleet.js";
-import { BenchEnv, pool } from "./env.js";
+import { BenchEnv, cpuMs, pool } from "./env.js";
 import { round, type ScenarioResult } from "./report.js";
 
 const REQUEST = { param: "2t", date: "20240101", grid: "10/10" };
@@ -30,8 +30,19 @@ async function single(env: BenchEnv, jobs: number): Promise<number> {
   return jobs / ((Date.now() - t0) / 1000);
 }
 
-/** The same on the namespaced cluster: jobs/s from the client's first submit to the last job's end. */
-async function cluster(env: BenchEnv, jobs: number): Promise<{ rate: number }> {
+/** CPU milliseconds used so far by these processes together. */
+async function cpuOf(pids: number[]): Promise<number> {
+  return (await Promise.all(pids.map(cpuMs))).reduce((a, b) => a + b, 0);
+}
+
+/**
+ * The same on the namespaced cluster: jobs/s from the client's first submit to the last job's end,
+ * and the CPU per job of the two workers and of the three nodes, from the workers' start on.
+ */
+async function cluster(
+  env: BenchEnv,
+  jobs: number,
+): Promise<{ rate: number; workerCpu: number; serverCpu: number }> {
   const setup = await Setup.start();
   try {
     const run = await setup.load(jobs, 0, {
@@ -45,11 +56,15 @@ async function cluster(env: BenchEnv, jobs: number): Promise<{ rate: number }> {
       },
       timeoutMs: 600_000,
     });
+    const workerPids = setup.workers.map((w) => w.proc.pid!);
+    const before = { workers: await cpuOf(workerPids), servers: await cpuOf(setup.cluster.serverPids) };
     const done = await run.finished();
+    const workerCpu = ((await cpuOf(workerPids)) - before.workers) / jobs;
+    const serverCpu = ((await cpuOf(setup.cluster.serverPids)) - before.servers) / jobs;
     const submitted = run.out.json<{ t: string; at: number }>().filter((r) => r.t === "submitted");
     const first = Math.min(...submitted.map((r) => r.at));
     const last = Math.max(...done.map((d) => d.at));
-    return { rate: jobs / ((last - first) / 1000) };
+    return { rate: jobs / ((last - first) / 1000), workerCpu, serverCpu };
   } finally {
     await setup.dispose();
   }
@@ -69,7 +84,11 @@ export async function manyUsersAcrossHosts(env: BenchEnv, jobs: number): Promise
   const three = await cluster(env, jobs);
   return {
     scenario: "19 many users across hosts",
-    figures: { "jobs/s, 3 nodes across hosts": three.rate },
+    figures: {
+      "jobs/s, 3 nodes across hosts": three.rate,
+      "workers' CPU per job ms, 3 nodes": round(three.workerCpu, 2),
+      "nats-servers' CPU per job ms, 3 nodes": round(three.serverCpu, 2),
+    },
     baseline: { "jobs/s, 3 nodes across hosts": one },
     ratios: { "jobs/s, 3 nodes across hosts": three.rate / one },
     targets: [],

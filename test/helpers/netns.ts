@@ -300,6 +300,11 @@ export class NetCluster {
     );
   }
 
+  /** Process ids of the nodes' nats-servers, not of their relays (what the bench meters). */
+  get serverPids(): number[] {
+    return this.nodes.flatMap((n) => this.servers.get(n)?.pid ?? []);
+  }
+
   /** Kill `node`'s nats-server (SIGKILL): its relay stays, refusing as a host with nothing listening. */
   async killNode(node: string): Promise<void> {
     const p = this.servers.get(node);
