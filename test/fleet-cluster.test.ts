@@ -65,6 +65,29 @@ describe("fleet on a 3-node JetStream cluster", () => {
 });
 
 describe("job records on a cluster", { timeout: 60_000 }, () => {
+  it("a split job's parts and fan-in fence on the cluster, each reading its unseen writes, and commit once", async () => {
+    const env = {
+      MARS_NATS_SERVERS: cluster.servers.join(","),
+      MARS_SHARED_ROOT: sharedRoot,
+      MARS_STREAM_REPLICAS: "3",
+      MARS_REQUEST_TIMEOUT: "10s",
+      MARS_CONFIG_FILE: "",
+    };
+    const fleet = await Fleet.connect({ config: loadConfig({ env }) });
+    try {
+      const job = await fleet.submit(
+        { param: "2t/msl", date: "20240101/to/20240103", grid: "10/10" },
+        { targetDir: "cluster", targetFname: "split.grib", split: ["param"] },
+      );
+      const result = await job.result({ signal: AbortSignal.timeout(45_000) });
+      assert.equal((await gribLs(result.target, ["shortName"])).length, 6);
+      const logs = worker!.logs.filter((l) => String(l["msg"]).includes("did not see"));
+      assert.deepEqual(logs, [], "no write went unseen on a cluster with every node up");
+    } finally {
+      await fleet.close();
+    }
+  });
+
   it("a fence reads the writes stored between its claim and itself, oldest first (what a cluster may let through unseen)", async () => {
     const env = { MARS_NATS_SERVERS: cluster.servers.join(","), MARS_CONFIG_FILE: "" };
     await (await Fleet.connect({ config: loadConfig({ env }) })).close(); // the topology, if not there yet

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { VersionedRecord } from "../src/broker/records.js";
 import type { JobRecord } from "../src/broker/schemas.js";
-import { othersUnseen } from "../src/worker/attempt.js";
+import { othersUnseen } from "../src/broker/records.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { writesAround } from "./helpers/unseen-writes.js";
 
@@ -28,15 +28,29 @@ const write = (revision: number, claim: string, fenceClaim?: string): VersionedR
 });
 
 describe("writes a compare-and-set did not see", { timeout: TIMEOUT }, () => {
-  it("only another attempt's writes count; its first fence is the earlier one, a claim alone means the job is lost", () => {
-    assert.equal(othersUnseen([], "a"), undefined);
-    assert.equal(othersUnseen([write(5, "a"), write(9, "a", "a")], "a"), undefined, "its own writes");
-    const claimOnly = othersUnseen([write(5, "a"), write(7, "b")], "a");
+  it("only another writer's writes count; its first fence is the earlier one, a claim alone means the job is lost", () => {
+    const claimedBy = (claim: string) => (r: JobRecord) => r.claim === claim;
+    assert.equal(othersUnseen([], claimedBy("a")), undefined);
+    assert.equal(
+      othersUnseen([write(5, "a"), write(9, "a", "a")], claimedBy("a")),
+      undefined,
+      "its own writes",
+    );
+    const claimOnly = othersUnseen([write(5, "a"), write(7, "b")], claimedBy("a"));
     assert.deepEqual(claimOnly?.revisions, [7]);
     assert.equal(claimOnly?.fence, undefined);
-    const fences = othersUnseen([write(6, "b"), write(7, "b", "b"), write(8, "c", "c")], "a");
+    const fences = othersUnseen([write(6, "b"), write(7, "b", "b"), write(8, "c", "c")], claimedBy("a"));
     assert.deepEqual(fences?.revisions, [6, 7, 8]);
-    assert.equal(fences?.fence?.revision, 7, "the first fence of another attempt");
+    assert.equal(fences?.fence?.revision, 7, "the first fence of another writer");
+    // A fan-in knows its writes by the record's holder, not its claim.
+    const held = (by: string, revision: number, fenced: boolean): VersionedRecord => {
+      const w = write(revision, "parent-claim", fenced ? "parent-claim" : undefined);
+      return { ...w, record: { ...w.record, fanIn: { by, attempt: 1, worker: "w", seq: 3 } } as JobRecord };
+    };
+    const mine = (r: JobRecord) => r.fanIn?.by === "p1";
+    const fanIn = othersUnseen([held("p1", 4, false), held("p2", 5, true), held("p1", 6, true)], mine);
+    assert.deepEqual(fanIn?.revisions, [5]);
+    assert.equal(fanIn?.fence?.revision, 5);
   });
 
   describe("on a single server", () => {

@@ -39,7 +39,7 @@ export {
 export type { ProvisionReport, TopologyOptions } from "./provision.js";
 export { Puller } from "./pull.js";
 export type { JobMsg } from "./pull.js";
-export { JobStore } from "./records.js";
+export { JobStore, othersUnseen } from "./records.js";
 export type { RecordWatch, SubmissionWatch, VersionedRecord } from "./records.js";
 export { afterFailure, checkRetry, policyOf } from "./retry-policy.js";
 export type { RetryPolicy } from "./retry-policy.js";

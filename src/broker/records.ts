@@ -512,3 +512,20 @@ export class JobStore {
     })();
   }
 }
+
+/**
+ * Of the writes stored between a writer's compare-and-set and a later one of its own (see
+ * JobStore.writesBetween), those of other writers (none: undefined), and the first of theirs that
+ * fenced a commit (wrote `committing`): a writer knows its own writes by `mine`.
+ */
+export function othersUnseen(
+  between: readonly VersionedRecord[],
+  mine: (record: JobRecord) => boolean,
+): { revisions: number[]; fence: VersionedRecord | undefined } | undefined {
+  const others = between.filter((w) => !mine(w.record));
+  if (others.length === 0) return undefined;
+  return {
+    revisions: others.map((w) => w.revision),
+    fence: others.find((w) => w.record.committing !== undefined),
+  };
+}

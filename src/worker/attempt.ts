@@ -20,6 +20,7 @@ import {
   type JobRecord,
   type JobState,
   type JobStore,
+  othersUnseen,
   policyOf,
   subjects,
   type SubmissionWatch,
@@ -770,7 +771,7 @@ export class JobAttempt {
   private async unseenWrites(): Promise<"owned" | "lost"> {
     if (this.claimBase === undefined || !this.version) return "owned";
     const between = await this.ctx.store.writesBetween(this.job.id, this.claimBase, this.version.revision);
-    const found = othersUnseen(between, this.claimId);
+    const found = othersUnseen(between, (r) => r.claim === this.claimId);
     if (!found) return "owned";
     this.log.warn(
       { revisions: found.revisions, fence: found.fence?.revision },
@@ -901,22 +902,6 @@ export class JobAttempt {
       ...(s.settle === "nak" && { againAfterMs: s.nakDelayMs ?? 0 }),
     };
   }
-}
-
-/**
- * Of the writes stored between an attempt's claim and its fence, those of other attempts (none:
- * undefined), and the first of their fences: an attempt's own writes carry its claim.
- */
-export function othersUnseen(
-  between: readonly VersionedRecord[],
-  claimId: string,
-): { revisions: number[]; fence: VersionedRecord | undefined } | undefined {
-  const others = between.filter((w) => w.record.claim !== claimId);
-  if (others.length === 0) return undefined;
-  return {
-    revisions: others.map((w) => w.revision),
-    fence: others.find((w) => w.record.committing !== undefined && w.record.committing.claim !== claimId),
-  };
 }
 
 /** Remove part files of earlier attempts of this job (a dead worker's leftovers) beside the target. */

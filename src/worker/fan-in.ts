@@ -13,6 +13,7 @@
  */
 import { readdir, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
@@ -22,6 +23,7 @@ import {
   type JobRecord,
   JobEventPublisher,
   type JobStore,
+  othersUnseen,
   type PartOf,
   subjects,
   TERMINAL_STATES,
@@ -46,7 +48,12 @@ export interface FanInEnv {
   store: JobStore;
   workerId: string;
   sharedRoot: string;
+  /** How long a request to the broker may take (bounds the wait for another fan-in's rename). */
+  requestTimeoutMs: number;
 }
+
+/** After the longest a fan-in's fence answer can take, the time given to its rename. */
+const LANDING_GRACE_MS = 2000;
 
 /** The attempt that may hold a fan-in: a part's attempt, named as the record names its owner. */
 export interface FanInOwner {
@@ -197,6 +204,49 @@ async function endParent(
  * Whether the parent's record names this attempt as its fan-in and is not final (a cancel is the
  * fence's to judge: after the rename the result is in place, and a cancel comes too late).
  */
+/**
+ * After a fan-in's fence held: another holder's fence among the parent's writes that neither of
+ * this fan-in's compare-and-sets saw (a cluster can let them through: JobStore.writesBetween). It
+ * was stored first, so its file is the result once it lands. Another holder's take alone leaves
+ * the commit to this one: that holder, if it fences, finds this fence among its own unseen writes.
+ */
+async function unseenFanIn(
+  ctx: FanInEnv,
+  parentId: string,
+  takeBase: number | undefined,
+  fenceRevision: number,
+  me: NonNullable<JobRecord["fanIn"]>,
+  log: Logger,
+): Promise<JobRecord["committing"]> {
+  if (takeBase === undefined) return undefined;
+  const mine = (r: JobRecord): boolean =>
+    r.fanIn?.by === me.by &&
+    r.fanIn.attempt === me.attempt &&
+    r.fanIn.seq === me.seq &&
+    r.fanIn.worker === me.worker;
+  const found = othersUnseen(await ctx.store.writesBetween(parentId, takeBase, fenceRevision), mine);
+  if (!found) return undefined;
+  log.warn(
+    { parent: parentId, revisions: found.revisions, fence: found.fence?.revision },
+    "the parent's record holds writes of another fan-in that this fan-in's compare-and-set did not see",
+  );
+  return found.fence?.record.committing;
+}
+
+/** Wait until `committing`'s file is at `target` (its bytes), or undefined at `until`. */
+async function landing(
+  target: string,
+  committing: NonNullable<JobRecord["committing"]>,
+  until: number,
+): Promise<number | undefined> {
+  for (;;) {
+    const found = await stat(target).catch(() => undefined); // not there: no rename yet
+    if (found?.ino === committing.ino && found.size === committing.bytes) return found.size;
+    if (Date.now() >= until) return undefined;
+    await sleep(100);
+  }
+}
+
 function holds(rec: JobRecord, job: Part, owner: FanInOwner, workerId: string): boolean {
   const f = rec.fanIn;
   return (
@@ -239,6 +289,8 @@ async function fanIn(
     if (endedWithoutResult(version.record)) await removeParts(paths(ctx, parentId, version.record).parts);
     return;
   }
+  // A first take creates the status key, which even a cluster checks as it stores it.
+  const takeBase = version.base === 0 ? version.revision : version.base;
   const parent = version.record;
   const where = paths(ctx, parentId, parent);
   const started = Date.now();
@@ -300,8 +352,18 @@ async function fanIn(
       log.warn({ parent: parentId, verdict }, "the fan-in ends without committing");
       return;
     }
-    await commitPart(tmp, where.target);
-    bytes = assembled.bytes;
+    const earlier = await unseenFanIn(ctx, parentId, takeBase, version.revision, me, log);
+    const until = Date.now() + ctx.requestTimeoutMs + LANDING_GRACE_MS;
+    const landed = earlier && (await landing(where.target, earlier, until));
+    if (landed) {
+      // Another fan-in fenced first, unseen by this one's compare-and-sets: its file is the result.
+      await discardPart(tmp);
+      bytes = landed;
+      log.info({ parent: parentId }, "an earlier fan-in's result is in place: adopted");
+    } else {
+      await commitPart(tmp, where.target);
+      bytes = assembled.bytes;
+    }
     log.info(
       {
         parent: parentId,
