@@ -18,6 +18,7 @@ export {
   earlierAttemptParts,
   isDirectory,
   isPartFile,
+  landsBy,
   jobTarget,
   partPathFor,
   prepareTargetDir,

@@ -2,6 +2,7 @@
 import { unlinkSync } from "node:fs";
 import { lstat, mkdir, open, readdir, realpath, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { TargetError } from "../core/index.js";
 
 const PART_SUFFIX = ".mars-part";
@@ -111,6 +112,23 @@ export async function commitPart(part: string, target: string): Promise<void> {
 export async function commitDurablePart(part: string, target: string): Promise<void> {
   await rename(part, target);
   await fsyncPath(dirname(target), "r");
+}
+
+/**
+ * Wait until the file another writer moved into place is at `target` (the same inode and size),
+ * looking every 100 ms: whether it landed by `until`.
+ */
+export async function landsBy(
+  target: string,
+  file: { ino: number; bytes: number },
+  until: number,
+): Promise<boolean> {
+  for (;;) {
+    const found = await stat(target).catch(() => undefined); // not there: no rename yet
+    if (found?.ino === file.ino && found.size === file.bytes) return true;
+    if (Date.now() >= until) return false;
+    await sleep(100);
+  }
 }
 
 export async function discardPart(part: string): Promise<void> {

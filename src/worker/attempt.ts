@@ -47,6 +47,7 @@ import {
   discardPart,
   earlierAttemptParts,
   errorForOutcome,
+  landsBy,
   type MarsRun,
   partPathFor,
   prepareTargetDir,
@@ -622,15 +623,19 @@ export class JobAttempt {
   ): Promise<Settlement | undefined> {
     if (!committing || this.job.deliver !== "share") return undefined;
     const targetPath = resolveInside(this.ctx.sharedRoot, this.job.target);
-    const inPlace = async (): Promise<boolean> => {
-      const found = await stat(targetPath).catch(() => undefined); // not there: no rename yet
-      return found?.ino === committing.ino && found.size === committing.bytes;
-    };
     // The earlier attempt passed its fence, so it renames next, unless it died first: give it a
     // moment (a stalled process, a slow shared filesystem) before running MARS again.
-    while (!(await inPlace())) {
-      if (Date.now() >= until) return undefined;
-      await sleep(100);
+    if (!(await landsBy(targetPath, committing, until))) {
+      const found = await stat(targetPath).catch(() => undefined); // none: nothing was moved there
+      this.log.info(
+        {
+          committedBy: committing.attempt,
+          expected: { ino: committing.ino, bytes: committing.bytes },
+          found: found && { ino: found.ino, bytes: found.size, mtimeMs: found.mtimeMs },
+        },
+        "an earlier attempt's fence is recorded, but its result is not in place",
+      );
+      return undefined;
     }
     this.log.info({ committedBy: committing.attempt }, "an earlier attempt's result is in place: adopted");
     const result = { target: this.job.target, bytes: committing.bytes, elapsedMs: committing.elapsedMs };
@@ -722,7 +727,13 @@ export class JobAttempt {
         return { state: "succeeded", settle: "ack", elapsedMs, result: { ...result, object: job.id } };
       }
       await run.commit();
-      this.log.debug({ target: job.target, bytes: outcome.bytes }, "result committed");
+      // The revisions say which writes this attempt's claim and fence were compared against.
+      const revisions = {
+        claimBase: this.claimBase,
+        fence: this.version?.revision,
+        fenceBase: this.version?.base,
+      };
+      this.log.debug({ target: job.target, bytes: outcome.bytes, revisions }, "result committed");
       return { state: "succeeded", settle: "ack", elapsedMs, result };
     } catch (err) {
       await run.discard();

@@ -13,7 +13,6 @@
  */
 import { readdir, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import type { JetStreamClient } from "@nats-io/jetstream";
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { Logger } from "pino";
@@ -36,6 +35,7 @@ import {
   commitPart,
   discardPart,
   isPartFile,
+  landsBy,
   partPathFor,
   prepareTargetDir,
   resolveInside,
@@ -201,10 +201,6 @@ async function endParent(
 }
 
 /**
- * Whether the parent's record names this attempt as its fan-in and is not final (a cancel is the
- * fence's to judge: after the rename the result is in place, and a cancel comes too late).
- */
-/**
  * After a fan-in's fence held: another holder's fence among the parent's writes that neither of
  * this fan-in's compare-and-sets saw (a cluster can let them through: JobStore.writesBetween). It
  * was stored first, so its file is the result once it lands. Another holder's take alone leaves
@@ -233,20 +229,10 @@ async function unseenFanIn(
   return found.fence?.record.committing;
 }
 
-/** Wait until `committing`'s file is at `target` (its bytes), or undefined at `until`. */
-async function landing(
-  target: string,
-  committing: NonNullable<JobRecord["committing"]>,
-  until: number,
-): Promise<number | undefined> {
-  for (;;) {
-    const found = await stat(target).catch(() => undefined); // not there: no rename yet
-    if (found?.ino === committing.ino && found.size === committing.bytes) return found.size;
-    if (Date.now() >= until) return undefined;
-    await sleep(100);
-  }
-}
-
+/**
+ * Whether the parent's record names this attempt as its fan-in and is not final (a cancel is the
+ * fence's to judge: after the rename the result is in place, and a cancel comes too late).
+ */
 function holds(rec: JobRecord, job: Part, owner: FanInOwner, workerId: string): boolean {
   const f = rec.fanIn;
   return (
@@ -354,11 +340,10 @@ async function fanIn(
     }
     const earlier = await unseenFanIn(ctx, parentId, takeBase, version.revision, me, log);
     const until = Date.now() + ctx.requestTimeoutMs + LANDING_GRACE_MS;
-    const landed = earlier && (await landing(where.target, earlier, until));
-    if (landed) {
+    if (earlier && (await landsBy(where.target, earlier, until))) {
       // Another fan-in fenced first, unseen by this one's compare-and-sets: its file is the result.
       await discardPart(tmp);
-      bytes = landed;
+      bytes = earlier.bytes;
       log.info({ parent: parentId }, "an earlier fan-in's result is in place: adopted");
     } else {
       await commitPart(tmp, where.target);

@@ -10,10 +10,14 @@
  *   `{"t":"server","name":"n1"}` when connected and after each reconnect,
  *   `{"t":"submitted","id","at"}`, then `{"t":"done","id","at","state","attempt","worker","bytes",
  *   "fileBytes","code"}` for each, and `{"t":"end"}`;
- * - `one`: submits one job and prints `submitted`, `running` (with its worker) and `done`.
+ * - `one`: submits one job and prints `submitted`, `running` (with its worker) and `done`;
+ * - `history <job id>`: each write of the job's status key still stored, oldest first, as
+ *   `{"t":"write","revision","state","attempt","worker","claim","committing"}` (what a failure says).
  */
 import { stat } from "node:fs/promises";
 import { jetstreamManager } from "@nats-io/jetstream";
+import { replayStored } from "../../src/broker/stream-reads.js";
+import { JOBS_BUCKET, kvStream, kvSubject } from "../../src/broker/subjects.js";
 import { connect } from "@nats-io/transport-node";
 import { Fleet } from "../../src/client/fleet.js";
 import type { JobHandle } from "../../src/client/job.js";
@@ -61,8 +65,11 @@ async function load(fleet: Fleet, count: number, intervalMs: number, users = 4, 
   const submitOne = async (i: number): Promise<void> => {
     const requestId = `netns-${process.pid}-${i}`;
     try {
+      // A file of its own: a target the jobs shared would be replaced by each, and a fence could not
+      // tell an earlier attempt's file in place from another job's.
       const job = await fleet.submit(REQUEST, {
         targetDir: "netns",
+        targetFname: `${requestId}.grib`,
         environ: { user_id: `u${i % users}`, request_id: requestId },
       });
       out({ t: "submitted", id: job.id, at: Date.now() });
@@ -117,6 +124,21 @@ async function main(): Promise<void> {
     const nc = await connect({ servers: config.servers, timeout: 5000 });
     const info = await (await jetstreamManager(nc)).streams.info(args[0]!);
     out({ t: "leader", leader: info.cluster?.leader });
+    await nc.close();
+    return;
+  }
+  if (command === "history") {
+    const nc = await connect({ servers: config.servers, timeout: 5000 });
+    const jsm = await jetstreamManager(nc);
+    for await (const m of replayStored(
+      jsm,
+      kvStream(JOBS_BUCKET),
+      kvSubject(JOBS_BUCKET, `${args[0]}.status`),
+    )) {
+      const r = m.data.length > 0 ? (m.json<Record<string, unknown>>() ?? {}) : {};
+      const { state, attempt, worker, claim, committing } = r;
+      out({ t: "write", revision: m.seq, at: m.timestamp, state, attempt, worker, claim, committing });
+    }
     await nc.close();
     return;
   }

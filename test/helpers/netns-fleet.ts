@@ -39,6 +39,8 @@ export interface Done {
 export class Setup {
   readonly workers: WorkerProcess[] = [];
   readonly clients: Array<{ err: Lines }> = [];
+  /** The stored writes of each job's status that was not committed exactly once (`history`). */
+  readonly histories = new Map<string, string[]>();
 
   private constructor(
     readonly lab: NetLab,
@@ -122,6 +124,13 @@ export class Setup {
           throw new Error(`${(err as Error).message}\n${this.outstanding(c.out, count)}`, { cause: err });
         });
       const done = c.out.json<Done>().filter((d) => d.t === "done");
+      const commits = this.commits();
+      // Each write of a job committed other than once, read back before the lab goes (a failure says them).
+      for (const d of done.filter((x) => commits.get(x.id) !== 1))
+        this.histories.set(
+          d.id,
+          (await this.run("c1", [CLIENT, "history", d.id], 20_000).catch(() => undefined))?.all ?? [],
+        );
       assertAllSucceeded(this, done, count);
       return done;
     };
@@ -143,14 +152,17 @@ export class Setup {
 
   /** The last `n` lines each worker logged of job `id`, with their time, attempt and error. */
   trail(id: string, n: number): string[] {
-    return this.workers.flatMap((w) =>
-      w.logs
-        .filter((x) => x["jobId"] === id)
-        .slice(-n)
-        .map(
-          (l) =>
-            `  ${w.id} on ${id} #${String(l["attempt"] ?? "?")} at ${String(l["time"])}: ${String(l["msg"])} ${l["err"] ? JSON.stringify(l["err"]).slice(0, 200) : ""}`,
-        ),
+    const writes = (this.histories.get(id) ?? []).map((l) => `  write: ${l}`);
+    return writes.concat(
+      this.workers.flatMap((w) =>
+        w.logs
+          .filter((x) => x["jobId"] === id)
+          .slice(-n)
+          .map(
+            (l) =>
+              `  ${w.id} on ${id} #${String(l["attempt"] ?? "?")} at ${String(l["time"])}: ${String(l["msg"])} ${l["err"] ? JSON.stringify(l["err"]).slice(0, 200) : ""}${["revisions", "expected", "found"].map((k) => (l[k] ? ` ${k} ${JSON.stringify(l[k])}` : "")).join("")}`,
+          ),
+      ),
     );
   }
 
