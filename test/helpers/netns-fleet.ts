@@ -281,5 +281,9 @@ export async function withSetup(t: TestContext, body: (s: Setup) => Promise<void
   }
   const unseen = setup.workers.flatMap((w) => w.logs.filter((l) => String(l["msg"]).includes("did not see")));
   t.diagnostic(`fences that found writes their compare-and-set did not see: ${unseen.length}`);
+  for (const l of unseen)
+    t.diagnostic(
+      `  ${String(l["workerId"])} on ${String(l["jobId"] ?? l["parent"])} #${String(l["attempt"])}: revisions ${JSON.stringify(l["revisions"])}, another's fence ${String(l["fence"] ?? "none")}`,
+    );
   t.diagnostic(`namespaces removed: ${HOSTS.length + 1}`);
 }
