@@ -6,12 +6,14 @@ import { after, before, describe, it } from "node:test";
 import { connect } from "@nats-io/transport-node";
 import { jetstreamManager } from "@nats-io/jetstream";
 import { LocalNatsCluster } from "../src/local/server.js";
-import { EVENTS_STREAM, JOBS_STREAM } from "../src/broker/subjects.js";
 import { Fleet } from "../src/client/fleet.js";
 import { loadConfig } from "../src/config/load.js";
 import { startWorkerProcess, type WorkerProcess } from "../src/worker/process.js";
 import { gribLs } from "./helpers/grib.js";
-import { writesAround } from "./helpers/unseen-writes.js";
+import { claimed, job, storeOn, writesAround } from "./helpers/unseen-writes.js";
+import { othersUnseen } from "../src/broker/records.js";
+import { initialRecord, type JobRecord } from "../src/broker/schemas.js";
+import { EVENTS_STREAM, JOBS_BUCKET, JOBS_STREAM, kvStream } from "../src/broker/subjects.js";
 
 let cluster: LocalNatsCluster;
 let sharedRoot: string;
@@ -100,5 +102,56 @@ describe("job records on a cluster", { timeout: 60_000 }, () => {
     );
     assert.ok(first.revision < second.revision && second.revision < third.revision);
     assert.deepEqual(found.adjacent, [], "nothing lies between two writes of the key");
+  });
+
+  it("two compare-and-sets on one revision that reach a paused leader are both stored (nats-server 2.9); the later one's read finds the other", async () => {
+    const nc = await connect({ servers: cluster.servers });
+    const leaderName = (await (await jetstreamManager(nc)).streams.info(kvStream(JOBS_BUCKET))).cluster
+      ?.leader;
+    const version = nc.info?.version ?? "";
+    await nc.close();
+    const leader = cluster.nodes.find((n) => n.serverName === leaderName);
+    assert.ok(leader?.pid, `the jobs bucket's leader ${leaderName} is one of the cluster's nodes`);
+    // Two writers, each connected to the leader itself: their writes queue there while it is paused.
+    const a = await storeOn([leader.url]);
+    const b = await storeOn([leader.url]);
+    try {
+      const id = `race-${Date.now()}`;
+      const first = await a.store.mutate(id, claimed("a"), {
+        record: initialRecord(job(id), 3),
+        revision: 0,
+      });
+      const fence = { attempt: 1, ino: 1, bytes: 1, elapsedMs: 1, claim: "a" };
+      process.kill(leader.pid, "SIGSTOP");
+      let writes;
+      try {
+        writes = [
+          a.store.mutate(id, (r) => ({ ...r, committing: fence }), first),
+          b.store.mutate(id, claimed("b"), first),
+        ];
+        await new Promise((r) => setTimeout(r, 300));
+      } finally {
+        process.kill(leader.pid, "SIGCONT");
+      }
+      const [fenced, claimedB] = await Promise.all(writes);
+      const [earlier, later] = [fenced!, claimedB!].sort((x, y) => x.revision - y.revision);
+      const raced = earlier!.base === first.revision && later!.base === first.revision;
+      const [major, minor] = version.split(".").map(Number);
+      // 2.9 checks a clustered write when proposed only; 2.10 checks again when it applies it.
+      if ((major ?? 0) === 2 && (minor ?? 0) < 10)
+        assert.ok(raced, `nats-server ${version} let only one of the two through`);
+      // Whoever wrote later reads the write it did not see; a server that checks as it applies
+      // made it read again instead (its base is the other write), and then nothing lies between.
+      const mine = (rec: JobRecord): boolean => rec.claim === later!.record.claim;
+      const unseen = othersUnseen(await b.store.writesBetween(id, later!.base!, later!.revision), mine);
+      if (raced) {
+        assert.deepEqual(unseen?.revisions, [earlier!.revision]);
+        // The claim stored after the fence finds that fence: the commit it would otherwise miss.
+        if (later === claimedB) assert.equal(unseen?.fence?.revision, earlier!.revision);
+      } else assert.equal(unseen, undefined);
+    } finally {
+      await a.close();
+      await b.close();
+    }
   });
 });

@@ -332,11 +332,12 @@ export class JobStore {
    * The writes to a job's status stored after revision `after` and before revision `before`,
    * oldest first: on a cluster, the writes a compare-and-set may have let through unseen.
    *
-   * A clustered stream's leader checks a write's expected revision against the writes it has
-   * applied, not against those it has accepted and not applied yet (nats-server before 2.11, fixed
-   * in its commit 469f834b): two writes compared against the same revision can then both be
-   * stored, typically just after the leader changed. A single server checks each write as it
-   * stores it, so there this reads nothing and gives none. Read from the stream's leader, one
+   * nats-server 2.9 checks a clustered write's expected revision only when its stream leader
+   * proposes it, against the writes applied so far, and never when it applies it: two writes
+   * compared against the same revision can then both be stored (test/fleet-cluster.test.ts makes
+   * it happen by pausing the leader). 2.10 checks again as it applies a write; 2.11 also closed
+   * what remained just after a leader change (its commit 469f834b). A single server checks each
+   * write as it stores it, so there this reads nothing and gives none. Read from the stream's leader, one
    * message get each, over the key's short history (the bucket keeps 5 revisions of a key).
    */
   async writesBetween(id: string, after: number, before: number): Promise<VersionedRecord[]> {

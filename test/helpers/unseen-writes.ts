@@ -22,26 +22,38 @@ export interface WritesAround {
   adjacent: VersionedRecord[];
 }
 
+/** A job message of its own for a record (the queue "unseen"). */
+export const job = (id: string): JobMessage => ({
+  v: 1,
+  id,
+  queue: "unseen",
+  requests: [{ verb: "retrieve", params: { param: ["2t"] } }],
+  target: `${id}.grib`,
+  environ: {},
+  timeoutMs: 0,
+  submittedAt: Date.now(),
+  deliver: "share",
+});
+
+/** A record change that claims it for `claim`. */
+export const claimed =
+  (claim: string) =>
+  (r: JobRecord): JobRecord => ({ ...r, state: "running", claim });
+
+/** A job store of its own connection to `servers`; `close` ends it. */
+export async function storeOn(servers: string[]): Promise<{ store: JobStore; close: () => Promise<void> }> {
+  const nc = await connect({ servers });
+  const jsm = await jetstreamManager(nc);
+  const store = new JobStore(await new Kvm(nc).open(JOBS_BUCKET), { nc, jsm }, silentLogger());
+  return { store, close: () => nc.close() };
+}
+
 /** The bucket must exist (the topology provisioned) on `servers`. */
 export async function writesAround(servers: string[]): Promise<WritesAround> {
-  const nc = await connect({ servers });
+  const { store, close } = await storeOn(servers);
   try {
-    const jsm = await jetstreamManager(nc);
-    const store = new JobStore(await new Kvm(nc).open(JOBS_BUCKET), { nc, jsm }, silentLogger());
-    const job = (id: string): JobMessage => ({
-      v: 1,
-      id,
-      queue: "unseen",
-      requests: [{ verb: "retrieve", params: { param: ["2t"] } }],
-      target: `${id}.grib`,
-      environ: {},
-      timeoutMs: 0,
-      submittedAt: Date.now(),
-      deliver: "share",
-    });
     const id = `unseen-${randomUUID()}`;
     const other = `unseen-other-${randomUUID()}`;
-    const claimed = (claim: string) => (r: JobRecord) => ({ ...r, state: "running" as const, claim });
     const first = await store.mutate(id, claimed("a"), { record: initialRecord(job(id), 3), revision: 0 });
     let between = await store.mutate(other, claimed("x"), {
       record: initialRecord(job(other), 3),
@@ -57,6 +69,6 @@ export async function writesAround(servers: string[]): Promise<WritesAround> {
       adjacent: await store.writesBetween(id, first.revision, second.revision),
     };
   } finally {
-    await nc.close();
+    await close();
   }
 }
