@@ -13,7 +13,12 @@ import { gribLs } from "./helpers/grib.js";
 import { claimed, job, storeOn, writesAround } from "./helpers/unseen-writes.js";
 import { othersUnseen } from "../src/broker/records.js";
 import { initialRecord, type JobRecord } from "../src/broker/schemas.js";
-import { EVENTS_STREAM, JOBS_BUCKET, JOBS_STREAM, kvStream } from "../src/broker/subjects.js";
+import { EVENTS_STREAM, JOBS_BUCKET, JOBS_STREAM, QOS_BUCKET, kvStream } from "../src/broker/subjects.js";
+import { Kvm } from "@nats-io/kv";
+import { SlotTable } from "../src/qos/store.js";
+import type { LimitSlot } from "../src/qos/evaluate.js";
+import type { LimitRule } from "../src/qos/rules.js";
+import { silentLogger } from "../src/core/index.js";
 
 let cluster: LocalNatsCluster;
 let sharedRoot: string;
@@ -66,6 +71,35 @@ describe("fleet on a 3-node JetStream cluster", () => {
   });
 });
 
+/** The server process leading `stream`'s group on the cluster. */
+async function leaderOf(stream: string): Promise<{ pid: number; url: string; version: string }> {
+  const nc = await connect({ servers: cluster.servers });
+  try {
+    const name = (await (await jetstreamManager(nc)).streams.info(stream)).cluster?.leader;
+    const node = cluster.nodes.find((n) => n.serverName === name);
+    assert.ok(node?.pid, `${stream}'s leader ${name} is one of the cluster's nodes`);
+    return { pid: node.pid, url: node.url, version: nc.info?.version ?? "" };
+  } finally {
+    await nc.close();
+  }
+}
+
+/** Whether nats-server `version` checks a clustered compare-and-set only when proposing it (2.9). */
+const checksWhenProposedOnly = (version: string): boolean => /^2\.9\./.test(version);
+
+/** Run `writes` while `pid` is paused (SIGSTOP) for 300 ms: what they send queues there. */
+async function whilePaused<T>(pid: number, writes: () => Array<Promise<T>>): Promise<T[]> {
+  process.kill(pid, "SIGSTOP");
+  let sent: Array<Promise<T>>;
+  try {
+    sent = writes();
+    await new Promise((r) => setTimeout(r, 300));
+  } finally {
+    process.kill(pid, "SIGCONT");
+  }
+  return Promise.all(sent);
+}
+
 describe("job records on a cluster", { timeout: 60_000 }, () => {
   it("a split job's parts and fan-in fence on the cluster, each reading its unseen writes, and commit once", async () => {
     const env = {
@@ -105,13 +139,7 @@ describe("job records on a cluster", { timeout: 60_000 }, () => {
   });
 
   it("two compare-and-sets on one revision that reach a paused leader are both stored (nats-server 2.9); the later one's read finds the other", async () => {
-    const nc = await connect({ servers: cluster.servers });
-    const leaderName = (await (await jetstreamManager(nc)).streams.info(kvStream(JOBS_BUCKET))).cluster
-      ?.leader;
-    const version = nc.info?.version ?? "";
-    await nc.close();
-    const leader = cluster.nodes.find((n) => n.serverName === leaderName);
-    assert.ok(leader?.pid, `the jobs bucket's leader ${leaderName} is one of the cluster's nodes`);
+    const leader = await leaderOf(kvStream(JOBS_BUCKET));
     // Two writers, each connected to the leader itself: their writes queue there while it is paused.
     const a = await storeOn([leader.url]);
     const b = await storeOn([leader.url]);
@@ -122,24 +150,14 @@ describe("job records on a cluster", { timeout: 60_000 }, () => {
         revision: 0,
       });
       const fence = { attempt: 1, ino: 1, bytes: 1, elapsedMs: 1, claim: "a" };
-      process.kill(leader.pid, "SIGSTOP");
-      let writes;
-      try {
-        writes = [
-          a.store.mutate(id, (r) => ({ ...r, committing: fence }), first),
-          b.store.mutate(id, claimed("b"), first),
-        ];
-        await new Promise((r) => setTimeout(r, 300));
-      } finally {
-        process.kill(leader.pid, "SIGCONT");
-      }
-      const [fenced, claimedB] = await Promise.all(writes);
+      const [fenced, claimedB] = await whilePaused(leader.pid, () => [
+        a.store.mutate(id, (r) => ({ ...r, committing: fence }), first),
+        b.store.mutate(id, claimed("b"), first),
+      ]);
       const [earlier, later] = [fenced!, claimedB!].sort((x, y) => x.revision - y.revision);
       const raced = earlier!.base === first.revision && later!.base === first.revision;
-      const [major, minor] = version.split(".").map(Number);
-      // 2.9 checks a clustered write when proposed only; 2.10 checks again when it applies it.
-      if ((major ?? 0) === 2 && (minor ?? 0) < 10)
-        assert.ok(raced, `nats-server ${version} let only one of the two through`);
+      if (checksWhenProposedOnly(leader.version))
+        assert.ok(raced, `nats-server ${leader.version} let only one of the two through`);
       // Whoever wrote later reads the write it did not see; a server that checks as it applies
       // made it read again instead (its base is the other write), and then nothing lies between.
       const mine = (rec: JobRecord): boolean => rec.claim === later!.record.claim;
@@ -152,6 +170,43 @@ describe("job records on a cluster", { timeout: 60_000 }, () => {
     } finally {
       await a.close();
       await b.close();
+    }
+  });
+
+  it("a QoS slot with room for one, taken by two workers at a paused leader, ends with one holder", async () => {
+    const leader = await leaderOf(kvStream(QOS_BUCKET));
+    const tables = await Promise.all(
+      [0, 1].map(async () => {
+        const nc = await connect({ servers: leader.url });
+        const kv = await new Kvm(nc).open(QOS_BUCKET);
+        return {
+          nc,
+          table: new SlotTable(await jetstreamManager(nc), kv, () => Promise.resolve(false), silentLogger()),
+        };
+      }),
+    );
+    try {
+      const key = `race-${Date.now()}`;
+      const slot: LimitSlot = { rule: { name: key, limit: 1 } as LimitRule, value: undefined, key };
+      const holder = (job: string) => ({ job, attempt: 1, worker: `w-${job}`, at: Date.now() });
+      // The key exists (a first write is checked as it is stored), and both tables know it.
+      assert.equal((await tables[0]!.table.acquire([slot], holder("warm"))).ok, true);
+      await tables[0]!.table.release([slot], holder("warm"));
+      // Read once every replica has that write (a read may be answered by any of them), so that
+      // both tables compare-and-set against the same, latest revision.
+      await new Promise((r) => setTimeout(r, 500));
+      for (const t of tables) await t.table.holders(key);
+      const results = await whilePaused(leader.pid, () =>
+        tables.map((t, i) => t.table.acquire([slot], holder(`j${i}`))),
+      );
+      const holders = await tables[0]!.table.holders(key);
+      assert.equal(results.filter((r) => r.ok).length, 1, `taken by ${JSON.stringify(results)}`);
+      assert.deepEqual(
+        holders.map((h) => h.job),
+        [`j${results.findIndex((r) => r.ok)}`],
+      );
+    } finally {
+      for (const t of tables) await t.nc.close();
     }
   });
 });

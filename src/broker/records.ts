@@ -13,7 +13,7 @@ import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
 import { streamGoneCheck, withRetry } from "./transient.js";
 import { RecordIndex } from "./record-index.js";
-import { bucketKeys, replayStored } from "./stream-reads.js";
+import { bucketKeys, clusteredCheck, replayStored, storedBetween } from "./stream-reads.js";
 import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
 import { JOBS_BUCKET, RECORD_KEYS, kvStream, kvSubject } from "./subjects.js";
 
@@ -179,8 +179,8 @@ export class JobStore {
   private readonly jsm: JetStreamManager;
   /** Whether the records' bucket is gone (a write no stream takes: withRetry's streamGone). */
   private readonly bucketGone: () => Promise<boolean>;
-  /** Whether the bucket is kept by a cluster (see writesBetween); asked once. */
-  private clustered: Promise<boolean> | undefined;
+  /** Whether the bucket's compare-and-sets can let two writes through (see writesBetween). */
+  private readonly clustered: () => Promise<boolean>;
 
   constructor(
     private readonly kv: KV,
@@ -190,6 +190,7 @@ export class JobStore {
     this.nc = conn.nc;
     this.jsm = conn.jsm;
     this.bucketGone = streamGoneCheck(conn.jsm, kvStream(JOBS_BUCKET));
+    this.clustered = clusteredCheck(conn.jsm, kvStream(JOBS_BUCKET));
   }
 
   /** Create the submission; its revision, or undefined when a job with this id already exists. */
@@ -330,43 +331,26 @@ export class JobStore {
 
   /**
    * The writes to a job's status stored after revision `after` and before revision `before`,
-   * oldest first: on a cluster, the writes a compare-and-set may have let through unseen.
-   *
-   * nats-server 2.9 checks a clustered write's expected revision only when its stream leader
-   * proposes it, against the writes applied so far, and never when it applies it: two writes
-   * compared against the same revision can then both be stored (test/fleet-cluster.test.ts makes
-   * it happen by pausing the leader). 2.10 checks again as it applies a write; 2.11 also closed
-   * what remained just after a leader change (its commit 469f834b). A single server checks each
-   * write as it stores it, so there this reads nothing and gives none. Read from the stream's leader, one
-   * message get each, over the key's short history (the bucket keeps 5 revisions of a key).
+   * oldest first, on a bucket whose compare-and-sets can let two writes through (a nats-server 2.9
+   * cluster: `clusteredCheck`); none elsewhere, without a read. One message get from the stream's
+   * leader each, over the key's short history (the bucket keeps 5 revisions of a key).
    */
   async writesBetween(id: string, after: number, before: number): Promise<VersionedRecord[]> {
-    if (before <= after + 1 || !(await this.isClustered())) return [];
-    const found: VersionedRecord[] = [];
-    const subject = kvSubject(JOBS_BUCKET, statusKey(id));
-    for await (const m of replayStored(this.jsm, kvStream(JOBS_BUCKET), subject, after + 1)) {
-      if (m.seq >= before) break;
-      try {
-        found.push({ record: decode(jobRecordSchema, m.data, `job record ${id}`), revision: m.seq });
-      } catch {
-        // A delete marker or an unreadable write: nothing of an attempt's in it.
-      }
-    }
-    return found;
-  }
-
-  private isClustered(): Promise<boolean> {
-    this.clustered ??= withRetry(() => this.jsm.streams.info(kvStream(JOBS_BUCKET)), {
-      what: "read the job records' bucket",
-    }).then(
-      // A single server answers with no cluster name; a cluster's members always have one.
-      (info) => Boolean(info.cluster?.name),
-      (err: unknown) => {
-        this.clustered = undefined; // asked again next time
-        throw err;
-      },
+    if (before <= after + 1 || !(await this.clustered())) return [];
+    const stored = await storedBetween(
+      this.jsm,
+      kvStream(JOBS_BUCKET),
+      kvSubject(JOBS_BUCKET, statusKey(id)),
+      after,
+      before,
     );
-    return this.clustered;
+    return stored.flatMap((m) => {
+      try {
+        return [{ record: decode(jobRecordSchema, m.data, `job record ${id}`), revision: m.seq }];
+      } catch {
+        return []; // a delete marker or an unreadable write: nothing of an attempt's in it
+      }
+    });
   }
 
   /**

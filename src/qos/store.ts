@@ -21,6 +21,8 @@ import {
   type RecordAuthority,
   replayStored,
   signatureSchema,
+  clusteredCheck,
+  storedBetween,
 } from "../broker/index.js";
 import { BrokerError, ConfigError } from "../core/index.js";
 import type { LimitSlot } from "./evaluate.js";
@@ -206,13 +208,18 @@ export class SlotTable {
   private stopWatch: (() => void) | undefined;
   private readonly listeners = new Set<() => void>();
 
+  /** Whether the bucket's compare-and-sets can let two writes through (see `unseenHolders`). */
+  private readonly clustered: () => Promise<boolean>;
+
   constructor(
     private readonly jsm: JetStreamManager,
     private readonly kv: KV,
     /** Whether a holder's job is over (its record final or gone): its slot may be taken back. */
     private readonly isOver: (jobId: string) => Promise<boolean>,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.clustered = clusteredCheck(jsm, kvStream(QOS_BUCKET));
+  }
 
   /**
    * Follow every slot key with a KV watch (one ordered consumer for this table, started when the
@@ -280,18 +287,23 @@ export class SlotTable {
     return { holders, revision };
   }
 
-  /** Change one slot key by compare-and-set; `change` returns undefined to leave it as it is. */
+  /**
+   * Change one slot key by compare-and-set; `change` returns undefined to leave it as it is.
+   * `restored`: holders that other workers' writes had, which this write replaced unseen (a nats-
+   * server 2.9 cluster can let two writes on one revision through: `clusteredCheck`), and that are
+   * now back in the slot beside this change.
+   */
   private async change(
     key: string,
     change: (h: Holders) => Promise<Holders | undefined> | Holders | undefined,
-  ): Promise<Holders> {
+  ): Promise<{ holders: Holders; restored: string[] }> {
     for (let tries = 0; tries < MAX_CAS_TRIES; tries++) {
       const cached = tries === 0 ? this.known(key) : undefined;
       const { holders, revision } = cached ?? (await this.read(key));
       const next = await change(holders);
       if (!next) {
         if (cached) continue; // decided on the cached copy: confirm with a read
-        return holders;
+        return { holders, restored: [] };
       }
       try {
         const raw = JSON.stringify(next);
@@ -300,7 +312,29 @@ export class SlotTable {
             ? await this.kv.create(SLOTS_PREFIX + key, raw)
             : await this.kv.update(SLOTS_PREFIX + key, raw, revision);
         this.remember(key, written, next);
-        return next;
+        // A first write creates the key, which even a cluster checks as it stores it.
+        const lost = revision === 0 ? [] : await this.unseenHolders(key, revision, written);
+        const restored = [
+          ...new Map(lost.filter(([job]) => !(job in next.holders) && !(job in holders.holders))),
+        ];
+        if (restored.length === 0) return { holders: next, restored: [] };
+        // Holders another worker added unseen come back (one that worker gave back meanwhile is
+        // counted until a full slot drops it as over): a slot may be held too long, never overbooked.
+        const repaired = { holders: { ...next.holders, ...Object.fromEntries(restored) } };
+        this.log.warn(
+          { slot: key, restored: restored.map(([job]) => job) },
+          "QoS slot: holders another worker's write added unseen are put back",
+        );
+        try {
+          const again = await this.kv.update(SLOTS_PREFIX + key, JSON.stringify(repaired), written);
+          this.remember(key, again, repaired);
+          return { holders: repaired, restored: restored.map(([job]) => job) };
+        } catch (err) {
+          if (!isCasConflict(err)) throw err;
+          // Changed since, by a worker that read this write: the change is made again on what is there.
+          this.cache.delete(key);
+          continue;
+        }
       } catch (err) {
         if (!isCasConflict(err)) throw err;
         // Another worker changed the slot since we read it: read again.
@@ -308,6 +342,29 @@ export class SlotTable {
       }
     }
     throw new BrokerError(`QoS slot ${key}: too many concurrent changes`, { key });
+  }
+
+  /** Holders that other workers' writes to a slot key, stored between two revisions, named. */
+  private async unseenHolders(
+    key: string,
+    after: number,
+    before: number,
+  ): Promise<Array<[string, Holders["holders"][string]]>> {
+    if (before <= after + 1 || !(await this.clustered())) return [];
+    const stored = await storedBetween(
+      this.jsm,
+      kvStream(QOS_BUCKET),
+      qosSubject(SLOTS_PREFIX + key),
+      after,
+      before,
+    );
+    return stored.flatMap((m) => {
+      try {
+        return Object.entries(decode(holdersSchema, m.data, `QoS slot ${key}`).holders);
+      } catch {
+        return []; // a delete marker or an unreadable write: no holders in it
+      }
+    });
   }
 
   /**
@@ -319,7 +376,7 @@ export class SlotTable {
     const taken: LimitSlot[] = [];
     for (const slot of ordered) {
       let full = -1;
-      await this.change(slot.key, async (h) => {
+      const { holders: now, restored } = await this.change(slot.key, async (h) => {
         full = -1;
         const mine = h.holders[holder.job];
         if (mine && mine.attempt === holder.attempt && mine.worker === holder.worker) return undefined;
@@ -342,6 +399,11 @@ export class SlotTable {
         const { job, ...entry } = holder;
         return { holders: { ...pruned.holders, [job]: entry } };
       });
+      if (full < 0 && restored.length > 0) {
+        // Holders another worker added unseen are back: if they fill the slot, this job waits.
+        const others = Object.keys(now.holders).filter((j) => j !== holder.job).length;
+        if (others >= slot.rule.limit) full = others;
+      }
       if (full >= 0) {
         await this.release(taken, holder);
         // Our own entry, from an earlier attempt of this job, must not keep a slot while we wait.
