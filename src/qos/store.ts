@@ -313,7 +313,14 @@ export class SlotTable {
             : await this.kv.update(SLOTS_PREFIX + key, raw, revision);
         this.remember(key, written, next);
         // A first write creates the key, which even a cluster checks as it stores it.
-        const lost = revision === 0 ? [] : await this.unseenHolders(key, revision, written);
+        const lost =
+          revision === 0
+            ? []
+            : await this.unseenHolders(key, revision, written).catch((err: unknown) => {
+                // The write stands as taken; only the check for writes it replaced is skipped.
+                this.log.warn({ err, slot: key }, "QoS slot: could not read the writes before this one");
+                return [];
+              });
         const restored = [
           ...new Map(lost.filter(([job]) => !(job in next.holders) && !(job in holders.holders))),
         ];
