@@ -270,8 +270,14 @@ export async function withSetup(t: TestContext, body: (s: Setup) => Promise<void
     // What the workers had to say, to tell a stuck fleet from a slow one.
     for (const w of setup.workers)
       for (const l of w.logs
-        .filter((x) => Number(x["level"]) >= Number(process.env["NETNS_LOG_LEVEL"] ?? 40))
-        .slice(-40))
+        // Warnings, and each job's own info lines (claimed, started, lost, settled): what tells a
+        // late takeover from a lost one.
+        .filter((x) => {
+          const level = Number(x["level"]);
+          const floor = Number(process.env["NETNS_LOG_LEVEL"] ?? 40);
+          return level >= floor || (level >= 30 && x["jobId"] !== undefined);
+        })
+        .slice(-60))
         t.diagnostic(`${w.id}: ${JSON.stringify(l).slice(0, 400)}`);
     for (const line of setup.clients.flatMap((c) => c.err.all.slice(-5)))
       t.diagnostic(`client: ${line.slice(0, 400)}`);
