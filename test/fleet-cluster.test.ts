@@ -34,16 +34,19 @@ after(async () => {
   await rm(sharedRoot, { recursive: true, force: true });
 });
 
+/** The fleet's settings on the cluster: its nodes, the shared root, everything at 3 replicas. */
+const clusterEnv = (): Record<string, string> => ({
+  MARS_NATS_SERVERS: cluster.servers.join(","),
+  MARS_SHARED_ROOT: sharedRoot,
+  MARS_STREAM_REPLICAS: "3",
+  MARS_HEARTBEAT_INTERVAL: "500ms",
+  MARS_REQUEST_TIMEOUT: "10s",
+  MARS_CONFIG_FILE: "",
+});
+
 describe("fleet on a 3-node JetStream cluster", () => {
   it("replicates the topology three times and finishes a job while one node is down", async () => {
-    const env = {
-      MARS_NATS_SERVERS: cluster.servers.join(","),
-      MARS_SHARED_ROOT: sharedRoot,
-      MARS_STREAM_REPLICAS: "3",
-      MARS_HEARTBEAT_INTERVAL: "500ms",
-      MARS_REQUEST_TIMEOUT: "10s",
-      MARS_CONFIG_FILE: "",
-    };
+    const env = clusterEnv();
     worker = await startWorkerProcess("cluster-worker", {
       ...process.env,
       ...env,
@@ -102,13 +105,7 @@ async function whilePaused<T>(pid: number, writes: () => Array<Promise<T>>): Pro
 
 describe("job records on a cluster", { timeout: 60_000 }, () => {
   it("a split job's parts and fan-in fence on the cluster, each reading its unseen writes, and commit once", async () => {
-    const env = {
-      MARS_NATS_SERVERS: cluster.servers.join(","),
-      MARS_SHARED_ROOT: sharedRoot,
-      MARS_STREAM_REPLICAS: "3",
-      MARS_REQUEST_TIMEOUT: "10s",
-      MARS_CONFIG_FILE: "",
-    };
+    const env = clusterEnv();
     const fleet = await Fleet.connect({ config: loadConfig({ env }) });
     try {
       const job = await fleet.submit(
@@ -125,11 +122,10 @@ describe("job records on a cluster", { timeout: 60_000 }, () => {
   });
 
   it("a fence reads the writes stored between its claim and itself, oldest first (what a cluster may let through unseen)", async () => {
-    const env = { MARS_NATS_SERVERS: cluster.servers.join(","), MARS_CONFIG_FILE: "" };
-    await (await Fleet.connect({ config: loadConfig({ env }) })).close(); // the topology, if not there yet
+    await (await Fleet.connect({ config: loadConfig({ env: clusterEnv() }) })).close(); // the topology, if not there yet
     const found = await writesAround(cluster.servers);
     const [first, second, third] = found.writes;
-    assert.equal(third.base, second.revision);
+    assert.equal(third.seenUpTo, second.revision);
     assert.deepEqual(
       found.between.map((w) => [w.revision, w.record.claim, w.record.committing?.claim]),
       [[second.revision, "b", "b"]],
@@ -155,13 +151,13 @@ describe("job records on a cluster", { timeout: 60_000 }, () => {
         b.store.mutate(id, claimed("b"), first),
       ]);
       const [earlier, later] = [fenced!, claimedB!].sort((x, y) => x.revision - y.revision);
-      const raced = earlier!.base === first.revision && later!.base === first.revision;
+      const raced = earlier!.seenUpTo === first.revision && later!.seenUpTo === first.revision;
       if (checksWhenProposedOnly(leader.version))
         assert.ok(raced, `nats-server ${leader.version} let only one of the two through`);
       // Whoever wrote later reads the write it did not see; a server that checks as it applies
-      // made it read again instead (its base is the other write), and then nothing lies between.
+      // made it read again instead (it had seen the other write), and then nothing lies between.
       const mine = (rec: JobRecord): boolean => rec.claim === later!.record.claim;
-      const unseen = othersUnseen(await b.store.writesBetween(id, later!.base!, later!.revision), mine);
+      const unseen = othersUnseen(await b.store.writesBetween(id, later!.seenUpTo!, later!.revision), mine);
       if (raced) {
         assert.deepEqual(unseen?.revisions, [earlier!.revision]);
         // The claim stored after the fence finds that fence: the commit it would otherwise miss.

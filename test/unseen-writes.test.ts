@@ -66,8 +66,8 @@ describe("writes a compare-and-set did not see", { timeout: TIMEOUT }, () => {
     it("reads nothing: the server checked each write as it stored it", async () => {
       const found = await writesAround([tf.server.url]);
       const [first, second, third] = found.writes;
-      assert.equal(second.base, first.revision, "a write says what it was compared against");
-      assert.equal(third.base, second.revision);
+      assert.equal(second.seenUpTo, first.revision, "a write says what it had seen");
+      assert.equal(third.seenUpTo, second.revision);
       assert.ok(third.revision > second.revision + 1, "another job's write lies between");
       assert.deepEqual(found.between, []);
     });

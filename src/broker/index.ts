@@ -78,7 +78,7 @@ export type {
 } from "./schemas.js";
 export { hasValidSignature, signatureSchema } from "./signing.js";
 export type { RecordAuthority } from "./signing.js";
-export { bucketKeys, clusteredCheck, recentStored, replayStored, storedBetween } from "./stream-reads.js";
+export { bucketKeys, recentStored, replayStored, unseenWritesOf } from "./stream-reads.js";
 export {
   API_JOBS_BUCKET,
   API_KEYS_BUCKET,

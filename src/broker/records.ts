@@ -13,7 +13,7 @@ import { decode, encode } from "./codec.js";
 import { isCasConflict } from "./nats-errors.js";
 import { streamGoneCheck, withRetry } from "./transient.js";
 import { RecordIndex } from "./record-index.js";
-import { bucketKeys, clusteredCheck, replayStored, storedBetween } from "./stream-reads.js";
+import { bucketKeys, replayStored, unseenWritesOf } from "./stream-reads.js";
 import { TERMINAL_STATES, jobRecordSchema, type JobRecord, type JobState } from "./schemas.js";
 import { JOBS_BUCKET, RECORD_KEYS, kvStream, kvSubject } from "./subjects.js";
 
@@ -21,8 +21,13 @@ export interface VersionedRecord {
   record: JobRecord;
   /** Revision of the key it was read from; for a job's record, its status key's (0: none yet). */
   revision: number;
-  /** For a record a write returned (mutate): the revision that write was compared against. */
-  base?: number;
+  /**
+   * For a record a write returned (mutate): the last revision that write is known to have seen.
+   * Writes after it and before this one may have gone unseen (`writesBetween`): it is the revision
+   * the write was compared against, or, for the write that created the key (which even a cluster
+   * checks as it stores it), the write itself.
+   */
+  seenUpTo?: number;
 }
 
 const MAX_CAS_TRIES = 50;
@@ -179,8 +184,8 @@ export class JobStore {
   private readonly jsm: JetStreamManager;
   /** Whether the records' bucket is gone (a write no stream takes: withRetry's streamGone). */
   private readonly bucketGone: () => Promise<boolean>;
-  /** Whether the bucket's compare-and-sets can let two writes through (see writesBetween). */
-  private readonly clustered: () => Promise<boolean>;
+  /** The writes a compare-and-set on the bucket may have let through unseen (see writesBetween). */
+  private readonly unseen: ReturnType<typeof unseenWritesOf>;
 
   constructor(
     private readonly kv: KV,
@@ -190,7 +195,7 @@ export class JobStore {
     this.nc = conn.nc;
     this.jsm = conn.jsm;
     this.bucketGone = streamGoneCheck(conn.jsm, kvStream(JOBS_BUCKET));
-    this.clustered = clusteredCheck(conn.jsm, kvStream(JOBS_BUCKET));
+    this.unseen = unseenWritesOf(conn.jsm, kvStream(JOBS_BUCKET));
   }
 
   /** Create the submission; its revision, or undefined when a job with this id already exists. */
@@ -321,7 +326,7 @@ export class JobStore {
             streamGone: this.bucketGone,
           },
         );
-        return { record: updated, revision, base: current.revision };
+        return { record: updated, revision, seenUpTo: current.revision === 0 ? revision : current.revision };
       } catch (err) {
         if (!isCasConflict(err)) throw err;
       }
@@ -332,18 +337,11 @@ export class JobStore {
   /**
    * The writes to a job's status stored after revision `after` and before revision `before`,
    * oldest first, on a bucket whose compare-and-sets can let two writes through (a nats-server 2.9
-   * cluster: `clusteredCheck`); none elsewhere, without a read. One message get from the stream's
-   * leader each, over the key's short history (the bucket keeps 5 revisions of a key).
+   * cluster: `unseenWritesOf`); none elsewhere, without a read. Read over the key's short history
+   * (the bucket keeps 5 revisions of a key).
    */
   async writesBetween(id: string, after: number, before: number): Promise<VersionedRecord[]> {
-    if (before <= after + 1 || !(await this.clustered())) return [];
-    const stored = await storedBetween(
-      this.jsm,
-      kvStream(JOBS_BUCKET),
-      kvSubject(JOBS_BUCKET, statusKey(id)),
-      after,
-      before,
-    );
+    const stored = await this.unseen(kvSubject(JOBS_BUCKET, statusKey(id)), after, before);
     return stored.flatMap((m) => {
       try {
         return [{ record: decode(jobRecordSchema, m.data, `job record ${id}`), revision: m.seq }];

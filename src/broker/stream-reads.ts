@@ -63,46 +63,38 @@ export async function bucketKeys(jsm: JetStreamManager, bucket: string, prefix =
 }
 
 /**
- * The messages of `stream` on `subject` stored after sequence `after` and before `before`, oldest
- * first, read from the stream's leader: on a cluster, the writes a compare-and-set between those
- * two may have let through unseen (see `clusteredCheck`).
- */
-export async function storedBetween(
-  jsm: JetStreamManager,
-  stream: string,
-  subject: string,
-  after: number,
-  before: number,
-): Promise<StoredMsg[]> {
-  const found: StoredMsg[] = [];
-  if (before <= after + 1) return found;
-  for await (const m of replayStored(jsm, stream, subject, after + 1)) {
-    if (m.seq >= before) break;
-    found.push(m);
-  }
-  return found;
-}
-
-/**
- * Whether compare-and-sets on `stream` can let two writes through, asked once (again after a
- * failure). nats-server 2.9 checks a clustered write's expected revision only when the stream's
+ * A reader of the writes on one of `stream`'s subjects stored after sequence `after` and before
+ * `before`, oldest first: the writes a compare-and-set between those two may have let through
+ * unseen. nats-server 2.9 checks a clustered write's expected revision only when the stream's
  * leader proposes it, against the writes applied so far, never when it applies it: two writes
  * compared against the same revision and proposed before the first is applied are both stored
  * (test/fleet-cluster.test.ts pauses the leader to make it happen). 2.10 checks again as it
  * applies a write; 2.11 also closed what remained just after a leader change (its commit
- * 469f834b). A single server checks each write as it stores it: false there.
+ * 469f834b). A single server checks each write as it stores it: there the reader gives none,
+ * without a read. Whether the stream is clustered is asked once (again after a failure); the
+ * writes are read from the stream's leader, one message get each.
  */
-export function clusteredCheck(jsm: JetStreamManager, stream: string): () => Promise<boolean> {
-  let asked: Promise<boolean> | undefined;
-  return () => {
-    asked ??= withRetry(() => jsm.streams.info(stream), { what: `read ${stream}'s placement` }).then(
+export function unseenWritesOf(
+  jsm: JetStreamManager,
+  stream: string,
+): (subject: string, after: number, before: number) => Promise<StoredMsg[]> {
+  let clustered: Promise<boolean> | undefined;
+  const isClustered = (): Promise<boolean> =>
+    (clustered ??= withRetry(() => jsm.streams.info(stream), { what: `read ${stream}'s placement` }).then(
       // A single server answers with no cluster name; a cluster's members always have one.
       (info) => Boolean(info.cluster?.name),
       (err: unknown) => {
-        asked = undefined; // asked again next time
+        clustered = undefined; // asked again next time
         throw err;
       },
-    );
-    return asked;
+    ));
+  return async (subject, after, before) => {
+    const found: StoredMsg[] = [];
+    if (before <= after + 1 || !(await isClustered())) return found;
+    for await (const m of replayStored(jsm, stream, subject, after + 1)) {
+      if (m.seq >= before) break;
+      found.push(m);
+    }
+    return found;
   };
 }

@@ -21,8 +21,7 @@ import {
   type RecordAuthority,
   replayStored,
   signatureSchema,
-  clusteredCheck,
-  storedBetween,
+  unseenWritesOf,
 } from "../broker/index.js";
 import { BrokerError, ConfigError } from "../core/index.js";
 import type { LimitSlot } from "./evaluate.js";
@@ -208,8 +207,8 @@ export class SlotTable {
   private stopWatch: (() => void) | undefined;
   private readonly listeners = new Set<() => void>();
 
-  /** Whether the bucket's compare-and-sets can let two writes through (see `unseenHolders`). */
-  private readonly clustered: () => Promise<boolean>;
+  /** The writes a compare-and-set on the bucket may have let through unseen (see `unseenHolders`). */
+  private readonly unseen: ReturnType<typeof unseenWritesOf>;
 
   constructor(
     private readonly jsm: JetStreamManager,
@@ -218,7 +217,7 @@ export class SlotTable {
     private readonly isOver: (jobId: string) => Promise<boolean>,
     private readonly log: Logger,
   ) {
-    this.clustered = clusteredCheck(jsm, kvStream(QOS_BUCKET));
+    this.unseen = unseenWritesOf(jsm, kvStream(QOS_BUCKET));
   }
 
   /**
@@ -290,7 +289,7 @@ export class SlotTable {
   /**
    * Change one slot key by compare-and-set; `change` returns undefined to leave it as it is.
    * `restored`: holders that other workers' writes had, which this write replaced unseen (a nats-
-   * server 2.9 cluster can let two writes on one revision through: `clusteredCheck`), and that are
+   * server 2.9 cluster can let two writes on one revision through: `unseenWritesOf`), and that are
    * now back in the slot beside this change.
    */
   private async change(
@@ -321,21 +320,20 @@ export class SlotTable {
                 this.log.warn({ err, slot: key }, "QoS slot: could not read the writes before this one");
                 return [];
               });
-        const restored = [
-          ...new Map(lost.filter(([job]) => !(job in next.holders) && !(job in holders.holders))),
-        ];
-        if (restored.length === 0) return { holders: next, restored: [] };
+        const restored = new Map(lost.filter(([job]) => !(job in next.holders) && !(job in holders.holders)));
+        if (restored.size === 0) return { holders: next, restored: [] };
         // Holders another worker added unseen come back (one that worker gave back meanwhile is
         // counted until a full slot drops it as over): a slot may be held too long, never overbooked.
         const repaired = { holders: { ...next.holders, ...Object.fromEntries(restored) } };
+        const jobs = [...restored.keys()];
         this.log.warn(
-          { slot: key, restored: restored.map(([job]) => job) },
+          { slot: key, restored: jobs },
           "QoS slot: holders another worker's write added unseen are put back",
         );
         try {
           const again = await this.kv.update(SLOTS_PREFIX + key, JSON.stringify(repaired), written);
           this.remember(key, again, repaired);
-          return { holders: repaired, restored: restored.map(([job]) => job) };
+          return { holders: repaired, restored: jobs };
         } catch (err) {
           if (!isCasConflict(err)) throw err;
           // Changed since, by a worker that read this write: the change is made again on what is there.
@@ -357,14 +355,7 @@ export class SlotTable {
     after: number,
     before: number,
   ): Promise<Array<[string, Holders["holders"][string]]>> {
-    if (before <= after + 1 || !(await this.clustered())) return [];
-    const stored = await storedBetween(
-      this.jsm,
-      kvStream(QOS_BUCKET),
-      qosSubject(SLOTS_PREFIX + key),
-      after,
-      before,
-    );
+    const stored = await this.unseen(qosSubject(SLOTS_PREFIX + key), after, before);
     return stored.flatMap((m) => {
       try {
         return Object.entries(decode(holdersSchema, m.data, `QoS slot ${key}`).holders);

@@ -96,7 +96,6 @@ interface Known {
  * value's as last read, read again in the background when older than a few seconds; and its own
  * additions. Choosing a lane never waits for the broker.
  */
-
 export class UsageTable {
   private readonly cache = new Map<string, Known>();
   private readonly reading = new Set<string>();

@@ -170,8 +170,8 @@ export class JobAttempt {
    */
   private readonly claimId = randomUUID();
   private claimedAt = 0;
-  /** The revision of the record this attempt's claim was compared against (see fence). */
-  private claimBase: number | undefined;
+  /** The last revision of the record this attempt's claim had seen (VersionedRecord.seenUpTo). */
+  private claimSeenUpTo: number | undefined;
   /** The earlier fence was found among writes this attempt's fence did not see (see fence). */
   private earlierFenceUnseen = false;
   private heartbeat: NodeJS.Timeout | undefined;
@@ -342,8 +342,7 @@ export class JobAttempt {
       });
     }
     this.claimedAt = Date.now();
-    // A first claim creates the status key, which even a cluster checks as it stores it.
-    this.claimBase = claimed.base === 0 ? claimed.revision : claimed.base;
+    this.claimSeenUpTo = claimed.seenUpTo;
     return skip ?? { kind: "run", version: claimed };
   }
 
@@ -727,11 +726,11 @@ export class JobAttempt {
         return { state: "succeeded", settle: "ack", elapsedMs, result: { ...result, object: job.id } };
       }
       await run.commit();
-      // The revisions say which writes this attempt's claim and fence were compared against.
+      // The revisions say which writes this attempt's claim and fence had seen.
       const revisions = {
-        claimBase: this.claimBase,
+        claimSeenUpTo: this.claimSeenUpTo,
         fence: this.version?.revision,
-        fenceBase: this.version?.base,
+        fenceSeenUpTo: this.version?.seenUpTo,
       };
       this.log.debug({ target: job.target, bytes: outcome.bytes, revisions }, "result committed");
       return { state: "succeeded", settle: "ack", elapsedMs, result };
@@ -780,8 +779,12 @@ export class JobAttempt {
    * attempt owns the job, and this one has lost it.
    */
   private async unseenWrites(): Promise<"owned" | "lost"> {
-    if (this.claimBase === undefined || !this.version) return "owned";
-    const between = await this.ctx.store.writesBetween(this.job.id, this.claimBase, this.version.revision);
+    if (this.claimSeenUpTo === undefined || !this.version) return "owned";
+    const between = await this.ctx.store.writesBetween(
+      this.job.id,
+      this.claimSeenUpTo,
+      this.version.revision,
+    );
     const found = othersUnseen(between, (r) => r.claim === this.claimId);
     if (!found) return "owned";
     this.log.warn(

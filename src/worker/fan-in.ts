@@ -209,18 +209,14 @@ async function endParent(
 async function unseenFanIn(
   ctx: FanInEnv,
   parentId: string,
-  takeBase: number | undefined,
+  takeSeenUpTo: number | undefined,
   fenceRevision: number,
   me: NonNullable<JobRecord["fanIn"]>,
   log: Logger,
 ): Promise<JobRecord["committing"]> {
-  if (takeBase === undefined) return undefined;
-  const mine = (r: JobRecord): boolean =>
-    r.fanIn?.by === me.by &&
-    r.fanIn.attempt === me.attempt &&
-    r.fanIn.seq === me.seq &&
-    r.fanIn.worker === me.worker;
-  const found = othersUnseen(await ctx.store.writesBetween(parentId, takeBase, fenceRevision), mine);
+  if (takeSeenUpTo === undefined) return undefined;
+  const mine = (r: JobRecord): boolean => sameHolder(r.fanIn, me);
+  const found = othersUnseen(await ctx.store.writesBetween(parentId, takeSeenUpTo, fenceRevision), mine);
   if (!found) return undefined;
   log.warn(
     { parent: parentId, revisions: found.revisions, fence: found.fence?.revision },
@@ -234,15 +230,13 @@ async function unseenFanIn(
  * fence's to judge: after the rename the result is in place, and a cancel comes too late).
  */
 function holds(rec: JobRecord, job: Part, owner: FanInOwner, workerId: string): boolean {
-  const f = rec.fanIn;
-  return (
-    f !== undefined &&
-    f.by === job.id &&
-    f.attempt === owner.attempt &&
-    f.seq === owner.seq &&
-    f.worker === workerId &&
-    !TERMINAL_STATES.has(rec.state)
-  );
+  const me = { by: job.id, attempt: owner.attempt, worker: workerId, seq: owner.seq };
+  return sameHolder(rec.fanIn, me) && !TERMINAL_STATES.has(rec.state);
+}
+
+/** Whether a record's fan-in holder is `me`: the same part, attempt, message and worker. */
+function sameHolder(f: JobRecord["fanIn"], me: NonNullable<JobRecord["fanIn"]>): boolean {
+  return f?.by === me.by && f.attempt === me.attempt && f.seq === me.seq && f.worker === me.worker;
 }
 
 async function fanIn(
@@ -275,17 +269,16 @@ async function fanIn(
     if (endedWithoutResult(version.record)) await removeParts(paths(ctx, parentId, version.record).parts);
     return;
   }
-  // A first take creates the status key, which even a cluster checks as it stores it.
-  const takeBase = version.base === 0 ? version.revision : version.base;
+  const takeSeenUpTo = version.seenUpTo;
   const parent = version.record;
   const where = paths(ctx, parentId, parent);
   const started = Date.now();
   const marsMs = parts.reduce((sum, p) => sum + (p.record.result?.elapsedMs ?? 0), 0);
   // An earlier attempt of this part fenced and renamed, then died before recording: its file is it.
-  const landed = parent.committing && (await stat(where.target).catch(() => undefined));
   let bytes: number;
-  if (landed && landed.ino === parent.committing!.ino && landed.size === parent.committing!.bytes) {
-    bytes = landed.size;
+  if (parent.committing && (await landsBy(where.target, parent.committing, Date.now()))) {
+    // one look
+    bytes = parent.committing.bytes;
     log.info({ parent: parentId }, "an earlier fan-in's result is in place: adopted");
   } else {
     const events = new JobEventPublisher(ctx.js, parentId, log, ctx.nc.info?.max_payload);
@@ -338,7 +331,7 @@ async function fanIn(
       log.warn({ parent: parentId, verdict }, "the fan-in ends without committing");
       return;
     }
-    const earlier = await unseenFanIn(ctx, parentId, takeBase, version.revision, me, log);
+    const earlier = await unseenFanIn(ctx, parentId, takeSeenUpTo, version.revision, me, log);
     const until = Date.now() + ctx.requestTimeoutMs + LANDING_GRACE_MS;
     if (earlier && (await landsBy(where.target, earlier, until))) {
       // Another fan-in fenced first, unseen by this one's compare-and-sets: its file is the result.
