@@ -16,6 +16,7 @@ export { decode, encode } from "./codec.js";
 export { connectBroker, connectWithConfig } from "./connection.js";
 export type { BrokerConnection } from "./connection.js";
 export { JobEventPublisher } from "./events.js";
+export { type FollowedEntry, KeyFollower } from "./kv-follow.js";
 export {
   askForLane,
   KEEPER_GROUP,

@@ -14,6 +14,7 @@ import {
   encode,
   hasValidSignature,
   isCasConflict,
+  KeyFollower,
   kvStream,
   kvSubject,
   QOS_BUCKET,
@@ -203,8 +204,8 @@ export class SlotTable {
    * never taken on it alone.
    */
   private readonly cache = new Map<string, { revision: number; raw?: Uint8Array; holders?: Holders }>();
-  private watching: Promise<void> | undefined;
-  private stopWatch: (() => void) | undefined;
+  /** Every slot key's changes as they happen, once followed (see `follow`). */
+  private readonly follower: KeyFollower;
   private readonly listeners = new Set<() => void>();
 
   /** The writes a compare-and-set on the bucket may have let through unseen (see `unseenHolders`). */
@@ -218,6 +219,7 @@ export class SlotTable {
     private readonly log: Logger,
   ) {
     this.unseen = unseenWritesOf(jsm, kvStream(QOS_BUCKET));
+    this.follower = new KeyFollower(kv, `${SLOTS_PREFIX}>`, "the QoS slots", log);
   }
 
   /**
@@ -226,17 +228,13 @@ export class SlotTable {
    * and giving back a slot is one compare-and-set each, and the counts tell which slots are full.
    */
   follow(): void {
-    this.watching ??= (async () => {
-      const watch = await this.kv.watch({ key: `${SLOTS_PREFIX}>` });
-      this.stopWatch = () => watch.stop();
-      for await (const e of watch) {
-        const key = e.key.slice(SLOTS_PREFIX.length);
-        // Kept as it came: decoded only if this worker needs the key (most it never touches).
-        if (e.operation !== "PUT" || e.length === 0) this.remember(key, e.revision, { holders: {} });
-        else this.remember(key, e.revision, undefined, e.value);
-        for (const l of this.listeners) l();
-      }
-    })().catch((err: unknown) => this.log.warn({ err }, "stopped following the QoS slots"));
+    this.follower.start((e) => {
+      const key = e.key.slice(SLOTS_PREFIX.length);
+      // Kept as it came: decoded only if this worker needs the key (most it never touches).
+      if (!e.value) this.remember(key, e.revision, { holders: {} });
+      else this.remember(key, e.revision, undefined, e.value);
+      for (const l of this.listeners) l();
+    });
   }
 
   /** Note a slot key's value at `revision` (decoded, or raw), unless a later one is known already. */
@@ -488,6 +486,6 @@ export class SlotTable {
   }
 
   close(): void {
-    this.stopWatch?.();
+    this.follower.stop();
   }
 }

@@ -9,7 +9,7 @@
 import type { KV } from "@nats-io/kv";
 import type { Logger } from "pino";
 import { z } from "zod";
-import { decode, encode, isCasConflict } from "../broker/index.js";
+import { decode, encode, isCasConflict, KeyFollower } from "../broker/index.js";
 import type { QosRules } from "./rules.js";
 
 /** How many periods a window is cut into. */
@@ -100,15 +100,15 @@ export class UsageTable {
   private readonly cache = new Map<string, Known>();
   private readonly reading = new Set<string>();
   private readonly listeners: Array<(token: string) => void> = [];
-  private watching: Promise<void> | undefined;
-  private stopWatch: (() => void) | undefined;
-  /** Whether every record's changes arrive as they happen (see `follow`). */
-  private followed = false;
+  /** Every record's changes as they happen, once followed (see `follow`). */
+  private readonly follower: KeyFollower;
 
   constructor(
     private readonly kv: KV,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.follower = new KeyFollower(kv, usageKey("*"), "usage; reading values as they age", log);
+  }
 
   /**
    * Keep every record at hand as it changes (a watch of the bucket's `usage.*` keys: one message
@@ -116,33 +116,18 @@ export class UsageTable {
    * is a few seconds old (one read per queued user every few seconds). Listeners hear each change.
    */
   follow(): void {
-    this.watching ??= (async () => {
-      const watch = await this.kv.watch({ key: usageKey("*") });
-      this.stopWatch = () => watch.stop();
-      this.followed = true;
-      for await (const e of watch) {
-        const token = e.key.slice(usageKey("").length);
-        // Kept as it came: decoded only when a lane of that value is placed (every user who ever
-        // ran a job has a record; most have none queued).
-        const live = e.operation === "PUT" && e.length > 0;
-        // A copy: the entry's bytes may be a view of a larger buffer the client reads into.
-        this.cache.set(
-          token,
-          live ? { raw: e.value.slice(), at: Date.now() } : { rec: undefined, at: Date.now() },
-        );
-        for (const l of this.listeners) l(token);
-      }
-    })()
-      .catch((err: unknown) => this.log.warn({ err }, "stopped following usage; reading values as they age"))
-      .finally(() => {
-        this.followed = false;
-        this.watching = undefined;
-      });
+    this.follower.start((e) => {
+      const token = e.key.slice(usageKey("").length);
+      // Kept as it came: decoded only when a lane of that value is placed (every user who ever
+      // ran a job has a record; most have none queued).
+      this.cache.set(token, e.value ? { raw: e.value, at: Date.now() } : { rec: undefined, at: Date.now() });
+      for (const l of this.listeners) l(token);
+    });
   }
 
   /** Whether the records are followed (`follow`): a value changes only when a listener hears it, or by time (`changesAt`). */
   get following(): boolean {
-    return this.followed;
+    return this.follower.following;
   }
 
   /** Hear each record that changed (followed, or added by this worker). */
@@ -151,13 +136,13 @@ export class UsageTable {
   }
 
   stop(): void {
-    this.stopWatch?.();
+    this.follower.stop();
   }
 
   /** Seconds `token` used in the window, as far as known now (0 until first read). */
   used(token: string, windowMs: number, now = Date.now()): number {
     const known = this.cache.get(token);
-    if (!this.followed && (!known || now - known.at > FRESH_MS)) this.refresh(token);
+    if (!this.follower.following && (!known || now - known.at > FRESH_MS)) this.refresh(token);
     return usedWithin(this.record(token, known), now, windowMs);
   }
 
