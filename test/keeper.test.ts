@@ -8,8 +8,8 @@ import { spawn } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { jetstreamManager } from "@nats-io/jetstream";
-import { askForLane } from "../src/broker/keeper.js";
-import { JOBS_STREAM, laneConsumerName } from "../src/broker/subjects.js";
+import { askForLane, KEEPER_GROUP } from "../src/broker/keeper.js";
+import { JOBS_STREAM, laneConsumerName, subjects } from "../src/broker/subjects.js";
 import { CLI_SCRIPT } from "../src/worker/process.js";
 import { errorCode } from "./helpers/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
@@ -72,6 +72,42 @@ describe("lane keeper", { timeout: 90_000 }, () => {
       .map((l) => JSON.parse(l) as { msg: string; answered?: number })
       .find((l) => l.msg === "lane keeper stopped");
     assert.ok(stopped && (stopped.answered ?? 0) >= 3, `the keeper's last line: ${stderr.slice(-300)}`);
+  });
+
+  it("a worker that keeps lanes keeps its own: a keeper cut off from the group loses none of its asks", async () => {
+    // A keeper whose host was cut off still holds its place in the queue group until its server
+    // notices (minutes): a request the group hands it is never answered. Here, one that never answers.
+    const nc = await tf.connectAs("anonymous");
+    let lost = 0;
+    const deaf = nc.subscribe(subjects.allKeeper, { queue: KEEPER_GROUP, callback: () => void lost++ });
+    await nc.flush();
+    const queue = TestFleet.queue("keeps-own");
+    const settings = { queue, keeper: "on" };
+    const worker = await tf.worker(settings);
+    try {
+      const fleet = await tf.client(settings);
+      const users = ["ann", "bea", "cid", "dot", "eve", "fay"];
+      const jobs = await Promise.all(
+        users.map((u) =>
+          fleet.submit(REQUEST, {
+            targetDir: "keeps-own",
+            targetFname: `${u}.grib`,
+            environ: { user_id: u },
+          }),
+        ),
+      );
+      for (const job of jobs) assert.ok((await job.result()).bytes > 0);
+      assert.equal(lost, 0, "asks went through the queue group, where a keeper cut off loses them");
+      const failed = worker.logs.filter((l) =>
+        String(l["msg"]).startsWith("could not have a lane's consumer made"),
+      );
+      assert.deepEqual(failed, []);
+    } finally {
+      deaf.unsubscribe();
+      await nc.close();
+      worker.kill("SIGTERM"); // its keeper would answer the next test's ask
+      await worker.exited;
+    }
   });
 
   it("without a keeper, a request for a lane says so (NO_KEEPER)", async () => {

@@ -195,19 +195,29 @@ export class LaneKeeper {
     return this.served;
   }
 
+  /**
+   * Make or edit a lane's consumer as asked (keepLane), once for the same ask at the same time.
+   * Also how a worker that runs a keeper has its own lanes kept: in process, not through the
+   * queue group, where a keeper cut off from its server still holds a place and would lose the
+   * request (each such loss costs the asker KEEPER_TIMEOUT_MS).
+   */
+  keep(queue: string, lane: string, asked: LaneAsk): Promise<void> {
+    const ask = laneAskSchema.parse(asked); // bounded alike, asked in process or by a request
+    const key = `${queue}.${lane}.${ask.cap}.${ask.idleMs}`;
+    let done = this.inFlight.get(key);
+    if (!done) {
+      done = keepLane(this.jsm, (q) => this.templateOf(q), queue, lane, ask).finally(() =>
+        this.inFlight.delete(key),
+      );
+      this.inFlight.set(key, done);
+    }
+    return done;
+  }
+
   private async answer(msg: Msg): Promise<void> {
     const [, , , queue = "", lane = ""] = msg.subject.split(".");
     try {
-      const ask = decode(laneAskSchema, msg.data, "lane request");
-      const key = `${queue}.${lane}.${ask.cap}.${ask.idleMs}`;
-      let done = this.inFlight.get(key);
-      if (!done) {
-        done = keepLane(this.jsm, (q) => this.templateOf(q), queue, lane, ask).finally(() =>
-          this.inFlight.delete(key),
-        );
-        this.inFlight.set(key, done);
-      }
-      await done;
+      await this.keep(queue, lane, decode(laneAskSchema, msg.data, "lane request"));
       msg.respond(encode({ ok: true }));
     } catch (err) {
       const e = asFleetError(err);

@@ -310,8 +310,17 @@ export class Worker {
       log: this.log,
       env,
       laneIdleMs: this.laneIdleMs(heartbeatMs),
+      // A worker that keeps lanes keeps its own (LaneKeeper.keep); one that does not asks a keeper.
       keepLane: (lane, ask) =>
-        askForLane(this.conn.nc, config.queue, lane, ask, Math.min(config.requestTimeout, KEEPER_TIMEOUT_MS)),
+        this.keeper
+          ? this.keeper.keep(config.queue, lane, ask)
+          : askForLane(
+              this.conn.nc,
+              config.queue,
+              lane,
+              ask,
+              Math.min(config.requestTimeout, KEEPER_TIMEOUT_MS),
+            ),
     });
     this.dispatcher.observe({
       started: (running) => this.metrics?.setRunning(running),
