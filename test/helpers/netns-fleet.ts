@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -262,6 +262,14 @@ export function gapBefore(done: Done[], faultAt: number): number {
   return gaps[Math.floor(gaps.length / 2)] ?? 0;
 }
 
+/** A worker's log line for a diagnostic: when, what, then the rest (an error's stack cut short). */
+function logLine(l: Record<string, unknown>): string {
+  const { time, msg, err, level: _level, name: _name, pid: _pid, component: _component, ...rest } = l;
+  const e = err as { type?: string; code?: string; message?: string } | undefined;
+  const error = e ? ` err ${String(e.type)}${e.code ? ` ${e.code}` : ""}: ${String(e.message)}` : "";
+  return `${String(time)} ${String(msg)}${error} ${JSON.stringify(rest).slice(0, 300)}`;
+}
+
 export async function withSetup(t: TestContext, body: (s: Setup) => Promise<void>): Promise<void> {
   const setup = await Setup.start();
   try {
@@ -278,7 +286,17 @@ export async function withSetup(t: TestContext, body: (s: Setup) => Promise<void
           return level >= floor || (level >= 30 && x["jobId"] !== undefined);
         })
         .slice(-60))
-        t.diagnostic(`${w.id}: ${JSON.stringify(l).slice(0, 400)}`);
+        t.diagnostic(`${w.id}: ${logLine(l)}`);
+    // NETNS_LOG_DIR: every line of every worker, for a failure the last 60 do not explain.
+    const dir = process.env["NETNS_LOG_DIR"];
+    if (dir) {
+      await mkdir(dir, { recursive: true });
+      for (const w of setup.workers)
+        await writeFile(
+          join(dir, `${w.id}-${Date.now()}.ndjson`),
+          w.logs.map((l) => JSON.stringify(l)).join("\n"),
+        );
+    }
     for (const line of setup.clients.flatMap((c) => c.err.all.slice(-5)))
       t.diagnostic(`client: ${line.slice(0, 400)}`);
     throw err;
