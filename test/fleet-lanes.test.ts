@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { JetStreamManager } from "@nats-io/jetstream";
-import { JOBS_STREAM, laneOfConsumer } from "../src/broker/subjects.js";
+import { JOBS_STREAM, laneOfAdvisory, laneOfConsumer, subjects } from "../src/broker/subjects.js";
 import type { JobHandle } from "../src/client/job.js";
 import { TestFleet } from "./helpers/fleet.js";
 import { eventually } from "./helpers/proc.js";
@@ -94,6 +94,58 @@ describe("lanes cost what is active (#26)", { timeout: 120_000 }, () => {
     await job.result();
     assert.equal((await job.status()).attempt, 1);
     assert.equal((await tf.invocations()).get("longrun-1"), 1, "MARS ran more than once");
+  });
+
+  it("a worker full while others ran the jobs it heard of makes none of their lanes again", async () => {
+    const queue = TestFleet.queue("stale");
+    const settings = { queue, heartbeatInterval: "300ms", laneIdle: "1s" };
+    // One slot, busy for about 8 s with one job; meanwhile another worker runs 12 users' jobs,
+    // which the busy one hears of too, and their lanes go idle and are removed.
+    const busy = await tf.worker({ ...settings, concurrency: 1 }, { MARS_SIM_FIELD_DELAY_MS: "2000" });
+    const fleet = await tf.client(settings);
+    const long = await fleet.submit(
+      { param: "2t/msl", date: "20240101/20240102", grid: "10/10" },
+      { targetDir: "stale", targetFname: "long.grib", environ: { user_id: "owner" } },
+    );
+    assert.ok(await eventually(async () => (await long.status()).state === "running", 10_000), "never ran");
+    await tf.worker({ ...settings, concurrency: 4 });
+    const users = Array.from({ length: 12 }, (_, i) => `u${i}`);
+    const jobs = await Promise.all(
+      users.map((u) =>
+        fleet.submit(REQUEST, { targetDir: "stale", targetFname: `${u}.grib`, environ: { user_id: u } }),
+      ),
+    );
+    await Promise.all(jobs.map((j) => j.result()));
+    assert.ok(
+      await eventually(async () => (await laneConsumers(queue)).every((l) => l === "owner"), 10_000),
+      "the idle lanes were not removed",
+    );
+    assert.equal(
+      (await long.status()).state,
+      "running",
+      "the long job ended too soon: the test proves nothing",
+    );
+    const made: string[] = [];
+    const nc = await tf.connectAs("anonymous");
+    const sub = nc.subscribe(subjects.consumersCreated, {
+      callback: (_err, msg) => {
+        const lane = laneOfAdvisory(queue, msg.subject);
+        if (lane) made.push(lane);
+      },
+    });
+    try {
+      await long.result();
+      // The busy worker's slot is free: it chooses among the lanes it knows of.
+      await new Promise((r) => setTimeout(r, 2000));
+      assert.deepEqual(made, [], "lanes whose jobs ran elsewhere were made again");
+      assert.ok(
+        busy.logs.some((l) => l["msg"] === "job settled"),
+        "the busy worker's job did not settle there",
+      );
+    } finally {
+      sub.unsubscribe();
+      await nc.close();
+    }
   });
 
   it("jobs submitted as their lane's consumer goes away are all served, once each", async () => {

@@ -196,6 +196,8 @@ export class Dispatcher {
   /** A lane-less job heard, or found by the last count, since that count: count that subject. */
   private lanelessSeen = false;
   private countsSinceLaneless = 0;
+  /** When the last count was asked for (see count; the loop counts first after being full). */
+  private countedAt = 0;
   private pulling = true;
   private wakeUp: (() => void) | undefined;
   private loopDone: Promise<void> | undefined;
@@ -446,6 +448,7 @@ export class Dispatcher {
    */
   private async count(opts: { full?: boolean } = {}): Promise<void> {
     const now = Date.now();
+    this.countedAt = now;
     const laneless =
       opts.full === true || this.lanelessSeen || ++this.countsSinceLaneless >= LANELESS_RECOUNT;
     this.lanelessSeen = false;
@@ -563,6 +566,15 @@ export class Dispatcher {
         continue;
       }
       try {
+        if (Date.now() - this.countedAt > 2 * COUNT_EVERY_MS) {
+          // Full until now, so nothing was counted: jobs heard of meanwhile may have run on other
+          // workers, and their lanes' consumers gone idle since. Counted first, or the free slot
+          // would go to those lanes in turn (the oldest first), having each one's consumer made
+          // again (with the next ones in order) only for its pull to find nothing.
+          await this.count().catch((err: unknown) =>
+            this.deps.log.debug({ err }, "could not count the lanes"),
+          );
+        }
         if (await this.unpark()) continue;
         this.skippedBlocked = false;
         const parkRoom = this.parkedJobs.length < this.deps.concurrency;
