@@ -225,6 +225,13 @@ export async function heavyWithRules(env: BenchEnv, jobs: number): Promise<Scena
   };
 }
 
+/** A JetStream API request's kind from its subject: `CONSUMER.CREATE`, `CONSUMER.MSG.NEXT`, `STREAM.INFO`... */
+function apiKind(subject: string): string {
+  const t = subject.split(".").slice(2); // after `$JS.API`
+  const long = (t[0] === "CONSUMER" || t[0] === "STREAM") && (t[1] === "MSG" || t[1] === "DURABLE");
+  return t.slice(0, long ? 3 : 2).join(".");
+}
+
 /** Lanes on the server (consumers of MARS_JOBS named for a lane of `queue`). */
 async function laneConsumerCount(env: BenchEnv, queue: string): Promise<number> {
   const jsm = await jetstreamManager(await env.nc());
@@ -277,6 +284,14 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
         if (lane !== undefined && lane !== "") made++;
       },
     });
+    // The JetStream API requests the run makes, by kind (what the server's CPU per job goes to).
+    const api = new Map<string, number>();
+    const apiSub = nc.subscribe("$JS.API.>", {
+      callback: (_err, msg) => {
+        const kind = apiKind(msg.subject);
+        api.set(kind, (api.get(kind) ?? 0) + 1);
+      },
+    });
     const t0 = Date.now();
     const handles = await pool(
       Array.from({ length: jobs }, (_, i) => i),
@@ -291,6 +306,7 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
     await Promise.all(handles.map((h) => h.result()));
     const rate = jobs / ((Date.now() - t0) / 1000);
     madeSub.unsubscribe();
+    apiSub.unsubscribe();
     const cpu = await meter.perJob(jobs);
     const after = await laneConsumerCount(env, queue);
     const rss = await rssMb(env.server.pid!);
@@ -311,7 +327,7 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
     }
     await env.killWorkers();
     observer.stop();
-    return { users, rate, after, idle, rss, cpu, made, dispatch: percentile(dispatch, 50) };
+    return { users, rate, after, idle, rss, cpu, made, api, dispatch: percentile(dispatch, 50) };
   };
   // Each count on a server of its own, as an operator would try it: on one server, each run's
   // memory and stored data stay for the next (the same one-user run twice read 66 then 79 MB).
@@ -337,6 +353,7 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
     figures[`fleet CPU ms/job, ${r.users} users`] = r.cpu.total;
     figures[`nats-server CPU ms/job, ${r.users} users`] = r.cpu.server;
     figures[`lane consumers made per user, ${r.users} users`] = r.made / r.users;
+    for (const [kind, n] of r.api) figures[`${kind} requests per job, ${r.users} users`] = n / jobs;
     ratios[`fleet CPU ms/job, ${r.users} users`] = r.cpu.total / one.cpu.total;
   }
   return {
@@ -348,6 +365,9 @@ export async function manyUsers(first: BenchEnv, jobs: number, counts: number[])
       "dispatch p50 ms (a new user's job), after one user": one.dispatch,
       "fleet CPU ms/job, one user": one.cpu.total,
       "nats-server CPU ms/job, one user": one.cpu.server,
+      ...Object.fromEntries(
+        [...one.api].map(([kind, n]) => [`${kind} requests per job, one user`, n / jobs]),
+      ),
     },
     ratios,
     targets: [
