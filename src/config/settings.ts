@@ -150,7 +150,10 @@ export const SETTINGS = [
     key: "laneIdle",
     env: "MARS_LANE_IDLE",
     kind: "duration",
-    default: 10 * MINUTE,
+    // Short enough that the server holds lanes for the users of the last few minutes (#26: five
+    // minutes after a backlog drained, no more than the active users'); a user back after longer
+    // has her lane made again (a few ms on one server, about a second on a cluster).
+    default: 2 * MINUTE,
     help: "A lane consumer unused this long is removed by the server; made again for the lane's next job. 0 = kept.",
   },
   {
