@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { jetstream, jetstreamManager } from "@nats-io/jetstream";
 import { headers } from "@nats-io/transport-node";
+import { rereadEveryMs } from "../src/broker/records.js";
 import { JOBS_BUCKET, JOBS_STREAM, consumerName } from "../src/broker/subjects.js";
 import { MarsFleetError } from "../src/core/errors.js";
 import { TestFleet } from "./helpers/fleet.js";
@@ -157,5 +158,16 @@ describe("result()", { timeout: 60_000 }, () => {
     assert.ok(consumed, "the new worker never took the job's message");
     assert.equal((await tf.invocations()).get("handback-1"), 1, "the cancelled job ran again");
     assert.equal((await job.status()).state, "cancelled");
+  });
+});
+
+describe("timed reads of records followed to their end", { timeout: 5_000 }, () => {
+  it("each is read every 10 s, less often once a client follows so many that reads would pass 100 a second", () => {
+    assert.equal(rereadEveryMs(1), 10_000);
+    assert.equal(rereadEveryMs(1000), 10_000);
+    assert.equal(rereadEveryMs(2000), 20_000);
+    assert.equal(rereadEveryMs(20_000), 200_000);
+    // The reads a second stay at most 100 however many are followed.
+    for (const n of [1, 500, 1000, 5000, 20_000, 100_000]) assert.ok(n / (rereadEveryMs(n) / 1000) <= 100);
   });
 });

@@ -91,8 +91,23 @@ type ReconnectHook = (f: () => void) => () => void;
 
 /** A record read after a nudge that was not final yet is read once more after this. */
 const REREAD_SOON_MS = 250;
-/** A record followed to its end is read at least this often, whatever is heard. */
+/** A record followed to its end is read at least this often, whatever is heard (see rereadEveryMs). */
 const REREAD_EVERY_MS = 10_000;
+/**
+ * The timed reads of all the records one store follows to their end, at most this many a second on
+ * average: a client waiting on 20,000 jobs would otherwise read 2,000 records a second, most of the
+ * server's work while it waits (two message gets each).
+ */
+const REREADS_PER_S = 100;
+
+/**
+ * How long a record followed to its end goes without a timed read, when `following` records are:
+ * REREAD_EVERY_MS, or longer once that many reads would pass REREADS_PER_S. These reads only cover
+ * a change whose nudge was lost (a reconnect reads every record at once in any case).
+ */
+export function rereadEveryMs(following: number): number {
+  return Math.max(REREAD_EVERY_MS, (following / REREADS_PER_S) * 1000);
+}
 
 /**
  * A core subscription to a job's two record keys, remembering what to read next: both keys (at
@@ -179,6 +194,8 @@ export class JobStore {
   /** Every record, for list(): made on the first listing. */
   private index: RecordIndex<JobRecord> | undefined;
   private statusLoop: Promise<void> | undefined;
+  /** Records followed to their end now (finalRecord): how often each is read regardless (rereadEveryMs). */
+  private followingToEnd = 0;
 
   private readonly nc: NatsConnection;
   private readonly jsm: JetStreamManager;
@@ -454,6 +471,7 @@ export class JobStore {
    */
   async finalRecord(id: string, signal?: AbortSignal, watch?: RecordWatch): Promise<JobRecord> {
     const w = watch ?? this.watch(id, true);
+    this.followingToEnd++;
     const all = (): void => w.nudge("both");
     signal?.addEventListener("abort", all, { once: true });
     // A read after a nudge that finds the record not final is made again soon: in a cluster, the
@@ -474,12 +492,15 @@ export class JobStore {
           if (TERMINAL_STATES.has(current.record.state)) return current.record;
           soon = nudged; // once after a nudge; after a timed read, the long wait
         } else {
-          nudged = await w.nudged(soon ? REREAD_SOON_MS : REREAD_EVERY_MS);
+          // Spread over ±25%: records followed from one moment on are not all read at the same one.
+          const timed = rereadEveryMs(this.followingToEnd) * (0.75 + Math.random() / 2);
+          nudged = await w.nudged(soon ? REREAD_SOON_MS : timed);
           soon = false;
           if (!nudged) w.nudge("both");
         }
       }
     } finally {
+      this.followingToEnd--;
       w.close();
       signal?.removeEventListener("abort", all);
     }
