@@ -95,8 +95,8 @@ const REREAD_SOON_MS = 250;
 const REREAD_EVERY_MS = 10_000;
 /**
  * The timed reads of all the records one store follows to their end, at most this many a second on
- * average: a client waiting on 20,000 jobs would otherwise read 2,000 records a second, most of the
- * server's work while it waits (two message gets each).
+ * average: a client waiting on 20,000 jobs would otherwise read 2,000 records a second (two message
+ * gets each; 33 gets per job in bench scenario 15's 20,000-user run, against 5 with this bound).
  */
 const REREADS_PER_S = 100;
 

@@ -274,10 +274,10 @@ async function fanIn(
   const where = paths(ctx, parentId, parent);
   const started = Date.now();
   const marsMs = parts.reduce((sum, p) => sum + (p.record.result?.elapsedMs ?? 0), 0);
-  // An earlier attempt of this part fenced and renamed, then died before recording: its file is it.
+  // An earlier attempt of this part fenced and renamed, then died before recording: its file is it
+  // (one look, not a wait: until now).
   let bytes: number;
   if (parent.committing && (await landsBy(where.target, parent.committing, Date.now()))) {
-    // one look
     bytes = parent.committing.bytes;
     log.info({ parent: parentId }, "an earlier fan-in's result is in place: adopted");
   } else {

@@ -158,10 +158,7 @@ export class Setup {
         w.logs
           .filter((x) => x["jobId"] === id)
           .slice(-n)
-          .map(
-            (l) =>
-              `  ${w.id} on ${id} #${String(l["attempt"] ?? "?")} at ${String(l["time"])}: ${String(l["msg"])} ${l["err"] ? JSON.stringify(l["err"]).slice(0, 200) : ""}${["revisions", "expected", "found"].map((k) => (l[k] ? ` ${k} ${JSON.stringify(l[k])}` : "")).join("")}`,
-          ),
+          .map((l) => `  ${w.id} ${logLine(l)}`),
       ),
     );
   }
@@ -262,12 +259,15 @@ export function gapBefore(done: Done[], faultAt: number): number {
   return gaps[Math.floor(gaps.length / 2)] ?? 0;
 }
 
-/** A worker's log line for a diagnostic: when, what, then the rest (an error's stack cut short). */
+/**
+ * A worker's log line for a diagnostic: when, what, its error without the stack, then the rest (its
+ * job, attempt, revisions, files expected and found). Who logged it is for the caller to say.
+ */
 function logLine(l: Record<string, unknown>): string {
-  const { time, msg, err, level: _level, name: _name, pid: _pid, component: _component, ...rest } = l;
+  const { time, msg, err, level: _l, name: _n, pid: _p, component: _c, workerId: _w, queue: _q, ...rest } = l;
   const e = err as { type?: string; code?: string; message?: string } | undefined;
   const error = e ? ` err ${String(e.type)}${e.code ? ` ${e.code}` : ""}: ${String(e.message)}` : "";
-  return `${String(time)} ${String(msg)}${error} ${JSON.stringify(rest).slice(0, 300)}`;
+  return `${String(time)} ${String(msg)}${error} ${JSON.stringify(rest).slice(0, 400)}`;
 }
 
 export async function withSetup(t: TestContext, body: (s: Setup) => Promise<void>): Promise<void> {
